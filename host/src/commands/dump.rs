@@ -1,0 +1,92 @@
+//! `ssl-host dump`: writes samples exactly as a dataset loads them (before any transform) as
+//! `<index>.png` and `labels.csv` (`index,id,label`).
+
+use crate::cli::Cli;
+use crate::registry::Registry;
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use ssl_plugin_api::{Image, Params, Pixels};
+use std::io::Write;
+use std::path::Path;
+
+pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
+    let dataset_name = cli
+        .take("dataset")
+        .context("dump needs --dataset=NAME (see `ssl-host list`)")?;
+    let out = cli.take("out").context("dump needs --out=DIR")?;
+    let limit = match cli.take("limit") {
+        Some(l) => Some(
+            l.parse::<usize>()
+                .with_context(|| format!("--limit={l}: expected a whole number"))?,
+        ),
+        None => None,
+    };
+    let mut params = super::params_from_options(&cli.options);
+    cli.options.clear();
+    if let Some(root) = params.remove("local_dataset") {
+        params.insert("root".into(), root);
+    }
+    params
+        .entry("split")
+        .or_insert(Value::String("train".into()));
+    let factory = registry.dataset(&dataset_name)?;
+    let dataset = factory
+        .create(&Params::from_value(Value::Object(params)).map_err(anyhow::Error::msg)?)
+        .map_err(anyhow::Error::msg)?;
+    let count = limit.unwrap_or(dataset.len()).min(dataset.len());
+    let out = Path::new(&out);
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let labels_path = out.join("labels.csv");
+    let mut labels = String::from("index,id,label\n");
+    for index in 0..count {
+        let sample = dataset
+            .get(index)
+            .map_err(|e| anyhow::anyhow!("{dataset_name} sample {index}: {e}"))?;
+        let path = out.join(format!("{index}.png"));
+        write_png(sample.image(), &path).with_context(|| format!("writing {}", path.display()))?;
+        let label = sample.label().map(|l| l.to_string()).unwrap_or_default();
+        labels.push_str(&format!("{index},{},{label}\n", csv_field(sample.id())));
+    }
+    let mut file = std::fs::File::create(&labels_path)
+        .with_context(|| format!("creating {}", labels_path.display()))?;
+    file.write_all(labels.as_bytes())?;
+    println!(
+        "wrote {count} samples of {dataset_name} to {}",
+        out.display()
+    );
+    Ok(())
+}
+
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
+}
+
+/// 8-bit PNG of the image's channels (1 grey, 2 grey+alpha, 3 RGB, 4 RGBA). 16-bit values keep
+/// their top 8 bits; floats are read as [0, 1].
+pub fn write_png(image: &Image, path: &Path) -> Result<()> {
+    let color = match image.channels() {
+        1 => png::ColorType::Grayscale,
+        2 => png::ColorType::GrayscaleAlpha,
+        3 => png::ColorType::Rgb,
+        4 => png::ColorType::Rgba,
+        c => bail!("cannot write a {c}-channel image as PNG"),
+    };
+    let bytes: Vec<u8> = match image.pixels() {
+        Pixels::U8(v) => v.to_vec(),
+        Pixels::U16(v) => v.iter().map(|&x| (x >> 8) as u8).collect(),
+        Pixels::F32(v) => v
+            .iter()
+            .map(|&x| (x.clamp(0.0, 1.0) * 255.0).round() as u8)
+            .collect(),
+    };
+    let file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut encoder = png::Encoder::new(file, image.width(), image.height());
+    encoder.set_color(color);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.write_header()?.write_image_data(&bytes)?;
+    Ok(())
+}

@@ -1,0 +1,230 @@
+//! Every dataset, transform, encoder, algorithm and model config the host can use, from the
+//! built-in plugins and the `--plugin` files, reached through the same ABI objects.
+
+use anyhow::{anyhow, bail, Result};
+use ssl_plugin_api::host::{
+    self, DatasetFactory, LoadedPlugin, ModelConfig, Source, TransformFactory,
+};
+use ssl_plugin_api::{torch::AlgorithmFactory, EncoderFactory};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// The loaded plugins and an index of their entries by kind and name.
+pub struct Registry {
+    plugins: Vec<LoadedPlugin>,
+    /// kind -> name -> (plugin index, entry index)
+    index: BTreeMap<&'static str, BTreeMap<String, (usize, usize)>>,
+}
+
+const KINDS: [&str; 5] = [
+    "dataset",
+    "transform",
+    "encoder",
+    "algorithm",
+    "model config",
+];
+
+fn entry_names(p: &LoadedPlugin, kind: &str) -> Vec<String> {
+    match kind {
+        "dataset" => p.datasets.iter().map(|f| f.name().to_string()).collect(),
+        "transform" => p.transforms.iter().map(|f| f.name().to_string()).collect(),
+        "encoder" => p.encoders.iter().map(|f| f.name().to_string()).collect(),
+        "algorithm" => p.algorithms.iter().map(|f| f.name().to_string()).collect(),
+        _ => p.model_configs.iter().map(|m| m.name.clone()).collect(),
+    }
+}
+
+fn describe(p: &LoadedPlugin) -> String {
+    format!("{} ({} {})", p.source, p.name, p.version)
+}
+
+impl Registry {
+    /// Built-ins plus the given plugin files, in order. A name offered twice within a kind is
+    /// an error naming both sources.
+    pub fn load(plugin_files: &[PathBuf]) -> Result<Registry> {
+        let mut plugins = host::builtin_plugins()?;
+        let mut seen: Vec<PathBuf> = Vec::new();
+        for path in plugin_files {
+            let canonical = path.canonicalize().unwrap_or_else(|_| path.clone());
+            if seen.contains(&canonical) {
+                eprintln!(
+                    "warning: plugin {} given twice; loading it once",
+                    path.display()
+                );
+                continue;
+            }
+            seen.push(canonical);
+            plugins.push(host::load_plugin_file(path)?);
+        }
+        let mut index: BTreeMap<&'static str, BTreeMap<String, (usize, usize)>> = BTreeMap::new();
+        for kind in KINDS {
+            let names = index.entry(kind).or_default();
+            for (pi, plugin) in plugins.iter().enumerate() {
+                for (ei, name) in entry_names(plugin, kind).into_iter().enumerate() {
+                    if let Some(&(other, _)) = names.get(&name) {
+                        bail!(
+                            "{kind} `{name}` is offered by two plugins:\n  - {}\n  - {}\nremove one of them or rename the {kind} in your plugin",
+                            describe(&plugins[other]),
+                            describe(plugin)
+                        );
+                    }
+                    names.insert(name, (pi, ei));
+                }
+            }
+        }
+        Ok(Registry { plugins, index })
+    }
+
+    fn find(&self, kind: &'static str, name: &str) -> Result<(usize, usize)> {
+        let names = &self.index[kind];
+        names.get(name).copied().ok_or_else(|| {
+            let hint = match closest(name, names.keys().map(String::as_str)) {
+                Some(c) => format!(" (did you mean `{c}`?)"),
+                None => String::new(),
+            };
+            let known: Vec<&str> = names.keys().map(String::as_str).collect();
+            anyhow!(
+                "unknown {kind} `{name}`{hint}; known: {}",
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
+            )
+        })
+    }
+
+    /// The dataset factory called `name`.
+    pub fn dataset(&self, name: &str) -> Result<&DatasetFactory> {
+        let (p, e) = self.find("dataset", name)?;
+        Ok(&self.plugins[p].datasets[e])
+    }
+
+    /// The transform factory called `name`.
+    #[allow(dead_code)] // used by the training engine
+    pub fn transform(&self, name: &str) -> Result<&TransformFactory> {
+        let (p, e) = self.find("transform", name)?;
+        Ok(&self.plugins[p].transforms[e])
+    }
+
+    /// The encoder factory called `name`.
+    pub fn encoder(&self, name: &str) -> Result<&EncoderFactory> {
+        let (p, e) = self.find("encoder", name)?;
+        Ok(&self.plugins[p].encoders[e])
+    }
+
+    /// The algorithm factory called `name`.
+    #[allow(dead_code)] // used by the training engine
+    pub fn algorithm(&self, name: &str) -> Result<&AlgorithmFactory> {
+        let (p, e) = self.find("algorithm", name)?;
+        Ok(&self.plugins[p].algorithms[e])
+    }
+
+    /// The model config called `name`.
+    #[allow(dead_code)] // used by the training engine
+    pub fn model_config(&self, name: &str) -> Result<&ModelConfig> {
+        let (p, e) = self.find("model config", name)?;
+        Ok(&self.plugins[p].model_configs[e])
+    }
+
+    /// The `ssl-host list` table: every entry with its source and version.
+    pub fn listing(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "ssl-host {} ({})\n",
+            env!("CARGO_PKG_VERSION"),
+            ssl_plugin_api::BuildInfo::current().summary()
+        ));
+        out.push_str("\nplugins:\n");
+        for p in &self.plugins {
+            out.push_str(&format!(
+                "  {:<24} {:<10} {:<44} {}\n",
+                p.name,
+                p.version,
+                p.source.to_string(),
+                p.build_info.summary()
+            ));
+        }
+        let sections: [(&str, &str); 5] = [
+            ("datasets", "dataset"),
+            ("transforms", "transform"),
+            ("encoders", "encoder"),
+            ("algorithms", "algorithm"),
+            ("model configs", "model config"),
+        ];
+        for (title, kind) in sections {
+            out.push_str(&format!("\n{title}:\n"));
+            let names = &self.index[kind];
+            if names.is_empty() {
+                out.push_str("  (none)\n");
+            }
+            for (name, &(pi, ei)) in names {
+                let p = &self.plugins[pi];
+                let description = match kind {
+                    "dataset" => p.datasets[ei].description().to_string(),
+                    "transform" => p.transforms[ei].description().to_string(),
+                    "encoder" => p.encoders[ei].description().to_string(),
+                    "algorithm" => p.algorithms[ei].description().to_string(),
+                    _ => p.model_configs[ei].description.clone(),
+                };
+                let source = match &p.source {
+                    Source::BuiltIn => "built-in".to_string(),
+                    Source::File(path) => path.display().to_string(),
+                };
+                out.push_str(&format!(
+                    "  {name:<24} {:<10} {source}  {description}\n",
+                    p.version
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// The candidate closest to `name` by edit distance, if reasonably close.
+pub fn closest<'a>(name: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let lower = name.to_lowercase();
+    candidates
+        .map(|c| (edit_distance(&lower, &c.to_lowercase()), c))
+        .filter(|(d, c)| *d <= (c.len().max(name.len()) / 2).max(2))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let substitution = previous + usize::from(ca != cb);
+            previous = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(previous + 1);
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closest_names() {
+        let known = ["Shapes", "CIFAR10", "RSNAKaggleCXR"];
+        assert_eq!(closest("shapes", known.iter().copied()), Some("Shapes"));
+        assert_eq!(closest("CIFAR1O", known.iter().copied()), Some("CIFAR10"));
+        assert_eq!(closest("zzzzzzzzzzzz", known.iter().copied()), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    }
+
+    #[test]
+    fn builtins_are_registered_once() {
+        let registry = Registry::load(&[]).unwrap();
+        assert!(registry.dataset("Shapes").is_ok());
+        let err = registry.dataset("Shapez").err().unwrap().to_string();
+        assert!(err.contains("did you mean `Shapes`"), "{err}");
+        assert!(registry.listing().contains("Shapes"));
+    }
+}

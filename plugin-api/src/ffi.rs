@@ -1,0 +1,221 @@
+//! The ABI itself: what crosses a plugin boundary, laid out with abi_stable.
+//!
+//! Plugin authors never touch this module: they implement the ordinary traits of
+//! [`crate::plugin`] (and [`crate::torch`]), and the adapters of those modules build these
+//! objects. The host reaches them only through [`crate::host`].
+#![allow(non_local_definitions, non_camel_case_types)]
+
+use crate::error::FfiError;
+use crate::image::{Image, Sample};
+use abi_stable::library::RootModule;
+use abi_stable::sabi_trait;
+use abi_stable::std_types::{RResult, RStr, RString, RVec};
+use abi_stable::type_layout::TypeLayout;
+use abi_stable::{
+    declare_root_module_statics, package_version_strings, sabi_types::VersionStrings, StableAbi,
+};
+use std::ffi::c_void;
+
+/// An owned libtorch tensor (a heap `torch::Tensor*`) crossing the boundary. The side that
+/// allocated it frees it, through `free`, so no side deletes what another side's tch shim made.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct TensorHandle {
+    pub(crate) ptr: *mut c_void,
+    pub(crate) free: extern "C" fn(*mut c_void),
+}
+
+// SAFETY: a libtorch tensor handle may move between threads (tch's `Tensor` is `Send`); it is
+// only ever used by one thread at a time because the handle is owned.
+unsafe impl Send for TensorHandle {}
+
+impl Drop for TensorHandle {
+    fn drop(&mut self) {
+        (self.free)(self.ptr)
+    }
+}
+
+/// A named tensor (parameter, buffer or state entry).
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct NamedTensor {
+    pub name: RString,
+    pub tensor: TensorHandle,
+}
+
+/// A trainable tensor with the optimizer hints of its group.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct ParamFfi {
+    pub name: RString,
+    pub tensor: TensorHandle,
+    pub weight_decay: bool,
+    pub lars_adaptation: bool,
+}
+
+/// A named scalar to log.
+#[repr(C)]
+#[derive(StableAbi, Clone)]
+pub struct NamedScalar {
+    pub name: RString,
+    pub value: f64,
+}
+
+/// A dataset object.
+#[sabi_trait]
+pub trait DatasetFfi: Send + Sync {
+    fn len(&self) -> RResult<u64, FfiError>;
+    fn get(&self, index: u64) -> RResult<Sample, FfiError>;
+    /// 0 when unlabelled.
+    fn num_classes(&self) -> RResult<u64, FfiError>;
+    /// One entry per sample; -1 where a sample has no label.
+    #[sabi(last_prefix_field)]
+    fn targets(&self) -> RResult<RVec<i64>, FfiError>;
+}
+
+/// A transform object.
+#[sabi_trait]
+pub trait TransformFfi: Send + Sync {
+    #[sabi(last_prefix_field)]
+    fn apply(&self, image: Image, seed: u64) -> RResult<Image, FfiError>;
+}
+
+/// An encoder object.
+#[sabi_trait]
+pub trait EncoderFfi: Send {
+    fn forward(&mut self, input: TensorHandle, train: bool) -> RResult<TensorHandle, FfiError>;
+    fn output_dim(&self) -> RResult<i64, FfiError>;
+    fn named_parameters(&self) -> RResult<RVec<NamedTensor>, FfiError>;
+    #[sabi(last_prefix_field)]
+    fn named_buffers(&self) -> RResult<RVec<NamedTensor>, FfiError>;
+}
+
+/// An SSL algorithm object.
+#[sabi_trait]
+pub trait AlgorithmFfi: Send {
+    fn training_loss(&mut self, views: RVec<TensorHandle>) -> RResult<TensorHandle, FfiError>;
+    fn validation_loss(&mut self, views: RVec<TensorHandle>) -> RResult<TensorHandle, FfiError>;
+    fn parameters(&self) -> RResult<RVec<ParamFfi>, FfiError>;
+    fn after_optimizer_step(&mut self, step: u64, max_steps: u64) -> RResult<(), FfiError>;
+    fn embed(&mut self, images: TensorHandle, train: bool) -> RResult<TensorHandle, FfiError>;
+    fn embedding_dim(&self) -> RResult<i64, FfiError>;
+    fn embedding_encoder_prefix(&self) -> RResult<RString, FfiError>;
+    fn state(&self) -> RResult<RVec<NamedTensor>, FfiError>;
+    #[sabi(last_prefix_field)]
+    fn scalars(&self) -> RResult<RVec<NamedScalar>, FfiError>;
+}
+
+pub type DatasetBox = DatasetFfi_TO<'static, abi_stable::std_types::RBox<()>>;
+pub type TransformBox = TransformFfi_TO<'static, abi_stable::std_types::RBox<()>>;
+pub type EncoderBox = EncoderFfi_TO<'static, abi_stable::std_types::RBox<()>>;
+pub type AlgorithmBox = AlgorithmFfi_TO<'static, abi_stable::std_types::RBox<()>>;
+
+/// An opaque, leaked, `'static` factory context (the author's closure).
+#[repr(transparent)]
+#[derive(StableAbi, Clone, Copy)]
+pub struct FactoryCtx(pub(crate) *const c_void);
+// SAFETY: the context is a leaked `Send + Sync` closure, never freed.
+unsafe impl Send for FactoryCtx {}
+// SAFETY: as above.
+unsafe impl Sync for FactoryCtx {}
+
+/// Makes datasets from a JSON parameter blob.
+#[repr(C)]
+#[derive(StableAbi, Clone)]
+pub struct DatasetFactoryFfi {
+    pub name: RString,
+    pub description: RString,
+    pub ctx: FactoryCtx,
+    pub create: extern "C" fn(FactoryCtx, RStr<'_>) -> RResult<DatasetBox, FfiError>,
+}
+
+/// Makes transforms from a JSON parameter blob.
+#[repr(C)]
+#[derive(StableAbi, Clone)]
+pub struct TransformFactoryFfi {
+    pub name: RString,
+    pub description: RString,
+    pub ctx: FactoryCtx,
+    pub create: extern "C" fn(FactoryCtx, RStr<'_>) -> RResult<TransformBox, FfiError>,
+}
+
+/// Makes encoders from a JSON parameter blob and a device name (`cpu`, `cuda:0`).
+#[repr(C)]
+#[derive(StableAbi, Clone)]
+pub struct EncoderFactoryFfi {
+    pub name: RString,
+    pub description: RString,
+    pub ctx: FactoryCtx,
+    pub create: extern "C" fn(FactoryCtx, RStr<'_>, RStr<'_>) -> RResult<EncoderBox, FfiError>,
+}
+
+/// Makes SSL algorithms from their parameters, an encoder factory with the encoder's
+/// parameters, and a device name.
+#[repr(C)]
+#[derive(StableAbi, Clone)]
+pub struct AlgorithmFactoryFfi {
+    pub name: RString,
+    pub description: RString,
+    pub ctx: FactoryCtx,
+    pub create: extern "C" fn(
+        FactoryCtx,
+        RStr<'_>,
+        &EncoderFactoryFfi,
+        RStr<'_>,
+        RStr<'_>,
+    ) -> RResult<AlgorithmBox, FfiError>,
+}
+
+/// A named model config (TOML text) a plugin ships, usable as `--model=NAME`.
+#[repr(C)]
+#[derive(StableAbi, Clone)]
+pub struct ModelConfigFfi {
+    pub name: RString,
+    pub description: RString,
+    pub toml: RString,
+}
+
+/// Everything a plugin offers.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct PluginContents {
+    pub name: RString,
+    pub version: RString,
+    pub datasets: RVec<DatasetFactoryFfi>,
+    pub transforms: RVec<TransformFactoryFfi>,
+    pub encoders: RVec<EncoderFactoryFfi>,
+    pub algorithms: RVec<AlgorithmFactoryFfi>,
+    pub model_configs: RVec<ModelConfigFfi>,
+}
+
+/// The root module of a plugin: a prefix type, so later API versions can append fields.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = PluginModule_Ref)))]
+#[sabi(missing_field(panic))]
+pub struct PluginModule {
+    #[sabi(last_prefix_field)]
+    pub contents: extern "C" fn() -> RResult<PluginContents, FfiError>,
+}
+
+impl RootModule for PluginModule_Ref {
+    declare_root_module_statics! {PluginModule_Ref}
+    const BASE_NAME: &'static str = "ssl_host_plugin";
+    const NAME: &'static str = "ssl-host plugin";
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+/// What `ssl_host_plugin_entry` returns: plain pointers whose layout never changes, so the
+/// host can read it from any plugin before trusting anything else.
+#[repr(C)]
+pub struct PluginHeader {
+    /// The type layout of the plugin's root module, compared with the host's before use.
+    pub layout: &'static TypeLayout,
+    /// Builds the root module.
+    pub module: extern "C" fn() -> PluginModule_Ref,
+}
+
+/// The layout the host expects.
+pub fn expected_layout() -> &'static TypeLayout {
+    <PluginModule_Ref as StableAbi>::LAYOUT
+}

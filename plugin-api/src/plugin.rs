@@ -1,0 +1,338 @@
+//! What a plugin author writes: ordinary Rust traits, a [`Plugin`] builder listing the
+//! factories, and one export line.
+//!
+//! ```ignore
+//! use ssl_plugin_api::{Dataset, Image, Params, Plugin, Result, Sample};
+//!
+//! struct Noise { len: usize }
+//! impl Dataset for Noise {
+//!     fn len(&self) -> usize { self.len }
+//!     fn num_classes(&self) -> Option<usize> { None }
+//!     fn get(&self, index: usize) -> Result<Sample> {
+//!         Ok(Sample::new(Image::from_u8(1, 1, 1, vec![index as u8])?, None, index.to_string()))
+//!     }
+//! }
+//!
+//! fn plugin() -> Plugin {
+//!     Plugin::new("noise", env!("CARGO_PKG_VERSION"))
+//!         .dataset("Noise", "one grey pixel per sample", |p: &Params| Ok(Noise { len: p.get_or("len", 10)? }))
+//! }
+//! ssl_plugin_api::export_plugin!(plugin);
+//! ```
+
+use crate::error::{FfiError, Result};
+use crate::ffi::*;
+use crate::guard::guard;
+use crate::image::{Image, Sample};
+use crate::params::Params;
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RResult, RStr, RVec};
+
+/// A dataset: a fixed number of samples, read by index from any thread.
+pub trait Dataset: Send + Sync + 'static {
+    /// Number of samples.
+    fn len(&self) -> usize;
+
+    /// Whether the dataset is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of classes, `None` for unlabelled data.
+    fn num_classes(&self) -> Option<usize>;
+
+    /// The sample at `index` (`0..len()`), decoded.
+    fn get(&self, index: usize) -> Result<Sample>;
+
+    /// The label of every sample, in order (used for class weights). The default reads every
+    /// sample; override it when labels are known without decoding images.
+    fn targets(&self) -> Result<Vec<Option<i64>>> {
+        (0..self.len()).map(|i| Ok(self.get(i)?.label())).collect()
+    }
+}
+
+/// A transform: image and seed in, image out. The same seed must give the same output.
+pub trait Transform: Send + Sync + 'static {
+    /// Applies the transform, drawing any randomness from `seed` alone.
+    fn apply(&self, image: Image, seed: u64) -> Result<Image>;
+}
+
+struct DatasetAdapter<D>(D);
+
+impl<D: Dataset> DatasetFfi for DatasetAdapter<D> {
+    fn len(&self) -> RResult<u64, FfiError> {
+        guard("Dataset::len", || Ok(self.0.len() as u64))
+    }
+    fn get(&self, index: u64) -> RResult<Sample, FfiError> {
+        guard("Dataset::get", || self.0.get(index as usize))
+    }
+    fn num_classes(&self) -> RResult<u64, FfiError> {
+        guard("Dataset::num_classes", || {
+            Ok(self.0.num_classes().unwrap_or(0) as u64)
+        })
+    }
+    fn targets(&self) -> RResult<RVec<i64>, FfiError> {
+        guard("Dataset::targets", || {
+            Ok(self
+                .0
+                .targets()?
+                .into_iter()
+                .map(|t| t.unwrap_or(-1))
+                .collect())
+        })
+    }
+}
+
+struct TransformAdapter<T>(T);
+
+impl<T: Transform> TransformFfi for TransformAdapter<T> {
+    fn apply(&self, image: Image, seed: u64) -> RResult<Image, FfiError> {
+        guard("Transform::apply", || self.0.apply(image, seed))
+    }
+}
+
+/// A factory closure with its name, leaked for the life of the process (plugins are never
+/// unloaded).
+pub(crate) struct FactoryState<F> {
+    pub(crate) name: String,
+    pub(crate) make: F,
+}
+
+pub(crate) fn leak_ctx<F>(name: &str, make: F) -> FactoryCtx {
+    let state = Box::new(FactoryState {
+        name: name.to_string(),
+        make,
+    });
+    FactoryCtx(Box::into_raw(state) as *const std::ffi::c_void)
+}
+
+/// # Safety
+/// `ctx` must come from [`leak_ctx`] with the same `F`.
+pub(crate) unsafe fn ctx_state<'a, F>(ctx: FactoryCtx) -> &'a FactoryState<F> {
+    // SAFETY: guaranteed by the caller; the state is leaked, so it lives forever.
+    unsafe { &*(ctx.0 as *const FactoryState<F>) }
+}
+
+extern "C" fn create_dataset<D, F>(
+    ctx: FactoryCtx,
+    params: RStr<'_>,
+) -> RResult<DatasetBox, FfiError>
+where
+    D: Dataset,
+    F: Fn(&Params) -> Result<D> + Send + Sync + 'static,
+{
+    // SAFETY: this shim is only ever paired with a ctx made by `leak_ctx::<F>`.
+    let state = unsafe { ctx_state::<F>(ctx) };
+    guard(&format!("the factory of dataset `{}`", state.name), || {
+        let params = Params::from_json(params.as_str())?;
+        let dataset = (state.make)(&params)?;
+        Ok(DatasetFfi_TO::from_value(
+            DatasetAdapter(dataset),
+            TD_Opaque,
+        ))
+    })
+}
+
+extern "C" fn create_transform<T, F>(
+    ctx: FactoryCtx,
+    params: RStr<'_>,
+) -> RResult<TransformBox, FfiError>
+where
+    T: Transform,
+    F: Fn(&Params) -> Result<T> + Send + Sync + 'static,
+{
+    // SAFETY: this shim is only ever paired with a ctx made by `leak_ctx::<F>`.
+    let state = unsafe { ctx_state::<F>(ctx) };
+    guard(
+        &format!("the factory of transform `{}`", state.name),
+        || {
+            let params = Params::from_json(params.as_str())?;
+            let transform = (state.make)(&params)?;
+            Ok(TransformFfi_TO::from_value(
+                TransformAdapter(transform),
+                TD_Opaque,
+            ))
+        },
+    )
+}
+
+/// The list of what a plugin offers. Build it in a function and pass that function to
+/// [`export_plugin!`](crate::export_plugin).
+pub struct Plugin {
+    name: String,
+    version: String,
+    datasets: Vec<DatasetFactoryFfi>,
+    transforms: Vec<TransformFactoryFfi>,
+    #[cfg_attr(not(feature = "torch"), allow(dead_code))]
+    pub(crate) encoders: Vec<EncoderFactoryFfi>,
+    #[cfg_attr(not(feature = "torch"), allow(dead_code))]
+    pub(crate) algorithms: Vec<AlgorithmFactoryFfi>,
+    model_configs: Vec<ModelConfigFfi>,
+}
+
+impl Plugin {
+    /// A plugin called `name` at `version` (use `env!("CARGO_PKG_VERSION")`).
+    pub fn new(name: &str, version: &str) -> Self {
+        Plugin {
+            name: name.into(),
+            version: version.into(),
+            datasets: Vec::new(),
+            transforms: Vec::new(),
+            encoders: Vec::new(),
+            algorithms: Vec::new(),
+            model_configs: Vec::new(),
+        }
+    }
+
+    /// Offers a dataset called `name`, made by `make` from its parameters.
+    pub fn dataset<D, F>(mut self, name: &str, description: &str, make: F) -> Self
+    where
+        D: Dataset,
+        F: Fn(&Params) -> Result<D> + Send + Sync + 'static,
+    {
+        self.datasets.push(DatasetFactoryFfi {
+            name: name.into(),
+            description: description.into(),
+            ctx: leak_ctx(name, make),
+            create: create_dataset::<D, F>,
+        });
+        self
+    }
+
+    /// Offers a transform called `name`, made by `make` from its parameters.
+    pub fn transform<T, F>(mut self, name: &str, description: &str, make: F) -> Self
+    where
+        T: Transform,
+        F: Fn(&Params) -> Result<T> + Send + Sync + 'static,
+    {
+        self.transforms.push(TransformFactoryFfi {
+            name: name.into(),
+            description: description.into(),
+            ctx: leak_ctx(name, make),
+            create: create_transform::<T, F>,
+        });
+        self
+    }
+
+    /// Offers a named model config (`--model=NAME`), given as TOML text.
+    pub fn model_config(mut self, name: &str, description: &str, toml: &str) -> Self {
+        self.model_configs.push(ModelConfigFfi {
+            name: name.into(),
+            description: description.into(),
+            toml: toml.into(),
+        });
+        self
+    }
+
+    #[doc(hidden)]
+    pub fn into_contents(self) -> PluginContents {
+        PluginContents {
+            name: self.name.into(),
+            version: self.version.into(),
+            datasets: self.datasets.into(),
+            transforms: self.transforms.into(),
+            encoders: self.encoders.into(),
+            algorithms: self.algorithms.into(),
+            model_configs: self.model_configs.into(),
+        }
+    }
+}
+
+/// Everything the export macros need, out of the way of plugin authors.
+#[doc(hidden)]
+pub mod __private {
+    use crate::error::FfiError;
+    pub use crate::ffi::{PluginContents, PluginHeader, PluginModule, PluginModule_Ref};
+    use crate::guard::guard;
+    pub use abi_stable::std_types::RResult;
+    pub use inventory;
+
+    /// Runs the author's builder under the panic guard.
+    pub fn contents_of(build: fn() -> super::Plugin) -> RResult<PluginContents, FfiError> {
+        guard("the plugin's contents function", || {
+            Ok(build().into_contents())
+        })
+    }
+
+    /// The root module around a contents function.
+    pub fn module_of(
+        contents: extern "C" fn() -> RResult<PluginContents, FfiError>,
+    ) -> PluginModule_Ref {
+        use abi_stable::prefix_type::PrefixTypeTrait;
+        PluginModule { contents }.leak_into_prefix()
+    }
+
+    /// The header of a plugin.
+    pub const fn header_of(module: extern "C" fn() -> PluginModule_Ref) -> PluginHeader {
+        PluginHeader {
+            layout: <PluginModule_Ref as abi_stable::StableAbi>::LAYOUT,
+            module,
+        }
+    }
+
+    /// The build-info JSON of this build, NUL-terminated, alive for the whole process.
+    pub fn build_info_c_json() -> *const std::os::raw::c_char {
+        static JSON: std::sync::OnceLock<std::ffi::CString> = std::sync::OnceLock::new();
+        JSON.get_or_init(|| crate::BuildInfo::current().to_c_json())
+            .as_ptr()
+    }
+
+    /// A built-in plugin, linked into the host and registered with `inventory`.
+    pub struct BuiltinPlugin {
+        pub entry: extern "C" fn() -> &'static PluginHeader,
+    }
+    inventory::collect!(BuiltinPlugin);
+}
+
+/// Exports a plugin from a `cdylib` crate: `ssl_plugin_api::export_plugin!(my_plugin);` where
+/// `fn my_plugin() -> Plugin`. It defines the two symbols the host reads:
+/// `ssl_host_plugin_build_info` (checked first) and `ssl_host_plugin_entry`.
+#[macro_export]
+macro_rules! export_plugin {
+    ($build:path) => {
+        #[no_mangle]
+        pub extern "C" fn ssl_host_plugin_build_info() -> *const ::std::os::raw::c_char {
+            $crate::__private::build_info_c_json()
+        }
+
+        #[no_mangle]
+        pub extern "C" fn ssl_host_plugin_entry() -> &'static $crate::__private::PluginHeader {
+            extern "C" fn contents(
+            ) -> $crate::__private::RResult<$crate::__private::PluginContents, $crate::FfiError>
+            {
+                $crate::__private::contents_of($build)
+            }
+            extern "C" fn module() -> $crate::__private::PluginModule_Ref {
+                $crate::__private::module_of(contents)
+            }
+            static HEADER: $crate::__private::PluginHeader = $crate::__private::header_of(module);
+            &HEADER
+        }
+    };
+}
+
+/// Registers a built-in plugin (a crate linked into `ssl-host`): the host reaches it through
+/// the same header and ABI objects as a `.so` plugin.
+#[macro_export]
+macro_rules! register_builtin {
+    ($build:path) => {
+        const _: () = {
+            extern "C" fn contents(
+            ) -> $crate::__private::RResult<$crate::__private::PluginContents, $crate::FfiError>
+            {
+                $crate::__private::contents_of($build)
+            }
+            extern "C" fn module() -> $crate::__private::PluginModule_Ref {
+                $crate::__private::module_of(contents)
+            }
+            extern "C" fn entry() -> &'static $crate::__private::PluginHeader {
+                static HEADER: $crate::__private::PluginHeader =
+                    $crate::__private::header_of(module);
+                &HEADER
+            }
+            $crate::__private::inventory::submit! {
+                $crate::__private::BuiltinPlugin { entry }
+            }
+        };
+    };
+}

@@ -1,0 +1,567 @@
+//! Encoders and SSL algorithms: the parts of the contract that work on libtorch tensors
+//! (feature `torch`).
+//!
+//! Tensors cross the boundary as owned libtorch handles; host and plugins share one libtorch
+//! (checked at load through the build-info record), so a tensor made on one side is used on
+//! the other without copies.
+
+use crate::error::{FfiError, PluginError, Result};
+use crate::ffi::*;
+use crate::guard::guard;
+use crate::params::Params;
+use crate::plugin::{ctx_state, leak_ctx, Plugin};
+use abi_stable::sabi_trait::TD_Opaque;
+use abi_stable::std_types::{RResult, RStr, RString, RVec};
+use std::ffi::c_void;
+pub use tch::{Device, Kind, Tensor};
+
+extern "C" fn free_tensor(ptr: *mut c_void) {
+    // SAFETY: `ptr` was produced by `handle_from_tensor` of this same library (the handle's
+    // `free` always points into the library that allocated it) and is freed exactly once.
+    drop(unsafe { Tensor::from_ptr(ptr as *mut torch_sys::C_tensor) });
+}
+
+/// Moves a tensor into a handle.
+pub(crate) fn handle_from_tensor(tensor: Tensor) -> TensorHandle {
+    let mut tensor = tensor;
+    let ptr = tensor.as_mut_ptr() as *mut c_void;
+    std::mem::forget(tensor);
+    TensorHandle {
+        ptr,
+        free: free_tensor,
+    }
+}
+
+/// Takes a tensor out of a handle: a new reference to the same storage (and autograd node),
+/// owned by this side; the handle is freed by the side that made it.
+pub(crate) fn tensor_from_handle(handle: TensorHandle) -> Tensor {
+    // SAFETY: the handle holds a live `torch::Tensor*` of the process-wide libtorch.
+    let tensor = unsafe { Tensor::clone_from_ptr(handle.ptr as *mut torch_sys::C_tensor) };
+    drop(handle);
+    tensor
+}
+
+fn named_to_ffi(list: Vec<(String, Tensor)>) -> RVec<NamedTensor> {
+    list.into_iter()
+        .map(|(name, t)| NamedTensor {
+            name: name.into(),
+            tensor: handle_from_tensor(t),
+        })
+        .collect()
+}
+
+fn named_from_ffi(list: RVec<NamedTensor>) -> Vec<(String, Tensor)> {
+    list.into_iter()
+        .map(|n| (n.name.into_string(), tensor_from_handle(n.tensor)))
+        .collect()
+}
+
+/// The device name used across the boundary: `cpu`, `cuda:N`.
+pub fn device_name(device: Device) -> String {
+    match device {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// Parses `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(name: &str) -> Result<Device> {
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "cuda" => Ok(Device::Cuda(0)),
+        _ => match name.strip_prefix("cuda:").and_then(|i| i.parse().ok()) {
+            Some(i) => Ok(Device::Cuda(i)),
+            None => Err(PluginError::msg(format!(
+                "unknown device `{name}` (expected cpu, cuda or cuda:N)"
+            ))),
+        },
+    }
+}
+
+/// An image encoder: images `[N, C, H, W]` (float) in, embeddings `[N, output_dim]` out.
+///
+/// `named_parameters` and `named_buffers` must return the same tensors (shallow clones) every
+/// time: the host trains and checkpoints them in place.
+pub trait Encoder: Send + 'static {
+    /// Embeds a batch; `train` selects training behaviour (BatchNorm statistics, dropout).
+    fn forward(&mut self, images: &Tensor, train: bool) -> Result<Tensor>;
+    /// Size of an embedding.
+    fn output_dim(&self) -> i64;
+    /// Trainable tensors, with torchvision-style names (`layer1.0.conv1.weight`).
+    fn named_parameters(&self) -> Vec<(String, Tensor)>;
+    /// Non-trainable state (BatchNorm running statistics).
+    fn named_buffers(&self) -> Vec<(String, Tensor)>;
+}
+
+/// A trainable tensor with hints for the optimizer.
+pub struct TrainableParam {
+    /// Name, unique within the algorithm (`online.encoder.conv1.weight`).
+    pub name: String,
+    /// The tensor, trained in place.
+    pub tensor: Tensor,
+    /// Apply weight decay to it (false for biases and BatchNorm, as the original).
+    pub weight_decay: bool,
+    /// Apply LARS trust-ratio adaptation to it.
+    pub lars_adaptation: bool,
+}
+
+impl TrainableParam {
+    /// The usual hints: no weight decay nor LARS adaptation for names containing `bias` or `bn`
+    /// (also `norm` and `downsample.1`, torchvision's BatchNorm names).
+    pub fn with_default_hints(name: String, tensor: Tensor) -> Self {
+        let excluded = ["bias", "bn", "norm", "downsample.1"]
+            .iter()
+            .any(|k| name.contains(k));
+        TrainableParam {
+            name,
+            tensor,
+            weight_decay: !excluded,
+            lars_adaptation: !excluded,
+        }
+    }
+}
+
+/// A self-supervised algorithm (BYOL, SimCLR, ...) around one or more encoders.
+pub trait SslAlgorithm: Send + 'static {
+    /// The loss to minimise for one batch of augmented views (two or more, any sizes).
+    fn training_loss(&mut self, views: &[Tensor]) -> Result<Tensor>;
+    /// The validation loss (evaluation mode, no gradients needed).
+    fn validation_loss(&mut self, views: &[Tensor]) -> Result<Tensor>;
+    /// Everything the host's optimizer updates.
+    fn parameters(&self) -> Vec<TrainableParam>;
+    /// Called after every optimizer step (BYOL's moving average), with the step just taken
+    /// (1-based) and the total number of steps of the run.
+    fn after_optimizer_step(&mut self, _step: u64, _max_steps: u64) -> Result<()> {
+        Ok(())
+    }
+    /// Embeddings for the linear head (detached by the host).
+    fn embed(&mut self, images: &Tensor, train: bool) -> Result<Tensor>;
+    /// Size of those embeddings.
+    fn embedding_dim(&self) -> i64;
+    /// Prefix, within [`SslAlgorithm::state`], of the encoder that [`SslAlgorithm::embed`]
+    /// uses (e.g. `target.encoder.`), so a classifier can take that encoder from a checkpoint.
+    fn embedding_encoder_prefix(&self) -> String;
+    /// Everything to checkpoint (parameters, buffers, queues), by name; restored in place.
+    fn state(&self) -> Vec<(String, Tensor)>;
+    /// Scalars to log after each step, by metric name (e.g. `byol/tau`).
+    fn scalars(&self) -> Result<Vec<(String, f64)>> {
+        Ok(Vec::new())
+    }
+}
+
+struct EncoderAdapter<E>(E);
+
+impl<E: Encoder> EncoderFfi for EncoderAdapter<E> {
+    fn forward(&mut self, input: TensorHandle, train: bool) -> RResult<TensorHandle, FfiError> {
+        let input = tensor_from_handle(input);
+        guard("Encoder::forward", || {
+            Ok(handle_from_tensor(self.0.forward(&input, train)?))
+        })
+    }
+    fn output_dim(&self) -> RResult<i64, FfiError> {
+        guard("Encoder::output_dim", || Ok(self.0.output_dim()))
+    }
+    fn named_parameters(&self) -> RResult<RVec<NamedTensor>, FfiError> {
+        guard("Encoder::named_parameters", || {
+            Ok(named_to_ffi(self.0.named_parameters()))
+        })
+    }
+    fn named_buffers(&self) -> RResult<RVec<NamedTensor>, FfiError> {
+        guard("Encoder::named_buffers", || {
+            Ok(named_to_ffi(self.0.named_buffers()))
+        })
+    }
+}
+
+struct AlgorithmAdapter<A>(A);
+
+impl<A: SslAlgorithm> AlgorithmFfi for AlgorithmAdapter<A> {
+    fn training_loss(&mut self, views: RVec<TensorHandle>) -> RResult<TensorHandle, FfiError> {
+        let views: Vec<Tensor> = views.into_iter().map(tensor_from_handle).collect();
+        guard("SslAlgorithm::training_loss", || {
+            Ok(handle_from_tensor(self.0.training_loss(&views)?))
+        })
+    }
+    fn validation_loss(&mut self, views: RVec<TensorHandle>) -> RResult<TensorHandle, FfiError> {
+        let views: Vec<Tensor> = views.into_iter().map(tensor_from_handle).collect();
+        guard("SslAlgorithm::validation_loss", || {
+            Ok(handle_from_tensor(self.0.validation_loss(&views)?))
+        })
+    }
+    fn parameters(&self) -> RResult<RVec<ParamFfi>, FfiError> {
+        guard("SslAlgorithm::parameters", || {
+            Ok(self
+                .0
+                .parameters()
+                .into_iter()
+                .map(|p| ParamFfi {
+                    name: p.name.into(),
+                    tensor: handle_from_tensor(p.tensor),
+                    weight_decay: p.weight_decay,
+                    lars_adaptation: p.lars_adaptation,
+                })
+                .collect())
+        })
+    }
+    fn after_optimizer_step(&mut self, step: u64, max_steps: u64) -> RResult<(), FfiError> {
+        guard("SslAlgorithm::after_optimizer_step", || {
+            self.0.after_optimizer_step(step, max_steps)
+        })
+    }
+    fn embed(&mut self, images: TensorHandle, train: bool) -> RResult<TensorHandle, FfiError> {
+        let images = tensor_from_handle(images);
+        guard("SslAlgorithm::embed", || {
+            Ok(handle_from_tensor(self.0.embed(&images, train)?))
+        })
+    }
+    fn embedding_dim(&self) -> RResult<i64, FfiError> {
+        guard("SslAlgorithm::embedding_dim", || Ok(self.0.embedding_dim()))
+    }
+    fn embedding_encoder_prefix(&self) -> RResult<RString, FfiError> {
+        guard("SslAlgorithm::embedding_encoder_prefix", || {
+            Ok(self.0.embedding_encoder_prefix().into())
+        })
+    }
+    fn state(&self) -> RResult<RVec<NamedTensor>, FfiError> {
+        guard("SslAlgorithm::state", || Ok(named_to_ffi(self.0.state())))
+    }
+    fn scalars(&self) -> RResult<RVec<NamedScalar>, FfiError> {
+        guard("SslAlgorithm::scalars", || {
+            Ok(self
+                .0
+                .scalars()?
+                .into_iter()
+                .map(|(name, value)| NamedScalar {
+                    name: name.into(),
+                    value,
+                })
+                .collect())
+        })
+    }
+}
+
+/// An encoder living behind the ABI (in a `.so` plugin or a built-in), usable as an
+/// ordinary [`Encoder`]. Its output size and tensors are read once, when it is made.
+pub struct ForeignEncoder {
+    inner: EncoderBox,
+    output_dim: i64,
+    parameters: Vec<(String, Tensor)>,
+    buffers: Vec<(String, Tensor)>,
+}
+
+impl ForeignEncoder {
+    fn new(inner: EncoderBox) -> Result<Self> {
+        let output_dim = inner.output_dim().into_result()?;
+        let parameters = named_from_ffi(inner.named_parameters().into_result()?);
+        let buffers = named_from_ffi(inner.named_buffers().into_result()?);
+        Ok(ForeignEncoder {
+            inner,
+            output_dim,
+            parameters,
+            buffers,
+        })
+    }
+}
+
+fn shallow(list: &[(String, Tensor)]) -> Vec<(String, Tensor)> {
+    list.iter()
+        .map(|(n, t)| (n.clone(), t.shallow_clone()))
+        .collect()
+}
+
+impl Encoder for ForeignEncoder {
+    fn forward(&mut self, images: &Tensor, train: bool) -> Result<Tensor> {
+        let out = self
+            .inner
+            .forward(handle_from_tensor(images.shallow_clone()), train)
+            .into_result()?;
+        Ok(tensor_from_handle(out))
+    }
+    fn output_dim(&self) -> i64 {
+        self.output_dim
+    }
+    fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        shallow(&self.parameters)
+    }
+    fn named_buffers(&self) -> Vec<(String, Tensor)> {
+        shallow(&self.buffers)
+    }
+}
+
+/// An encoder factory as an algorithm (or the host) sees it: makes encoders by name from any
+/// plugin.
+#[derive(Clone)]
+pub struct EncoderFactory {
+    pub(crate) ffi: EncoderFactoryFfi,
+}
+
+impl EncoderFactory {
+    /// The encoder's registered name.
+    pub fn name(&self) -> &str {
+        self.ffi.name.as_str()
+    }
+    /// Its description.
+    pub fn description(&self) -> &str {
+        self.ffi.description.as_str()
+    }
+    /// Makes an encoder on `device`.
+    pub fn create(&self, params: &Params, device: Device) -> Result<ForeignEncoder> {
+        let json = params.to_json_string();
+        let dev = device_name(device);
+        let inner = (self.ffi.create)(self.ffi.ctx, RStr::from_str(&json), RStr::from_str(&dev))
+            .into_result()
+            .map_err(|e| {
+                PluginError::from(e).context(format!("creating encoder `{}`", self.name()))
+            })?;
+        ForeignEncoder::new(inner)
+    }
+}
+
+/// The encoder an algorithm is built around: a factory and its parameters.
+pub struct EncoderSpec {
+    /// The factory.
+    pub factory: EncoderFactory,
+    /// Its parameters.
+    pub params: Params,
+}
+
+impl EncoderSpec {
+    /// Makes one encoder (call it twice for an online and a target network).
+    pub fn build(&self, device: Device) -> Result<ForeignEncoder> {
+        self.factory.create(&self.params, device)
+    }
+}
+
+/// An SSL algorithm living behind the ABI, usable as an ordinary [`SslAlgorithm`]. Its
+/// parameters, state and embedding size are read once, when it is made.
+pub struct ForeignAlgorithm {
+    inner: AlgorithmBox,
+    parameters: Vec<TrainableParam>,
+    state: Vec<(String, Tensor)>,
+    embedding_dim: i64,
+    prefix: String,
+}
+
+impl ForeignAlgorithm {
+    fn new(inner: AlgorithmBox) -> Result<Self> {
+        let parameters = inner
+            .parameters()
+            .into_result()?
+            .into_iter()
+            .map(|p| TrainableParam {
+                name: p.name.into_string(),
+                tensor: tensor_from_handle(p.tensor),
+                weight_decay: p.weight_decay,
+                lars_adaptation: p.lars_adaptation,
+            })
+            .collect();
+        let state = named_from_ffi(inner.state().into_result()?);
+        let embedding_dim = inner.embedding_dim().into_result()?;
+        let prefix = inner
+            .embedding_encoder_prefix()
+            .into_result()?
+            .into_string();
+        Ok(ForeignAlgorithm {
+            inner,
+            parameters,
+            state,
+            embedding_dim,
+            prefix,
+        })
+    }
+}
+
+fn views_to_ffi(views: &[Tensor]) -> RVec<TensorHandle> {
+    views
+        .iter()
+        .map(|v| handle_from_tensor(v.shallow_clone()))
+        .collect()
+}
+
+impl SslAlgorithm for ForeignAlgorithm {
+    fn training_loss(&mut self, views: &[Tensor]) -> Result<Tensor> {
+        Ok(tensor_from_handle(
+            self.inner
+                .training_loss(views_to_ffi(views))
+                .into_result()?,
+        ))
+    }
+    fn validation_loss(&mut self, views: &[Tensor]) -> Result<Tensor> {
+        Ok(tensor_from_handle(
+            self.inner
+                .validation_loss(views_to_ffi(views))
+                .into_result()?,
+        ))
+    }
+    fn parameters(&self) -> Vec<TrainableParam> {
+        self.parameters
+            .iter()
+            .map(|p| TrainableParam {
+                name: p.name.clone(),
+                tensor: p.tensor.shallow_clone(),
+                weight_decay: p.weight_decay,
+                lars_adaptation: p.lars_adaptation,
+            })
+            .collect()
+    }
+    fn after_optimizer_step(&mut self, step: u64, max_steps: u64) -> Result<()> {
+        Ok(self
+            .inner
+            .after_optimizer_step(step, max_steps)
+            .into_result()?)
+    }
+    fn embed(&mut self, images: &Tensor, train: bool) -> Result<Tensor> {
+        Ok(tensor_from_handle(
+            self.inner
+                .embed(handle_from_tensor(images.shallow_clone()), train)
+                .into_result()?,
+        ))
+    }
+    fn embedding_dim(&self) -> i64 {
+        self.embedding_dim
+    }
+    fn embedding_encoder_prefix(&self) -> String {
+        self.prefix.clone()
+    }
+    fn state(&self) -> Vec<(String, Tensor)> {
+        shallow(&self.state)
+    }
+    fn scalars(&self) -> Result<Vec<(String, f64)>> {
+        Ok(self
+            .inner
+            .scalars()
+            .into_result()?
+            .into_iter()
+            .map(|s| (s.name.into_string(), s.value))
+            .collect())
+    }
+}
+
+/// An algorithm factory as the host sees it.
+#[derive(Clone)]
+pub struct AlgorithmFactory {
+    pub(crate) ffi: AlgorithmFactoryFfi,
+}
+
+impl AlgorithmFactory {
+    /// The algorithm's registered name.
+    pub fn name(&self) -> &str {
+        self.ffi.name.as_str()
+    }
+    /// Its description.
+    pub fn description(&self) -> &str {
+        self.ffi.description.as_str()
+    }
+    /// Makes the algorithm around `encoder` on `device`.
+    pub fn create(
+        &self,
+        params: &Params,
+        encoder: &EncoderSpec,
+        device: Device,
+    ) -> Result<ForeignAlgorithm> {
+        let json = params.to_json_string();
+        let encoder_json = encoder.params.to_json_string();
+        let dev = device_name(device);
+        let inner = (self.ffi.create)(
+            self.ffi.ctx,
+            RStr::from_str(&json),
+            &encoder.factory.ffi,
+            RStr::from_str(&encoder_json),
+            RStr::from_str(&dev),
+        )
+        .into_result()
+        .map_err(|e| {
+            PluginError::from(e).context(format!("creating algorithm `{}`", self.name()))
+        })?;
+        ForeignAlgorithm::new(inner)
+    }
+}
+
+extern "C" fn create_encoder<E, F>(
+    ctx: FactoryCtx,
+    params: RStr<'_>,
+    device: RStr<'_>,
+) -> RResult<EncoderBox, FfiError>
+where
+    E: Encoder,
+    F: Fn(&Params, Device) -> Result<E> + Send + Sync + 'static,
+{
+    // SAFETY: this shim is only ever paired with a ctx made by `leak_ctx::<F>`.
+    let state = unsafe { ctx_state::<F>(ctx) };
+    guard(&format!("the factory of encoder `{}`", state.name), || {
+        let params = Params::from_json(params.as_str())?;
+        let device = parse_device(device.as_str())?;
+        let encoder = (state.make)(&params, device)?;
+        Ok(EncoderFfi_TO::from_value(
+            EncoderAdapter(encoder),
+            TD_Opaque,
+        ))
+    })
+}
+
+extern "C" fn create_algorithm<A, F>(
+    ctx: FactoryCtx,
+    params: RStr<'_>,
+    encoder: &EncoderFactoryFfi,
+    encoder_params: RStr<'_>,
+    device: RStr<'_>,
+) -> RResult<AlgorithmBox, FfiError>
+where
+    A: SslAlgorithm,
+    F: Fn(&Params, &EncoderSpec, Device) -> Result<A> + Send + Sync + 'static,
+{
+    // SAFETY: this shim is only ever paired with a ctx made by `leak_ctx::<F>`.
+    let state = unsafe { ctx_state::<F>(ctx) };
+    guard(
+        &format!("the factory of algorithm `{}`", state.name),
+        || {
+            let params = Params::from_json(params.as_str())?;
+            let spec = EncoderSpec {
+                factory: EncoderFactory {
+                    ffi: encoder.clone(),
+                },
+                params: Params::from_json(encoder_params.as_str())?,
+            };
+            let device = parse_device(device.as_str())?;
+            let algorithm = (state.make)(&params, &spec, device)?;
+            Ok(AlgorithmFfi_TO::from_value(
+                AlgorithmAdapter(algorithm),
+                TD_Opaque,
+            ))
+        },
+    )
+}
+
+impl Plugin {
+    /// Offers an encoder called `name`, made by `make` from its parameters on a device.
+    pub fn encoder<E, F>(mut self, name: &str, description: &str, make: F) -> Self
+    where
+        E: Encoder,
+        F: Fn(&Params, Device) -> Result<E> + Send + Sync + 'static,
+    {
+        self.encoders.push(EncoderFactoryFfi {
+            name: name.into(),
+            description: description.into(),
+            ctx: leak_ctx(name, make),
+            create: create_encoder::<E, F>,
+        });
+        self
+    }
+
+    /// Offers an SSL algorithm called `name`, made by `make` from its parameters and the
+    /// encoder it is built around.
+    pub fn algorithm<A, F>(mut self, name: &str, description: &str, make: F) -> Self
+    where
+        A: SslAlgorithm,
+        F: Fn(&Params, &EncoderSpec, Device) -> Result<A> + Send + Sync + 'static,
+    {
+        self.algorithms.push(AlgorithmFactoryFfi {
+            name: name.into(),
+            description: description.into(),
+            ctx: leak_ctx(name, make),
+            create: create_algorithm::<A, F>,
+        });
+        self
+    }
+}

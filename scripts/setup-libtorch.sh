@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Fetches libtorch 2.11.0 once, from PyPI's torch==2.11.0 wheel (with the CUDA runtime
+# wheels it links against), into .deps/torch-venv, and reuses it afterwards.
+# Everything that builds against libtorch finds it through .cargo/config.toml.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$root/.deps/torch-venv"
+marker="$venv/.ssl-host-torch-2.11.0-ready"
+if [ -f "$marker" ]; then
+  exit 0
+fi
+python=${PYTHON:-python3}
+echo "ssl-host: first set-up: downloading torch==2.11.0 from PyPI into .deps/torch-venv" >&2
+echo "ssl-host: (about 4.6 GB with its CUDA libraries; 1-3 minutes on a fast link; done once)" >&2
+rm -rf "$venv"
+mkdir -p "$root/.deps"
+"$python" -m venv "$venv"
+"$venv/bin/python" -m pip install --quiet --no-cache-dir --progress-bar off torch==2.11.0 numpy
+"$venv/bin/python" - <<'PY'
+import torch, os
+assert torch.__version__.startswith("2.11.0"), torch.__version__
+lib = os.path.join(os.path.dirname(torch.__file__), "lib")
+assert os.path.exists(os.path.join(lib, "libtorch_cpu.so")), lib
+PY
+# A stable path for build scripts and rpaths, independent of the Python minor version.
+site="$("$venv/bin/python" -c 'import torch, os; print(os.path.dirname(torch.__file__))')"
+ln -sfn "$site" "$root/.deps/libtorch"
+touch "$marker"
+echo "ssl-host: libtorch ready at .deps/libtorch" >&2

@@ -1,0 +1,186 @@
+//! Helpers for the end-to-end tests: where the built binary and plugins are, running
+//! `ssl-host`, and building fixture plugins with cargo.
+//!
+//! The tests expect `cargo build --workspace` to have run first (the README's test command
+//! does it); fixture plugins are built here, into `target/fixtures`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the repo")
+        .to_path_buf()
+}
+
+/// The workspace's target directory.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"))
+}
+
+/// A built artifact of the workspace (debug profile), e.g. `ssl-host`, `libexample_tiny_cnn.so`.
+pub fn artifact(name: &str) -> PathBuf {
+    let path = target_dir().join("debug").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace` first (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// The result of one `ssl-host` run.
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Panics with the output unless the run succeeded.
+    pub fn assert_ok(&self) -> &Run {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "ssl-host failed:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Checks the run failed the way a user error should: exit code 1 (not a signal), a short
+    /// message starting with `error:`, no panic report, and each of `needles` in the message.
+    pub fn assert_clear_error(&self, needles: &[&str]) {
+        assert_eq!(
+            self.code,
+            Some(1),
+            "expected exit code 1:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        assert!(
+            self.stderr.starts_with("error: "),
+            "stderr should start with `error: `:\n{}",
+            self.stderr
+        );
+        for bad in ["panicked at", "RUST_BACKTRACE", "stack backtrace"] {
+            assert!(
+                !self.stderr.contains(bad),
+                "stderr shows a panic report ({bad}):\n{}",
+                self.stderr
+            );
+        }
+        assert!(
+            self.stderr.lines().count() <= 10,
+            "error message is too long:\n{}",
+            self.stderr
+        );
+        for needle in needles {
+            assert!(
+                self.stderr.contains(needle),
+                "stderr lacks `{needle}`:\n{}",
+                self.stderr
+            );
+        }
+    }
+}
+
+/// Runs the built `ssl-host` with `args`.
+pub fn ssl_host(args: &[&str]) -> Run {
+    let output = Command::new(artifact("ssl-host"))
+        .args(args)
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .expect("ssl-host starts");
+    Run::from(output)
+}
+
+/// Builds the `cdylib` crate at `manifest_dir` (outside the workspace) into
+/// `target/fixtures` and returns the path of its `.so`.
+pub fn build_fixture(manifest_dir: &Path, lib_name: &str) -> PathBuf {
+    let fixtures_target = target_dir().join("fixtures");
+    let output = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--manifest-path"])
+        .arg(manifest_dir.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&fixtures_target)
+        .current_dir(manifest_dir)
+        .output()
+        .expect("cargo runs");
+    assert!(
+        output.status.success(),
+        "building fixture {} failed:\n{}",
+        manifest_dir.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let so = fixtures_target
+        .join("debug")
+        .join(format!("lib{lib_name}.so"));
+    assert!(so.exists(), "{} was not built", so.display());
+    so
+}
+
+/// Builds a package of this workspace on its own (so only its own features are enabled) into
+/// `target/fixtures`, returning its `.so`.
+pub fn build_workspace_package_alone(package: &str, lib_name: &str) -> PathBuf {
+    let fixtures_target = target_dir().join("fixtures");
+    let output = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", package, "--target-dir"])
+        .arg(&fixtures_target)
+        .current_dir(repo_root())
+        .output()
+        .expect("cargo runs");
+    assert!(
+        output.status.success(),
+        "building {package} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    fixtures_target
+        .join("debug")
+        .join(format!("lib{lib_name}.so"))
+}
+
+/// Copies a directory tree.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The `NEEDED` entries of an ELF file, read with `readelf -d`.
+pub fn needed_libraries(so: &Path) -> Vec<String> {
+    let output = Command::new("readelf")
+        .arg("-d")
+        .arg(so)
+        .output()
+        .expect("readelf runs");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| l.contains("(NEEDED)"))
+        .filter_map(|l| {
+            l.split('[')
+                .nth(1)
+                .map(|s| s.trim_end_matches(']').to_string())
+        })
+        .collect()
+}

@@ -1,0 +1,257 @@
+//! `ssl-host list` and every way loading a plugin can fail: each is one clear error that names
+//! the file, with exit code 1 and no panic report.
+
+use e2e::*;
+use std::path::{Path, PathBuf};
+
+fn png_plugin() -> PathBuf {
+    artifact("libexample_png_folder.so")
+}
+
+fn cnn_plugin() -> PathBuf {
+    artifact("libexample_tiny_cnn.so")
+}
+
+#[test]
+fn list_shows_builtins() {
+    let run = ssl_host(&["list"]);
+    run.assert_ok();
+    assert!(run.stdout.contains("Shapes"), "{}", run.stdout);
+    let shapes_line = run
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("Shapes"))
+        .unwrap();
+    assert!(shapes_line.contains("built-in"), "{shapes_line}");
+    assert!(run.stdout.contains("libtorch 2.11.0"), "{}", run.stdout);
+}
+
+#[test]
+fn list_shows_external_plugins_with_their_paths() {
+    let png = png_plugin();
+    let cnn = cnn_plugin();
+    // --plugin before and after the command.
+    let run = ssl_host(&[
+        "--plugin",
+        png.to_str().unwrap(),
+        "list",
+        "--plugin",
+        cnn.to_str().unwrap(),
+    ]);
+    run.assert_ok();
+    for (entry, path) in [("PngFolder", &png), ("TinyCNN", &cnn)] {
+        let line = run
+            .stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(entry))
+            .unwrap_or_else(|| panic!("{entry} missing:\n{}", run.stdout));
+        assert!(line.contains(path.to_str().unwrap()), "{line}");
+        assert!(line.contains("0.1.0"), "version missing: {line}");
+    }
+    assert!(run.stdout.contains("Shapes"), "built-ins stay listed");
+}
+
+#[test]
+fn missing_file() {
+    ssl_host(&["--plugin", "/nonexistent/libnothing.so", "list"])
+        .assert_clear_error(&["/nonexistent/libnothing.so", "does not exist"]);
+}
+
+#[test]
+fn not_a_shared_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("libfake.so");
+    std::fs::write(&fake, "this is a text file, not an ELF library\n").unwrap();
+    ssl_host(&["list", "--plugin", fake.to_str().unwrap()])
+        .assert_clear_error(&[fake.to_str().unwrap(), "not a shared library"]);
+}
+
+#[test]
+fn truncated_shared_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(png_plugin()).unwrap();
+    let cut = dir.path().join("libcut.so");
+    std::fs::write(&cut, &bytes[..4096]).unwrap();
+    ssl_host(&["list", "--plugin", cut.to_str().unwrap()])
+        .assert_clear_error(&[cut.to_str().unwrap(), "dynamic linker"]);
+}
+
+#[test]
+fn shared_library_that_is_not_a_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("other.c");
+    std::fs::write(&source, "int answer(void) { return 42; }\n").unwrap();
+    let so = dir.path().join("libother.so");
+    let status = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&so)
+        .arg(&source)
+        .status()
+        .expect("cc runs");
+    assert!(status.success());
+    ssl_host(&["--plugin", so.to_str().unwrap(), "list"])
+        .assert_clear_error(&[so.to_str().unwrap(), "not an ssl-host plugin"]);
+}
+
+/// Copies the minimal fixture plugin next to a copy of plugin-api patched by `patch`, builds
+/// it, and returns the `.so`.
+fn build_against_patched_api(name: &str, patch: impl Fn(&Path)) -> PathBuf {
+    let work = target_dir().join("fixtures").join("src").join(name);
+    let _ = std::fs::remove_dir_all(&work);
+    copy_dir(&repo_root().join("tests/fixtures/minimal-dataset"), &work);
+    copy_dir(
+        &repo_root().join("plugin-api/src"),
+        &work.join("plugin-api/src"),
+    );
+    for file in ["Cargo.toml", "build.rs"] {
+        std::fs::copy(
+            repo_root().join("plugin-api").join(file),
+            work.join("plugin-api").join(file),
+        )
+        .unwrap();
+    }
+    let manifest = work.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("../../../plugin-api", "plugin-api");
+    std::fs::write(&manifest, text).unwrap();
+    patch(&work.join("plugin-api"));
+    build_fixture(&work, "minimal_dataset")
+}
+
+fn replace_in(file: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(file).unwrap();
+    assert!(
+        text.contains(from),
+        "{} no longer contains `{from}`; update the test",
+        file.display()
+    );
+    std::fs::write(file, text.replacen(from, to, 1)).unwrap();
+}
+
+#[test]
+fn plugin_built_against_another_plugin_api() {
+    let so = build_against_patched_api("other-api-version", |api| {
+        replace_in(
+            &api.join("Cargo.toml"),
+            "version = \"0.1.0\"",
+            "version = \"0.2.0\"",
+        );
+    });
+    ssl_host(&["--plugin", so.to_str().unwrap(), "list"]).assert_clear_error(&[
+        so.to_str().unwrap(),
+        "plugin-api: plugin built against 0.2.0, host provides 0.1.0",
+    ]);
+}
+
+#[test]
+fn plugin_built_against_another_libtorch_and_variant() {
+    let so = build_against_patched_api("other-libtorch", |api| {
+        replace_in(
+            &api.join("build.rs"),
+            "let (tch, libtorch, variant) = torch_build();",
+            "let (tch, libtorch, variant) = (\"0.23.0\", \"2.10.0+cpu\", \"cpu\");",
+        );
+    });
+    let run = ssl_host(&["--plugin", so.to_str().unwrap(), "list"]);
+    run.assert_clear_error(&[
+        so.to_str().unwrap(),
+        "tch: plugin built against 0.23.0",
+        "libtorch: plugin built against 2.10.0+cpu",
+    ]);
+    // The host's own libtorch build from the wheel is the CUDA one.
+    assert!(
+        run.stderr
+            .contains("libtorch build (cpu/cuda): plugin built against cpu"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn two_plugins_offering_the_same_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("libexample_png_folder_copy.so");
+    std::fs::copy(png_plugin(), &copy).unwrap();
+    let png = png_plugin();
+    ssl_host(&[
+        "--plugin",
+        png.to_str().unwrap(),
+        "--plugin",
+        copy.to_str().unwrap(),
+        "list",
+    ])
+    .assert_clear_error(&[
+        "dataset `PngFolder` is offered by two plugins",
+        png.to_str().unwrap(),
+        copy.to_str().unwrap(),
+    ]);
+}
+
+#[test]
+fn plugin_panics_become_errors() {
+    let so = build_fixture(
+        &repo_root().join("tests/fixtures/panicky-dataset"),
+        "panicky_dataset",
+    );
+    let out = tempfile::tempdir().unwrap();
+    let run = ssl_host(&[
+        "--plugin",
+        so.to_str().unwrap(),
+        "dump",
+        "--dataset=PanickyGet",
+        "--out",
+        out.path().to_str().unwrap(),
+    ]);
+    // `--out DIR` (space) is not an option form; use the right one.
+    assert_eq!(run.code, Some(1));
+    let run = ssl_host(&[
+        "--plugin",
+        so.to_str().unwrap(),
+        "dump",
+        "--dataset=PanickyGet",
+        &format!("--out={}", out.path().display()),
+    ]);
+    run.assert_clear_error(&[
+        "plugin code panicked in Dataset::get",
+        "index out of bounds",
+        "src/lib.rs",
+    ]);
+    let run = ssl_host(&[
+        "--plugin",
+        so.to_str().unwrap(),
+        "dump",
+        "--dataset=PanickyFactory",
+        &format!("--out={}", out.path().display()),
+    ]);
+    run.assert_clear_error(&[
+        "creating dataset `PanickyFactory`",
+        "plugin code panicked",
+        "`Option::unwrap()` on a `None` value",
+    ]);
+}
+
+#[test]
+fn dataset_plugin_builds_and_loads_without_libtorch() {
+    let so = build_workspace_package_alone("example-png-folder", "example_png_folder");
+    let needed = needed_libraries(&so);
+    assert!(
+        !needed.is_empty(),
+        "readelf found no NEEDED entries in {}",
+        so.display()
+    );
+    assert!(
+        !needed
+            .iter()
+            .any(|l| l.contains("torch") || l.contains("c10")),
+        "{needed:?}"
+    );
+    let run = ssl_host(&["list", "--plugin", so.to_str().unwrap()]);
+    run.assert_ok();
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.contains("example-png-folder") && l.contains("plugin-api"))
+        .unwrap();
+    assert!(line.contains("no libtorch"), "{line}");
+}
