@@ -55,8 +55,8 @@ impl BuildInfo {
         let mut problems = Vec::new();
         if !api_compatible(&self.plugin_api, &plugin.plugin_api) {
             problems.push(format!(
-                "plugin-api: plugin built against {}, host provides {} (rebuild the plugin against ssl-plugin-api {})",
-                plugin.plugin_api, self.plugin_api, self.plugin_api
+                "plugin-api: plugin built against {}, host provides {}",
+                plugin.plugin_api, self.plugin_api
             ));
         }
         if self.abi_stable != plugin.abi_stable {

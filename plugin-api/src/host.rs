@@ -337,6 +337,44 @@ pub fn builtin_plugins() -> std::result::Result<Vec<LoadedPlugin>, LoadError> {
     Ok(plugins)
 }
 
+/// Checks that `path` is a complete 64-bit little-endian ELF shared object before `dlopen`
+/// sees it: the dynamic linker maps a truncated file and then crashes on the missing part.
+fn check_elf(path: &Path) -> std::result::Result<(), String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
+    let len = file.metadata().map_err(|e| format!("cannot read it: {e}"))?.len();
+    let mut header = [0u8; 64];
+    if file.read_exact(&mut header).is_err() || &header[..4] != b"\x7fELF" {
+        return Err("no ELF header".into());
+    }
+    if header[4] != 2 || header[5] != 1 {
+        return Err("not a 64-bit little-endian ELF file".into());
+    }
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as u64;
+    let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
+    if u16_at(&header, 16) != 3 {
+        return Err("an ELF file, but not a shared object (ET_DYN)".into());
+    }
+    let truncated = |what: &str| format!("truncated ELF file: its {what} lies beyond the end of the file ({len} bytes)");
+    let (phoff, phentsize, phnum) = (u64_at(&header, 32), u16_at(&header, 54), u16_at(&header, 56));
+    let (shoff, shentsize, shnum) = (u64_at(&header, 40), u16_at(&header, 58), u16_at(&header, 60));
+    if phentsize < 56 || phoff.saturating_add(phentsize * phnum) > len {
+        return Err(truncated("program header table"));
+    }
+    if shnum > 0 && shoff.saturating_add(shentsize * shnum) > len {
+        return Err(truncated("section header table"));
+    }
+    let mut table = vec![0u8; (phentsize * phnum) as usize];
+    file.seek(SeekFrom::Start(phoff)).and_then(|_| file.read_exact(&mut table)).map_err(|_| truncated("program header table"))?;
+    for entry in table.chunks_exact(phentsize as usize) {
+        let (offset, size) = (u64_at(entry, 8), u64_at(entry, 32));
+        if size > 0 && offset.saturating_add(size) > len {
+            return Err(truncated("segment data"));
+        }
+    }
+    Ok(())
+}
+
 /// Loads a plugin `.so`: checks the file, its build-info record against this host, the layout
 /// of its ABI types, then lists its contents. The library stays loaded for the life of the
 /// process.
@@ -345,23 +383,8 @@ pub fn load_plugin_file(path: &Path) -> std::result::Result<LoadedPlugin, LoadEr
     if !path.exists() {
         return Err(LoadError::Missing(path));
     }
-    let mut magic = [0u8; 4];
-    let read =
-        std::fs::File::open(&path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic));
-    match read {
-        Err(e) => {
-            return Err(LoadError::NotSharedLibrary {
-                path,
-                detail: format!("cannot read it: {e}"),
-            })
-        }
-        Ok(()) if &magic != b"\x7fELF" => {
-            return Err(LoadError::NotSharedLibrary {
-                path,
-                detail: "no ELF header".into(),
-            });
-        }
-        Ok(()) => {}
+    if let Err(detail) = check_elf(&path) {
+        return Err(LoadError::NotSharedLibrary { path, detail });
     }
     // dlopen needs a path with a slash to avoid searching the library path.
     let open_path = if path.is_absolute() {

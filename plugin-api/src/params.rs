@@ -6,9 +6,16 @@ use serde_json::Value;
 
 /// Parameters for a factory, parsed from the JSON (or TOML, converted by the host) blob the
 /// host sends. Lookups name the parameter in their errors.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Params {
     value: Value,
+}
+
+impl Default for Params {
+    /// No parameters (an empty table).
+    fn default() -> Self {
+        Params { value: Value::Object(Default::default()) }
+    }
 }
 
 impl Params {
@@ -89,5 +96,6 @@ mod tests {
         assert!(e.message().contains("missing parameter `missing`"), "{e}");
         assert!(Params::from_json("[1]").is_err());
         assert!(Params::from_json("").unwrap().as_json().is_object());
+        assert!(Params::default().as_json().is_object());
     }
 }

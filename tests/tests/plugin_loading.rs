@@ -73,7 +73,7 @@ fn truncated_shared_library() {
     let cut = dir.path().join("libcut.so");
     std::fs::write(&cut, &bytes[..4096]).unwrap();
     ssl_host(&["list", "--plugin", cut.to_str().unwrap()])
-        .assert_clear_error(&[cut.to_str().unwrap(), "dynamic linker"]);
+        .assert_clear_error(&[cut.to_str().unwrap(), "truncated ELF file"]);
 }
 
 #[test]
@@ -111,12 +111,20 @@ fn build_against_patched_api(name: &str, patch: impl Fn(&Path)) -> PathBuf {
         .unwrap();
     }
     let manifest = work.join("Cargo.toml");
+    // A package and library name of its own, so parallel fixture builds do not overwrite
+    // each other's .so in the shared target directory.
+    let lib_name = format!("minimal_dataset_{}", name.replace('-', "_"));
     let text = std::fs::read_to_string(&manifest)
         .unwrap()
-        .replace("../../../plugin-api", "plugin-api");
+        .replace("path = \"../../../plugin-api\"", &format!("path = \"plugin-api\", package = \"ssl-plugin-api-{name}\""))
+        .replace("name = \"minimal-dataset\"", &format!("name = \"minimal-dataset-{name}\""))
+        .replace("name = \"minimal_dataset\"", &format!("name = \"{lib_name}\""));
     std::fs::write(&manifest, text).unwrap();
+    // The copy is its own package too: cargo names the artifacts of workspace members by name
+    // and version only, so an unrenamed copy would overwrite the real plugin-api's.
+    replace_in(&work.join("plugin-api/Cargo.toml"), "name = \"ssl-plugin-api\"", &format!("name = \"ssl-plugin-api-{name}\""));
     patch(&work.join("plugin-api"));
-    build_fixture(&work, "minimal_dataset")
+    build_fixture(&work, &lib_name)
 }
 
 fn replace_in(file: &Path, from: &str, to: &str) {

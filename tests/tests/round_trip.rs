@@ -78,8 +78,7 @@ fn external_encoder_errors_reach_the_host() {
     let wrong = Tensor::rand([2, 5, 16, 16], (Kind::Float, Device::Cpu));
     let err = encoder
         .forward(&wrong, true)
-        .err()
-        .expect("wrong input is refused");
+        .expect_err("wrong input is refused");
     assert!(err.message().contains("Encoder::forward"), "{err}");
 }
 
