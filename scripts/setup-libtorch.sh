@@ -5,18 +5,21 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.deps/torch-venv"
-marker="$venv/.ssl-host-torch-2.11.0-ready"
+# Bump the marker when the package list changes; an existing venv is then topped up.
+marker="$venv/.ssl-host-ready-v2"
 if [ -f "$marker" ]; then
   exit 0
 fi
 python=${PYTHON:-python3}
 echo "ssl-host: first set-up: downloading torch==2.11.0 from PyPI into .deps/torch-venv" >&2
 echo "ssl-host: (about 4.6 GB with its CUDA libraries; 1-3 minutes on a fast link; done once)" >&2
-rm -rf "$venv"
 mkdir -p "$root/.deps"
-"$python" -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --no-cache-dir --progress-bar off torch==2.11.0 numpy
-"$venv/bin/python" - <<'PY'
+if [ ! -x "$venv/bin/python" ]; then
+  "$python" -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install --quiet --no-cache-dir --progress-bar off \
+  torch==2.11.0 torchvision==0.26.0 numpy pillow tensorboard
+"$venv/bin/python" -W ignore - <<'PY'
 import torch, os
 assert torch.__version__.startswith("2.11.0"), torch.__version__
 lib = os.path.join(os.path.dirname(torch.__file__), "lib")

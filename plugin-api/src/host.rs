@@ -342,7 +342,10 @@ pub fn builtin_plugins() -> std::result::Result<Vec<LoadedPlugin>, LoadError> {
 fn check_elf(path: &Path) -> std::result::Result<(), String> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = std::fs::File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
-    let len = file.metadata().map_err(|e| format!("cannot read it: {e}"))?.len();
+    let len = file
+        .metadata()
+        .map_err(|e| format!("cannot read it: {e}"))?
+        .len();
     let mut header = [0u8; 64];
     if file.read_exact(&mut header).is_err() || &header[..4] != b"\x7fELF" {
         return Err("no ELF header".into());
@@ -355,9 +358,19 @@ fn check_elf(path: &Path) -> std::result::Result<(), String> {
     if u16_at(&header, 16) != 3 {
         return Err("an ELF file, but not a shared object (ET_DYN)".into());
     }
-    let truncated = |what: &str| format!("truncated ELF file: its {what} lies beyond the end of the file ({len} bytes)");
-    let (phoff, phentsize, phnum) = (u64_at(&header, 32), u16_at(&header, 54), u16_at(&header, 56));
-    let (shoff, shentsize, shnum) = (u64_at(&header, 40), u16_at(&header, 58), u16_at(&header, 60));
+    let truncated = |what: &str| {
+        format!("truncated ELF file: its {what} lies beyond the end of the file ({len} bytes)")
+    };
+    let (phoff, phentsize, phnum) = (
+        u64_at(&header, 32),
+        u16_at(&header, 54),
+        u16_at(&header, 56),
+    );
+    let (shoff, shentsize, shnum) = (
+        u64_at(&header, 40),
+        u16_at(&header, 58),
+        u16_at(&header, 60),
+    );
     if phentsize < 56 || phoff.saturating_add(phentsize * phnum) > len {
         return Err(truncated("program header table"));
     }
@@ -365,7 +378,9 @@ fn check_elf(path: &Path) -> std::result::Result<(), String> {
         return Err(truncated("section header table"));
     }
     let mut table = vec![0u8; (phentsize * phnum) as usize];
-    file.seek(SeekFrom::Start(phoff)).and_then(|_| file.read_exact(&mut table)).map_err(|_| truncated("program header table"))?;
+    file.seek(SeekFrom::Start(phoff))
+        .and_then(|_| file.read_exact(&mut table))
+        .map_err(|_| truncated("program header table"))?;
     for entry in table.chunks_exact(phentsize as usize) {
         let (offset, size) = (u64_at(entry, 8), u64_at(entry, 32));
         if size > 0 && offset.saturating_add(size) > len {

@@ -14,7 +14,9 @@ pub struct Params {
 impl Default for Params {
     /// No parameters (an empty table).
     fn default() -> Self {
-        Params { value: Value::Object(Default::default()) }
+        Params {
+            value: Value::Object(Default::default()),
+        }
     }
 }
 

@@ -116,13 +116,26 @@ fn build_against_patched_api(name: &str, patch: impl Fn(&Path)) -> PathBuf {
     let lib_name = format!("minimal_dataset_{}", name.replace('-', "_"));
     let text = std::fs::read_to_string(&manifest)
         .unwrap()
-        .replace("path = \"../../../plugin-api\"", &format!("path = \"plugin-api\", package = \"ssl-plugin-api-{name}\""))
-        .replace("name = \"minimal-dataset\"", &format!("name = \"minimal-dataset-{name}\""))
-        .replace("name = \"minimal_dataset\"", &format!("name = \"{lib_name}\""));
+        .replace(
+            "path = \"../../../plugin-api\"",
+            &format!("path = \"plugin-api\", package = \"ssl-plugin-api-{name}\""),
+        )
+        .replace(
+            "name = \"minimal-dataset\"",
+            &format!("name = \"minimal-dataset-{name}\""),
+        )
+        .replace(
+            "name = \"minimal_dataset\"",
+            &format!("name = \"{lib_name}\""),
+        );
     std::fs::write(&manifest, text).unwrap();
     // The copy is its own package too: cargo names the artifacts of workspace members by name
     // and version only, so an unrenamed copy would overwrite the real plugin-api's.
-    replace_in(&work.join("plugin-api/Cargo.toml"), "name = \"ssl-plugin-api\"", &format!("name = \"ssl-plugin-api-{name}\""));
+    replace_in(
+        &work.join("plugin-api/Cargo.toml"),
+        "name = \"ssl-plugin-api\"",
+        &format!("name = \"ssl-plugin-api-{name}\""),
+    );
     patch(&work.join("plugin-api"));
     build_fixture(&work, &lib_name)
 }

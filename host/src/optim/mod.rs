@@ -1,0 +1,1 @@
+//! Optimizers over tch tensors with checkpointable state.
