@@ -2,12 +2,17 @@
 //! trainer, evaluators, checkpoints and metrics. `main.rs` only calls [`run`].
 
 pub mod cli;
+pub mod checkpoint;
 pub mod commands;
+pub mod config;
+pub mod data;
 pub mod metrics;
 pub mod optim;
+pub mod outputs;
 pub mod registry;
 pub mod schedule;
 pub mod tensorboard;
+pub mod train;
 
 use anyhow::Result;
 use cli::Cli;
@@ -26,6 +31,11 @@ const USAGE: &str = "\
 usage: ssl-host [--plugin PATH]... COMMAND [--name=value]...
 
 commands:
+  train (default)           SSL training: --model=NAME (a config in configs/, a plugin's, or a
+                            .toml path) [--name=value]... ; --resume --output_dir=DIR continues
+                            a run; --stop_after_epochs=N stops cleanly after N epochs
+  show-config               the resolved config of --model=NAME [--name=value]...;
+                            --parameters lists every parameter
   list                      every dataset, transform, encoder, algorithm and model config,
                             with its source (built-in or plugin path) and version
   dump                      write samples of a dataset as PNG files plus labels.csv
@@ -55,15 +65,18 @@ pub fn run(args: Vec<String>) -> Result<()> {
         }
         Some("dump") => commands::dump::run(&registry, &mut cli),
         Some("check-encoder") => commands::check_encoder::run(&registry, &mut cli),
+        Some("train") => commands::train::run(&registry, &mut cli),
+        Some("show-config") => commands::train::show(&registry, &mut cli),
         Some(other) => {
-            let known = ["list", "dump", "check-encoder"];
+            let known = ["train", "show-config", "list", "dump", "check-encoder"];
             let hint = registry::closest(other, known.iter().copied())
                 .map(|c| format!(" (did you mean `{c}`?)"))
                 .unwrap_or_default();
             anyhow::bail!("unknown command `{other}`{hint}\n\n{USAGE}")
         }
-        None => {
-            anyhow::bail!("no command given (training arrives with the training engine)\n\n{USAGE}")
+        None if cli.options.iter().any(|(n, _)| n == "model" || n == "resume") => {
+            commands::train::run(&registry, &mut cli)
         }
+        None => anyhow::bail!("no command given\n\n{USAGE}"),
     }
 }

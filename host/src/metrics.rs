@@ -1,1 +1,430 @@
-//! Classification metrics of the linear heads.
+//! Classification metrics of the linear heads (the online evaluator and the classifier), on
+//! plain Rust data, as InnerEye's `lightning_metrics.py` computes them with torchmetrics 0.6:
+//!
+//! - [`ACCURACY`] (`AccuracyAtThreshold05`): top-1 (argmax) accuracy of the class posteriors,
+//!   for binary and multi-class heads alike (`torchmetrics.Accuracy()` on `[N, C]` softmax
+//!   posteriors with integer targets);
+//! - only for two classes, on the positive-class (column 1) posterior: [`AUROC`]
+//!   (`AreaUnderRocCurve`, see [`auroc`]) and [`AUPRC`] (`AreaUnderPRCurve`, see [`auprc`]), both
+//!   NaN when the targets of the epoch hold only one class;
+//! - [`LOSS`] (`loss`): the mean of the per-batch losses weighted by batch size.
+//!
+//! All of them are epoch-level: [`EpochMetrics`] accumulates every batch of an epoch.
+
+use anyhow::{bail, Result};
+
+/// Name of the mean loss entry of [`EpochMetrics::compute`].
+pub const LOSS: &str = "loss";
+/// Name of the top-1 accuracy entry (InnerEye's `MetricType.ACCURACY_AT_THRESHOLD_05`).
+pub const ACCURACY: &str = "AccuracyAtThreshold05";
+/// Name of the ROC AUC entry (InnerEye's `MetricType.AREA_UNDER_ROC_CURVE`).
+pub const AUROC: &str = "AreaUnderRocCurve";
+/// Name of the precision-recall AUC entry (InnerEye's `MetricType.AREA_UNDER_PR_CURVE`).
+pub const AUPRC: &str = "AreaUnderPRCurve";
+
+/// Class posteriors, targets and losses of one epoch of a linear head, turned into metrics by
+/// [`EpochMetrics::compute`].
+#[derive(Debug, Clone)]
+pub struct EpochMetrics {
+    num_classes: usize,
+    /// Posteriors, row-major `[N, num_classes]`.
+    probs: Vec<f32>,
+    targets: Vec<i64>,
+    /// Σ batch loss × batch size.
+    loss_sum: f64,
+    /// Σ batch size over the batches given to [`EpochMetrics::add_batch`].
+    loss_count: f64,
+}
+
+impl EpochMetrics {
+    /// An empty accumulator for a head with `num_classes` outputs (at least 1).
+    pub fn new(num_classes: usize) -> EpochMetrics {
+        assert!(num_classes >= 1, "a linear head needs at least one class");
+        EpochMetrics {
+            num_classes,
+            probs: Vec::new(),
+            targets: Vec::new(),
+            loss_sum: 0.0,
+            loss_count: 0.0,
+        }
+    }
+
+    /// The number of classes given to [`EpochMetrics::new`].
+    pub fn num_classes(&self) -> usize {
+        self.num_classes
+    }
+
+    /// The number of samples accumulated so far.
+    pub fn len(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// Whether no sample has been accumulated yet.
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+
+    /// Adds one batch: `probs` are the softmax posteriors, row-major `[targets.len(),
+    /// num_classes]`; `targets` the class indices; `loss` the batch's (mean) loss, weighted by
+    /// `batch_size` (normally `targets.len()`) in the epoch's mean loss.
+    ///
+    /// Panics if `probs` does not have `targets.len() * num_classes` entries or a target is
+    /// outside `0..num_classes` (cross-entropy would already have failed on such a target).
+    pub fn add_batch(&mut self, probs: &[f32], targets: &[i64], loss: f64, batch_size: usize) {
+        assert_eq!(
+            probs.len(),
+            targets.len() * self.num_classes,
+            "posteriors must be [batch, {}] for {} targets",
+            self.num_classes,
+            targets.len()
+        );
+        if let Some(bad) = targets
+            .iter()
+            .find(|&&t| t < 0 || t as u64 >= self.num_classes as u64)
+        {
+            panic!(
+                "target {bad} is outside the {} classes of the linear head",
+                self.num_classes
+            );
+        }
+        self.probs.extend_from_slice(probs);
+        self.targets.extend_from_slice(targets);
+        self.loss_sum += loss * batch_size as f64;
+        self.loss_count += batch_size as f64;
+    }
+
+    /// Clears the accumulator for a new epoch.
+    pub fn reset(&mut self) {
+        self.probs.clear();
+        self.targets.clear();
+        self.loss_sum = 0.0;
+        self.loss_count = 0.0;
+    }
+
+    /// The metrics of the accumulated samples, in this fixed order: [`LOSS`], then for two
+    /// classes [`AUROC`] and [`AUPRC`], then [`ACCURACY`]. The loss is NaN when no batch was
+    /// added, the accuracy NaN when there are no samples; the AUCs are NaN unless both classes
+    /// occur among the targets (or when a posterior is NaN).
+    pub fn compute(&self) -> Vec<(String, f64)> {
+        let mut out = Vec::with_capacity(4);
+        let loss = if self.loss_count > 0.0 {
+            self.loss_sum / self.loss_count
+        } else {
+            f64::NAN
+        };
+        out.push((LOSS.to_string(), loss));
+        if self.num_classes == 2 {
+            let scores: Vec<f64> = self.probs.chunks(2).map(|row| row[1] as f64).collect();
+            let labels: Vec<bool> = self.targets.iter().map(|&t| t == 1).collect();
+            out.push((AUROC.to_string(), auroc(&scores, &labels)));
+            out.push((AUPRC.to_string(), auprc(&scores, &labels)));
+        }
+        out.push((ACCURACY.to_string(), self.accuracy()));
+        out
+    }
+
+    /// Top-1 accuracy: the fraction of samples whose argmax posterior (the first one on ties,
+    /// a NaN counting as the largest value, as `torch.argmax`) is the target.
+    fn accuracy(&self) -> f64 {
+        if self.targets.is_empty() {
+            return f64::NAN;
+        }
+        let correct = self
+            .probs
+            .chunks(self.num_classes)
+            .zip(&self.targets)
+            .filter(|(row, &target)| argmax(row) as i64 == target)
+            .count();
+        correct as f64 / self.targets.len() as f64
+    }
+}
+
+/// Index of the largest value, the first on ties; the first NaN wins over any number.
+fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate().skip(1) {
+        let b = row[best];
+        if b.is_nan() {
+            break;
+        }
+        if v.is_nan() || v > b {
+            best = i;
+        }
+    }
+    best
+}
+
+/// The points of torchmetrics' `_binary_clf_curve`: for each distinct score, from the highest
+/// down, the number of false and true positives among the samples scoring at least that much.
+/// `None` if a score is NaN.
+fn binary_clf_curve(scores: &[f64], labels: &[bool]) -> Option<Vec<(f64, f64)>> {
+    assert_eq!(
+        scores.len(),
+        labels.len(),
+        "scores and labels differ in length"
+    );
+    if scores.iter().any(|s| s.is_nan()) {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let mut points = Vec::new();
+    let (mut fps, mut tps) = (0.0, 0.0);
+    for (k, &i) in order.iter().enumerate() {
+        if labels[i] {
+            tps += 1.0;
+        } else {
+            fps += 1.0;
+        }
+        // `==` rather than total_cmp so that -0.0 and 0.0 are one threshold, as in torch.
+        let last_of_group = order
+            .get(k + 1)
+            .is_none_or(|&next| scores[next] != scores[i]);
+        if last_of_group {
+            points.push((fps, tps));
+        }
+    }
+    Some(points)
+}
+
+/// Exact area under the ROC curve of `scores` (higher = more positive) for `labels` (`true` =
+/// positive class), as `torchmetrics.functional.auroc` (0.6) for binary inputs: the trapezoid
+/// rule over the (FPR, TPR) points of the unique thresholds, starting at (0, 0). Tied scores
+/// thus count half, i.e. this equals the Mann-Whitney statistic
+/// `P(score⁺ > score⁻) + ½·P(score⁺ = score⁻)`.
+///
+/// NaN when only one class is present (InnerEye's `AreaUnderRocCurve` returns NaN there) or a
+/// score is NaN. Panics if the slices differ in length.
+pub fn auroc(scores: &[f64], labels: &[bool]) -> f64 {
+    let Some(points) = binary_clf_curve(scores, labels) else {
+        return f64::NAN;
+    };
+    let Some(&(negatives, positives)) = points.last() else {
+        return f64::NAN;
+    };
+    if negatives == 0.0 || positives == 0.0 {
+        return f64::NAN;
+    }
+    // Trapezoids in count units (Δfp · mean tp), scaled once at the end: exact for ties.
+    let mut area = 0.0;
+    let (mut fp0, mut tp0) = (0.0, 0.0);
+    for &(fp, tp) in &points {
+        area += (fp - fp0) * (tp + tp0) / 2.0;
+        (fp0, tp0) = (fp, tp);
+    }
+    area / (negatives * positives)
+}
+
+/// Area under the precision-recall curve of `scores` for `labels`, as InnerEye's
+/// `AreaUnderPRCurve`: `auc(recall, precision)` over torchmetrics 0.6
+/// `precision_recall_curve(scores, labels)`. Precisely:
+///
+/// 1. thresholds are the unique scores in descending order; at each threshold `t`,
+///    `TP(t)`/`FP(t)` count the positives/negatives with score ≥ `t`,
+///    `precision = TP / (TP + FP)`, `recall = TP / P` (P = number of positives);
+/// 2. the points stop at the first threshold reaching full recall, and the end point
+///    (recall 0, precision 1) is appended after the points are put in order of decreasing
+///    recall;
+/// 3. the area is the trapezoid rule over these points, `Σ (rᵢ − rᵢ₊₁)·(pᵢ + pᵢ₊₁)/2`
+///    (`torchmetrics.functional.auc` with its sign fixed for a decreasing x).
+///
+/// This is not average precision (a step sum): the segment from (0, 1) to the first point is
+/// interpolated linearly. NaN when only one class is present or a score is NaN. Panics if the
+/// slices differ in length.
+pub fn auprc(scores: &[f64], labels: &[bool]) -> f64 {
+    let Some(points) = binary_clf_curve(scores, labels) else {
+        return f64::NAN;
+    };
+    let Some(&(negatives, positives)) = points.last() else {
+        return f64::NAN;
+    };
+    if negatives == 0.0 || positives == 0.0 {
+        return f64::NAN;
+    }
+    // Walk from the (recall 0, precision 1) end point towards full recall; the sum is the same
+    // as over the reversed order torchmetrics uses.
+    let mut area = 0.0;
+    let (mut recall0, mut precision0) = (0.0, 1.0);
+    for &(fp, tp) in &points {
+        let recall = tp / positives;
+        let precision = tp / (tp + fp);
+        area += (recall - recall0) * (precision + precision0) / 2.0;
+        (recall0, precision0) = (recall, precision);
+        if tp == positives {
+            break;
+        }
+    }
+    area
+}
+
+/// Class weights of the balanced linear-head loss, as InnerEye's `compute_class_weights`:
+/// `w_c = N / count_c` over the dataset's `targets`, normalised to sum to 1.
+///
+/// Errors when a class in `0..num_classes` has no sample (its weight would be infinite) or a
+/// target lies outside `0..num_classes`.
+pub fn class_weights(targets: &[i64], num_classes: usize) -> Result<Vec<f32>> {
+    let mut counts = vec![0u64; num_classes];
+    for &t in targets {
+        if t < 0 || t as u64 >= num_classes as u64 {
+            bail!(
+                "class weights: target {t} is outside the {num_classes} classes 0..{num_classes}"
+            );
+        }
+        counts[t as usize] += 1;
+    }
+    if let Some(class) = counts.iter().position(|&c| c == 0) {
+        bail!(
+            "class weights: class {class} has no sample among the {} targets, so its weight \
+             N/count would be infinite; disable the balanced loss or fix the dataset",
+            targets.len()
+        );
+    }
+    let n = targets.len() as f64;
+    let raw: Vec<f64> = counts.iter().map(|&c| n / c as f64).collect();
+    let sum: f64 = raw.iter().sum();
+    Ok(raw.iter().map(|w| (w / sum) as f32).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-6
+    }
+
+    fn labels(v: &[u8]) -> Vec<bool> {
+        v.iter().map(|&l| l == 1).collect()
+    }
+
+    #[test]
+    fn auroc_separated_reversed_and_hand_case() {
+        let l = labels(&[0, 0, 1, 1]);
+        assert_eq!(auroc(&[0.1, 0.2, 0.8, 0.9], &l), 1.0);
+        assert_eq!(auroc(&[0.9, 0.8, 0.2, 0.1], &l), 0.0);
+        // Positive pairs (pos > neg): 0.35>0.1, 0.8>0.1, 0.8>0.4; 0.35<0.4 ⇒ 3/4.
+        assert!(close(auroc(&[0.1, 0.4, 0.35, 0.8], &l), 0.75));
+    }
+
+    #[test]
+    fn auroc_ties_count_half() {
+        // All tied: 0.5.
+        assert!(close(
+            auroc(&[0.3, 0.3, 0.3, 0.3], &labels(&[0, 1, 0, 1])),
+            0.5
+        ));
+        // pos {0.5, 0.5, 0.9}, neg {0.5, 0.1}: pairs 0.5/0.5 tie ×2 (=1), 0.5>0.1 ×2, 0.9>both
+        // ×2 ⇒ (1 + 2 + 2)/6 = 5/6. torchmetrics 0.6 auroc gives 0.8333334 too.
+        let s = [0.5, 0.5, 0.5, 0.9, 0.1];
+        assert!(close(auroc(&s, &labels(&[1, 0, 1, 1, 0])), 5.0 / 6.0));
+    }
+
+    #[test]
+    fn aucs_are_nan_for_one_class_or_nan_scores() {
+        assert!(auroc(&[0.1, 0.9], &labels(&[1, 1])).is_nan());
+        assert!(auprc(&[0.1, 0.9], &labels(&[0, 0])).is_nan());
+        assert!(auroc(&[], &[]).is_nan());
+        assert!(auprc(&[f64::NAN, 0.9], &labels(&[0, 1])).is_nan());
+    }
+
+    #[test]
+    fn auprc_hand_case() {
+        // Scores descending: 0.8(+) 0.4(-) 0.35(+) 0.1(-). Thresholds 0.8, 0.4, 0.35 (full
+        // recall reached, stop): (recall, precision) = (0.5, 1), (0.5, 0.5), (1, 2/3); with the
+        // (0, 1) end point the trapezoids are 0.5·(1+1)/2 + 0 + 0.5·(0.5+2/3)/2 = 0.5 + 7/24
+        // = 19/24. torchmetrics 0.6 `auc(recall, precision)` gives 0.7916667.
+        let got = auprc(&[0.1, 0.4, 0.35, 0.8], &labels(&[0, 0, 1, 1]));
+        assert!(close(got, 19.0 / 24.0), "{got}");
+        assert_eq!(auprc(&[0.1, 0.2, 0.8, 0.9], &labels(&[0, 0, 1, 1])), 1.0);
+    }
+
+    #[test]
+    fn auprc_matches_torchmetrics_with_ties() {
+        // Reference values from torchmetrics 0.6.0, run in a throwaway venv:
+        // `prec, rec, _ = precision_recall_curve(preds=tensor(s), target=tensor(l));
+        // auc(rec, prec)` and `auroc(tensor(s), tensor(l))` (float32, hence 1e-6 tolerance).
+        let s = [0.5, 0.5, 0.5, 0.9, 0.1];
+        let got = auprc(&s, &labels(&[1, 0, 1, 1, 0]));
+        // By hand: (r, p) = (1/3, 1), (1, 3/4) ⇒ 1/3 + (2/3)·(1 + 3/4)/2 = 11/12.
+        assert!(close(got, 0.916_666_6), "{got}");
+        let s = [0.9, 0.1, 0.4, 0.4, 0.7, 0.2, 0.7, 0.3];
+        let l = labels(&[0, 1, 1, 0, 1, 0, 0, 1]);
+        let got = auprc(&s, &l);
+        assert!(close(got, 0.361_904_77), "{got}");
+        assert!(close(auroc(&s, &l), 0.3125));
+    }
+
+    #[test]
+    fn accuracy_loss_and_order() {
+        let mut m = EpochMetrics::new(3);
+        assert!(m.is_empty());
+        // argmax: 0, 2, 1, 0 (tie 0.4/0.4 → first); targets 0, 2, 2, 1 ⇒ 2/4.
+        m.add_batch(
+            &[0.7, 0.2, 0.1, 0.1, 0.2, 0.7, 0.2, 0.5, 0.3],
+            &[0, 2, 2],
+            1.0,
+            3,
+        );
+        m.add_batch(&[0.4, 0.4, 0.2], &[1], 3.0, 1);
+        assert!(!m.is_empty());
+        let got = m.compute();
+        let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, [LOSS, ACCURACY]);
+        assert!(close(got[0].1, (1.0 * 3.0 + 3.0) / 4.0));
+        assert!(close(got[1].1, 0.5));
+    }
+
+    #[test]
+    fn binary_metrics() {
+        let mut m = EpochMetrics::new(2);
+        m.add_batch(&[0.9, 0.1, 0.6, 0.4], &[0, 0], 0.5, 2);
+        m.add_batch(&[0.65, 0.35, 0.2, 0.8], &[1, 1], 0.7, 2);
+        let got = m.compute();
+        let names: Vec<&str> = got.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, [LOSS, AUROC, AUPRC, ACCURACY]);
+        assert!(close(got[0].1, 0.6));
+        // Column 1 scores [0.1, 0.4, 0.35, 0.8], as the hand cases above.
+        assert!(close(got[1].1, 0.75));
+        assert!(close(got[2].1, 19.0 / 24.0));
+        // argmax [0, 0, 0, 1] vs [0, 0, 1, 1].
+        assert!(close(got[3].1, 0.75));
+
+        let mut one_class = EpochMetrics::new(2);
+        one_class.add_batch(&[0.9, 0.1, 0.3, 0.7], &[0, 0], 0.1, 2);
+        let got = one_class.compute();
+        assert!(got[1].1.is_nan() && got[2].1.is_nan());
+        assert!(close(got[3].1, 0.5));
+    }
+
+    #[test]
+    fn empty_metrics_are_nan() {
+        let got = EpochMetrics::new(2).compute();
+        assert!(got.iter().all(|(_, v)| v.is_nan()));
+    }
+
+    #[test]
+    #[should_panic(expected = "outside")]
+    fn out_of_range_target_panics() {
+        EpochMetrics::new(2).add_batch(&[0.5, 0.5], &[2], 0.0, 1);
+    }
+
+    #[test]
+    fn argmax_ties_and_nan() {
+        assert_eq!(argmax(&[0.2, 0.5, 0.5]), 1);
+        assert_eq!(argmax(&[0.2, f32::NAN, 0.9]), 1);
+    }
+
+    #[test]
+    fn class_weights_balanced() {
+        assert_eq!(class_weights(&[0, 0, 0, 1], 2).unwrap(), [0.25, 0.75]);
+        let w = class_weights(&[0, 1, 1, 2, 2, 2], 3).unwrap();
+        // 6/[1,2,3] = [6,3,2], / 11.
+        for (a, b) in w.iter().zip([6.0 / 11.0, 3.0 / 11.0, 2.0 / 11.0]) {
+            assert!((a - b).abs() < 1e-6);
+        }
+        let err = class_weights(&[0, 0, 2], 3).unwrap_err().to_string();
+        assert!(err.contains("class 1"), "{err}");
+        let err = class_weights(&[0, 5], 2).unwrap_err().to_string();
+        assert!(err.contains("target 5"), "{err}");
+    }
+}

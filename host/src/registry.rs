@@ -121,10 +121,14 @@ impl Registry {
     }
 
     /// The model config called `name`.
-    #[allow(dead_code)] // used by the training engine
     pub fn model_config(&self, name: &str) -> Result<&ModelConfig> {
         let (p, e) = self.find("model config", name)?;
         Ok(&self.plugins[p].model_configs[e])
+    }
+
+    /// Names of the model configs plugins ship.
+    pub fn model_config_names(&self) -> Vec<String> {
+        self.index["model config"].keys().cloned().collect()
     }
 
     /// The `ssl-host list` table: every entry with its source and version.

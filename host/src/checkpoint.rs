@@ -1,0 +1,192 @@
+//! Checkpoints: safetensors files (no code runs on load) with a JSON record under the
+//! `ssl_host` metadata key, written atomically (temporary file, fsync, rename).
+
+use crate::config::write_atomic;
+use anyhow::{anyhow, bail, Context, Result};
+use safetensors::tensor::{Dtype, TensorView};
+use serde::{Deserialize, Serialize};
+use ssl_plugin_api::tch::{Device, Kind, Tensor};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// The format tag of the metadata record.
+pub const FORMAT: &str = "ssl-host-checkpoint-v1";
+
+/// What a checkpoint says about itself.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CheckpointInfo {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// Epochs completed (the next run continues at this epoch index).
+    pub epochs_done: usize,
+    /// Optimizer steps taken.
+    pub global_step: u64,
+    /// The `--model` name.
+    pub model: String,
+    /// The resolved config (TOML).
+    pub config: String,
+    /// The SSL algorithm (e.g. `BYOL`).
+    pub algorithm: String,
+    /// The encoder (e.g. `resnet18`) and its parameters (JSON).
+    pub encoder: String,
+    pub encoder_params: String,
+    /// Prefix of the embedding encoder inside the `algorithm.` tensors.
+    pub embedding_encoder_prefix: String,
+    /// Name and version of each plugin used.
+    pub plugins: BTreeMap<String, String>,
+}
+
+fn kind_to_dtype(kind: Kind) -> Result<Dtype> {
+    Ok(match kind {
+        Kind::Float => Dtype::F32,
+        Kind::Double => Dtype::F64,
+        Kind::Half => Dtype::F16,
+        Kind::BFloat16 => Dtype::BF16,
+        Kind::Int64 => Dtype::I64,
+        Kind::Int => Dtype::I32,
+        Kind::Int16 => Dtype::I16,
+        Kind::Int8 => Dtype::I8,
+        Kind::Uint8 => Dtype::U8,
+        Kind::Bool => Dtype::BOOL,
+        other => bail!("cannot store tensors of kind {other:?}"),
+    })
+}
+
+fn dtype_to_kind(dtype: Dtype) -> Result<Kind> {
+    Ok(match dtype {
+        Dtype::F32 => Kind::Float,
+        Dtype::F64 => Kind::Double,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::I64 => Kind::Int64,
+        Dtype::I32 => Kind::Int,
+        Dtype::I16 => Kind::Int16,
+        Dtype::I8 => Kind::Int8,
+        Dtype::U8 => Kind::Uint8,
+        Dtype::BOOL => Kind::Bool,
+        other => bail!("unsupported tensor type {other:?}"),
+    })
+}
+
+/// Writes `tensors` and `info` to `path` atomically.
+pub fn save(path: &Path, tensors: &[(String, Tensor)], info: &CheckpointInfo) -> Result<()> {
+    let mut buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    for (name, tensor) in tensors {
+        let t = tensor.detach().to_device(Device::Cpu).contiguous();
+        let dtype = kind_to_dtype(t.kind()).with_context(|| format!("tensor `{name}`"))?;
+        let numel = t.numel();
+        let mut bytes = vec![0u8; numel * t.kind().elt_size_in_bytes()];
+        t.copy_data_u8(&mut bytes, numel);
+        let shape = t.size().iter().map(|&d| d as usize).collect();
+        buffers.push((name.clone(), dtype, shape, bytes));
+    }
+    let views: Vec<(String, TensorView<'_>)> = buffers
+        .iter()
+        .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b).map_err(|e| anyhow!("tensor `{n}`: {e:?}"))?)))
+        .collect::<Result<_>>()?;
+    let mut metadata = HashMap::new();
+    metadata.insert("ssl_host".to_string(), serde_json::to_string(info)?);
+    let bytes = safetensors::serialize(views, &Some(metadata)).map_err(|e| anyhow!("serializing checkpoint: {e:?}"))?;
+    write_atomic(path, &bytes)
+}
+
+/// A loaded checkpoint.
+pub struct Checkpoint {
+    pub info: CheckpointInfo,
+    pub tensors: HashMap<String, Tensor>,
+}
+
+/// Reads `info` only, without materialising tensors.
+pub fn read_info(path: &Path) -> Result<CheckpointInfo> {
+    Ok(load(path)?.info)
+}
+
+/// Loads a checkpoint, with one clear error for a missing, truncated or foreign file.
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
+    let parsed = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+        anyhow!("{} is not a readable safetensors checkpoint (truncated or corrupt?): {e:?}", path.display())
+    })?;
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| anyhow!("{}: {e:?}", path.display()))?;
+    let record = metadata
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("ssl_host"))
+        .ok_or_else(|| anyhow!("{} is a safetensors file but not an ssl-host checkpoint (no `ssl_host` metadata)", path.display()))?;
+    let info: CheckpointInfo =
+        serde_json::from_str(record).map_err(|e| anyhow!("{}: unreadable ssl-host metadata: {e}", path.display()))?;
+    if info.format != FORMAT {
+        bail!("{}: checkpoint format `{}`, this ssl-host reads `{FORMAT}`", path.display(), info.format);
+    }
+    let mut tensors = HashMap::new();
+    for (name, view) in parsed.tensors() {
+        let kind = dtype_to_kind(view.dtype()).with_context(|| format!("{}: tensor `{name}`", path.display()))?;
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        tensors.insert(name, Tensor::from_data_size(view.data(), &shape, kind));
+    }
+    Ok(Checkpoint { info, tensors })
+}
+
+/// Copies stored tensors into live ones (same names after `prefix`), in place; every live
+/// tensor must be present with the same shape.
+pub fn restore_into(stored: &HashMap<String, Tensor>, prefix: &str, live: &[(String, Tensor)], what: &str) -> Result<()> {
+    ssl_plugin_api::tch::no_grad(|| -> Result<()> {
+        for (name, tensor) in live {
+            let key = format!("{prefix}{name}");
+            let source = stored.get(&key).ok_or_else(|| anyhow!("checkpoint lacks `{key}` ({what})"))?;
+            if source.size() != tensor.size() {
+                bail!("checkpoint `{key}` has shape {:?}, {what} expects {:?}", source.size(), tensor.size());
+            }
+            let mut target = tensor.shallow_clone();
+            target.copy_(&source.to_device(tensor.device()).to_kind(tensor.kind()));
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info() -> CheckpointInfo {
+        CheckpointInfo {
+            format: FORMAT.into(),
+            epochs_done: 2,
+            global_step: 10,
+            model: "M".into(),
+            config: "x = 1".into(),
+            algorithm: "BYOL".into(),
+            encoder: "resnet18".into(),
+            encoder_params: "{}".into(),
+            embedding_encoder_prefix: "target.encoder.".into(),
+            plugins: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_foreign_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.safetensors");
+        let a = Tensor::from_slice(&[1.5f32, -2.0, 3.25]).view([3, 1]);
+        let b = Tensor::from_slice(&[7i64]);
+        save(&path, &[("a".into(), a.shallow_clone()), ("b".into(), b.shallow_clone())], &info()).unwrap();
+        let c = load(&path).unwrap();
+        assert_eq!(c.info, info());
+        assert!(c.tensors["a"].equal(&a) && c.tensors["b"].equal(&b));
+        let live = Tensor::zeros([3, 1], (Kind::Float, Device::Cpu));
+        restore_into(&c.tensors, "", &[("a".into(), live.shallow_clone())], "test").unwrap();
+        assert!(live.equal(&a));
+        let err = restore_into(&c.tensors, "x.", &[("a".into(), live)], "test").unwrap_err().to_string();
+        assert!(err.contains("lacks `x.a`"), "{err}");
+
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 5]).unwrap();
+        let err = load(&path).err().unwrap().to_string();
+        assert!(err.contains("truncated or corrupt"), "{err}");
+        let plain = safetensors::serialize(Vec::<(String, TensorView<'_>)>::new(), &None).unwrap();
+        std::fs::write(&path, plain).unwrap();
+        let err = load(&path).err().unwrap().to_string();
+        assert!(err.contains("not an ssl-host checkpoint"), "{err}");
+        assert!(load(&dir.path().join("missing")).is_err());
+    }
+}

@@ -1,0 +1,429 @@
+//! Run configuration: defaults, named model configs (`--model=NAME`, TOML files in
+//! `configs/` or shipped by plugins, or a path to a `.toml` file), and `--name=value`
+//! overrides, resolved into one typed [`RunConfig`].
+//!
+//! Parameter names follow InnerEye-DeepLearning's SSL containers. Every top-level parameter
+//! can be overridden on the command line; table parameters take dotted names
+//! (`--encoder_params.cifar_stem=true`). An unknown name is an error that suggests the
+//! closest known one.
+
+use crate::registry::{closest, Registry};
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use toml::{Table, Value};
+
+/// The built-in named model configs, compiled into the binary from `configs/`.
+const BUILTIN_CONFIGS: &[(&str, &str)] = &[
+    ("ShapesBYOL", include_str!("../../configs/ShapesBYOL.toml")),
+    ("ShapesSimCLR", include_str!("../../configs/ShapesSimCLR.toml")),
+];
+
+/// What a parameter holds, for parsing command-line values.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Kind {
+    Str,
+    Int,
+    Float,
+    Bool,
+    StrList,
+    Table,
+    TableList,
+}
+
+/// Every parameter: name, kind, one-line help.
+const SCHEMA: &[(&str, Kind, &str)] = &[
+    ("description", Kind::Str, "what this config is for"),
+    ("ssl_training_dataset_name", Kind::Str, "dataset for SSL encoder training"),
+    ("linear_head_dataset_name", Kind::Str, "dataset of the online linear head (or of the classifier)"),
+    ("ssl_encoder", Kind::Str, "encoder (resnet18, resnet50, resnet101, densenet121, or a plugin's)"),
+    ("ssl_training_type", Kind::Str, "SSL algorithm (BYOL, SimCLR, or a plugin's)"),
+    ("ssl_training_batch_size", Kind::Int, "batch size of SSL training"),
+    ("linear_head_batch_size", Kind::Int, "batch size of the linear head"),
+    ("ssl_augmentation_config", Kind::Str, "augmentation YAML of SSL training (chest X-ray data)"),
+    ("linear_head_augmentation_config", Kind::Str, "augmentation YAML of the linear head"),
+    ("use_balanced_binary_loss_for_linear_head", Kind::Bool, "class-weighted loss for the linear head"),
+    ("random_seed", Kind::Int, "seed of initialisation, splits and augmentations"),
+    ("num_epochs", Kind::Int, "number of training epochs"),
+    ("l_rate", Kind::Float, "base learning rate of the SSL encoder (classifier: of the head)"),
+    ("local_dataset", Kind::Str, "path of the SSL dataset"),
+    ("extra_local_dataset_paths", Kind::StrList, "[0]: path of the linear-head dataset"),
+    ("num_workers", Kind::Int, "data-loading threads (0: load in the training thread)"),
+    ("is_debug_model", Kind::Bool, "1 training and 1 validation batch per epoch"),
+    ("drop_last", Kind::Bool, "drop incomplete last batches (training and validation)"),
+    ("learning_rate_linear_head_during_ssl_training", Kind::Float, "Adam learning rate of the online linear head"),
+    ("freeze_encoder", Kind::Bool, "classifier: keep the pretrained encoder fixed"),
+    ("local_ssl_weights_path", Kind::Str, "classifier: SSL checkpoint or run folder"),
+    ("use_mixed_precision", Kind::Bool, "autocast to half precision on CUDA"),
+    ("output_dir", Kind::Str, "where the run writes (default outputs/<UTC time>_<model>)"),
+    ("device", Kind::Str, "cpu, cuda or cuda:N (default: cuda when available)"),
+    ("val_split", Kind::Float, "fraction of each dataset held out for validation"),
+    ("optimizer", Kind::Str, "adam, sgd or lars"),
+    ("weight_decay", Kind::Float, "weight decay of the SSL optimizer"),
+    ("momentum", Kind::Float, "momentum of sgd and lars"),
+    ("lr_schedule", Kind::Str, "auto, warmup_cosine_epoch, warmup_cosine_step, polynomial or constant"),
+    ("warmup_epochs", Kind::Int, "linear warm-up length of the cosine schedules"),
+    ("encoder_params", Kind::Table, "parameters of the encoder plugin (e.g. cifar_stem)"),
+    ("algorithm_params", Kind::Table, "parameters of the algorithm plugin (e.g. temperature)"),
+    ("ssl_dataset_params", Kind::Table, "extra parameters of the SSL dataset plugin"),
+    ("linear_head_dataset_params", Kind::Table, "extra parameters of the linear-head dataset plugin"),
+    ("ssl_augmentations", Kind::TableList, "SSL view transforms: [[ssl_augmentations]] name = ..., params"),
+    ("linear_head_augmentations", Kind::TableList, "linear-head training transforms"),
+    ("linear_head_val_augmentations", Kind::TableList, "linear-head validation transforms (default: as training)"),
+];
+
+/// One transform of a pipeline: its registered name and its parameters.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TransformSpec {
+    /// Registered transform name.
+    pub name: String,
+    /// Everything else in the table: the transform's parameters.
+    #[serde(flatten)]
+    pub params: Table,
+}
+
+/// The resolved configuration of a run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// The `--model` name it came from.
+    #[serde(skip)]
+    pub model: String,
+    pub description: String,
+    pub ssl_training_dataset_name: Option<String>,
+    pub linear_head_dataset_name: String,
+    pub ssl_encoder: String,
+    pub ssl_training_type: String,
+    pub ssl_training_batch_size: usize,
+    pub linear_head_batch_size: usize,
+    pub ssl_augmentation_config: Option<String>,
+    pub linear_head_augmentation_config: Option<String>,
+    pub use_balanced_binary_loss_for_linear_head: bool,
+    pub random_seed: u64,
+    pub num_epochs: usize,
+    pub l_rate: f64,
+    pub local_dataset: Option<String>,
+    pub extra_local_dataset_paths: Vec<String>,
+    pub num_workers: usize,
+    pub is_debug_model: bool,
+    pub drop_last: bool,
+    pub learning_rate_linear_head_during_ssl_training: f64,
+    pub freeze_encoder: bool,
+    pub local_ssl_weights_path: Option<String>,
+    pub use_mixed_precision: bool,
+    pub output_dir: Option<String>,
+    pub device: Option<String>,
+    pub val_split: f64,
+    pub optimizer: String,
+    pub weight_decay: f64,
+    pub momentum: f64,
+    pub lr_schedule: String,
+    pub warmup_epochs: usize,
+    pub encoder_params: Table,
+    pub algorithm_params: Table,
+    pub ssl_dataset_params: Table,
+    pub linear_head_dataset_params: Table,
+    pub ssl_augmentations: Vec<TransformSpec>,
+    pub linear_head_augmentations: Vec<TransformSpec>,
+    pub linear_head_val_augmentations: Option<Vec<TransformSpec>>,
+}
+
+/// The defaults of every parameter (the original's where it has one).
+fn defaults() -> Table {
+    let text = r#"
+description = ""
+linear_head_dataset_name = ""
+ssl_encoder = "resnet50"
+ssl_training_type = "BYOL"
+ssl_training_batch_size = 128
+linear_head_batch_size = 16
+use_balanced_binary_loss_for_linear_head = false
+random_seed = 42
+num_epochs = 100
+l_rate = 1e-4
+extra_local_dataset_paths = []
+num_workers = 4
+is_debug_model = false
+drop_last = true
+learning_rate_linear_head_during_ssl_training = 1e-4
+freeze_encoder = true
+use_mixed_precision = false
+val_split = 0.1
+optimizer = "adam"
+weight_decay = 1e-6
+momentum = 0.9
+lr_schedule = "auto"
+warmup_epochs = 10
+encoder_params = {}
+algorithm_params = {}
+ssl_dataset_params = {}
+linear_head_dataset_params = {}
+ssl_augmentations = []
+linear_head_augmentations = []
+"#;
+    text.parse().expect("defaults parse")
+}
+
+fn kind_of(name: &str) -> Option<Kind> {
+    SCHEMA.iter().find(|(n, _, _)| *n == name).map(|(_, k, _)| *k)
+}
+
+fn unknown(name: &str) -> anyhow::Error {
+    let hint = closest(name, SCHEMA.iter().map(|(n, _, _)| *n))
+        .map(|c| format!(" (did you mean `{c}`?)"))
+        .unwrap_or_default();
+    anyhow!("unknown parameter `{name}`{hint}; `ssl-host show-config --model=NAME` lists them")
+}
+
+/// Parses a command-line value for a parameter of `kind`.
+fn parse_value(name: &str, kind: Kind, text: &str) -> Result<Value> {
+    let bad = |what: &str| anyhow!("--{name}={text}: expected {what}");
+    Ok(match kind {
+        Kind::Str => Value::String(text.to_string()),
+        Kind::Int => Value::Integer(text.trim().parse::<i64>().map_err(|_| bad("a whole number"))?),
+        Kind::Float => Value::Float(text.trim().parse::<f64>().map_err(|_| bad("a number"))?),
+        Kind::Bool => Value::Boolean(match text.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            _ => return Err(bad("true or false")),
+        }),
+        Kind::StrList => {
+            let t = text.trim();
+            if t.starts_with('[') {
+                let parsed: Table = format!("v = {t}").parse().map_err(|_| bad("a list like [\"a\", \"b\"]"))?;
+                parsed["v"].clone()
+            } else if t.is_empty() {
+                Value::Array(Vec::new())
+            } else {
+                Value::Array(t.split(',').map(|s| Value::String(s.trim().to_string())).collect())
+            }
+        }
+        Kind::Table | Kind::TableList => {
+            return Err(anyhow!("--{name} is a table; set its entries with --{name}.KEY=value"));
+        }
+    })
+}
+
+/// A value inside a plugin parameter table: TOML literal when it parses, else a string.
+fn parse_loose(text: &str) -> Value {
+    format!("v = {text}")
+        .parse::<Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| Value::String(text.to_string()))
+}
+
+/// Applies one `--name=value` override to the merged table.
+fn apply_override(table: &mut Table, name: &str, text: &str) -> Result<()> {
+    let name = if name == "local_weights_path" { "local_ssl_weights_path" } else { name };
+    if let Some((top, key)) = name.split_once('.') {
+        match kind_of(top) {
+            Some(Kind::Table) => {
+                let entry = table.entry(top.to_string()).or_insert_with(|| Value::Table(Table::new()));
+                let Value::Table(inner) = entry else { bail!("`{top}` is not a table") };
+                inner.insert(key.to_string(), parse_loose(text));
+                return Ok(());
+            }
+            Some(_) => bail!("--{name}: `{top}` is not a table parameter"),
+            None => return Err(unknown(top)),
+        }
+    }
+    let kind = kind_of(name).ok_or_else(|| unknown(name))?;
+    table.insert(name.to_string(), parse_value(name, kind, text)?);
+    Ok(())
+}
+
+/// The TOML text of model `name`: a built-in config, a plugin's, or a `.toml` path.
+fn model_text(name: &str, registry: &Registry) -> Result<String> {
+    if name.ends_with(".toml") || name.contains('/') {
+        return std::fs::read_to_string(name).with_context(|| format!("reading model config {name}"));
+    }
+    if let Some((_, text)) = BUILTIN_CONFIGS.iter().find(|(n, _)| *n == name) {
+        return Ok(text.to_string());
+    }
+    match registry.model_config(name) {
+        Ok(m) => Ok(m.toml.clone()),
+        Err(_) => {
+            let mut known: Vec<&str> = BUILTIN_CONFIGS.iter().map(|(n, _)| *n).collect();
+            let plugin_names = registry.model_config_names();
+            known.extend(plugin_names.iter().map(String::as_str));
+            let hint = closest(name, known.iter().copied()).map(|c| format!(" (did you mean `{c}`?)")).unwrap_or_default();
+            bail!("unknown model config `{name}`{hint}; known: {}", known.join(", "))
+        }
+    }
+}
+
+/// Names of the built-in model configs.
+pub fn builtin_config_names() -> Vec<&'static str> {
+    BUILTIN_CONFIGS.iter().map(|(n, _)| *n).collect()
+}
+
+impl RunConfig {
+    /// Defaults, then the model config `model`, then `overrides` in order.
+    pub fn resolve(model: &str, overrides: &[(String, String)], registry: &Registry) -> Result<RunConfig> {
+        let mut table = defaults();
+        let text = model_text(model, registry)?;
+        let file: Table = text.parse().map_err(|e| anyhow!("model config `{model}` is not valid TOML: {e}"))?;
+        for (name, value) in file {
+            let name = if name == "local_weights_path" { "local_ssl_weights_path".to_string() } else { name };
+            if kind_of(&name).is_none() {
+                return Err(unknown(&name).context(format!("in model config `{model}`")));
+            }
+            table.insert(name, value);
+        }
+        for (name, value) in overrides {
+            apply_override(&mut table, name, value)?;
+        }
+        let mut config: RunConfig = Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow!("invalid configuration for `{model}`: {}", e.message()))?;
+        config.model = model.trim_end_matches(".toml").rsplit('/').next().unwrap_or(model).to_string();
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The config stored with a run (`stored`, resolved TOML), with `overrides` applied on top:
+    /// how `--resume` continues a run (e.g. with more `--num_epochs`).
+    pub fn resume(stored: &str, model: &str, overrides: &[(String, String)]) -> Result<RunConfig> {
+        let mut table: Table = stored.parse().map_err(|e| anyhow!("stored config is invalid: {e}"))?;
+        for (name, value) in overrides {
+            apply_override(&mut table, name, value)?;
+        }
+        let mut config: RunConfig =
+            Value::Table(table).try_into().map_err(|e: toml::de::Error| anyhow!("invalid configuration: {}", e.message()))?;
+        config.model = model.to_string();
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let positive = [
+            ("ssl_training_batch_size", self.ssl_training_batch_size),
+            ("linear_head_batch_size", self.linear_head_batch_size),
+            ("num_epochs", self.num_epochs),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                bail!("`{name}` must be at least 1");
+            }
+        }
+        if !(0.0..1.0).contains(&self.val_split) {
+            bail!("`val_split` must be in [0, 1), got {}", self.val_split);
+        }
+        if !(self.l_rate >= 0.0) {
+            bail!("`l_rate` must be a non-negative number, got {}", self.l_rate);
+        }
+        if self.linear_head_dataset_name.is_empty() {
+            bail!("`linear_head_dataset_name` is not set");
+        }
+        Ok(())
+    }
+
+    /// The linear-head dataset path: `extra_local_dataset_paths[0]`, or `local_dataset` when
+    /// both datasets have the same name (as the original).
+    pub fn linear_head_dataset_path(&self) -> Option<String> {
+        match self.extra_local_dataset_paths.first() {
+            Some(p) => Some(p.clone()),
+            None if self.ssl_training_dataset_name.as_deref() == Some(self.linear_head_dataset_name.as_str()) => {
+                self.local_dataset.clone()
+            }
+            None => None,
+        }
+    }
+
+    /// The resolved config as TOML (what `show-config` prints and `config.toml` holds).
+    pub fn to_toml(&self) -> String {
+        let mut text = format!("# ssl-host resolved config of model `{}`\n", self.model);
+        text.push_str(&toml::to_string(self).expect("config serializes"));
+        text
+    }
+
+    /// Reads a resolved config back (from `config.toml` or a checkpoint).
+    pub fn from_resolved_toml(text: &str, model: &str) -> Result<RunConfig> {
+        let mut config: RunConfig = toml::from_str(text).map_err(|e| anyhow!("stored config is invalid: {}", e.message()))?;
+        config.model = model.to_string();
+        Ok(config)
+    }
+}
+
+/// One line per parameter with its help, for `show-config --help`-like listings.
+pub fn parameter_help() -> String {
+    SCHEMA.iter().map(|(n, _, h)| format!("  --{n:<48} {h}\n")).collect()
+}
+
+/// Writes `text` to `path` atomically: a temporary file in the same folder, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
+    {
+        let mut file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        file.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
+        file.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry() -> Registry {
+        Registry::load(&[]).unwrap()
+    }
+
+    #[test]
+    fn overrides_apply_and_are_typed() {
+        let r = registry();
+        let overrides = vec![
+            ("num_epochs".to_string(), "3".to_string()),
+            ("l_rate".to_string(), "0.01".to_string()),
+            ("is_debug_model".to_string(), "True".to_string()),
+            ("encoder_params.cifar_stem".to_string(), "false".to_string()),
+            ("extra_local_dataset_paths".to_string(), "a,b".to_string()),
+            ("local_weights_path".to_string(), "ckpt".to_string()),
+        ];
+        let c = RunConfig::resolve("ShapesBYOL", &overrides, &r).unwrap();
+        assert_eq!(c.num_epochs, 3);
+        assert_eq!(c.l_rate, 0.01);
+        assert!(c.is_debug_model);
+        assert_eq!(c.encoder_params.get("cifar_stem"), Some(&Value::Boolean(false)));
+        assert_eq!(c.extra_local_dataset_paths, vec!["a", "b"]);
+        assert_eq!(c.local_ssl_weights_path.as_deref(), Some("ckpt"));
+        assert_eq!(c.model, "ShapesBYOL");
+    }
+
+    #[test]
+    fn unknown_and_malformed_names_are_errors() {
+        let r = registry();
+        let err = RunConfig::resolve("ShapesBYOL", &[("num_epoch".into(), "3".into())], &r).unwrap_err().to_string();
+        assert!(err.contains("unknown parameter `num_epoch`") && err.contains("did you mean `num_epochs`"), "{err}");
+        let err = RunConfig::resolve("ShapesBYOL", &[("num_epochs".into(), "three".into())], &r).unwrap_err().to_string();
+        assert!(err.contains("--num_epochs=three: expected a whole number"), "{err}");
+        let err = RunConfig::resolve("ShapesBYOL", &[("val_split".into(), "1.5".into())], &r).unwrap_err().to_string();
+        assert!(err.contains("val_split"), "{err}");
+        let err = RunConfig::resolve("ShapesBYOl", &[], &r).unwrap_err().to_string();
+        assert!(err.contains("did you mean `ShapesBYOL`"), "{err}");
+    }
+
+    #[test]
+    fn resolved_config_round_trips_through_toml() {
+        let r = registry();
+        let c = RunConfig::resolve("ShapesSimCLR", &[], &r).unwrap();
+        let back = RunConfig::from_resolved_toml(&c.to_toml(), "ShapesSimCLR").unwrap();
+        assert_eq!(c, back);
+    }
+
+    #[test]
+    fn linear_head_path_defaults_to_local_dataset_for_the_same_dataset() {
+        let r = registry();
+        let c = RunConfig::resolve("ShapesBYOL", &[("local_dataset".into(), "/d".into())], &r).unwrap();
+        assert_eq!(c.linear_head_dataset_path().as_deref(), Some("/d"));
+        let c = RunConfig::resolve("ShapesBYOL", &[("local_dataset".into(), "/d".into()), ("extra_local_dataset_paths".into(), "/e".into())], &r).unwrap();
+        assert_eq!(c.linear_head_dataset_path().as_deref(), Some("/e"));
+    }
+}

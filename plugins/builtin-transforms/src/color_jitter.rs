@@ -1,0 +1,182 @@
+//! `ColorJitter`: random brightness, contrast, saturation and hue, in random order
+//! (torchvision semantics), applied as a whole with probability `p` (`RandomApply`).
+
+use crate::args;
+use crate::convert::FloatImage;
+use crate::random_grayscale::luma;
+use crate::rng::Rng;
+use ssl_plugin_api::{bail, Image, Params, Result, Transform};
+
+/// With probability `p` (default 1.0), applies the enabled adjustments in a random order, each
+/// followed by a clamp to [0, 1]:
+///
+/// - brightness `b ~ U(brightness)`: `b · x` (blend with black);
+/// - contrast `c ~ U(contrast)`: `c · x + (1 − c) · m`, `m` the mean of the grey image;
+/// - saturation `s ~ U(saturation)`: `s · x + (1 − s) · grey(x)`, grey = `0.299 R + 0.587 G +
+///   0.114 B`;
+/// - hue `h ~ U(hue)`: RGB → HSV, `H = (H + h) mod 1`, HSV → RGB.
+///
+/// Each of `brightness`, `contrast`, `saturation` is a number `x ≥ 0`, meaning the factor
+/// range `[max(0, 1 − x), 1 + x]`, or an explicit `[min, max]`; `hue` is a number `x ≤ 0.5`,
+/// meaning `[−x, x]`, or `[min, max]` within [−0.5, 0.5]. Zero (the default) disables an
+/// adjustment. One-channel images get brightness and contrast only; other channel counts
+/// than 1 and 3 are an error.
+#[derive(Clone, Debug)]
+pub struct ColorJitter {
+    brightness: Option<(f64, f64)>,
+    contrast: Option<(f64, f64)>,
+    saturation: Option<(f64, f64)>,
+    hue: Option<(f64, f64)>,
+    p: f64,
+}
+
+const NAME: &str = "ColorJitter";
+
+fn factor_range(params: &Params, name: &str) -> Result<Option<(f64, f64)>> {
+    let scalar = |x: f64| ((1.0 - x).max(0.0), 1.0 + x);
+    if let Some(x) = params.as_json().get(name).and_then(|v| v.as_f64()) {
+        if x < 0.0 {
+            bail!("{NAME}: parameter `{name}` = {x}: must be non-negative");
+        }
+    }
+    let r = args::range(params, NAME, name, (1.0, 1.0), Some(&scalar))?;
+    args::check_bounds(NAME, name, r, 0.0, None)?;
+    Ok((r != (1.0, 1.0)).then_some(r))
+}
+
+impl ColorJitter {
+    /// From parameters: `brightness`, `contrast`, `saturation`, `hue` (all 0 = off) and `p`
+    /// (1.0).
+    pub fn from_params(params: &Params) -> Result<Self> {
+        args::check_known(
+            params,
+            NAME,
+            &["brightness", "contrast", "saturation", "hue", "p"],
+        )?;
+        if let Some(x) = params.as_json().get("hue").and_then(|v| v.as_f64()) {
+            if !(0.0..=0.5).contains(&x) {
+                bail!("{NAME}: parameter `hue` = {x}: must be within [0, 0.5]");
+            }
+        }
+        let hue = args::range(params, NAME, "hue", (0.0, 0.0), Some(&|x: f64| (-x, x)))?;
+        args::check_bounds(NAME, "hue", hue, -0.5, Some(0.5))?;
+        Ok(ColorJitter {
+            brightness: factor_range(params, "brightness")?,
+            contrast: factor_range(params, "contrast")?,
+            saturation: factor_range(params, "saturation")?,
+            hue: (hue != (0.0, 0.0)).then_some(hue),
+            p: args::probability(params, NAME, "p", 1.0)?,
+        })
+    }
+}
+
+/// `x ← clamp(f · x)`.
+pub fn adjust_brightness(data: &mut [f32], factor: f32) {
+    for v in data {
+        *v = (*v * factor).clamp(0.0, 1.0);
+    }
+}
+
+/// `x ← clamp(f · x + (1 − f) · m)`, `m` the mean grey level of the whole image (`channels`
+/// is 1 or 3).
+pub fn adjust_contrast(data: &mut [f32], channels: usize, factor: f32) {
+    let mean = if data.is_empty() {
+        0.0
+    } else if channels == 3 {
+        let sum: f64 = data.chunks_exact(3).map(|px| luma(px) as f64).sum();
+        (sum / (data.len() / 3) as f64) as f32
+    } else {
+        let sum: f64 = data.iter().map(|&v| v as f64).sum();
+        (sum / data.len() as f64) as f32
+    };
+    let offset = (1.0 - factor) * mean;
+    for v in data {
+        *v = (factor * *v + offset).clamp(0.0, 1.0);
+    }
+}
+
+/// `x ← clamp(f · x + (1 − f) · grey(x))` on interleaved RGB.
+pub fn adjust_saturation(data: &mut [f32], factor: f32) {
+    let keep = 1.0 - factor;
+    for px in data.chunks_exact_mut(3) {
+        let g = keep * luma(px);
+        for v in px {
+            *v = (factor * *v + g).clamp(0.0, 1.0);
+        }
+    }
+}
+
+/// Shifts the hue of interleaved RGB by `shift` turns (torchvision's `_rgb2hsv` /
+/// `_hsv2rgb`).
+pub fn adjust_hue(data: &mut [f32], shift: f32) {
+    for px in data.chunks_exact_mut(3) {
+        let (r, g, b) = (px[0], px[1], px[2]);
+        let maxc = r.max(g).max(b);
+        let minc = r.min(g).min(b);
+        let cr = maxc - minc;
+        let eqc = maxc == minc;
+        let s = cr / if eqc || maxc == 0.0 { 1.0 } else { maxc };
+        let crd = if eqc { 1.0 } else { cr };
+        let (rc, gc, bc) = ((maxc - r) / crd, (maxc - g) / crd, (maxc - b) / crd);
+        let h = if maxc == r {
+            bc - gc
+        } else if maxc == g {
+            2.0 + rc - bc
+        } else {
+            4.0 + gc - rc
+        };
+        let h = (h / 6.0 + 1.0) % 1.0;
+        let h = (h + shift).rem_euclid(1.0);
+        let v = maxc;
+        let h6 = h * 6.0;
+        let i = h6.floor();
+        let f = h6 - i;
+        let p = (v * (1.0 - s)).clamp(0.0, 1.0);
+        let q = (v * (1.0 - s * f)).clamp(0.0, 1.0);
+        let t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0);
+        let (r, g, b) = match (i as i32).rem_euclid(6) {
+            0 => (v, t, p),
+            1 => (q, v, p),
+            2 => (p, v, t),
+            3 => (p, q, v),
+            4 => (t, p, v),
+            _ => (v, p, q),
+        };
+        px[0] = r.clamp(0.0, 1.0);
+        px[1] = g.clamp(0.0, 1.0);
+        px[2] = b.clamp(0.0, 1.0);
+    }
+}
+
+impl Transform for ColorJitter {
+    fn apply(&self, image: Image, seed: u64) -> Result<Image> {
+        let mut img = FloatImage::from_image(image);
+        let c = img.channels;
+        if c != 1 && c != 3 {
+            bail!("{NAME}: expected a 1- or 3-channel image, got {c} channels");
+        }
+        let mut rng = Rng::new(seed);
+        if !rng.bernoulli(self.p) {
+            return img.into_image();
+        }
+        let order = rng.permutation::<4>();
+        let mut draw = |r: Option<(f64, f64)>| r.map(|(lo, hi)| rng.uniform(lo, hi) as f32);
+        let factors = [
+            draw(self.brightness),
+            draw(self.contrast),
+            draw(self.saturation),
+            draw(self.hue),
+        ];
+        for op in order {
+            let Some(f) = factors[op] else { continue };
+            match (op, c) {
+                (0, _) => adjust_brightness(&mut img.data, f),
+                (1, _) => adjust_contrast(&mut img.data, c, f),
+                (2, 3) => adjust_saturation(&mut img.data, f),
+                (3, 3) => adjust_hue(&mut img.data, f),
+                _ => {}
+            }
+        }
+        img.into_image()
+    }
+}
