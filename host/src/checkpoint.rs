@@ -82,11 +82,17 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)], info: &CheckpointInfo) ->
     }
     let views: Vec<(String, TensorView<'_>)> = buffers
         .iter()
-        .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b).map_err(|e| anyhow!("tensor `{n}`: {e:?}"))?)))
+        .map(|(n, d, s, b)| {
+            Ok((
+                n.clone(),
+                TensorView::new(*d, s.clone(), b).map_err(|e| anyhow!("tensor `{n}`: {e:?}"))?,
+            ))
+        })
         .collect::<Result<_>>()?;
     let mut metadata = HashMap::new();
     metadata.insert("ssl_host".to_string(), serde_json::to_string(info)?);
-    let bytes = safetensors::serialize(views, &Some(metadata)).map_err(|e| anyhow!("serializing checkpoint: {e:?}"))?;
+    let bytes = safetensors::serialize(views, &Some(metadata))
+        .map_err(|e| anyhow!("serializing checkpoint: {e:?}"))?;
     write_atomic(path, &bytes)
 }
 
@@ -103,24 +109,39 @@ pub fn read_info(path: &Path) -> Result<CheckpointInfo> {
 
 /// Loads a checkpoint, with one clear error for a missing, truncated or foreign file.
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
     let parsed = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
-        anyhow!("{} is not a readable safetensors checkpoint (truncated or corrupt?): {e:?}", path.display())
+        anyhow!(
+            "{} is not a readable safetensors checkpoint (truncated or corrupt?): {e:?}",
+            path.display()
+        )
     })?;
-    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| anyhow!("{}: {e:?}", path.display()))?;
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| anyhow!("{}: {e:?}", path.display()))?;
     let record = metadata
         .metadata()
         .as_ref()
         .and_then(|m| m.get("ssl_host"))
-        .ok_or_else(|| anyhow!("{} is a safetensors file but not an ssl-host checkpoint (no `ssl_host` metadata)", path.display()))?;
-    let info: CheckpointInfo =
-        serde_json::from_str(record).map_err(|e| anyhow!("{}: unreadable ssl-host metadata: {e}", path.display()))?;
+        .ok_or_else(|| {
+            anyhow!(
+                "{} is a safetensors file but not an ssl-host checkpoint (no `ssl_host` metadata)",
+                path.display()
+            )
+        })?;
+    let info: CheckpointInfo = serde_json::from_str(record)
+        .map_err(|e| anyhow!("{}: unreadable ssl-host metadata: {e}", path.display()))?;
     if info.format != FORMAT {
-        bail!("{}: checkpoint format `{}`, this ssl-host reads `{FORMAT}`", path.display(), info.format);
+        bail!(
+            "{}: checkpoint format `{}`, this ssl-host reads `{FORMAT}`",
+            path.display(),
+            info.format
+        );
     }
     let mut tensors = HashMap::new();
     for (name, view) in parsed.tensors() {
-        let kind = dtype_to_kind(view.dtype()).with_context(|| format!("{}: tensor `{name}`", path.display()))?;
+        let kind = dtype_to_kind(view.dtype())
+            .with_context(|| format!("{}: tensor `{name}`", path.display()))?;
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         tensors.insert(name, Tensor::from_data_size(view.data(), &shape, kind));
     }
@@ -129,13 +150,24 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
 
 /// Copies stored tensors into live ones (same names after `prefix`), in place; every live
 /// tensor must be present with the same shape.
-pub fn restore_into(stored: &HashMap<String, Tensor>, prefix: &str, live: &[(String, Tensor)], what: &str) -> Result<()> {
+pub fn restore_into(
+    stored: &HashMap<String, Tensor>,
+    prefix: &str,
+    live: &[(String, Tensor)],
+    what: &str,
+) -> Result<()> {
     ssl_plugin_api::tch::no_grad(|| -> Result<()> {
         for (name, tensor) in live {
             let key = format!("{prefix}{name}");
-            let source = stored.get(&key).ok_or_else(|| anyhow!("checkpoint lacks `{key}` ({what})"))?;
+            let source = stored
+                .get(&key)
+                .ok_or_else(|| anyhow!("checkpoint lacks `{key}` ({what})"))?;
             if source.size() != tensor.size() {
-                bail!("checkpoint `{key}` has shape {:?}, {what} expects {:?}", source.size(), tensor.size());
+                bail!(
+                    "checkpoint `{key}` has shape {:?}, {what} expects {:?}",
+                    source.size(),
+                    tensor.size()
+                );
             }
             let mut target = tensor.shallow_clone();
             target.copy_(&source.to_device(tensor.device()).to_kind(tensor.kind()));
@@ -169,14 +201,30 @@ mod tests {
         let path = dir.path().join("c.safetensors");
         let a = Tensor::from_slice(&[1.5f32, -2.0, 3.25]).view([3, 1]);
         let b = Tensor::from_slice(&[7i64]);
-        save(&path, &[("a".into(), a.shallow_clone()), ("b".into(), b.shallow_clone())], &info()).unwrap();
+        save(
+            &path,
+            &[
+                ("a".into(), a.shallow_clone()),
+                ("b".into(), b.shallow_clone()),
+            ],
+            &info(),
+        )
+        .unwrap();
         let c = load(&path).unwrap();
         assert_eq!(c.info, info());
         assert!(c.tensors["a"].equal(&a) && c.tensors["b"].equal(&b));
         let live = Tensor::zeros([3, 1], (Kind::Float, Device::Cpu));
-        restore_into(&c.tensors, "", &[("a".into(), live.shallow_clone())], "test").unwrap();
+        restore_into(
+            &c.tensors,
+            "",
+            &[("a".into(), live.shallow_clone())],
+            "test",
+        )
+        .unwrap();
         assert!(live.equal(&a));
-        let err = restore_into(&c.tensors, "x.", &[("a".into(), live)], "test").unwrap_err().to_string();
+        let err = restore_into(&c.tensors, "x.", &[("a".into(), live)], "test")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("lacks `x.a`"), "{err}");
 
         let bytes = std::fs::read(&path).unwrap();

@@ -16,7 +16,10 @@ use toml::{Table, Value};
 /// The built-in named model configs, compiled into the binary from `configs/`.
 const BUILTIN_CONFIGS: &[(&str, &str)] = &[
     ("ShapesBYOL", include_str!("../../configs/ShapesBYOL.toml")),
-    ("ShapesSimCLR", include_str!("../../configs/ShapesSimCLR.toml")),
+    (
+        "ShapesSimCLR",
+        include_str!("../../configs/ShapesSimCLR.toml"),
+    ),
 ];
 
 /// What a parameter holds, for parsing command-line values.
@@ -34,42 +37,170 @@ enum Kind {
 /// Every parameter: name, kind, one-line help.
 const SCHEMA: &[(&str, Kind, &str)] = &[
     ("description", Kind::Str, "what this config is for"),
-    ("ssl_training_dataset_name", Kind::Str, "dataset for SSL encoder training"),
-    ("linear_head_dataset_name", Kind::Str, "dataset of the online linear head (or of the classifier)"),
-    ("ssl_encoder", Kind::Str, "encoder (resnet18, resnet50, resnet101, densenet121, or a plugin's)"),
-    ("ssl_training_type", Kind::Str, "SSL algorithm (BYOL, SimCLR, or a plugin's)"),
-    ("ssl_training_batch_size", Kind::Int, "batch size of SSL training"),
-    ("linear_head_batch_size", Kind::Int, "batch size of the linear head"),
-    ("ssl_augmentation_config", Kind::Str, "augmentation YAML of SSL training (chest X-ray data)"),
-    ("linear_head_augmentation_config", Kind::Str, "augmentation YAML of the linear head"),
-    ("use_balanced_binary_loss_for_linear_head", Kind::Bool, "class-weighted loss for the linear head"),
-    ("random_seed", Kind::Int, "seed of initialisation, splits and augmentations"),
+    (
+        "ssl_training_dataset_name",
+        Kind::Str,
+        "dataset for SSL encoder training",
+    ),
+    (
+        "linear_head_dataset_name",
+        Kind::Str,
+        "dataset of the online linear head (or of the classifier)",
+    ),
+    (
+        "ssl_encoder",
+        Kind::Str,
+        "encoder (resnet18, resnet50, resnet101, densenet121, or a plugin's)",
+    ),
+    (
+        "ssl_training_type",
+        Kind::Str,
+        "SSL algorithm (BYOL, SimCLR, or a plugin's)",
+    ),
+    (
+        "ssl_training_batch_size",
+        Kind::Int,
+        "batch size of SSL training",
+    ),
+    (
+        "linear_head_batch_size",
+        Kind::Int,
+        "batch size of the linear head",
+    ),
+    (
+        "ssl_augmentation_config",
+        Kind::Str,
+        "augmentation YAML of SSL training (chest X-ray data)",
+    ),
+    (
+        "linear_head_augmentation_config",
+        Kind::Str,
+        "augmentation YAML of the linear head",
+    ),
+    (
+        "use_balanced_binary_loss_for_linear_head",
+        Kind::Bool,
+        "class-weighted loss for the linear head",
+    ),
+    (
+        "random_seed",
+        Kind::Int,
+        "seed of initialisation, splits and augmentations",
+    ),
     ("num_epochs", Kind::Int, "number of training epochs"),
-    ("l_rate", Kind::Float, "base learning rate of the SSL encoder (classifier: of the head)"),
+    (
+        "l_rate",
+        Kind::Float,
+        "base learning rate of the SSL encoder (classifier: of the head)",
+    ),
     ("local_dataset", Kind::Str, "path of the SSL dataset"),
-    ("extra_local_dataset_paths", Kind::StrList, "[0]: path of the linear-head dataset"),
-    ("num_workers", Kind::Int, "data-loading threads (0: load in the training thread)"),
-    ("is_debug_model", Kind::Bool, "1 training and 1 validation batch per epoch"),
-    ("drop_last", Kind::Bool, "drop incomplete last batches (training and validation)"),
-    ("learning_rate_linear_head_during_ssl_training", Kind::Float, "Adam learning rate of the online linear head"),
-    ("freeze_encoder", Kind::Bool, "classifier: keep the pretrained encoder fixed"),
-    ("local_ssl_weights_path", Kind::Str, "classifier: SSL checkpoint or run folder"),
-    ("use_mixed_precision", Kind::Bool, "autocast to half precision on CUDA"),
-    ("output_dir", Kind::Str, "where the run writes (default outputs/<UTC time>_<model>)"),
-    ("device", Kind::Str, "cpu, cuda or cuda:N (default: cuda when available)"),
-    ("val_split", Kind::Float, "fraction of each dataset held out for validation"),
+    (
+        "extra_local_dataset_paths",
+        Kind::StrList,
+        "[0]: path of the linear-head dataset",
+    ),
+    (
+        "num_workers",
+        Kind::Int,
+        "data-loading threads (0: load in the training thread)",
+    ),
+    (
+        "is_debug_model",
+        Kind::Bool,
+        "1 training and 1 validation batch per epoch",
+    ),
+    (
+        "drop_last",
+        Kind::Bool,
+        "drop incomplete last batches (training and validation)",
+    ),
+    (
+        "learning_rate_linear_head_during_ssl_training",
+        Kind::Float,
+        "Adam learning rate of the online linear head",
+    ),
+    (
+        "freeze_encoder",
+        Kind::Bool,
+        "classifier: keep the pretrained encoder fixed",
+    ),
+    (
+        "local_ssl_weights_path",
+        Kind::Str,
+        "classifier: SSL checkpoint or run folder",
+    ),
+    (
+        "use_mixed_precision",
+        Kind::Bool,
+        "autocast to half precision on CUDA",
+    ),
+    (
+        "output_dir",
+        Kind::Str,
+        "where the run writes (default outputs/<UTC time>_<model>)",
+    ),
+    (
+        "device",
+        Kind::Str,
+        "cpu, cuda or cuda:N (default: cuda when available)",
+    ),
+    (
+        "val_split",
+        Kind::Float,
+        "fraction of each dataset held out for validation",
+    ),
     ("optimizer", Kind::Str, "adam, sgd or lars"),
-    ("weight_decay", Kind::Float, "weight decay of the SSL optimizer"),
+    (
+        "weight_decay",
+        Kind::Float,
+        "weight decay of the SSL optimizer",
+    ),
     ("momentum", Kind::Float, "momentum of sgd and lars"),
-    ("lr_schedule", Kind::Str, "auto, warmup_cosine_epoch, warmup_cosine_step, polynomial or constant"),
-    ("warmup_epochs", Kind::Int, "linear warm-up length of the cosine schedules"),
-    ("encoder_params", Kind::Table, "parameters of the encoder plugin (e.g. cifar_stem)"),
-    ("algorithm_params", Kind::Table, "parameters of the algorithm plugin (e.g. temperature)"),
-    ("ssl_dataset_params", Kind::Table, "extra parameters of the SSL dataset plugin"),
-    ("linear_head_dataset_params", Kind::Table, "extra parameters of the linear-head dataset plugin"),
-    ("ssl_augmentations", Kind::TableList, "SSL view transforms: [[ssl_augmentations]] name = ..., params"),
-    ("linear_head_augmentations", Kind::TableList, "linear-head training transforms"),
-    ("linear_head_val_augmentations", Kind::TableList, "linear-head validation transforms (default: as training)"),
+    (
+        "lr_schedule",
+        Kind::Str,
+        "auto, warmup_cosine_epoch, warmup_cosine_step, polynomial or constant",
+    ),
+    (
+        "warmup_epochs",
+        Kind::Int,
+        "linear warm-up length of the cosine schedules",
+    ),
+    (
+        "encoder_params",
+        Kind::Table,
+        "parameters of the encoder plugin (e.g. cifar_stem)",
+    ),
+    (
+        "algorithm_params",
+        Kind::Table,
+        "parameters of the algorithm plugin (e.g. temperature)",
+    ),
+    (
+        "ssl_dataset_params",
+        Kind::Table,
+        "extra parameters of the SSL dataset plugin",
+    ),
+    (
+        "linear_head_dataset_params",
+        Kind::Table,
+        "extra parameters of the linear-head dataset plugin",
+    ),
+    (
+        "ssl_augmentations",
+        Kind::TableList,
+        "SSL view transforms: [[ssl_augmentations]] name = ..., params",
+    ),
+    (
+        "linear_head_augmentations",
+        Kind::TableList,
+        "linear-head training transforms",
+    ),
+    (
+        "linear_head_val_augmentations",
+        Kind::TableList,
+        "linear-head validation transforms (default: as training)",
+    ),
 ];
 
 /// One transform of a pipeline: its registered name and its parameters.
@@ -165,7 +296,10 @@ linear_head_augmentations = []
 }
 
 fn kind_of(name: &str) -> Option<Kind> {
-    SCHEMA.iter().find(|(n, _, _)| *n == name).map(|(_, k, _)| *k)
+    SCHEMA
+        .iter()
+        .find(|(n, _, _)| *n == name)
+        .map(|(_, k, _)| *k)
 }
 
 fn unknown(name: &str) -> anyhow::Error {
@@ -180,7 +314,11 @@ fn parse_value(name: &str, kind: Kind, text: &str) -> Result<Value> {
     let bad = |what: &str| anyhow!("--{name}={text}: expected {what}");
     Ok(match kind {
         Kind::Str => Value::String(text.to_string()),
-        Kind::Int => Value::Integer(text.trim().parse::<i64>().map_err(|_| bad("a whole number"))?),
+        Kind::Int => Value::Integer(
+            text.trim()
+                .parse::<i64>()
+                .map_err(|_| bad("a whole number"))?,
+        ),
         Kind::Float => Value::Float(text.trim().parse::<f64>().map_err(|_| bad("a number"))?),
         Kind::Bool => Value::Boolean(match text.trim().to_ascii_lowercase().as_str() {
             "true" | "1" | "yes" => true,
@@ -190,16 +328,24 @@ fn parse_value(name: &str, kind: Kind, text: &str) -> Result<Value> {
         Kind::StrList => {
             let t = text.trim();
             if t.starts_with('[') {
-                let parsed: Table = format!("v = {t}").parse().map_err(|_| bad("a list like [\"a\", \"b\"]"))?;
+                let parsed: Table = format!("v = {t}")
+                    .parse()
+                    .map_err(|_| bad("a list like [\"a\", \"b\"]"))?;
                 parsed["v"].clone()
             } else if t.is_empty() {
                 Value::Array(Vec::new())
             } else {
-                Value::Array(t.split(',').map(|s| Value::String(s.trim().to_string())).collect())
+                Value::Array(
+                    t.split(',')
+                        .map(|s| Value::String(s.trim().to_string()))
+                        .collect(),
+                )
             }
         }
         Kind::Table | Kind::TableList => {
-            return Err(anyhow!("--{name} is a table; set its entries with --{name}.KEY=value"));
+            return Err(anyhow!(
+                "--{name} is a table; set its entries with --{name}.KEY=value"
+            ));
         }
     })
 }
@@ -215,12 +361,20 @@ fn parse_loose(text: &str) -> Value {
 
 /// Applies one `--name=value` override to the merged table.
 fn apply_override(table: &mut Table, name: &str, text: &str) -> Result<()> {
-    let name = if name == "local_weights_path" { "local_ssl_weights_path" } else { name };
+    let name = if name == "local_weights_path" {
+        "local_ssl_weights_path"
+    } else {
+        name
+    };
     if let Some((top, key)) = name.split_once('.') {
         match kind_of(top) {
             Some(Kind::Table) => {
-                let entry = table.entry(top.to_string()).or_insert_with(|| Value::Table(Table::new()));
-                let Value::Table(inner) = entry else { bail!("`{top}` is not a table") };
+                let entry = table
+                    .entry(top.to_string())
+                    .or_insert_with(|| Value::Table(Table::new()));
+                let Value::Table(inner) = entry else {
+                    bail!("`{top}` is not a table")
+                };
                 inner.insert(key.to_string(), parse_loose(text));
                 return Ok(());
             }
@@ -236,7 +390,8 @@ fn apply_override(table: &mut Table, name: &str, text: &str) -> Result<()> {
 /// The TOML text of model `name`: a built-in config, a plugin's, or a `.toml` path.
 fn model_text(name: &str, registry: &Registry) -> Result<String> {
     if name.ends_with(".toml") || name.contains('/') {
-        return std::fs::read_to_string(name).with_context(|| format!("reading model config {name}"));
+        return std::fs::read_to_string(name)
+            .with_context(|| format!("reading model config {name}"));
     }
     if let Some((_, text)) = BUILTIN_CONFIGS.iter().find(|(n, _)| *n == name) {
         return Ok(text.to_string());
@@ -247,8 +402,13 @@ fn model_text(name: &str, registry: &Registry) -> Result<String> {
             let mut known: Vec<&str> = BUILTIN_CONFIGS.iter().map(|(n, _)| *n).collect();
             let plugin_names = registry.model_config_names();
             known.extend(plugin_names.iter().map(String::as_str));
-            let hint = closest(name, known.iter().copied()).map(|c| format!(" (did you mean `{c}`?)")).unwrap_or_default();
-            bail!("unknown model config `{name}`{hint}; known: {}", known.join(", "))
+            let hint = closest(name, known.iter().copied())
+                .map(|c| format!(" (did you mean `{c}`?)"))
+                .unwrap_or_default();
+            bail!(
+                "unknown model config `{name}`{hint}; known: {}",
+                known.join(", ")
+            )
         }
     }
 }
@@ -260,12 +420,22 @@ pub fn builtin_config_names() -> Vec<&'static str> {
 
 impl RunConfig {
     /// Defaults, then the model config `model`, then `overrides` in order.
-    pub fn resolve(model: &str, overrides: &[(String, String)], registry: &Registry) -> Result<RunConfig> {
+    pub fn resolve(
+        model: &str,
+        overrides: &[(String, String)],
+        registry: &Registry,
+    ) -> Result<RunConfig> {
         let mut table = defaults();
         let text = model_text(model, registry)?;
-        let file: Table = text.parse().map_err(|e| anyhow!("model config `{model}` is not valid TOML: {e}"))?;
+        let file: Table = text
+            .parse()
+            .map_err(|e| anyhow!("model config `{model}` is not valid TOML: {e}"))?;
         for (name, value) in file {
-            let name = if name == "local_weights_path" { "local_ssl_weights_path".to_string() } else { name };
+            let name = if name == "local_weights_path" {
+                "local_ssl_weights_path".to_string()
+            } else {
+                name
+            };
             if kind_of(&name).is_none() {
                 return Err(unknown(&name).context(format!("in model config `{model}`")));
             }
@@ -274,10 +444,18 @@ impl RunConfig {
         for (name, value) in overrides {
             apply_override(&mut table, name, value)?;
         }
-        let mut config: RunConfig = Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| anyhow!("invalid configuration for `{model}`: {}", e.message()))?;
-        config.model = model.trim_end_matches(".toml").rsplit('/').next().unwrap_or(model).to_string();
+        let mut config: RunConfig =
+            Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    anyhow!("invalid configuration for `{model}`: {}", e.message())
+                })?;
+        config.model = model
+            .trim_end_matches(".toml")
+            .rsplit('/')
+            .next()
+            .unwrap_or(model)
+            .to_string();
         config.validate()?;
         Ok(config)
     }
@@ -285,12 +463,15 @@ impl RunConfig {
     /// The config stored with a run (`stored`, resolved TOML), with `overrides` applied on top:
     /// how `--resume` continues a run (e.g. with more `--num_epochs`).
     pub fn resume(stored: &str, model: &str, overrides: &[(String, String)]) -> Result<RunConfig> {
-        let mut table: Table = stored.parse().map_err(|e| anyhow!("stored config is invalid: {e}"))?;
+        let mut table: Table = stored
+            .parse()
+            .map_err(|e| anyhow!("stored config is invalid: {e}"))?;
         for (name, value) in overrides {
             apply_override(&mut table, name, value)?;
         }
-        let mut config: RunConfig =
-            Value::Table(table).try_into().map_err(|e: toml::de::Error| anyhow!("invalid configuration: {}", e.message()))?;
+        let mut config: RunConfig = Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow!("invalid configuration: {}", e.message()))?;
         config.model = model.to_string();
         config.validate()?;
         Ok(config)
@@ -310,8 +491,11 @@ impl RunConfig {
         if !(0.0..1.0).contains(&self.val_split) {
             bail!("`val_split` must be in [0, 1), got {}", self.val_split);
         }
-        if !(self.l_rate >= 0.0) {
-            bail!("`l_rate` must be a non-negative number, got {}", self.l_rate);
+        if self.l_rate.is_nan() || self.l_rate < 0.0 {
+            bail!(
+                "`l_rate` must be a non-negative number, got {}",
+                self.l_rate
+            );
         }
         if self.linear_head_dataset_name.is_empty() {
             bail!("`linear_head_dataset_name` is not set");
@@ -324,7 +508,9 @@ impl RunConfig {
     pub fn linear_head_dataset_path(&self) -> Option<String> {
         match self.extra_local_dataset_paths.first() {
             Some(p) => Some(p.clone()),
-            None if self.ssl_training_dataset_name.as_deref() == Some(self.linear_head_dataset_name.as_str()) => {
+            None if self.ssl_training_dataset_name.as_deref()
+                == Some(self.linear_head_dataset_name.as_str()) =>
+            {
                 self.local_dataset.clone()
             }
             None => None,
@@ -340,7 +526,8 @@ impl RunConfig {
 
     /// Reads a resolved config back (from `config.toml` or a checkpoint).
     pub fn from_resolved_toml(text: &str, model: &str) -> Result<RunConfig> {
-        let mut config: RunConfig = toml::from_str(text).map_err(|e| anyhow!("stored config is invalid: {}", e.message()))?;
+        let mut config: RunConfig = toml::from_str(text)
+            .map_err(|e| anyhow!("stored config is invalid: {}", e.message()))?;
         config.model = model.to_string();
         Ok(config)
     }
@@ -348,20 +535,30 @@ impl RunConfig {
 
 /// One line per parameter with its help, for `show-config --help`-like listings.
 pub fn parameter_help() -> String {
-    SCHEMA.iter().map(|(n, _, h)| format!("  --{n:<48} {h}\n")).collect()
+    SCHEMA
+        .iter()
+        .map(|(n, _, h)| format!("  --{n:<48} {h}\n"))
+        .collect()
 }
 
 /// Writes `text` to `path` atomically: a temporary file in the same folder, fsync, rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("file")));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
     {
-        let mut file = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        file.write_all(bytes).with_context(|| format!("writing {}", tmp.display()))?;
-        file.sync_all().with_context(|| format!("syncing {}", tmp.display()))?;
+        let mut file =
+            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        file.write_all(bytes)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        file.sync_all()
+            .with_context(|| format!("syncing {}", tmp.display()))?;
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
@@ -391,7 +588,10 @@ mod tests {
         assert_eq!(c.num_epochs, 3);
         assert_eq!(c.l_rate, 0.01);
         assert!(c.is_debug_model);
-        assert_eq!(c.encoder_params.get("cifar_stem"), Some(&Value::Boolean(false)));
+        assert_eq!(
+            c.encoder_params.get("cifar_stem"),
+            Some(&Value::Boolean(false))
+        );
         assert_eq!(c.extra_local_dataset_paths, vec!["a", "b"]);
         assert_eq!(c.local_ssl_weights_path.as_deref(), Some("ckpt"));
         assert_eq!(c.model, "ShapesBYOL");
@@ -400,13 +600,28 @@ mod tests {
     #[test]
     fn unknown_and_malformed_names_are_errors() {
         let r = registry();
-        let err = RunConfig::resolve("ShapesBYOL", &[("num_epoch".into(), "3".into())], &r).unwrap_err().to_string();
-        assert!(err.contains("unknown parameter `num_epoch`") && err.contains("did you mean `num_epochs`"), "{err}");
-        let err = RunConfig::resolve("ShapesBYOL", &[("num_epochs".into(), "three".into())], &r).unwrap_err().to_string();
-        assert!(err.contains("--num_epochs=three: expected a whole number"), "{err}");
-        let err = RunConfig::resolve("ShapesBYOL", &[("val_split".into(), "1.5".into())], &r).unwrap_err().to_string();
+        let err = RunConfig::resolve("ShapesBYOL", &[("num_epoch".into(), "3".into())], &r)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown parameter `num_epoch`")
+                && err.contains("did you mean `num_epochs`"),
+            "{err}"
+        );
+        let err = RunConfig::resolve("ShapesBYOL", &[("num_epochs".into(), "three".into())], &r)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--num_epochs=three: expected a whole number"),
+            "{err}"
+        );
+        let err = RunConfig::resolve("ShapesBYOL", &[("val_split".into(), "1.5".into())], &r)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("val_split"), "{err}");
-        let err = RunConfig::resolve("ShapesBYOl", &[], &r).unwrap_err().to_string();
+        let err = RunConfig::resolve("ShapesBYOl", &[], &r)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("did you mean `ShapesBYOL`"), "{err}");
     }
 
@@ -421,9 +636,18 @@ mod tests {
     #[test]
     fn linear_head_path_defaults_to_local_dataset_for_the_same_dataset() {
         let r = registry();
-        let c = RunConfig::resolve("ShapesBYOL", &[("local_dataset".into(), "/d".into())], &r).unwrap();
+        let c =
+            RunConfig::resolve("ShapesBYOL", &[("local_dataset".into(), "/d".into())], &r).unwrap();
         assert_eq!(c.linear_head_dataset_path().as_deref(), Some("/d"));
-        let c = RunConfig::resolve("ShapesBYOL", &[("local_dataset".into(), "/d".into()), ("extra_local_dataset_paths".into(), "/e".into())], &r).unwrap();
+        let c = RunConfig::resolve(
+            "ShapesBYOL",
+            &[
+                ("local_dataset".into(), "/d".into()),
+                ("extra_local_dataset_paths".into(), "/e".into()),
+            ],
+            &r,
+        )
+        .unwrap();
         assert_eq!(c.linear_head_dataset_path().as_deref(), Some("/e"));
     }
 }

@@ -19,7 +19,9 @@ use std::thread::JoinHandle;
 
 /// splitmix64: the mixing function behind every seed here.
 pub fn mix(a: u64, b: u64) -> u64 {
-    let mut z = a ^ b.wrapping_add(0x9E37_79B9_7F4A_7C15).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let mut z = a ^ b
+        .wrapping_add(0x9E37_79B9_7F4A_7C15)
+        .wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -80,7 +82,9 @@ impl Pipeline {
     /// Applies every step; `seed` is the seed of this sample view.
     pub fn apply(&self, mut image: Image, seed: u64) -> Result<Image> {
         for (position, (name, step)) in self.steps.iter().enumerate() {
-            image = step.apply(image, mix(seed, position as u64)).map_err(|e| anyhow!("transform `{name}`: {e}"))?;
+            image = step
+                .apply(image, mix(seed, position as u64))
+                .map_err(|e| anyhow!("transform `{name}`: {e}"))?;
         }
         Ok(image)
     }
@@ -110,8 +114,17 @@ impl Batch {
     /// The views as tensors on `device`: the whole buffer moves once, then is split.
     pub fn to_device(&self, device: Device) -> Vec<Tensor> {
         let [c, h, w] = self.shape;
-        let all = Tensor::from_slice(&self.data).view([(self.views * self.len()) as i64, c as i64, h as i64, w as i64]);
-        let all = if device == Device::Cpu { all } else { all.to_device(device) };
+        let all = Tensor::from_slice(&self.data).view([
+            (self.views * self.len()) as i64,
+            c as i64,
+            h as i64,
+            w as i64,
+        ]);
+        let all = if device == Device::Cpu {
+            all
+        } else {
+            all.to_device(device)
+        };
         all.chunk(self.views as i64, 0)
     }
 
@@ -121,7 +134,11 @@ impl Batch {
             .labels
             .iter()
             .zip(&self.indices)
-            .map(|(l, i)| l.ok_or_else(|| anyhow!("sample {i} has no label, but the linear head needs labelled data")))
+            .map(|(l, i)| {
+                l.ok_or_else(|| {
+                    anyhow!("sample {i} has no label, but the linear head needs labelled data")
+                })
+            })
             .collect::<Result<_>>()?;
         Ok(Tensor::from_slice(&labels).to_device(device))
     }
@@ -154,13 +171,23 @@ impl Source {
         let mut labels = Vec::with_capacity(indices.len());
         let mut per_view: Vec<Vec<f32>> = vec![Vec::new(); self.views];
         for &index in indices {
-            let sample = self.dataset.get(index).map_err(|e| anyhow!("{} sample {index}: {e}", self.name))?;
+            let sample = self
+                .dataset
+                .get(index)
+                .map_err(|e| anyhow!("{} sample {index}: {e}", self.name))?;
             let (image, label, id) = sample.into_parts();
             labels.push(label);
             for (view, buffer) in per_view.iter_mut().enumerate() {
                 let seed = seed_of(&[self.seed, epoch, index as u64, view as u64]);
-                let out = self.pipeline.apply(image.clone(), seed).with_context(|| format!("{} sample {index} ({id})", self.name))?;
-                let this = [out.channels() as usize, out.height() as usize, out.width() as usize];
+                let out = self
+                    .pipeline
+                    .apply(image.clone(), seed)
+                    .with_context(|| format!("{} sample {index} ({id})", self.name))?;
+                let this = [
+                    out.channels() as usize,
+                    out.height() as usize,
+                    out.width() as usize,
+                ];
                 match shape {
                     None => shape = Some(this),
                     Some(s) if s != this => bail!(
@@ -181,7 +208,13 @@ impl Source {
         for v in per_view {
             data.extend_from_slice(&v);
         }
-        Ok(Batch { data, views: self.views, shape: shape.unwrap_or([0, 0, 0]), labels, indices: indices.to_vec() })
+        Ok(Batch {
+            data,
+            views: self.views,
+            shape: shape.unwrap_or([0, 0, 0]),
+            labels,
+            indices: indices.to_vec(),
+        })
     }
 }
 
@@ -211,7 +244,12 @@ pub struct BatchStream {
 
 impl BatchStream {
     /// Starts streaming `plan` (dataset indices per batch) of `epoch`.
-    pub fn new(source: Arc<Source>, epoch: u64, plan: Vec<Vec<usize>>, workers: usize) -> BatchStream {
+    pub fn new(
+        source: Arc<Source>,
+        epoch: u64,
+        plan: Vec<Vec<usize>>,
+        workers: usize,
+    ) -> BatchStream {
         let mut stream = BatchStream {
             source,
             epoch,
@@ -329,6 +367,47 @@ mod tests {
         let mut all: Vec<usize> = train.iter().chain(&val).copied().collect();
         all.sort();
         assert_eq!(all, (0..50000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn batches_do_not_depend_on_the_number_of_workers() {
+        let registry = Registry::load(&[]).unwrap();
+        let config = crate::config::RunConfig::resolve("ShapesBYOL", &[], &registry).unwrap();
+        let params = Params::from_json(r#"{"num_samples": 40, "image_size": 32}"#).unwrap();
+        let dataset = Arc::new(registry.dataset("Shapes").unwrap().create(&params).unwrap());
+        let pipeline = Arc::new(
+            Pipeline::build(&registry, &config.ssl_augmentations, "ssl_augmentations").unwrap(),
+        );
+        let source = Arc::new(Source {
+            dataset,
+            pipeline,
+            views: 2,
+            seed: 5,
+            name: "Shapes".into(),
+        });
+        let plan = batches_of(&permutation(40, 3), 8, true);
+        let collect = |workers: usize| -> Vec<(Vec<f32>, Vec<usize>)> {
+            BatchStream::new(Arc::clone(&source), 2, plan.clone(), workers)
+                .map(|b| b.map(|b| (b.data, b.indices)).unwrap())
+                .collect()
+        };
+        let reference = collect(0);
+        assert_eq!(reference.len(), 5);
+        assert_eq!(reference[0].0.len(), 2 * 8 * 3 * 32 * 32);
+        for workers in [1, 3] {
+            assert!(
+                collect(workers) == reference,
+                "batches differ with {workers} workers"
+            );
+        }
+        // The two views of a sample differ (independent augmentation streams), and another
+        // epoch gives other augmentations.
+        let half = reference[0].0.len() / 2;
+        assert_ne!(reference[0].0[..half], reference[0].0[half..]);
+        let other_epoch: Vec<Batch> = BatchStream::new(Arc::clone(&source), 3, plan.clone(), 0)
+            .map(Result::unwrap)
+            .collect();
+        assert_ne!(other_epoch[0].data, reference[0].0);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The `ssl-host` runtime: command line, config, plugin registry and loader, data loader,
 //! trainer, evaluators, checkpoints and metrics. `main.rs` only calls [`run`].
 
-pub mod cli;
 pub mod checkpoint;
+pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod data;
@@ -36,6 +36,7 @@ commands:
                             a run; --stop_after_epochs=N stops cleanly after N epochs
   show-config               the resolved config of --model=NAME [--name=value]...;
                             --parameters lists every parameter
+  inspect-checkpoint        a checkpoint's record and tensors: --checkpoint=FILE or run folder
   list                      every dataset, transform, encoder, algorithm and model config,
                             with its source (built-in or plugin path) and version
   dump                      write samples of a dataset as PNG files plus labels.csv
@@ -67,14 +68,26 @@ pub fn run(args: Vec<String>) -> Result<()> {
         Some("check-encoder") => commands::check_encoder::run(&registry, &mut cli),
         Some("train") => commands::train::run(&registry, &mut cli),
         Some("show-config") => commands::train::show(&registry, &mut cli),
+        Some("inspect-checkpoint") => commands::inspect::run(&mut cli),
         Some(other) => {
-            let known = ["train", "show-config", "list", "dump", "check-encoder"];
+            let known = [
+                "train",
+                "show-config",
+                "inspect-checkpoint",
+                "list",
+                "dump",
+                "check-encoder",
+            ];
             let hint = registry::closest(other, known.iter().copied())
                 .map(|c| format!(" (did you mean `{c}`?)"))
                 .unwrap_or_default();
             anyhow::bail!("unknown command `{other}`{hint}\n\n{USAGE}")
         }
-        None if cli.options.iter().any(|(n, _)| n == "model" || n == "resume") => {
+        None if cli
+            .options
+            .iter()
+            .any(|(n, _)| n == "model" || n == "resume") =>
+        {
             commands::train::run(&registry, &mut cli)
         }
         None => anyhow::bail!("no command given\n\n{USAGE}"),

@@ -15,7 +15,10 @@ pub struct RunOutputs {
 
 /// The UTC time as `%Y-%m-%dT%H%M%SZ` (the original's folder-name format).
 pub fn utc_timestamp() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
@@ -27,27 +30,42 @@ pub fn utc_timestamp() -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}{:02}{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}{:02}{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 impl RunOutputs {
     /// Opens `dir` for a run; a resumed run first drops any metric rows of epochs at or after
     /// `first_epoch` (written before a crash, never checkpointed).
     pub fn open(dir: &Path, first_epoch: usize) -> Result<RunOutputs> {
-        std::fs::create_dir_all(dir.join("checkpoints")).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir.join("checkpoints"))
+            .with_context(|| format!("creating {}", dir.display()))?;
         let csv = dir.join("metrics.csv");
         let kept = match std::fs::read_to_string(&csv) {
             Ok(text) => text
                 .lines()
                 .skip(1)
-                .filter(|l| l.split(',').next().and_then(|e| e.parse::<usize>().ok()).is_some_and(|e| e < first_epoch))
+                .filter(|l| {
+                    l.split(',')
+                        .next()
+                        .and_then(|e| e.parse::<usize>().ok())
+                        .is_some_and(|e| e < first_epoch)
+                })
                 .map(|l| format!("{l}\n"))
                 .collect::<String>(),
             Err(_) => String::new(),
         };
         write_atomic(&csv, format!("epoch,name,value\n{kept}").as_bytes())?;
-        let events = EventWriter::create(&dir.join("logs")).with_context(|| format!("creating TensorBoard logs in {}", dir.display()))?;
-        Ok(RunOutputs { dir: dir.to_path_buf(), events })
+        let events = EventWriter::create(&dir.join("logs"))
+            .with_context(|| format!("creating TensorBoard logs in {}", dir.display()))?;
+        Ok(RunOutputs {
+            dir: dir.to_path_buf(),
+            events,
+        })
     }
 
     /// The run folder.
@@ -63,7 +81,10 @@ impl RunOutputs {
     /// Appends one epoch's metrics to `metrics.csv` (synced) and TensorBoard.
     pub fn write_epoch(&mut self, epoch: usize, metrics: &[(String, f64)]) -> Result<()> {
         let path = self.dir.join("metrics.csv");
-        let mut file = std::fs::OpenOptions::new().append(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
         let mut text = String::new();
         for (name, value) in metrics {
             text.push_str(&format!("{epoch},{name},{value}\n"));
@@ -84,7 +105,10 @@ mod tests {
     fn timestamp_shape() {
         let t = utc_timestamp();
         assert_eq!(t.len(), 18, "{t}");
-        assert!(t.starts_with("20") && t.ends_with('Z') && t.as_bytes()[10] == b'T', "{t}");
+        assert!(
+            t.starts_with("20") && t.ends_with('Z') && t.as_bytes()[10] == b'T',
+            "{t}"
+        );
     }
 
     #[test]

@@ -149,9 +149,7 @@ impl LrSchedule {
                 steps_per_epoch.saturating_mul(warmup_epochs),
                 steps_per_epoch.saturating_mul(max_epochs),
             ),
-            LrSchedule::Polynomial { gamma } => {
-                polynomial_epoch_lr(base, epoch, max_epochs, gamma)
-            }
+            LrSchedule::Polynomial { gamma } => polynomial_epoch_lr(base, epoch, max_epochs, gamma),
             LrSchedule::Constant => base,
         }
     }
@@ -199,10 +197,16 @@ mod tests {
     #[test]
     fn byol_warmup_then_cosine() {
         let (base, warmup, max) = (0.3, 10, 40);
-        let lrs: Vec<f64> = (0..max).map(|e| byol_epoch_lr(base, e, warmup, max)).collect();
+        let lrs: Vec<f64> = (0..max)
+            .map(|e| byol_epoch_lr(base, e, warmup, max))
+            .collect();
         assert_eq!(lrs[0], 0.0, "epoch 0 trains at LR 0");
         for e in 1..warmup {
-            assert!(close(lrs[e], base * e as f64 / 9.0), "epoch {e}: {}", lrs[e]);
+            assert!(
+                close(lrs[e], base * e as f64 / 9.0),
+                "epoch {e}: {}",
+                lrs[e]
+            );
             assert!(lrs[e] > lrs[e - 1]);
         }
         assert!(close(lrs[warmup - 1], base), "peak reached at warmup - 1");
@@ -211,7 +215,11 @@ mod tests {
             assert!(lrs[e] < lrs[e - 1], "epoch {e} not decreasing: {lrs:?}");
             assert!(lrs[e] > 0.0);
         }
-        assert!(lrs[max - 1] < 0.01 * base, "~0 at the end: {}", lrs[max - 1]);
+        assert!(
+            lrs[max - 1] < 0.01 * base,
+            "~0 at the end: {}",
+            lrs[max - 1]
+        );
         assert!(byol_epoch_lr(base, max, warmup, max).abs() < 1e-15);
         // Halfway through the annealing: base / 2.
         assert!(close(byol_epoch_lr(base, 25, warmup, max), base / 2.0));
@@ -231,7 +239,10 @@ mod tests {
         for (warmup, max) in [(5, 5), (10, 5), (3, 0)] {
             for e in 0..12 {
                 let lr = byol_epoch_lr(1.0, e, warmup, max);
-                assert!(lr.is_finite() && (0.0..=1.0).contains(&lr), "{e} {warmup} {max}: {lr}");
+                assert!(
+                    lr.is_finite() && (0.0..=1.0).contains(&lr),
+                    "{e} {warmup} {max}: {lr}"
+                );
             }
         }
         assert_eq!(byol_epoch_lr(1.0, 6, 5, 5), 0.0);
@@ -243,7 +254,9 @@ mod tests {
     fn simclr_warmup_then_cosine() {
         // 100 samples, batch 20: 5 steps per epoch; 10 epochs, warm-up 2 epochs.
         let (base, warmup, total) = (0.5, 10, 50);
-        let lrs: Vec<f64> = (0..total).map(|s| simclr_step_lr(base, s, warmup, total)).collect();
+        let lrs: Vec<f64> = (0..total)
+            .map(|s| simclr_step_lr(base, s, warmup, total))
+            .collect();
         assert_eq!(lrs[0], 0.0);
         assert!(close(lrs[9], 0.9 * base));
         assert_eq!(lrs[warmup], base);
@@ -253,7 +266,9 @@ mod tests {
         for s in warmup + 1..total {
             assert!(lrs[s] < lrs[s - 1], "step {s} not decreasing");
         }
-        let argmax = (0..total).max_by(|&a, &b| lrs[a].total_cmp(&lrs[b])).unwrap();
+        let argmax = (0..total)
+            .max_by(|&a, &b| lrs[a].total_cmp(&lrs[b]))
+            .unwrap();
         assert_eq!(argmax, warmup);
         assert!(simclr_step_lr(base, total, warmup, total).abs() < 1e-15);
         assert!(close(simclr_step_lr(base, 30, warmup, total), base / 2.0));
@@ -274,7 +289,10 @@ mod tests {
             let lr = polynomial_epoch_lr(base, e, 100, DEFAULT_POLYNOMIAL_GAMMA);
             assert!(lr <= base && lr > 0.999 * base, "epoch {e}: {lr}");
         }
-        assert_eq!(polynomial_epoch_lr(base, 0, 100, DEFAULT_POLYNOMIAL_GAMMA), base);
+        assert_eq!(
+            polynomial_epoch_lr(base, 0, 100, DEFAULT_POLYNOMIAL_GAMMA),
+            base
+        );
         assert!(close(polynomial_epoch_lr(1.0, 50, 100, 1.0), 0.5));
         assert!(polynomial_epoch_lr(1.0, 60, 100, 1.0) < polynomial_epoch_lr(1.0, 50, 100, 1.0));
         assert_eq!(polynomial_epoch_lr(1.0, 100, 100, 1.0), 0.0);
@@ -287,7 +305,10 @@ mod tests {
             assert_eq!(name.parse::<LrSchedule>().unwrap().to_string(), name);
         }
         let err = "cosine".parse::<LrSchedule>().unwrap_err().to_string();
-        assert!(err.contains("cosine") && err.contains("warmup_cosine_step"), "{err}");
+        assert!(
+            err.contains("cosine") && err.contains("warmup_cosine_step"),
+            "{err}"
+        );
         assert_eq!(
             "warmup_cosine_epoch".parse::<LrSchedule>().unwrap(),
             LrSchedule::WarmupCosinePerEpoch { warmup_epochs: 10 }

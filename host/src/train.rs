@@ -6,7 +6,9 @@
 
 use crate::checkpoint::{self, CheckpointInfo};
 use crate::config::RunConfig;
-use crate::data::{batches_of, permutation, seed_of, train_val_split, BatchStream, Pipeline, Source};
+use crate::data::{
+    batches_of, permutation, seed_of, train_val_split, BatchStream, Pipeline, Source,
+};
 use crate::metrics::{class_weights, EpochMetrics};
 use crate::optim::{self, Optimizer, OptimizerConfig, OptimizerKind, Param};
 use crate::outputs::{utc_timestamp, RunOutputs};
@@ -54,7 +56,10 @@ pub fn choose_device(config: &RunConfig) -> Result<Device> {
 
 /// Plugin parameters: the dataset path and split plus the config's table.
 fn dataset_params(root: Option<&str>, split: &str, extra: &toml::Table) -> Result<Params> {
-    let mut map = serde_json::to_value(extra)?.as_object().cloned().unwrap_or_default();
+    let mut map = serde_json::to_value(extra)?
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
     if let Some(root) = root {
         map.insert("root".into(), Value::String(root.to_string()));
     }
@@ -72,21 +77,44 @@ pub struct LinearHead {
 
 impl LinearHead {
     /// A head from `dim` features to `num_classes`, with optional class weights for the loss.
-    pub fn new(dim: i64, num_classes: usize, weights: Option<Vec<f32>>, device: Device) -> LinearHead {
+    pub fn new(
+        dim: i64,
+        num_classes: usize,
+        weights: Option<Vec<f32>>,
+        device: Device,
+    ) -> LinearHead {
         let vs = nn::VarStore::new(device);
-        let linear = nn::linear(vs.root() / "linear", dim, num_classes as i64, Default::default());
+        let linear = nn::linear(
+            vs.root() / "linear",
+            dim,
+            num_classes as i64,
+            Default::default(),
+        );
         let weights = weights.map(|w| Tensor::from_slice(&w).to_device(device));
-        LinearHead { vs, linear, num_classes, weights }
+        LinearHead {
+            vs,
+            linear,
+            num_classes,
+            weights,
+        }
     }
 
     /// Logits; dropout only in training.
     pub fn forward(&self, embeddings: &Tensor, train: bool) -> Tensor {
-        embeddings.flatten(1, -1).dropout(0.2, train).apply(&self.linear)
+        embeddings
+            .flatten(1, -1)
+            .dropout(0.2, train)
+            .apply(&self.linear)
     }
 
     /// Cross-entropy, class-weighted as PyTorch's (Σ w_y·ce / Σ w_y) when weights are set.
     pub fn loss(&self, logits: &Tensor, targets: &Tensor) -> Tensor {
-        logits.log_softmax(-1, Kind::Float).g_nll_loss(targets, self.weights.as_ref(), Reduction::Mean, -100)
+        logits.log_softmax(-1, Kind::Float).g_nll_loss(
+            targets,
+            self.weights.as_ref(),
+            Reduction::Mean,
+            -100,
+        )
     }
 
     /// Trainable tensors, named `linear.weight` / `linear.bias`.
@@ -98,7 +126,9 @@ impl LinearHead {
 }
 
 fn prefixed(prefix: &str, list: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
-    list.into_iter().map(|(n, t)| (format!("{prefix}{n}"), t)).collect()
+    list.into_iter()
+        .map(|(n, t)| (format!("{prefix}{n}"), t))
+        .collect()
 }
 
 /// Runs `f` under autocast when mixed precision is on (CUDA only).
@@ -119,7 +149,10 @@ struct LossScaler {
 
 impl LossScaler {
     fn new() -> Self {
-        LossScaler { scale: 65536.0, good_steps: 0 }
+        LossScaler {
+            scale: 65536.0,
+            good_steps: 0,
+        }
     }
 
     /// Unscales gradients in place; false when any is not finite (skip the step).
@@ -172,23 +205,42 @@ struct Run {
 
 fn to_params(list: Vec<ssl_plugin_api::TrainableParam>) -> Vec<Param> {
     list.into_iter()
-        .map(|p| Param { name: p.name, tensor: p.tensor, weight_decay: p.weight_decay, lars_adaptation: p.lars_adaptation })
+        .map(|p| Param {
+            name: p.name,
+            tensor: p.tensor,
+            weight_decay: p.weight_decay,
+            lars_adaptation: p.lars_adaptation,
+        })
         .collect()
 }
 
 fn shallow_params(params: &[Param]) -> Vec<Param> {
     params
         .iter()
-        .map(|p| Param { name: p.name.clone(), tensor: p.tensor.shallow_clone(), weight_decay: p.weight_decay, lars_adaptation: p.lars_adaptation })
+        .map(|p| Param {
+            name: p.name.clone(),
+            tensor: p.tensor.shallow_clone(),
+            weight_decay: p.weight_decay,
+            lars_adaptation: p.lars_adaptation,
+        })
         .collect()
 }
 
-fn open_dataset(registry: &Registry, name: &str, root: Option<&str>, split: &str, extra: &toml::Table) -> Result<Arc<DatasetHandle>> {
+fn open_dataset(
+    registry: &Registry,
+    name: &str,
+    root: Option<&str>,
+    split: &str,
+    extra: &toml::Table,
+) -> Result<Arc<DatasetHandle>> {
     let factory = registry.dataset(name)?;
     let params = dataset_params(root, split, extra)?;
     let dataset = factory.create(&params).map_err(|e| anyhow!("{e}"))?;
     if dataset.is_empty() {
-        bail!("dataset `{name}`{} has no samples", root.map(|r| format!(" at {r}")).unwrap_or_default());
+        bail!(
+            "dataset `{name}`{} has no samples",
+            root.map(|r| format!(" at {r}")).unwrap_or_default()
+        );
     }
     Ok(Arc::new(dataset))
 }
@@ -197,81 +249,163 @@ impl Run {
     fn build(registry: &Registry, config: RunConfig, device: Device) -> Result<Run> {
         let seed = config.random_seed;
         // SSL data.
-        let ssl_name = config.ssl_training_dataset_name.clone().ok_or_else(|| anyhow!("`ssl_training_dataset_name` is not set"))?;
-        let ssl_dataset = open_dataset(registry, &ssl_name, config.local_dataset.as_deref(), "train", &config.ssl_dataset_params)?;
+        let ssl_name = config
+            .ssl_training_dataset_name
+            .clone()
+            .ok_or_else(|| anyhow!("`ssl_training_dataset_name` is not set"))?;
+        let ssl_dataset = open_dataset(
+            registry,
+            &ssl_name,
+            config.local_dataset.as_deref(),
+            "train",
+            &config.ssl_dataset_params,
+        )?;
         let lh_name = config.linear_head_dataset_name.clone();
         let lh_root = config.linear_head_dataset_path();
-        let same = lh_name == ssl_name && lh_root == config.local_dataset && config.linear_head_dataset_params == config.ssl_dataset_params;
+        let same = lh_name == ssl_name
+            && lh_root == config.local_dataset
+            && config.linear_head_dataset_params == config.ssl_dataset_params;
         let lh_dataset = if same {
             Arc::clone(&ssl_dataset)
         } else {
-            open_dataset(registry, &lh_name, lh_root.as_deref(), "train", &config.linear_head_dataset_params)?
+            open_dataset(
+                registry,
+                &lh_name,
+                lh_root.as_deref(),
+                "train",
+                &config.linear_head_dataset_params,
+            )?
         };
         let num_classes = lh_dataset
             .num_classes()
             .ok_or_else(|| anyhow!("linear-head dataset `{lh_name}` is unlabelled; the online linear head needs labels"))?;
         let weights = if config.use_balanced_binary_loss_for_linear_head {
-            let targets: Vec<i64> = lh_dataset.targets().map_err(anyhow::Error::msg)?.into_iter().map(|t| t.unwrap_or(-1)).collect();
+            let targets: Vec<i64> = lh_dataset
+                .targets()
+                .map_err(anyhow::Error::msg)?
+                .into_iter()
+                .map(|t| t.unwrap_or(-1))
+                .collect();
             Some(class_weights(&targets, num_classes).context("class weights of the linear head")?)
         } else {
             None
         };
 
-        let (ssl_train_idx, ssl_val_idx) = train_val_split(ssl_dataset.len(), config.val_split, seed);
+        let (ssl_train_idx, ssl_val_idx) =
+            train_val_split(ssl_dataset.len(), config.val_split, seed);
         let (lh_train_idx, lh_val_idx) = train_val_split(lh_dataset.len(), config.val_split, seed);
-        let ssl_pipeline = Arc::new(Pipeline::build(registry, &config.ssl_augmentations, "ssl_augmentations")?);
-        let lh_pipeline = Arc::new(Pipeline::build(registry, &config.linear_head_augmentations, "linear_head_augmentations")?);
+        let ssl_pipeline = Arc::new(Pipeline::build(
+            registry,
+            &config.ssl_augmentations,
+            "ssl_augmentations",
+        )?);
+        let lh_pipeline = Arc::new(Pipeline::build(
+            registry,
+            &config.linear_head_augmentations,
+            "linear_head_augmentations",
+        )?);
         let lh_val_pipeline = match &config.linear_head_val_augmentations {
-            Some(specs) => Arc::new(Pipeline::build(registry, specs, "linear_head_val_augmentations")?),
+            Some(specs) => Arc::new(Pipeline::build(
+                registry,
+                specs,
+                "linear_head_val_augmentations",
+            )?),
             None => Arc::clone(&lh_pipeline),
         };
-        let source = |dataset: &Arc<DatasetHandle>, pipeline: &Arc<Pipeline>, views, stream: u64, name: &str| {
-            Arc::new(Source { dataset: Arc::clone(dataset), pipeline: Arc::clone(pipeline), views, seed: seed_of(&[seed, stream]), name: name.to_string() })
+        let source = |dataset: &Arc<DatasetHandle>,
+                      pipeline: &Arc<Pipeline>,
+                      views,
+                      stream: u64,
+                      name: &str| {
+            Arc::new(Source {
+                dataset: Arc::clone(dataset),
+                pipeline: Arc::clone(pipeline),
+                views,
+                seed: seed_of(&[seed, stream]),
+                name: name.to_string(),
+            })
         };
-        let ssl_train = (source(&ssl_dataset, &ssl_pipeline, 2, 1, &ssl_name), ssl_train_idx);
-        let ssl_val = (source(&ssl_dataset, &ssl_pipeline, 2, 2, &ssl_name), ssl_val_idx);
-        let lh_train = (source(&lh_dataset, &lh_pipeline, 1, 3, &lh_name), lh_train_idx);
-        let lh_val = (source(&lh_dataset, &lh_val_pipeline, 1, 4, &lh_name), lh_val_idx);
+        let ssl_train = (
+            source(&ssl_dataset, &ssl_pipeline, 2, 1, &ssl_name),
+            ssl_train_idx,
+        );
+        let ssl_val = (
+            source(&ssl_dataset, &ssl_pipeline, 2, 2, &ssl_name),
+            ssl_val_idx,
+        );
+        let lh_train = (
+            source(&lh_dataset, &lh_pipeline, 1, 3, &lh_name),
+            lh_train_idx,
+        );
+        let lh_val = (
+            source(&lh_dataset, &lh_val_pipeline, 1, 4, &lh_name),
+            lh_val_idx,
+        );
 
         // Model.
         tch::manual_seed(seed as i64);
         let mut encoder_params = config.encoder_params.clone();
         if config.ssl_encoder.starts_with("resnet") && !encoder_params.contains_key("cifar_stem") {
             // The original: use_7x7_first_conv_in_resnet = not dataset.startswith("CIFAR").
-            encoder_params.insert("cifar_stem".into(), toml::Value::Boolean(ssl_name.starts_with("CIFAR")));
+            encoder_params.insert(
+                "cifar_stem".into(),
+                toml::Value::Boolean(ssl_name.starts_with("CIFAR")),
+            );
         }
         let encoder_json = serde_json::to_value(&encoder_params)?;
         let spec = EncoderSpec {
             factory: registry.encoder(&config.ssl_encoder)?.clone(),
             params: Params::from_value(encoder_json.clone()).map_err(anyhow::Error::msg)?,
         };
-        let algorithm_params = Params::from_value(serde_json::to_value(&config.algorithm_params)?).map_err(anyhow::Error::msg)?;
+        let algorithm_params = Params::from_value(serde_json::to_value(&config.algorithm_params)?)
+            .map_err(anyhow::Error::msg)?;
         let algorithm = registry
             .algorithm(&config.ssl_training_type)?
             .create(&algorithm_params, &spec, device)
             .map_err(|e| anyhow!("{e}"))?;
         let params = to_params(algorithm.parameters());
         let kind: OptimizerKind = config.optimizer.parse()?;
-        let opt_config = OptimizerConfig { kind, weight_decay: config.weight_decay, momentum: config.momentum, ..Default::default() };
+        let opt_config = OptimizerConfig {
+            kind,
+            weight_decay: config.weight_decay,
+            momentum: config.momentum,
+            ..Default::default()
+        };
         let optimizer = optim::build(&opt_config, shallow_params(&params));
         let algorithm_name = config.ssl_training_type.clone();
         let prefix = algorithm_name.to_lowercase();
         let schedule: LrSchedule = match config.lr_schedule.as_str() {
-            "auto" if prefix == "simclr" => LrSchedule::WarmupCosinePerStep { warmup_epochs: config.warmup_epochs },
-            "auto" => LrSchedule::WarmupCosinePerEpoch { warmup_epochs: config.warmup_epochs },
+            "auto" if prefix == "simclr" => LrSchedule::WarmupCosinePerStep {
+                warmup_epochs: config.warmup_epochs,
+            },
+            "auto" => LrSchedule::WarmupCosinePerEpoch {
+                warmup_epochs: config.warmup_epochs,
+            },
             other => other.parse().map_err(|e| anyhow!("lr_schedule: {e}"))?,
         };
         let head = LinearHead::new(algorithm.embedding_dim(), num_classes, weights, device);
         let head_params: Vec<Param> = head
             .named_parameters()
             .into_iter()
-            .map(|(name, tensor)| Param { name, tensor, weight_decay: true, lars_adaptation: false })
+            .map(|(name, tensor)| Param {
+                name,
+                tensor,
+                weight_decay: true,
+                lars_adaptation: false,
+            })
             .collect();
-        let head_opt_config = OptimizerConfig { kind: OptimizerKind::Adam, weight_decay: 1e-4, ..Default::default() };
+        let head_opt_config = OptimizerConfig {
+            kind: OptimizerKind::Adam,
+            weight_decay: 1e-4,
+            ..Default::default()
+        };
         let head_optimizer = optim::build(&head_opt_config, shallow_params(&head_params));
 
         let mut plugins = BTreeMap::new();
-        plugins.insert("ssl-host".to_string(), env!("CARGO_PKG_VERSION").to_string());
+        plugins.insert(
+            "ssl-host".to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        );
         let info = CheckpointInfo {
             format: checkpoint::FORMAT.into(),
             epochs_done: 0,
@@ -312,26 +446,59 @@ impl Run {
         let mut all = prefixed("algorithm.", self.algorithm.state());
         all.extend(prefixed("linear_head.", self.head.named_parameters()));
         all.extend(prefixed("optimizer.", self.optimizer.state()));
-        all.extend(prefixed("linear_head_optimizer.", self.head_optimizer.state()));
+        all.extend(prefixed(
+            "linear_head_optimizer.",
+            self.head_optimizer.state(),
+        ));
         all
     }
 
     fn restore(&mut self, stored: &HashMap<String, Tensor>) -> Result<()> {
-        checkpoint::restore_into(stored, "algorithm.", &self.algorithm.state(), "the algorithm")?;
-        checkpoint::restore_into(stored, "linear_head.", &self.head.named_parameters(), "the linear head")?;
+        checkpoint::restore_into(
+            stored,
+            "algorithm.",
+            &self.algorithm.state(),
+            "the algorithm",
+        )?;
+        checkpoint::restore_into(
+            stored,
+            "linear_head.",
+            &self.head.named_parameters(),
+            "the linear head",
+        )?;
         let strip = |prefix: &str| -> HashMap<String, Tensor> {
-            stored.iter().filter_map(|(k, t)| k.strip_prefix(prefix).map(|n| (n.to_string(), t.shallow_clone()))).collect()
+            stored
+                .iter()
+                .filter_map(|(k, t)| {
+                    k.strip_prefix(prefix)
+                        .map(|n| (n.to_string(), t.shallow_clone()))
+                })
+                .collect()
         };
-        self.optimizer.load_state(&strip("optimizer.")).context("restoring the SSL optimizer")?;
-        self.head_optimizer.load_state(&strip("linear_head_optimizer.")).context("restoring the linear-head optimizer")?;
+        self.optimizer
+            .load_state(&strip("optimizer."))
+            .context("restoring the SSL optimizer")?;
+        self.head_optimizer
+            .load_state(&strip("linear_head_optimizer."))
+            .context("restoring the linear-head optimizer")?;
         Ok(())
     }
 
     /// Batches of the SSL training pass of `epoch` (shuffled by (seed, epoch)).
     fn ssl_train_plan(&self, epoch: usize) -> Vec<Vec<usize>> {
         let idx = &self.ssl_train.1;
-        let order: Vec<usize> = permutation(idx.len(), seed_of(&[self.config.random_seed, epoch as u64, 11])).into_iter().map(|i| idx[i]).collect();
-        batches_of(&order, self.config.ssl_training_batch_size, self.config.drop_last)
+        let order: Vec<usize> = permutation(
+            idx.len(),
+            seed_of(&[self.config.random_seed, epoch as u64, 11]),
+        )
+        .into_iter()
+        .map(|i| idx[i])
+        .collect();
+        batches_of(
+            &order,
+            self.config.ssl_training_batch_size,
+            self.config.drop_last,
+        )
     }
 
     /// `steps` linear-head batches for `epoch`: the shuffled training split, re-shuffled and
@@ -341,9 +508,18 @@ impl Run {
         let mut plan = Vec::new();
         let mut cycle = 0u64;
         while plan.len() < steps {
-            let order: Vec<usize> =
-                permutation(idx.len(), seed_of(&[self.config.random_seed, epoch as u64, 13, cycle])).into_iter().map(|i| idx[i]).collect();
-            let batches = batches_of(&order, self.config.linear_head_batch_size, self.config.drop_last);
+            let order: Vec<usize> = permutation(
+                idx.len(),
+                seed_of(&[self.config.random_seed, epoch as u64, 13, cycle]),
+            )
+            .into_iter()
+            .map(|i| idx[i])
+            .collect();
+            let batches = batches_of(
+                &order,
+                self.config.linear_head_batch_size,
+                self.config.drop_last,
+            );
             if batches.is_empty() {
                 bail!(
                     "the linear-head training split has {} samples, fewer than linear_head_batch_size={} (drop_last)",
@@ -359,11 +535,22 @@ impl Run {
     }
 
     fn lr_at(&self, epoch: usize, step_in_run: u64, steps_per_epoch: usize) -> f64 {
-        self.schedule.lr(self.config.l_rate, epoch, step_in_run as usize, steps_per_epoch, self.config.num_epochs)
+        self.schedule.lr(
+            self.config.l_rate,
+            epoch,
+            step_in_run as usize,
+            steps_per_epoch,
+            self.config.num_epochs,
+        )
     }
 
     /// One epoch: training then validation; returns its metrics.
-    fn epoch(&mut self, epoch: usize, global_step: &mut u64, bar: &Progress) -> Result<Vec<(String, f64)>> {
+    fn epoch(
+        &mut self,
+        epoch: usize,
+        global_step: &mut u64,
+        bar: &Progress,
+    ) -> Result<Vec<(String, f64)>> {
         let started = Instant::now();
         tch::manual_seed(seed_of(&[self.config.random_seed, epoch as u64, 17]) as i64 & i64::MAX);
         let workers = self.config.num_workers;
@@ -376,11 +563,25 @@ impl Run {
                 self.config.ssl_training_batch_size
             );
         }
-        let steps = if self.config.is_debug_model { 1 } else { full_steps };
+        let steps = if self.config.is_debug_model {
+            1
+        } else {
+            full_steps
+        };
         let max_steps = (full_steps * self.config.num_epochs) as u64;
-        let mut ssl_stream = BatchStream::new(Arc::clone(&self.ssl_train.0), epoch as u64, full_plan.into_iter().take(steps).collect(), workers);
+        let mut ssl_stream = BatchStream::new(
+            Arc::clone(&self.ssl_train.0),
+            epoch as u64,
+            full_plan.into_iter().take(steps).collect(),
+            workers,
+        );
         let lh_plan = self.lh_train_plan(epoch, steps)?;
-        let mut lh_stream = BatchStream::new(Arc::clone(&self.lh_train.0), epoch as u64, lh_plan, workers.div_ceil(2));
+        let mut lh_stream = BatchStream::new(
+            Arc::clone(&self.lh_train.0),
+            epoch as u64,
+            lh_plan,
+            workers.div_ceil(2),
+        );
         let mut lh_metrics = EpochMetrics::new(self.head.num_classes);
         let mut loss_sum = Tensor::zeros([], (Kind::Double, self.device));
         let mut scalar_sums: BTreeMap<String, f64> = BTreeMap::new();
@@ -389,7 +590,9 @@ impl Run {
         bar.start_epoch(epoch, self.config.num_epochs, steps);
         let train_started = Instant::now();
         for step in 0..steps {
-            let batch = ssl_stream.next().ok_or_else(|| anyhow!("data loader ended early"))??;
+            let batch = ssl_stream
+                .next()
+                .ok_or_else(|| anyhow!("data loader ended early"))??;
             let views = batch.to_device(self.device);
             let lr = self.lr_at(epoch, *global_step, full_steps);
             lr_sum += lr;
@@ -397,7 +600,8 @@ impl Run {
                 *scalar_sums.entry(name).or_default() += value;
             }
             let amp = self.scaler.is_some();
-            let loss = maybe_autocast(amp, || self.algorithm.training_loss(&views)).map_err(|e| anyhow!("{} training step: {e}", self.algorithm_name))?;
+            let loss = maybe_autocast(amp, || self.algorithm.training_loss(&views))
+                .map_err(|e| anyhow!("{} training step: {e}", self.algorithm_name))?;
             self.optimizer.zero_grad();
             let do_step = match &mut self.scaler {
                 Some(scaler) => {
@@ -416,40 +620,71 @@ impl Run {
             images += batch.len();
 
             // The online linear head, on detached embeddings of its own batch.
-            let lh = lh_stream.next().ok_or_else(|| anyhow!("linear-head loader ended early"))??;
+            let lh = lh_stream
+                .next()
+                .ok_or_else(|| anyhow!("linear-head loader ended early"))??;
             let x = lh.to_device(self.device).remove(0);
             let y = lh.label_tensor(self.device)?;
-            let embeddings = tch::no_grad(|| self.algorithm.embed(&x, true)).map_err(anyhow::Error::msg)?.detach();
+            let embeddings = tch::no_grad(|| self.algorithm.embed(&x, true))
+                .map_err(anyhow::Error::msg)?
+                .detach();
             let logits = self.head.forward(&embeddings.to_kind(Kind::Float), true);
             let lh_loss = self.head.loss(&logits, &y);
             self.head_optimizer.zero_grad();
             lh_loss.backward();
-            self.head_optimizer.step(self.config.learning_rate_linear_head_during_ssl_training)?;
+            self.head_optimizer
+                .step(self.config.learning_rate_linear_head_during_ssl_training)?;
             self.record(&mut lh_metrics, &logits, &lh, &lh_loss)?;
 
             *global_step += 1;
-            self.algorithm.after_optimizer_step(*global_step, max_steps).map_err(anyhow::Error::msg)?;
+            self.algorithm
+                .after_optimizer_step(*global_step, max_steps)
+                .map_err(anyhow::Error::msg)?;
             let elapsed = train_started.elapsed().as_secs_f64();
             bar.step(step + 1, &loss, images as f64 / elapsed.max(1e-9));
         }
         let train_seconds = train_started.elapsed().as_secs_f64();
-        let mut metrics = vec![(format!("{}/train/loss", self.prefix), loss_sum.double_value(&[]) / steps as f64)];
-        metrics.push((format!("{}/learning_rate", self.prefix), lr_sum / steps as f64));
+        let mut metrics = vec![(
+            format!("{}/train/loss", self.prefix),
+            loss_sum.double_value(&[]) / steps as f64,
+        )];
+        metrics.push((
+            format!("{}/learning_rate", self.prefix),
+            lr_sum / steps as f64,
+        ));
         for (name, sum) in scalar_sums {
             metrics.push((name, sum / steps as f64));
         }
         for (name, value) in lh_metrics.compute() {
-            let name = if name == "loss" { "ssl_online_evaluator/train/loss".to_string() } else { format!("ssl_online_evaluator/train/online_{name}") };
+            let name = if name == "loss" {
+                "ssl_online_evaluator/train/loss".to_string()
+            } else {
+                format!("ssl_online_evaluator/train/online_{name}")
+            };
             metrics.push((name, value));
         }
         metrics.extend(self.validate(epoch)?);
-        metrics.push(("throughput/train_images_per_second".into(), images as f64 / train_seconds.max(1e-9)));
+        metrics.push((
+            "throughput/train_images_per_second".into(),
+            images as f64 / train_seconds.max(1e-9),
+        ));
         metrics.push(("time/epoch_seconds".into(), started.elapsed().as_secs_f64()));
         Ok(metrics)
     }
 
-    fn record(&self, metrics: &mut EpochMetrics, logits: &Tensor, batch: &crate::data::Batch, loss: &Tensor) -> Result<()> {
-        let probs = logits.detach().softmax(-1, Kind::Float).to_device(Device::Cpu).contiguous().view(-1);
+    fn record(
+        &self,
+        metrics: &mut EpochMetrics,
+        logits: &Tensor,
+        batch: &crate::data::Batch,
+        loss: &Tensor,
+    ) -> Result<()> {
+        let probs = logits
+            .detach()
+            .softmax(-1, Kind::Float)
+            .to_device(Device::Cpu)
+            .contiguous()
+            .view(-1);
         let probs: Vec<f32> = Vec::<f32>::try_from(&probs)?;
         let targets: Vec<i64> = batch.labels.iter().map(|l| l.unwrap_or(-1)).collect();
         metrics.add_batch(&probs, &targets, loss.double_value(&[]), batch.len());
@@ -461,35 +696,58 @@ impl Run {
     fn validate(&mut self, epoch: usize) -> Result<Vec<(String, f64)>> {
         let _guard = tch::no_grad_guard();
         let workers = self.config.num_workers;
-        let mut ssl_plan = batches_of(&self.ssl_val.1, self.config.ssl_training_batch_size, self.config.drop_last);
+        let mut ssl_plan = batches_of(
+            &self.ssl_val.1,
+            self.config.ssl_training_batch_size,
+            self.config.drop_last,
+        );
         if self.config.is_debug_model {
             ssl_plan.truncate(1);
         }
         let val_batches = ssl_plan.len();
-        let mut lh_plan = batches_of(&self.lh_val.1, self.config.linear_head_batch_size, self.config.drop_last);
+        let mut lh_plan = batches_of(
+            &self.lh_val.1,
+            self.config.linear_head_batch_size,
+            self.config.drop_last,
+        );
         lh_plan.truncate(val_batches);
         let mut loss_sum = Tensor::zeros([], (Kind::Double, self.device));
-        for batch in BatchStream::new(Arc::clone(&self.ssl_val.0), epoch as u64, ssl_plan, workers) {
+        for batch in BatchStream::new(Arc::clone(&self.ssl_val.0), epoch as u64, ssl_plan, workers)
+        {
             let views = batch?.to_device(self.device);
-            let loss = maybe_autocast(self.scaler.is_some(), || self.algorithm.validation_loss(&views)).map_err(anyhow::Error::msg)?;
+            let loss = maybe_autocast(self.scaler.is_some(), || {
+                self.algorithm.validation_loss(&views)
+            })
+            .map_err(anyhow::Error::msg)?;
             loss_sum += loss.to_kind(Kind::Double);
         }
         let mut metrics = vec![(
             format!("{}/val/loss", self.prefix),
-            if val_batches == 0 { f64::NAN } else { loss_sum.double_value(&[]) / val_batches as f64 },
+            if val_batches == 0 {
+                f64::NAN
+            } else {
+                loss_sum.double_value(&[]) / val_batches as f64
+            },
         )];
         let mut lh_metrics = EpochMetrics::new(self.head.num_classes);
         for batch in BatchStream::new(Arc::clone(&self.lh_val.0), epoch as u64, lh_plan, workers) {
             let batch = batch?;
             let x = batch.to_device(self.device).remove(0);
             let y = batch.label_tensor(self.device)?;
-            let embeddings = self.algorithm.embed(&x, false).map_err(anyhow::Error::msg)?;
+            let embeddings = self
+                .algorithm
+                .embed(&x, false)
+                .map_err(anyhow::Error::msg)?;
             let logits = self.head.forward(&embeddings.to_kind(Kind::Float), false);
             let loss = self.head.loss(&logits, &y);
             self.record(&mut lh_metrics, &logits, &batch, &loss)?;
         }
         for (name, value) in lh_metrics.compute() {
-            let name = if name == "loss" { "ssl_online_evaluator/val/loss".to_string() } else { format!("ssl_online_evaluator/val/{name}") };
+            let name = if name == "loss" {
+                "ssl_online_evaluator/val/loss".to_string()
+            } else {
+                format!("ssl_online_evaluator/val/{name}")
+            };
             metrics.push((name, value));
         }
         Ok(metrics)
@@ -505,7 +763,10 @@ struct Progress {
 
 impl Progress {
     fn new() -> Progress {
-        Progress { bar: std::cell::RefCell::new(None), interactive: std::io::stderr().is_terminal() }
+        Progress {
+            bar: std::cell::RefCell::new(None),
+            interactive: std::io::stderr().is_terminal(),
+        }
     }
 
     fn start_epoch(&self, epoch: usize, epochs: usize, steps: usize) {
@@ -526,7 +787,11 @@ impl Progress {
     fn step(&self, step: usize, loss: &Tensor, images_per_second: f64) {
         if let Some(bar) = self.bar.borrow().as_ref() {
             bar.set_position(step as u64);
-            bar.set_message(format!("loss {:.4} {:.1} images/s", loss.double_value(&[]), images_per_second));
+            bar.set_message(format!(
+                "loss {:.4} {:.1} images/s",
+                loss.double_value(&[]),
+                images_per_second
+            ));
         }
     }
 
@@ -568,7 +833,8 @@ pub fn train(registry: &Registry, mut config: RunConfig, options: &RunOptions) -
     let mut run = Run::build(registry, config, device)?;
     let (start_epoch, mut global_step) = match &stored {
         Some(c) => {
-            run.restore(&c.tensors).with_context(|| format!("resuming from {}", checkpoint_path.display()))?;
+            run.restore(&c.tensors)
+                .with_context(|| format!("resuming from {}", checkpoint_path.display()))?;
             (c.info.epochs_done, c.info.global_step)
         }
         None => (0, 0),
@@ -589,8 +855,18 @@ pub fn train(registry: &Registry, mut config: RunConfig, options: &RunOptions) -
         run.info.epochs_done = epoch + 1;
         run.info.global_step = global_step;
         run.info.config = run.config.to_toml();
-        checkpoint::save(&outputs.checkpoint_path(), &run.checkpoint_tensors(), &run.info)?;
-        let get = |n: &str| metrics.iter().find(|(k, _)| k == n).map(|(_, v)| *v).unwrap_or(f64::NAN);
+        checkpoint::save(
+            &outputs.checkpoint_path(),
+            &run.checkpoint_tensors(),
+            &run.info,
+        )?;
+        let get = |n: &str| {
+            metrics
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| *v)
+                .unwrap_or(f64::NAN)
+        };
         let line = format!(
             "epoch {}/{epochs}: {} train loss {:.4}, val loss {:.4}, linear head val accuracy {:.3}, {:.1} images/s, {:.1}s",
             epoch + 1,

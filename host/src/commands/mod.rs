@@ -2,6 +2,7 @@
 
 pub mod check_encoder;
 pub mod dump;
+pub mod inspect;
 pub mod train;
 
 use serde_json::Value;

@@ -29,15 +29,21 @@ fn resolve(registry: &Registry, cli: &mut Cli, resume: bool) -> Result<RunConfig
             .map(|(_, v)| PathBuf::from(v))
             .context("--resume needs --output_dir=DIR of the run to continue")?;
         let path = dir.join("checkpoints").join("last.safetensors");
-        let info = checkpoint::read_info(&path).with_context(|| format!("--resume: reading {}", path.display()))?;
+        let info = checkpoint::read_info(&path)
+            .with_context(|| format!("--resume: reading {}", path.display()))?;
         if let Some(m) = &model {
             if m != &info.model {
-                bail!("--resume: {} is a run of model `{}`, not `{m}`", dir.display(), info.model);
+                bail!(
+                    "--resume: {} is a run of model `{}`, not `{m}`",
+                    dir.display(),
+                    info.model
+                );
             }
         }
         return RunConfig::resume(&info.config, &info.model, &overrides);
     }
-    let model = model.context("no --model given: name a model config (see `ssl-host list`) or a .toml file")?;
+    let model = model
+        .context("no --model given: name a model config (see `ssl-host list`) or a .toml file")?;
     RunConfig::resolve(&model, &overrides, registry)
 }
 
@@ -45,11 +51,21 @@ fn resolve(registry: &Registry, cli: &mut Cli, resume: bool) -> Result<RunConfig
 pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
     let resume = flag(cli, "resume")?;
     let stop_after_epochs = match cli.take("stop_after_epochs") {
-        Some(v) => Some(v.parse::<usize>().with_context(|| format!("--stop_after_epochs={v}: expected a whole number"))?),
+        Some(v) => Some(
+            v.parse::<usize>()
+                .with_context(|| format!("--stop_after_epochs={v}: expected a whole number"))?,
+        ),
         None => None,
     };
     let config = resolve(registry, cli, resume)?;
-    let dir = train(registry, config, &RunOptions { resume, stop_after_epochs })?;
+    let dir = train(
+        registry,
+        config,
+        &RunOptions {
+            resume,
+            stop_after_epochs,
+        },
+    )?;
     println!("run finished: outputs in {}", dir.display());
     Ok(())
 }

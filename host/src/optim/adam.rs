@@ -135,8 +135,7 @@ impl Optimizer for Adam {
         for s in &self.slots {
             let name = &s.param.name;
             let exp_avg = read_buffer(state, &entry_name(name, "exp_avg"), &s.param.tensor)?;
-            let exp_avg_sq =
-                read_buffer(state, &entry_name(name, "exp_avg_sq"), &s.param.tensor)?;
+            let exp_avg_sq = read_buffer(state, &entry_name(name, "exp_avg_sq"), &s.param.tensor)?;
             let step = read_step(state, &entry_name(name, "step"))?;
             loaded.push((step, exp_avg, exp_avg_sq));
         }
@@ -180,7 +179,10 @@ mod tests {
         let d = [1.0, -2.0, 0.5];
         let (mut mw, mut vw) = (vec![0.0; 6], vec![0.0; 6]);
         let (mut mb, mut vb) = (vec![0.0; 3], vec![0.0; 3]);
-        for (t, (k, lr)) in [(1.0, 0.1), (2.0, 0.05), (3.0, 0.02)].into_iter().enumerate() {
+        for (t, (k, lr)) in [(1.0, 0.1), (2.0, 0.05), (3.0, 0.02)]
+            .into_iter()
+            .enumerate()
+        {
             let t = (t + 1) as f64;
             let upd = |p: &mut f64, m: &mut f64, v: &mut f64, g: f64| {
                 *m = b1 * *m + (1.0 - b1) * g;

@@ -58,9 +58,7 @@ fn lars_direction(p: &Tensor, grad: Tensor, wd: f64, eta: f64, eps: f64) -> Resu
     let mut denom = g_norm.f_add(&p_norm.f_mul_scalar(wd)?)?;
     let _ = denom.f_add_scalar_(eps)?;
     let trust = p_norm.f_div(&denom)?.f_mul_scalar(eta)?;
-    let both_positive = p_norm
-        .f_gt(0.0)?
-        .f_logical_and(&g_norm.f_gt(0.0)?)?;
+    let both_positive = p_norm.f_gt(0.0)?.f_logical_and(&g_norm.f_gt(0.0)?)?;
     let decayed = if wd != 0.0 {
         grad.f_add(&p.f_mul_scalar(wd)?)?
     } else {

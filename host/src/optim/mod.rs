@@ -319,7 +319,8 @@ pub(crate) mod test_util {
     /// `grad b = k d`.
     pub fn reference_backward(w: &Tensor, b: &Tensor, k: i64) {
         let d = Tensor::from_slice(&[1.0f64, -2.0, 0.5]);
-        let loss = (w * w * (0.5 * k as f64)).sum(Kind::Double) + (&d * b * k as f64).sum(Kind::Double);
+        let loss =
+            (w * w * (0.5 * k as f64)).sum(Kind::Double) + (&d * b * k as f64).sum(Kind::Double);
         loss.backward();
     }
 
@@ -366,7 +367,9 @@ pub(crate) mod test_util {
     /// A small f32 model: two used params and one that never gets a gradient.
     pub fn resume_params(seed: i64) -> Vec<Param> {
         tch::manual_seed(seed);
-        let mk = |shape: &[i64]| Tensor::randn(shape, (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let mk = |shape: &[i64]| {
+            Tensor::randn(shape, (Kind::Float, Device::Cpu)).set_requires_grad(true)
+        };
         vec![
             Param {
                 name: "layer.weight".into(),
@@ -449,12 +452,21 @@ pub(crate) mod test_util {
             );
         }
         let before = resume_params(7);
-        assert!(a[2].tensor.equal(&before[2].tensor), "a parameter without gradient moved");
-        assert!(!a[0].tensor.equal(&before[0].tensor), "the parameters did not move");
+        assert!(
+            a[2].tensor.equal(&before[2].tensor),
+            "a parameter without gradient moved"
+        );
+        assert!(
+            !a[0].tensor.equal(&before[0].tensor),
+            "the parameters did not move"
+        );
         // The full state round-trips too.
         let sa: HashMap<String, Tensor> = opt_a.state().into_iter().collect();
         for (name, t) in opt_c.state() {
-            assert!(t.equal(&sa[&name]), "state entry {name} differs after resuming");
+            assert!(
+                t.equal(&sa[&name]),
+                "state entry {name} differs after resuming"
+            );
         }
     }
 
@@ -472,7 +484,10 @@ pub(crate) mod test_util {
         assert!(err.contains(&key) && err.contains("missing"), "{err}");
 
         let mut wrong = good.clone_shallow();
-        wrong.insert(key.clone(), Tensor::zeros([3, 4], (Kind::Float, Device::Cpu)));
+        wrong.insert(
+            key.clone(),
+            Tensor::zeros([3, 4], (Kind::Float, Device::Cpu)),
+        );
         let err = fresh.load_state(&wrong).unwrap_err().to_string();
         assert!(err.contains(&key) && err.contains("shape"), "{err}");
 
@@ -491,7 +506,9 @@ pub(crate) mod test_util {
 
     impl CloneShallow for HashMap<String, Tensor> {
         fn clone_shallow(&self) -> Self {
-            self.iter().map(|(k, v)| (k.clone(), v.shallow_clone())).collect()
+            self.iter()
+                .map(|(k, v)| (k.clone(), v.shallow_clone()))
+                .collect()
         }
     }
 
@@ -528,8 +545,14 @@ pub(crate) mod test_util {
             opt.step(0.1).unwrap();
         }
         let original = Tensor::from_slice(&[1.0f32, -2.0, 3.0]);
-        assert!(kept.equal(&original), "{kind}: param without weight decay moved");
-        assert!(!decayed.equal(&original), "{kind}: weight decay had no effect");
+        assert!(
+            kept.equal(&original),
+            "{kind}: param without weight decay moved"
+        );
+        assert!(
+            !decayed.equal(&original),
+            "{kind}: weight decay had no effect"
+        );
         // Decay shrinks towards zero.
         let ratio = to_vec(&(decayed.abs() / original.abs()));
         assert!(ratio.iter().all(|r| *r < 1.0), "{kind}: {ratio:?}");
@@ -543,11 +566,20 @@ mod tests {
 
     #[test]
     fn kind_parses_and_lists_choices() {
-        assert_eq!("adam".parse::<OptimizerKind>().unwrap(), OptimizerKind::Adam);
+        assert_eq!(
+            "adam".parse::<OptimizerKind>().unwrap(),
+            OptimizerKind::Adam
+        );
         assert_eq!("sgd".parse::<OptimizerKind>().unwrap(), OptimizerKind::Sgd);
-        assert_eq!("lars".parse::<OptimizerKind>().unwrap(), OptimizerKind::Lars);
+        assert_eq!(
+            "lars".parse::<OptimizerKind>().unwrap(),
+            OptimizerKind::Lars
+        );
         let err = "adamw".parse::<OptimizerKind>().unwrap_err().to_string();
-        assert!(err.contains("adamw") && err.contains("adam, sgd, lars"), "{err}");
+        assert!(
+            err.contains("adamw") && err.contains("adam, sgd, lars"),
+            "{err}"
+        );
         for name in OptimizerKind::NAMES {
             assert_eq!(name.parse::<OptimizerKind>().unwrap().to_string(), name);
         }
@@ -600,7 +632,9 @@ mod tests {
 
     fn resume_backward_tensors(tensors: &[Tensor]) {
         let x = Tensor::from_slice(&[0.3f32, -1.2, 0.7]).reshape([1, 3]);
-        (x.matmul(&tensors[0].tr()) + &tensors[1]).sum(Kind::Float).backward();
+        (x.matmul(&tensors[0].tr()) + &tensors[1])
+            .sum(Kind::Float)
+            .backward();
     }
 
     #[test]

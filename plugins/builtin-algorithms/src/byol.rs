@@ -99,8 +99,6 @@ pub struct Byol {
     ema_pairs: Vec<(Tensor, Tensor)>,
     /// The tau of the next update: a 0-dim f64 CPU tensor, checkpointed and restored in place.
     current_tau: Tensor,
-    /// The tau used by the most recent update in this process.
-    last_tau: Option<f64>,
 }
 
 impl Byol {
@@ -141,7 +139,7 @@ impl Byol {
         // deepcopy(online_network), minus the predictor.
         copy_by_name(&target.named_parameters(), &online.named_parameters())?;
         copy_by_name(&target.named_buffers(), &online.named_buffers())?;
-        let mut tp = target.named_parameters(); tp.extend(target.named_buffers()); let mut op = online.named_parameters(); op.extend(online.named_buffers()); let ema_pairs = pair_by_name(&tp, &op)?;
+        let ema_pairs = pair_by_name(&target.named_parameters(), &online.named_parameters())?;
         Ok(Byol {
             online,
             predictor: Mlp::new(predictor, device)?,
@@ -152,7 +150,6 @@ impl Byol {
                 INITIAL_TAU,
                 (Kind::Double, Device::Cpu),
             )?,
-            last_tau: None,
         })
     }
 
@@ -234,7 +231,6 @@ impl SslAlgorithm for Byol {
             }
             Ok(())
         })?;
-        self.last_tau = Some(tau_now);
         let _ = self.current_tau.f_fill_(tau(step, max_steps))?;
         Ok(())
     }
@@ -265,14 +261,11 @@ impl SslAlgorithm for Byol {
         list
     }
 
-    /// `byol/tau`: the tau of the most recent update (before any update in this process, the
-    /// tau the next one will use).
+    /// `byol/tau`: the tau the next moving-average update will use. The host reads scalars
+    /// before each step, so this is the original's "tau before this step's update"; it lives in
+    /// the checkpointed state, so a resumed run logs the same values as an uninterrupted one.
     fn scalars(&self) -> Result<Vec<(String, f64)>> {
-        let tau = match self.last_tau {
-            Some(t) => t,
-            None => self.current_tau()?,
-        };
-        Ok(vec![("byol/tau".into(), tau)])
+        Ok(vec![("byol/tau".into(), self.current_tau()?)])
     }
 }
 

@@ -131,7 +131,11 @@ fn moving_average_with_tau_point_nine() {
     for (name, old) in before.iter().filter(|(n, _)| n.starts_with("online.")) {
         assert!(find(&after, name).equal(old), "{name} changed");
     }
-    assert_eq!(byol.scalars().unwrap(), [("byol/tau".to_string(), 0.9)]);
+    // `byol/tau` reports the tau of the next update.
+    assert_eq!(
+        byol.scalars().unwrap(),
+        [("byol/tau".to_string(), tau(1, 10))]
+    );
     assert_eq!(byol.current_tau().unwrap(), tau(1, 10));
 }
 
@@ -145,8 +149,9 @@ fn first_update_uses_initial_tau_then_the_schedule() {
     let max_steps = 7;
     let mut used = Vec::new();
     for step in 1..=4 {
-        byol.after_optimizer_step(step, max_steps).unwrap();
+        // The host logs `byol/tau` before each update: the tau that update uses.
         used.push(byol.scalars().unwrap()[0].1);
+        byol.after_optimizer_step(step, max_steps).unwrap();
     }
     assert_eq!(used, [0.99, tau(1, 7), tau(2, 7), tau(3, 7)]);
     assert_eq!(byol.current_tau().unwrap(), tau(4, 7));
@@ -207,6 +212,25 @@ fn loss_is_in_range_and_training_updates_both_batchnorms() {
         "online.predictor.model.1.running_mean",
     ] {
         assert!(!find(&after, name).equal(find(&before, name)), "{name}");
+    }
+}
+
+#[test]
+fn the_target_sees_both_views_in_training_mode_like_the_online_network() {
+    // Identical networks, same views, both in training mode: the BatchNorm statistics of the
+    // target move exactly as the online ones.
+    let mut byol = byol();
+    let _ = byol.training_loss(&views()).unwrap();
+    let state = byol.state();
+    for rest in [
+        "encoder.bn1.running_mean",
+        "encoder.bn1.running_var",
+        "projector.model.1.running_mean",
+        "projector.model.1.running_var",
+    ] {
+        let online = find(&state, &format!("online.{rest}"));
+        let target = find(&state, &format!("target.{rest}"));
+        assert!(max_abs_diff(online, target) < 1e-6, "{rest}");
     }
 }
 

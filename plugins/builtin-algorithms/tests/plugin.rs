@@ -73,8 +73,8 @@ fn byol_through_the_abi() {
     // The host restores the tau in place from a checkpoint.
     let mut tau = find(&state, "byol.current_tau").shallow_clone();
     tau.copy_(&Tensor::from(0.5f64));
-    byol.after_optimizer_step(3, 10).unwrap();
     assert_eq!(byol.scalars().unwrap(), [("byol/tau".to_string(), 0.5)]);
+    byol.after_optimizer_step(3, 10).unwrap();
     assert_eq!(
         find(&byol.state(), "byol.current_tau").double_value(&[]),
         ssl_builtin_algorithms::byol::tau(3, 10)

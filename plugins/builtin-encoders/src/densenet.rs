@@ -17,8 +17,8 @@
 //! Parameter `cifar_stem` is accepted for symmetry with the ResNets but must be false: the
 //! original raises `ValueError` when asked for a CIFAR stem.
 
-use crate::init::{batch_norm, check_input, check_param_names, conv2d, sorted_buffers};
 use crate::init::sorted_parameters;
+use crate::init::{batch_norm, check_input, check_param_names, conv2d, sorted_buffers};
 use ssl_plugin_api::tch::nn::{self, init::FanInOut, ModuleT};
 use ssl_plugin_api::tch::{Device, Tensor};
 use ssl_plugin_api::{bail, Encoder, Params, Result};

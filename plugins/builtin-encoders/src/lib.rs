@@ -41,9 +41,7 @@ fn plugin() -> Plugin {
         )
         .encoder(
             "resnet101",
-            &format!(
-                "ResNet-101 (He et al. 2016, torchvision layout, no fc), output 2048; {STEM}"
-            ),
+            &format!("ResNet-101 (He et al. 2016, torchvision layout, no fc), output 2048; {STEM}"),
             ResNet::resnet101,
         )
         .encoder(

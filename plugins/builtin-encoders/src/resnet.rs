@@ -13,8 +13,8 @@
 //! Parameter `cifar_stem` (bool, default false) replaces the 7×7 stride-2 first convolution by
 //! a 3×3 stride-1 one (still `conv1.weight`); the max-pool is kept, as in the original system.
 
-use crate::init::{batch_norm, check_input, check_param_names, conv2d, sorted_buffers};
 use crate::init::sorted_parameters;
+use crate::init::{batch_norm, check_input, check_param_names, conv2d, sorted_buffers};
 use ssl_plugin_api::tch::nn::{self, init::FanInOut, ModuleT};
 use ssl_plugin_api::tch::{Device, Tensor};
 use ssl_plugin_api::{Encoder, Params, Result};
@@ -153,7 +153,15 @@ impl ResNet {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let (kernel, stride, padding) = if cifar_stem { (3, 1, 1) } else { (7, 2, 3) };
-        let conv1 = conv2d(&root / "conv1", 3, 64, kernel, stride, padding, FanInOut::FanOut);
+        let conv1 = conv2d(
+            &root / "conv1",
+            3,
+            64,
+            kernel,
+            stride,
+            padding,
+            FanInOut::FanOut,
+        );
         let bn1 = batch_norm(&root / "bn1", 64);
         let mut c_in = 64;
         let mut layers = Vec::with_capacity(4);

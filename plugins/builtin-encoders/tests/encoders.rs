@@ -52,9 +52,7 @@ fn densenet121_runs_at_32_and_224_pixels() {
         let y = tch::no_grad(|| enc.forward(&images(1, size), false)).unwrap();
         assert_eq!(y.size(), [1, 1024], "at {size} px");
     }
-    let err = tch::no_grad(|| enc.forward(&images(1, 28), false))
-        .err()
-        .expect("28 px is too small");
+    let err = tch::no_grad(|| enc.forward(&images(1, 28), false)).expect_err("28 px is too small");
     assert!(err.message().contains("too small"), "{err}");
 }
 
@@ -158,7 +156,11 @@ fn parameters_and_buffers_are_sorted_shared_and_split() {
         assert_eq!(a.data_ptr(), b.data_ptr(), "`{n}` is a copy");
     }
     let buffers = enc.named_buffers();
-    assert_eq!(buffers.len(), 2 * 20, "two buffers per BatchNorm (20 in ResNet-18)");
+    assert_eq!(
+        buffers.len(),
+        2 * 20,
+        "two buffers per BatchNorm (20 in ResNet-18)"
+    );
     for (n, t) in &buffers {
         assert!(n.ends_with(".running_mean") || n.ends_with(".running_var"));
         assert!(!t.requires_grad(), "buffer `{n}` is trainable");
@@ -252,7 +254,7 @@ fn parameters_are_checked() {
 fn bad_inputs_are_errors_not_crashes() {
     let mut enc = build("resnet18", "{}");
     let gray = Tensor::zeros([2, 1, 32, 32], (Kind::Float, Device::Cpu));
-    let err = enc.forward(&gray, false).err().expect("one channel");
+    let err = enc.forward(&gray, false).expect_err("one channel");
     assert!(err.message().contains("[N, 3, H, W]"), "{err}");
     let flat = Tensor::zeros([2, 3 * 32 * 32], (Kind::Float, Device::Cpu));
     assert!(enc.forward(&flat, false).is_err());

@@ -17,7 +17,12 @@ fn the_four_encoders_are_registered_and_work_through_the_abi() {
     let names: Vec<&str> = plugin.encoders.iter().map(|f| f.name()).collect();
     assert_eq!(names, ["resnet18", "resnet50", "resnet101", "densenet121"]);
     for (f, dim) in plugin.encoders.iter().zip(["512", "2048", "2048", "1024"]) {
-        assert!(f.description().contains(dim), "{}: {}", f.name(), f.description());
+        assert!(
+            f.description().contains(dim),
+            "{}: {}",
+            f.name(),
+            f.description()
+        );
         assert!(f.description().contains("cifar_stem"), "{}", f.name());
     }
 
@@ -38,15 +43,21 @@ fn the_four_encoders_are_registered_and_work_through_the_abi() {
 
     // Errors cross the ABI with the factory's message.
     let bad = Params::from_json(r#"{"cifar_stem": false, "widht": 2}"#).unwrap();
-    let err = resnet18.create(&bad, Device::Cpu).err().expect("unknown name");
+    let err = resnet18
+        .create(&bad, Device::Cpu)
+        .err()
+        .expect("unknown name");
     assert!(err.message().contains("`widht`"), "{err}");
     let densenet = &plugin.encoders[3];
     let err = densenet
         .create(&params, Device::Cpu)
         .err()
         .expect("no CIFAR stem");
-    assert!(err.message().contains("densenet121 has no CIFAR stem"), "{err}");
+    assert!(
+        err.message().contains("densenet121 has no CIFAR stem"),
+        "{err}"
+    );
     let bad_input = Tensor::zeros([2, 4, 32, 32], (Kind::Float, Device::Cpu));
-    let err = enc.forward(&bad_input, false).err().expect("four channels");
+    let err = enc.forward(&bad_input, false).expect_err("four channels");
     assert!(err.message().contains("[N, 3, H, W]"), "{err}");
 }

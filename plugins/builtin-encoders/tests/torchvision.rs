@@ -54,7 +54,11 @@ fn torchvision_shapes() -> &'static BTreeMap<String, Shapes> {
 fn assert_same_names_and_shapes(arch: &str) {
     let enc = build(arch, "{}");
     let mut ours: Shapes = BTreeMap::new();
-    for (name, t) in enc.named_parameters().into_iter().chain(enc.named_buffers()) {
+    for (name, t) in enc
+        .named_parameters()
+        .into_iter()
+        .chain(enc.named_buffers())
+    {
         assert!(
             ours.insert(name.clone(), t.size()).is_none(),
             "{arch}: `{name}` twice"
@@ -153,7 +157,11 @@ assert worst[0] <= 1e-5, worst
 
 fn assert_matches_torchvision(arch: &str, cifar: bool, batch: i64, size: i64) {
     let dir = scratch_dir(&format!("parity-{arch}-{size}-{}", u8::from(cifar)));
-    let json = if cifar { r#"{"cifar_stem": true}"# } else { "{}" };
+    let json = if cifar {
+        r#"{"cifar_stem": true}"#
+    } else {
+        "{}"
+    };
     let mut enc = build(arch, json);
     let mut state = enc.named_parameters();
     state.extend(enc.named_buffers());

@@ -81,7 +81,11 @@ pub fn dump(dir: &std::path::Path, tensors: &[(String, Tensor)]) {
     for (name, t) in tensors {
         let dims: Vec<String> = t.size().iter().map(|d| d.to_string()).collect();
         manifest.push_str(&format!("{name}\t{}\n", dims.join(",")));
-        let flat = t.detach().to_device(Device::Cpu).contiguous().flatten(0, -1);
+        let flat = t
+            .detach()
+            .to_device(Device::Cpu)
+            .contiguous()
+            .flatten(0, -1);
         let values = Vec::<f32>::try_from(&flat).expect("float tensor");
         data.extend(values.iter().flat_map(|v| v.to_le_bytes()));
     }

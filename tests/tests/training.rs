@@ -1,0 +1,249 @@
+//! Training end to end on the built-in demo data: every output file and metric name, the
+//! checkpoint's contents, and exact resume (after a clean stop and after a kill).
+
+use e2e::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A small, fast variant of the Shapes configs.
+fn small(model: &str, out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        format!("--model={model}"),
+        format!("--output_dir={}", out.display()),
+        "--ssl_dataset_params.num_samples=120".into(),
+        "--linear_head_dataset_params.num_samples=80".into(),
+        "--ssl_dataset_params.image_size=32".into(),
+        "--ssl_training_batch_size=16".into(),
+        "--linear_head_batch_size=8".into(),
+        "--ssl_encoder=resnet18".into(),
+        "--num_workers=2".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn run(args: &[String]) -> Run {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    ssl_host(&refs)
+}
+
+/// metrics.csv as (epoch, name) -> value text, leaving out wall-clock metrics.
+fn metrics(dir: &Path) -> BTreeMap<(usize, String), String> {
+    let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("epoch,name,value"));
+    lines
+        .filter(|l| !l.contains("throughput/") && !l.contains("time/"))
+        .map(|l| {
+            let mut f = l.splitn(3, ',');
+            let epoch = f.next().unwrap().parse().unwrap();
+            (
+                (epoch, f.next().unwrap().to_string()),
+                f.next().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut n: Vec<String> = std::fs::read_to_string(dir.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().to_string())
+        .collect();
+    n.sort();
+    n.dedup();
+    n
+}
+
+fn python() -> std::path::PathBuf {
+    repo_root().join(".deps/torch-venv/bin/python")
+}
+
+#[test]
+fn byol_debug_run_writes_every_output() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("run");
+    run(&small(
+        "ShapesBYOL",
+        &dir,
+        &["--is_debug_model=true", "--num_epochs=2"],
+    ))
+    .assert_ok();
+    let expected = [
+        "byol/learning_rate",
+        "byol/tau",
+        "byol/train/loss",
+        "byol/val/loss",
+        "ssl_online_evaluator/train/loss",
+        "ssl_online_evaluator/train/online_AccuracyAtThreshold05",
+        "ssl_online_evaluator/val/AccuracyAtThreshold05",
+        "ssl_online_evaluator/val/loss",
+        "throughput/train_images_per_second",
+        "time/epoch_seconds",
+    ];
+    let mut expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    assert_eq!(names(&dir), expected);
+    let m = metrics(&dir);
+    assert_eq!(
+        m[&(0, "byol/learning_rate".into())],
+        "0",
+        "the first BYOL epoch trains at LR 0, as the original"
+    );
+    assert_eq!(m[&(0, "byol/tau".into())], "0.99");
+    let config = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    assert!(
+        config.contains("ssl_training_type = \"BYOL\"") && config.contains("num_epochs = 2"),
+        "{config}"
+    );
+
+    // TensorBoard reads the event files back.
+    let script = format!(
+        "from tensorboard.backend.event_processing.event_accumulator import EventAccumulator\n\
+         ea = EventAccumulator({:?}); ea.Reload()\n\
+         s = ea.Scalars('byol/tau'); print(len(s), s[0].step, round(s[0].value, 4))",
+        dir.join("logs").display().to_string()
+    );
+    let output = Command::new(python())
+        .args(["-W", "ignore", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout).trim(), "2 0 0.99");
+
+    // The checkpoint lists what a resume needs, and loads back.
+    let listing = ssl_host(&[
+        "inspect-checkpoint",
+        &format!("--checkpoint={}", dir.display()),
+    ]);
+    listing.assert_ok();
+    for needle in [
+        "epochs done 2",
+        "algorithm.online.encoder.conv1.weight [64, 3, 3, 3]",
+        "algorithm.target.encoder.layer4.1.bn2.running_var [512]",
+        "algorithm.online.predictor.model.3.weight",
+        "algorithm.byol.current_tau []",
+        "linear_head.linear.weight [4, 512]",
+        "optimizer.",
+        "linear_head_optimizer.",
+    ] {
+        assert!(
+            listing.stdout.contains(needle),
+            "checkpoint listing lacks `{needle}`:\n{}",
+            listing.stdout
+        );
+    }
+}
+
+#[test]
+fn simclr_debug_run_writes_its_metric_names() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("run");
+    run(&small(
+        "ShapesSimCLR",
+        &dir,
+        &["--is_debug_model=true", "--num_epochs=1", "--num_workers=0"],
+    ))
+    .assert_ok();
+    let n = names(&dir);
+    for name in [
+        "simclr/train/loss",
+        "simclr/val/loss",
+        "simclr/learning_rate",
+        "ssl_online_evaluator/val/AccuracyAtThreshold05",
+    ] {
+        assert!(n.contains(&name.to_string()), "{name} missing from {n:?}");
+    }
+    assert!(!n.iter().any(|x| x.starts_with("byol/")), "{n:?}");
+}
+
+#[test]
+fn resumed_run_equals_uninterrupted_run() {
+    let out = tempfile::tempdir().unwrap();
+    let full = out.path().join("full");
+    let parts = out.path().join("parts");
+    let epochs = ["--num_epochs=4", "--warmup_epochs=1"];
+    run(&small("ShapesBYOL", &full, &epochs)).assert_ok();
+    let mut first = small("ShapesBYOL", &parts, &epochs);
+    first.push("--stop_after_epochs=2".into());
+    run(&first).assert_ok();
+    assert_eq!(
+        metrics(&parts).keys().map(|k| k.0).max(),
+        Some(1),
+        "stopped after 2 epochs"
+    );
+    run(&[
+        format!("--output_dir={}", parts.display()),
+        "--resume".into(),
+    ])
+    .assert_ok();
+    let (a, b) = (metrics(&full), metrics(&parts));
+    assert_eq!(a.len(), b.len());
+    for (key, value) in &a {
+        assert_eq!(Some(value), b.get(key), "{key:?} differs after resume");
+    }
+
+    // Killed at some moment after the first checkpoint: resume still gives the same values and
+    // no duplicated rows.
+    let killed = out.path().join("killed");
+    let refs = small("ShapesBYOL", &killed, &epochs);
+    let mut child = Command::new(artifact("ssl-host"))
+        .args(&refs)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let checkpoint = killed.join("checkpoints/last.safetensors");
+    let start = Instant::now();
+    while !checkpoint.exists() && start.elapsed() < Duration::from_secs(300) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    run(&[
+        format!("--output_dir={}", killed.display()),
+        "--resume".into(),
+    ])
+    .assert_ok();
+    assert_eq!(metrics(&killed), a);
+}
+
+#[test]
+fn clear_errors_for_bad_runs() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("run");
+    ssl_host(&["--model=ShapesBYOL", "--num_epoch=3"])
+        .assert_clear_error(&["unknown parameter `num_epoch`", "did you mean `num_epochs`"]);
+    ssl_host(&["--model=ShapesBYOl"]).assert_clear_error(&[
+        "unknown model config `ShapesBYOl`",
+        "did you mean `ShapesBYOL`",
+    ]);
+    ssl_host(&["--model=ShapesBYOL", "--ssl_encoder=resnet19"])
+        .assert_clear_error(&["unknown encoder `resnet19`", "did you mean `resnet18`"]);
+    ssl_host(&["--model=ShapesBYOL", "--ssl_training_batch_size=0"])
+        .assert_clear_error(&["ssl_training_batch_size"]);
+    ssl_host(&["--resume", &format!("--output_dir={}", dir.display())])
+        .assert_clear_error(&["last.safetensors"]);
+    let mut args = small(
+        "ShapesBYOL",
+        &dir,
+        &["--is_debug_model=true", "--num_epochs=1"],
+    );
+    run(&args).assert_ok();
+    // Starting again over an existing run is refused (nothing is overwritten).
+    run(&args).assert_clear_error(&["already holds a run", "--resume"]);
+    // A corrupt checkpoint is a clear error on resume.
+    let checkpoint = dir.join("checkpoints/last.safetensors");
+    let bytes = std::fs::read(&checkpoint).unwrap();
+    std::fs::write(&checkpoint, &bytes[..bytes.len() / 2]).unwrap();
+    args.push("--resume".into());
+    run(&args).assert_clear_error(&["truncated or corrupt"]);
+}
