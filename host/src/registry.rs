@@ -126,6 +126,15 @@ impl Registry {
         Ok(&self.plugins[p].model_configs[e])
     }
 
+    /// `plugin version (source)` of the plugin offering `name` of `kind` (`dataset`,
+    /// `transform`, `encoder`, `algorithm`).
+    pub fn provenance(&self, kind: &str, name: &str) -> Option<String> {
+        let (_, names) = self.index.iter().find(|(k, _)| **k == kind)?;
+        let &(pi, _) = names.get(name)?;
+        let p = &self.plugins[pi];
+        Some(format!("{} {} ({})", p.name, p.version, p.source))
+    }
+
     /// Names of the model configs plugins ship.
     pub fn model_config_names(&self) -> Vec<String> {
         self.index["model config"].keys().cloned().collect()

@@ -406,6 +406,20 @@ impl Run {
             "ssl-host".to_string(),
             env!("CARGO_PKG_VERSION").to_string(),
         );
+        let mut used: Vec<(&str, String)> = vec![
+            ("dataset", ssl_name.clone()),
+            ("dataset", lh_name.clone()),
+            ("encoder", config.ssl_encoder.clone()),
+            ("algorithm", config.ssl_training_type.clone()),
+        ];
+        let transforms = config.ssl_augmentations.iter().chain(&config.linear_head_augmentations);
+        let transforms = transforms.chain(config.linear_head_val_augmentations.iter().flatten());
+        used.extend(transforms.map(|t| ("transform", t.name.clone())));
+        for (kind, name) in used {
+            if let Some(p) = registry.provenance(kind, &name) {
+                plugins.insert(format!("{kind} {name}"), p);
+            }
+        }
         let info = CheckpointInfo {
             format: checkpoint::FORMAT.into(),
             epochs_done: 0,
@@ -840,7 +854,12 @@ pub fn train(registry: &Registry, mut config: RunConfig, options: &RunOptions) -
         None => (0, 0),
     };
     let mut outputs = RunOutputs::open(&dir, start_epoch)?;
-    crate::config::write_atomic(&dir.join("config.toml"), run.config.to_toml().as_bytes())?;
+    let mut config_text = run.config.to_toml();
+    config_text.push_str("\n# plugins used:\n");
+    for (what, provenance) in &run.info.plugins {
+        config_text.push_str(&format!("#   {what}: {provenance}\n"));
+    }
+    crate::config::write_atomic(&dir.join("config.toml"), config_text.as_bytes())?;
     let epochs = run.config.num_epochs;
     let last = options.stop_after_epochs.map_or(epochs, |n| n.min(epochs));
     let progress = Progress::new();
