@@ -5,6 +5,12 @@
 //! noise). Everything is a pure function of `(seed, split, index)`: the same triple gives a
 //! byte-identical image, and the label is computed without drawing (see [`Shapes::label`]).
 //!
+//! Two optional parameters in `[0, 1]` weaken the background: `texture_strength` scales the
+//! gradient's colour difference and the stripes' amplitude, `noise` scales the pixel noise.
+//! Both default to 1 (the original look); lower values leave the shape as the main content
+//! of the image, so that self-supervised training cannot just match backgrounds. They change
+//! only amplitudes, never the random draws, so every image keeps its layout and colours.
+//!
 //! Labels are balanced: each run of four consecutive indices (`4k..4k+4`) holds every class
 //! once, in a random order.
 
@@ -80,6 +86,10 @@ pub struct Shapes {
     split: Split,
     /// The seed of this (seed, split) stream, already mixed.
     stream: u64,
+    /// Scale of the gradient's colour difference and of the stripes, in [0, 1].
+    texture_strength: f64,
+    /// Scale of the pixel noise, in [0, 1].
+    noise: f64,
 }
 
 impl Shapes {
@@ -118,12 +128,31 @@ impl Shapes {
             seed,
             split,
             stream,
+            texture_strength: 1.0,
+            noise: 1.0,
         })
     }
 
+    /// The same dataset with the background texture scaled: `texture_strength` multiplies the
+    /// gradient's colour difference and the stripes' amplitude, `noise` the pixel noise; both
+    /// in `[0, 1]` (1 and 1 is the default look, 0 and 0 a flat single-colour background).
+    pub fn with_texture(mut self, texture_strength: f64, noise: f64) -> Result<Self> {
+        for (name, value) in [("texture_strength", texture_strength), ("noise", noise)] {
+            if !(0.0..=1.0).contains(&value) {
+                return Err(PluginError::msg(format!(
+                    "parameter `{name}` = {value}: must be in [0, 1]"
+                )));
+            }
+        }
+        self.texture_strength = texture_strength;
+        self.noise = noise;
+        Ok(self)
+    }
+
     /// Builds the dataset from its parameters, all optional: `image_size` (default 32, at
-    /// least 8), `num_samples` (default 2000), `seed` (default 0) and `split` (`"train"`, the
-    /// default, or `"test"`). A `root` parameter is accepted and ignored; other names are
+    /// least 8), `num_samples` (default 2000), `seed` (default 0), `split` (`"train"`, the
+    /// default, or `"test"`), `texture_strength` and `noise` (default 1, in [0, 1]; see
+    /// [`Shapes::with_texture`]). A `root` parameter is accepted and ignored; other names are
     /// ignored too.
     pub fn from_params(params: &Params) -> Result<Self> {
         let image_size = params.get_or("image_size", Self::DEFAULT_IMAGE_SIZE)?;
@@ -133,7 +162,19 @@ impl Shapes {
             Some(s) => Split::parse(&s)?,
             None => Split::Train,
         };
-        Self::new(image_size, num_samples, seed, split)
+        let texture_strength = params.get_or("texture_strength", 1.0f64)?;
+        let noise = params.get_or("noise", 1.0f64)?;
+        Self::new(image_size, num_samples, seed, split)?.with_texture(texture_strength, noise)
+    }
+
+    /// The scale of the gradient's colour difference and of the stripes, in [0, 1].
+    pub fn texture_strength(&self) -> f64 {
+        self.texture_strength
+    }
+
+    /// The scale of the pixel noise, in [0, 1].
+    pub fn noise(&self) -> f64 {
+        self.noise
     }
 
     /// Width and height of the images, in pixels.
@@ -267,6 +308,11 @@ impl Shapes {
         let shape = scene.shape.class;
         let radius = scene.shape.radius;
         let (cx, cy) = scene.shape.center;
+        // The gradient's colour difference, scaled by `texture_strength` (exact at 1).
+        let bg_delta: [f64; 3] =
+            std::array::from_fn(|c| (scene.bg1[c] - scene.bg0[c]) * self.texture_strength);
+        let stripe_scale = self.texture_strength;
+        let noise_amplitude = scene.noise_amplitude * self.noise;
 
         for y in 0..n {
             for x in 0..n {
@@ -278,8 +324,9 @@ impl Shapes {
                 let t = (0.5 + (ux * gc + uy * gs) / g_extent).clamp(0.0, 1.0);
                 let mut stripe = 0.0;
                 if let Some((s, ss, sc)) = stripes {
-                    stripe =
-                        s.amplitude * (2.0 * PI * s.cycles * (ux * sc + uy * ss) + s.phase).sin();
+                    stripe = stripe_scale
+                        * s.amplitude
+                        * (2.0 * PI * s.cycles * (ux * sc + uy * ss) + s.phase).sin();
                 }
 
                 // Shape coverage from its signed distance (in pixels), anti-aliased over a pixel.
@@ -287,12 +334,13 @@ impl Shapes {
                 let (lx, ly) = (dx * rc + dy * rs, -dx * rs + dy * rc);
                 let coverage = (0.5 - shape_sdf(shape, lx, ly, radius)).clamp(0.0, 1.0);
 
-                let noise = scene.noise_amplitude
+                let noise = noise_amplitude
                     * signed_unit(mix64(
                         scene.noise_key ^ ((y * n + x) as u64).wrapping_mul(GOLDEN),
                     ));
+                #[allow(clippy::needless_range_loop)] // four arrays indexed by channel
                 for c in 0..3 {
-                    let bg = scene.bg0[c] + (scene.bg1[c] - scene.bg0[c]) * t + stripe;
+                    let bg = scene.bg0[c] + bg_delta[c] * t + stripe;
                     let v = bg + (scene.shape_rgb[c] - bg) * coverage + noise;
                     data.push(v.round().clamp(0.0, 255.0) as u8);
                 }
@@ -725,6 +773,129 @@ mod tests {
             good >= 114,
             "only {good} of 120 samples paint the expected area; off: {worst:?}"
         );
+    }
+
+    /// FNV-1a over the bytes of the first `n` images.
+    fn fingerprint(d: &Shapes, n: usize) -> u64 {
+        let mut h = 0xcbf2_9ce4_8422_2325u64;
+        for i in 0..n {
+            for b in bytes(&d.get(i).unwrap()) {
+                h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        h
+    }
+
+    /// Pixels outside the circle around the shape (with a pixel of margin), as RGB triples.
+    fn background_pixels(d: &Shapes, index: usize) -> Vec<[f64; 3]> {
+        let n = d.image_size() as usize;
+        let l = d.layout(index).unwrap();
+        let img = bytes(&d.get(index).unwrap());
+        let mut out = Vec::new();
+        for y in 0..n {
+            for x in 0..n {
+                let (px, py) = (x as f64 + 0.5, y as f64 + 0.5);
+                if (px - l.center.0).hypot(py - l.center.1) > l.radius + 1.5 {
+                    let p = &img[(y * n + x) * 3..(y * n + x) * 3 + 3];
+                    out.push([p[0] as f64, p[1] as f64, p[2] as f64]);
+                }
+            }
+        }
+        out
+    }
+
+    /// Mean over channels of the standard deviation of the background pixels.
+    fn background_spread(d: &Shapes, index: usize) -> f64 {
+        let px = background_pixels(d, index);
+        let n = px.len() as f64;
+        (0..3)
+            .map(|c| {
+                let mean = px.iter().map(|p| p[c]).sum::<f64>() / n;
+                (px.iter().map(|p| (p[c] - mean).powi(2)).sum::<f64>() / n).sqrt()
+            })
+            .sum::<f64>()
+            / 3.0
+    }
+
+    #[test]
+    fn texture_parameters_default_to_the_original_look() {
+        let d = shapes(r#"{"seed": 4, "num_samples": 12}"#);
+        assert_eq!((d.texture_strength(), d.noise()), (1.0, 1.0));
+        let explicit =
+            shapes(r#"{"seed": 4, "num_samples": 12, "texture_strength": 1, "noise": 1.0}"#);
+        assert_eq!(fingerprint(&d, 12), fingerprint(&explicit, 12));
+        let weaker = shapes(r#"{"seed": 4, "num_samples": 12, "texture_strength": 0.5}"#);
+        assert_ne!(fingerprint(&d, 12), fingerprint(&weaker, 12));
+    }
+
+    #[test]
+    fn zero_texture_and_noise_give_a_flat_background() {
+        let d = shapes(r#"{"seed": 9, "num_samples": 40, "texture_strength": 0, "noise": 0}"#);
+        for i in 0..40 {
+            let px = background_pixels(&d, i);
+            assert!(px.len() > 50, "index {i}: {} background pixels", px.len());
+            assert!(
+                px.iter().all(|p| p == &px[0]),
+                "index {i}: background is not flat"
+            );
+        }
+    }
+
+    #[test]
+    fn weaker_texture_keeps_layout_labels_and_colours_and_lowers_background_spread() {
+        let full = shapes(r#"{"seed": 6, "num_samples": 60}"#);
+        let weak =
+            shapes(r#"{"seed": 6, "num_samples": 60, "texture_strength": 0.3, "noise": 0.3}"#);
+        let flat = shapes(r#"{"seed": 6, "num_samples": 60, "texture_strength": 0, "noise": 0}"#);
+        assert_eq!(full.targets().unwrap(), weak.targets().unwrap());
+        let (mut weaker, mut sum_full, mut sum_weak) = (0, 0.0, 0.0);
+        for i in 0..60 {
+            assert_eq!(
+                full.layout(i).unwrap(),
+                weak.layout(i).unwrap(),
+                "index {i}"
+            );
+            assert_ne!(bytes(&full.get(i).unwrap()), bytes(&weak.get(i).unwrap()));
+            let (a, b, c) = (
+                background_spread(&full, i),
+                background_spread(&weak, i),
+                background_spread(&flat, i),
+            );
+            assert_eq!(c, 0.0, "index {i}");
+            assert!(b > 0.0, "index {i}: a weak texture is still a texture");
+            if b < a {
+                weaker += 1;
+            }
+            sum_full += a;
+            sum_weak += b;
+        }
+        assert!(weaker >= 57, "only {weaker} of 60 backgrounds got smoother");
+        assert!(
+            sum_weak < 0.5 * sum_full,
+            "spread {sum_weak} versus {sum_full}"
+        );
+        // Noise alone: only the pixel noise is gone, the gradient and stripes remain.
+        let no_noise = shapes(r#"{"seed": 6, "num_samples": 60, "noise": 0}"#);
+        let spread: f64 = (0..60).map(|i| background_spread(&no_noise, i)).sum();
+        assert!(
+            spread > 0.0 && spread < sum_full,
+            "{spread} versus {sum_full}"
+        );
+    }
+
+    #[test]
+    fn texture_parameters_out_of_range_are_rejected_with_their_name() {
+        for (json, name) in [
+            (r#"{"texture_strength": 1.5}"#, "texture_strength"),
+            (r#"{"texture_strength": -0.1}"#, "texture_strength"),
+            (r#"{"noise": 2}"#, "noise"),
+            (r#"{"noise": -1}"#, "noise"),
+            (r#"{"noise": "none"}"#, "noise"),
+        ] {
+            let e = err(json);
+            assert!(e.contains(name), "{json}: {e}");
+        }
+        assert!(Shapes::from_params(&params(r#"{"texture_strength": 0, "noise": 1}"#)).is_ok());
     }
 
     #[test]
