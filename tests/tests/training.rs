@@ -127,7 +127,7 @@ fn byol_debug_run_writes_every_output() {
     listing.assert_ok();
     for needle in [
         "epochs done 2",
-        "algorithm.online.encoder.conv1.weight [64, 3, 3, 3]",
+        "algorithm.online.encoder.conv1.weight [64, 3, 7, 7]",
         "algorithm.target.encoder.layer4.1.bn2.running_var [512]",
         "algorithm.online.predictor.model.3.weight",
         "algorithm.byol.current_tau []",
