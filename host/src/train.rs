@@ -412,7 +412,10 @@ impl Run {
             ("encoder", config.ssl_encoder.clone()),
             ("algorithm", config.ssl_training_type.clone()),
         ];
-        let transforms = config.ssl_augmentations.iter().chain(&config.linear_head_augmentations);
+        let transforms = config
+            .ssl_augmentations
+            .iter()
+            .chain(&config.linear_head_augmentations);
         let transforms = transforms.chain(config.linear_head_val_augmentations.iter().flatten());
         used.extend(transforms.map(|t| ("transform", t.name.clone())));
         for (kind, name) in used {
