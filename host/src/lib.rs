@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod cli;
 pub mod commands;
+pub mod augmentation_yaml;
 pub mod config;
 pub mod data;
 pub mod metrics;

@@ -1,11 +1,28 @@
-//! Datasets built into `ssl-host`, registered as the plugin `builtin-datasets`.
+//! Datasets built into `ssl-host`, registered as the plugin `builtin-datasets`, a file each:
 //!
 //! - [`Shapes`]: labelled images of circles, squares, triangles and crosses drawn
 //!   procedurally on textured backgrounds; needs no files.
+//! - `CIFAR10`, `CIFAR100` (`cifar.rs`): the official binary or python archives, downloaded
+//!   when absent.
+//! - Chest X-rays: `RSNAKaggleCXR` (`rsna.rs`, DICOM through `dicom.rs`), `NIHCXR`
+//!   (`nih.rs`), `CheXpert` (`chexpert.rs`), `CovidDataset` (`covid.rs`).
+//! - `ImageFolder` (`image_folder.rs`): a user's own images, one folder per class.
 //!
 //! The host calls [`link`] so the linker keeps this crate (and its registration).
 
+mod chexpert;
+mod cifar;
+mod covid;
+mod csv_table;
+mod dicom;
+mod image_file;
+mod image_folder;
+mod nih;
+mod rsna;
 mod shapes;
+#[cfg(feature = "testdata")]
+#[doc(hidden)]
+pub mod testdata;
 
 pub use shapes::{ShapeLayout, Shapes, Split, CLASS_NAMES};
 
@@ -13,12 +30,18 @@ pub use shapes::{ShapeLayout, Shapes, Split, CLASS_NAMES};
 pub fn link() {}
 
 fn plugin() -> ssl_plugin_api::Plugin {
-    ssl_plugin_api::Plugin::new("builtin-datasets", env!("CARGO_PKG_VERSION")).dataset(
+    let plugin = ssl_plugin_api::Plugin::new("builtin-datasets", env!("CARGO_PKG_VERSION")).dataset(
         "Shapes",
         "procedural labelled RGB images of 4 shapes (circle, square, triangle, cross) on textured backgrounds; \
          params: image_size (32), num_samples (2000), seed (0), split (train|test)",
         shapes::Shapes::from_params,
-    )
+    );
+    let plugin = cifar::register(plugin);
+    let plugin = rsna::register(plugin);
+    let plugin = nih::register(plugin);
+    let plugin = chexpert::register(plugin);
+    let plugin = covid::register(plugin);
+    image_folder::register(plugin)
 }
 
 ssl_plugin_api::register_builtin!(plugin);

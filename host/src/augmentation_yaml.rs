@@ -1,0 +1,2 @@
+//! (being written) The chest X-ray augmentation YAML of the original, turned into transform
+//! specs.
