@@ -161,20 +161,64 @@ pub struct Source {
     pub views: usize,
     pub seed: u64,
     pub name: String,
+    /// Skip samples the dataset cannot read (`skip_unreadable_images`) instead of failing.
+    pub skip_unreadable: bool,
+    /// The samples skipped so far: index -> the error (see [`Source::skipped_report`]).
+    pub skipped: Mutex<BTreeMap<usize, String>>,
 }
 
 impl Source {
+    /// A source that fails on unreadable samples.
+    pub fn new(
+        dataset: Arc<DatasetHandle>,
+        pipeline: Arc<Pipeline>,
+        views: usize,
+        seed: u64,
+        name: &str,
+    ) -> Source {
+        Source {
+            dataset,
+            pipeline,
+            views,
+            seed,
+            name: name.to_string(),
+            skip_unreadable: false,
+            skipped: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Number of distinct samples skipped so far, and the first one's error.
+    pub fn skipped_report(&self) -> (usize, Option<String>) {
+        let skipped = self.skipped.lock().expect("skipped list");
+        (
+            skipped.len(),
+            skipped.iter().next().map(|(i, e)| format!("sample {i}: {e}")),
+        )
+    }
+
     /// Loads, transforms and collates the samples `indices` of `epoch`.
     pub fn collate(&self, indices: &[usize], epoch: u64) -> Result<Batch> {
         let mut data: Vec<f32> = Vec::new();
         let mut shape: Option<[usize; 3]> = None;
         let mut labels = Vec::with_capacity(indices.len());
         let mut per_view: Vec<Vec<f32>> = vec![Vec::new(); self.views];
+        let mut kept = Vec::with_capacity(indices.len());
         for &index in indices {
-            let sample = self
-                .dataset
-                .get(index)
-                .map_err(|e| anyhow!("{} sample {index}: {e}", self.name))?;
+            let sample = match self.dataset.get(index) {
+                Ok(sample) => sample,
+                Err(e) if self.skip_unreadable => {
+                    self.skipped
+                        .lock()
+                        .expect("skipped list")
+                        .insert(index, e.to_string());
+                    continue;
+                }
+                Err(e) => bail!(
+                    "{} sample {index}: {e} (set --skip_unreadable_images=true to skip such images)",
+                    self.name
+                ),
+            };
+            kept.push(index);
             let (image, label, id) = sample.into_parts();
             labels.push(label);
             for (view, buffer) in per_view.iter_mut().enumerate() {
@@ -205,6 +249,14 @@ impl Source {
                 let _ = (h, w);
             }
         }
+        if kept.is_empty() {
+            bail!(
+                "{}: every sample of a batch was unreadable ({} samples, first: {})",
+                self.name,
+                indices.len(),
+                self.skipped_report().1.unwrap_or_default()
+            );
+        }
         for v in per_view {
             data.extend_from_slice(&v);
         }
@@ -213,7 +265,7 @@ impl Source {
             views: self.views,
             shape: shape.unwrap_or([0, 0, 0]),
             labels,
-            indices: indices.to_vec(),
+            indices: kept,
         })
     }
 }
@@ -378,13 +430,7 @@ mod tests {
         let pipeline = Arc::new(
             Pipeline::build(&registry, &config.ssl_augmentations, "ssl_augmentations").unwrap(),
         );
-        let source = Arc::new(Source {
-            dataset,
-            pipeline,
-            views: 2,
-            seed: 5,
-            name: "Shapes".into(),
-        });
+        let source = Arc::new(Source::new(dataset, pipeline, 2, 5, "Shapes"));
         let plan = batches_of(&permutation(40, 3), 8, true);
         let collect = |workers: usize| -> Vec<(Vec<f32>, Vec<usize>)> {
             BatchStream::new(Arc::clone(&source), 2, plan.clone(), workers)

@@ -43,6 +43,10 @@ commands:
   dump                      write samples of a dataset as PNG files plus labels.csv
                               --dataset=NAME --out=DIR [--local_dataset=DIR] [--limit=N]
                               [--split=train|test] [--<dataset parameter>=value]...
+  preview                   a PNG grid of SSL training samples with their two augmented views
+                              --model=NAME [--name=value]... --out=FILE.png [--count=8]
+  make-rsna-csv             dataset.csv (subject,label) for RSNAKaggleCXR from Kaggle's labels
+                              --labels=stage_2_train_labels.csv --out=DIR/dataset.csv
   check-encoder             run an encoder on a random batch, backpropagate a loss and take
                             an optimizer step; report whether its parameters changed
                               --encoder=NAME [--image_size=32] [--batch_size=4] [--<encoder parameter>=value]...
@@ -67,6 +71,8 @@ pub fn run(args: Vec<String>) -> Result<()> {
         }
         Some("dump") => commands::dump::run(&registry, &mut cli),
         Some("check-encoder") => commands::check_encoder::run(&registry, &mut cli),
+        Some("preview") => commands::preview::run(&registry, &mut cli),
+        Some("make-rsna-csv") => commands::rsna_csv::run(&mut cli),
         Some("train") => commands::train::run(&registry, &mut cli),
         Some("show-config") => commands::train::show(&registry, &mut cli),
         Some("inspect-checkpoint") => commands::inspect::run(&mut cli),
@@ -77,6 +83,8 @@ pub fn run(args: Vec<String>) -> Result<()> {
                 "inspect-checkpoint",
                 "list",
                 "dump",
+                "preview",
+                "make-rsna-csv",
                 "check-encoder",
             ];
             let hint = registry::closest(other, known.iter().copied())

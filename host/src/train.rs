@@ -226,7 +226,7 @@ fn shallow_params(params: &[Param]) -> Vec<Param> {
         .collect()
 }
 
-fn open_dataset(
+pub fn open_dataset(
     registry: &Registry,
     name: &str,
     root: Option<&str>,
@@ -317,13 +317,15 @@ impl Run {
                       views,
                       stream: u64,
                       name: &str| {
-            Arc::new(Source {
-                dataset: Arc::clone(dataset),
-                pipeline: Arc::clone(pipeline),
+            let mut source = Source::new(
+                Arc::clone(dataset),
+                Arc::clone(pipeline),
                 views,
-                seed: seed_of(&[seed, stream]),
-                name: name.to_string(),
-            })
+                seed_of(&[seed, stream]),
+                name,
+            );
+            source.skip_unreadable = config.skip_unreadable_images;
+            Arc::new(source)
         };
         let ssl_train = (
             source(&ssl_dataset, &ssl_pipeline, 2, 1, &ssl_name),
@@ -559,6 +561,28 @@ impl Run {
             steps_per_epoch,
             self.config.num_epochs,
         )
+    }
+
+    /// One warning per data source when images were skipped as unreadable since the last
+    /// warning (`skip_unreadable_images`): how many, and the first error.
+    fn warn_about_skipped_images(&self, warned: &mut [usize; 4]) {
+        let sources = [
+            (&self.ssl_train.0, "SSL training"),
+            (&self.ssl_val.0, "SSL validation"),
+            (&self.lh_train.0, "linear-head training"),
+            (&self.lh_val.0, "linear-head validation"),
+        ];
+        for ((source, what), warned) in sources.into_iter().zip(warned.iter_mut()) {
+            let (count, first) = source.skipped_report();
+            if count > *warned {
+                eprintln!(
+                    "warning: skipped {count} unreadable image(s) of {} ({what} data); first: {}",
+                    source.name,
+                    first.unwrap_or_default()
+                );
+                *warned = count;
+            }
+        }
     }
 
     /// One epoch: training then validation; returns its metrics.
@@ -869,9 +893,11 @@ pub fn train(registry: &Registry, mut config: RunConfig, options: &RunOptions) -
     if start_epoch >= epochs {
         eprintln!("{}: all {epochs} epochs are done already", dir.display());
     }
+    let mut warned_skipped = [0usize; 4];
     for epoch in start_epoch..last {
         let metrics = run.epoch(epoch, &mut global_step, &progress);
         progress.finish_epoch();
+        run.warn_about_skipped_images(&mut warned_skipped);
         let metrics = metrics?;
         outputs.write_epoch(epoch, &metrics)?;
         run.info.epochs_done = epoch + 1;

@@ -3,6 +3,8 @@
 pub mod check_encoder;
 pub mod dump;
 pub mod inspect;
+pub mod preview;
+pub mod rsna_csv;
 pub mod train;
 
 use serde_json::Value;

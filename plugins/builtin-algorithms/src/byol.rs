@@ -3,14 +3,15 @@
 //! `byol_module.py`, `ByolMovingAverageWeightUpdate` in `byol_moving_average.py`).
 //!
 //! InnerEye specifics, kept here on purpose:
-//! - the predictor's hidden layer has **128** units (the paper uses 4096); the projector is
+//! - the predictor's hidden layer has **128** units (the paper uses 4096; parameter
+//!   `predictor_hidden_dim`); the projector is
 //!   `enc_dim → 2048 → 128`;
 //! - the loss is `0.5 * (cosine_loss(h1, z2) + cosine_loss(h2, z1))` with
 //!   `cosine_loss = -mean(cos)`, so it lies in `[-1, 1]` (not the paper's `2 - 2 cos`);
 //! - the target network runs in training mode during training (its BatchNorm uses batch
 //!   statistics and updates its running buffers) and only its **parameters** are moved
 //!   towards the online network; BatchNorm buffers are never averaged;
-//! - `tau` starts at 0.99; the update after optimizer step `k` uses the tau computed after
+//! - `tau` starts at 0.99 (parameter `initial_tau`); the update after optimizer step `k` uses the tau computed after
 //!   step `k - 1`, i.e. `1 - 0.01 * (cos(pi * (k - 1) / max_steps) + 1) / 2` (0.99 for the
 //!   first);
 //! - weight decay (and LARS adaptation) skip names containing `bias` or `bn` — a plain
@@ -58,9 +59,37 @@ pub fn cosine_loss(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// The tau computed after optimizer step `step` of `max_steps` (used by the next update):
-/// `1 - (1 - 0.99) * (cos(pi * step / max_steps) + 1) / 2`, from 0.99 up to 1.
-pub fn tau(step: u64, max_steps: u64) -> f64 {
-    1.0 - (1.0 - INITIAL_TAU) * ((PI * step as f64 / max_steps as f64).cos() + 1.0) / 2.0
+/// `1 - (1 - initial) * (cos(pi * step / max_steps) + 1) / 2`, from `initial` (0.99 in the
+/// original) up to 1.
+pub fn tau(initial: f64, step: u64, max_steps: u64) -> f64 {
+    1.0 - (1.0 - initial) * ((PI * step as f64 / max_steps as f64).cos() + 1.0) / 2.0
+}
+
+/// The tunable parameters of BYOL (the original's values by default).
+#[derive(Clone, Copy, Debug)]
+struct ByolParams {
+    initial_tau: f64,
+    predictor_hidden_dim: i64,
+}
+
+impl ByolParams {
+    const NAMES: [&'static str; 2] = ["initial_tau", "predictor_hidden_dim"];
+
+    fn from_params(params: &Params) -> Result<Self> {
+        reject_unknown_params("BYOL", params, &Self::NAMES)?;
+        let initial_tau: f64 = params.get_or("initial_tau", INITIAL_TAU)?;
+        if !(0.0..=1.0).contains(&initial_tau) {
+            bail!("BYOL: `initial_tau` must be in [0, 1], got {initial_tau}");
+        }
+        let predictor_hidden_dim: i64 = params.get_or("predictor_hidden_dim", PREDICTOR_HIDDEN_DIM)?;
+        if predictor_hidden_dim < 1 {
+            bail!("BYOL: `predictor_hidden_dim` must be at least 1, got {predictor_hidden_dim}");
+        }
+        Ok(ByolParams {
+            initial_tau,
+            predictor_hidden_dim,
+        })
+    }
 }
 
 /// An encoder with a projector: `projector(encoder(x))` (the original's
@@ -97,6 +126,8 @@ pub struct Byol {
     target: Arm,
     /// (target, online) parameter pairs that the moving average updates.
     ema_pairs: Vec<(Tensor, Tensor)>,
+    /// The tau of the first update (the schedule's start).
+    initial_tau: f64,
     /// The tau of the next update: a 0-dim f64 CPU tensor, checkpointed and restored in place.
     current_tau: Tensor,
 }
@@ -104,7 +135,7 @@ pub struct Byol {
 impl Byol {
     /// The registered factory: builds the online and the target encoder from `spec`.
     pub fn new(params: &Params, spec: &EncoderSpec, device: Device) -> Result<Self> {
-        reject_unknown_params("BYOL", params, &[])?;
+        ByolParams::from_params(params)?;
         let online = spec.build(device)?;
         let target = spec.build(device)?;
         Self::from_encoders(params, Box::new(online), Box::new(target), device)
@@ -118,7 +149,7 @@ impl Byol {
         target: Box<dyn Encoder>,
         device: Device,
     ) -> Result<Self> {
-        reject_unknown_params("BYOL", params, &[])?;
+        let settings = ByolParams::from_params(params)?;
         let dim = online.output_dim();
         if target.output_dim() != dim {
             bail!(
@@ -127,7 +158,7 @@ impl Byol {
             );
         }
         let projector = MlpConfig::byol(dim, PROJECTOR_HIDDEN_DIM, PROJECTION_DIM);
-        let predictor = MlpConfig::byol(PROJECTION_DIM, PREDICTOR_HIDDEN_DIM, PROJECTION_DIM);
+        let predictor = MlpConfig::byol(PROJECTION_DIM, settings.predictor_hidden_dim, PROJECTION_DIM);
         let online = Arm {
             encoder: online,
             projector: Mlp::new(projector, device)?,
@@ -145,9 +176,10 @@ impl Byol {
             predictor: Mlp::new(predictor, device)?,
             target,
             ema_pairs,
+            initial_tau: settings.initial_tau,
             current_tau: Tensor::f_full(
                 [0i64; 0].as_slice(),
-                INITIAL_TAU,
+                settings.initial_tau,
                 (Kind::Double, Device::Cpu),
             )?,
         })
@@ -231,7 +263,7 @@ impl SslAlgorithm for Byol {
             }
             Ok(())
         })?;
-        let _ = self.current_tau.f_fill_(tau(step, max_steps))?;
+        let _ = self.current_tau.f_fill_(tau(self.initial_tau, step, max_steps))?;
         Ok(())
     }
 
@@ -275,8 +307,9 @@ mod tests {
 
     #[test]
     fn tau_schedule_ends() {
-        assert!((tau(0, 10) - 0.99).abs() < 1e-15);
-        assert!((tau(10, 10) - 1.0).abs() < 1e-15);
-        assert!((tau(5, 10) - 0.995).abs() < 1e-15);
+        assert!((tau(0.99, 0, 10) - 0.99).abs() < 1e-15);
+        assert!((tau(0.99, 10, 10) - 1.0).abs() < 1e-15);
+        assert!((tau(0.99, 5, 10) - 0.995).abs() < 1e-15);
+        assert!((tau(0.9, 5, 10) - 0.95).abs() < 1e-15);
     }
 }

@@ -26,7 +26,8 @@ fn plugin() -> Plugin {
         .algorithm(
             "BYOL",
             "Bootstrap Your Own Latent (Grill et al. 2020) as InnerEye's BYOLInnerEye: \
-             projector 2048→128, predictor 128→128, EMA target from tau 0.99; no parameters",
+             projector 2048→128, predictor 128→128, EMA target from tau 0.99; params: \
+             initial_tau (0.99), predictor_hidden_dim (128)",
             Byol::new,
         )
         .algorithm(

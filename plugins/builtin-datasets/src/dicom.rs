@@ -1,11 +1,1098 @@
-//! (being written) DICOM decoding for the chest X-ray datasets.
+//! DICOM decoding for the chest X-ray datasets (RSNA Kaggle `.dcm` files, and any `.dcm` in
+//! the other CXR datasets), with the original's semantics (`InnerEyeCXRDatasetBase.__getitem__`
+//! on top of pydicom's `pixel_array`).
+//!
+//! Parsing and decompression use dicom-rs (`dicom-object`, `dicom-pixeldata`): explicit and
+//! implicit VR, little and big endian, deflated explicit VR little endian, JPEG baseline /
+//! extended / lossless, RLE lossless. Other encapsulated syntaxes (JPEG 2000, JPEG-LS, ...)
+//! give an error naming the transfer syntax.
 
-use ssl_plugin_api::{bail, Image, Result};
+use dicom_core::value::Value;
+use dicom_dictionary_std::tags;
+use dicom_object::file::ReadPreamble;
+use dicom_object::{FileMetaTable, OpenFileOptions};
+use dicom_pixeldata::{
+    DecodedPixelData, PhotometricInterpretation, PixelDecoder, PixelRepresentation,
+    PlanarConfiguration,
+};
+use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
+use ssl_plugin_api::{bail, Image, PluginError, Result};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
-/// Decodes a DICOM file into one 8-bit grey channel, as the original (MONOCHROME1 inverted,
-/// min-max scaled to 0..=255).
-#[allow(dead_code)]
+/// Decodes a DICOM Part-10 file (128-byte preamble + `DICM`) into one 8-bit grey channel,
+/// exactly as the original does:
+///
+/// 1. the raw stored values of the first frame, as pydicom's `pixel_array` gives them: no
+///    rescale slope/intercept, no VOI LUT/window; bits above Bits Stored are ignored (signed
+///    values are sign-extended from Bits Stored);
+/// 2. `MONOCHROME1` is inverted: unsigned `2^BitsStored - 1 - px`, signed `-(px + 1)`;
+/// 3. `(px - min) * 255 / (max - min)` in `f64`, then PIL's `fromarray(...).convert("L")`:
+///    rounded to `f32`, truncated towards zero and clipped to 0..=255.
+///
+/// Differences from the original, where it fails: a constant image (`max == min`, where the
+/// original divides 0 by 0 and gets NaN) gives all zeros; a multi-frame file uses its first
+/// frame (the original's PIL call rejects 3-D arrays); an RGB file (3 samples per pixel) is
+/// first converted to grey with PIL's `"L"` luma `(R*299 + G*587 + B*114) / 1000` computed in
+/// floating point (the original's PIL call rejects float RGB arrays).
+///
+/// Errors (never panics): unreadable file, not a DICOM Part-10 file, corrupt or truncated
+/// data, missing image attributes, or a transfer syntax that cannot be decoded; each message
+/// names the file, and the transfer syntax (UID and name) once it is known.
 pub(crate) fn decode_dicom_gray8(path: &Path) -> Result<Image> {
-    bail!("{}: DICOM decoding is not written yet", path.display())
+    let bytes = std::fs::read(path).map_err(|e| {
+        PluginError::msg(format!(
+            "{}: cannot read the DICOM file: {e}",
+            path.display()
+        ))
+    })?;
+    // dicom-rs has been seen to index out of bounds on some malformed encapsulated data;
+    // the checks below catch the known cases, and this turns any other panic into an error.
+    match catch_unwind(AssertUnwindSafe(|| decode_bytes(&bytes))) {
+        Ok(Ok(image)) => Ok(image),
+        Ok(Err(message)) => bail!("{}: {message}", path.display()),
+        Err(panic) => {
+            let reason = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown reason".into());
+            bail!(
+                "{}: the DICOM decoder failed on corrupt data ({reason})",
+                path.display()
+            )
+        }
+    }
+}
+
+/// The error chain of a dicom-rs error on one line.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.ends_with(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+const JPEG_UIDS: [&str; 4] = [
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",
+    "1.2.840.10008.1.2.4.57",
+    "1.2.840.10008.1.2.4.70",
+];
+const RLE_UID: &str = "1.2.840.10008.1.2.5";
+
+/// The whole decoding, with errors as messages that the caller prefixes with the path.
+fn decode_bytes(bytes: &[u8]) -> Result<Image, String> {
+    if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
+        return Err(format!(
+            "not a DICOM Part-10 file: expected a 128-byte preamble followed by \"DICM\" \
+             (file of {} bytes)",
+            bytes.len()
+        ));
+    }
+    let meta = FileMetaTable::from_reader(&bytes[128..])
+        .map_err(|e| format!("invalid DICOM file meta group (0002,xxxx): {}", chain(&e)))?;
+    let uid = meta.transfer_syntax().to_string();
+    let Some(ts) = TransferSyntaxRegistry.get(&uid) else {
+        return Err(format!(
+            "unsupported transfer syntax {uid} (not a transfer syntax known to the DICOM decoder)"
+        ));
+    };
+    let ts_desc = format!("transfer syntax {uid} ({})", ts.name());
+    if !ts.can_decode_all() {
+        return Err(format!(
+            "unsupported {ts_desc}: its pixel data cannot be decoded (supported: implicit/explicit \
+             VR little endian, explicit VR big endian, deflated, JPEG baseline/extended/lossless, \
+             RLE lossless)"
+        ));
+    }
+    let object = OpenFileOptions::new()
+        .read_preamble(ReadPreamble::Never)
+        .from_reader(&bytes[128..])
+        .map_err(|e| format!("corrupt or truncated DICOM data ({ts_desc}): {}", chain(&e)))?;
+
+    let pixel_data = object
+        .element_opt(tags::PIXEL_DATA)
+        .map_err(|e| format!("cannot read Pixel Data (7FE0,0010): {}", chain(&e)))?
+        .ok_or_else(|| format!("no Pixel Data element (7FE0,0010) ({ts_desc}; truncated file?)"))?;
+    if let Value::PixelSequence(sequence) = pixel_data.value() {
+        let fragments = sequence.fragments();
+        if fragments.is_empty() {
+            return Err(format!(
+                "the encapsulated Pixel Data has no fragments ({ts_desc}; truncated file?)"
+            ));
+        }
+        let (rows, cols, samples, bits_allocated) = (
+            read_u16(&object, tags::ROWS, "Rows")?,
+            read_u16(&object, tags::COLUMNS, "Columns")?,
+            read_u16(&object, tags::SAMPLES_PER_PIXEL, "Samples per Pixel")?,
+            read_u16(&object, tags::BITS_ALLOCATED, "Bits Allocated")?,
+        );
+        let geometry = Geometry {
+            rows,
+            cols,
+            samples,
+            bits_allocated,
+        };
+        if JPEG_UIDS.contains(&uid.as_str()) {
+            let frame: Vec<u8> = if fragments.len() == 1 {
+                fragments[0].clone()
+            } else {
+                fragments.concat()
+            };
+            check_jpeg_header(&frame, &geometry).map_err(|e| format!("{e} ({ts_desc})"))?;
+        } else if uid == RLE_UID {
+            check_rle_header(&fragments[0], &geometry).map_err(|e| format!("{e} ({ts_desc})"))?;
+        }
+    }
+
+    let decoded = object
+        .decode_pixel_data_frame(0)
+        .map_err(|e| format!("cannot decode the pixel data ({ts_desc}): {}", chain(&e)))?;
+    // The decoders of encapsulated syntaxes write little-endian samples; native data comes
+    // back in the machine's byte order.
+    let little_endian = ts.is_encapsulated_pixel_data() || cfg!(target_endian = "little");
+    to_gray8(&decoded, little_endian).map_err(|e| format!("{e} ({ts_desc})"))
+}
+
+fn read_u16(
+    object: &dicom_object::DefaultDicomObject,
+    tag: dicom_core::Tag,
+    name: &str,
+) -> Result<u16, String> {
+    let element = object
+        .element_opt(tag)
+        .map_err(|e| format!("cannot read {name} {tag}: {}", chain(&e)))?
+        .ok_or_else(|| format!("missing {name} {tag}"))?;
+    element
+        .to_int::<u16>()
+        .map_err(|e| format!("invalid {name} {tag}: {}", chain(&e)))
+}
+
+/// The image attributes the encapsulated data is checked against.
+struct Geometry {
+    rows: u16,
+    cols: u16,
+    samples: u16,
+    bits_allocated: u16,
+}
+
+/// Checks the JPEG frame header (SOF) against Rows, Columns, Samples per Pixel and Bits
+/// Allocated, so that a mismatching or damaged stream is an error instead of a short or
+/// overflowing buffer in the decoder.
+fn check_jpeg_header(data: &[u8], geometry: &Geometry) -> Result<(), String> {
+    if data.len() < 4 || data[0] != 0xFF || data[1] != 0xD8 {
+        return Err("the JPEG data does not start with an SOI marker (FFD8)".into());
+    }
+    let mut at = 2;
+    loop {
+        // Skip fill bytes up to the next marker.
+        while at < data.len() && data[at] != 0xFF {
+            at += 1;
+        }
+        while at < data.len() && data[at] == 0xFF {
+            at += 1;
+        }
+        let Some(&marker) = data.get(at) else {
+            return Err("the JPEG data ends before its frame header (SOF)".into());
+        };
+        at += 1;
+        if marker == 0x01 || (0xD0..=0xD7).contains(&marker) {
+            continue;
+        }
+        if marker == 0xDA || marker == 0xD9 {
+            return Err("the JPEG data has no frame header (SOF) before its scan".into());
+        }
+        let Some(length) = data
+            .get(at..at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+        else {
+            return Err("the JPEG data is truncated inside a marker segment".into());
+        };
+        let is_sof = (0xC0..=0xCF).contains(&marker) && ![0xC4, 0xC8, 0xCC].contains(&marker);
+        if is_sof {
+            let Some(sof) = data.get(at + 2..at + 8) else {
+                return Err("the JPEG frame header (SOF) is truncated".into());
+            };
+            let precision = sof[0] as u16;
+            let height = u16::from_be_bytes([sof[1], sof[2]]);
+            let width = u16::from_be_bytes([sof[3], sof[4]]);
+            let components = sof[5] as u16;
+            if height != geometry.rows || width != geometry.cols {
+                return Err(format!(
+                    "the JPEG frame is {width}×{height} but Columns×Rows is {}×{}",
+                    geometry.cols, geometry.rows
+                ));
+            }
+            if components != geometry.samples {
+                return Err(format!(
+                    "the JPEG frame has {components} components but Samples per Pixel is {}",
+                    geometry.samples
+                ));
+            }
+            let needed = if precision <= 8 { 8 } else { 16 };
+            if needed != geometry.bits_allocated {
+                return Err(format!(
+                    "the JPEG frame has {precision}-bit samples but Bits Allocated is {}",
+                    geometry.bits_allocated
+                ));
+            }
+            return Ok(());
+        }
+        at += length;
+    }
+}
+
+/// Checks the RLE segment table of a frame's fragment (PS3.5 G.3).
+fn check_rle_header(fragment: &[u8], geometry: &Geometry) -> Result<(), String> {
+    if fragment.len() < 64 {
+        return Err(format!(
+            "the RLE fragment holds {} bytes, less than its 64-byte header",
+            fragment.len()
+        ));
+    }
+    let word = |i: usize| {
+        u32::from_le_bytes([
+            fragment[4 * i],
+            fragment[4 * i + 1],
+            fragment[4 * i + 2],
+            fragment[4 * i + 3],
+        ]) as usize
+    };
+    let segments = word(0);
+    let expected = geometry.samples as usize * (geometry.bits_allocated as usize).div_ceil(8);
+    if segments != expected {
+        return Err(format!(
+            "the RLE header declares {segments} segments, expected {expected} \
+             (Samples per Pixel × Bits Allocated / 8)"
+        ));
+    }
+    let mut previous = 64;
+    for i in 1..=segments {
+        let offset = word(i);
+        if offset < previous || offset > fragment.len() || (i == 1 && offset != 64) {
+            return Err(format!(
+                "the RLE header's segment offset #{i} ({offset}) is invalid for a fragment of {} bytes",
+                fragment.len()
+            ));
+        }
+        previous = offset;
+    }
+    // Each segment must decode to at least Rows × Columns bytes (the decoder indexes them).
+    let needed = geometry.rows as usize * geometry.cols as usize;
+    for i in 1..=segments {
+        let end = if i == segments {
+            fragment.len()
+        } else {
+            word(i + 1)
+        };
+        let decoded = packbits_len(&fragment[word(i)..end]);
+        if decoded < needed {
+            return Err(format!(
+                "RLE segment #{i} decodes to {decoded} bytes, expected {needed} (Rows × Columns; \
+                 truncated or corrupt data)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The number of bytes a PackBits segment decodes to (a truncated last literal counts what
+/// is there).
+fn packbits_len(segment: &[u8]) -> usize {
+    let (mut at, mut len) = (0, 0);
+    while at < segment.len() {
+        let header = segment[at] as i8;
+        at += 1;
+        if header >= 0 {
+            let n = (header as usize + 1).min(segment.len() - at);
+            len += n;
+            at += n;
+        } else if header != -128 {
+            if at < segment.len() {
+                len += (1 - header as isize) as usize;
+            }
+            at += 1;
+        }
+    }
+    len
+}
+
+/// The raw sample values of a decoded frame, as pydicom's `pixel_array` gives them.
+fn raw_samples(
+    decoded: &DecodedPixelData,
+    count: usize,
+    little_endian: bool,
+) -> Result<Vec<i64>, String> {
+    let data = decoded.data();
+    let bits_allocated = decoded.bits_allocated() as u32;
+    let bits_stored = decoded.bits_stored() as u32;
+    let signed = decoded.pixel_representation() == PixelRepresentation::Signed;
+    if bits_stored == 0 || bits_stored > bits_allocated.max(1) {
+        return Err(format!(
+            "Bits Stored {bits_stored} is not within 1..=Bits Allocated ({bits_allocated})"
+        ));
+    }
+    if bits_allocated == 1 {
+        // dicom-pixeldata expands 1-bit samples to 0/255 bytes.
+        return data
+            .get(..count)
+            .map(|d| d.iter().map(|&b| (b != 0) as i64).collect())
+            .ok_or_else(|| short_data(data.len(), count));
+    }
+    let width = match bits_allocated {
+        8 => 1,
+        16 => 2,
+        32 => 4,
+        other => {
+            return Err(format!(
+                "Bits Allocated {other} is not supported (expected 1, 8, 16 or 32)"
+            ))
+        }
+    };
+    let bytes = data
+        .get(..count * width)
+        .ok_or_else(|| short_data(data.len(), count * width))?;
+    // pydicom shifts the unused high bits out: left, then right (arithmetic when signed).
+    let shift = 64 - bits_stored;
+    let word = |chunk: &[u8]| -> u64 {
+        let mut buf = [0u8; 8];
+        if little_endian {
+            buf[..width].copy_from_slice(chunk);
+            u64::from_le_bytes(buf)
+        } else {
+            buf[8 - width..].copy_from_slice(chunk);
+            u64::from_be_bytes(buf)
+        }
+    };
+    Ok(bytes
+        .chunks_exact(width)
+        .map(|chunk| {
+            let raw = word(chunk) << shift;
+            if signed {
+                (raw as i64) >> shift
+            } else {
+                (raw >> shift) as i64
+            }
+        })
+        .collect())
+}
+
+fn short_data(have: usize, need: usize) -> String {
+    format!("the pixel data holds {have} bytes, expected at least {need} for the first frame")
+}
+
+/// Steps 2 and 3 of [`decode_dicom_gray8`] on a decoded first frame.
+fn to_gray8(decoded: &DecodedPixelData, little_endian: bool) -> Result<Image, String> {
+    let (rows, cols) = (decoded.rows() as usize, decoded.columns() as usize);
+    let samples = decoded.samples_per_pixel() as usize;
+    if rows == 0 || cols == 0 {
+        return Err(format!("the image is empty (Rows {rows}, Columns {cols})"));
+    }
+    let pixels = rows * cols;
+    let raw = raw_samples(decoded, pixels * samples, little_endian)?;
+    let photometric = decoded.photometric_interpretation();
+    let values: Vec<f64> = match samples {
+        1 => {
+            if *photometric == PhotometricInterpretation::Monochrome1 {
+                let signed = decoded.pixel_representation() == PixelRepresentation::Signed;
+                let top = (1i64 << decoded.bits_stored()) - 1;
+                raw.iter()
+                    .map(|&v| if signed { -(v + 1) } else { top - v } as f64)
+                    .collect()
+            } else {
+                raw.iter().map(|&v| v as f64).collect()
+            }
+        }
+        3 => {
+            if *photometric != PhotometricInterpretation::Rgb {
+                return Err(format!(
+                    "3 samples per pixel with Photometric Interpretation {photometric} is not \
+                     supported (expected RGB)"
+                ));
+            }
+            let planar = decoded.planar_configuration() == PlanarConfiguration::PixelFirst;
+            (0..pixels)
+                .map(|i| {
+                    let (r, g, b) = if planar {
+                        (raw[i], raw[pixels + i], raw[2 * pixels + i])
+                    } else {
+                        (raw[3 * i], raw[3 * i + 1], raw[3 * i + 2])
+                    };
+                    (r as f64 * 299.0 + g as f64 * 587.0 + b as f64 * 114.0) / 1000.0
+                })
+                .collect()
+        }
+        other => {
+            return Err(format!(
+                "Samples per Pixel {other} is not supported (expected 1 or 3)"
+            ))
+        }
+    };
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let out = if max > min {
+        values
+            .iter()
+            .map(|&v| pil_float_to_l((v - min) * 255.0 / (max - min)))
+            .collect()
+    } else {
+        vec![0u8; pixels]
+    };
+    Image::from_u8(cols as u32, rows as u32, 1, out).map_err(|e| e.to_string())
+}
+
+/// PIL's `Image.fromarray(float64 array).convert("L")` on one value: the array becomes
+/// `float32` ("F" mode), then each value is truncated towards zero and clipped to 0..=255.
+fn pil_float_to_l(value: f64) -> u8 {
+    (value as f32).clamp(0.0, 255.0) as u8
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pil_conversion_truncates_and_clips() {
+        assert_eq!(pil_float_to_l(0.99), 0);
+        assert_eq!(pil_float_to_l(1.5), 1);
+        assert_eq!(pil_float_to_l(254.6), 254);
+        assert_eq!(pil_float_to_l(255.0), 255);
+        assert_eq!(pil_float_to_l(300.0), 255);
+        assert_eq!(pil_float_to_l(-3.0), 0);
+        // Rounds to f32 first: 254.99999999 becomes 255.0.
+        assert_eq!(pil_float_to_l(254.999_999_99), 255);
+    }
+
+    #[test]
+    fn packbits_length_counts_runs_literals_and_no_ops() {
+        // literal of 3, run of 5, no-op, run of 2
+        assert_eq!(
+            packbits_len(&[2, 1, 2, 3, 0xFC, 9, 0x80, 0xFF, 4]),
+            3 + 5 + 2
+        );
+        // truncated literal counts what is there
+        assert_eq!(packbits_len(&[5, 1, 2]), 2);
+    }
+}
+
+#[cfg(all(test, feature = "testdata"))]
+mod file_tests {
+    use super::*;
+    use crate::testdata::dicom::{
+        dicom_bytes, write_dicom, DicomSpec, Photometric, TransferSyntax,
+    };
+    use std::path::PathBuf;
+
+    /// The original's result computed directly from the spec: stored values (bits above Bits
+    /// Stored masked off, sign-extended when signed), MONOCHROME1 inversion, RGB luma, min-max
+    /// scaling, truncation.
+    fn expected(spec: &DicomSpec) -> Vec<u8> {
+        let samples = if spec.photometric == Photometric::Rgb {
+            3
+        } else {
+            1
+        };
+        let n = (spec.width * spec.height) as usize;
+        let (allocated, stored) = (spec.bits_allocated as u32, spec.bits_stored as u32);
+        let values: Vec<f64> = spec.pixels[..n * samples]
+            .iter()
+            .map(|&v| {
+                let bits = (v as i64) & ((1 << allocated) - 1) & ((1 << stored) - 1);
+                let value = if spec.signed && bits >= 1 << (stored - 1) {
+                    bits - (1 << stored)
+                } else {
+                    bits
+                };
+                match (&spec.photometric, spec.signed) {
+                    (Photometric::Monochrome1, false) => ((1 << stored) - 1 - value) as f64,
+                    (Photometric::Monochrome1, true) => (-(value + 1)) as f64,
+                    _ => value as f64,
+                }
+            })
+            .collect();
+        let grey: Vec<f64> = if samples == 3 {
+            values
+                .chunks(3)
+                .map(|p| (p[0] * 299.0 + p[1] * 587.0 + p[2] * 114.0) / 1000.0)
+                .collect()
+        } else {
+            values
+        };
+        let min = grey.iter().cloned().fold(f64::MAX, f64::min);
+        let max = grey.iter().cloned().fold(f64::MIN, f64::max);
+        if max == min {
+            return vec![0; n];
+        }
+        grey.iter()
+            .map(|v| (((v - min) * 255.0 / (max - min)) as f32).clamp(0.0, 255.0) as u8)
+            .collect()
+    }
+
+    fn gray(image: &Image) -> Vec<u8> {
+        assert_eq!(image.channels(), 1);
+        match image.pixels() {
+            ssl_plugin_api::Pixels::U8(v) => v.to_vec(),
+            other => panic!("expected 8-bit pixels, got {other:?}"),
+        }
+    }
+
+    /// A deterministic pseudo-random sequence in `lo..=hi`.
+    fn noise(count: usize, lo: i32, hi: i32, seed: u64) -> Vec<i32> {
+        let mut state = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..count)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                lo + ((state >> 33) % (hi - lo + 1) as u64) as i32
+            })
+            .collect()
+    }
+
+    /// A smooth gradient with a bright disc, `lo..=hi`, as an X-ray-like test image.
+    fn smooth(width: u32, height: u32, lo: i32, hi: i32) -> Vec<i32> {
+        let mut out = Vec::new();
+        for y in 0..height {
+            for x in 0..width {
+                let (fx, fy) = (x as f64 / width as f64, y as f64 / height as f64);
+                let disc = if (fx - 0.6).powi(2) + (fy - 0.4).powi(2) < 0.04 {
+                    0.3
+                } else {
+                    0.0
+                };
+                let t = (0.5 * fx + 0.2 * fy + disc).min(1.0);
+                out.push(lo + ((hi - lo) as f64 * t) as i32);
+            }
+        }
+        out
+    }
+
+    fn spec(
+        bits_allocated: u16,
+        bits_stored: u16,
+        signed: bool,
+        photometric: Photometric,
+        transfer_syntax: TransferSyntax,
+        pixels: Vec<i32>,
+    ) -> DicomSpec {
+        DicomSpec {
+            width: 23,
+            height: 17,
+            bits_allocated,
+            bits_stored,
+            signed,
+            photometric,
+            transfer_syntax,
+            pixels,
+        }
+    }
+
+    /// Files whose decoding is exact (everything but JPEG), named for messages.
+    fn exact_cases() -> Vec<(&'static str, DicomSpec)> {
+        use Photometric::*;
+        use TransferSyntax::*;
+        let n = 23 * 17;
+        let mut high_bits = noise(n, 0, 4095, 7);
+        for (i, v) in high_bits.iter_mut().enumerate() {
+            *v |= ((i as i32 * 5) % 16) << 12; // garbage above Bits Stored
+        }
+        let mut signed12 = noise(n, 0, 4095, 8); // 12-bit two's complement, not sign-extended
+        signed12[0] = 0x800; // -2048
+        signed12[1] = 0x7FF; // 2047
+        vec![
+            (
+                "u8 explicit LE",
+                spec(
+                    8,
+                    8,
+                    false,
+                    Monochrome2,
+                    ExplicitVrLittleEndian,
+                    noise(n, 0, 255, 1),
+                ),
+            ),
+            (
+                "u8 implicit LE",
+                spec(
+                    8,
+                    8,
+                    false,
+                    Monochrome2,
+                    ImplicitVrLittleEndian,
+                    noise(n, 3, 200, 2),
+                ),
+            ),
+            (
+                "u8 explicit BE",
+                spec(
+                    8,
+                    8,
+                    false,
+                    Monochrome2,
+                    ExplicitVrBigEndian,
+                    noise(n, 0, 255, 3),
+                ),
+            ),
+            (
+                "u16/12 implicit LE",
+                spec(
+                    16,
+                    12,
+                    false,
+                    Monochrome2,
+                    ImplicitVrLittleEndian,
+                    noise(n, 0, 4095, 4),
+                ),
+            ),
+            (
+                "i16 explicit BE",
+                spec(
+                    16,
+                    16,
+                    true,
+                    Monochrome2,
+                    ExplicitVrBigEndian,
+                    noise(n, -32768, 32767, 5),
+                ),
+            ),
+            (
+                "u16 deflated",
+                spec(
+                    16,
+                    16,
+                    false,
+                    Monochrome2,
+                    DeflatedExplicitVrLittleEndian,
+                    smooth(23, 17, 100, 60000),
+                ),
+            ),
+            (
+                "u16/12 high bits set",
+                spec(
+                    16,
+                    12,
+                    false,
+                    Monochrome2,
+                    ExplicitVrLittleEndian,
+                    high_bits,
+                ),
+            ),
+            (
+                "i16/12 not sign-extended",
+                spec(16, 12, true, Monochrome2, ExplicitVrLittleEndian, signed12),
+            ),
+            (
+                "u16/12 MONOCHROME1",
+                spec(
+                    16,
+                    12,
+                    false,
+                    Monochrome1,
+                    ExplicitVrLittleEndian,
+                    noise(n, 10, 3000, 9),
+                ),
+            ),
+            (
+                "u16/16 MONOCHROME1",
+                spec(
+                    16,
+                    16,
+                    false,
+                    Monochrome1,
+                    ImplicitVrLittleEndian,
+                    noise(n, 0, 65535, 10),
+                ),
+            ),
+            (
+                "i16 MONOCHROME1",
+                spec(
+                    16,
+                    16,
+                    true,
+                    Monochrome1,
+                    ExplicitVrLittleEndian,
+                    noise(n, -32768, 32767, 11),
+                ),
+            ),
+            (
+                "i8 MONOCHROME1",
+                spec(
+                    8,
+                    8,
+                    true,
+                    Monochrome1,
+                    ExplicitVrLittleEndian,
+                    noise(n, -128, 127, 12),
+                ),
+            ),
+            (
+                "u8 RLE",
+                spec(
+                    8,
+                    8,
+                    false,
+                    Monochrome2,
+                    RleLossless,
+                    smooth(23, 17, 0, 255),
+                ),
+            ),
+            (
+                "i16 RLE",
+                spec(
+                    16,
+                    16,
+                    true,
+                    Monochrome2,
+                    RleLossless,
+                    noise(n, -1000, 1000, 13),
+                ),
+            ),
+            (
+                "u16/12 RLE MONOCHROME1",
+                spec(
+                    16,
+                    12,
+                    false,
+                    Monochrome1,
+                    RleLossless,
+                    smooth(23, 17, 0, 4095),
+                ),
+            ),
+            (
+                "RGB explicit LE",
+                spec(
+                    8,
+                    8,
+                    false,
+                    Rgb,
+                    ExplicitVrLittleEndian,
+                    noise(3 * n, 0, 255, 14),
+                ),
+            ),
+            (
+                "RGB RLE",
+                spec(8, 8, false, Rgb, RleLossless, noise(3 * n, 0, 255, 15)),
+            ),
+            (
+                "3 frames",
+                spec(
+                    16,
+                    16,
+                    false,
+                    Monochrome2,
+                    ExplicitVrLittleEndian,
+                    noise(3 * n, 0, 65535, 16),
+                ),
+            ),
+            (
+                "2 frames RLE",
+                spec(
+                    8,
+                    8,
+                    false,
+                    Monochrome2,
+                    RleLossless,
+                    noise(2 * n, 0, 255, 17),
+                ),
+            ),
+        ]
+    }
+
+    fn write_cases(dir: &Path, cases: &[(&str, DicomSpec)]) -> Vec<PathBuf> {
+        cases
+            .iter()
+            .enumerate()
+            .map(|(i, (_, spec))| {
+                let path = dir.join(format!("case{i}.dcm"));
+                write_dicom(&path, spec).unwrap();
+                path
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_variant_decodes_to_the_expected_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = exact_cases();
+        for ((name, spec), path) in cases.iter().zip(write_cases(dir.path(), &cases)) {
+            let image = decode_dicom_gray8(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(
+                (image.width(), image.height()),
+                (spec.width, spec.height),
+                "{name}"
+            );
+            let (got, want) = (gray(&image), expected(spec));
+            assert_eq!(got, want, "{name}");
+            assert_eq!(*want.iter().max().unwrap(), 255, "{name}: full range");
+            assert_eq!(*want.iter().min().unwrap(), 0, "{name}: full range");
+        }
+    }
+
+    #[test]
+    fn monochrome1_inverts_16_bit_unsigned_and_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m1.dcm");
+        let mut spec = DicomSpec::gray16(4, 1, 12, vec![0, 1000, 4000, 4095]);
+        spec.photometric = Photometric::Monochrome1;
+        write_dicom(&path, &spec).unwrap();
+        // 4095 - px: [4095, 3095, 95, 0] -> scaled by 255/4095
+        let want: Vec<u8> = [4095.0, 3095.0, 95.0, 0.0]
+            .iter()
+            .map(|v: &f64| (v * 255.0 / 4095.0) as u8)
+            .collect();
+        assert_eq!(gray(&decode_dicom_gray8(&path).unwrap()), want);
+        assert_eq!(want, vec![255, 192, 5, 0]);
+
+        spec.signed = true;
+        spec.bits_stored = 16;
+        spec.pixels = vec![-32768, -1, 0, 32767];
+        write_dicom(&path, &spec).unwrap();
+        // -(px + 1): [32767, 0, -1, -32768]
+        assert_eq!(
+            gray(&decode_dicom_gray8(&path).unwrap()),
+            vec![255, 127, 127, 0]
+        );
+        spec.photometric = Photometric::Monochrome2;
+        write_dicom(&path, &spec).unwrap();
+        assert_eq!(
+            gray(&decode_dicom_gray8(&path).unwrap()),
+            vec![0, 127, 127, 255]
+        );
+    }
+
+    #[test]
+    fn a_constant_image_gives_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("1.dcm");
+        // The original's test fixture: np.ones([256, 256], uint16), MONOCHROME2.
+        write_dicom(&path, &DicomSpec::gray16(256, 256, 16, vec![1; 256 * 256])).unwrap();
+        let image = decode_dicom_gray8(&path).unwrap();
+        assert_eq!((image.width(), image.height()), (256, 256));
+        assert!(gray(&image).iter().all(|&v| v == 0));
+    }
+
+    fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(&x, &y)| (x as f64 - y as f64).abs())
+            .sum::<f64>()
+            / a.len() as f64
+    }
+
+    #[test]
+    fn jpeg_baseline_decodes_within_a_small_tolerance() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut grey = DicomSpec::gray8(64, 48, smooth(64, 48, 20, 230));
+        grey.transfer_syntax = TransferSyntax::JpegBaseline;
+        let mut frames = grey.clone();
+        frames.pixels.extend(smooth(64, 48, 0, 100));
+        let mut rgb = grey.clone();
+        rgb.photometric = Photometric::Rgb;
+        rgb.pixels = grey.pixels.iter().flat_map(|&v| [v, v, v]).collect();
+        for (name, spec) in [("grey", &grey), ("2 frames", &frames), ("RGB", &rgb)] {
+            let path = dir.path().join(format!("{name}.dcm"));
+            write_dicom(&path, spec).unwrap();
+            let got = gray(&decode_dicom_gray8(&path).unwrap_or_else(|e| panic!("{name}: {e}")));
+            let want = expected(&grey);
+            let mad = mean_abs_diff(&got, &want);
+            assert!(mad <= 1.5, "{name}: mean abs difference {mad}");
+            let max = got
+                .iter()
+                .zip(&want)
+                .map(|(&a, &b)| a.abs_diff(b))
+                .max()
+                .unwrap();
+            assert!(max <= 12, "{name}: max difference {max}");
+        }
+    }
+
+    fn assert_error(path: &Path, what: &[&str]) -> String {
+        let error = decode_dicom_gray8(path)
+            .expect_err("expected an error")
+            .to_string();
+        assert!(
+            error.contains(&path.display().to_string()),
+            "no file name in: {error}"
+        );
+        for w in what {
+            assert!(error.contains(w), "{w:?} not in: {error}");
+        }
+        error
+    }
+
+    #[test]
+    fn non_dicom_missing_and_unsupported_files_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("notes.dcm");
+        std::fs::write(&text, "patientId,Target\n".repeat(20)).unwrap();
+        assert_error(&text, &["not a DICOM Part-10 file"]);
+        let tiny = dir.path().join("tiny.dcm");
+        std::fs::write(&tiny, b"DICM").unwrap();
+        assert_error(&tiny, &["not a DICOM Part-10 file"]);
+        assert_error(&dir.path().join("missing.dcm"), &["cannot read"]);
+
+        let mut spec = DicomSpec::gray8(8, 8, vec![7; 64]);
+        spec.transfer_syntax = TransferSyntax::Encapsulated("1.2.840.10008.1.2.4.90".into());
+        let j2k = dir.path().join("j2k.dcm");
+        write_dicom(&j2k, &spec).unwrap();
+        assert_error(
+            &j2k,
+            &["1.2.840.10008.1.2.4.90", "JPEG 2000", "cannot be decoded"],
+        );
+        spec.transfer_syntax = TransferSyntax::Encapsulated("1.2.3.4.5.6".into());
+        let unknown = dir.path().join("unknown.dcm");
+        write_dicom(&unknown, &spec).unwrap();
+        assert_error(&unknown, &["1.2.3.4.5.6", "unsupported transfer syntax"]);
+    }
+
+    #[test]
+    fn truncated_files_are_errors_without_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut jpeg = DicomSpec::gray8(32, 32, smooth(32, 32, 0, 255));
+        jpeg.transfer_syntax = TransferSyntax::JpegBaseline;
+        let mut rle = DicomSpec::gray16(32, 32, 16, smooth(32, 32, 0, 65535));
+        rle.transfer_syntax = TransferSyntax::RleLossless;
+        let mut deflated = rle.clone();
+        deflated.transfer_syntax = TransferSyntax::DeflatedExplicitVrLittleEndian;
+        let plain = DicomSpec::gray16(32, 32, 12, smooth(32, 32, 0, 4095));
+        let path = dir.path().join("cut.dcm");
+        for (name, spec) in [
+            ("jpeg", jpeg),
+            ("rle", rle),
+            ("deflated", deflated),
+            ("plain", plain),
+        ] {
+            let bytes = dicom_bytes(&spec).unwrap();
+            std::fs::write(&path, &bytes).unwrap();
+            let full = decode_dicom_gray8(&path).unwrap();
+            let mut decoded = 0;
+            for cut in (0..bytes.len())
+                .step_by(7)
+                .chain([bytes.len() - 9, bytes.len() - 1])
+            {
+                std::fs::write(&path, &bytes[..cut]).unwrap();
+                match decode_dicom_gray8(&path) {
+                    // What may go missing unnoticed is the end of the file after the pixels:
+                    // the sequence delimiter, or the end of the deflate stream.
+                    Ok(image) => {
+                        assert_eq!(image, full, "{name} cut at {cut} decoded to other pixels");
+                        assert!(
+                            cut + 16 >= bytes.len(),
+                            "{name} cut at {cut} of {} decoded",
+                            bytes.len()
+                        );
+                        decoded += 1;
+                    }
+                    Err(error) => {
+                        let error = error.to_string();
+                        assert!(error.contains(&path.display().to_string()), "{error}");
+                        assert!(
+                            !error.contains("decoder failed"),
+                            "{name} cut at {cut} panicked: {error}"
+                        );
+                    }
+                }
+            }
+            assert!(decoded <= 2, "{name}: {decoded} truncated files decoded");
+        }
+        let bytes = dicom_bytes(&DicomSpec::gray8(16, 16, vec![3; 256])).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 100]).unwrap();
+        let error = assert_error(&path, &["corrupt or truncated", "1.2.840.10008.1.2.1"]);
+        assert!(error.contains("Explicit VR Little Endian"), "{error}");
+    }
+
+    #[test]
+    fn corrupt_compressed_data_never_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("corrupt.dcm");
+        let mut jpeg = DicomSpec::gray8(32, 24, smooth(32, 24, 0, 255));
+        jpeg.transfer_syntax = TransferSyntax::JpegBaseline;
+        let mut rle = DicomSpec::gray16(32, 24, 16, noise(32 * 24, 0, 65535, 3));
+        rle.transfer_syntax = TransferSyntax::RleLossless;
+        for spec in [jpeg, rle] {
+            let clean = dicom_bytes(&spec).unwrap();
+            let pixel_start = clean.len() - 600;
+            for (k, flip) in noise(300, 0, 599, 42).into_iter().enumerate() {
+                let mut bytes = clean.clone();
+                let at = pixel_start + flip as usize;
+                bytes[at] ^= [0xFF, 0x01, 0x80, 0x3C][k % 4];
+                std::fs::write(&path, &bytes).unwrap();
+                if let Err(error) = decode_dicom_gray8(&path) {
+                    let error = error.to_string();
+                    assert!(
+                        !error.contains("decoder failed"),
+                        "byte {at} panicked: {error}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// The acceptance check: the same files through pydicom + the original's formula + PIL,
+    /// in the venv python.
+    #[test]
+    fn matches_pydicom_and_pil() {
+        let python =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.deps/torch-venv/bin/python");
+        assert!(
+            python.exists(),
+            "the venv python {} is missing: create it (torch venv with numpy, pillow, pydicom) \
+             to run this acceptance test",
+            python.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let mut cases = exact_cases();
+        // Multi-frame and RGB files make the original fail (PIL rejects 3-D float arrays).
+        cases.retain(|(name, _)| !name.contains("frames") && !name.contains("RGB"));
+        let mut jpeg = DicomSpec::gray8(64, 48, smooth(64, 48, 20, 230));
+        jpeg.transfer_syntax = TransferSyntax::JpegBaseline;
+        cases.push(("JPEG baseline", jpeg));
+        let paths = write_cases(dir.path(), &cases);
+
+        const SCRIPT: &str = r#"
+import sys, numpy as np, pydicom
+from PIL import Image
+for src in sys.argv[1:]:
+    ds = pydicom.dcmread(src)
+    px = ds.pixel_array
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        px = 2 ** ds.BitsStored - 1 - px if ds.PixelRepresentation == 0 else -1 * (px + 1)
+    img = px.astype(np.float64)
+    img = (img - img.min()) * 255. / (img.max() - img.min())
+    out = np.asarray(Image.fromarray(img).convert("L"))
+    open(src + ".L", "wb").write(out.tobytes())
+"#;
+        let output = std::process::Command::new(&python)
+            .arg("-c")
+            .arg(SCRIPT)
+            .args(&paths)
+            .output()
+            .expect("run the venv python");
+        assert!(
+            output.status.success(),
+            "pydicom failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        for ((name, _), path) in cases.iter().zip(&paths) {
+            let theirs = std::fs::read(path.with_extension("dcm.L")).unwrap();
+            let ours = gray(&decode_dicom_gray8(path).unwrap());
+            if name.starts_with("JPEG") {
+                let mad = mean_abs_diff(&ours, &theirs);
+                assert!(mad <= 1.0, "{name}: mean abs difference {mad} from pydicom");
+            } else {
+                assert_eq!(ours, theirs, "{name}: differs from pydicom");
+            }
+        }
+    }
 }

@@ -1,10 +1,609 @@
-//! (being written)
+//! Decoding one image file (PNG, JPEG or DICOM) for the chest X-ray and ImageFolder datasets.
+//!
+//! `.dcm` files (by extension, any case, as the original) go to
+//! [`decode_dicom_gray8`](crate::dicom::decode_dicom_gray8). Other files are decoded by their
+//! content (as PIL does): PNG or JPEG, anything else is an error naming the file. Two outputs:
+//!
+//! - [`decode_gray8`]: one 8-bit grey channel, as PIL's `Image.open(f).convert("L")` in the
+//!   original CXR datasets: RGB → `(R·19595 + G·38470 + B·7471 + 2¹⁵) >> 16` (PIL's fixed-point
+//!   ITU-R 601-2 luma, i.e. `R·0.299 + G·0.587 + B·0.114` rounded), alpha ignored, palettes
+//!   expanded, 1/2/4-bit grey scaled to 0..=255, a 16-bit grey PNG clipped to 255 (PIL's
+//!   `I;16` → `L`), other 16-bit PNGs reduced to their high byte (PIL reads them so).
+//! - [`decode_native`]: the file's own channels for ImageFolder: grey (1) or RGB (3),
+//!   alpha dropped, palettes expanded to RGB, 16-bit PNGs kept as 16-bit values.
+//!
+//! JPEGs are decoded by zune-jpeg in strict mode; its output can differ from PIL's
+//! libjpeg-turbo by a grey level or two at some pixels (PNGs match PIL exactly).
 
-#[allow(unused_imports)]
-use ssl_plugin_api::Plugin;
+use crate::dicom::decode_dicom_gray8;
+use ssl_plugin_api::{bail, Image, PluginError, Result};
+use std::path::Path;
 
-/// Adds this file's datasets to the plugin.
-#[allow(dead_code)]
-pub(crate) fn register(plugin: Plugin) -> Plugin {
-    plugin
+/// The file extensions the image datasets read (lower case).
+pub(crate) const IMAGE_EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "dcm"];
+
+/// Whether `path` has a PNG, JPEG or DICOM extension (any case).
+pub(crate) fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+}
+
+/// Whether `path` ends in `.dcm` (any case): the original's `is_dicom_file_path`.
+pub(crate) fn is_dicom(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("dcm"))
+}
+
+/// Decodes `path` into one 8-bit grey channel, as the original CXR datasets (see the module
+/// doc). Errors name the file.
+pub(crate) fn decode_gray8(path: &Path) -> Result<Image> {
+    if is_dicom(path) {
+        return decode_dicom_gray8(path);
+    }
+    let bytes = read(path)?;
+    let decoded = decode_bytes(&bytes).map_err(|e| e.context(path.display()))?;
+    decoded.into_gray8()
+}
+
+/// Decodes `path` keeping its own channels: grey or RGB, alpha dropped, 8 or 16 bits (see the
+/// module doc). Errors name the file.
+pub(crate) fn decode_native(path: &Path) -> Result<Image> {
+    if is_dicom(path) {
+        return decode_dicom_gray8(path);
+    }
+    let bytes = read(path)?;
+    let decoded = decode_bytes(&bytes).map_err(|e| e.context(path.display()))?;
+    decoded.into_native()
+}
+
+/// The names of the files directly in `dir`.
+pub(crate) fn list_file_names(dir: &Path) -> Result<std::collections::HashSet<String>> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| PluginError::msg(format!("{}: cannot list the folder: {e}", dir.display())))?;
+    let mut names = std::collections::HashSet::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| {
+            PluginError::msg(format!("{}: cannot list the folder: {e}", dir.display()))
+        })?;
+        let is_file = match entry.file_type() {
+            Ok(t) if t.is_symlink() => entry.path().is_file(),
+            Ok(t) => t.is_file(),
+            Err(_) => false,
+        };
+        if is_file {
+            if let Ok(name) = entry.file_name().into_string() {
+                names.insert(name);
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// PIL's RGB → L conversion (ITU-R 601-2 luma in 16-bit fixed point, rounded).
+pub(crate) fn luma(r: u8, g: u8, b: u8) -> u8 {
+    ((r as u32 * 19595 + g as u32 * 38470 + b as u32 * 7471 + 0x8000) >> 16) as u8
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            PluginError::msg(format!("{}: image file not found", path.display()))
+        } else {
+            PluginError::msg(format!("{}: cannot read: {e}", path.display()))
+        }
+    })
+}
+
+/// How the pixels of a decoded file are laid out, before conversion.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Layout {
+    /// Grey, 8 bits (also 1/2/4-bit grey scaled up).
+    Gray8,
+    /// Grey, 16 bits, no alpha (PIL `I;16`).
+    Gray16,
+    /// Grey + alpha, 8 bits.
+    GrayAlpha8,
+    /// Grey + alpha, 16 bits (PIL reads it as RGBA from the high bytes).
+    GrayAlpha16,
+    /// RGB, 8 bits (also expanded palettes).
+    Rgb8,
+    /// RGB, 16 bits.
+    Rgb16,
+    /// RGBA, 8 bits.
+    Rgba8,
+    /// RGBA, 16 bits.
+    Rgba16,
+}
+
+impl Layout {
+    fn samples(self) -> usize {
+        match self {
+            Layout::Gray8 | Layout::Gray16 => 1,
+            Layout::GrayAlpha8 | Layout::GrayAlpha16 => 2,
+            Layout::Rgb8 | Layout::Rgb16 => 3,
+            Layout::Rgba8 | Layout::Rgba16 => 4,
+        }
+    }
+
+    fn sixteen_bit(self) -> bool {
+        matches!(
+            self,
+            Layout::Gray16 | Layout::GrayAlpha16 | Layout::Rgb16 | Layout::Rgba16
+        )
+    }
+}
+
+/// A decoded file: raw samples (big-endian pairs for 16-bit layouts).
+struct Decoded {
+    width: u32,
+    height: u32,
+    layout: Layout,
+    data: Vec<u8>,
+}
+
+impl Decoded {
+    /// 8-bit values of every sample: 16-bit samples reduced to their high byte, except
+    /// [`Layout::Gray16`], clipped to 255 as PIL's `I;16` → `L`.
+    fn samples8(&self) -> Vec<u8> {
+        if !self.layout.sixteen_bit() {
+            return self.data.clone();
+        }
+        if self.layout == Layout::Gray16 {
+            return self
+                .data
+                .chunks_exact(2)
+                .map(|b| u16::from_be_bytes([b[0], b[1]]).min(255) as u8)
+                .collect();
+        }
+        self.data.chunks_exact(2).map(|b| b[0]).collect()
+    }
+
+    fn into_gray8(self) -> Result<Image> {
+        let samples = self.samples8();
+        let grey: Vec<u8> = match self.layout.samples() {
+            1 => samples,
+            2 => samples.chunks_exact(2).map(|p| p[0]).collect(),
+            n => samples
+                .chunks_exact(n)
+                .map(|p| luma(p[0], p[1], p[2]))
+                .collect(),
+        };
+        Image::from_u8(self.width, self.height, 1, grey)
+    }
+
+    fn into_native(self) -> Result<Image> {
+        let n = self.layout.samples();
+        let keep = if n >= 3 { 3 } else { 1 };
+        if self.layout.sixteen_bit() {
+            let values: Vec<u16> = self
+                .data
+                .chunks_exact(2 * n)
+                .flat_map(|p| (0..keep).map(move |c| u16::from_be_bytes([p[2 * c], p[2 * c + 1]])))
+                .collect();
+            Image::from_u16(self.width, self.height, keep as u32, values)
+        } else if n == keep {
+            Image::from_u8(self.width, self.height, keep as u32, self.data)
+        } else {
+            let values: Vec<u8> = self
+                .data
+                .chunks_exact(n)
+                .flat_map(|p| p[..keep].iter().copied())
+                .collect();
+            Image::from_u8(self.width, self.height, keep as u32, values)
+        }
+    }
+}
+
+const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
+
+fn decode_bytes(bytes: &[u8]) -> Result<Decoded> {
+    if bytes.starts_with(&PNG_SIGNATURE) {
+        decode_png(bytes).map_err(|e| e.context("invalid PNG"))
+    } else if bytes.starts_with(&[0xff, 0xd8]) {
+        decode_jpeg(bytes).map_err(|e| e.context("invalid JPEG"))
+    } else if bytes.is_empty() {
+        bail!("the file is empty; expected a PNG, JPEG or DICOM (.dcm) image")
+    } else {
+        bail!("not a PNG or JPEG file (and not named .dcm); expected a PNG, JPEG or DICOM image")
+    }
+}
+
+fn decode_png(bytes: &[u8]) -> Result<Decoded> {
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    // Palettes to RGB, 1/2/4-bit grey scaled to 8 bits, tRNS to an alpha channel (dropped).
+    decoder.set_transformations(png::Transformations::EXPAND);
+    let mut reader = decoder.read_info()?;
+    let source = reader.info().color_type;
+    let mut data = vec![0; reader.output_buffer_size()];
+    let frame = reader.next_frame(&mut data)?;
+    data.truncate(frame.buffer_size());
+    let sixteen = frame.bit_depth == png::BitDepth::Sixteen;
+    use png::ColorType as C;
+    let layout = match (frame.color_type, sixteen) {
+        (C::Grayscale, false) => Layout::Gray8,
+        (C::Grayscale, true) => Layout::Gray16,
+        // A grey PNG with a tRNS colour key: PIL keeps it grey (clipped when 16-bit).
+        (C::GrayscaleAlpha, false) => Layout::GrayAlpha8,
+        (C::GrayscaleAlpha, true) if source == C::Grayscale => {
+            data = data.chunks_exact(4).flat_map(|p| [p[0], p[1]]).collect();
+            Layout::Gray16
+        }
+        (C::GrayscaleAlpha, true) => Layout::GrayAlpha16,
+        (C::Rgb, false) => Layout::Rgb8,
+        (C::Rgb, true) => Layout::Rgb16,
+        (C::Rgba, false) => Layout::Rgba8,
+        (C::Rgba, true) => Layout::Rgba16,
+        (C::Indexed, _) => bail!("palette left unexpanded"),
+    };
+    Ok(Decoded {
+        width: frame.width,
+        height: frame.height,
+        layout,
+        data,
+    })
+}
+
+fn decode_jpeg(bytes: &[u8]) -> Result<Decoded> {
+    use zune_jpeg::zune_core::bytestream::ZCursor;
+    use zune_jpeg::zune_core::colorspace::ColorSpace;
+    use zune_jpeg::zune_core::options::DecoderOptions;
+    let options = DecoderOptions::default()
+        .set_strict_mode(true)
+        .set_max_width(1 << 16)
+        .set_max_height(1 << 16);
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), options);
+    decoder
+        .decode_headers()
+        .map_err(|e| PluginError::msg(format!("{e:?}")))?;
+    let grey = decoder.input_colorspace() == Some(ColorSpace::Luma);
+    let (out, layout) = if grey {
+        (ColorSpace::Luma, Layout::Gray8)
+    } else {
+        (ColorSpace::RGB, Layout::Rgb8)
+    };
+    decoder.set_options(options.jpeg_set_out_colorspace(out));
+    let data = decoder
+        .decode()
+        .map_err(|e| PluginError::msg(format!("{e:?}")))?;
+    let info = decoder
+        .info()
+        .ok_or_else(|| PluginError::msg("no image information after decoding"))?;
+    Ok(Decoded {
+        width: info.width as u32,
+        height: info.height as u32,
+        layout,
+        data,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Writes a PNG with the png crate: `data` as raw samples for (colour, depth).
+    #[allow(clippy::too_many_arguments)]
+    fn png_file(
+        path: &Path,
+        w: u32,
+        h: u32,
+        color: png::ColorType,
+        depth: png::BitDepth,
+        data: &[u8],
+        palette: Option<&[u8]>,
+        trns: Option<&[u8]>,
+    ) {
+        let file = std::fs::File::create(path).unwrap();
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(file), w, h);
+        enc.set_color(color);
+        enc.set_depth(depth);
+        if let Some(p) = palette {
+            enc.set_palette(p.to_vec());
+        }
+        if let Some(t) = trns {
+            enc.set_trns(t.to_vec());
+        }
+        let mut writer = enc.write_header().unwrap();
+        writer.write_image_data(data).unwrap();
+    }
+
+    fn u8s(image: &Image) -> Vec<u8> {
+        match image.pixels() {
+            ssl_plugin_api::Pixels::U8(v) => v.to_vec(),
+            other => panic!("expected 8-bit pixels, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn luma_matches_pil_values() {
+        // Values printed by Pillow 13: Image.fromarray(rgb).convert("L").
+        let cases = [
+            ((255, 0, 0), 76),
+            ((0, 255, 0), 150),
+            ((0, 0, 255), 29),
+            ((10, 20, 30), 18),
+            ((200, 100, 50), 124),
+            ((255, 255, 255), 255),
+        ];
+        for ((r, g, b), l) in cases {
+            assert_eq!(luma(r, g, b), l, "({r},{g},{b})");
+        }
+    }
+
+    #[test]
+    fn png_layouts_follow_pil() {
+        use png::{BitDepth as D, ColorType as C};
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        // Expected values: Pillow 13 `Image.open(f).convert("L")` on the same files.
+        let be = |v: &[u16]| v.iter().flat_map(|x| x.to_be_bytes()).collect::<Vec<u8>>();
+        png_file(
+            &p("g16.png"),
+            6,
+            1,
+            C::Grayscale,
+            D::Sixteen,
+            &be(&[0, 100, 255, 256, 1000, 65535]),
+            None,
+            None,
+        );
+        assert_eq!(
+            u8s(&decode_gray8(&p("g16.png")).unwrap()),
+            [0, 100, 255, 255, 255, 255]
+        );
+        let native = decode_native(&p("g16.png")).unwrap();
+        assert_eq!(
+            native.pixels_u16_for_test(),
+            vec![0, 100, 255, 256, 1000, 65535]
+        );
+        png_file(
+            &p("rgb16.png"),
+            2,
+            1,
+            C::Rgb,
+            D::Sixteen,
+            &be(&[0x1234, 0xff00, 0x00ff, 0x80ff, 0x7f80, 0x0101]),
+            None,
+            None,
+        );
+        assert_eq!(u8s(&decode_gray8(&p("rgb16.png")).unwrap()), [155, 113]);
+        png_file(
+            &p("la16.png"),
+            2,
+            1,
+            C::GrayscaleAlpha,
+            D::Sixteen,
+            &be(&[0x1234, 0xffff, 0x80ff, 0]),
+            None,
+            None,
+        );
+        assert_eq!(u8s(&decode_gray8(&p("la16.png")).unwrap()), [18, 128]);
+        png_file(
+            &p("g4.png"),
+            4,
+            1,
+            C::Grayscale,
+            D::Four,
+            &[0x0f, 0x8a],
+            None,
+            None,
+        );
+        assert_eq!(
+            u8s(&decode_gray8(&p("g4.png")).unwrap()),
+            [0, 255, 136, 170]
+        );
+        png_file(
+            &p("g2.png"),
+            4,
+            1,
+            C::Grayscale,
+            D::Two,
+            &[0b0001_1011],
+            None,
+            None,
+        );
+        assert_eq!(u8s(&decode_gray8(&p("g2.png")).unwrap()), [0, 85, 170, 255]);
+        png_file(
+            &p("g1.png"),
+            8,
+            1,
+            C::Grayscale,
+            D::One,
+            &[0b1010_0000],
+            None,
+            None,
+        );
+        assert_eq!(
+            u8s(&decode_gray8(&p("g1.png")).unwrap()),
+            [255, 0, 255, 0, 0, 0, 0, 0]
+        );
+        png_file(
+            &p("rgba.png"),
+            1,
+            1,
+            C::Rgba,
+            D::Eight,
+            &[200, 100, 50, 0],
+            None,
+            None,
+        );
+        assert_eq!(u8s(&decode_gray8(&p("rgba.png")).unwrap()), [124]);
+        let native = decode_native(&p("rgba.png")).unwrap();
+        assert_eq!((native.channels(), u8s(&native)), (3, vec![200, 100, 50]));
+        png_file(
+            &p("p.png"),
+            2,
+            1,
+            C::Indexed,
+            D::Eight,
+            &[0, 1],
+            Some(&[200, 100, 50, 10, 20, 30]),
+            Some(&[0]),
+        );
+        assert_eq!(u8s(&decode_gray8(&p("p.png")).unwrap()), [124, 18]);
+        let native = decode_native(&p("p.png")).unwrap();
+        assert_eq!(
+            (native.channels(), u8s(&native)),
+            (3, vec![200, 100, 50, 10, 20, 30])
+        );
+        png_file(
+            &p("gt.png"),
+            2,
+            1,
+            C::Grayscale,
+            D::Eight,
+            &[7, 9],
+            None,
+            Some(&[0, 7]),
+        );
+        assert_eq!(u8s(&decode_gray8(&p("gt.png")).unwrap()), [7, 9]);
+        let native = decode_native(&p("gt.png")).unwrap();
+        assert_eq!((native.channels(), u8s(&native)), (1, vec![7, 9]));
+    }
+
+    #[test]
+    fn bad_files_are_errors_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("notes.png");
+        std::fs::write(&text, "hello").unwrap();
+        let e = decode_gray8(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("notes.png") && e.contains("not a PNG or JPEG"),
+            "{e}"
+        );
+        let empty = dir.path().join("empty.jpg");
+        std::fs::write(&empty, "").unwrap();
+        let e = decode_native(&empty).unwrap_err().to_string();
+        assert!(e.contains("empty.jpg: the file is empty"), "{e}");
+        let e = decode_gray8(&dir.path().join("absent.png"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("absent.png: image file not found"), "{e}");
+        assert!(is_dicom(Path::new("a/B.DCM")) && !is_dicom(Path::new("a.dcm.png")));
+        assert!(
+            has_image_extension(Path::new("x.JPeG")) && !has_image_extension(Path::new("x.txt"))
+        );
+    }
+
+    trait U16ForTest {
+        fn pixels_u16_for_test(&self) -> Vec<u16>;
+    }
+    impl U16ForTest for Image {
+        fn pixels_u16_for_test(&self) -> Vec<u16> {
+            match self.pixels() {
+                ssl_plugin_api::Pixels::U16(v) => v.to_vec(),
+                other => panic!("expected 16-bit pixels, got {other:?}"),
+            }
+        }
+    }
+}
+
+#[cfg(all(test, feature = "testdata"))]
+mod pillow_tests {
+    use super::*;
+    use crate::testdata::cxr::{rgb_pattern, write_jpeg_rgb8, write_png_rgb8};
+    use std::process::Command;
+
+    /// The project's Python (torch, Pillow), set up by scripts/setup-libtorch.sh.
+    const PYTHON: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../.deps/torch-venv/bin/python"
+    );
+
+    /// Pillow's `Image.open(f).convert(mode)` bytes of each file.
+    fn pillow(mode: &str, files: &[&Path]) -> Vec<Vec<u8>> {
+        let script = "import sys\nfrom PIL import Image\nfor f in sys.argv[2:]:\n    \
+                      print(Image.open(f).convert(sys.argv[1]).tobytes().hex())";
+        let out = Command::new(PYTHON)
+            .arg("-c")
+            .arg(script)
+            .arg(mode)
+            .args(files)
+            .output()
+            .unwrap_or_else(|e| panic!("{PYTHON}: {e} (run scripts/setup-libtorch.sh)"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                (0..l.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&l[i..i + 2], 16).unwrap())
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn u8s(image: &Image) -> Vec<u8> {
+        match image.pixels() {
+            ssl_plugin_api::Pixels::U8(v) => v.to_vec(),
+            other => panic!("expected 8-bit pixels, got {other:?}"),
+        }
+    }
+
+    fn max_diff(a: &[u8], b: &[u8]) -> u8 {
+        assert_eq!(a.len(), b.len());
+        a.iter().zip(b).map(|(x, y)| x.abs_diff(*y)).max().unwrap()
+    }
+
+    #[test]
+    fn grey_conversion_matches_pillow() {
+        let dir = tempfile::tempdir().unwrap();
+        let (png, jpg) = (dir.path().join("a.png"), dir.path().join("a.jpg"));
+        let (w, h) = (37, 29);
+        let rgb = rgb_pattern(5, w, h);
+        write_png_rgb8(&png, w, h, &rgb).unwrap();
+        write_jpeg_rgb8(&jpg, w, h, &rgb).unwrap();
+        let expected = pillow("L", &[&png, &jpg]);
+        let ours_png = decode_gray8(&png).unwrap();
+        assert_eq!(
+            (ours_png.width(), ours_png.height(), ours_png.channels()),
+            (w, h, 1)
+        );
+        assert_eq!(
+            u8s(&ours_png),
+            expected[0],
+            "PNG RGB → L must match Pillow exactly"
+        );
+        let ours_jpg = u8s(&decode_gray8(&jpg).unwrap());
+        let diff = max_diff(&ours_jpg, &expected[1]);
+        eprintln!("JPEG RGB → L: max difference from Pillow {diff}");
+        assert!(diff <= 2, "JPEG grey differs from Pillow by {diff}");
+        // The file's own channels: RGB as Pillow decodes it.
+        let expected = pillow("RGB", &[&png, &jpg]);
+        assert_eq!(u8s(&decode_native(&png).unwrap()), expected[0]);
+        let native = decode_native(&jpg).unwrap();
+        assert_eq!(native.channels(), 3);
+        let diff = max_diff(&u8s(&native), &expected[1]);
+        eprintln!("JPEG RGB: max difference from Pillow {diff}");
+        assert!(diff <= 3, "JPEG RGB differs from Pillow by {diff}");
+    }
+
+    #[test]
+    fn truncated_and_corrupt_files_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let (png, jpg) = (dir.path().join("t.png"), dir.path().join("t.jpg"));
+        let rgb = rgb_pattern(1, 64, 64);
+        write_png_rgb8(&png, 64, 64, &rgb).unwrap();
+        write_jpeg_rgb8(&jpg, 64, 64, &rgb).unwrap();
+        for path in [&png, &jpg] {
+            let bytes = std::fs::read(path).unwrap();
+            std::fs::write(path, &bytes[..bytes.len() / 2]).unwrap();
+            let e = decode_gray8(path).unwrap_err().to_string();
+            assert!(e.starts_with(&path.display().to_string()), "{e}");
+            assert!(e.contains("invalid"), "{e}");
+            assert!(decode_native(path).is_err());
+            // Corrupt: valid signature, garbage after it.
+            let mut garbage = bytes[..8].to_vec();
+            garbage.extend(std::iter::repeat_n(0x5a, 200));
+            std::fs::write(path, &garbage).unwrap();
+            let e = decode_gray8(path).unwrap_err().to_string();
+            assert!(e.contains(&path.display().to_string()), "{e}");
+        }
+    }
 }

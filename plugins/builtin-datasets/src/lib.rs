@@ -15,15 +15,18 @@ mod cifar;
 mod covid;
 mod csv_table;
 mod dicom;
+mod download;
 mod image_file;
 mod image_folder;
 mod nih;
 mod rsna;
+mod rsna_labels;
 mod shapes;
 #[cfg(feature = "testdata")]
 #[doc(hidden)]
 pub mod testdata;
 
+pub use rsna_labels::build_rsna_dataset_csv;
 pub use shapes::{ShapeLayout, Shapes, Split, CLASS_NAMES};
 
 /// Called by the host so the linker keeps this crate and its `inventory` registration.
