@@ -16,10 +16,13 @@ use toml::{Table, Value};
 /// The built-in named model configs, compiled into the binary from `configs/`.
 const BUILTIN_CONFIGS: &[(&str, &str)] = &[
     ("ShapesBYOL", include_str!("../../configs/ShapesBYOL.toml")),
-    (
-        "ShapesSimCLR",
-        include_str!("../../configs/ShapesSimCLR.toml"),
-    ),
+    ("ShapesSimCLR", include_str!("../../configs/ShapesSimCLR.toml")),
+    ("CIFAR10BYOL", include_str!("../../configs/CIFAR10BYOL.toml")),
+    ("CIFAR10SimCLR", include_str!("../../configs/CIFAR10SimCLR.toml")),
+    ("CIFAR10CIFAR100BYOL", include_str!("../../configs/CIFAR10CIFAR100BYOL.toml")),
+    ("NIH_RSNA_BYOL", include_str!("../../configs/NIH_RSNA_BYOL.toml")),
+    ("NIH_RSNA_SimCLR", include_str!("../../configs/NIH_RSNA_SimCLR.toml")),
+    ("NIH_COVID_BYOL", include_str!("../../configs/NIH_COVID_BYOL.toml")),
 ];
 
 /// What a parameter holds, for parsing command-line values.
@@ -108,6 +111,11 @@ const SCHEMA: &[(&str, Kind, &str)] = &[
         "is_debug_model",
         Kind::Bool,
         "1 training and 1 validation batch per epoch",
+    ),
+    (
+        "skip_unreadable_images",
+        Kind::Bool,
+        "skip images that cannot be read (one warning counts them) instead of failing",
     ),
     (
         "drop_last",
@@ -238,6 +246,8 @@ pub struct RunConfig {
     pub num_workers: usize,
     pub is_debug_model: bool,
     pub drop_last: bool,
+    #[serde(default)]
+    pub skip_unreadable_images: bool,
     pub learning_rate_linear_head_during_ssl_training: f64,
     pub freeze_encoder: bool,
     pub local_ssl_weights_path: Option<String>,
@@ -276,6 +286,7 @@ extra_local_dataset_paths = []
 num_workers = 4
 is_debug_model = false
 drop_last = true
+skip_unreadable_images = false
 learning_rate_linear_head_during_ssl_training = 1e-4
 freeze_encoder = true
 use_mixed_precision = false
@@ -456,8 +467,44 @@ impl RunConfig {
             .next()
             .unwrap_or(model)
             .to_string();
+        config.expand_augmentation_yaml()?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Turns `ssl_augmentation_config` / `linear_head_augmentation_config` (the original's
+    /// augmentation YAML; the linear head falls back to the SSL one, as the original) into the
+    /// transform lists they stand for, unless the lists are given explicitly. The resolved
+    /// config (and so `config.toml` and a resumed run) holds the expanded lists.
+    fn expand_augmentation_yaml(&mut self) -> Result<()> {
+        let ssl_yaml = self.ssl_augmentation_config.clone();
+        let lh_yaml = self
+            .linear_head_augmentation_config
+            .clone()
+            .or_else(|| ssl_yaml.clone());
+        if let Some(path) = &ssl_yaml {
+            if self.ssl_augmentations.is_empty() {
+                let expand = self
+                    .ssl_training_dataset_name
+                    .as_deref()
+                    .is_some_and(is_cxr_dataset);
+                let (text, source) = read_augmentation_yaml(path)?;
+                self.ssl_augmentations =
+                    crate::augmentation_yaml::cxr_pipelines(&text, &source, expand)?.train;
+            }
+        }
+        if let Some(path) = &lh_yaml {
+            if self.linear_head_augmentations.is_empty() {
+                let expand = is_cxr_dataset(&self.linear_head_dataset_name);
+                let (text, source) = read_augmentation_yaml(path)?;
+                let pipelines = crate::augmentation_yaml::cxr_pipelines(&text, &source, expand)?;
+                self.linear_head_augmentations = pipelines.train;
+                if self.linear_head_val_augmentations.is_none() {
+                    self.linear_head_val_augmentations = Some(pipelines.val_without_augmentation);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The config stored with a run (`stored`, resolved TOML), with `overrides` applied on top:
@@ -500,6 +547,19 @@ impl RunConfig {
         if self.linear_head_dataset_name.is_empty() {
             bail!("`linear_head_dataset_name` is not set");
         }
+        // As the original asserts: chest X-rays come in many sizes and one channel, so their
+        // pipelines must come from an augmentation config (or be listed explicitly).
+        if let Some(name) = self.ssl_training_dataset_name.as_deref() {
+            if is_cxr_dataset(name) && self.ssl_augmentations.is_empty() {
+                bail!("`{name}` needs `ssl_augmentation_config` (e.g. cxr_ssl_encoder_augmentations.yaml) or [[ssl_augmentations]]");
+            }
+        }
+        if is_cxr_dataset(&self.linear_head_dataset_name) && self.linear_head_augmentations.is_empty() {
+            bail!(
+                "`{}` needs `linear_head_augmentation_config` (e.g. cxr_linear_head_augmentations.yaml) or [[linear_head_augmentations]]",
+                self.linear_head_dataset_name
+            );
+        }
         Ok(())
     }
 
@@ -530,6 +590,32 @@ impl RunConfig {
             .map_err(|e| anyhow!("stored config is invalid: {}", e.message()))?;
         config.model = model.to_string();
         Ok(config)
+    }
+}
+
+/// The chest X-ray datasets of the original, whose pipelines start by expanding the one grey
+/// channel to three.
+pub const CXR_DATASETS: [&str; 4] = ["RSNAKaggleCXR", "NIHCXR", "CheXpert", "CovidDataset"];
+
+fn is_cxr_dataset(name: &str) -> bool {
+    CXR_DATASETS.contains(&name)
+}
+
+/// The text of an augmentation YAML and the name to show in its errors: the file at `path`
+/// when it exists, else a built-in one of that file name (`configs/*.yaml`).
+fn read_augmentation_yaml(path: &str) -> Result<(String, String)> {
+    let file = Path::new(path);
+    if file.exists() {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("reading augmentation config {path}"))?;
+        return Ok((text, path.to_string()));
+    }
+    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or(path);
+    match crate::augmentation_yaml::builtin_yaml(name) {
+        Some(text) => Ok((text.to_string(), format!("{name} (built in)"))),
+        None => bail!(
+            "augmentation config `{path}` not found (built-in ones: cxr_ssl_encoder_augmentations.yaml, cxr_linear_head_augmentations.yaml)"
+        ),
     }
 }
 

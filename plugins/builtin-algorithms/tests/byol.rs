@@ -85,9 +85,9 @@ fn the_target_has_no_predictor() {
 fn tau_follows_the_cosine_schedule() {
     // InnerEye's test: 300 images, batch 20, 5 epochs = 75 steps, global step 15.
     let expected = 1.0 - 0.01 * ((PI * 15.0 / 75.0).cos() + 1.0) / 2.0;
-    assert_eq!(tau(15, 75), expected);
-    assert!((tau(0, 75) - 0.99).abs() < 1e-15);
-    assert!((tau(75, 75) - 1.0).abs() < 1e-15);
+    assert_eq!(tau(0.99, 15, 75), expected);
+    assert!((tau(0.99, 0, 75) - 0.99).abs() < 1e-15);
+    assert!((tau(0.99, 75, 75) - 1.0).abs() < 1e-15);
 }
 
 #[test]
@@ -134,9 +134,9 @@ fn moving_average_with_tau_point_nine() {
     // `byol/tau` reports the tau of the next update.
     assert_eq!(
         byol.scalars().unwrap(),
-        [("byol/tau".to_string(), tau(1, 10))]
+        [("byol/tau".to_string(), tau(0.99, 1, 10))]
     );
-    assert_eq!(byol.current_tau().unwrap(), tau(1, 10));
+    assert_eq!(byol.current_tau().unwrap(), tau(0.99, 1, 10));
 }
 
 #[test]
@@ -153,8 +153,8 @@ fn first_update_uses_initial_tau_then_the_schedule() {
         used.push(byol.scalars().unwrap()[0].1);
         byol.after_optimizer_step(step, max_steps).unwrap();
     }
-    assert_eq!(used, [0.99, tau(1, 7), tau(2, 7), tau(3, 7)]);
-    assert_eq!(byol.current_tau().unwrap(), tau(4, 7));
+    assert_eq!(used, [0.99, tau(0.99, 1, 7), tau(0.99, 2, 7), tau(0.99, 3, 7)]);
+    assert_eq!(byol.current_tau().unwrap(), tau(0.99, 4, 7));
     assert!(byol.after_optimizer_step(5, 0).is_err());
 }
 

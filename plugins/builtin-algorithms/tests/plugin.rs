@@ -77,7 +77,7 @@ fn byol_through_the_abi() {
     byol.after_optimizer_step(3, 10).unwrap();
     assert_eq!(
         find(&byol.state(), "byol.current_tau").double_value(&[]),
-        ssl_builtin_algorithms::byol::tau(3, 10)
+        ssl_builtin_algorithms::byol::tau(0.99, 3, 10)
     );
 }
 

@@ -21,7 +21,13 @@ fn builtin_plugin_offers_every_transform() {
             "GaussianBlur",
             "Resize",
             "CenterCrop",
-            "ToFloat"
+            "ToFloat",
+            "ExpandChannels",
+            "RandomAffine",
+            "RandomGamma",
+            "ElasticTransform",
+            "RandomErasing",
+            "AddGaussianNoise"
         ]
     );
     for t in &plugin.transforms {
