@@ -43,6 +43,7 @@ fn metric(dir: &Path, name: &str) -> f64 {
 /// An RSNA folder of `n` DICOMs of three kinds (JPEG baseline 8-bit, 16-bit MONOCHROME1
 /// explicit VR, 8-bit MONOCHROME2 implicit VR), labels alternating, plus `dataset.csv`.
 fn write_rsna(root: &Path, n: usize, size: u32) -> Vec<(String, i64)> {
+    std::fs::create_dir_all(root).unwrap();
     let mut rows = Vec::new();
     for i in 0..n {
         let subject = format!("subject-{i:03}");
