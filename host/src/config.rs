@@ -16,13 +16,34 @@ use toml::{Table, Value};
 /// The built-in named model configs, compiled into the binary from `configs/`.
 const BUILTIN_CONFIGS: &[(&str, &str)] = &[
     ("ShapesBYOL", include_str!("../../configs/ShapesBYOL.toml")),
-    ("ShapesSimCLR", include_str!("../../configs/ShapesSimCLR.toml")),
-    ("CIFAR10BYOL", include_str!("../../configs/CIFAR10BYOL.toml")),
-    ("CIFAR10SimCLR", include_str!("../../configs/CIFAR10SimCLR.toml")),
-    ("CIFAR10CIFAR100BYOL", include_str!("../../configs/CIFAR10CIFAR100BYOL.toml")),
-    ("NIH_RSNA_BYOL", include_str!("../../configs/NIH_RSNA_BYOL.toml")),
-    ("NIH_RSNA_SimCLR", include_str!("../../configs/NIH_RSNA_SimCLR.toml")),
-    ("NIH_COVID_BYOL", include_str!("../../configs/NIH_COVID_BYOL.toml")),
+    (
+        "ShapesSimCLR",
+        include_str!("../../configs/ShapesSimCLR.toml"),
+    ),
+    (
+        "CIFAR10BYOL",
+        include_str!("../../configs/CIFAR10BYOL.toml"),
+    ),
+    (
+        "CIFAR10SimCLR",
+        include_str!("../../configs/CIFAR10SimCLR.toml"),
+    ),
+    (
+        "CIFAR10CIFAR100BYOL",
+        include_str!("../../configs/CIFAR10CIFAR100BYOL.toml"),
+    ),
+    (
+        "NIH_RSNA_BYOL",
+        include_str!("../../configs/NIH_RSNA_BYOL.toml"),
+    ),
+    (
+        "NIH_RSNA_SimCLR",
+        include_str!("../../configs/NIH_RSNA_SimCLR.toml"),
+    ),
+    (
+        "NIH_COVID_BYOL",
+        include_str!("../../configs/NIH_COVID_BYOL.toml"),
+    ),
 ];
 
 /// What a parameter holds, for parsing command-line values.
@@ -554,7 +575,9 @@ impl RunConfig {
                 bail!("`{name}` needs `ssl_augmentation_config` (e.g. cxr_ssl_encoder_augmentations.yaml) or [[ssl_augmentations]]");
             }
         }
-        if is_cxr_dataset(&self.linear_head_dataset_name) && self.linear_head_augmentations.is_empty() {
+        if is_cxr_dataset(&self.linear_head_dataset_name)
+            && self.linear_head_augmentations.is_empty()
+        {
             bail!(
                 "`{}` needs `linear_head_augmentation_config` (e.g. cxr_linear_head_augmentations.yaml) or [[linear_head_augmentations]]",
                 self.linear_head_dataset_name

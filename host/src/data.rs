@@ -192,7 +192,10 @@ impl Source {
         let skipped = self.skipped.lock().expect("skipped list");
         (
             skipped.len(),
-            skipped.iter().next().map(|(i, e)| format!("sample {i}: {e}")),
+            skipped
+                .iter()
+                .next()
+                .map(|(i, e)| format!("sample {i}: {e}")),
         )
     }
 

@@ -1,10 +1,10 @@
 //! The `ssl-host` runtime: command line, config, plugin registry and loader, data loader,
 //! trainer, evaluators, checkpoints and metrics. `main.rs` only calls [`run`].
 
+pub mod augmentation_yaml;
 pub mod checkpoint;
 pub mod cli;
 pub mod commands;
-pub mod augmentation_yaml;
 pub mod config;
 pub mod data;
 pub mod metrics;

@@ -30,8 +30,8 @@ fn metric_names(dir: &Path) -> Vec<String> {
 fn metric(dir: &Path, name: &str) -> f64 {
     let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
     text.lines()
-        .filter(|l| l.split(',').nth(1) == Some(name))
-        .last()
+        .rev()
+        .find(|l| l.split(',').nth(1) == Some(name))
         .unwrap_or_else(|| panic!("{name} missing from metrics.csv:\n{text}"))
         .rsplit(',')
         .next()
@@ -227,7 +227,10 @@ fn dump_of_rsna_matches_pydicom() {
     let mut lines = labels.lines();
     assert_eq!(lines.next(), Some("index,id,label"));
     for (i, (subject, label)) in rows.iter().enumerate() {
-        assert_eq!(lines.next(), Some(format!("{i},{subject},{label}").as_str()));
+        assert_eq!(
+            lines.next(),
+            Some(format!("{i},{subject},{label}").as_str())
+        );
     }
     // An independent decoding: pydicom's pixel_array, the original's MONOCHROME1 inversion
     // and min-max scaling, PIL's conversion to 8 bits.
@@ -253,7 +256,11 @@ print(f"worst mean abs difference {worst:.4f}")
 assert worst <= 1.0, worst
 "#;
     let python = repo_root().join(".deps/torch-venv/bin/python");
-    assert!(python.exists(), "{} is missing: run scripts/setup-libtorch.sh", python.display());
+    assert!(
+        python.exists(),
+        "{} is missing: run scripts/setup-libtorch.sh",
+        python.display()
+    );
     let output = std::process::Command::new(python)
         .arg("-c")
         .arg(script)
@@ -362,15 +369,19 @@ fn bad_data_gives_clear_errors_or_is_skipped() {
     let result = run(&skip);
     result.assert_ok();
     assert!(
-        result.stderr.contains("skipped 1 unreadable image") && result.stderr.contains(&victim_name),
+        result.stderr.contains("skipped 1 unreadable image")
+            && result.stderr.contains(&victim_name),
         "{}",
         result.stderr
     );
     assert!(out.join("checkpoints/last.safetensors").exists());
 
     // A label that is not an integer: the file and the row.
-    std::fs::write(rsna.join("dataset.csv"), "subject,label\nsubject-000,1\nsubject-001,yes\n")
-        .unwrap();
+    std::fs::write(
+        rsna.join("dataset.csv"),
+        "subject,label\nsubject-000,1\nsubject-001,yes\n",
+    )
+    .unwrap();
     run(&args("label", &[])).assert_clear_error(&["dataset.csv", "row 3"]);
     // A missing column.
     std::fs::write(rsna.join("dataset.csv"), "subject,target\nsubject-000,1\n").unwrap();

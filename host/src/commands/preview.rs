@@ -27,9 +27,9 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
             .ok_or_else(|| anyhow!("--count={c}: expected a whole number of at least 1"))?,
         None => 8,
     };
-    let model = cli
-        .take("model")
-        .context("preview needs --model=NAME (a config in configs/, a plugin's, or a .toml path)")?;
+    let model = cli.take("model").context(
+        "preview needs --model=NAME (a config in configs/, a plugin's, or a .toml path)",
+    )?;
     let overrides = std::mem::take(&mut cli.options);
     let config = RunConfig::resolve(&model, &overrides, registry)?;
     let name = config

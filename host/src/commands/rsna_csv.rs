@@ -10,9 +10,9 @@ pub fn run(cli: &mut Cli) -> Result<()> {
     let labels = cli
         .take("labels")
         .context("make-rsna-csv needs --labels=PATH of Kaggle's stage_2_train_labels.csv")?;
-    let out = cli
-        .take("out")
-        .context("make-rsna-csv needs --out=PATH of the dataset.csv to write (next to the .dcm files)")?;
+    let out = cli.take("out").context(
+        "make-rsna-csv needs --out=PATH of the dataset.csv to write (next to the .dcm files)",
+    )?;
     cli.reject_leftovers(&[])?;
     let out = PathBuf::from(out);
     let subjects = ssl_builtin_datasets::build_rsna_dataset_csv(&PathBuf::from(&labels), &out)

@@ -81,7 +81,8 @@ impl ByolParams {
         if !(0.0..=1.0).contains(&initial_tau) {
             bail!("BYOL: `initial_tau` must be in [0, 1], got {initial_tau}");
         }
-        let predictor_hidden_dim: i64 = params.get_or("predictor_hidden_dim", PREDICTOR_HIDDEN_DIM)?;
+        let predictor_hidden_dim: i64 =
+            params.get_or("predictor_hidden_dim", PREDICTOR_HIDDEN_DIM)?;
         if predictor_hidden_dim < 1 {
             bail!("BYOL: `predictor_hidden_dim` must be at least 1, got {predictor_hidden_dim}");
         }
@@ -158,7 +159,11 @@ impl Byol {
             );
         }
         let projector = MlpConfig::byol(dim, PROJECTOR_HIDDEN_DIM, PROJECTION_DIM);
-        let predictor = MlpConfig::byol(PROJECTION_DIM, settings.predictor_hidden_dim, PROJECTION_DIM);
+        let predictor = MlpConfig::byol(
+            PROJECTION_DIM,
+            settings.predictor_hidden_dim,
+            PROJECTION_DIM,
+        );
         let online = Arm {
             encoder: online,
             projector: Mlp::new(projector, device)?,
@@ -263,7 +268,9 @@ impl SslAlgorithm for Byol {
             }
             Ok(())
         })?;
-        let _ = self.current_tau.f_fill_(tau(self.initial_tau, step, max_steps))?;
+        let _ = self
+            .current_tau
+            .f_fill_(tau(self.initial_tau, step, max_steps))?;
         Ok(())
     }
 

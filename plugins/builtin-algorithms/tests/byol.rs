@@ -153,7 +153,10 @@ fn first_update_uses_initial_tau_then_the_schedule() {
         used.push(byol.scalars().unwrap()[0].1);
         byol.after_optimizer_step(step, max_steps).unwrap();
     }
-    assert_eq!(used, [0.99, tau(0.99, 1, 7), tau(0.99, 2, 7), tau(0.99, 3, 7)]);
+    assert_eq!(
+        used,
+        [0.99, tau(0.99, 1, 7), tau(0.99, 2, 7), tau(0.99, 3, 7)]
+    );
     assert_eq!(byol.current_tau().unwrap(), tau(0.99, 4, 7));
     assert!(byol.after_optimizer_step(5, 0).is_err());
 }
