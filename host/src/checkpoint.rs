@@ -52,7 +52,8 @@ fn kind_to_dtype(kind: Kind) -> Result<Dtype> {
     })
 }
 
-fn dtype_to_kind(dtype: Dtype) -> Result<Kind> {
+/// The tch kind of a safetensors dtype.
+pub fn dtype_to_kind(dtype: Dtype) -> Result<Kind> {
     Ok(match dtype {
         Dtype::F32 => Kind::Float,
         Dtype::F64 => Kind::Double,
@@ -70,6 +71,17 @@ fn dtype_to_kind(dtype: Dtype) -> Result<Kind> {
 
 /// Writes `tensors` and `info` to `path` atomically.
 pub fn save(path: &Path, tensors: &[(String, Tensor)], info: &CheckpointInfo) -> Result<()> {
+    let mut metadata = HashMap::new();
+    metadata.insert("ssl_host".to_string(), serde_json::to_string(info)?);
+    save_with_metadata(path, tensors, metadata)
+}
+
+/// Writes `tensors` as safetensors with `metadata` to `path` atomically.
+pub fn save_with_metadata(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
     let mut buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, tensor) in tensors {
         let t = tensor.detach().to_device(Device::Cpu).contiguous();
@@ -89,8 +101,6 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)], info: &CheckpointInfo) ->
             ))
         })
         .collect::<Result<_>>()?;
-    let mut metadata = HashMap::new();
-    metadata.insert("ssl_host".to_string(), serde_json::to_string(info)?);
     let bytes = safetensors::serialize(views, &Some(metadata))
         .map_err(|e| anyhow!("serializing checkpoint: {e:?}"))?;
     write_atomic(path, &bytes)

@@ -9,6 +9,7 @@ pub mod config;
 pub mod data;
 pub mod metrics;
 pub mod optim;
+pub mod pretrained;
 pub mod outputs;
 pub mod registry;
 pub mod schedule;
@@ -45,6 +46,13 @@ commands:
                               [--split=train|test] [--<dataset parameter>=value]...
   preview                   a PNG grid of SSL training samples with their two augmented views
                               --model=NAME [--name=value]... --out=FILE.png [--count=8]
+  predict                   class probabilities of a classifier checkpoint for every image
+                              --checkpoint=PATH --dataset=NAME --local_dataset=DIR --out=FILE.csv
+  embed                     encoder features of an SSL or classifier checkpoint for every image
+                              --checkpoint=PATH --dataset=NAME --local_dataset=DIR --out=FILE.csv|.npy
+                              [--image_size=N]
+  export-encoder            the encoder of a checkpoint under torchvision's names
+                              --checkpoint=PATH --out=encoder.safetensors
   make-rsna-csv             dataset.csv (subject,label) for RSNAKaggleCXR from Kaggle's labels
                               --labels=stage_2_train_labels.csv --out=DIR/dataset.csv
   check-encoder             run an encoder on a random batch, backpropagate a loss and take
@@ -72,6 +80,9 @@ pub fn run(args: Vec<String>) -> Result<()> {
         Some("dump") => commands::dump::run(&registry, &mut cli),
         Some("check-encoder") => commands::check_encoder::run(&registry, &mut cli),
         Some("preview") => commands::preview::run(&registry, &mut cli),
+        Some("predict") => commands::predict::run(&registry, &mut cli),
+        Some("embed") => commands::embed::run(&registry, &mut cli),
+        Some("export-encoder") => commands::export_encoder::run(&registry, &mut cli),
         Some("make-rsna-csv") => commands::rsna_csv::run(&mut cli),
         Some("train") => commands::train::run(&registry, &mut cli),
         Some("show-config") => commands::train::show(&registry, &mut cli),
@@ -84,6 +95,9 @@ pub fn run(args: Vec<String>) -> Result<()> {
                 "list",
                 "dump",
                 "preview",
+                "predict",
+                "embed",
+                "export-encoder",
                 "make-rsna-csv",
                 "check-encoder",
             ];

@@ -2,7 +2,10 @@
 
 pub mod check_encoder;
 pub mod dump;
+pub mod embed;
+pub mod export_encoder;
 pub mod inspect;
+pub mod predict;
 pub mod preview;
 pub mod rsna_csv;
 pub mod train;
