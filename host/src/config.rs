@@ -44,6 +44,14 @@ const BUILTIN_CONFIGS: &[(&str, &str)] = &[
         "NIH_COVID_BYOL",
         include_str!("../../configs/NIH_COVID_BYOL.toml"),
     ),
+    (
+        "SSLClassifierCIFAR",
+        include_str!("../../configs/SSLClassifierCIFAR.toml"),
+    ),
+    (
+        "CXRImageClassifier",
+        include_str!("../../configs/CXRImageClassifier.toml"),
+    ),
 ];
 
 /// What a parameter holds, for parsing command-line values.
@@ -61,6 +69,11 @@ enum Kind {
 /// Every parameter: name, kind, one-line help.
 const SCHEMA: &[(&str, Kind, &str)] = &[
     ("description", Kind::Str, "what this config is for"),
+    (
+        "task",
+        Kind::Str,
+        "ssl (train an encoder) or classifier (train a head on a pretrained encoder)",
+    ),
     (
         "ssl_training_dataset_name",
         Kind::Str,
@@ -159,6 +172,11 @@ const SCHEMA: &[(&str, Kind, &str)] = &[
         "classifier: SSL checkpoint or run folder",
     ),
     (
+        "encoder_init",
+        Kind::Str,
+        "start the encoder from torchvision-named weights (.safetensors)",
+    ),
+    (
         "use_mixed_precision",
         Kind::Bool,
         "autocast to half precision on CUDA",
@@ -250,6 +268,9 @@ pub struct RunConfig {
     #[serde(skip)]
     pub model: String,
     pub description: String,
+    /// `ssl` or `classifier`.
+    #[serde(default = "default_task")]
+    pub task: String,
     pub ssl_training_dataset_name: Option<String>,
     pub linear_head_dataset_name: String,
     pub ssl_encoder: String,
@@ -272,6 +293,8 @@ pub struct RunConfig {
     pub learning_rate_linear_head_during_ssl_training: f64,
     pub freeze_encoder: bool,
     pub local_ssl_weights_path: Option<String>,
+    #[serde(default)]
+    pub encoder_init: Option<String>,
     pub use_mixed_precision: bool,
     pub output_dir: Option<String>,
     pub device: Option<String>,
@@ -290,10 +313,15 @@ pub struct RunConfig {
     pub linear_head_val_augmentations: Option<Vec<TransformSpec>>,
 }
 
+fn default_task() -> String {
+    "ssl".to_string()
+}
+
 /// The defaults of every parameter (the original's where it has one).
 fn defaults() -> Table {
     let text = r#"
 description = ""
+task = "ssl"
 linear_head_dataset_name = ""
 ssl_encoder = "resnet50"
 ssl_training_type = "BYOL"
@@ -568,6 +596,24 @@ impl RunConfig {
         if self.linear_head_dataset_name.is_empty() {
             bail!("`linear_head_dataset_name` is not set");
         }
+        match self.task.as_str() {
+            "ssl" => {
+                if self.ssl_encoder.is_empty() {
+                    bail!("`ssl_encoder` is not set (resnet18, resnet50, resnet101, densenet121, or a plugin's)");
+                }
+            }
+            "classifier" => {
+                if self.local_ssl_weights_path.is_none() && self.encoder_init.is_none() {
+                    bail!("a classifier needs a pretrained encoder: --local_ssl_weights_path=CHECKPOINT (an ssl-host checkpoint or run folder) or --encoder_init=WEIGHTS.safetensors with --ssl_encoder=NAME");
+                }
+                if self.local_ssl_weights_path.is_none() && self.ssl_encoder.is_empty() {
+                    bail!(
+                        "--encoder_init needs --ssl_encoder=NAME (the architecture of the weights)"
+                    );
+                }
+            }
+            other => bail!("`task` must be `ssl` or `classifier`, got `{other}`"),
+        }
         // As the original asserts: chest X-rays come in many sizes and one channel, so their
         // pipelines must come from an augmentation config (or be listed explicitly).
         if let Some(name) = self.ssl_training_dataset_name.as_deref() {
@@ -591,8 +637,9 @@ impl RunConfig {
     pub fn linear_head_dataset_path(&self) -> Option<String> {
         match self.extra_local_dataset_paths.first() {
             Some(p) => Some(p.clone()),
-            None if self.ssl_training_dataset_name.as_deref()
-                == Some(self.linear_head_dataset_name.as_str()) =>
+            None if self.task == "classifier"
+                || self.ssl_training_dataset_name.as_deref()
+                    == Some(self.linear_head_dataset_name.as_str()) =>
             {
                 self.local_dataset.clone()
             }

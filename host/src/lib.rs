@@ -3,14 +3,15 @@
 
 pub mod augmentation_yaml;
 pub mod checkpoint;
+pub mod classifier;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod data;
 pub mod metrics;
 pub mod optim;
-pub mod pretrained;
 pub mod outputs;
+pub mod pretrained;
 pub mod registry;
 pub mod schedule;
 pub mod tensorboard;

@@ -90,7 +90,13 @@ pub fn encoder_from_checkpoint(
             &Params::from_value(params.clone()).map_err(anyhow::Error::msg)?,
             device,
         )
-        .map_err(|e| anyhow!("rebuilding the `{}` encoder of {}: {e}", info.encoder, path.display()))?;
+        .map_err(|e| {
+            anyhow!(
+                "rebuilding the `{}` encoder of {}: {e}",
+                info.encoder,
+                path.display()
+            )
+        })?;
     let prefix = encoder_tensor_prefix(&info);
     let live = encoder_tensors(&encoder);
     checkpoint::restore_into(&stored.tensors, &prefix, &live, "the encoder")
@@ -117,7 +123,9 @@ pub fn encoder_tensors(encoder: &dyn Encoder) -> Vec<(String, Tensor)> {
 /// Whether `name` is a tensor torchvision has but an ssl-host encoder does not: the final
 /// classifier (`fc.*`, `classifier.*`) or BatchNorm's step counter.
 fn torchvision_only(name: &str) -> bool {
-    name.starts_with("fc.") || name.starts_with("classifier.") || name.ends_with("num_batches_tracked")
+    name.starts_with("fc.")
+        || name.starts_with("classifier.")
+        || name.ends_with("num_batches_tracked")
 }
 
 /// The encoder's state under torchvision's names: parameters, running statistics, and a
@@ -139,11 +147,16 @@ pub fn torchvision_state(encoder: &dyn Encoder, steps: u64) -> Vec<(String, Tens
     state
 }
 
-/// Loads torchvision-named weights from the safetensors file `path` into `encoder` (every
-/// parameter and BatchNorm statistic), for `--encoder_init`. Extra `fc.*` / `classifier.*` /
-/// `num_batches_tracked` tensors are ignored; any missing or mis-shaped name is an error
-/// listing them all. Returns how many tensors were loaded.
-pub fn load_torchvision_weights(path: &Path, encoder: &dyn Encoder, what: &str) -> Result<usize> {
+/// Loads torchvision-named weights from the safetensors file `path` into `live` (an encoder's
+/// parameters and BatchNorm statistics by name, see [`encoder_tensors`]), for
+/// `--encoder_init`. Extra `fc.*` / `classifier.*` / `num_batches_tracked` tensors are
+/// ignored; any missing or mis-shaped name is an error listing them all. Returns how many
+/// tensors were loaded.
+pub fn load_torchvision_weights(
+    path: &Path,
+    live: &[(String, Tensor)],
+    what: &str,
+) -> Result<usize> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
         anyhow!(
@@ -158,10 +171,9 @@ pub fn load_torchvision_weights(path: &Path, encoder: &dyn Encoder, what: &str) 
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         stored.insert(name, Tensor::from_data_size(view.data(), &shape, kind));
     }
-    let live = encoder_tensors(encoder);
     let mut missing = Vec::new();
     let mut misshaped = Vec::new();
-    for (name, tensor) in &live {
+    for (name, tensor) in live {
         match stored.get(name) {
             None => missing.push(name.clone()),
             Some(t) if t.size() != tensor.size() => misshaped.push(format!(
@@ -188,7 +200,11 @@ pub fn load_torchvision_weights(path: &Path, encoder: &dyn Encoder, what: &str) 
             )
         };
         if !missing.is_empty() {
-            message.push_str(&format!("\n  missing ({}): {}", missing.len(), list(&missing)));
+            message.push_str(&format!(
+                "\n  missing ({}): {}",
+                missing.len(),
+                list(&missing)
+            ));
         }
         if !misshaped.is_empty() {
             message.push_str(&format!(
@@ -213,7 +229,7 @@ pub fn load_torchvision_weights(path: &Path, encoder: &dyn Encoder, what: &str) 
         );
     }
     ssl_plugin_api::tch::no_grad(|| {
-        for (name, tensor) in &live {
+        for (name, tensor) in live {
             let source = &stored[name];
             let mut target = tensor.shallow_clone();
             target.copy_(&source.to_device(tensor.device()).to_kind(tensor.kind()));
@@ -230,4 +246,48 @@ pub fn save_safetensors(
     metadata: HashMap<String, String>,
 ) -> Result<()> {
     checkpoint::save_with_metadata(path, tensors, metadata)
+}
+
+/// The encoders inside an SSL algorithm's state, by prefix: every name with a path segment
+/// `encoder` is split after it (`online.encoder.conv1.weight` -> `online.encoder.` +
+/// `conv1.weight`). BYOL gives `online.encoder.` and `target.encoder.`, SimCLR `encoder.`.
+pub fn encoders_in_state(state: &[(String, Tensor)]) -> BTreeMap<String, Vec<(String, Tensor)>> {
+    let mut groups: BTreeMap<String, Vec<(String, Tensor)>> = BTreeMap::new();
+    for (name, tensor) in state {
+        let at = if name.starts_with("encoder.") {
+            Some(0)
+        } else {
+            name.find(".encoder.").map(|i| i + 1)
+        };
+        if let Some(at) = at {
+            let split = at + "encoder.".len();
+            groups
+                .entry(name[..split].to_string())
+                .or_default()
+                .push((name[split..].to_string(), tensor.shallow_clone()));
+        }
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoders_are_found_by_path_segment() {
+        let t = || Tensor::from(1.0f32);
+        let state = vec![
+            ("online.encoder.conv1.weight".to_string(), t()),
+            ("online.projector.model.0.weight".to_string(), t()),
+            ("target.encoder.bn1.running_mean".to_string(), t()),
+            ("encoder.fc.x".to_string(), t()),
+            ("myencoder.y".to_string(), t()),
+        ];
+        let groups = encoders_in_state(&state);
+        let keys: Vec<&str> = groups.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["encoder.", "online.encoder.", "target.encoder."]);
+        assert_eq!(groups["online.encoder."][0].0, "conv1.weight");
+        assert_eq!(groups["encoder."][0].0, "fc.x");
+    }
 }

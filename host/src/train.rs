@@ -125,7 +125,7 @@ impl LinearHead {
     }
 }
 
-fn prefixed(prefix: &str, list: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
+pub(crate) fn prefixed(prefix: &str, list: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
     list.into_iter()
         .map(|(n, t)| (format!("{prefix}{n}"), t))
         .collect()
@@ -246,7 +246,7 @@ pub fn open_dataset(
 }
 
 impl Run {
-    fn build(registry: &Registry, config: RunConfig, device: Device) -> Result<Run> {
+    fn build(registry: &Registry, config: RunConfig, device: Device, fresh: bool) -> Result<Run> {
         let seed = config.random_seed;
         // SSL data.
         let ssl_name = config
@@ -365,6 +365,25 @@ impl Run {
             .algorithm(&config.ssl_training_type)?
             .create(&algorithm_params, &spec, device)
             .map_err(|e| anyhow!("{e}"))?;
+        if let (Some(weights), true) = (&config.encoder_init, fresh) {
+            // Every encoder inside the algorithm (BYOL: online and target) starts from them.
+            let groups = crate::pretrained::encoders_in_state(&algorithm.state());
+            if groups.is_empty() {
+                bail!(
+                    "--encoder_init: the {} algorithm shows no encoder tensors to load into",
+                    config.ssl_training_type
+                );
+            }
+            for (prefix, live) in &groups {
+                let n = crate::pretrained::load_torchvision_weights(
+                    Path::new(weights),
+                    live,
+                    &format!("the `{}` encoder (`{prefix}`)", config.ssl_encoder),
+                )
+                .context("--encoder_init")?;
+                eprintln!("{prefix}: {n} tensors from {weights}");
+            }
+        }
         let params = to_params(algorithm.parameters());
         let kind: OptimizerKind = config.optimizer.parse()?;
         let opt_config = OptimizerConfig {
@@ -797,20 +816,20 @@ impl Run {
 
 /// Progress: a bar per epoch (step, loss, images/s, ETA) on a terminal; nothing here
 /// otherwise (the caller prints one plain line per epoch).
-struct Progress {
+pub(crate) struct Progress {
     bar: std::cell::RefCell<Option<ProgressBar>>,
     interactive: bool,
 }
 
 impl Progress {
-    fn new() -> Progress {
+    pub(crate) fn new() -> Progress {
         Progress {
             bar: std::cell::RefCell::new(None),
             interactive: std::io::stderr().is_terminal(),
         }
     }
 
-    fn start_epoch(&self, epoch: usize, epochs: usize, steps: usize) {
+    pub(crate) fn start_epoch(&self, epoch: usize, epochs: usize, steps: usize) {
         if !self.interactive {
             return;
         }
@@ -825,7 +844,7 @@ impl Progress {
         }
     }
 
-    fn step(&self, step: usize, loss: &Tensor, images_per_second: f64) {
+    pub(crate) fn step(&self, step: usize, loss: &Tensor, images_per_second: f64) {
         if let Some(bar) = self.bar.borrow().as_ref() {
             bar.set_position(step as u64);
             bar.set_message(format!(
@@ -836,7 +855,7 @@ impl Progress {
         }
     }
 
-    fn finish_epoch(&self) {
+    pub(crate) fn finish_epoch(&self) {
         if let Some(bar) = self.bar.borrow_mut().take() {
             bar.finish_and_clear();
         }
@@ -853,6 +872,9 @@ pub fn output_dir(config: &RunConfig) -> PathBuf {
 
 /// Trains; returns the output folder.
 pub fn train(registry: &Registry, mut config: RunConfig, options: &RunOptions) -> Result<PathBuf> {
+    if config.task == "classifier" {
+        return crate::classifier::train(registry, config, options);
+    }
     let device = choose_device(&config)?;
     let dir = output_dir(&config);
     let checkpoint_path = dir.join("checkpoints").join("last.safetensors");
@@ -871,7 +893,7 @@ pub fn train(registry: &Registry, mut config: RunConfig, options: &RunOptions) -
         None
     };
     config.output_dir = Some(dir.display().to_string());
-    let mut run = Run::build(registry, config, device)?;
+    let mut run = Run::build(registry, config, device, stored.is_none())?;
     let (start_epoch, mut global_step) = match &stored {
         Some(c) => {
             run.restore(&c.tensors)

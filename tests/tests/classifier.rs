@@ -1,0 +1,330 @@
+//! Classifier runs on a pretrained encoder: frozen encoders stay bit-for-bit unchanged,
+//! unfrozen ones train; exact resume; `--encoder_init` from torchvision-named weights; clear
+//! errors for bad checkpoints.
+
+use e2e::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Tensors of a safetensors file as (dtype, shape, bytes), by name.
+type Stored = BTreeMap<String, (String, Vec<usize>, Vec<u8>)>;
+
+fn read_tensors(path: &Path) -> Stored {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    file.tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            (
+                name,
+                (
+                    format!("{:?}", view.dtype()),
+                    view.shape().to_vec(),
+                    view.data().to_vec(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The tensors under `prefix`, with the prefix removed.
+fn under(stored: &Stored, prefix: &str) -> Stored {
+    stored
+        .iter()
+        .filter_map(|(k, v)| k.strip_prefix(prefix).map(|n| (n.to_string(), v.clone())))
+        .collect()
+}
+
+fn run(args: &[String]) -> Run {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    ssl_host(&refs)
+}
+
+/// A one-epoch ShapesBYOL debug run (ResNet18) in `dir`.
+fn ssl_run(dir: &Path) {
+    run(&[
+        "--model=ShapesBYOL".into(),
+        format!("--output_dir={}", dir.display()),
+        "--is_debug_model=true".into(),
+        "--num_epochs=1".into(),
+        "--ssl_encoder=resnet18".into(),
+        "--ssl_training_batch_size=8".into(),
+        "--linear_head_batch_size=8".into(),
+        "--ssl_dataset_params.num_samples=80".into(),
+        "--linear_head_dataset_params.num_samples=80".into(),
+        "--num_workers=2".into(),
+        "--device=cpu".into(),
+    ])
+    .assert_ok();
+}
+
+/// A small classifier run on Shapes over the encoder of `weights` (a checkpoint or run folder).
+fn classifier_args(out: &Path, extra: &[String]) -> Vec<String> {
+    let mut args = vec![
+        "--model=SSLClassifierCIFAR".into(),
+        format!("--output_dir={}", out.display()),
+        "--linear_head_dataset_name=Shapes".into(),
+        "--linear_head_dataset_params.num_samples=120".into(),
+        "--linear_head_batch_size=16".into(),
+        "--num_epochs=2".into(),
+        "--num_workers=2".into(),
+        "--device=cpu".into(),
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+fn metrics(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains("throughput/") && !l.contains("time/"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn frozen_encoders_stay_unchanged_and_unfrozen_ones_train() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ssl = tmp.path().join("ssl");
+    ssl_run(&ssl);
+    let ssl_tensors = read_tensors(&ssl.join("checkpoints/last.safetensors"));
+    let target = under(&ssl_tensors, "algorithm.target.encoder.");
+    assert!(target.contains_key("conv1.weight") && target.contains_key("bn1.running_mean"));
+
+    let frozen = tmp.path().join("frozen");
+    run(&classifier_args(
+        &frozen,
+        &[format!("--local_ssl_weights_path={}", ssl.display())],
+    ))
+    .assert_ok();
+    let stored = read_tensors(&frozen.join("checkpoints/last.safetensors"));
+    let encoder = under(&stored, "encoder.");
+    assert_eq!(
+        encoder.keys().collect::<Vec<_>>(),
+        target.keys().collect::<Vec<_>>()
+    );
+    for (name, value) in &encoder {
+        assert!(
+            value == &target[name],
+            "frozen encoder tensor {name} changed"
+        );
+    }
+    let names: Vec<String> = metrics(&frozen)
+        .iter()
+        .filter_map(|l| l.split(',').nth(1).map(str::to_string))
+        .collect();
+    for name in [
+        "train/loss",
+        "train/AccuracyAtThreshold05",
+        "val/loss",
+        "val/AccuracyAtThreshold05",
+        "test/AccuracyAtThreshold05",
+    ] {
+        assert!(names.iter().any(|n| n == name), "{name} missing: {names:?}");
+    }
+    let config = std::fs::read_to_string(frozen.join("config.toml")).unwrap();
+    assert!(config.contains("ssl_encoder = \"resnet18\""), "{config}");
+
+    // The run folder's checkpoint (a file path works as well) and fine-tuning.
+    let tuned = tmp.path().join("tuned");
+    run(&classifier_args(
+        &tuned,
+        &[
+            format!(
+                "--local_weights_path={}",
+                ssl.join("checkpoints/last.safetensors").display()
+            ),
+            "--freeze_encoder=false".into(),
+        ],
+    ))
+    .assert_ok();
+    let encoder = under(
+        &read_tensors(&tuned.join("checkpoints/last.safetensors")),
+        "encoder.",
+    );
+    let changed: Vec<&String> = encoder
+        .iter()
+        .filter(|(n, v)| *v != &target[*n])
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        changed.iter().any(|n| n.ends_with("conv1.weight")),
+        "{changed:?}"
+    );
+    assert!(
+        changed.iter().any(|n| n.ends_with("running_mean")),
+        "{changed:?}"
+    );
+
+    // Resume: 1 epoch then resumed to 2 writes the same metrics as 2 in one go.
+    let split = tmp.path().join("split");
+    run(&classifier_args(
+        &split,
+        &[
+            format!("--local_ssl_weights_path={}", ssl.display()),
+            "--stop_after_epochs=1".into(),
+        ],
+    ))
+    .assert_ok();
+    run(&[
+        "--resume".into(),
+        format!("--output_dir={}", split.display()),
+    ])
+    .assert_ok();
+    assert_eq!(metrics(&split), metrics(&frozen));
+}
+
+#[test]
+fn encoder_init_from_torchvision_named_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ssl = tmp.path().join("ssl");
+    ssl_run(&ssl);
+    // A torchvision-named file: the target encoder's tensors plus an `fc` and counters that
+    // torchvision has, as a user's converted weights would.
+    let stored = read_tensors(&ssl.join("checkpoints/last.safetensors"));
+    let encoder = under(&stored, "algorithm.target.encoder.");
+    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = encoder
+        .iter()
+        .map(|(n, (_, shape, bytes))| {
+            (
+                n.clone(),
+                safetensors::Dtype::F32,
+                shape.clone(),
+                bytes.clone(),
+            )
+        })
+        .collect();
+    owned.push((
+        "fc.weight".into(),
+        safetensors::Dtype::F32,
+        vec![2, 512],
+        vec![0; 4096],
+    ));
+    owned.push((
+        "bn1.num_batches_tracked".into(),
+        safetensors::Dtype::I64,
+        vec![],
+        vec![0; 8],
+    ));
+    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    let weights = tmp.path().join("resnet18.safetensors");
+    std::fs::write(&weights, safetensors::serialize(views, &None).unwrap()).unwrap();
+
+    // A classifier from them: the frozen encoder is exactly the file.
+    let out = tmp.path().join("classifier");
+    run(&classifier_args(
+        &out,
+        &[
+            format!("--encoder_init={}", weights.display()),
+            "--ssl_encoder=resnet18".into(),
+            "--encoder_params.cifar_stem=false".into(),
+        ],
+    ))
+    .assert_ok();
+    let loaded = under(
+        &read_tensors(&out.join("checkpoints/last.safetensors")),
+        "encoder.",
+    );
+    assert_eq!(loaded, encoder);
+
+    // An SSL run from them: BYOL's epoch 0 trains at learning rate 0, so the online parameters
+    // are still exactly the file's after it, and the target's up to the rounding of the moving
+    // average (tau * x + (1 - tau) * x).
+    let ssl2 = tmp.path().join("ssl2");
+    run(&[
+        "--model=ShapesBYOL".into(),
+        format!("--output_dir={}", ssl2.display()),
+        "--is_debug_model=true".into(),
+        "--num_epochs=1".into(),
+        "--ssl_encoder=resnet18".into(),
+        "--ssl_training_batch_size=8".into(),
+        "--linear_head_batch_size=8".into(),
+        "--ssl_dataset_params.num_samples=80".into(),
+        "--linear_head_dataset_params.num_samples=80".into(),
+        format!("--encoder_init={}", weights.display()),
+    ])
+    .assert_ok();
+    let after = read_tensors(&ssl2.join("checkpoints/last.safetensors"));
+    for prefix in ["algorithm.online.encoder.", "algorithm.target.encoder."] {
+        let got = under(&after, prefix);
+        for (name, value) in &encoder {
+            if name.contains("running_") {
+                continue;
+            }
+            let floats = |b: &[u8]| -> Vec<f32> {
+                b.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
+            };
+            let (a, b) = (floats(&got[name].2), floats(&value.2));
+            let worst = a
+                .iter()
+                .zip(&b)
+                .map(|(x, y)| (x - y).abs() / (y.abs() + 1e-6))
+                .fold(0f32, f32::max);
+            let limit = if prefix.contains("online") { 0.0 } else { 1e-5 };
+            assert!(
+                worst <= limit,
+                "{prefix}{name} differs from the file by {worst}"
+            );
+        }
+    }
+
+    // Weights of another architecture: every missing and mis-shaped name is listed.
+    run(&classifier_args(
+        &tmp.path().join("wrong"),
+        &[
+            format!("--encoder_init={}", weights.display()),
+            "--ssl_encoder=resnet50".into(),
+        ],
+    ))
+    .assert_clear_error(&[
+        "does not fit",
+        "missing",
+        "wrong shape",
+        "layer1.0.conv3.weight",
+    ]);
+}
+
+#[test]
+fn bad_checkpoints_give_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ssl = tmp.path().join("ssl");
+    ssl_run(&ssl);
+    let with = |path: &Path, extra: &[&str]| {
+        let mut extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        extra.push(format!("--local_ssl_weights_path={}", path.display()));
+        run(&classifier_args(&tmp.path().join("out"), &extra))
+    };
+    with(&tmp.path().join("nowhere.safetensors"), &[])
+        .assert_clear_error(&["nowhere.safetensors", "does not exist"]);
+    with(tmp.path(), &[]).assert_clear_error(&["not an ssl-host run folder"]);
+    let bytes = std::fs::read(ssl.join("checkpoints/last.safetensors")).unwrap();
+    let truncated = tmp.path().join("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
+    with(&truncated, &[]).assert_clear_error(&["truncated.safetensors", "truncated or corrupt"]);
+    let foreign = tmp.path().join("foreign.safetensors");
+    let data = [0u8; 8];
+    let view =
+        safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2], &data).unwrap();
+    std::fs::write(
+        &foreign,
+        safetensors::serialize([("w", view)], &None).unwrap(),
+    )
+    .unwrap();
+    with(&foreign, &[]).assert_clear_error(&["foreign.safetensors", "not an ssl-host checkpoint"]);
+    with(&ssl, &["--ssl_encoder=resnet50"])
+        .assert_clear_error(&["holds a `resnet18` encoder, not the `resnet50`"]);
+    // A classifier needs an encoder.
+    run(&classifier_args(&tmp.path().join("none"), &[]))
+        .assert_clear_error(&["--local_ssl_weights_path"]);
+}
