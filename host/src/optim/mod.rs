@@ -365,10 +365,22 @@ pub(crate) mod test_util {
     }
 
     /// A small f32 model: two used params and one that never gets a gradient.
+    /// The values come from `seed` alone, not from libtorch's global generator, which tests
+    /// running in parallel threads would race on.
     pub fn resume_params(seed: i64) -> Vec<Param> {
-        tch::manual_seed(seed);
+        let offset = std::cell::Cell::new(0i64);
         let mk = |shape: &[i64]| {
-            Tensor::randn(shape, (Kind::Float, Device::Cpu)).set_requires_grad(true)
+            let n: i64 = shape.iter().product();
+            let values: Vec<f32> = (0..n)
+                .map(|i| {
+                    let k = (seed * 1000 + offset.get() + i) as f64;
+                    ((k * 12.9898).sin() * 43758.5453).fract() as f32 * 2.0
+                })
+                .collect();
+            offset.set(offset.get() + n);
+            Tensor::from_slice(&values)
+                .reshape(shape)
+                .set_requires_grad(true)
         };
         vec![
             Param {
