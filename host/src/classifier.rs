@@ -90,6 +90,9 @@ fn pretrained_encoder(
             Ok((loaded.encoder, loaded.name, loaded.params))
         }
         (None, Some(weights)) => {
+            if config.ssl_encoder.is_empty() {
+                bail!("--encoder_init needs --ssl_encoder=NAME (the architecture of the weights)");
+            }
             let (encoder, params) = build_encoder(registry, config, device)?;
             let n = pretrained::load_torchvision_weights(
                 Path::new(weights),
@@ -100,7 +103,9 @@ fn pretrained_encoder(
             eprintln!("encoder: {} {params} with {n} tensors from {weights}", config.ssl_encoder);
             Ok((encoder, config.ssl_encoder.clone(), params))
         }
-        (None, None) => bail!("a classifier needs --local_ssl_weights_path or --encoder_init"),
+        (None, None) => bail!(
+            "a classifier needs a pretrained encoder: --local_ssl_weights_path=CHECKPOINT (an ssl-host checkpoint or run folder) or --encoder_init=WEIGHTS.safetensors with --ssl_encoder=NAME"
+        ),
     }
 }
 

@@ -602,16 +602,8 @@ impl RunConfig {
                     bail!("`ssl_encoder` is not set (resnet18, resnet50, resnet101, densenet121, or a plugin's)");
                 }
             }
-            "classifier" => {
-                if self.local_ssl_weights_path.is_none() && self.encoder_init.is_none() {
-                    bail!("a classifier needs a pretrained encoder: --local_ssl_weights_path=CHECKPOINT (an ssl-host checkpoint or run folder) or --encoder_init=WEIGHTS.safetensors with --ssl_encoder=NAME");
-                }
-                if self.local_ssl_weights_path.is_none() && self.ssl_encoder.is_empty() {
-                    bail!(
-                        "--encoder_init needs --ssl_encoder=NAME (the architecture of the weights)"
-                    );
-                }
-            }
+            // Its encoder is checked when the run starts (show-config works without one).
+            "classifier" => {}
             other => bail!("`task` must be `ssl` or `classifier`, got `{other}`"),
         }
         // As the original asserts: chest X-rays come in many sizes and one channel, so their
