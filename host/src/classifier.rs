@@ -16,7 +16,7 @@
 use crate::checkpoint::{self, CheckpointInfo};
 use crate::config::RunConfig;
 use crate::data::{
-    batches_of, permutation, seed_of, train_val_split, BatchStream, Pipeline, Source,
+    batches_of, permutation, seed_of, split_dataset, BatchStream, Pipeline, Source,
 };
 use crate::metrics::{class_weights, EpochMetrics};
 use crate::optim::{self, Optimizer, OptimizerConfig, OptimizerKind, Param};
@@ -187,7 +187,7 @@ impl ClassifierRun {
         } else {
             None
         };
-        let (train_idx, val_idx) = train_val_split(dataset.len(), config.val_split, seed);
+        let (train_idx, val_idx) = split_dataset(&dataset, config.val_split, seed)?;
         let train_pipeline = Arc::new(Pipeline::build(
             registry,
             &config.linear_head_augmentations,

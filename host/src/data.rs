@@ -58,6 +58,109 @@ pub fn train_val_split(len: usize, val_split: f64, seed: u64) -> (Vec<usize>, Ve
     (train.to_vec(), val.to_vec())
 }
 
+/// NumPy's legacy `RandomState(seed)` generator (MT19937 seeded as `init_genrand`), enough of
+/// it to reproduce `RandomState(seed).permutation(array)`.
+struct NumpyRandomState {
+    key: [u32; 624],
+    pos: usize,
+}
+
+impl NumpyRandomState {
+    fn new(seed: u32) -> Self {
+        let mut key = [0u32; 624];
+        key[0] = seed;
+        for i in 1..624 {
+            let prev = key[i - 1];
+            key[i] = 1_812_433_253u32
+                .wrapping_mul(prev ^ (prev >> 30))
+                .wrapping_add(i as u32);
+        }
+        NumpyRandomState { key, pos: 624 }
+    }
+
+    fn next_u32(&mut self) -> u32 {
+        if self.pos >= 624 {
+            for i in 0..624 {
+                let y = (self.key[i] & 0x8000_0000) | (self.key[(i + 1) % 624] & 0x7fff_ffff);
+                let mut v = self.key[(i + 397) % 624] ^ (y >> 1);
+                if y & 1 == 1 {
+                    v ^= 0x9908_b0df;
+                }
+                self.key[i] = v;
+            }
+            self.pos = 0;
+        }
+        let mut y = self.key[self.pos];
+        self.pos += 1;
+        y ^= y >> 11;
+        y ^= (y << 7) & 0x9d2c_5680;
+        y ^= (y << 15) & 0xefc6_0000;
+        y ^ (y >> 18)
+    }
+
+    /// A uniform integer in `0..=max` by masked rejection (`random_interval`).
+    fn interval(&mut self, max: u32) -> u32 {
+        if max == 0 {
+            return 0;
+        }
+        let mut mask = max;
+        for shift in [1, 2, 4, 8, 16] {
+            mask |= mask >> shift;
+        }
+        loop {
+            let value = self.next_u32() & mask;
+            if value <= max {
+                return value;
+            }
+        }
+    }
+
+    /// `permutation(items)`: Fisher-Yates from the end, as NumPy's `shuffle`.
+    fn permutation<T: Clone>(&mut self, items: &[T]) -> Vec<T> {
+        let mut out = items.to_vec();
+        for i in (1..out.len()).rev() {
+            let j = self.interval(i as u32) as usize;
+            out.swap(i, j);
+        }
+        out
+    }
+}
+
+/// The train/validation split of a dataset whose samples come in groups (e.g. several images
+/// per patient), as the original's `CovidDataset._split_dataset`: the sorted unique groups
+/// are permuted by `numpy.random.RandomState(seed)`, the first `int(groups × val_split)` are
+/// validation, the rest training; samples follow their group, in dataset order.
+pub fn group_split(groups: &[String], val_split: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut unique: Vec<&String> = groups.iter().collect();
+    unique.sort();
+    unique.dedup();
+    let shuffled = NumpyRandomState::new(seed as u32).permutation(&unique);
+    let val_len = (unique.len() as f64 * val_split).floor() as usize;
+    let val: std::collections::HashSet<&String> = shuffled[..val_len].iter().copied().collect();
+    let (mut train_idx, mut val_idx) = (Vec::new(), Vec::new());
+    for (i, g) in groups.iter().enumerate() {
+        if val.contains(g) {
+            val_idx.push(i);
+        } else {
+            train_idx.push(i);
+        }
+    }
+    (train_idx, val_idx)
+}
+
+/// The split of `dataset`: by group when it has groups ([`group_split`]), else
+/// [`train_val_split`].
+pub fn split_dataset(
+    dataset: &DatasetHandle,
+    val_split: f64,
+    seed: u64,
+) -> Result<(Vec<usize>, Vec<usize>)> {
+    Ok(match dataset.groups().map_err(anyhow::Error::msg)? {
+        Some(groups) => group_split(&groups, val_split, seed),
+        None => train_val_split(dataset.len(), val_split, seed),
+    })
+}
+
 /// A sequence of transforms applied in order, each with its own seed.
 pub struct Pipeline {
     steps: Vec<(String, TransformHandle)>,
@@ -411,6 +514,35 @@ mod tests {
         assert_eq!(s, (0..100).collect::<Vec<_>>());
         assert_eq!(p, permutation(100, 7));
         assert_ne!(p, permutation(100, 8));
+    }
+
+    #[test]
+    fn group_split_matches_numpy() {
+        // numpy: RandomState(1).permutation(np.unique(subjects)) for 12 subjects.
+        let subjects: Vec<String> = (0..30).map(|i| format!("s{:02}", (i * 7) % 12)).collect();
+        let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../.deps/torch-venv/bin/python");
+        assert!(python.exists(), "{} is missing: run scripts/setup-libtorch.sh", python.display());
+        let script = "import numpy as np, sys\n\
+            s = np.array(sys.argv[1].split(','))\n\
+            u = np.random.RandomState(int(sys.argv[2])).permutation(np.unique(s))\n\
+            n = int(len(u) * 0.25)\n\
+            print(','.join(str(i) for i in np.where(np.isin(s, u[n:]))[0]))\n\
+            print(','.join(str(i) for i in np.where(np.isin(s, u[:n]))[0]))";
+        for seed in [1u64, 42, 12345] {
+            let out = std::process::Command::new(&python)
+                .args(["-c", script, &subjects.join(","), &seed.to_string()])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let text = String::from_utf8(out.stdout).unwrap();
+            let mut lines = text.lines();
+            let parse = |l: Option<&str>| -> Vec<usize> {
+                l.unwrap().split(',').map(|v| v.parse().unwrap()).collect()
+            };
+            let (train, val) = (parse(lines.next()), parse(lines.next()));
+            assert_eq!(group_split(&subjects, 0.25, seed), (train, val), "seed {seed}");
+        }
     }
 
     #[test]

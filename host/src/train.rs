@@ -7,7 +7,7 @@
 use crate::checkpoint::{self, CheckpointInfo};
 use crate::config::RunConfig;
 use crate::data::{
-    batches_of, permutation, seed_of, train_val_split, BatchStream, Pipeline, Source,
+    batches_of, permutation, seed_of, split_dataset, BatchStream, Pipeline, Source,
 };
 use crate::metrics::{class_weights, EpochMetrics};
 use crate::optim::{self, Optimizer, OptimizerConfig, OptimizerKind, Param};
@@ -292,8 +292,8 @@ impl Run {
         };
 
         let (ssl_train_idx, ssl_val_idx) =
-            train_val_split(ssl_dataset.len(), config.val_split, seed);
-        let (lh_train_idx, lh_val_idx) = train_val_split(lh_dataset.len(), config.val_split, seed);
+            split_dataset(&ssl_dataset, config.val_split, seed)?;
+        let (lh_train_idx, lh_val_idx) = split_dataset(&lh_dataset, config.val_split, seed)?;
         let ssl_pipeline = Arc::new(Pipeline::build(
             registry,
             &config.ssl_augmentations,

@@ -69,8 +69,10 @@ pub trait DatasetFfi: Send + Sync {
     /// 0 when unlabelled.
     fn num_classes(&self) -> RResult<u64, FfiError>;
     /// One entry per sample; -1 where a sample has no label.
-    #[sabi(last_prefix_field)]
     fn targets(&self) -> RResult<RVec<i64>, FfiError>;
+    /// One group name per sample for the train/validation split, or none.
+    #[sabi(last_prefix_field)]
+    fn groups(&self) -> RResult<abi_stable::std_types::ROption<RVec<RString>>, FfiError>;
 }
 
 /// A transform object.

@@ -164,6 +164,15 @@ impl DatasetHandle {
             .map(|t| (t >= 0).then_some(t))
             .collect())
     }
+    /// The split groups (one name per sample), if the dataset has them.
+    pub fn groups(&self) -> Result<Option<Vec<String>>> {
+        Ok(self
+            .inner
+            .groups()
+            .into_result()?
+            .into_option()
+            .map(|g| g.into_iter().map(|s| s.into_string()).collect()))
+    }
 }
 
 /// A transform factory from any plugin.

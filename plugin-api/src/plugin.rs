@@ -26,7 +26,7 @@ use crate::guard::guard;
 use crate::image::{Image, Sample};
 use crate::params::Params;
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RResult, RStr, RVec};
+use abi_stable::std_types::{RResult, RStr, RString, RVec};
 
 /// A dataset: a fixed number of samples, read by index from any thread.
 pub trait Dataset: Send + Sync + 'static {
@@ -48,6 +48,13 @@ pub trait Dataset: Send + Sync + 'static {
     /// sample; override it when labels are known without decoding images.
     fn targets(&self) -> Result<Vec<Option<i64>>> {
         (0..self.len()).map(|i| Ok(self.get(i)?.label())).collect()
+    }
+
+    /// Optional groups for the train/validation split: one name per sample (e.g. the patient),
+    /// so that all samples of a group land on the same side, split by group as the original's
+    /// `CovidDataset` does. `None` (the default) splits by sample.
+    fn groups(&self) -> Result<Option<Vec<String>>> {
+        Ok(None)
     }
 }
 
@@ -79,6 +86,23 @@ impl<D: Dataset> DatasetFfi for DatasetAdapter<D> {
                 .into_iter()
                 .map(|t| t.unwrap_or(-1))
                 .collect())
+        })
+    }
+    fn groups(&self) -> RResult<abi_stable::std_types::ROption<RVec<RString>>, FfiError> {
+        guard("Dataset::groups", || {
+            let groups = self.0.groups()?;
+            if let Some(g) = &groups {
+                if g.len() != self.0.len() {
+                    return Err(crate::error::PluginError::msg(format!(
+                        "Dataset::groups gave {} names for {} samples",
+                        g.len(),
+                        self.0.len()
+                    )));
+                }
+            }
+            Ok(groups
+                .map(|g| g.into_iter().map(RString::from).collect::<RVec<RString>>())
+                .into())
         })
     }
 }

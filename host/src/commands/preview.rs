@@ -5,7 +5,7 @@
 use crate::cli::Cli;
 use crate::commands::dump::write_png;
 use crate::config::{RunConfig, TransformSpec};
-use crate::data::{seed_of, train_val_split, Pipeline};
+use crate::data::{seed_of, split_dataset, Pipeline};
 use crate::registry::Registry;
 use crate::train::open_dataset;
 use anyhow::{anyhow, bail, Context, Result};
@@ -44,7 +44,7 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
         &config.ssl_dataset_params,
     )?;
     let pipeline = Pipeline::build(registry, &config.ssl_augmentations, "ssl_augmentations")?;
-    let (train, _) = train_val_split(dataset.len(), config.val_split, config.random_seed);
+    let (train, _) = split_dataset(&dataset, config.val_split, config.random_seed)?;
     // The seeds of the SSL training stream (stream 1) in epoch 0, as the loader draws them.
     let stream_seed = seed_of(&[config.random_seed, 1]);
     let mut rows: Vec<[Tile; 3]> = Vec::new();

@@ -4,8 +4,8 @@
 //! `final_label` (0..=3), images at `root/{filepath}` (PNG, JPEG or DICOM). Labels are mapped
 //! {0 → 0, 3 → 0, 1 → 1, 2 → 1}; any other value is an error naming the row. Both splits are
 //! the whole table (the original ignores its train flag). The id of a sample is its
-//! `filepath`; [`CovidDataset::subjects`] gives the subject of every sample, for a split by
-//! subject as the original's. Images are decoded in `get` (8-bit grey); an absent image is
+//! `filepath`; its subject is its split group (`Dataset::groups`), so the host splits
+//! train/validation by subject with the original's NumPy permutation. Images are decoded in `get` (8-bit grey); an absent image is
 //! reported there, naming the CSV row.
 
 use crate::csv_table::{check_params, root_param, split_param, CsvTable};
@@ -80,7 +80,6 @@ impl CovidDataset {
     }
 
     /// The subject of every sample, in order (for a train/validation split by subject).
-    #[allow(dead_code)] // API for the host, which reaches datasets through the ABI only for now
     pub fn subjects(&self) -> Vec<String> {
         self.entries.iter().map(|e| e.subject.clone()).collect()
     }
@@ -89,6 +88,11 @@ impl CovidDataset {
 impl Dataset for CovidDataset {
     fn len(&self) -> usize {
         self.entries.len()
+    }
+
+    /// The subjects: the host splits train/validation by subject, as the original.
+    fn groups(&self) -> Result<Option<Vec<String>>> {
+        Ok(Some(self.subjects()))
     }
 
     fn num_classes(&self) -> Option<usize> {
@@ -129,7 +133,8 @@ pub(crate) fn register(plugin: Plugin) -> Plugin {
     plugin.dataset(
         NAME,
         "COVID chest X-rays: root/dataset.csv (subject,filepath,final_label 0..3 → {0,3}: 0, \
-         {1,2}: 1), images root/{filepath}, 8-bit grey; 2 classes; both splits = all rows",
+         {1,2}: 1), images root/{filepath}, 8-bit grey; 2 classes; both splits = all rows; \
+         train/validation split by subject",
         CovidDataset::from_params,
     )
 }
