@@ -520,9 +520,13 @@ mod tests {
     fn group_split_matches_numpy() {
         // numpy: RandomState(1).permutation(np.unique(subjects)) for 12 subjects.
         let subjects: Vec<String> = (0..30).map(|i| format!("s{:02}", (i * 7) % 12)).collect();
-        let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../.deps/torch-venv/bin/python");
-        assert!(python.exists(), "{} is missing: run scripts/setup-libtorch.sh", python.display());
+        let python =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/torch-venv/bin/python");
+        assert!(
+            python.exists(),
+            "{} is missing: run scripts/setup-libtorch.sh",
+            python.display()
+        );
         let script = "import numpy as np, sys\n\
             s = np.array(sys.argv[1].split(','))\n\
             u = np.random.RandomState(int(sys.argv[2])).permutation(np.unique(s))\n\
@@ -534,14 +538,22 @@ mod tests {
                 .args(["-c", script, &subjects.join(","), &seed.to_string()])
                 .output()
                 .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let text = String::from_utf8(out.stdout).unwrap();
             let mut lines = text.lines();
             let parse = |l: Option<&str>| -> Vec<usize> {
                 l.unwrap().split(',').map(|v| v.parse().unwrap()).collect()
             };
             let (train, val) = (parse(lines.next()), parse(lines.next()));
-            assert_eq!(group_split(&subjects, 0.25, seed), (train, val), "seed {seed}");
+            assert_eq!(
+                group_split(&subjects, 0.25, seed),
+                (train, val),
+                "seed {seed}"
+            );
         }
     }
 
