@@ -15,9 +15,7 @@
 
 use crate::checkpoint::{self, CheckpointInfo};
 use crate::config::RunConfig;
-use crate::data::{
-    batches_of, permutation, seed_of, split_dataset, BatchStream, Pipeline, Source,
-};
+use crate::data::{batches_of, permutation, seed_of, split_dataset, BatchStream, Pipeline, Source};
 use crate::metrics::{class_weights, EpochMetrics};
 use crate::optim::{self, Optimizer, OptimizerConfig, OptimizerKind, Param};
 use crate::outputs::RunOutputs;

@@ -6,9 +6,7 @@
 
 use crate::checkpoint::{self, CheckpointInfo};
 use crate::config::RunConfig;
-use crate::data::{
-    batches_of, permutation, seed_of, split_dataset, BatchStream, Pipeline, Source,
-};
+use crate::data::{batches_of, permutation, seed_of, split_dataset, BatchStream, Pipeline, Source};
 use crate::metrics::{class_weights, EpochMetrics};
 use crate::optim::{self, Optimizer, OptimizerConfig, OptimizerKind, Param};
 use crate::outputs::{utc_timestamp, RunOutputs};
@@ -291,8 +289,7 @@ impl Run {
             None
         };
 
-        let (ssl_train_idx, ssl_val_idx) =
-            split_dataset(&ssl_dataset, config.val_split, seed)?;
+        let (ssl_train_idx, ssl_val_idx) = split_dataset(&ssl_dataset, config.val_split, seed)?;
         let (lh_train_idx, lh_val_idx) = split_dataset(&lh_dataset, config.val_split, seed)?;
         let ssl_pipeline = Arc::new(Pipeline::build(
             registry,
