@@ -23,7 +23,8 @@ use crate::pretrained::{self, encoder_tensors, CLASSIFIER_ALGORITHM};
 use crate::registry::Registry;
 use crate::schedule::LrSchedule;
 use crate::train::{
-    choose_device, open_dataset, output_dir, prefixed, LinearHead, Progress, RunOptions,
+    choose_device, open_dataset, output_dir, prefixed, record_batch, LinearHead, Progress,
+    RunOptions,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use ssl_plugin_api::host::DatasetHandle;
@@ -346,24 +347,6 @@ impl ClassifierRun {
         Ok(features.to_kind(Kind::Float))
     }
 
-    fn record(
-        metrics: &mut EpochMetrics,
-        logits: &Tensor,
-        batch: &crate::data::Batch,
-        loss: &Tensor,
-    ) -> Result<()> {
-        let probs = logits
-            .detach()
-            .softmax(-1, Kind::Float)
-            .to_device(Device::Cpu)
-            .contiguous()
-            .view(-1);
-        let probs: Vec<f32> = Vec::<f32>::try_from(&probs)?;
-        let targets: Vec<i64> = batch.labels.iter().map(|l| l.unwrap_or(-1)).collect();
-        metrics.add_batch(&probs, &targets, loss.double_value(&[]), batch.len());
-        Ok(())
-    }
-
     fn epoch(
         &mut self,
         epoch: usize,
@@ -426,7 +409,7 @@ impl ClassifierRun {
             self.optimizer.step(lr)?;
             *global_step += 1;
             images += batch.len();
-            Self::record(&mut metrics, &logits, &batch, &loss)?;
+            record_batch(&mut metrics, &logits, &batch, &loss)?;
             let elapsed = train_started.elapsed().as_secs_f64();
             bar.step(step + 1, &loss, images as f64 / elapsed.max(1e-9));
         }
@@ -471,7 +454,7 @@ impl ClassifierRun {
             let features = self.features(&x, false)?;
             let logits = self.head.forward(&features, false);
             let loss = self.head.loss(&logits, &y);
-            Self::record(&mut metrics, &logits, &batch, &loss)?;
+            record_batch(&mut metrics, &logits, &batch, &loss)?;
         }
         Ok(metrics
             .compute()

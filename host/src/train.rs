@@ -129,6 +129,25 @@ pub(crate) fn prefixed(prefix: &str, list: Vec<(String, Tensor)>) -> Vec<(String
         .collect()
 }
 
+/// Adds a batch's posteriors (softmax of `logits`), labels and loss to `metrics`.
+pub(crate) fn record_batch(
+    metrics: &mut EpochMetrics,
+    logits: &Tensor,
+    batch: &crate::data::Batch,
+    loss: &Tensor,
+) -> Result<()> {
+    let probs = logits
+        .detach()
+        .softmax(-1, Kind::Float)
+        .to_device(Device::Cpu)
+        .contiguous()
+        .view(-1);
+    let probs: Vec<f32> = Vec::<f32>::try_from(&probs)?;
+    let targets: Vec<i64> = batch.labels.iter().map(|l| l.unwrap_or(-1)).collect();
+    metrics.add_batch(&probs, &targets, loss.double_value(&[]), batch.len());
+    Ok(())
+}
+
 /// Runs `f` under autocast when mixed precision is on (CUDA only).
 fn maybe_autocast<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
     if enabled {
@@ -691,7 +710,7 @@ impl Run {
             lh_loss.backward();
             self.head_optimizer
                 .step(self.config.learning_rate_linear_head_during_ssl_training)?;
-            self.record(&mut lh_metrics, &logits, &lh, &lh_loss)?;
+            record_batch(&mut lh_metrics, &logits, &lh, &lh_loss)?;
 
             *global_step += 1;
             self.algorithm
@@ -727,25 +746,6 @@ impl Run {
         ));
         metrics.push(("time/epoch_seconds".into(), started.elapsed().as_secs_f64()));
         Ok(metrics)
-    }
-
-    fn record(
-        &self,
-        metrics: &mut EpochMetrics,
-        logits: &Tensor,
-        batch: &crate::data::Batch,
-        loss: &Tensor,
-    ) -> Result<()> {
-        let probs = logits
-            .detach()
-            .softmax(-1, Kind::Float)
-            .to_device(Device::Cpu)
-            .contiguous()
-            .view(-1);
-        let probs: Vec<f32> = Vec::<f32>::try_from(&probs)?;
-        let targets: Vec<i64> = batch.labels.iter().map(|l| l.unwrap_or(-1)).collect();
-        metrics.add_batch(&probs, &targets, loss.double_value(&[]), batch.len());
-        Ok(())
     }
 
     /// Validation: the SSL loss on the validation split (training-strength views) and the
@@ -797,7 +797,7 @@ impl Run {
                 .map_err(anyhow::Error::msg)?;
             let logits = self.head.forward(&embeddings.to_kind(Kind::Float), false);
             let loss = self.head.loss(&logits, &y);
-            self.record(&mut lh_metrics, &logits, &batch, &loss)?;
+            record_batch(&mut lh_metrics, &logits, &batch, &loss)?;
         }
         for (name, value) in lh_metrics.compute() {
             let name = if name == "loss" {
@@ -947,13 +947,4 @@ pub fn train(registry: &Registry, mut config: RunConfig, options: &RunOptions) -
         eprintln!("{line}");
     }
     Ok(dir)
-}
-
-/// The checkpoint file of `path`: the file itself, or a run folder's last checkpoint.
-pub fn checkpoint_file(path: &Path) -> PathBuf {
-    if path.is_dir() {
-        path.join("checkpoints").join("last.safetensors")
-    } else {
-        path.to_path_buf()
-    }
 }

@@ -3,7 +3,7 @@
 
 use crate::checkpoint;
 use crate::cli::Cli;
-use crate::train::checkpoint_file;
+use crate::pretrained::{checkpoint_file, encoder_tensor_prefix};
 use anyhow::{Context, Result};
 use std::path::Path;
 
@@ -12,7 +12,7 @@ pub fn run(cli: &mut Cli) -> Result<()> {
         .take("checkpoint")
         .context("inspect-checkpoint needs --checkpoint=PATH (a file or a run folder)")?;
     cli.reject_leftovers(&[])?;
-    let path = checkpoint_file(Path::new(&path));
+    let path = checkpoint_file(Path::new(&path))?;
     let loaded = checkpoint::load(&path)?;
     let info = &loaded.info;
     println!("checkpoint {}", path.display());
@@ -25,8 +25,8 @@ pub fn run(cli: &mut Cli) -> Result<()> {
         info.epochs_done, info.global_step
     );
     println!(
-        "  embedding encoder: tensors under `algorithm.{}`",
-        info.embedding_encoder_prefix
+        "  embedding encoder: tensors under `{}`",
+        encoder_tensor_prefix(info)
     );
     let mut names: Vec<&String> = loaded.tensors.keys().collect();
     names.sort();
