@@ -6,7 +6,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.deps/torch-venv"
 # Bump the marker when the package list changes; an existing venv is then topped up.
-marker="$venv/.ssl-host-ready-v3"
+marker="$venv/.ssl-host-ready-v4"
 if [ -f "$marker" ]; then
   exit 0
 fi
@@ -18,7 +18,7 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --no-cache-dir --progress-bar off \
-  torch==2.11.0 torchvision==0.26.0 numpy pillow tensorboard pydicom==3.0.1
+  torch==2.11.0 torchvision==0.26.0 numpy pillow tensorboard pydicom==3.0.1 safetensors==0.8.0
 "$venv/bin/python" -W ignore - <<'PY'
 import torch, os
 assert torch.__version__.startswith("2.11.0"), torch.__version__
