@@ -23,11 +23,10 @@ use crate::pretrained::{self, encoder_tensors, CLASSIFIER_ALGORITHM};
 use crate::registry::Registry;
 use crate::schedule::LrSchedule;
 use crate::train::{
-    choose_device, open_dataset, output_dir, prefixed, record_batch, LinearHead, Progress,
-    RunOptions,
+    choose_device, open_dataset, open_split, output_dir, prefixed, record_batch, LinearHead,
+    Progress, RunOptions,
 };
 use anyhow::{anyhow, bail, Context, Result};
-use ssl_plugin_api::host::DatasetHandle;
 use ssl_plugin_api::tch::{self, Device, Kind, Tensor};
 use ssl_plugin_api::torch::ForeignEncoder;
 use ssl_plugin_api::{Encoder, Params};
@@ -47,7 +46,6 @@ struct ClassifierRun {
     head: LinearHead,
     optimizer: Box<dyn Optimizer>,
     schedule: LrSchedule,
-    dataset: Arc<DatasetHandle>,
     dataset_name: String,
     dataset_root: Option<String>,
     train: (Arc<Source>, Vec<usize>),
@@ -293,7 +291,6 @@ impl ClassifierRun {
             head,
             optimizer,
             schedule,
-            dataset,
             dataset_name: name,
             dataset_root: root,
             train,
@@ -465,19 +462,18 @@ impl ClassifierRun {
 
     /// `test/*` metrics on the dataset's test split (CIFAR's 10000), or nothing when it has none.
     fn test(&mut self, registry: &Registry) -> Result<Vec<(String, f64)>> {
-        let test = open_dataset(
+        let test = open_split(
             registry,
             &self.dataset_name,
             self.dataset_root.as_deref(),
             "test",
             &self.config.linear_head_dataset_params,
-        );
-        // Datasets without a test split report an empty dataset; that is not an error here.
-        let test = match test {
-            Ok(t) => t,
-            Err(e) if e.to_string().contains("has no samples") => return Ok(Vec::new()),
-            Err(e) => return Err(e.context("the test split")),
-        };
+        )
+        .context("the test split")?;
+        if test.is_empty() {
+            return Ok(Vec::new());
+        }
+        let test = Arc::new(test);
         let mut source = Source::new(
             Arc::clone(&test),
             Arc::clone(&self.val_pipeline),
@@ -489,7 +485,6 @@ impl ClassifierRun {
         let order: Vec<usize> = (0..test.len()).collect();
         // Every test sample once: the last, incomplete batch is kept.
         let plan = batches_of(&order, self.config.linear_head_batch_size, false);
-        let _ = &self.dataset;
         self.evaluate(Arc::new(source), self.config.num_epochs, plan, "test")
     }
 }

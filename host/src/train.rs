@@ -243,6 +243,21 @@ fn shallow_params(params: &[Param]) -> Vec<Param> {
         .collect()
 }
 
+/// Opens split `split` of dataset `name` at `root` with the config's extra parameters, which
+/// may be empty (e.g. a test split the dataset does not have).
+pub fn open_split(
+    registry: &Registry,
+    name: &str,
+    root: Option<&str>,
+    split: &str,
+    extra: &toml::Table,
+) -> Result<DatasetHandle> {
+    let factory = registry.dataset(name)?;
+    let params = dataset_params(root, split, extra)?;
+    factory.create(&params).map_err(|e| anyhow!("{e}"))
+}
+
+/// As [`open_split`], but an empty dataset is an error naming it.
 pub fn open_dataset(
     registry: &Registry,
     name: &str,
@@ -250,9 +265,7 @@ pub fn open_dataset(
     split: &str,
     extra: &toml::Table,
 ) -> Result<Arc<DatasetHandle>> {
-    let factory = registry.dataset(name)?;
-    let params = dataset_params(root, split, extra)?;
-    let dataset = factory.create(&params).map_err(|e| anyhow!("{e}"))?;
+    let dataset = open_split(registry, name, root, split, extra)?;
     if dataset.is_empty() {
         bail!(
             "dataset `{name}`{} has no samples",
