@@ -17,7 +17,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 use ssl_plugin_api::host::DatasetHandle;
 use ssl_plugin_api::tch::{self, nn, Device, Kind, Reduction, Tensor};
-use ssl_plugin_api::torch::{parse_device, ForeignAlgorithm};
+use ssl_plugin_api::torch::ForeignAlgorithm;
 use ssl_plugin_api::{EncoderSpec, Params, SslAlgorithm};
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
@@ -37,19 +37,7 @@ pub struct RunOptions {
 
 /// The device of a run: `device` if given, else CUDA when available.
 pub fn choose_device(config: &RunConfig) -> Result<Device> {
-    match &config.device {
-        Some(name) => {
-            let device = parse_device(name).map_err(|e| anyhow!("--device: {e}"))?;
-            if let Device::Cuda(i) = device {
-                let count = tch::Cuda::device_count();
-                if i as i64 >= count {
-                    bail!("--device={name}: this machine has {count} CUDA device(s)");
-                }
-            }
-            Ok(device)
-        }
-        None => Ok(Device::cuda_if_available()),
-    }
+    crate::commands::embed::device_of(config.device.as_deref())
 }
 
 /// Plugin parameters: the dataset path and split plus the config's table.

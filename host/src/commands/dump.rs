@@ -1,6 +1,7 @@
 //! `ssl-host dump`: writes samples exactly as a dataset loads them (before any transform) as
 //! `<index>.png` and `labels.csv` (`index,id,label`).
 
+use super::embed::csv_field;
 use crate::cli::Cli;
 use crate::registry::Registry;
 use anyhow::{bail, Context, Result};
@@ -55,14 +56,6 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
         out.display()
     );
     Ok(())
-}
-
-fn csv_field(text: &str) -> String {
-    if text.contains([',', '"', '\n']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text.to_string()
-    }
 }
 
 /// 8-bit PNG of the image's channels (1 grey, 2 grey+alpha, 3 RGB, 4 RGBA). 16-bit values keep
