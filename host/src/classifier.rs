@@ -23,8 +23,8 @@ use crate::pretrained::{self, encoder_tensors, CLASSIFIER_ALGORITHM};
 use crate::registry::Registry;
 use crate::schedule::LrSchedule;
 use crate::train::{
-    choose_device, open_dataset, open_split, output_dir, prefixed, record_batch, LinearHead,
-    Progress, RunOptions,
+    choose_device, open_dataset, open_split, prefixed, record_batch, run_folder, write_config_file,
+    LinearHead, Progress, RunOptions,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use ssl_plugin_api::tch::{self, Device, Kind, Tensor};
@@ -495,13 +495,9 @@ pub fn train(registry: &Registry, mut config: RunConfig, options: &RunOptions) -
     if config.use_mixed_precision && device != Device::Cpu {
         eprintln!("note: classifier runs train in 32-bit floats; use_mixed_precision is ignored");
     }
-    let dir = output_dir(&config);
+    let (dir, stored) = run_folder(&config, options.resume)?;
     let checkpoint_path = dir.join("checkpoints").join("last.safetensors");
-    let stored = if options.resume {
-        if !checkpoint_path.exists() {
-            bail!("--resume: no checkpoint at {}", checkpoint_path.display());
-        }
-        let c = checkpoint::load(&checkpoint_path)?;
+    if let Some(c) = &stored {
         if c.info.algorithm != CLASSIFIER_ALGORITHM {
             bail!(
                 "--resume: {} is a checkpoint of a {} run, not of a classifier",
@@ -509,16 +505,7 @@ pub fn train(registry: &Registry, mut config: RunConfig, options: &RunOptions) -
                 c.info.algorithm
             );
         }
-        Some(c)
-    } else {
-        if checkpoint_path.exists() {
-            bail!(
-                "{} already holds a run (checkpoints/last.safetensors); continue it with --resume or choose another --output_dir",
-                dir.display()
-            );
-        }
-        None
-    };
+    }
     config.output_dir = Some(dir.display().to_string());
     let mut run = ClassifierRun::build(registry, config, device, stored.as_ref())?;
     let (start_epoch, mut global_step) = match &stored {
@@ -530,12 +517,7 @@ pub fn train(registry: &Registry, mut config: RunConfig, options: &RunOptions) -
         None => (0, 0),
     };
     let mut outputs = RunOutputs::open(&dir, start_epoch)?;
-    let mut config_text = run.config.to_toml();
-    config_text.push_str("\n# plugins used:\n");
-    for (what, provenance) in &run.info.plugins {
-        config_text.push_str(&format!("#   {what}: {provenance}\n"));
-    }
-    crate::config::write_atomic(&dir.join("config.toml"), config_text.as_bytes())?;
+    write_config_file(&dir, &run.config, &run.info.plugins)?;
     let epochs = run.config.num_epochs;
     let last = options.stop_after_epochs.map_or(epochs, |n| n.min(epochs));
     let progress = Progress::new();

@@ -868,28 +868,52 @@ pub fn output_dir(config: &RunConfig) -> PathBuf {
     }
 }
 
+/// The output folder of a run and, with `resume`, its last checkpoint; a new run never
+/// starts over a folder that holds one.
+pub(crate) fn run_folder(
+    config: &RunConfig,
+    resume: bool,
+) -> Result<(PathBuf, Option<checkpoint::Checkpoint>)> {
+    let dir = output_dir(config);
+    let checkpoint_path = dir.join("checkpoints").join("last.safetensors");
+    if resume {
+        if !checkpoint_path.exists() {
+            bail!("--resume: no checkpoint at {}", checkpoint_path.display());
+        }
+        let stored = checkpoint::load(&checkpoint_path)?;
+        return Ok((dir, Some(stored)));
+    }
+    if checkpoint_path.exists() {
+        bail!(
+            "{} already holds a run (checkpoints/last.safetensors); continue it with --resume or choose another --output_dir",
+            dir.display()
+        );
+    }
+    Ok((dir, None))
+}
+
+/// `config.toml`: the resolved config, then the plugins used as comments.
+pub(crate) fn write_config_file(
+    dir: &Path,
+    config: &RunConfig,
+    plugins: &BTreeMap<String, String>,
+) -> Result<()> {
+    let mut text = config.to_toml();
+    text.push_str("\n# plugins used:\n");
+    for (what, provenance) in plugins {
+        text.push_str(&format!("#   {what}: {provenance}\n"));
+    }
+    crate::config::write_atomic(&dir.join("config.toml"), text.as_bytes())
+}
+
 /// Trains; returns the output folder.
 pub fn train(registry: &Registry, mut config: RunConfig, options: &RunOptions) -> Result<PathBuf> {
     if config.task == "classifier" {
         return crate::classifier::train(registry, config, options);
     }
     let device = choose_device(&config)?;
-    let dir = output_dir(&config);
+    let (dir, stored) = run_folder(&config, options.resume)?;
     let checkpoint_path = dir.join("checkpoints").join("last.safetensors");
-    let stored = if options.resume {
-        if !checkpoint_path.exists() {
-            bail!("--resume: no checkpoint at {}", checkpoint_path.display());
-        }
-        Some(checkpoint::load(&checkpoint_path)?)
-    } else {
-        if checkpoint_path.exists() {
-            bail!(
-                "{} already holds a run (checkpoints/last.safetensors); continue it with --resume or choose another --output_dir",
-                dir.display()
-            );
-        }
-        None
-    };
     config.output_dir = Some(dir.display().to_string());
     let mut run = Run::build(registry, config, device, stored.is_none())?;
     let (start_epoch, mut global_step) = match &stored {
@@ -901,12 +925,7 @@ pub fn train(registry: &Registry, mut config: RunConfig, options: &RunOptions) -
         None => (0, 0),
     };
     let mut outputs = RunOutputs::open(&dir, start_epoch)?;
-    let mut config_text = run.config.to_toml();
-    config_text.push_str("\n# plugins used:\n");
-    for (what, provenance) in &run.info.plugins {
-        config_text.push_str(&format!("#   {what}: {provenance}\n"));
-    }
-    crate::config::write_atomic(&dir.join("config.toml"), config_text.as_bytes())?;
+    write_config_file(&dir, &run.config, &run.info.plugins)?;
     let epochs = run.config.num_epochs;
     let last = options.stop_after_epochs.map_or(epochs, |n| n.min(epochs));
     let progress = Progress::new();

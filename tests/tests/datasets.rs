@@ -5,9 +5,8 @@
 use e2e::*;
 use ssl_builtin_datasets::testdata::cifar::{cifar10_binary_archive_bytes, md5_hex, serve_http};
 use ssl_builtin_datasets::testdata::cxr::{
-    gray_pattern, write_chexpert, write_covid, write_image_folder, write_nih, write_rsna_csv,
+    write_chexpert, write_covid, write_image_folder, write_nih,
 };
-use ssl_builtin_datasets::testdata::dicom::{write_dicom, DicomSpec, Photometric, TransferSyntax};
 use std::path::Path;
 
 fn run(args: &[String]) -> Run {
@@ -38,39 +37,6 @@ fn metric(dir: &Path, name: &str) -> f64 {
         .unwrap()
         .parse()
         .unwrap()
-}
-
-/// An RSNA folder of `n` DICOMs of three kinds (JPEG baseline 8-bit, 16-bit MONOCHROME1
-/// explicit VR, 8-bit MONOCHROME2 implicit VR), labels alternating, plus `dataset.csv`.
-fn write_rsna(root: &Path, n: usize, size: u32) -> Vec<(String, i64)> {
-    std::fs::create_dir_all(root).unwrap();
-    let mut rows = Vec::new();
-    for i in 0..n {
-        let subject = format!("subject-{i:03}");
-        let grey: Vec<i32> = gray_pattern(i as u64, size, size)
-            .into_iter()
-            .map(i32::from)
-            .collect();
-        let spec = match i % 3 {
-            0 => DicomSpec {
-                transfer_syntax: TransferSyntax::JpegBaseline,
-                ..DicomSpec::gray8(size, size, grey)
-            },
-            1 => DicomSpec {
-                photometric: Photometric::Monochrome1,
-                ..DicomSpec::gray16(size, size, 12, grey.iter().map(|v| v * 16 + 3).collect())
-            },
-            _ => DicomSpec {
-                transfer_syntax: TransferSyntax::ImplicitVrLittleEndian,
-                ..DicomSpec::gray8(size, size, grey)
-            },
-        };
-        write_dicom(&root.join(format!("{subject}.dcm")), &spec).unwrap();
-        rows.push((subject, (i % 2) as i64));
-    }
-    let refs: Vec<(&str, i64)> = rows.iter().map(|(s, l)| (s.as_str(), *l)).collect();
-    write_rsna_csv(root, &refs).unwrap();
-    rows
 }
 
 /// The options that make a named config small: one debug epoch, batches of 4.

@@ -4,10 +4,7 @@
 //! and the errors for bad checkpoints, outputs and datasets.
 
 use e2e::*;
-use ssl_builtin_datasets::testdata::cxr::{
-    gray_pattern, rgb_pattern, write_png_rgb8, write_rsna_csv,
-};
-use ssl_builtin_datasets::testdata::dicom::{write_dicom, DicomSpec, Photometric, TransferSyntax};
+use ssl_builtin_datasets::testdata::cxr::{rgb_pattern, write_png_rgb8};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -202,37 +199,6 @@ fn write_images(root: &Path) -> Vec<PathBuf> {
             path
         })
         .collect()
-}
-
-/// An RSNA folder of `n` DICOMs of three encodings plus `dataset.csv`.
-fn write_rsna(root: &Path, n: usize, size: u32) {
-    std::fs::create_dir_all(root).unwrap();
-    let mut rows = Vec::new();
-    for i in 0..n {
-        let subject = format!("subject-{i:03}");
-        let grey: Vec<i32> = gray_pattern(i as u64, size, size)
-            .into_iter()
-            .map(i32::from)
-            .collect();
-        let spec = match i % 3 {
-            0 => DicomSpec {
-                transfer_syntax: TransferSyntax::JpegBaseline,
-                ..DicomSpec::gray8(size, size, grey)
-            },
-            1 => DicomSpec {
-                photometric: Photometric::Monochrome1,
-                ..DicomSpec::gray16(size, size, 12, grey.iter().map(|v| v * 16 + 3).collect())
-            },
-            _ => DicomSpec {
-                transfer_syntax: TransferSyntax::ImplicitVrLittleEndian,
-                ..DicomSpec::gray8(size, size, grey)
-            },
-        };
-        write_dicom(&root.join(format!("{subject}.dcm")), &spec).unwrap();
-        rows.push((subject, (i % 2) as i64));
-    }
-    let refs: Vec<(&str, i64)> = rows.iter().map(|(s, l)| (s.as_str(), *l)).collect();
-    write_rsna_csv(root, &refs).unwrap();
 }
 
 /// A CSV as rows of fields (no quoted fields in these tests).
