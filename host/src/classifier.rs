@@ -16,15 +16,15 @@
 use crate::checkpoint::{self, CheckpointInfo};
 use crate::config::RunConfig;
 use crate::data::{batches_of, permutation, seed_of, split_dataset, BatchStream, Pipeline, Source};
-use crate::metrics::{class_weights, EpochMetrics};
+use crate::metrics::EpochMetrics;
 use crate::optim::{self, Optimizer, OptimizerConfig, OptimizerKind, Param};
 use crate::outputs::RunOutputs;
 use crate::pretrained::{self, encoder_tensors, CLASSIFIER_ALGORITHM};
 use crate::registry::Registry;
 use crate::schedule::LrSchedule;
 use crate::train::{
-    choose_device, open_dataset, open_split, prefixed, record_batch, run_folder, write_config_file,
-    LinearHead, Progress, RunOptions,
+    choose_device, head_classes, linear_head_pipelines, open_dataset, open_split, prefixed,
+    record_batch, run_folder, write_config_file, LinearHead, Progress, RunOptions,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use ssl_plugin_api::tch::{self, Device, Kind, Tensor};
@@ -170,34 +170,13 @@ impl ClassifierRun {
             "train",
             &config.linear_head_dataset_params,
         )?;
-        let num_classes = dataset
-            .num_classes()
-            .ok_or_else(|| anyhow!("dataset `{name}` is unlabelled; a classifier needs labels"))?;
-        let weights = if config.use_balanced_binary_loss_for_linear_head {
-            let targets: Vec<i64> = dataset
-                .targets()
-                .map_err(anyhow::Error::msg)?
-                .into_iter()
-                .map(|t| t.unwrap_or(-1))
-                .collect();
-            Some(class_weights(&targets, num_classes).context("class weights")?)
-        } else {
-            None
-        };
+        let (num_classes, weights) = head_classes(
+            &dataset,
+            &name,
+            config.use_balanced_binary_loss_for_linear_head,
+        )?;
         let (train_idx, val_idx) = split_dataset(&dataset, config.val_split, seed)?;
-        let train_pipeline = Arc::new(Pipeline::build(
-            registry,
-            &config.linear_head_augmentations,
-            "linear_head_augmentations",
-        )?);
-        let val_pipeline = match &config.linear_head_val_augmentations {
-            Some(specs) => Arc::new(Pipeline::build(
-                registry,
-                specs,
-                "linear_head_val_augmentations",
-            )?),
-            None => Arc::clone(&train_pipeline),
-        };
+        let (train_pipeline, val_pipeline) = linear_head_pipelines(registry, &config)?;
         let source = |pipeline: &Arc<Pipeline>, stream: u64| {
             let mut source = Source::new(
                 Arc::clone(&dataset),
@@ -214,14 +193,16 @@ impl ClassifierRun {
 
         let frozen = config.freeze_encoder;
         let head = LinearHead::new(encoder.output_dim(), num_classes, weights, device);
+        // Every trained tensor gets weight decay (Adam over `self.parameters()` in the original).
+        let decayed = |(name, tensor): (String, Tensor)| Param {
+            name,
+            tensor,
+            weight_decay: true,
+            lars_adaptation: false,
+        };
         let mut params: Vec<Param> = prefixed("linear_head.", head.named_parameters())
             .into_iter()
-            .map(|(name, tensor)| Param {
-                name,
-                tensor,
-                weight_decay: true,
-                lars_adaptation: false,
-            })
+            .map(decayed)
             .collect();
         if frozen {
             for (_, t) in encoder.named_parameters() {
@@ -231,12 +212,7 @@ impl ClassifierRun {
             params.extend(
                 prefixed("encoder.", encoder.named_parameters())
                     .into_iter()
-                    .map(|(name, tensor)| Param {
-                        name,
-                        tensor,
-                        weight_decay: true,
-                        lars_adaptation: false,
-                    }),
+                    .map(decayed),
             );
         }
         let optimizer = optim::build(

@@ -294,20 +294,11 @@ impl Run {
                 &config.linear_head_dataset_params,
             )?
         };
-        let num_classes = lh_dataset
-            .num_classes()
-            .ok_or_else(|| anyhow!("linear-head dataset `{lh_name}` is unlabelled; the online linear head needs labels"))?;
-        let weights = if config.use_balanced_binary_loss_for_linear_head {
-            let targets: Vec<i64> = lh_dataset
-                .targets()
-                .map_err(anyhow::Error::msg)?
-                .into_iter()
-                .map(|t| t.unwrap_or(-1))
-                .collect();
-            Some(class_weights(&targets, num_classes).context("class weights of the linear head")?)
-        } else {
-            None
-        };
+        let (num_classes, weights) = head_classes(
+            &lh_dataset,
+            &lh_name,
+            config.use_balanced_binary_loss_for_linear_head,
+        )?;
 
         let (ssl_train_idx, ssl_val_idx) = split_dataset(&ssl_dataset, config.val_split, seed)?;
         let (lh_train_idx, lh_val_idx) = split_dataset(&lh_dataset, config.val_split, seed)?;
@@ -316,19 +307,7 @@ impl Run {
             &config.ssl_augmentations,
             "ssl_augmentations",
         )?);
-        let lh_pipeline = Arc::new(Pipeline::build(
-            registry,
-            &config.linear_head_augmentations,
-            "linear_head_augmentations",
-        )?);
-        let lh_val_pipeline = match &config.linear_head_val_augmentations {
-            Some(specs) => Arc::new(Pipeline::build(
-                registry,
-                specs,
-                "linear_head_val_augmentations",
-            )?),
-            None => Arc::clone(&lh_pipeline),
-        };
+        let (lh_pipeline, lh_val_pipeline) = linear_head_pipelines(registry, &config)?;
         let source = |dataset: &Arc<DatasetHandle>,
                       pipeline: &Arc<Pipeline>,
                       views,
@@ -866,6 +845,52 @@ pub fn output_dir(config: &RunConfig) -> PathBuf {
         Some(d) => PathBuf::from(d),
         None => PathBuf::from("outputs").join(format!("{}_{}", utc_timestamp(), config.model)),
     }
+}
+
+/// The number of classes of a head's labelled dataset and, when `balanced`, the class weights
+/// of its loss (from all its labels, as the original).
+pub(crate) fn head_classes(
+    dataset: &DatasetHandle,
+    name: &str,
+    balanced: bool,
+) -> Result<(usize, Option<Vec<f32>>)> {
+    let num_classes = dataset.num_classes().ok_or_else(|| {
+        anyhow!("dataset `{name}` is unlabelled, but a linear head or classifier needs labels")
+    })?;
+    if !balanced {
+        return Ok((num_classes, None));
+    }
+    let targets: Vec<i64> = dataset
+        .targets()
+        .map_err(anyhow::Error::msg)?
+        .into_iter()
+        .map(|t| t.unwrap_or(-1))
+        .collect();
+    let weights = class_weights(&targets, num_classes)
+        .with_context(|| format!("class weights of `{name}`"))?;
+    Ok((num_classes, Some(weights)))
+}
+
+/// The linear head's training pipeline and its validation one (the training one unless
+/// `linear_head_val_augmentations` is set).
+pub(crate) fn linear_head_pipelines(
+    registry: &Registry,
+    config: &RunConfig,
+) -> Result<(Arc<Pipeline>, Arc<Pipeline>)> {
+    let train = Arc::new(Pipeline::build(
+        registry,
+        &config.linear_head_augmentations,
+        "linear_head_augmentations",
+    )?);
+    let val = match &config.linear_head_val_augmentations {
+        Some(specs) => Arc::new(Pipeline::build(
+            registry,
+            specs,
+            "linear_head_val_augmentations",
+        )?),
+        None => Arc::clone(&train),
+    };
+    Ok((train, val))
 }
 
 /// The output folder of a run and, with `resume`, its last checkpoint; a new run never
