@@ -119,6 +119,7 @@ pub fn build_fixture(manifest_dir: &Path, lib_name: &str) -> PathBuf {
         .arg(manifest_dir.join("Cargo.toml"))
         .arg("--target-dir")
         .arg(&fixtures_target)
+        .env("CARGO_PROFILE_DEV_DEBUG", "false")
         .current_dir(manifest_dir)
         .output()
         .expect("cargo runs");
