@@ -24,7 +24,8 @@ use crate::registry::Registry;
 use crate::schedule::LrSchedule;
 use crate::train::{
     choose_device, head_classes, linear_head_pipelines, open_dataset, open_split, prefixed,
-    record_batch, run_folder, write_config_file, LinearHead, Progress, RunOptions,
+    record_batch, run_folder, warn_if_no_val_batch, write_config_file, LinearHead, Progress,
+    RunOptions,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use ssl_plugin_api::tch::{self, Device, Kind, Tensor};
@@ -176,6 +177,13 @@ impl ClassifierRun {
             config.use_balanced_binary_loss_for_linear_head,
         )?;
         let (train_idx, val_idx) = split_dataset(&dataset, config.val_split, seed)?;
+        warn_if_no_val_batch(
+            &format!("`{name}`"),
+            val_idx.len(),
+            config.linear_head_batch_size,
+            "linear_head_batch_size",
+            config.drop_last,
+        );
         let (train_pipeline, val_pipeline) = linear_head_pipelines(registry, &config)?;
         let source = |pipeline: &Arc<Pipeline>, stream: u64| {
             let mut source = Source::new(

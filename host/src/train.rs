@@ -231,6 +231,29 @@ fn shallow_params(params: &[Param]) -> Vec<Param> {
         .collect()
 }
 
+/// A warning when a validation split of `samples` gives no batch of `batch_size` with
+/// `drop_last` (as the original, a smaller last batch is dropped): its metrics are then NaN
+/// every epoch. Returns the warning, printed once at the start of a run.
+pub fn warn_if_no_val_batch(
+    what: &str,
+    samples: usize,
+    batch_size: usize,
+    batch_param: &str,
+    drop_last: bool,
+) -> Option<String> {
+    if !drop_last || samples >= batch_size {
+        return None;
+    }
+    let warning = format!(
+        "warning: the {what} validation split has {samples} samples, fewer than \
+         {batch_param}={batch_size}, and drop_last=true drops that one partial batch: its \
+         validation metrics will be NaN. Lower {batch_param}, raise val_split, or set \
+         drop_last=false."
+    );
+    eprintln!("{warning}");
+    Some(warning)
+}
+
 /// Opens split `split` of dataset `name` at `root` with the config's extra parameters, which
 /// may be empty (e.g. a test split the dataset does not have).
 pub fn open_split(
@@ -302,6 +325,20 @@ impl Run {
 
         let (ssl_train_idx, ssl_val_idx) = split_dataset(&ssl_dataset, config.val_split, seed)?;
         let (lh_train_idx, lh_val_idx) = split_dataset(&lh_dataset, config.val_split, seed)?;
+        warn_if_no_val_batch(
+            "SSL",
+            ssl_val_idx.len(),
+            config.ssl_training_batch_size,
+            "ssl_training_batch_size",
+            config.drop_last,
+        );
+        warn_if_no_val_batch(
+            "linear-head",
+            lh_val_idx.len(),
+            config.linear_head_batch_size,
+            "linear_head_batch_size",
+            config.drop_last,
+        );
         let ssl_pipeline = Arc::new(Pipeline::build(
             registry,
             &config.ssl_augmentations,
@@ -992,4 +1029,25 @@ pub fn train(registry: &Registry, mut config: RunConfig, options: &RunOptions) -
         eprintln!("{line}");
     }
     Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::warn_if_no_val_batch;
+
+    #[test]
+    fn a_validation_split_smaller_than_a_batch_is_warned_about_with_drop_last_only() {
+        let warning = warn_if_no_val_batch("SSL", 3, 8, "ssl_training_batch_size", true)
+            .expect("3 samples, batches of 8, drop_last: no batch");
+        assert!(warning.contains("3 samples"), "{warning}");
+        assert!(warning.contains("ssl_training_batch_size=8"), "{warning}");
+        assert_eq!(
+            warn_if_no_val_batch("SSL", 3, 8, "ssl_training_batch_size", false),
+            None
+        );
+        assert_eq!(
+            warn_if_no_val_batch("SSL", 8, 8, "ssl_training_batch_size", true),
+            None
+        );
+    }
 }

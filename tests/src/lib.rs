@@ -64,7 +64,8 @@ impl Run {
     }
 
     /// Checks the run failed the way a user error should: exit code 1 (not a signal), a short
-    /// message starting with `error:`, no panic report, and each of `needles` in the message.
+    /// message starting with `error:` (after any `warning:` lines), no panic report, and each
+    /// of `needles` in the message.
     pub fn assert_clear_error(&self, needles: &[&str]) {
         assert_eq!(
             self.code,
@@ -73,8 +74,14 @@ impl Run {
             self.stdout,
             self.stderr
         );
+        let after_warnings: String = self
+            .stderr
+            .lines()
+            .skip_while(|l| l.starts_with("warning: "))
+            .collect::<Vec<_>>()
+            .join("\n");
         assert!(
-            self.stderr.starts_with("error: "),
+            after_warnings.starts_with("error: "),
             "stderr should start with `error: `:\n{}",
             self.stderr
         );
