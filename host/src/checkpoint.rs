@@ -114,20 +114,38 @@ pub struct Checkpoint {
 
 /// Reads `info` only, without materialising tensors.
 pub fn read_info(path: &Path) -> Result<CheckpointInfo> {
-    Ok(load(path)?.info)
+    let bytes =
+        std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
+    Ok(parse(path, &bytes)?.1)
 }
 
 /// Loads a checkpoint, with one clear error for a missing, truncated or foreign file.
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let bytes =
         std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
-    let parsed = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+    let (parsed, info) = parse(path, &bytes)?;
+    let mut tensors = HashMap::new();
+    for (name, view) in parsed.tensors() {
+        let kind = dtype_to_kind(view.dtype())
+            .with_context(|| format!("{}: tensor `{name}`", path.display()))?;
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        tensors.insert(name, Tensor::from_data_size(view.data(), &shape, kind));
+    }
+    Ok(Checkpoint { info, tensors })
+}
+
+/// The safetensors view of a checkpoint's bytes and its ssl-host record.
+fn parse<'a>(
+    path: &Path,
+    bytes: &'a [u8],
+) -> Result<(safetensors::SafeTensors<'a>, CheckpointInfo)> {
+    let parsed = safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
         anyhow!(
             "{} is not a readable safetensors checkpoint (truncated or corrupt?): {e:?}",
             path.display()
         )
     })?;
-    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| anyhow!("{}: {e:?}", path.display()))?;
     let record = metadata
         .metadata()
@@ -148,14 +166,7 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
             info.format
         );
     }
-    let mut tensors = HashMap::new();
-    for (name, view) in parsed.tensors() {
-        let kind = dtype_to_kind(view.dtype())
-            .with_context(|| format!("{}: tensor `{name}`", path.display()))?;
-        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-        tensors.insert(name, Tensor::from_data_size(view.data(), &shape, kind));
-    }
-    Ok(Checkpoint { info, tensors })
+    Ok((parsed, info))
 }
 
 /// Copies stored tensors into live ones (same names after `prefix`), in place; every live

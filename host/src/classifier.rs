@@ -357,17 +357,19 @@ impl ClassifierRun {
                 self.config.linear_head_batch_size
             );
         }
+        // The schedule sees the whole epoch's length, also when a debug run takes one step.
+        let full_steps = plan.len();
         if self.config.is_debug_model {
             plan.truncate(1);
         }
         let steps = plan.len();
-        let lr = self.schedule.lr(
-            self.config.l_rate,
-            epoch,
-            *global_step as usize,
-            steps,
-            self.config.num_epochs,
-        );
+        let (schedule, l_rate, num_epochs) =
+            (self.schedule, self.config.l_rate, self.config.num_epochs);
+        let lr_at = move |step_in_run: u64| {
+            schedule.lr(l_rate, epoch, step_in_run as usize, full_steps, num_epochs)
+        };
+        // Logged: the rate at the epoch's first step (per-epoch schedules hold it all epoch).
+        let lr = lr_at(*global_step);
         let mut metrics = EpochMetrics::new(self.head.num_classes);
         let mut images = 0usize;
         bar.start_epoch(epoch, self.config.num_epochs, steps);
@@ -381,13 +383,13 @@ impl ClassifierRun {
         for (step, batch) in stream.enumerate() {
             let batch = batch?;
             let x = batch.to_device(self.device).remove(0);
-            let y = batch.label_tensor(self.device)?;
+            let y = batch.label_tensor(self.device, self.head.num_classes)?;
             let features = self.features(&x, true)?;
             let logits = self.head.forward(&features, true);
             let loss = self.head.loss(&logits, &y);
             self.optimizer.zero_grad();
             loss.backward();
-            self.optimizer.step(lr)?;
+            self.optimizer.step(lr_at(*global_step))?;
             *global_step += 1;
             images += batch.len();
             record_batch(&mut metrics, &logits, &batch, &loss)?;
@@ -431,7 +433,7 @@ impl ClassifierRun {
         for batch in BatchStream::new(source, epoch as u64, plan, self.config.num_workers) {
             let batch = batch?;
             let x = batch.to_device(self.device).remove(0);
-            let y = batch.label_tensor(self.device)?;
+            let y = batch.label_tensor(self.device, self.head.num_classes)?;
             let features = self.features(&x, false)?;
             let logits = self.head.forward(&features, false);
             let loss = self.head.loss(&logits, &y);
@@ -536,7 +538,15 @@ pub fn train(registry: &Registry, mut config: RunConfig, options: &RunOptions) -
         );
     }
     if last == epochs {
-        let test = run.test(registry)?;
+        let test = run.test(registry).with_context(|| {
+            format!(
+                "training finished and its checkpoint and metrics are saved in {}, but the \
+                 test split could not be evaluated; `--output_dir={} --resume` retries only \
+                 the test evaluation",
+                dir.display(),
+                dir.display()
+            )
+        })?;
         if !test.is_empty() {
             outputs.write_epoch(epochs, &test)?;
             let accuracy = test

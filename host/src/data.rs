@@ -130,16 +130,33 @@ impl NumpyRandomState {
 /// per patient), as the original's `CovidDataset._split_dataset`: the sorted unique groups
 /// are permuted by `numpy.random.RandomState(seed)`, the first `int(groups × val_split)` are
 /// validation, the rest training; samples follow their group, in dataset order.
-pub fn group_split(groups: &[String], val_split: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
-    let mut unique: Vec<&String> = groups.iter().collect();
+pub fn group_split(groups: &[String], val_split: f64, seed: u32) -> (Vec<usize>, Vec<usize>) {
+    // The original reads the CSV with pandas: a column of integers becomes int64 and
+    // np.unique sorts it numerically ("2" before "10", "007" = "7"); anything else as strings.
+    match groups
+        .iter()
+        .map(|g| g.trim().parse::<i64>().ok())
+        .collect::<Option<Vec<i64>>>()
+    {
+        Some(numbers) => split_by_key(&numbers, val_split, seed),
+        None => split_by_key(groups, val_split, seed),
+    }
+}
+
+fn split_by_key<K: Ord + std::hash::Hash + Clone>(
+    keys: &[K],
+    val_split: f64,
+    seed: u32,
+) -> (Vec<usize>, Vec<usize>) {
+    let mut unique: Vec<&K> = keys.iter().collect();
     unique.sort();
     unique.dedup();
-    let shuffled = NumpyRandomState::new(seed as u32).permutation(&unique);
+    let shuffled = NumpyRandomState::new(seed).permutation(&unique);
     let val_len = (unique.len() as f64 * val_split).floor() as usize;
-    let val: std::collections::HashSet<&String> = shuffled[..val_len].iter().copied().collect();
+    let val: std::collections::HashSet<&K> = shuffled[..val_len].iter().copied().collect();
     let (mut train_idx, mut val_idx) = (Vec::new(), Vec::new());
-    for (i, g) in groups.iter().enumerate() {
-        if val.contains(g) {
+    for (i, k) in keys.iter().enumerate() {
+        if val.contains(k) {
             val_idx.push(i);
         } else {
             train_idx.push(i);
@@ -156,7 +173,16 @@ pub fn split_dataset(
     seed: u64,
 ) -> Result<(Vec<usize>, Vec<usize>)> {
     Ok(match dataset.groups().map_err(anyhow::Error::msg)? {
-        Some(groups) => group_split(&groups, val_split, seed),
+        Some(groups) => {
+            // NumPy's RandomState, which the original seeds with it, takes 32-bit seeds only.
+            let seed = u32::try_from(seed).map_err(|_| {
+                anyhow!(
+                    "random_seed={seed}: a dataset split by subject uses NumPy's RandomState, \
+                     whose seeds are below 2^32"
+                )
+            })?;
+            group_split(&groups, val_split, seed)
+        }
         None => train_val_split(dataset.len(), val_split, seed),
     })
 }
@@ -231,16 +257,23 @@ impl Batch {
         all.chunk(self.views as i64, 0)
     }
 
-    /// Labels as an int64 tensor; an error naming the first unlabelled sample otherwise.
-    pub fn label_tensor(&self, device: Device) -> Result<Tensor> {
+    /// Labels as an int64 tensor; an error naming the first sample without a label or with
+    /// one outside `0..num_classes` (a plugin's bug that libtorch's loss would abort on).
+    pub fn label_tensor(&self, device: Device, num_classes: usize) -> Result<Tensor> {
         let labels: Vec<i64> = self
             .labels
             .iter()
             .zip(&self.indices)
-            .map(|(l, i)| {
-                l.ok_or_else(|| {
-                    anyhow!("sample {i} has no label, but the linear head needs labelled data")
-                })
+            .map(|(l, i)| match *l {
+                None => {
+                    bail!("sample {i} has no label, but the linear head needs labelled data")
+                }
+                Some(l) if l < 0 || l as u64 >= num_classes as u64 => bail!(
+                    "sample {i} has label {l}, outside the dataset's {num_classes} classes \
+                     (0..={})",
+                    num_classes as i64 - 1
+                ),
+                Some(l) => Ok(l),
             })
             .collect::<Result<_>>()?;
         Ok(Tensor::from_slice(&labels).to_device(device))
@@ -517,9 +550,42 @@ mod tests {
     }
 
     #[test]
+    fn labels_outside_the_classes_are_an_error_naming_the_sample() {
+        let batch = |labels: Vec<Option<i64>>| Batch {
+            data: vec![0.0; labels.len()],
+            shape: [1, 1, 1],
+            views: 1,
+            indices: (10..10 + labels.len()).collect(),
+            labels,
+        };
+        let ok = batch(vec![Some(0), Some(2)])
+            .label_tensor(Device::Cpu, 3)
+            .unwrap();
+        assert_eq!(Vec::<i64>::try_from(&ok).unwrap(), vec![0, 2]);
+        for (labels, needle) in [
+            (
+                vec![Some(0), Some(3)],
+                "sample 11 has label 3, outside the dataset's 3 classes",
+            ),
+            (vec![Some(-1), Some(0)], "sample 10 has label -1"),
+            (vec![Some(1), None], "sample 11 has no label"),
+        ] {
+            let e = batch(labels).label_tensor(Device::Cpu, 3).unwrap_err();
+            assert!(e.to_string().contains(needle), "{e}");
+        }
+    }
+
+    #[test]
     fn group_split_matches_numpy() {
-        // numpy: RandomState(1).permutation(np.unique(subjects)) for 12 subjects.
-        let subjects: Vec<String> = (0..30).map(|i| format!("s{:02}", (i * 7) % 12)).collect();
+        // numpy: RandomState(seed).permutation(np.unique(subjects)) for 12 subjects, named by
+        // strings, and by integers as pandas reads a numeric column (sorted 2 < 10, "007" = 7).
+        let named: Vec<String> = (0..30).map(|i| format!("s{:02}", (i * 7) % 12)).collect();
+        let numbered: Vec<String> = (0..30)
+            .map(|i| match (i * 7) % 12 {
+                7 => "007".to_string(),
+                k => (k * 5).to_string(),
+            })
+            .collect();
         let python =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/torch-venv/bin/python");
         assert!(
@@ -529,13 +595,20 @@ mod tests {
         );
         let script = "import numpy as np, sys\n\
             s = np.array(sys.argv[1].split(','))\n\
+            s = s.astype(np.int64) if sys.argv[3] == 'int' else s\n\
             u = np.random.RandomState(int(sys.argv[2])).permutation(np.unique(s))\n\
             n = int(len(u) * 0.25)\n\
             print(','.join(str(i) for i in np.where(np.isin(s, u[n:]))[0]))\n\
             print(','.join(str(i) for i in np.where(np.isin(s, u[:n]))[0]))";
-        for seed in [1u64, 42, 12345] {
+        for (subjects, kind, seed) in [
+            (&named, "str", 1u32),
+            (&named, "str", 42),
+            (&named, "str", 12345),
+            (&numbered, "int", 1),
+            (&numbered, "int", 42),
+        ] {
             let out = std::process::Command::new(&python)
-                .args(["-c", script, &subjects.join(","), &seed.to_string()])
+                .args(["-c", script, &subjects.join(","), &seed.to_string(), kind])
                 .output()
                 .unwrap();
             assert!(
@@ -550,9 +623,9 @@ mod tests {
             };
             let (train, val) = (parse(lines.next()), parse(lines.next()));
             assert_eq!(
-                group_split(&subjects, 0.25, seed),
+                group_split(subjects, 0.25, seed),
                 (train, val),
-                "seed {seed}"
+                "{kind} subjects, seed {seed}"
             );
         }
     }

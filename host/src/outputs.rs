@@ -40,7 +40,8 @@ pub fn utc_timestamp() -> String {
 
 impl RunOutputs {
     /// Opens `dir` for a run; a resumed run first drops any metric rows of epochs at or after
-    /// `first_epoch` (written before a crash, never checkpointed).
+    /// `first_epoch` (written before a crash, never checkpointed), from `metrics.csv` and, by
+    /// a restart event, from what TensorBoard shows.
     pub fn open(dir: &Path, first_epoch: usize) -> Result<RunOutputs> {
         std::fs::create_dir_all(dir.join("checkpoints"))
             .with_context(|| format!("creating {}", dir.display()))?;
@@ -60,8 +61,14 @@ impl RunOutputs {
             Err(_) => String::new(),
         };
         write_atomic(&csv, format!("epoch,name,value\n{kept}").as_bytes())?;
-        let events = EventWriter::create(&dir.join("logs"))
+        let mut events = EventWriter::create(&dir.join("logs"))
             .with_context(|| format!("creating TensorBoard logs in {}", dir.display()))?;
+        if first_epoch > 0 {
+            // TensorBoard then drops what earlier files logged from this epoch on, as the CSV.
+            events
+                .restart_at(first_epoch as i64)
+                .with_context(|| format!("writing {}", events.path().display()))?;
+        }
         Ok(RunOutputs {
             dir: dir.to_path_buf(),
             events,

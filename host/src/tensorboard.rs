@@ -12,8 +12,9 @@
 //!
 //! where `masked(crc) = ((crc >> 15) | (crc << 17)) + 0xa282ead8` (wrapping). The protobuf is
 //! encoded by hand; the fields used are `Event { double wall_time = 1; int64 step = 2;
-//! string file_version = 3; Summary summary = 5; }`, `Summary { repeated Value value = 1; }`
-//! and `Summary.Value { string tag = 1; float simple_value = 2; }`.
+//! string file_version = 3; Summary summary = 5; SessionLog session_log = 7; }`,
+//! `Summary { repeated Value value = 1; }`, `Summary.Value { string tag = 1; float
+//! simple_value = 2; }` and `SessionLog { SessionStatus status = 1; }` (START = 1).
 //!
 //! Each [`EventWriter`] creates a new file (`events.out.tfevents.<unix secs>.<host>.<pid>.
 //! ssl-host`), so a resumed run appends a new file to the same directory; TensorBoard reads
@@ -75,6 +76,23 @@ impl EventWriter {
         writer.write_record(&event)?;
         writer.flush()?;
         Ok(writer)
+    }
+
+    /// Tells TensorBoard that the run restarted at `step`: an event with `step` and
+    /// `session_log { status: START }` (as PyTorch's `SummaryWriter(purge_step=...)`), on which
+    /// TensorBoard drops the events at `step` and later of the files before this one (epochs
+    /// logged before a crash but never checkpointed, and written again after the resume).
+    pub fn restart_at(&mut self, step: i64) -> io::Result<()> {
+        let mut session_log = Vec::new();
+        put_key(&mut session_log, 1, WIRE_VARINT);
+        put_varint(&mut session_log, 1); // SessionLog.START
+        let mut event = Vec::new();
+        put_double(&mut event, 1, wall_time());
+        put_key(&mut event, 2, WIRE_VARINT);
+        put_varint(&mut event, step as u64);
+        put_bytes(&mut event, 7, &session_log);
+        self.write_record(&event)?;
+        self.flush()
     }
 
     /// The path of the event file.
@@ -321,6 +339,43 @@ for tag in sorted(ea.Tags()["scalars"]):
     for s in ea.Scalars(tag):
         print("scalar", tag, s.step, repr(s.value))
 "#;
+
+    /// A run logs steps 0..=3, crashes, and resumes at step 2 in a new file: TensorBoard's
+    /// reader shows steps 0 and 1 of the first file and 2 and 3 of the second, once each.
+    #[test]
+    fn a_resumed_run_replaces_the_steps_it_logs_again() {
+        if !Path::new(PYTHON).exists() {
+            eprintln!("skipping: {PYTHON} is missing");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut w = EventWriter::create(dir.path()).unwrap();
+            for step in 0..4 {
+                w.add_scalar("ssl/loss", step as f64, step).unwrap();
+            }
+        }
+        {
+            let mut w = EventWriter::create(dir.path()).unwrap();
+            w.restart_at(2).unwrap();
+            for step in 2..4 {
+                w.add_scalar("ssl/loss", 10.0 + step as f64, step).unwrap();
+            }
+        }
+        let output = Command::new(PYTHON)
+            .arg("-c")
+            .arg(READER)
+            .arg(dir.path())
+            .output()
+            .expect("python runs");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{stdout}");
+        let read: Vec<&str> = stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("scalar ssl/loss "))
+            .collect();
+        assert_eq!(read, ["0 0.0", "1 1.0", "2 12.0", "3 13.0"], "{stdout}");
+    }
 
     /// Writes scalars (NaN, 0, negative and large steps included, two files as a resumed run
     /// would) and reads them back with the `tensorboard` Python package. Skipped (with a

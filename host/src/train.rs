@@ -160,6 +160,28 @@ impl LossScaler {
         }
     }
 
+    /// Its state for the checkpoint (`loss_scaler.*`), so a resumed run scales as before.
+    fn state(&self) -> Vec<(String, Tensor)> {
+        vec![
+            ("scale".into(), Tensor::from(self.scale)),
+            ("good_steps".into(), Tensor::from(self.good_steps as i64)),
+        ]
+    }
+
+    /// Restores [`LossScaler::state`]; a checkpoint of a run without mixed precision has
+    /// none, and the scaler then starts afresh.
+    fn load_state(&mut self, stored: &HashMap<String, Tensor>) -> Result<()> {
+        if let (Some(scale), Some(good)) = (
+            stored.get("loss_scaler.scale"),
+            stored.get("loss_scaler.good_steps"),
+        ) {
+            self.scale = scale.f_double_value(&[])?;
+            self.good_steps = u32::try_from(good.f_int64_value(&[])?)
+                .context("loss_scaler.good_steps in the checkpoint")?;
+        }
+        Ok(())
+    }
+
     /// Unscales gradients in place; false when any is not finite (skip the step).
     fn unscale(&mut self, params: &[Param]) -> bool {
         let mut finite = true;
@@ -521,6 +543,9 @@ impl Run {
             "linear_head_optimizer.",
             self.head_optimizer.state(),
         ));
+        if let Some(scaler) = &self.scaler {
+            all.extend(prefixed("loss_scaler.", scaler.state()));
+        }
         all
     }
 
@@ -552,6 +577,9 @@ impl Run {
         self.head_optimizer
             .load_state(&strip("linear_head_optimizer."))
             .context("restoring the linear-head optimizer")?;
+        if let Some(scaler) = &mut self.scaler {
+            scaler.load_state(stored)?;
+        }
         Ok(())
     }
 
@@ -717,7 +745,7 @@ impl Run {
                 .next()
                 .ok_or_else(|| anyhow!("linear-head loader ended early"))??;
             let x = lh.to_device(self.device).remove(0);
-            let y = lh.label_tensor(self.device)?;
+            let y = lh.label_tensor(self.device, self.head.num_classes)?;
             let embeddings = tch::no_grad(|| self.algorithm.embed(&x, true))
                 .map_err(anyhow::Error::msg)?
                 .detach();
@@ -807,7 +835,7 @@ impl Run {
         for batch in BatchStream::new(Arc::clone(&self.lh_val.0), epoch as u64, lh_plan, workers) {
             let batch = batch?;
             let x = batch.to_device(self.device).remove(0);
-            let y = batch.label_tensor(self.device)?;
+            let y = batch.label_tensor(self.device, self.head.num_classes)?;
             let embeddings = self
                 .algorithm
                 .embed(&x, false)
@@ -876,12 +904,35 @@ impl Progress {
     }
 }
 
-/// Where a run writes: `output_dir`, or `outputs/<UTC time>_<model>`.
-pub fn output_dir(config: &RunConfig) -> PathBuf {
-    match &config.output_dir {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from("outputs").join(format!("{}_{}", utc_timestamp(), config.model)),
+/// Where a run writes: `output_dir`, or a new folder `outputs/<UTC time>_<model>` (with a
+/// `_2`, `_3`, ... suffix when runs start in the same second), created here so that no two
+/// runs share it.
+pub fn output_dir(config: &RunConfig) -> Result<PathBuf> {
+    if let Some(d) = &config.output_dir {
+        return Ok(PathBuf::from(d));
     }
+    new_folder(
+        Path::new("outputs"),
+        &format!("{}_{}", utc_timestamp(), config.model),
+    )
+}
+
+/// Creates and returns `parent/base`, or `parent/base_2`, `_3`, ... when taken.
+fn new_folder(parent: &Path, base: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    for n in 1.. {
+        let dir = parent.join(if n == 1 {
+            base.to_string()
+        } else {
+            format!("{base}_{n}")
+        });
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+        }
+    }
+    unreachable!("the suffixes are unbounded")
 }
 
 /// The number of classes of a head's labelled dataset and, when `balanced`, the class weights
@@ -936,7 +987,7 @@ pub(crate) fn run_folder(
     config: &RunConfig,
     resume: bool,
 ) -> Result<(PathBuf, Option<checkpoint::Checkpoint>)> {
-    let dir = output_dir(config);
+    let dir = output_dir(config)?;
     let checkpoint_path = dir.join("checkpoints").join("last.safetensors");
     if resume {
         if !checkpoint_path.exists() {
@@ -1033,7 +1084,39 @@ pub fn train(registry: &Registry, mut config: RunConfig, options: &RunOptions) -
 
 #[cfg(test)]
 mod tests {
-    use super::warn_if_no_val_batch;
+    use super::{new_folder, prefixed, warn_if_no_val_batch, LossScaler};
+    use ssl_plugin_api::tch::Tensor;
+    use std::collections::HashMap;
+
+    #[test]
+    fn the_loss_scaler_state_survives_a_checkpoint() {
+        let mut scaler = LossScaler::new();
+        scaler.scale = 1024.0;
+        scaler.good_steps = 77;
+        let stored: HashMap<String, Tensor> = prefixed("loss_scaler.", scaler.state())
+            .into_iter()
+            .collect();
+        let mut resumed = LossScaler::new();
+        resumed.load_state(&stored).unwrap();
+        assert_eq!((resumed.scale, resumed.good_steps), (1024.0, 77));
+        // A checkpoint without it (a run in 32-bit floats) leaves a fresh scaler.
+        let mut fresh = LossScaler::new();
+        fresh.load_state(&HashMap::new()).unwrap();
+        assert_eq!((fresh.scale, fresh.good_steps), (65536.0, 0));
+    }
+
+    #[test]
+    fn runs_started_in_the_same_second_get_their_own_folders() {
+        let tmp = tempfile::tempdir().unwrap();
+        let parent = tmp.path().join("outputs");
+        let first = new_folder(&parent, "20261128T101500Z_ShapesBYOL").unwrap();
+        let second = new_folder(&parent, "20261128T101500Z_ShapesBYOL").unwrap();
+        let third = new_folder(&parent, "20261128T101500Z_ShapesBYOL").unwrap();
+        assert_eq!(first, parent.join("20261128T101500Z_ShapesBYOL"));
+        assert_eq!(second, parent.join("20261128T101500Z_ShapesBYOL_2"));
+        assert_eq!(third, parent.join("20261128T101500Z_ShapesBYOL_3"));
+        assert!(first.is_dir() && second.is_dir() && third.is_dir());
+    }
 
     #[test]
     fn a_validation_split_smaller_than_a_batch_is_warned_about_with_drop_last_only() {

@@ -3,6 +3,7 @@
 //! errors for bad checkpoints.
 
 use e2e::*;
+use ssl_builtin_datasets::testdata::cifar::write_cifar10_binary;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -173,6 +174,61 @@ fn frozen_encoders_stay_unchanged_and_unfrozen_ones_train() {
     ])
     .assert_ok();
     assert_eq!(metrics(&split), metrics(&frozen));
+}
+
+#[test]
+fn a_test_split_that_fails_keeps_the_run_and_resume_retries_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ssl = tmp.path().join("ssl");
+    ssl_run(&ssl);
+    // CIFAR-10 in the binary layout, 40 training images, its test batch missing.
+    let cifar = tmp.path().join("cifar");
+    write_cifar10_binary(&cifar, 8).unwrap();
+    let test_batch = cifar.join("cifar-10-batches-bin/test_batch.bin");
+    std::fs::remove_file(&test_batch).unwrap();
+    let out = tmp.path().join("classifier");
+    let args = [
+        "--model=SSLClassifierCIFAR".to_string(),
+        format!("--output_dir={}", out.display()),
+        format!("--local_dataset={}", cifar.display()),
+        format!("--local_ssl_weights_path={}", ssl.display()),
+        "--linear_head_batch_size=4".into(),
+        "--num_epochs=1".into(),
+        "--num_workers=2".into(),
+        "--device=cpu".into(),
+    ];
+    // Training prints its epochs first; the error is the last line.
+    let failed = run(&args);
+    assert_eq!(failed.code, Some(1), "{}", failed.stderr);
+    let last = failed.stderr.trim_end().lines().last().unwrap_or_default();
+    for needle in [
+        "error: training finished",
+        "test split",
+        "test_batch.bin",
+        "--resume",
+    ] {
+        assert!(last.contains(needle), "`{needle}` not in {last}");
+    }
+    assert!(!failed.stderr.contains("panicked"), "{}", failed.stderr);
+    assert!(out.join("checkpoints/last.safetensors").exists());
+    let trained = metrics(&out);
+    assert!(
+        trained.iter().any(|l| l.starts_with("0,val/loss,")),
+        "{trained:?}"
+    );
+    assert!(!trained.iter().any(|l| l.contains("test/")), "{trained:?}");
+
+    // The test batch back: a resume evaluates the test split only, keeping the epoch's rows.
+    write_cifar10_binary(&cifar, 8).unwrap();
+    run(&["--resume".into(), format!("--output_dir={}", out.display())]).assert_ok();
+    let resumed = metrics(&out);
+    assert_eq!(&resumed[..trained.len()], &trained[..]);
+    assert!(
+        resumed[trained.len()..]
+            .iter()
+            .any(|l| l.starts_with("1,test/AccuracyAtThreshold05,")),
+        "{resumed:?}"
+    );
 }
 
 #[test]

@@ -58,9 +58,15 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
     Ok(())
 }
 
+/// Writes `image` as an 8-bit PNG ([`encode_png`]).
+pub fn write_png(image: &Image, path: &Path) -> Result<()> {
+    std::fs::write(path, encode_png(image)?)?;
+    Ok(())
+}
+
 /// 8-bit PNG of the image's channels (1 grey, 2 grey+alpha, 3 RGB, 4 RGBA). 16-bit values keep
 /// their top 8 bits; floats are read as [0, 1].
-pub fn write_png(image: &Image, path: &Path) -> Result<()> {
+pub fn encode_png(image: &Image) -> Result<Vec<u8>> {
     let color = match image.channels() {
         1 => png::ColorType::Grayscale,
         2 => png::ColorType::GrayscaleAlpha,
@@ -76,10 +82,10 @@ pub fn write_png(image: &Image, path: &Path) -> Result<()> {
             .map(|&x| (x.clamp(0.0, 1.0) * 255.0).round() as u8)
             .collect(),
     };
-    let file = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut encoder = png::Encoder::new(file, image.width(), image.height());
+    let mut encoded = Vec::new();
+    let mut encoder = png::Encoder::new(&mut encoded, image.width(), image.height());
     encoder.set_color(color);
     encoder.set_depth(png::BitDepth::Eight);
     encoder.write_header()?.write_image_data(&bytes)?;
-    Ok(())
+    Ok(encoded)
 }

@@ -176,11 +176,13 @@ pub fn csv_field(text: &str) -> String {
 }
 
 /// A file written under a temporary name next to its destination and renamed into place by
-/// [`OutputFile::commit`]; dropped uncommitted, the temporary file is removed.
+/// [`OutputFile::commit`]; dropped uncommitted (also after a failed commit), the temporary
+/// file is removed.
 pub struct OutputFile {
     path: PathBuf,
     tmp: PathBuf,
-    writer: Option<BufWriter<File>>,
+    writer: BufWriter<File>,
+    renamed: bool,
 }
 
 impl OutputFile {
@@ -195,44 +197,51 @@ impl OutputFile {
             .file_name()
             .and_then(|n| n.to_str())
             .with_context(|| format!("--out={}: not a file name", path.display()))?;
-        let tmp = dir.join(format!(".{name}.partial"));
+        let tmp = dir.join(format!(".{name}.{}.partial", std::process::id()));
         let file = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         Ok(OutputFile {
             path: path.to_path_buf(),
             tmp,
-            writer: Some(BufWriter::new(file)),
+            writer: BufWriter::new(file),
+            renamed: false,
         })
     }
 
     /// The buffered writer.
     pub fn writer(&mut self) -> &mut BufWriter<File> {
-        self.writer.as_mut().expect("not committed")
+        &mut self.writer
     }
 
     /// Writes `bytes`, naming the file in an error.
     pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        let tmp = self.tmp.clone();
-        self.writer()
+        self.writer
             .write_all(bytes)
-            .with_context(|| format!("writing {}", tmp.display()))
+            .with_context(|| format!("writing {}", self.tmp.display()))
     }
 
-    /// Flushes, syncs and renames the file to its destination.
+    /// Flushes and syncs the temporary file: after this only the rename can fail (so files
+    /// that belong together are all synced before any is renamed).
+    pub fn sync(&mut self) -> Result<()> {
+        self.writer
+            .flush()
+            .and_then(|()| self.writer.get_ref().sync_all())
+            .with_context(|| format!("writing {}", self.tmp.display()))
+    }
+
+    /// Syncs and renames the file to its destination.
     pub fn commit(mut self) -> Result<()> {
-        let writer = self.writer.take().expect("committed once");
-        let file = writer
-            .into_inner()
-            .map_err(|e| anyhow!("writing {}: {}", self.tmp.display(), e.error()))?;
-        file.sync_all()
-            .with_context(|| format!("writing {}", self.tmp.display()))?;
-        std::fs::rename(&self.tmp, &self.path)
-            .with_context(|| format!("renaming {} to {}", self.tmp.display(), self.path.display()))
+        self.sync()?;
+        std::fs::rename(&self.tmp, &self.path).with_context(|| {
+            format!("renaming {} to {}", self.tmp.display(), self.path.display())
+        })?;
+        self.renamed = true;
+        Ok(())
     }
 }
 
 impl Drop for OutputFile {
     fn drop(&mut self) {
-        if self.writer.take().is_some() {
+        if !self.renamed {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
@@ -587,6 +596,12 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
             Ok(())
         },
     )?;
+    // Both synced before either is renamed: an `.npy` never lands beside the ids of an
+    // unfinished run.
+    main.sync()?;
+    if let Some(ids) = &mut ids_file {
+        ids.sync()?;
+    }
     main.commit()?;
     if let Some(ids) = ids_file {
         ids.commit()?;
@@ -695,6 +710,17 @@ mod tests {
         }
         assert!(!other.exists());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        // A failed rename (the destination is a non-empty folder) leaves no temporary file.
+        let blocked = dir.path().join("blocked");
+        std::fs::create_dir_all(blocked.join("inside")).unwrap();
+        let mut f = OutputFile::create(&blocked).unwrap();
+        f.write(b"z").unwrap();
+        assert!(f.commit().is_err());
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.ends_with(".partial")), "{names:?}");
     }
 
     #[test]

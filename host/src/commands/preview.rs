@@ -3,7 +3,7 @@
 //! the views' size), then its two augmented views exactly as epoch 1 of training draws them.
 
 use crate::cli::Cli;
-use crate::commands::dump::write_png;
+use crate::commands::dump::encode_png;
 use crate::config::{RunConfig, TransformSpec};
 use crate::data::{seed_of, split_dataset, Pipeline};
 use crate::registry::Registry;
@@ -91,7 +91,9 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    write_png(&grid, out).with_context(|| format!("writing {}", out.display()))?;
+    // Under a temporary name: a failure never leaves a truncated PNG in place of a preview.
+    let png = encode_png(&grid).with_context(|| format!("writing {}", out.display()))?;
+    crate::config::write_atomic(out, &png)?;
     println!(
         "wrote {} ({} samples of {name}: image, view 1, view 2 per row)",
         out.display(),

@@ -460,6 +460,7 @@ fn read_python_batch(kind: Kind, path: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
 mod pickle {
     use ssl_plugin_api::{bail, PluginError, Result};
     use std::cell::RefCell;
+    use std::collections::HashMap;
     use std::rc::Rc;
 
     /// A numpy array, once BUILD has given it its state.
@@ -530,7 +531,9 @@ mod pickle {
         pos: usize,
         stack: Vec<Value>,
         marks: Vec<usize>,
-        memo: Vec<Option<Value>>,
+        /// The memo, by index. A map, not a vector: the indices of BINPUT/LONG_BINPUT come
+        /// from the file, and a corrupt one (e.g. ~4e9) must not size an allocation.
+        memo: HashMap<usize, Value>,
     }
 
     /// Unpickles `bytes`.
@@ -540,7 +543,7 @@ mod pickle {
             pos: 0,
             stack: Vec::new(),
             marks: Vec::new(),
-            memo: Vec::new(),
+            memo: HashMap::new(),
         };
         reader
             .run()
@@ -603,16 +606,13 @@ mod pickle {
 
         fn put(&mut self, index: usize) -> Result<()> {
             let value = self.top()?.clone();
-            if self.memo.len() <= index {
-                self.memo.resize(index + 1, None);
-            }
-            self.memo[index] = Some(value);
+            self.memo.insert(index, value);
             Ok(())
         }
 
         fn get(&mut self, index: usize) -> Result<()> {
             let value =
-                self.memo.get(index).cloned().flatten().ok_or_else(|| {
+                self.memo.get(&index).cloned().ok_or_else(|| {
                     PluginError::msg(format!("pickle memo entry {index} missing"))
                 })?;
             self.stack.push(value);
@@ -718,6 +718,7 @@ mod pickle {
                         self.put(i)?;
                     }
                     0x94 => {
+                        // MEMOIZE: the next index is the memo's size, as Python's unpickler.
                         let i = self.memo.len();
                         self.put(i)?;
                     }
@@ -1339,6 +1340,50 @@ mod tests {
         std::fs::write(folder.join("test_batch"), evil).unwrap();
         let err = open(Kind::Cifar10, &root, "test", "").unwrap_err();
         assert!(err.message().contains("os.system"), "{err}");
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// A memo index read from the file (LONG_BINPUT `r`, ~4e9) sizes no allocation: the
+    /// memo is a map, so such a pickle is read (or, when the entry is missing, is a clear
+    /// error naming the file) instead of aborting the process on allocation.
+    #[test]
+    fn huge_memo_indices_do_not_allocate() {
+        // (7, 7) through LONG_BINPUT / LONG_BINGET at index 0xF000_0000, and BINPUT 0xFF.
+        let tuple = b"\x80\x02(K\x07r\x00\x00\x00\xf0j\x00\x00\x00\xf0tq\xff.";
+        let pickle::Value::Tuple(items) = pickle::load(tuple).unwrap() else {
+            panic!("a tuple expected")
+        };
+        assert!(matches!(
+            items.as_slice(),
+            [pickle::Value::Int(7), pickle::Value::Int(7)]
+        ));
+        let err = pickle::load(b"\x80\x02K\x07r\xff\xff\xff\xffj\xfe\xff\xff\xff.").unwrap_err();
+        assert!(
+            err.message().contains("memo entry 4294967294 missing"),
+            "{err}"
+        );
+
+        // A CIFAR batch whose dict is memoised at 0xF000_0000 loads; one that fetches an
+        // absent huge entry is an error naming the file.
+        let root = temp_dir("memo");
+        let folder = root.join("cifar-10-batches-py");
+        std::fs::create_dir_all(&folder).unwrap();
+        let data: Vec<u8> = (0..2 * 3072).map(|i| (i * 17 % 256) as u8).collect();
+        let good = python2_pickle(&data, &[1, 2]);
+        let (head, rest) = good.split_at(5);
+        assert_eq!(head, b"\x80\x02}q\x00");
+        let mut huge = b"\x80\x02}r\x00\x00\x00\xf0".to_vec();
+        huge.extend_from_slice(rest);
+        std::fs::write(folder.join("test_batch"), &huge).unwrap();
+        let dataset = open(Kind::Cifar10, &root, "test", "").unwrap();
+        assert_eq!(dataset.targets().unwrap(), vec![Some(1), Some(2)]);
+        let mut missing = b"\x80\x02}r\x00\x00\x00\xf0j\x01\x00\x00\xf0".to_vec();
+        missing.extend_from_slice(rest);
+        std::fs::write(folder.join("test_batch"), &missing).unwrap();
+        let err = open(Kind::Cifar10, &root, "test", "").unwrap_err();
+        let msg = err.message();
+        assert!(msg.contains("cifar-10-batches-py/test_batch"), "{msg}");
+        assert!(msg.contains("memo entry 4026531841 missing"), "{msg}");
         let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -2,14 +2,17 @@
 //!
 //! Layout, as the original: `root/dataset.csv` with columns `subject`, `filepath` and
 //! `final_label` (0..=3), images at `root/{filepath}` (PNG, JPEG or DICOM). Labels are mapped
-//! {0 → 0, 3 → 0, 1 → 1, 2 → 1}; any other value is an error naming the row. Both splits are
-//! the whole table (the original ignores its train flag). The id of a sample is its
+//! {0 → 0, 3 → 0, 1 → 1, 2 → 1}; any other value is an error naming the row. Split `train` is
+//! every row, `test` is empty (as RSNAKaggleCXR and NIHCXR: the original has no held-out
+//! test set, and reading the whole table as `test` would score the classifier on images it
+//! trained on); the table is read and checked for either split. The id of a sample is its
 //! `filepath`; its subject is its split group (`Dataset::groups`), so the host splits
-//! train/validation by subject with the original's NumPy permutation. Images are decoded in `get` (8-bit grey); an absent image is
-//! reported there, naming the CSV row.
+//! train/validation by subject with the original's NumPy permutation. Images are decoded in
+//! `get` (8-bit grey); an absent image is reported there, naming the CSV row.
 
 use crate::csv_table::{check_params, root_param, split_param, CsvTable};
 use crate::image_file::decode_gray8;
+use crate::shapes::Split;
 use ssl_plugin_api::{bail, Dataset, Params, Plugin, PluginError, Result, Sample};
 use std::path::PathBuf;
 
@@ -33,11 +36,12 @@ pub struct CovidDataset {
 }
 
 impl CovidDataset {
-    /// Opens the dataset from its parameters (`root`, `split`; both splits read every row).
+    /// Opens the dataset from its parameters (`root`, `split`: `train` is every row, `test`
+    /// is empty; the table is checked for either).
     pub fn from_params(params: &Params) -> Result<Self> {
         check_params(params, NAME, &[])?;
         let root = root_param(params, NAME)?;
-        split_param(params)?;
+        let split = split_param(params)?;
         let csv_path = root.join("dataset.csv");
         let table = CsvTable::open(
             &csv_path,
@@ -72,6 +76,9 @@ impl CovidDataset {
             });
             Ok(())
         })?;
+        if split == Split::Test {
+            entries.clear();
+        }
         Ok(CovidDataset {
             root,
             csv_path,
@@ -133,8 +140,8 @@ pub(crate) fn register(plugin: Plugin) -> Plugin {
     plugin.dataset(
         NAME,
         "COVID chest X-rays: root/dataset.csv (subject,filepath,final_label 0..3 → {0,3}: 0, \
-         {1,2}: 1), images root/{filepath}, 8-bit grey; 2 classes; both splits = all rows; \
-         train/validation split by subject",
+         {1,2}: 1), images root/{filepath}, 8-bit grey; 2 classes; split train = all rows, test = \
+         empty; train/validation split by subject",
         CovidDataset::from_params,
     )
 }
@@ -174,8 +181,27 @@ mod tests {
             panic!("8-bit expected")
         };
         assert_eq!(px, gray_pattern(3, 10, 10).as_slice());
-        // Both splits are the whole table, as the original.
-        assert_eq!(open(dir.path(), "test").unwrap().len(), 6);
+    }
+
+    /// `split=test` is empty (no held-out set: the host would otherwise score the classifier
+    /// on its own training images); `train` is the whole table; the table is checked for
+    /// either split.
+    #[test]
+    fn test_split_is_empty_train_is_whole_table() {
+        let dir = tempfile::tempdir().unwrap();
+        write_covid(dir.path(), 3, 2, 10).unwrap();
+        assert_eq!(open(dir.path(), "train").unwrap().len(), 6);
+        let test = open(dir.path(), "test").unwrap();
+        assert_eq!((test.len(), test.targets().unwrap()), (0, vec![]));
+        assert_eq!(test.groups().unwrap(), Some(vec![]));
+        assert!(test.get(0).is_err());
+        std::fs::write(
+            dir.path().join("dataset.csv"),
+            "subject,filepath,final_label\na,images/subject000/0.png,7\n",
+        )
+        .unwrap();
+        let e = open(dir.path(), "test").unwrap_err().to_string();
+        assert!(e.contains("row 2, column final_label: 7"), "{e}");
     }
 
     #[test]

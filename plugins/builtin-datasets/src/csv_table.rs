@@ -3,19 +3,20 @@
 //! [`CsvTable::open`] reads the header; [`CsvTable::column`] looks a column up by name (an
 //! error names the file, the column and the columns found); [`CsvTable::for_each_row`] streams
 //! the rows, each a [`Row`] that knows its 1-based row number (the header is row 1), so every
-//! per-row error names the file, the row and the column.
+//! per-row error names the file, the row and the column. The row number is the file's line
+//! where the record starts ([`start_line`]), also after blank lines or multi-line cells.
 
 use crate::shapes::Split;
 use ssl_plugin_api::{bail, Params, PluginError, Result};
-use std::fs::File;
-use std::io::BufReader;
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
-/// A CSV file with a header row, opened for reading.
+/// A CSV file with a header row, opened for reading. The file is read whole (CheXpert's
+/// train.csv, the largest, is some tens of MB), so that [`start_line`] can find rows in its bytes.
 pub(crate) struct CsvTable {
     path: PathBuf,
     headers: Vec<String>,
-    reader: csv::Reader<BufReader<File>>,
+    reader: csv::Reader<Cursor<Vec<u8>>>,
 }
 
 /// A column of a [`CsvTable`], found by name.
@@ -36,8 +37,8 @@ impl CsvTable {
     /// Opens `path` and reads its header. A missing file is an error naming the path and
     /// `expected`, what the dataset needs there (e.g. "NIHCXR expects the NIH table ...").
     pub(crate) fn open(path: &Path, expected: &str) -> Result<Self> {
-        let file = match File::open(path) {
-            Ok(file) => file,
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 bail!("{}: file not found; {expected}", path.display())
             }
@@ -47,7 +48,7 @@ impl CsvTable {
             .has_headers(true)
             .flexible(true)
             .buffer_capacity(1 << 20)
-            .from_reader(BufReader::with_capacity(1 << 20, file));
+            .from_reader(Cursor::new(bytes));
         let headers = reader
             .headers()
             .map_err(|e| {
@@ -95,11 +96,15 @@ impl CsvTable {
         let mut record = csv::StringRecord::new();
         let mut count: u64 = 0;
         loop {
-            let more = self.reader.read_record(&mut record).map_err(|e| {
+            let read = self.reader.read_record(&mut record);
+            let bytes = self.reader.get_ref().get_ref();
+            // Without a position (not expected), the row counting records from the header.
+            let fallback = count + 2;
+            let more = read.map_err(|e| {
                 PluginError::msg(format!(
                     "{}: row {}: cannot read the CSV: {e}",
                     self.path.display(),
-                    count + 2
+                    e.position().map_or(fallback, |p| start_line(bytes, p))
                 ))
             })?;
             if !more {
@@ -108,7 +113,7 @@ impl CsvTable {
             count += 1;
             // The line where the record starts: the row a user sees in an editor, and also
             // the spreadsheet row unless the file has blank lines or multi-line cells.
-            let number = record.position().map_or(count + 1, |p| p.line());
+            let number = record.position().map_or(fallback, |p| start_line(bytes, p));
             f(&Row {
                 path: &self.path,
                 record: &record,
@@ -155,6 +160,23 @@ impl Row<'_> {
             column.name
         ))
     }
+}
+
+/// The line of `bytes` (1-based) where the record read from `position` starts. The csv
+/// crate's position is where reading began, just after the previous record, so it is on the
+/// first of the blank lines (skipped by the reader) before the record: these are counted here.
+/// Lines are counted by `\n`, as the csv crate does, so CRLF files count the same.
+pub(crate) fn start_line(bytes: &[u8], position: &csv::Position) -> u64 {
+    let rest = usize::try_from(position.byte())
+        .ok()
+        .and_then(|at| bytes.get(at..))
+        .unwrap_or_default();
+    let blank_lines = rest
+        .iter()
+        .take_while(|&&b| b == b'\n' || b == b'\r')
+        .filter(|&&b| b == b'\n')
+        .count();
+    position.line() + blank_lines as u64
 }
 
 /// `v` as an integer: an optionally signed whole number, or a float with a zero fraction.
@@ -267,6 +289,32 @@ mod tests {
         for bad in ["1.5", "", "1e3", ".0", "x.0"] {
             assert_eq!(parse_int(bad), None, "{bad}");
         }
+    }
+
+    /// Blank lines (skipped by the csv crate, whose position is then on the first of them),
+    /// CRLF line ends and multi-line cells: the row reported is the file's line, as in an editor.
+    #[test]
+    fn rows_are_editor_lines_despite_blank_lines_and_crlf() {
+        let dir = tempfile::tempdir().unwrap();
+        // Lines: 1 header, 2 x, 3-4 blank, 5 y, 6 blank, 7 z.
+        let good = "a,label\r\nx,1\r\n\r\n\r\ny,2\r\n\r\nz,3\r\n";
+        let path = write(dir.path(), "good.csv", good);
+        assert_eq!(rows(&path, "label").unwrap(), vec![(2, 1), (5, 2), (7, 3)]);
+        let path = write(dir.path(), "bad.csv", &good.replace("z,3", "z,three"));
+        let e = rows(&path, "label").unwrap_err().to_string();
+        assert!(
+            e.contains("bad.csv: row 7, column label: `three` is not an integer"),
+            "{e}"
+        );
+        // A cell over lines 2-3, then a blank line 4: the bad row is line 5.
+        let path = write(dir.path(), "m.csv", "a,label\n\"p\nq\",1\n\nr,x\n");
+        let e = rows(&path, "label").unwrap_err().to_string();
+        assert!(e.contains("m.csv: row 5, column label"), "{e}");
+        // A record the csv crate cannot read (not UTF-8) after a blank line: line 4.
+        let path = dir.path().join("u.csv");
+        std::fs::write(&path, b"a,label\nx,1\n\n\xff,2\n").unwrap();
+        let e = rows(&path, "label").unwrap_err().to_string();
+        assert!(e.contains("u.csv: row 4: cannot read the CSV"), "{e}");
     }
 
     #[test]

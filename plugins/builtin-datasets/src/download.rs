@@ -1,7 +1,9 @@
 //! Fetching and unpacking dataset archives, safely against interruptions.
 //!
-//! [`fetch`] downloads a URL (HTTP or HTTPS) into `<file>.part` with a progress bar on stderr,
-//! checks the size against `Content-Length` and the MD5, and only then renames it to `<file>`.
+//! [`fetch`] downloads a URL (HTTP or HTTPS) into `.<file>.<pid>.<n>.part` (a name of this
+//! process and this download alone, so processes or threads downloading into the same folder
+//! never write into one file) with a progress bar on stderr, checks the size against
+//! `Content-Length` and the MD5, and only then renames it to `<file>`.
 //! [`extract_tar_gz`] unpacks an archive into a temporary folder next to the destination and
 //! renames the wanted folder into place last. Whatever is interrupted leaves either nothing or
 //! a file/folder under a temporary name, never something that looks complete.
@@ -13,6 +15,7 @@ use ssl_plugin_api::{bail, PluginError, Result};
 use std::fs::File;
 use std::io::{BufReader, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Checks an MD5 written as 32 hex digits; returns it in lower case.
@@ -44,16 +47,24 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// `<dest>.part`, where a download is written until it is complete and verified.
+/// `.<dest file name>.<pid>.<n>.part` next to `dest`, where a download is written until it is
+/// complete and verified: the process id and a per-process count make it this download's
+/// own, so two processes (or threads) fetching the same file into the same folder never
+/// interleave their writes; each renames its own verified file to `dest` (atomic, the last
+/// one wins, both complete).
 pub(crate) fn part_path(dest: &Path) -> PathBuf {
-    let mut name = dest.file_name().unwrap_or_default().to_os_string();
-    name.push(".part");
+    static COUNT: AtomicU64 = AtomicU64::new(0);
+    let n = COUNT.fetch_add(1, Ordering::Relaxed);
+    let mut name = std::ffi::OsString::from(".");
+    name.push(dest.file_name().unwrap_or_default());
+    name.push(format!(".{}.{n}.part", std::process::id()));
     dest.with_file_name(name)
 }
 
-/// Downloads `url` to `dest` through `<dest>.part`: the body must have the length announced
-/// by `Content-Length` (when there is one) and the MD5 `expected_md5` (lower-case hex).
-/// On any failure the partial file is removed and the error names the URL and what differed.
+/// Downloads `url` to `dest` through a partial file of its own ([`part_path`]): the body must
+/// have the length announced by `Content-Length` (when there is one) and the MD5
+/// `expected_md5` (lower-case hex); only then is it renamed to `dest`. On any failure the
+/// partial file is removed and the error names the URL and what differed.
 pub(crate) fn fetch(url: &str, dest: &Path, expected_md5: &str) -> Result<()> {
     let part = part_path(dest);
     // HTTPS trusts the system's certificate store (as curl and Python do), so that proxies
@@ -293,6 +304,16 @@ mod tests {
         dir
     }
 
+    /// The names in `dir`, sorted.
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
     #[test]
     fn fetch_checks_md5_and_keeps_nothing_on_mismatch() {
         let dir = temp_dir("md5");
@@ -306,11 +327,15 @@ mod tests {
         assert!(msg.contains("MD5 mismatch"), "{msg}");
         assert!(msg.contains(wrong) && msg.contains(&md5), "{msg}");
         assert!(msg.contains(&format!("{url}f.bin")), "{msg}");
-        assert!(!dest.exists() && !part_path(&dest).exists());
+        assert!(
+            msg.contains("the partial file") && msg.contains("was removed"),
+            "{msg}"
+        );
+        assert!(names_in(&dir).is_empty(), "{:?}", names_in(&dir));
         fetch(&format!("{url}f.bin"), &dest, &md5).unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), body);
         assert_eq!(md5_file(&dest).unwrap(), md5);
-        assert!(!part_path(&dest).exists());
+        assert_eq!(names_in(&dir), ["f.bin"]);
         assert_eq!(server.join().unwrap(), vec!["/f.bin", "/f.bin"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -325,14 +350,64 @@ mod tests {
         let msg = err.message();
         assert!(msg.contains("truncated"), "{msg}");
         assert!(msg.contains("50000"), "{msg}");
-        assert!(!dest.exists() && !part_path(&dest).exists());
+        assert!(names_in(&dir).is_empty(), "{:?}", names_in(&dir));
         server.join().unwrap();
 
         let (url, server) = td::serve_http(vec![("other".into(), vec![1])], 1).unwrap();
         let err = fetch(&format!("{url}f.bin"), &dest, &td::md5_hex(&body)).unwrap_err();
         assert!(err.message().contains("404"), "{err}");
         assert!(err.message().contains(&format!("{url}f.bin")), "{err}");
-        assert!(!dest.exists() && !part_path(&dest).exists());
+        assert!(names_in(&dir).is_empty(), "{:?}", names_in(&dir));
+        server.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The partial file is this process's and this download's own: another process's partial
+    /// download of the same file into the same folder (the old shared name `<file>.part`, or
+    /// `.<file>.<other pid>.*.part`) is neither written into, renamed nor removed.
+    #[test]
+    fn partial_file_is_per_process_and_per_download() {
+        let dir = temp_dir("part");
+        let dest = dir.join("f.bin");
+        let (a, b) = (part_path(&dest), part_path(&dest));
+        assert_ne!(a, b);
+        let pid = std::process::id();
+        for part in [&a, &b] {
+            let name = part.file_name().unwrap().to_str().unwrap();
+            assert!(
+                name.starts_with(&format!(".f.bin.{pid}.")) && name.ends_with(".part"),
+                "{name}"
+            );
+            assert_eq!(part.parent(), Some(dir.as_path()));
+        }
+
+        let others = [
+            dir.join("f.bin.part"),
+            dir.join(format!(".f.bin.{}.0.part", pid.wrapping_add(1))),
+        ];
+        for other in &others {
+            std::fs::write(other, b"another process's partial download").unwrap();
+        }
+        let body: Vec<u8> = (0..70_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        let md5 = td::md5_hex(&body);
+        let (url, server) = td::serve_http(vec![("f.bin".into(), body.clone())], 2).unwrap();
+        let wrong = "0123456789abcdef0123456789abcdef";
+        fetch(&format!("{url}f.bin"), &dest, wrong).unwrap_err();
+        fetch(&format!("{url}f.bin"), &dest, &md5).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), body);
+        for other in &others {
+            assert_eq!(
+                std::fs::read(other).unwrap(),
+                b"another process's partial download"
+            );
+        }
+        let mut expected: Vec<String> = others
+            .iter()
+            .map(|p| p.file_name().unwrap().to_str().unwrap().to_string())
+            .chain(["f.bin".to_string()])
+            .collect();
+        expected.sort();
+        assert_eq!(names_in(&dir), expected);
         server.join().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -352,12 +427,7 @@ mod tests {
             2 * 3073
         );
         // Only the archive and the folder are left.
-        let mut names: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        names.sort();
-        assert_eq!(names, vec!["a.tar.gz", "cifar-10-batches-bin"]);
+        assert_eq!(names_in(&dir), vec!["a.tar.gz", "cifar-10-batches-bin"]);
 
         // A truncated archive fails and leaves no folder.
         std::fs::remove_dir_all(&folder).unwrap();

@@ -1,6 +1,7 @@
 //! Conversion of Kaggle's RSNA Pneumonia Detection labels (`stage_2_train_labels.csv`) into
 //! the `dataset.csv` that `RSNAKaggleCXR` reads (the original expects users to make it).
 
+use crate::csv_table::start_line;
 use ssl_plugin_api::{bail, PluginError, Result};
 use std::collections::HashMap;
 use std::fs::File;
@@ -12,16 +13,20 @@ use std::path::{Path, PathBuf};
 /// `subject,label`: one row per `patientId` in order of first appearance, `label` = `Target`.
 /// Returns the number of subjects.
 ///
-/// Errors name the file and row (the header is row 1): missing `patientId` or `Target`
+/// Errors name the file and row: the line of the file where the record starts (the header is
+/// row 1), also with blank lines (which are skipped) or quoted multi-line cells before it;
+/// missing `patientId` or `Target`
 /// columns, an empty `patientId`, a `Target` other than 0 or 1, a patient whose rows disagree
 /// on `Target`, or no data rows. `out_csv` is written to a temporary file beside it and renamed
 /// into place, so it is either complete or untouched.
 pub fn build_rsna_dataset_csv(labels_csv: &Path, out_csv: &Path) -> Result<usize> {
     let shown = labels_csv.display();
+    // Read whole (Kaggle's file is ~1.5 MB), so that rows can be found in its bytes.
+    let bytes = std::fs::read(labels_csv)
+        .map_err(|e| PluginError::msg(format!("{shown}: cannot read the RSNA labels: {e}")))?;
     let mut reader = csv::ReaderBuilder::new()
         .trim(csv::Trim::All)
-        .from_path(labels_csv)
-        .map_err(|e| PluginError::msg(format!("{shown}: cannot read the RSNA labels: {e}")))?;
+        .from_reader(bytes.as_slice());
     let headers = reader
         .headers()
         .map_err(|e| PluginError::msg(format!("{shown}: cannot read the header row: {e}")))?
@@ -41,8 +46,17 @@ pub fn build_rsna_dataset_csv(labels_csv: &Path, out_csv: &Path) -> Result<usize
     let mut seen: HashMap<String, (u8, u64)> = HashMap::new();
     let mut subjects: Vec<(String, u8)> = Vec::new();
     for (index, record) in reader.records().enumerate() {
-        let row = index as u64 + 2;
-        let record = record.map_err(|e| PluginError::msg(format!("{shown}: row {row}: {e}")))?;
+        // Without a position (not expected), the row counting records from the header.
+        let fallback = index as u64 + 2;
+        let record = record.map_err(|e| {
+            let row = e.position().map_or(fallback, |p| start_line(&bytes, p));
+            PluginError::msg(format!("{shown}: row {row}: {e}"))
+        })?;
+        // The file's line where the record starts: the csv crate skips blank lines and a
+        // quoted cell may span lines, so the record count is not the row.
+        let row = record
+            .position()
+            .map_or(fallback, |p| start_line(&bytes, p));
         let id = record.get(id_column).unwrap_or("");
         if id.is_empty() {
             bail!("{shown}: row {row}: empty patientId");
@@ -204,6 +218,31 @@ mod tests {
         assert!(message.contains("no data rows"), "{message}");
         let message = error(&format!("{HEADER}a,1,2\n"));
         assert!(message.contains("row 2"), "{message}");
+    }
+
+    /// The row reported is the file's line (header = row 1), not the record count: blank
+    /// lines (skipped by the csv crate) and quoted multi-line cells come before it.
+    #[test]
+    fn rows_are_file_lines_despite_blank_lines_and_multiline_cells() {
+        let message = error(&format!("{HEADER}a,,,,,0\n\nb,,,,,2\n"));
+        assert!(message.contains("row 4: Target is \"2\""), "{message}");
+        let message = error(&format!("{HEADER}\n\na,,,,,0\n\n,,,,,1\n"));
+        assert!(message.contains("row 6: empty patientId"), "{message}");
+        // A cell over two lines (rows 2-3): the next record starts on row 4.
+        let message = error(&format!("{HEADER}a,\"x\ny\",,,,0\nb,,,,,7\n"));
+        assert!(message.contains("row 4: Target"), "{message}");
+        let message = error(&format!("{HEADER}a,,,,,0\n\nb,,,,,1\nb,,,,,0\n"));
+        assert!(
+            message.contains("on row 4 but Target 0 on row 5"),
+            "{message}"
+        );
+        // A short record after a blank line: the csv crate's error, at the file's row.
+        let message = error(&format!("{HEADER}a,,,,,0\n\nb,1,2\n"));
+        assert!(message.contains("row 4"), "{message}");
+        // CRLF line ends, blank lines among them.
+        let crlf = "patientId,x,y,width,height,Target\r\na,,,,,0\r\n\r\n\r\nb,,,,,5\r\n";
+        let message = error(crlf);
+        assert!(message.contains("row 5: Target"), "{message}");
     }
 
     #[test]
