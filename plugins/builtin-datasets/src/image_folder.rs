@@ -55,10 +55,11 @@ impl ImageFolder {
         }
         let mut ids = Vec::new();
         let mut labels = Vec::new();
-        let mut visited = HashSet::new();
         for (label, class) in classes.iter().enumerate() {
             let before = ids.len();
-            ids.extend(walk_images(&root, class, &mut visited)?);
+            // Folders seen are tracked per class (against link cycles): a class folder that
+            // links into another class lists its images too, as torchvision's walk does.
+            ids.extend(walk_images(&root, class, &mut HashSet::new())?);
             if ids.len() == before {
                 bail!(
                     "{NAME}: class folder {} holds no images (.png, .jpg, .jpeg, .dcm)",
@@ -332,6 +333,19 @@ mod tests {
         assert_eq!(all.num_classes(), None);
         assert_eq!(all.targets().unwrap(), vec![None; 8]);
         assert_eq!(all.get(0).unwrap().label(), None);
+    }
+
+    #[test]
+    fn a_class_folder_linking_into_another_class_lists_its_images_too() {
+        let dir = tempfile::tempdir().unwrap();
+        write_png_gray8(&dir.path().join("a/own.png"), 1, 1, &[0]).unwrap();
+        write_png_gray8(&dir.path().join("b/x.png"), 1, 1, &[0]).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("b"), dir.path().join("a/linked")).unwrap();
+        // A cycle inside a class is walked once.
+        std::os::unix::fs::symlink(dir.path().join("b"), dir.path().join("b/again")).unwrap();
+        let ds = ImageFolder::labelled(&params(dir.path(), "train")).unwrap();
+        assert_eq!(ds.ids, ["a/own.png", "a/linked/x.png", "b/x.png"]);
+        assert_eq!(ds.targets().unwrap(), [Some(0), Some(0), Some(1)]);
     }
 
     #[test]
