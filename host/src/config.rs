@@ -478,6 +478,21 @@ pub fn builtin_config_names() -> Vec<&'static str> {
     BUILTIN_CONFIGS.iter().map(|(n, _)| *n).collect()
 }
 
+/// The built-in model configs with their `description`, for `ssl-host list`.
+pub fn builtin_config_descriptions() -> Vec<(String, String)> {
+    BUILTIN_CONFIGS
+        .iter()
+        .map(|(name, text)| {
+            let description = text
+                .parse::<Table>()
+                .ok()
+                .and_then(|t| t.get("description")?.as_str().map(str::to_string))
+                .unwrap_or_default();
+            (name.to_string(), description)
+        })
+        .collect()
+}
+
 impl RunConfig {
     /// Defaults, then the model config `model`, then `overrides` in order.
     pub fn resolve(
@@ -487,9 +502,34 @@ impl RunConfig {
     ) -> Result<RunConfig> {
         let mut table = defaults();
         let text = model_text(model, registry)?;
-        let file: Table = text
+        let mut file: Table = text
             .parse()
             .map_err(|e| anyhow!("model config `{model}` is not valid TOML: {e}"))?;
+        // A dataset named on the command line in place of the config's own: the config's
+        // parameters were written for its dataset (e.g. Shapes' `num_samples`), not this one.
+        for (name_key, params_key) in [
+            ("ssl_training_dataset_name", "ssl_dataset_params"),
+            ("linear_head_dataset_name", "linear_head_dataset_params"),
+        ] {
+            let own = file
+                .get(name_key)
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            let given = overrides.iter().rev().find(|(n, _)| n == name_key);
+            let has_params = file
+                .get(params_key)
+                .and_then(Value::as_table)
+                .is_some_and(|t| !t.is_empty());
+            if let (Some(own), Some((_, given)), true) = (own, given, has_params) {
+                if &own != given {
+                    eprintln!(
+                        "note: {params_key} of model config `{model}` are for `{own}`; \
+                         `{given}` gets only those given as --{params_key}.NAME=VALUE"
+                    );
+                    file.remove(params_key);
+                }
+            }
+        }
         for (name, value) in file {
             let name = if name == "local_weights_path" {
                 "local_ssl_weights_path".to_string()
@@ -745,6 +785,50 @@ mod tests {
         assert_eq!(c.extra_local_dataset_paths, vec!["a", "b"]);
         assert_eq!(c.local_ssl_weights_path.as_deref(), Some("ckpt"));
         assert_eq!(c.model, "ShapesBYOL");
+    }
+
+    #[test]
+    fn another_dataset_does_not_inherit_the_configs_dataset_params() {
+        let r = registry();
+        let kept = RunConfig::resolve("ShapesSimCLR", &[], &r).unwrap();
+        assert!(kept.ssl_dataset_params.contains_key("num_samples"));
+        assert!(kept.linear_head_dataset_params.contains_key("num_samples"));
+        let o = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        let other = RunConfig::resolve(
+            "ShapesSimCLR",
+            &o(&[
+                ("ssl_training_dataset_name", "ImageFolderUnlabelled"),
+                ("ssl_dataset_params.x", "1"),
+            ]),
+            &r,
+        )
+        .unwrap();
+        assert_eq!(
+            other.ssl_dataset_params.keys().collect::<Vec<_>>(),
+            ["x"],
+            "only the parameters given for it"
+        );
+        // The linear head still reads Shapes with the config's parameters.
+        assert_eq!(
+            other.linear_head_dataset_params,
+            kept.linear_head_dataset_params
+        );
+        // Naming the config's own dataset again changes nothing.
+        let same = RunConfig::resolve(
+            "ShapesSimCLR",
+            &o(&[("linear_head_dataset_name", "Shapes")]),
+            &r,
+        )
+        .unwrap();
+        assert_eq!(
+            same.linear_head_dataset_params,
+            kept.linear_head_dataset_params
+        );
     }
 
     #[test]

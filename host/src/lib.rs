@@ -75,7 +75,10 @@ pub fn run(args: Vec<String>) -> Result<()> {
     match cli.command.clone().as_deref() {
         Some("list") => {
             cli.reject_leftovers(&[])?;
-            print!("{}", registry.listing());
+            print!(
+                "{}",
+                registry.listing(&config::builtin_config_descriptions())
+            );
             Ok(())
         }
         Some("dump") => commands::dump::run(&registry, &mut cli),

@@ -140,8 +140,9 @@ impl Registry {
         self.index["model config"].keys().cloned().collect()
     }
 
-    /// The `ssl-host list` table: every entry with its source and version.
-    pub fn listing(&self) -> String {
+    /// The `ssl-host list` table: every entry with its source and version; `builtin_configs`
+    /// (name, description) are the host's own named configs, listed with those of plugins.
+    pub fn listing(&self, builtin_configs: &[(String, String)]) -> String {
         let mut out = String::new();
         out.push_str(&format!(
             "ssl-host {} ({})\n",
@@ -168,7 +169,15 @@ impl Registry {
         for (title, kind) in sections {
             out.push_str(&format!("\n{title}:\n"));
             let names = &self.index[kind];
-            if names.is_empty() {
+            if kind == "model config" {
+                for (name, description) in builtin_configs {
+                    out.push_str(&format!(
+                        "  {name:<24} {:<10} built-in  {description}\n",
+                        env!("CARGO_PKG_VERSION")
+                    ));
+                }
+            }
+            if names.is_empty() && (kind != "model config" || builtin_configs.is_empty()) {
                 out.push_str("  (none)\n");
             }
             for (name, &(pi, ei)) in names {
@@ -238,6 +247,17 @@ mod tests {
         assert!(registry.dataset("Shapes").is_ok());
         let err = registry.dataset("Shapez").err().unwrap().to_string();
         assert!(err.contains("did you mean `Shapes`"), "{err}");
-        assert!(registry.listing().contains("Shapes"));
+        assert!(registry.listing(&[]).contains("Shapes"));
+        // The host's named configs are listed with their descriptions.
+        let listing = registry.listing(&crate::config::builtin_config_descriptions());
+        let configs = listing.split("model configs:").nth(1).unwrap();
+        assert!(!configs.contains("(none)"), "{configs}");
+        for name in ["ShapesBYOL", "NIH_RSNA_BYOL", "SSLClassifierCIFAR"] {
+            assert!(configs.contains(name), "{name} not in {configs}");
+        }
+        assert!(
+            configs.contains("BYOL, ResNet18 on 32×32 Shapes"),
+            "{configs}"
+        );
     }
 }

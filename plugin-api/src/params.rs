@@ -75,6 +75,27 @@ impl Params {
             .ok_or_else(|| PluginError::msg(format!("missing parameter `{name}`")))
     }
 
+    /// An error naming the first parameter that is neither in `known` nor one the host adds
+    /// to a dataset's parameters (`root` from `--local_dataset`, `split`), listing the
+    /// accepted names: so that a misspelt `--ssl_dataset_params.num_sample=` is not silently
+    /// ignored.
+    pub fn check_known(&self, known: &[&str]) -> Result<()> {
+        let Some(table) = self.value.as_object() else {
+            return Ok(());
+        };
+        for name in table.keys() {
+            if name != "root" && name != "split" && !known.contains(&name.as_str()) {
+                let mut accepted = vec!["root", "split"];
+                accepted.extend_from_slice(known);
+                return Err(PluginError::msg(format!(
+                    "unknown parameter `{name}` (accepted: {})",
+                    accepted.join(", ")
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// All parameters deserialized into a struct (use `#[serde(deny_unknown_fields)]` to reject
     /// unknown names, `#[serde(default)]` for defaults).
     pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T> {
@@ -86,6 +107,17 @@ impl Params {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unknown_names_are_errors_host_added_ones_are_not() {
+        let p = Params::from_json(r#"{"root": "/d", "split": "train", "size": 3}"#).unwrap();
+        assert!(p.check_known(&["size", "seed"]).is_ok());
+        let e = p.check_known(&["sizes"]).unwrap_err();
+        assert_eq!(
+            e.message(),
+            "unknown parameter `size` (accepted: root, split, sizes)"
+        );
+    }
 
     #[test]
     fn lookups_name_the_parameter() {

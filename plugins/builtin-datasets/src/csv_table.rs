@@ -194,20 +194,9 @@ fn parse_int(value: &str) -> Option<i64> {
 /// Rejects any parameter not in `known` (besides `root` and `split`, which the host always
 /// sends), naming it and the dataset.
 pub(crate) fn check_params(params: &Params, dataset: &str, known: &[&str]) -> Result<()> {
-    let Some(table) = params.as_json().as_object() else {
-        return Ok(());
-    };
-    for name in table.keys() {
-        if name != "root" && name != "split" && !known.contains(&name.as_str()) {
-            let mut accepted = vec!["root", "split"];
-            accepted.extend_from_slice(known);
-            bail!(
-                "{dataset}: unknown parameter `{name}` (accepted: {})",
-                accepted.join(", ")
-            );
-        }
-    }
-    Ok(())
+    params
+        .check_known(known)
+        .map_err(|e| PluginError::msg(format!("{dataset}: {}", e.message())))
 }
 
 /// The dataset folder (parameter `root`, from `--local_dataset`); an error naming the

@@ -152,9 +152,20 @@ impl Shapes {
     /// Builds the dataset from its parameters, all optional: `image_size` (default 32, at
     /// least 8), `num_samples` (default 2000), `seed` (default 0), `split` (`"train"`, the
     /// default, or `"test"`), `texture_strength` and `noise` (default 1, in [0, 1]; see
-    /// [`Shapes::with_texture`]). A `root` parameter is accepted and ignored; other names are
-    /// ignored too.
+    /// [`Shapes::with_texture`]). A `root` parameter is accepted and ignored; any other name
+    /// is an error listing the accepted ones.
     pub fn from_params(params: &Params) -> Result<Self> {
+        crate::csv_table::check_params(
+            params,
+            "Shapes",
+            &[
+                "image_size",
+                "num_samples",
+                "seed",
+                "texture_strength",
+                "noise",
+            ],
+        )?;
         let image_size = params.get_or("image_size", Self::DEFAULT_IMAGE_SIZE)?;
         let num_samples = params.get_or("num_samples", Self::DEFAULT_NUM_SAMPLES)?;
         let seed = params.get_or("seed", 0u64)?;
@@ -631,6 +642,11 @@ mod tests {
 
     #[test]
     fn bad_parameters_are_rejected_with_their_name() {
+        let e = err(r#"{"num_sample": 5}"#);
+        assert!(
+            e.contains("unknown parameter `num_sample`") && e.contains("num_samples"),
+            "{e}"
+        );
         let e = err(r#"{"image_size": 7}"#);
         assert!(e.contains("image_size") && e.contains("at least 8"), "{e}");
         assert!(Shapes::from_params(&params(r#"{"image_size": 8}"#)).is_ok());

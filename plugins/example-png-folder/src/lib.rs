@@ -14,8 +14,14 @@ struct PngFolder {
 
 impl PngFolder {
     fn open(params: &Params) -> Result<Self> {
+        // `root` (from --local_dataset) and `split` come from the host; `csv` is ours. A
+        // misspelt name is an error rather than silently ignored.
+        params.check_known(&["csv"])?;
         let root: PathBuf = params.require("root")?;
         let csv_name: String = params.get_or("csv", "labels.csv".to_string())?;
+        // `train`: everything (the host carves the validation split out of it by
+        // `val_split`); `test`: a held-out test split, which this format does not have.
+        let test = params.get_or("split", "train".to_string())? == "test";
         let csv_path = root.join(&csv_name);
         let text = std::fs::read_to_string(&csv_path)
             .map_err(|e| PluginError::from(e).context(csv_path.display()))?;
@@ -61,6 +67,9 @@ impl PngFolder {
             .filter_map(|r| r.1)
             .max()
             .map(|m| m as usize + 1);
+        if test {
+            rows.clear();
+        }
         Ok(PngFolder {
             root,
             rows,
