@@ -24,6 +24,56 @@ fn list_shows_builtins() {
         .unwrap();
     assert!(shapes_line.contains("built-in"), "{shapes_line}");
     assert!(run.stdout.contains("libtorch 2.11.0"), "{}", run.stdout);
+    let configs = run.stdout.split("model configs:").nth(1).unwrap();
+    assert!(configs.contains("NIH_RSNA_BYOL"), "{configs}");
+}
+
+/// The plugin of the README's "Writing a plugin" section, built exactly as written there (only
+/// the plugin-api path filled in): it loads, its dataset dumps, and a misspelt parameter is an
+/// error naming it.
+#[test]
+fn the_readme_plugin_builds_and_works() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let section = &readme[readme.find("## Writing a plugin").expect("the section")..];
+    let block = |lang: &str| -> String {
+        let start = section
+            .find(&format!("```{lang}\n"))
+            .unwrap_or_else(|| panic!("no {lang} block"))
+            + lang.len()
+            + 4;
+        let len = section[start..].find("```").unwrap();
+        section[start..start + len].to_string()
+    };
+    let work = target_dir()
+        .join("fixtures")
+        .join("src")
+        .join("readme-plugin");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(work.join("src")).unwrap();
+    std::fs::write(work.join("src/lib.rs"), block("rust")).unwrap();
+    let manifest = block("toml").replace(
+        "/path/to/ssl-host/plugin-api",
+        repo_root().join("plugin-api").to_str().unwrap(),
+    );
+    // Its own workspace root: the fixture lies inside this repository's folder.
+    std::fs::write(
+        work.join("Cargo.toml"),
+        format!("{manifest}\n[workspace]\n"),
+    )
+    .unwrap();
+    let so = build_fixture(&work, "my_plugin");
+    let so = so.to_str().unwrap();
+
+    let listed = ssl_host(&["--plugin", so, "list"]);
+    listed.assert_ok();
+    assert!(listed.stdout.contains("Noise"), "{}", listed.stdout);
+    let out = tempfile::tempdir().unwrap();
+    let dump = format!("--out={}", out.path().display());
+    ssl_host(&["--plugin", so, "dump", "--dataset=Noise", &dump, "--len=5"]).assert_ok();
+    let labels = std::fs::read_to_string(out.path().join("labels.csv")).unwrap();
+    assert_eq!(labels.lines().count(), 6, "{labels}");
+    ssl_host(&["--plugin", so, "dump", "--dataset=Noise", &dump, "--lne=5"])
+        .assert_clear_error(&["unknown parameter `lne`", "accepted: root, split, len"]);
 }
 
 #[test]
