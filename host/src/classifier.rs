@@ -25,7 +25,7 @@ use crate::schedule::LrSchedule;
 use crate::train::{
     choose_device, head_classes, linear_head_pipelines, open_dataset, open_split, prefixed,
     record_batch, run_folder, warn_if_no_val_batch, write_config_file, LinearHead, Progress,
-    RunOptions,
+    RemoveIfEmpty, RunOptions,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use ssl_plugin_api::tch::{self, Device, Kind, Tensor};
@@ -368,8 +368,8 @@ impl ClassifierRun {
         let lr_at = move |step_in_run: u64| {
             schedule.lr(l_rate, epoch, step_in_run as usize, full_steps, num_epochs)
         };
-        // Logged: the rate at the epoch's first step (per-epoch schedules hold it all epoch).
-        let lr = lr_at(*global_step);
+        // Logged: the epoch's mean rate, as SSL runs log theirs.
+        let mut lr_sum = 0.0;
         let mut metrics = EpochMetrics::new(self.head.num_classes);
         let mut images = 0usize;
         bar.start_epoch(epoch, self.config.num_epochs, steps);
@@ -389,7 +389,9 @@ impl ClassifierRun {
             let loss = self.head.loss(&logits, &y);
             self.optimizer.zero_grad();
             loss.backward();
-            self.optimizer.step(lr_at(*global_step))?;
+            let lr = lr_at(*global_step);
+            lr_sum += lr;
+            self.optimizer.step(lr)?;
             *global_step += 1;
             images += batch.len();
             record_batch(&mut metrics, &logits, &batch, &loss)?;
@@ -402,7 +404,7 @@ impl ClassifierRun {
             .into_iter()
             .map(|(n, v)| (format!("train/{n}"), v))
             .collect();
-        out.push(("train/learning_rate".into(), lr));
+        out.push(("train/learning_rate".into(), lr_sum / steps as f64));
         let mut val_plan = batches_of(
             &self.val.1,
             self.config.linear_head_batch_size,
@@ -482,6 +484,7 @@ pub fn train(registry: &Registry, mut config: RunConfig, options: &RunOptions) -
         eprintln!("note: classifier runs train in 32-bit floats; use_mixed_precision is ignored");
     }
     let (dir, stored) = run_folder(&config, options.resume)?;
+    let _cleanup = RemoveIfEmpty::new(&config, &dir);
     let checkpoint_path = dir.join("checkpoints").join("last.safetensors");
     if let Some(c) = &stored {
         if c.info.algorithm != CLASSIFIER_ALGORITHM {

@@ -733,11 +733,11 @@ pub fn parameter_help() -> String {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let dir = path.parent().unwrap_or(Path::new("."));
-    // The process id in the name: two processes writing the same file never share a temp.
+    // A fixed name: a write interrupted by a kill leaves one temp file that the next write
+    // replaces (each run has its own folder, so no two processes share it).
     let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
     ));
     {
         let mut file =

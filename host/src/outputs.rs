@@ -63,12 +63,11 @@ impl RunOutputs {
         write_atomic(&csv, format!("epoch,name,value\n{kept}").as_bytes())?;
         let mut events = EventWriter::create(&dir.join("logs"))
             .with_context(|| format!("creating TensorBoard logs in {}", dir.display()))?;
-        if first_epoch > 0 {
-            // TensorBoard then drops what earlier files logged from this epoch on, as the CSV.
-            events
-                .restart_at(first_epoch as i64)
-                .with_context(|| format!("writing {}", events.path().display()))?;
-        }
+        // TensorBoard then drops what earlier files logged from this epoch on, as the CSV
+        // (also from epoch 0: a run that failed before its first checkpoint, run again).
+        events
+            .restart_at(first_epoch as i64)
+            .with_context(|| format!("writing {}", events.path().display()))?;
         Ok(RunOutputs {
             dir: dir.to_path_buf(),
             events,

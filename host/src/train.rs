@@ -917,6 +917,26 @@ pub fn output_dir(config: &RunConfig) -> Result<PathBuf> {
     )
 }
 
+/// Removes, when dropped, a run folder that [`output_dir`] created if it is still empty
+/// (the run failed before writing anything), so failed starts leave no empty folders.
+pub(crate) struct RemoveIfEmpty(Option<PathBuf>);
+
+impl RemoveIfEmpty {
+    /// Guards `dir` when the run did not name its folder (`output_dir` unset).
+    pub(crate) fn new(config: &RunConfig, dir: &Path) -> Self {
+        RemoveIfEmpty(config.output_dir.is_none().then(|| dir.to_path_buf()))
+    }
+}
+
+impl Drop for RemoveIfEmpty {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            // `remove_dir` removes empty folders only.
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
 /// Creates and returns `parent/base`, or `parent/base_2`, `_3`, ... when taken.
 fn new_folder(parent: &Path, base: &str) -> Result<PathBuf> {
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
@@ -1026,6 +1046,7 @@ pub fn train(registry: &Registry, mut config: RunConfig, options: &RunOptions) -
     }
     let device = choose_device(&config)?;
     let (dir, stored) = run_folder(&config, options.resume)?;
+    let _cleanup = RemoveIfEmpty::new(&config, &dir);
     let checkpoint_path = dir.join("checkpoints").join("last.safetensors");
     config.output_dir = Some(dir.display().to_string());
     let mut run = Run::build(registry, config, device, stored.is_none())?;
@@ -1084,7 +1105,7 @@ pub fn train(registry: &Registry, mut config: RunConfig, options: &RunOptions) -
 
 #[cfg(test)]
 mod tests {
-    use super::{new_folder, prefixed, warn_if_no_val_batch, LossScaler};
+    use super::{new_folder, prefixed, warn_if_no_val_batch, LossScaler, RemoveIfEmpty};
     use ssl_plugin_api::tch::Tensor;
     use std::collections::HashMap;
 
@@ -1103,6 +1124,31 @@ mod tests {
         let mut fresh = LossScaler::new();
         fresh.load_state(&HashMap::new()).unwrap();
         assert_eq!((fresh.scale, fresh.good_steps), (65536.0, 0));
+    }
+
+    #[test]
+    fn a_created_run_folder_is_removed_only_while_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = crate::config::RunConfig::resolve(
+            "ShapesBYOL",
+            &[],
+            &crate::registry::Registry::load(&[]).unwrap(),
+        )
+        .unwrap();
+        assert!(config.output_dir.is_none());
+        let empty = new_folder(tmp.path(), "failed").unwrap();
+        drop(RemoveIfEmpty::new(&config, &empty));
+        assert!(!empty.exists());
+        let used = new_folder(tmp.path(), "used").unwrap();
+        std::fs::write(used.join("metrics.csv"), "epoch,name,value\n").unwrap();
+        drop(RemoveIfEmpty::new(&config, &used));
+        assert!(used.join("metrics.csv").exists());
+        // A folder the user named is left alone, empty or not.
+        let mut named = config.clone();
+        named.output_dir = Some("x".into());
+        let mine = new_folder(tmp.path(), "mine").unwrap();
+        drop(RemoveIfEmpty::new(&named, &mine));
+        assert!(mine.exists());
     }
 
     #[test]

@@ -11,160 +11,17 @@
 //! (a plain torch-Adam written here, since the host's optimizer is not reachable from a plugin),
 //! and the target parameters and buffers after `after_optimizer_step`.
 
+mod common;
+
+use common::parity::{
+    adam_first_step, get, is_buffer, load, max_abs_diff, rel_diff, run_reference, within, Check,
+    TempDir, GRAD_TOL, LOSS_TOL, PARAM_TOL, WEIGHT_DECAY,
+};
 use ssl_builtin_algorithms::byol::{tau, Byol, TAU_STATE_NAME};
 use ssl_plugin_api::host::builtin_plugins;
-use ssl_plugin_api::tch::{self, Device, Kind, Tensor};
+use ssl_plugin_api::tch::{self, Device, Tensor};
 use ssl_plugin_api::{EncoderSpec, Params, SslAlgorithm};
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
-const LR: f64 = 1e-3;
-const WEIGHT_DECAY: f64 = 1e-6;
-const BETAS: (f64, f64) = (0.9, 0.999);
-const ADAM_EPS: f64 = 1e-8;
-/// Loss: relative difference.
-const LOSS_TOL: f64 = 1e-5;
-/// Gradients and running statistics: max |ours - reference| / max |reference|, per tensor.
-const GRAD_TOL: f64 = 1e-4;
-/// Parameters after Adam (fed identical gradients) and after the moving average: max abs diff.
-const PARAM_TOL: f64 = 1e-6;
-
-/// A temporary folder, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path = std::env::temp_dir().join(format!("byol_parity_{}_{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path).expect("cannot create a temporary folder");
-        TempDir(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn manifest_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs the reference script into `out`, failing with a clear message without the venv.
-fn run_reference(out: &Path) {
-    let python = manifest_dir().join("../../.deps/torch-venv/bin/python");
-    assert!(
-        python.exists(),
-        "the PyTorch reference needs the venv python at {} (torch 2.11, torchvision 0.26, \
-         safetensors); it is missing",
-        python.display()
-    );
-    let script = manifest_dir().join("tests/byol_reference.py");
-    let output = Command::new(&python)
-        .arg(&script)
-        .arg(out)
-        .arg("1")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
-    assert!(
-        output.status.success(),
-        "{} failed ({}):\n{}\n{}",
-        script.display(),
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    print!("{}", String::from_utf8_lossy(&output.stdout));
-}
-
-fn load(path: &Path) -> BTreeMap<String, Tensor> {
-    Tensor::read_safetensors(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
-        .into_iter()
-        .collect()
-}
-
-fn get<'a>(map: &'a BTreeMap<String, Tensor>, name: &str) -> &'a Tensor {
-    map.get(name)
-        .unwrap_or_else(|| panic!("the reference wrote no tensor `{name}`"))
-}
-
-fn max_abs(t: &Tensor) -> f64 {
-    t.to_kind(Kind::Double).abs().max().double_value(&[])
-}
-
-fn max_abs_diff(ours: &Tensor, reference: &Tensor) -> f64 {
-    assert_eq!(ours.size(), reference.size(), "shapes differ");
-    max_abs(&(ours.to_kind(Kind::Double) - reference.to_kind(Kind::Double)))
-}
-
-/// max |ours - reference| / max |reference| (plain difference when the reference is zero).
-fn rel_diff(ours: &Tensor, reference: &Tensor) -> f64 {
-    let diff = max_abs_diff(ours, reference);
-    let scale = max_abs(reference);
-    if scale > 0.0 {
-        diff / scale
-    } else {
-        diff
-    }
-}
-
-/// Compares a group of tensors, prints its worst entry and records every failure.
-struct Check<'a> {
-    failures: &'a mut Vec<String>,
-}
-
-impl Check<'_> {
-    fn group(
-        &mut self,
-        what: &str,
-        pairs: Vec<(String, Tensor, Tensor)>,
-        measure: fn(&Tensor, &Tensor) -> f64,
-        tol: f64,
-    ) {
-        assert!(!pairs.is_empty(), "{what}: nothing to compare");
-        let mut worst = (0.0f64, String::new());
-        let mut bad = 0;
-        for (name, ours, reference) in &pairs {
-            let d = measure(ours, reference);
-            if d > worst.0 || worst.1.is_empty() {
-                worst = (d, name.clone());
-            }
-            if !within(d, tol) {
-                bad += 1;
-                self.failures.push(format!(
-                    "{what}: `{name}` differs by {d:.3e} (tolerance {tol:.0e})"
-                ));
-            }
-        }
-        println!(
-            "{:<4} {what}: {} tensors, worst {:.3e} at `{}` (tolerance {tol:.0e}){}",
-            if bad == 0 { "OK" } else { "FAIL" },
-            pairs.len(),
-            worst.0,
-            worst.1,
-            if bad > 0 {
-                format!(", {bad} over")
-            } else {
-                String::new()
-            }
-        );
-    }
-}
-
-/// `d <= tol`, false for NaN.
-fn within(d: f64, tol: f64) -> bool {
-    d <= tol
-}
-
-fn is_buffer(name: &str) -> bool {
-    name.ends_with(".running_mean") || name.ends_with(".running_var")
-}
+use std::collections::BTreeSet;
 
 /// Our BYOL around two registered `resnet18` encoders, built as the host builds it.
 fn our_byol() -> Byol {
@@ -184,30 +41,19 @@ fn our_byol() -> Byol {
     Byol::new(&Params::default(), &spec, Device::Cpu).expect("BYOL")
 }
 
-/// One step of `torch.optim.Adam` from a fresh state (coupled L2 weight decay).
-fn adam_first_step(p: &mut Tensor, grad: &Tensor, weight_decay: f64) {
-    let (beta1, beta2) = BETAS;
-    let g = grad + &*p * weight_decay;
-    let m = &g * (1.0 - beta1);
-    let v = &g * &g * (1.0 - beta2);
-    let denom = v.sqrt() / (1.0 - beta2).sqrt() + ADAM_EPS;
-    let update = m / denom * (-LR / (1.0 - beta1));
-    let _ = p.f_add_(&update).unwrap();
-}
-
 #[test]
 fn byol_step_matches_pytorch() {
-    let dir = TempDir::new();
-    run_reference(&dir.0);
-    let initial = load(&dir.0.join("initial.safetensors"));
-    let views_file = load(&dir.0.join("views.safetensors"));
-    let expected = load(&dir.0.join("expected.safetensors"));
-    let decay_names: BTreeSet<String> = std::fs::read_to_string(dir.0.join("decay_names.txt"))
+    let dir = TempDir::new("byol_parity");
+    run_reference("byol_reference.py", dir.path(), &[]);
+    let initial = load(&dir.path().join("initial.safetensors"));
+    let views_file = load(&dir.path().join("views.safetensors"));
+    let expected = load(&dir.path().join("expected.safetensors"));
+    let decay_names: BTreeSet<String> = std::fs::read_to_string(dir.path().join("decay_names.txt"))
         .expect("decay_names.txt")
         .lines()
         .map(str::to_string)
         .collect();
-    let mut failures = Vec::new();
+    let mut check = Check::default();
 
     // 1. Same tensors, same names.
     let mut byol = our_byol();
@@ -251,7 +97,9 @@ fn byol_step_matches_pytorch() {
         if within(loss_rel, LOSS_TOL) { "OK" } else { "FAIL" }
     );
     if !within(loss_rel, LOSS_TOL) {
-        failures.push(format!("loss differs by {loss_rel:.3e} (relative)"));
+        check
+            .failures
+            .push(format!("loss differs by {loss_rel:.3e} (relative)"));
     }
     loss.backward();
 
@@ -272,9 +120,6 @@ fn byol_step_matches_pytorch() {
             get(&expected, &format!("grad.{}", p.name)).shallow_clone(),
         ));
     }
-    let mut check = Check {
-        failures: &mut failures,
-    };
     for part in ["online.encoder.", "online.projector.", "online.predictor."] {
         let group = grads
             .iter()
@@ -385,12 +230,14 @@ fn byol_step_matches_pytorch() {
         if next_tau == want_tau { "OK" } else { "FAIL" }
     );
     if next_tau != want_tau {
-        failures.push(format!("next tau {next_tau}, expected {want_tau}"));
+        check
+            .failures
+            .push(format!("next tau {next_tau}, expected {want_tau}"));
     }
 
     assert!(
-        failures.is_empty(),
+        check.failures.is_empty(),
         "BYOL differs from the PyTorch reference:\n{}",
-        failures.join("\n")
+        check.failures.join("\n")
     );
 }

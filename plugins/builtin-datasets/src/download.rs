@@ -61,11 +61,48 @@ pub(crate) fn part_path(dest: &Path) -> PathBuf {
     dest.with_file_name(name)
 }
 
+/// Removes partial downloads of `dest` ([`part_path`] names) left by processes that no longer
+/// run (a download interrupted by Ctrl-C or a kill); those of running processes stay. Linux
+/// only (it asks `/proc`); elsewhere nothing is removed.
+fn remove_stale_parts(dest: &Path) {
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let (Some(dir), Some(file)) = (dest.parent(), dest.file_name().and_then(|f| f.to_str())) else {
+        return;
+    };
+    let prefix = format!(".{file}.");
+    let Ok(entries) = std::fs::read_dir(if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    }) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|r| r.strip_suffix(".part"))
+        else {
+            continue;
+        };
+        let Some(Ok(pid)) = rest.split_once('.').map(|(pid, _)| pid.parse::<u32>()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Downloads `url` to `dest` through a partial file of its own ([`part_path`]): the body must
 /// have the length announced by `Content-Length` (when there is one) and the MD5
 /// `expected_md5` (lower-case hex); only then is it renamed to `dest`. On any failure the
 /// partial file is removed and the error names the URL and what differed.
 pub(crate) fn fetch(url: &str, dest: &Path, expected_md5: &str) -> Result<()> {
+    remove_stale_parts(dest);
     let part = part_path(dest);
     // HTTPS trusts the system's certificate store (as curl and Python do), so that proxies
     // with their own CA work too.
@@ -381,13 +418,13 @@ mod tests {
             assert_eq!(part.parent(), Some(dir.as_path()));
         }
 
-        let others = [
-            dir.join("f.bin.part"),
-            dir.join(format!(".f.bin.{}.0.part", pid.wrapping_add(1))),
-        ];
+        // Process 1 always runs; no process has an id above the kernel's pid_max (≤ 2^22).
+        let others = [dir.join("f.bin.part"), dir.join(".f.bin.1.0.part")];
         for other in &others {
             std::fs::write(other, b"another process's partial download").unwrap();
         }
+        let stale = dir.join(".f.bin.999999999.3.part");
+        std::fs::write(&stale, b"left by a killed download").unwrap();
         let body: Vec<u8> = (0..70_000u32).map(|i| (i * 13 % 251) as u8).collect();
         let md5 = td::md5_hex(&body);
         let (url, server) = td::serve_http(vec![("f.bin".into(), body.clone())], 2).unwrap();

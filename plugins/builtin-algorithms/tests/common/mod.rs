@@ -7,6 +7,8 @@ use ssl_plugin_api::tch::nn;
 use ssl_plugin_api::tch::{Device, Kind, Tensor};
 use ssl_plugin_api::{Encoder, Result};
 
+pub mod parity;
+
 /// Images per view in the tests' batches.
 pub const BATCH: i64 = 6;
 
