@@ -23,9 +23,9 @@ use crate::pretrained::{self, encoder_tensors, CLASSIFIER_ALGORITHM};
 use crate::registry::Registry;
 use crate::schedule::LrSchedule;
 use crate::train::{
-    choose_device, head_classes, linear_head_pipelines, open_dataset, open_split, prefixed,
-    record_batch, run_folder, warn_if_no_val_batch, write_config_file, LinearHead, Progress,
-    RemoveIfEmpty, RunOptions,
+    choose_device, end_epoch, head_classes, linear_head_pipelines, metric, open_dataset,
+    open_split, prefixed, record_batch, run_folder, warn_if_no_val_batch, write_config_file,
+    LinearHead, Progress, RemoveIfEmpty, RunOptions,
 };
 use anyhow::{anyhow, bail, Context, Result};
 use ssl_plugin_api::tch::{self, Device, Kind, Tensor};
@@ -514,22 +514,16 @@ pub fn train(registry: &Registry, mut config: RunConfig, options: &RunOptions) -
         let metrics = run.epoch(epoch, &mut global_step, &progress);
         progress.finish_epoch();
         let metrics = metrics?;
-        outputs.write_epoch(epoch, &metrics)?;
-        run.info.epochs_done = epoch + 1;
-        run.info.global_step = global_step;
-        run.info.config = run.config.to_toml();
-        checkpoint::save(
-            &outputs.checkpoint_path(),
-            &run.checkpoint_tensors(),
-            &run.info,
+        let tensors = run.checkpoint_tensors();
+        end_epoch(
+            &mut outputs,
+            &mut run.info,
+            &run.config,
+            &tensors,
+            (epoch, global_step),
+            &metrics,
         )?;
-        let get = |n: &str| {
-            metrics
-                .iter()
-                .find(|(k, _)| k == n)
-                .map(|(_, v)| *v)
-                .unwrap_or(f64::NAN)
-        };
+        let get = |n: &str| metric(&metrics, n);
         eprintln!(
             "epoch {}/{epochs}: classifier train loss {:.4}, val loss {:.4}, val accuracy {:.3}, {:.1} images/s, {:.1}s",
             epoch + 1,
@@ -552,10 +546,7 @@ pub fn train(registry: &Registry, mut config: RunConfig, options: &RunOptions) -
         })?;
         if !test.is_empty() {
             outputs.write_epoch(epochs, &test)?;
-            let accuracy = test
-                .iter()
-                .find(|(n, _)| n == "test/AccuracyAtThreshold05")
-                .map_or(f64::NAN, |(_, v)| *v);
+            let accuracy = metric(&test, "test/AccuracyAtThreshold05");
             eprintln!("test split: accuracy {accuracy:.3} (test/* in metrics.csv)");
         }
     }

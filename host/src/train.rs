@@ -1039,6 +1039,31 @@ pub(crate) fn write_config_file(
     crate::config::write_atomic(&dir.join("config.toml"), text.as_bytes())
 }
 
+/// The end of an epoch: its metrics to `metrics.csv` and TensorBoard, then the checkpoint
+/// (its record updated to `epoch + 1` epochs and `global_step` steps) written atomically.
+pub(crate) fn end_epoch(
+    outputs: &mut RunOutputs,
+    info: &mut checkpoint::CheckpointInfo,
+    config: &RunConfig,
+    tensors: &[(String, Tensor)],
+    (epoch, global_step): (usize, u64),
+    metrics: &[(String, f64)],
+) -> Result<()> {
+    outputs.write_epoch(epoch, metrics)?;
+    info.epochs_done = epoch + 1;
+    info.global_step = global_step;
+    info.config = config.to_toml();
+    checkpoint::save(&outputs.checkpoint_path(), tensors, info)
+}
+
+/// The value of metric `name`, NaN when absent.
+pub(crate) fn metric(metrics: &[(String, f64)], name: &str) -> f64 {
+    metrics
+        .iter()
+        .find(|(k, _)| k == name)
+        .map_or(f64::NAN, |(_, v)| *v)
+}
+
 /// Trains; returns the output folder.
 pub fn train(registry: &Registry, mut config: RunConfig, options: &RunOptions) -> Result<PathBuf> {
     if config.task == "classifier" {
@@ -1072,22 +1097,16 @@ pub fn train(registry: &Registry, mut config: RunConfig, options: &RunOptions) -
         progress.finish_epoch();
         run.warn_about_skipped_images(&mut warned_skipped);
         let metrics = metrics?;
-        outputs.write_epoch(epoch, &metrics)?;
-        run.info.epochs_done = epoch + 1;
-        run.info.global_step = global_step;
-        run.info.config = run.config.to_toml();
-        checkpoint::save(
-            &outputs.checkpoint_path(),
-            &run.checkpoint_tensors(),
-            &run.info,
+        let tensors = run.checkpoint_tensors();
+        end_epoch(
+            &mut outputs,
+            &mut run.info,
+            &run.config,
+            &tensors,
+            (epoch, global_step),
+            &metrics,
         )?;
-        let get = |n: &str| {
-            metrics
-                .iter()
-                .find(|(k, _)| k == n)
-                .map(|(_, v)| *v)
-                .unwrap_or(f64::NAN)
-        };
+        let get = |n: &str| metric(&metrics, n);
         let line = format!(
             "epoch {}/{epochs}: {} train loss {:.4}, val loss {:.4}, linear head val accuracy {:.3}, {:.1} images/s, {:.1}s",
             epoch + 1,
