@@ -14,8 +14,8 @@
 mod common;
 
 use common::parity::{
-    adam_first_step, get, is_buffer, load, max_abs_diff, rel_diff, run_reference, within, Check,
-    TempDir, GRAD_TOL, LOSS_TOL, PARAM_TOL, WEIGHT_DECAY,
+    get, is_buffer, load, max_abs_diff, rel_diff, run_reference, within, Check, TempDir, GRAD_TOL,
+    LOSS_TOL, PARAM_TOL,
 };
 use ssl_builtin_algorithms::byol::{tau, Byol, TAU_STATE_NAME};
 use ssl_plugin_api::host::builtin_plugins;
@@ -149,47 +149,13 @@ fn byol_step_matches_pytorch() {
     }
 
     // 4. Weight-decay groups: the original's substring rule on the online parameter names.
-    let ours_decay: BTreeSet<String> = params
-        .iter()
-        .filter(|p| p.weight_decay)
-        .map(|p| p.name.clone())
-        .collect();
-    if ours_decay == decay_names {
-        println!(
-            "OK   weight decay on the same {} of {} parameters",
-            ours_decay.len(),
-            params.len()
-        );
-    } else {
-        let only_ours: Vec<_> = ours_decay.difference(&decay_names).collect();
-        let only_ref: Vec<_> = decay_names.difference(&ours_decay).collect();
-        println!("FAIL weight decay: only ours {only_ours:?}, only the reference {only_ref:?}");
-        check.failures.push(format!(
-            "weight-decay groups differ: ours only {only_ours:?}, reference only {only_ref:?}"
-        ));
-    }
+    check.decay_group(&params, &decay_names);
 
     // 5. One Adam step from the reference gradients, then the moving average.
-    tch::no_grad(|| {
-        for p in &params {
-            let mut t = p.tensor.shallow_clone();
-            let g = get(&expected, &format!("grad.{}", p.name));
-            let wd = if p.weight_decay { WEIGHT_DECAY } else { 0.0 };
-            adam_first_step(&mut t, g, wd);
-        }
-    });
-    let after_step = params
-        .iter()
-        .map(|p| {
-            let r = get(&expected, &format!("after_step.{}", p.name)).shallow_clone();
-            (p.name.clone(), p.tensor.shallow_clone(), r)
-        })
-        .collect();
-    check.group(
+    check.adam_step(
         "online parameters after Adam (reference gradients)",
-        after_step,
-        max_abs_diff,
-        PARAM_TOL,
+        &params,
+        &expected,
     );
 
     let max_steps = 10;

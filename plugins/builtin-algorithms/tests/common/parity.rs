@@ -2,8 +2,9 @@
 //! `simclr_parity.rs`): running a reference script, reading its tensors, comparing tensor groups
 //! and torch's Adam step.
 
-use ssl_plugin_api::tch::{Kind, Tensor};
-use std::collections::BTreeMap;
+use ssl_plugin_api::tch::{self, Kind, Tensor};
+use ssl_plugin_api::torch::TrainableParam;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -151,6 +152,57 @@ impl Check {
                 String::new()
             }
         );
+    }
+}
+
+impl Check {
+    /// Our weight-decay hints against the reference's decay group (`decay_names`), by name.
+    pub fn decay_group(&mut self, params: &[TrainableParam], decay_names: &BTreeSet<String>) {
+        let ours: BTreeSet<String> = params
+            .iter()
+            .filter(|p| p.weight_decay)
+            .map(|p| p.name.clone())
+            .collect();
+        if &ours == decay_names {
+            println!(
+                "OK   weight decay on the same {} of {} parameters",
+                ours.len(),
+                params.len()
+            );
+        } else {
+            let only_ours: Vec<_> = ours.difference(decay_names).collect();
+            let only_ref: Vec<_> = decay_names.difference(&ours).collect();
+            println!("FAIL weight decay: only ours {only_ours:?}, only the reference {only_ref:?}");
+            self.failures.push(format!(
+                "weight-decay groups differ: ours only {only_ours:?}, reference only {only_ref:?}"
+            ));
+        }
+    }
+
+    /// One Adam step ([`adam_first_step`]) on `params` from the reference gradients
+    /// (`grad.<name>`) with our decay hints, compared with `after_step.<name>`.
+    pub fn adam_step(
+        &mut self,
+        what: &str,
+        params: &[TrainableParam],
+        expected: &BTreeMap<String, Tensor>,
+    ) {
+        tch::no_grad(|| {
+            for p in params {
+                let mut t = p.tensor.shallow_clone();
+                let g = get(expected, &format!("grad.{}", p.name));
+                let wd = if p.weight_decay { WEIGHT_DECAY } else { 0.0 };
+                adam_first_step(&mut t, g, wd);
+            }
+        });
+        let after_step = params
+            .iter()
+            .map(|p| {
+                let r = get(expected, &format!("after_step.{}", p.name)).shallow_clone();
+                (p.name.clone(), p.tensor.shallow_clone(), r)
+            })
+            .collect();
+        self.group(what, after_step, max_abs_diff, PARAM_TOL);
     }
 }
 
