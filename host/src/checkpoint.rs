@@ -169,6 +169,24 @@ fn parse<'a>(
     Ok((parsed, info))
 }
 
+/// `list` with every name prefixed by `prefix` (how a run's parts share one checkpoint).
+pub fn prefixed(prefix: &str, list: Vec<(String, Tensor)>) -> Vec<(String, Tensor)> {
+    list.into_iter()
+        .map(|(n, t)| (format!("{prefix}{n}"), t))
+        .collect()
+}
+
+/// The stored tensors whose names start with `prefix`, without it (shallow clones).
+pub fn under(stored: &HashMap<String, Tensor>, prefix: &str) -> HashMap<String, Tensor> {
+    stored
+        .iter()
+        .filter_map(|(k, t)| {
+            k.strip_prefix(prefix)
+                .map(|n| (n.to_string(), t.shallow_clone()))
+        })
+        .collect()
+}
+
 /// Copies stored tensors into live ones (same names after `prefix`), in place; every live
 /// tensor must be present with the same shape.
 pub fn restore_into(

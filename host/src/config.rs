@@ -198,6 +198,16 @@ const SCHEMA: &[(&str, Kind, &str)] = &[
     ),
     ("optimizer", Kind::Str, "adam, sgd or lars"),
     (
+        "gradient_clip_val",
+        Kind::Float,
+        "clip the global gradient norm of every optimizer step to this value (0: off)",
+    ),
+    (
+        "ssl_view_groups",
+        Kind::TableList,
+        "SSL view groups: each `count` views through `pipeline` (default: one group of 2 views through ssl_augmentations)",
+    ),
+    (
         "weight_decay",
         Kind::Float,
         "weight decay of the SSL optimizer",
@@ -260,6 +270,17 @@ pub struct TransformSpec {
     pub params: Table,
 }
 
+/// `count` views of every SSL sample through one transform pipeline.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ViewGroup {
+    /// Views per sample.
+    pub count: usize,
+    /// The transforms of each view.
+    #[serde(default)]
+    pub pipeline: Vec<TransformSpec>,
+}
+
 /// The resolved configuration of a run.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -300,6 +321,8 @@ pub struct RunConfig {
     pub device: Option<String>,
     pub val_split: f64,
     pub optimizer: String,
+    #[serde(default)]
+    pub gradient_clip_val: f64,
     pub weight_decay: f64,
     pub momentum: f64,
     pub lr_schedule: String,
@@ -309,6 +332,8 @@ pub struct RunConfig {
     pub ssl_dataset_params: Table,
     pub linear_head_dataset_params: Table,
     pub ssl_augmentations: Vec<TransformSpec>,
+    #[serde(default)]
+    pub ssl_view_groups: Vec<ViewGroup>,
     pub linear_head_augmentations: Vec<TransformSpec>,
     pub linear_head_val_augmentations: Option<Vec<TransformSpec>>,
 }
@@ -341,6 +366,7 @@ freeze_encoder = true
 use_mixed_precision = false
 val_split = 0.1
 optimizer = "adam"
+gradient_clip_val = 0.0
 weight_decay = 1e-6
 momentum = 0.9
 lr_schedule = "auto"
@@ -624,6 +650,18 @@ impl RunConfig {
                 bail!("`{name}` must be at least 1");
             }
         }
+        if !self.ssl_view_groups.is_empty() && !self.ssl_augmentations.is_empty() {
+            bail!("give the SSL views either as [[ssl_augmentations]] (one group of 2 views) or as [[ssl_view_groups]], not both");
+        }
+        if let Some(i) = self.ssl_view_groups.iter().position(|g| g.count == 0) {
+            bail!("`ssl_view_groups[{i}].count` must be at least 1");
+        }
+        if !(self.gradient_clip_val >= 0.0) {
+            bail!(
+                "`gradient_clip_val` must be 0 (off) or positive, got {}",
+                self.gradient_clip_val
+            );
+        }
         if !(0.0..1.0).contains(&self.val_split) {
             bail!("`val_split` must be in [0, 1), got {}", self.val_split);
         }
@@ -649,7 +687,7 @@ impl RunConfig {
         // As the original asserts: chest X-rays come in many sizes and one channel, so their
         // pipelines must come from an augmentation config (or be listed explicitly).
         if let Some(name) = self.ssl_training_dataset_name.as_deref() {
-            if is_cxr_dataset(name) && self.ssl_augmentations.is_empty() {
+            if is_cxr_dataset(name) && self.view_groups().iter().any(|g| g.pipeline.is_empty()) {
                 bail!("`{name}` needs `ssl_augmentation_config` (e.g. cxr_ssl_encoder_augmentations.yaml) or [[ssl_augmentations]]");
             }
         }
@@ -662,6 +700,19 @@ impl RunConfig {
             );
         }
         Ok(())
+    }
+
+    /// The SSL view groups: `ssl_view_groups`, or one group of 2 views through
+    /// `ssl_augmentations` (the original's two views).
+    pub fn view_groups(&self) -> Vec<ViewGroup> {
+        if self.ssl_view_groups.is_empty() {
+            vec![ViewGroup {
+                count: 2,
+                pipeline: self.ssl_augmentations.clone(),
+            }]
+        } else {
+            self.ssl_view_groups.clone()
+        }
     }
 
     /// The linear-head dataset path: `extra_local_dataset_paths[0]`, or `local_dataset` when

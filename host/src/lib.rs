@@ -3,19 +3,24 @@
 
 pub mod augmentation_yaml;
 pub mod checkpoint;
-pub mod classifier;
 pub mod cli;
 pub mod commands;
 pub mod config;
-pub mod data;
+pub mod datasets;
+pub mod engine;
+pub mod loader;
 pub mod metrics;
 pub mod optim;
 pub mod outputs;
+pub mod pipeline;
 pub mod pretrained;
 pub mod registry;
+pub mod sampler;
 pub mod schedule;
+pub mod seeds;
+pub mod split;
+pub mod tasks;
 pub mod tensorboard;
-pub mod train;
 
 use anyhow::Result;
 use cli::Cli;

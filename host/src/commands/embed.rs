@@ -8,22 +8,21 @@
 
 use crate::cli::Cli;
 use crate::config::{TransformSpec, CXR_DATASETS};
-use crate::data::{batches_of, seed_of, Pipeline};
+use crate::loader::{BatchStream, Seeds, Source};
+use crate::pipeline::Pipeline;
 use crate::pretrained::encoder_from_checkpoint;
 use crate::registry::Registry;
+use crate::sampler::{Order, Sampler};
 use anyhow::{anyhow, bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 use ssl_plugin_api::host::DatasetHandle;
 use ssl_plugin_api::tch::{self, Device, Kind, Tensor};
 use ssl_plugin_api::torch::parse_device;
-use ssl_plugin_api::{Encoder, Image, Params, Pixels};
-use std::collections::BTreeMap;
+use ssl_plugin_api::{Encoder, Params};
 use std::fs::File;
-use std::io::{BufWriter, IsTerminal, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc;
+use std::sync::Arc;
 
 /// The seed of evaluation transforms: random ones (e.g. a linear-head crop) then give the same
 /// output on every run.
@@ -119,7 +118,7 @@ impl EvalArgs {
     }
 
     /// Opens the dataset; a clear error when it has no samples.
-    pub fn open_dataset(&self, registry: &Registry) -> Result<DatasetHandle> {
+    pub fn open_dataset(&self, registry: &Registry) -> Result<Arc<DatasetHandle>> {
         let params = Params::from_value(Value::Object(self.dataset_params.clone()))
             .map_err(anyhow::Error::msg)?;
         let dataset = registry
@@ -139,7 +138,7 @@ impl EvalArgs {
                 self.dataset
             );
         }
-        Ok(dataset)
+        Ok(Arc::new(dataset))
     }
 }
 
@@ -268,191 +267,33 @@ pub fn npy_header(shape: &[usize]) -> Vec<u8> {
     out
 }
 
-/// One prepared batch: images `[N, C, H, W]` on the device, with ids and labels.
-pub struct EvalBatch {
-    pub images: Tensor,
-    pub ids: Vec<String>,
-    pub labels: Vec<Option<i64>>,
-}
-
-struct Prepared {
-    data: Vec<f32>,
-    shape: [usize; 3],
-    ids: Vec<String>,
-    labels: Vec<Option<i64>>,
-}
-
 /// What an evaluation pass reads: a dataset in order, through a fixed-seed transform pipeline.
 pub struct EvalSource<'a> {
-    pub dataset: &'a DatasetHandle,
+    pub dataset: Arc<DatasetHandle>,
     pub dataset_name: &'a str,
-    pub pipeline: &'a Pipeline,
+    pub pipeline: Arc<Pipeline>,
     /// Expand 1-channel images to this many identical channels (3 for an RGB encoder).
     pub expand_to: Option<usize>,
     /// Appended to the error for images of different sizes in one batch.
     pub size_hint: &'a str,
 }
 
-/// Pixels as f32 in [0, 1], channel-major (CHW), from an HWC image.
-fn unit_chw(image: &Image, repeat: usize) -> Vec<f32> {
-    let c = image.channels() as usize;
-    let hwc: Vec<f32> = match image.pixels() {
-        Pixels::U8(v) => v.iter().map(|&x| x as f32 / 255.0).collect(),
-        Pixels::U16(v) => v.iter().map(|&x| x as f32 / 65535.0).collect(),
-        Pixels::F32(v) => v.to_vec(),
-    };
-    let mut out = Vec::with_capacity(hwc.len() * repeat);
-    for ch in 0..c {
-        out.extend(hwc.iter().skip(ch).step_by(c));
-    }
-    let plane = out.clone();
-    for _ in 1..repeat {
-        out.extend_from_slice(&plane);
-    }
-    out
-}
-
 impl EvalSource<'_> {
-    fn prepare(&self, indices: &[usize]) -> Result<Prepared> {
-        let mut data = Vec::new();
-        let mut shape: Option<([usize; 3], usize, String)> = None;
-        let mut ids = Vec::with_capacity(indices.len());
-        let mut labels = Vec::with_capacity(indices.len());
-        for &index in indices {
-            let sample = self
-                .dataset
-                .get(index)
-                .map_err(|e| anyhow!("{} sample {index}: {e}", self.dataset_name))?;
-            let (image, label, id) = sample.into_parts();
-            let image = self
-                .pipeline
-                .apply(image, seed_of(&[EVAL_SEED, index as u64]))
-                .with_context(|| format!("{} sample {index} ({id})", self.dataset_name))?;
-            let repeat = match self.expand_to {
-                Some(n) if image.channels() == 1 => n,
-                _ => 1,
-            };
-            let this = [
-                image.channels() as usize * repeat,
-                image.height() as usize,
-                image.width() as usize,
-            ];
-            match &shape {
-                None => shape = Some((this, index, id.clone())),
-                Some((s, first, first_id)) if *s != this => bail!(
-                    "{} sample {index} ({id}) is {}×{}×{} (channels×height×width) but sample {first} ({first_id}) of the same batch is {}×{}×{}; {}",
-                    self.dataset_name, this[0], this[1], this[2], s[0], s[1], s[2], self.size_hint
-                ),
-                Some(_) => {}
-            }
-            data.extend(unit_chw(&image, repeat));
-            ids.push(id);
-            labels.push(label);
-        }
-        Ok(Prepared {
-            data,
-            shape: shape.map(|s| s.0).unwrap_or([0, 0, 0]),
-            ids,
-            labels,
-        })
-    }
-
-    /// Calls `f` on every batch of `batch_size` samples, in dataset order, with `workers`
-    /// threads preparing batches ahead (0: in this thread) and a progress bar on a terminal.
-    pub fn for_each_batch(
-        &self,
-        batch_size: usize,
-        workers: usize,
-        device: Device,
-        what: &str,
-        mut f: impl FnMut(EvalBatch) -> Result<()>,
-    ) -> Result<()> {
+    /// Every sample once, in dataset order, in batches of `batch_size` (the last one may be
+    /// smaller), from the one loader with `workers` threads and a progress bar labelled `what`.
+    pub fn stream(self, batch_size: usize, workers: usize, what: &str) -> BatchStream {
         let order: Vec<usize> = (0..self.dataset.len()).collect();
-        let plan = batches_of(&order, batch_size, false);
-        let bar = if std::io::stderr().is_terminal() {
-            let bar = ProgressBar::new(order.len() as u64);
-            let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} ETA {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> ");
-            bar.set_style(style);
-            bar.set_prefix(what.to_string());
-            bar
-        } else {
-            ProgressBar::hidden()
-        };
-        let mut consume = |prepared: Prepared| -> Result<()> {
-            let [c, h, w] = prepared.shape;
-            let n = prepared.ids.len();
-            let images =
-                Tensor::from_slice(&prepared.data).view([n as i64, c as i64, h as i64, w as i64]);
-            let images = if device == Device::Cpu {
-                images
-            } else {
-                images.to_device(device)
-            };
-            f(EvalBatch {
-                images,
-                ids: prepared.ids,
-                labels: prepared.labels,
-            })?;
-            bar.inc(n as u64);
-            Ok(())
-        };
-        let result = if workers == 0 {
-            plan.iter()
-                .try_for_each(|indices| consume(self.prepare(indices)?))
-        } else {
-            self.parallel(&plan, workers, &mut consume)
-        };
-        bar.finish_and_clear();
-        result
-    }
-
-    /// Prepares the batches of `plan` on `workers` threads and hands them to `consume` in order.
-    fn parallel(
-        &self,
-        plan: &[Vec<usize>],
-        workers: usize,
-        consume: &mut dyn FnMut(Prepared) -> Result<()>,
-    ) -> Result<()> {
-        let next = AtomicUsize::new(0);
-        let stop = AtomicBool::new(false);
-        let (tx, rx) = mpsc::sync_channel::<(usize, Result<Prepared>)>(workers);
-        std::thread::scope(|scope| {
-            for _ in 0..workers.min(plan.len()) {
-                let tx = tx.clone();
-                let (next, stop) = (&next, &stop);
-                scope.spawn(move || loop {
-                    if stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let n = next.fetch_add(1, Ordering::Relaxed);
-                    if n >= plan.len() {
-                        break;
-                    }
-                    if tx.send((n, self.prepare(&plan[n]))).is_err() {
-                        break;
-                    }
-                });
-            }
-            drop(tx);
-            let mut ready: BTreeMap<usize, Result<Prepared>> = BTreeMap::new();
-            let result = (0..plan.len()).try_for_each(|n| {
-                let batch = loop {
-                    if let Some(b) = ready.remove(&n) {
-                        break b;
-                    }
-                    let (k, b) = rx
-                        .recv()
-                        .map_err(|_| anyhow!("data-loading threads stopped unexpectedly"))?;
-                    ready.insert(k, b);
-                };
-                consume(batch?)
-            });
-            stop.store(true, Ordering::Relaxed);
-            drop(rx);
-            result
-        })
+        let plan = Sampler::new(order, batch_size, false, Order::Sequential).batches(0);
+        let mut source = Source::single(
+            self.dataset,
+            self.pipeline,
+            Seeds::Fixed(EVAL_SEED),
+            self.dataset_name,
+        );
+        source.suggest_skipping = false;
+        source.expand_to = self.expand_to;
+        source.size_hint = self.size_hint.to_string();
+        BatchStream::new(Arc::new(source), 0, plan, workers).with_progress(what)
     }
 }
 
@@ -531,18 +372,19 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
     let pipeline = Pipeline::build(registry, &specs, "the embed transform")?;
     let mut encoder = loaded.encoder;
     let dim = encoder.output_dim() as usize;
-    let source = EvalSource {
-        dataset: &dataset,
+    let n = dataset.len();
+    let stream = EvalSource {
+        dataset: Arc::clone(&dataset),
         dataset_name: &args.dataset,
-        pipeline: &pipeline,
+        pipeline: Arc::new(pipeline),
         expand_to: encoder_in_channels(&encoder).filter(|&c| c > 1),
         size_hint: if image_size.is_some() {
             "images with different numbers of channels cannot share a batch"
         } else {
             "images of different sizes cannot share a batch: pass --image_size=N to resize and centre-crop every image to N×N (or --batch_size=1)"
         },
-    };
-    let n = dataset.len();
+    }
+    .stream(args.batch_size, args.workers, "embed");
     let mut main = OutputFile::create(&args.out)?;
     let ids_path = args.out.with_extension("ids.csv");
     let mut ids_file = None;
@@ -556,46 +398,40 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
         main.write(format!("id,label,{}\n", columns.join(",")).as_bytes())?;
     }
     let mut row = 0usize;
-    source.for_each_batch(
-        args.batch_size,
-        args.workers,
-        args.device,
-        "embed",
-        |batch| {
-            let embeddings = embed_batch(&mut encoder, &batch.images)?;
-            let width = embeddings.size()[1] as usize;
-            if width != dim {
-                bail!(
+    for batch in stream {
+        let batch = batch?;
+        let images = batch.images(args.device);
+        let embeddings = embed_batch(&mut encoder, &images)?;
+        let width = embeddings.size()[1] as usize;
+        if width != dim {
+            bail!(
                 "the `{}` encoder gave {width} features per image but says its output has {dim}",
                 loaded.name
             );
-            }
-            let values = to_vec_f32(&embeddings)?;
-            for (k, (id, label)) in batch.ids.iter().zip(&batch.labels).enumerate() {
-                let label = label.map(|l| l.to_string()).unwrap_or_default();
-                let features = &values[k * dim..(k + 1) * dim];
-                match &mut ids_file {
-                    Some(ids) => {
-                        let bytes: Vec<u8> =
-                            features.iter().flat_map(|v| v.to_le_bytes()).collect();
-                        main.write(&bytes)?;
-                        ids.write(format!("{row},{},{label}\n", csv_field(id)).as_bytes())?;
-                    }
-                    None => {
-                        let mut line = format!("{},{label}", csv_field(id));
-                        for v in features {
-                            line.push(',');
-                            line.push_str(&v.to_string());
-                        }
-                        line.push('\n');
-                        main.write(line.as_bytes())?;
-                    }
+        }
+        let values = to_vec_f32(&embeddings)?;
+        for (k, (id, label)) in batch.ids.iter().zip(&batch.labels).enumerate() {
+            let label = label.map(|l| l.to_string()).unwrap_or_default();
+            let features = &values[k * dim..(k + 1) * dim];
+            match &mut ids_file {
+                Some(ids) => {
+                    let bytes: Vec<u8> = features.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    main.write(&bytes)?;
+                    ids.write(format!("{row},{},{label}\n", csv_field(id)).as_bytes())?;
                 }
-                row += 1;
+                None => {
+                    let mut line = format!("{},{label}", csv_field(id));
+                    for v in features {
+                        line.push(',');
+                        line.push_str(&v.to_string());
+                    }
+                    line.push('\n');
+                    main.write(line.as_bytes())?;
+                }
             }
-            Ok(())
-        },
-    )?;
+            row += 1;
+        }
+    }
     // Both synced before either is renamed: an `.npy` never lands beside the ids of an
     // unfinished run.
     main.sync()?;
@@ -721,13 +557,5 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(!names.iter().any(|n| n.ends_with(".partial")), "{names:?}");
-    }
-
-    #[test]
-    fn channels_are_expanded_and_planar() {
-        let grey = Image::from_u8(2, 1, 1, vec![0, 255]).unwrap();
-        assert_eq!(unit_chw(&grey, 3), vec![0.0, 1.0, 0.0, 1.0, 0.0, 1.0]);
-        let rgb = Image::from_u8(2, 1, 3, vec![255, 0, 0, 0, 0, 255]).unwrap();
-        assert_eq!(unit_chw(&rgb, 1), vec![1.0, 0.0, 0.0, 0.0, 0.0, 1.0]);
     }
 }

@@ -13,13 +13,14 @@ use super::embed::{
 use crate::checkpoint::Checkpoint;
 use crate::cli::Cli;
 use crate::config::{RunConfig, TransformSpec};
-use crate::data::Pipeline;
+use crate::pipeline::Pipeline;
 use crate::pretrained::{encoder_from_checkpoint, CLASSIFIER_ALGORITHM};
 use crate::registry::Registry;
 use anyhow::{anyhow, bail, Result};
 use ssl_plugin_api::tch::{Device, Kind, Tensor};
 use ssl_plugin_api::Encoder;
 use std::path::Path;
+use std::sync::Arc;
 
 /// The names of the classifier head's tensors in a checkpoint.
 pub const HEAD_WEIGHT: &str = "linear_head.linear.weight";
@@ -87,53 +88,50 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
         .map_err(|e| anyhow!("{}: {e}", loaded.path.display()))?;
     let (specs, what) = evaluation_transform(&config);
     let pipeline = Pipeline::build(registry, specs, what)?;
-    let source = EvalSource {
-        dataset: &dataset,
+    let stream = EvalSource {
+        dataset: Arc::clone(&dataset),
         dataset_name: &args.dataset,
-        pipeline: &pipeline,
+        pipeline: Arc::new(pipeline),
         expand_to: encoder_in_channels(&encoder).filter(|&c| c > 1),
         size_hint: "the run's evaluation transform does not give every image one size; use --batch_size=1 or a run whose transform resizes or crops",
-    };
+    }
+    .stream(args.batch_size, args.workers, "predict");
     let mut out = OutputFile::create(&args.out)?;
     let columns: Vec<String> = (0..classes).map(|k| format!("p{k}")).collect();
     out.write(format!("id,label,{}\n", columns.join(",")).as_bytes())?;
     let mut rows = 0usize;
-    source.for_each_batch(
-        args.batch_size,
-        args.workers,
-        args.device,
-        "predict",
-        |batch| {
-            let embeddings = embed_batch(&mut encoder, &batch.images)?;
-            if embeddings.size()[1] != dim {
-                bail!(
-                    "the `{}` encoder gave {} features per image but says its output has {dim}",
-                    loaded.name,
-                    embeddings.size()[1]
-                );
+    for batch in stream {
+        let batch = batch?;
+        let images = batch.images(args.device);
+        let embeddings = embed_batch(&mut encoder, &images)?;
+        if embeddings.size()[1] != dim {
+            bail!(
+                "the `{}` encoder gave {} features per image but says its output has {dim}",
+                loaded.name,
+                embeddings.size()[1]
+            );
+        }
+        let probabilities = embeddings
+            .matmul(&weight.tr())
+            .g_add(&bias)
+            .softmax(-1, Kind::Float);
+        let values = to_vec_f32(&probabilities)?;
+        let mut text = String::new();
+        for (k, (id, label)) in batch.ids.iter().zip(&batch.labels).enumerate() {
+            text.push_str(&csv_field(id));
+            text.push(',');
+            if let Some(l) = label {
+                text.push_str(&l.to_string());
             }
-            let probabilities = embeddings
-                .matmul(&weight.tr())
-                .g_add(&bias)
-                .softmax(-1, Kind::Float);
-            let values = to_vec_f32(&probabilities)?;
-            let mut text = String::new();
-            for (k, (id, label)) in batch.ids.iter().zip(&batch.labels).enumerate() {
-                text.push_str(&csv_field(id));
+            for p in &values[k * classes..(k + 1) * classes] {
                 text.push(',');
-                if let Some(l) = label {
-                    text.push_str(&l.to_string());
-                }
-                for p in &values[k * classes..(k + 1) * classes] {
-                    text.push(',');
-                    text.push_str(&p.to_string());
-                }
-                text.push('\n');
+                text.push_str(&p.to_string());
             }
-            rows += batch.ids.len();
-            out.write(text.as_bytes())
-        },
-    )?;
+            text.push('\n');
+        }
+        rows += batch.ids.len();
+        out.write(text.as_bytes())?;
+    }
     out.commit()?;
     if let Some(n) = dataset.num_classes().filter(|&n| n != classes) {
         eprintln!(

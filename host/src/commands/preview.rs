@@ -1,16 +1,20 @@
 //! `ssl-host preview --model=NAME [--name=value]... --out=FILE.png [--count=8]`: a grid with
 //! one row per sample of the SSL training split: the image as the dataset loads it (resized to
-//! the views' size), then its two augmented views exactly as epoch 1 of training draws them.
+//! the first view's size), then its augmented views (every view group, in order) exactly as
+//! epoch 1 of training draws them.
 
 use crate::cli::Cli;
 use crate::commands::dump::encode_png;
 use crate::config::{RunConfig, TransformSpec};
-use crate::data::{seed_of, split_dataset, Pipeline};
+use crate::datasets::open_dataset;
+use crate::pipeline::Pipeline;
 use crate::registry::Registry;
-use crate::train::open_dataset;
+use crate::split::split_dataset;
+use crate::tasks::ssl::training_views;
 use anyhow::{anyhow, bail, Context, Result};
 use ssl_plugin_api::{Image, Pixels};
 use std::path::Path;
+use std::sync::Arc;
 
 /// Gap between tiles, in pixels (white).
 const GAP: usize = 4;
@@ -43,25 +47,19 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
         "train",
         &config.ssl_dataset_params,
     )?;
-    let pipeline = Pipeline::build(registry, &config.ssl_augmentations, "ssl_augmentations")?;
     let (train, _) = split_dataset(&dataset, config.val_split, config.random_seed)?;
-    // The seeds of the SSL training stream (stream 1) in epoch 0, as the loader draws them.
-    let stream_seed = seed_of(&[config.random_seed, 1]);
-    let mut rows: Vec<[Tile; 3]> = Vec::new();
+    let source = training_views(registry, &config, Arc::clone(&dataset), &name)?;
+    let mut rows: Vec<Vec<Tile>> = Vec::new();
     for &index in train.iter().take(count) {
         let sample = dataset
             .get(index)
             .map_err(|e| anyhow!("{name} sample {index}: {e}"))?;
-        let views: Vec<Tile> = (0..2u64)
-            .map(|view| {
-                let seed = seed_of(&[stream_seed, 0, index as u64, view]);
-                let image = pipeline
-                    .apply(sample.image().clone(), seed)
-                    .with_context(|| format!("{name} sample {index} ({})", sample.id()))?;
-                Tile::from_image(&image)
-            })
-            .collect::<Result<_>>()?;
-        let (h, w) = (views[0].height, views[0].width);
+        // Epoch 0, as the loader draws them.
+        let views = source
+            .views_of(sample.image(), 0, index)
+            .with_context(|| format!("{name} sample {index} ({})", sample.id()))?;
+        let mut row = Vec::with_capacity(views.len() + 1);
+        let (h, w) = (views[0].height(), views[0].width());
         let resize = Pipeline::build(
             registry,
             &[TransformSpec {
@@ -76,12 +74,11 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
             }],
             "preview",
         )?;
-        let original = Tile::from_image(&resize.apply(sample.image().clone(), 0)?)?;
-        let mut views = views.into_iter();
-        let (Some(a), Some(b)) = (views.next(), views.next()) else {
-            unreachable!("two views were made")
-        };
-        rows.push([original, a, b]);
+        row.push(Tile::from_image(&resize.apply(sample.image().clone(), 0)?)?);
+        for view in &views {
+            row.push(Tile::from_image(view)?);
+        }
+        rows.push(row);
     }
     if rows.is_empty() {
         bail!("the SSL training split of `{name}` is empty: nothing to preview");
@@ -95,9 +92,10 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
     let png = encode_png(&grid).with_context(|| format!("writing {}", out.display()))?;
     crate::config::write_atomic(out, &png)?;
     println!(
-        "wrote {} ({} samples of {name}: image, view 1, view 2 per row)",
+        "wrote {} ({} samples of {name}: the image, then its {} views per row)",
         out.display(),
-        rows.len()
+        rows.len(),
+        source.views()
     );
     Ok(())
 }
@@ -138,10 +136,11 @@ impl Tile {
 }
 
 /// Rows of tiles on a white background with a gap between them.
-fn compose(rows: &[[Tile; 3]]) -> Result<Image> {
+fn compose(rows: &[Vec<Tile>]) -> Result<Image> {
     let cell_w = rows.iter().flatten().map(|t| t.width).max().unwrap_or(0);
     let cell_h = rows.iter().flatten().map(|t| t.height).max().unwrap_or(0);
-    let width = 3 * cell_w + 4 * GAP;
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let width = columns * cell_w + (columns + 1) * GAP;
     let height = rows.len() * cell_h + (rows.len() + 1) * GAP;
     let mut canvas = vec![255u8; width * height * 3];
     for (r, row) in rows.iter().enumerate() {
@@ -169,7 +168,7 @@ mod tests {
             height: 2,
             rgb: vec![v; 12],
         };
-        let grid = compose(&[[tile(0), tile(100), tile(200)]]).unwrap();
+        let grid = compose(&[vec![tile(0), tile(100), tile(200)]]).unwrap();
         assert_eq!((grid.width(), grid.height()), (3 * 2 + 4 * 4, 2 + 2 * 4));
         let Pixels::U8(p) = grid.pixels() else {
             panic!("u8")

@@ -1,11 +1,14 @@
 //! `ssl-host [train] --model=NAME [--name=value]... [--resume] [--stop_after_epochs=N]` and
-//! `ssl-host show-config --model=NAME [--name=value]...`.
+//! `ssl-host show-config --model=NAME [--name=value]...`: resolves the config, picks the task
+//! it names and hands it to the engine.
 
 use crate::checkpoint;
 use crate::cli::Cli;
 use crate::config::{parameter_help, RunConfig};
+use crate::engine::{self, Fitted, RunOptions};
 use crate::registry::Registry;
-use crate::train::{train, RunOptions};
+use crate::tasks::classifier::ClassifierTask;
+use crate::tasks::ssl::SslTask;
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
@@ -47,6 +50,20 @@ fn resolve(registry: &Registry, cli: &mut Cli, resume: bool) -> Result<RunConfig
     RunConfig::resolve(&model, &overrides, registry)
 }
 
+/// Trains the task the config names.
+pub fn train(registry: &Registry, config: RunConfig, options: &RunOptions) -> Result<Fitted> {
+    let device = crate::commands::embed::device_of(config.device.as_deref())?;
+    if config.task == "classifier" {
+        engine::fit(config, options, |config, stored| {
+            ClassifierTask::build(registry, config, device, stored)
+        })
+    } else {
+        engine::fit(config, options, |config, stored| {
+            SslTask::build(registry, config, device, stored)
+        })
+    }
+}
+
 /// `train`.
 pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
     let resume = flag(cli, "resume")?;
@@ -58,7 +75,7 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
         None => None,
     };
     let config = resolve(registry, cli, resume)?;
-    let dir = train(
+    let fitted = train(
         registry,
         config,
         &RunOptions {
@@ -66,7 +83,7 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
             stop_after_epochs,
         },
     )?;
-    println!("run finished: outputs in {}", dir.display());
+    println!("run finished: outputs in {}", fitted.dir.display());
     Ok(())
 }
 
@@ -79,4 +96,87 @@ pub fn show(registry: &Registry, cli: &mut Cli) -> Result<()> {
     let config = resolve(registry, cli, false)?;
     print!("{}", config.to_toml());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{TransformSpec, ViewGroup};
+
+    /// A small Shapes config: 48 training samples in batches of 8 (6 steps per epoch).
+    fn small(model: &str, dir: &std::path::Path, extra: &[(&str, &str)]) -> RunConfig {
+        let mut overrides: Vec<(String, String)> = [
+            ("output_dir", dir.to_str().unwrap()),
+            ("device", "cpu"),
+            ("num_epochs", "2"),
+            ("val_split", "0.2"),
+            ("ssl_dataset_params.num_samples", "60"),
+            ("linear_head_dataset_params.num_samples", "60"),
+            ("ssl_training_batch_size", "8"),
+            ("linear_head_batch_size", "8"),
+            ("num_workers", "1"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        overrides.extend(extra.iter().map(|(a, b)| (a.to_string(), b.to_string())));
+        RunConfig::resolve(model, &overrides, &Registry::load(&[]).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn every_optimizer_step_of_every_task_goes_through_the_step_path() {
+        let registry = Registry::load(&[]).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let ssl_dir = tmp.path().join("ssl");
+        let config = small("ShapesSimCLR", &ssl_dir, &[]);
+        let fitted = train(&registry, config, &RunOptions::default()).unwrap();
+        // 2 epochs × 6 steps: one SSL and one linear-head step each.
+        assert_eq!(fitted.step_counts.get("ssl"), Some(&12));
+        assert_eq!(fitted.step_counts.get("linear_head"), Some(&12));
+        assert_eq!(fitted.step_counts.len(), 2, "{:?}", fitted.step_counts);
+        // A classifier on its encoder, fine-tuned: 48 samples in batches of 8, 2 epochs.
+        let config = small(
+            "SSLClassifierCIFAR",
+            &tmp.path().join("classifier"),
+            &[
+                ("linear_head_dataset_name", "Shapes"),
+                ("local_ssl_weights_path", ssl_dir.to_str().unwrap()),
+                ("freeze_encoder", "false"),
+            ],
+        );
+        let fitted = train(&registry, config, &RunOptions::default()).unwrap();
+        assert_eq!(
+            fitted.step_counts.iter().collect::<Vec<_>>(),
+            [(&"classifier", &12)]
+        );
+    }
+
+    #[test]
+    fn simclr_trains_on_two_view_groups_of_different_sizes() {
+        let registry = Registry::load(&[]).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let mut config = small("ShapesSimCLR", tmp.path(), &[("num_epochs", "1")]);
+        let crop = |size: i64| ViewGroup {
+            count: 1,
+            pipeline: vec![TransformSpec {
+                name: "RandomResizedCrop".into(),
+                params: toml::Table::from_iter([("size".to_string(), toml::Value::Integer(size))]),
+            }],
+        };
+        config.ssl_augmentations.clear();
+        config.ssl_view_groups = vec![crop(32), crop(24)];
+        let fitted = train(&registry, config, &RunOptions::default()).unwrap();
+        assert_eq!(fitted.step_counts.get("ssl"), Some(&6));
+        let metrics = std::fs::read_to_string(tmp.path().join("metrics.csv")).unwrap();
+        let loss = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("0,simclr/train/loss,"))
+            .expect("a training loss");
+        assert!(loss.parse::<f64>().unwrap().is_finite(), "{metrics}");
+        // The resolved config keeps the groups, so a resumed run sees the same views.
+        let stored = std::fs::read_to_string(tmp.path().join("config.toml")).unwrap();
+        assert!(stored.contains("[[ssl_view_groups]]"), "{stored}");
+        let back = RunConfig::from_resolved_toml(&stored, "ShapesSimCLR").unwrap();
+        assert_eq!(back.view_groups().len(), 2);
+    }
 }

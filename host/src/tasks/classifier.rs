@@ -13,46 +13,63 @@
 //!   checkpoints and `--resume` as SSL runs; after the last epoch, when the dataset has a test
 //!   split, `test/*` metrics (written under epoch `num_epochs`).
 
-use crate::checkpoint::{self, CheckpointInfo};
+use crate::checkpoint::{self, prefixed, under, Checkpoint, CheckpointInfo};
 use crate::config::RunConfig;
-use crate::data::{batches_of, permutation, seed_of, split_dataset, BatchStream, Pipeline, Source};
+use crate::datasets::{open_dataset, open_split};
+use crate::engine::{EpochSteps, OptimizerSlot, StepPath, StepReport, Task, TrainSummary};
+use crate::loader::{BatchStream, Seeds, Source};
 use crate::metrics::EpochMetrics;
-use crate::optim::{self, Optimizer, OptimizerConfig, OptimizerKind, Param};
-use crate::outputs::RunOutputs;
+use crate::optim::{OptimizerConfig, OptimizerKind, Param};
+use crate::pipeline::Pipeline;
 use crate::pretrained::{self, encoder_tensors, CLASSIFIER_ALGORITHM};
 use crate::registry::Registry;
+use crate::sampler::{Order, Sampler};
 use crate::schedule::LrSchedule;
-use crate::train::{
-    choose_device, end_epoch, head_classes, linear_head_pipelines, metric, open_dataset,
-    open_split, prefixed, record_batch, run_folder, warn_if_no_val_batch, write_config_file,
-    LinearHead, Progress, RemoveIfEmpty, RunOptions,
-};
+use crate::seeds::seed_of;
+use crate::split::split_dataset;
+use crate::tasks::linear_head::{head_classes, linear_head_pipelines, record_batch, LinearHead};
+use crate::tasks::{encoder_params, plugins_used, transforms_used, warn_if_no_val_batch};
 use anyhow::{anyhow, bail, Context, Result};
 use ssl_plugin_api::tch::{self, Device, Kind, Tensor};
 use ssl_plugin_api::torch::ForeignEncoder;
 use ssl_plugin_api::{Encoder, Params};
-use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
 
 /// The exponent of the original's polynomial schedule.
 const POLYNOMIAL_GAMMA: f64 = 1e-4;
+/// The seed streams of the loaders (part of every augmentation seed; do not change).
+const TRAIN: u64 = 3;
+const VAL: u64 = 4;
+const TEST: u64 = 5;
+/// The shuffle stream of the training sampler.
+const SHUFFLE: u64 = 11;
 
-struct ClassifierRun {
+/// A source and the sampler of its split.
+struct Data {
+    source: Arc<Source>,
+    sampler: Sampler,
+}
+
+/// A classifier run.
+pub struct ClassifierTask<'a> {
     config: RunConfig,
+    registry: &'a Registry,
     device: Device,
     encoder: ForeignEncoder,
     frozen: bool,
     head: LinearHead,
-    optimizer: Box<dyn Optimizer>,
+    optimizer: OptimizerSlot,
     schedule: LrSchedule,
     dataset_name: String,
     dataset_root: Option<String>,
-    train: (Arc<Source>, Vec<usize>),
-    val: (Arc<Source>, Vec<usize>),
+    train: Data,
+    val: Data,
     val_pipeline: Arc<Pipeline>,
     info: CheckpointInfo,
+    stream: Option<BatchStream>,
+    metrics: Option<EpochMetrics>,
 }
 
 /// The encoder of a new classifier run: from an ssl-host checkpoint or torchvision weights.
@@ -107,20 +124,13 @@ fn pretrained_encoder(
     }
 }
 
-/// A fresh encoder of `ssl_encoder` with `encoder_params` (ResNets get the CIFAR stem for
-/// CIFAR data unless `cifar_stem` is given, as the original).
+/// A fresh encoder of `ssl_encoder` with the run's encoder parameters ([`encoder_params`]).
 fn build_encoder(
     registry: &Registry,
     config: &RunConfig,
     device: Device,
 ) -> Result<(ForeignEncoder, serde_json::Value)> {
-    let mut params = config.encoder_params.clone();
-    if config.ssl_encoder.starts_with("resnet") && !params.contains_key("cifar_stem") {
-        params.insert(
-            "cifar_stem".into(),
-            toml::Value::Boolean(config.linear_head_dataset_name.starts_with("CIFAR")),
-        );
-    }
+    let params = encoder_params(config, &config.linear_head_dataset_name);
     let json = serde_json::to_value(&params)?;
     let encoder = registry
         .encoder(&config.ssl_encoder)?
@@ -132,13 +142,29 @@ fn build_encoder(
     Ok((encoder, json))
 }
 
-impl ClassifierRun {
-    fn build(
-        registry: &Registry,
+impl<'a> ClassifierTask<'a> {
+    /// Builds the run: the encoder (from `stored` when resuming, else pretrained), the dataset
+    /// and its split, the head and its optimizer.
+    pub fn build(
+        registry: &'a Registry,
         mut config: RunConfig,
         device: Device,
-        stored: Option<&checkpoint::Checkpoint>,
-    ) -> Result<ClassifierRun> {
+        stored: Option<&Checkpoint>,
+    ) -> Result<ClassifierTask<'a>> {
+        if let Some(c) = stored {
+            if c.info.algorithm != CLASSIFIER_ALGORITHM {
+                bail!(
+                    "--resume: the checkpoint in {} is of a {} run, not of a classifier",
+                    config.output_dir.as_deref().unwrap_or("the run folder"),
+                    c.info.algorithm
+                );
+            }
+        }
+        if config.use_mixed_precision && device != Device::Cpu {
+            eprintln!(
+                "note: classifier runs train in 32-bit floats; use_mixed_precision is ignored"
+            );
+        }
         let seed = config.random_seed;
         tch::manual_seed(seed as i64);
         let (encoder, encoder_name, encoder_params) = match stored {
@@ -186,18 +212,32 @@ impl ClassifierRun {
         );
         let (train_pipeline, val_pipeline) = linear_head_pipelines(registry, &config)?;
         let source = |pipeline: &Arc<Pipeline>, stream: u64| {
-            let mut source = Source::new(
+            let mut source = Source::single(
                 Arc::clone(&dataset),
                 Arc::clone(pipeline),
-                1,
-                seed_of(&[seed, stream]),
+                Seeds::PerEpoch(seed_of(&[seed, stream])),
                 &name,
             );
             source.skip_unreadable = config.skip_unreadable_images;
             Arc::new(source)
         };
-        let train = (source(&train_pipeline, 3), train_idx);
-        let val = (source(&val_pipeline, 4), val_idx);
+        let (bs, drop_last) = (config.linear_head_batch_size, config.drop_last);
+        let train = Data {
+            source: source(&train_pipeline, TRAIN),
+            sampler: Sampler::new(
+                train_idx,
+                bs,
+                drop_last,
+                Order::Shuffled {
+                    seed,
+                    stream: SHUFFLE,
+                },
+            ),
+        };
+        let val = Data {
+            source: source(&val_pipeline, VAL),
+            sampler: Sampler::new(val_idx, bs, drop_last, Order::Sequential),
+        };
 
         let frozen = config.freeze_encoder;
         let head = LinearHead::new(encoder.output_dim(), num_classes, weights, device);
@@ -223,7 +263,8 @@ impl ClassifierRun {
                     .map(decayed),
             );
         }
-        let optimizer = optim::build(
+        let optimizer = OptimizerSlot::new(
+            "classifier",
             &OptimizerConfig {
                 kind: OptimizerKind::Adam,
                 weight_decay: 1e-4,
@@ -231,6 +272,7 @@ impl ClassifierRun {
                 ..Default::default()
             },
             params,
+            false,
         );
         let schedule = match config.lr_schedule.as_str() {
             "auto" => LrSchedule::Polynomial {
@@ -238,23 +280,8 @@ impl ClassifierRun {
             },
             other => other.parse().map_err(|e| anyhow!("lr_schedule: {e}"))?,
         };
-
-        let mut plugins = BTreeMap::new();
-        plugins.insert(
-            "ssl-host".to_string(),
-            env!("CARGO_PKG_VERSION").to_string(),
-        );
-        let transforms = config
-            .linear_head_augmentations
-            .iter()
-            .chain(config.linear_head_val_augmentations.iter().flatten())
-            .map(|t| ("transform", t.name.clone()));
-        let used = [("dataset", name.clone()), ("encoder", encoder_name.clone())];
-        for (kind, n) in used.into_iter().chain(transforms) {
-            if let Some(p) = registry.provenance(kind, &n) {
-                plugins.insert(format!("{kind} {n}"), p);
-            }
-        }
+        let mut used = vec![("dataset", name.clone()), ("encoder", encoder_name.clone())];
+        used.extend(transforms_used(&config, false));
         let info = CheckpointInfo {
             format: checkpoint::FORMAT.into(),
             epochs_done: 0,
@@ -265,10 +292,11 @@ impl ClassifierRun {
             encoder: encoder_name,
             encoder_params: encoder_params.to_string(),
             embedding_encoder_prefix: "encoder.".into(),
-            plugins,
+            plugins: plugins_used(registry, &used),
         };
-        Ok(ClassifierRun {
+        Ok(ClassifierTask {
             config,
+            registry,
             device,
             encoder,
             frozen,
@@ -281,7 +309,165 @@ impl ClassifierRun {
             val,
             val_pipeline,
             info,
+            stream: None,
+            metrics: None,
         })
+    }
+
+    /// Features of a batch: without gradients and in eval mode when the encoder is frozen.
+    fn features(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let features = if self.frozen || !train {
+            tch::no_grad(|| self.encoder.forward(x, false))
+                .map_err(anyhow::Error::msg)?
+                .detach()
+        } else {
+            self.encoder.forward(x, true).map_err(anyhow::Error::msg)?
+        };
+        Ok(features.to_kind(Kind::Float))
+    }
+
+    /// Loss and metrics of `plan` of `source` (head in eval mode), named `<what>/<metric>`.
+    fn evaluate(
+        &mut self,
+        source: Arc<Source>,
+        epoch: usize,
+        plan: Vec<Vec<usize>>,
+        what: &str,
+    ) -> Result<Vec<(String, f64)>> {
+        let _guard = tch::no_grad_guard();
+        let mut metrics = EpochMetrics::new(self.head.num_classes);
+        for batch in BatchStream::new(source, epoch as u64, plan, self.config.num_workers) {
+            let batch = batch?;
+            let x = batch.images(self.device);
+            let y = batch.label_tensor(self.device, self.head.num_classes)?;
+            let features = self.features(&x, false)?;
+            let logits = self.head.forward(&features, false);
+            let loss = self.head.loss(&logits, &y);
+            record_batch(&mut metrics, &logits, &batch, &loss)?;
+        }
+        Ok(metrics
+            .compute()
+            .into_iter()
+            .map(|(n, v)| (format!("{what}/{n}"), v))
+            .collect())
+    }
+
+    /// `test/*` metrics on the dataset's test split (CIFAR's 10000), or nothing when it has none.
+    fn test(&mut self) -> Result<Vec<(String, f64)>> {
+        let test = open_split(
+            self.registry,
+            &self.dataset_name,
+            self.dataset_root.as_deref(),
+            "test",
+            &self.config.linear_head_dataset_params,
+        )?;
+        if test.is_empty() {
+            return Ok(Vec::new());
+        }
+        let order: Vec<usize> = (0..test.len()).collect();
+        let mut source = Source::single(
+            Arc::new(test),
+            Arc::clone(&self.val_pipeline),
+            Seeds::PerEpoch(seed_of(&[self.config.random_seed, TEST])),
+            &format!("{} (test)", self.dataset_name),
+        );
+        source.skip_unreadable = self.config.skip_unreadable_images;
+        // Every test sample once: the last, incomplete batch is kept.
+        let sampler = Sampler::new(
+            order,
+            self.config.linear_head_batch_size,
+            false,
+            Order::Sequential,
+        );
+        let epoch = self.config.num_epochs;
+        self.evaluate(
+            Arc::new(source),
+            epoch,
+            sampler.batches(epoch as u64),
+            "test",
+        )
+    }
+}
+
+impl Task for ClassifierTask<'_> {
+    fn config(&self) -> &RunConfig {
+        &self.config
+    }
+
+    fn info_mut(&mut self) -> &mut CheckpointInfo {
+        &mut self.info
+    }
+
+    fn schedule(&self) -> LrSchedule {
+        self.schedule
+    }
+
+    fn begin_epoch(&mut self, epoch: usize) -> Result<EpochSteps> {
+        tch::manual_seed(seed_of(&[self.config.random_seed, epoch as u64, 17]) as i64 & i64::MAX);
+        let mut plan = self.train.sampler.batches(epoch as u64);
+        if plan.is_empty() {
+            bail!(
+                "the training split of `{}` has {} samples, fewer than linear_head_batch_size={} (drop_last)",
+                self.dataset_name,
+                self.train.sampler.len(),
+                self.config.linear_head_batch_size
+            );
+        }
+        // The schedule sees the whole epoch's length, also when a debug run takes one step.
+        let full_steps = plan.len();
+        if self.config.is_debug_model {
+            plan.truncate(1);
+        }
+        let steps = plan.len();
+        self.stream = Some(BatchStream::new(
+            Arc::clone(&self.train.source),
+            epoch as u64,
+            plan,
+            self.config.num_workers,
+        ));
+        self.metrics = Some(EpochMetrics::new(self.head.num_classes));
+        Ok(EpochSteps { steps, full_steps })
+    }
+
+    fn train_step(&mut self, path: &mut StepPath, lr: f64) -> Result<StepReport> {
+        let batch = self
+            .stream
+            .as_mut()
+            .and_then(Iterator::next)
+            .ok_or_else(|| anyhow!("data loader ended early"))??;
+        let x = batch.images(self.device);
+        let y = batch.label_tensor(self.device, self.head.num_classes)?;
+        let features = self.features(&x, true)?;
+        let logits = self.head.forward(&features, true);
+        let loss = self.head.loss(&logits, &y);
+        path.step(&mut self.optimizer, &loss, lr)?;
+        if let Some(metrics) = &mut self.metrics {
+            record_batch(metrics, &logits, &batch, &loss)?;
+        }
+        Ok(StepReport {
+            loss,
+            images: batch.len(),
+        })
+    }
+
+    fn end_epoch(&mut self, epoch: usize, summary: &TrainSummary) -> Result<Vec<(String, f64)>> {
+        self.stream = None;
+        let mut out: Vec<(String, f64)> = self
+            .metrics
+            .take()
+            .map(|m| m.compute())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(n, v)| (format!("train/{n}"), v))
+            .collect();
+        out.push(("train/learning_rate".into(), summary.mean_lr));
+        let mut plan = self.val.sampler.batches(epoch as u64);
+        if self.config.is_debug_model {
+            plan.truncate(1);
+        }
+        let source = Arc::clone(&self.val.source);
+        out.extend(self.evaluate(source, epoch, plan, "val")?);
+        Ok(out)
     }
 
     fn checkpoint_tensors(&self) -> Vec<(String, Tensor)> {
@@ -304,251 +490,38 @@ impl ClassifierRun {
             &self.head.named_parameters(),
             "the classifier head",
         )?;
-        let state: HashMap<String, Tensor> = stored
-            .iter()
-            .filter_map(|(k, t)| {
-                k.strip_prefix("optimizer.")
-                    .map(|n| (n.to_string(), t.shallow_clone()))
-            })
-            .collect();
         self.optimizer
-            .load_state(&state)
+            .load_state(&under(stored, "optimizer."))
             .context("restoring the classifier optimizer")
     }
 
-    /// Features of a batch: without gradients and in eval mode when the encoder is frozen.
-    fn features(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let features = if self.frozen || !train {
-            tch::no_grad(|| self.encoder.forward(x, false))
-                .map_err(anyhow::Error::msg)?
-                .detach()
-        } else {
-            self.encoder.forward(x, true).map_err(anyhow::Error::msg)?
-        };
-        Ok(features.to_kind(Kind::Float))
-    }
-
-    fn epoch(
-        &mut self,
-        epoch: usize,
-        global_step: &mut u64,
-        bar: &Progress,
-    ) -> Result<Vec<(String, f64)>> {
-        let started = Instant::now();
-        tch::manual_seed(seed_of(&[self.config.random_seed, epoch as u64, 17]) as i64 & i64::MAX);
-        let idx = &self.train.1;
-        let order: Vec<usize> = permutation(
-            idx.len(),
-            seed_of(&[self.config.random_seed, epoch as u64, 11]),
-        )
-        .into_iter()
-        .map(|i| idx[i])
-        .collect();
-        let mut plan = batches_of(
-            &order,
-            self.config.linear_head_batch_size,
-            self.config.drop_last,
-        );
-        if plan.is_empty() {
-            bail!(
-                "the training split of `{}` has {} samples, fewer than linear_head_batch_size={} (drop_last)",
-                self.dataset_name,
-                idx.len(),
-                self.config.linear_head_batch_size
-            );
-        }
-        // The schedule sees the whole epoch's length, also when a debug run takes one step.
-        let full_steps = plan.len();
-        if self.config.is_debug_model {
-            plan.truncate(1);
-        }
-        let steps = plan.len();
-        let (schedule, l_rate, num_epochs) =
-            (self.schedule, self.config.l_rate, self.config.num_epochs);
-        let lr_at = move |step_in_run: u64| {
-            schedule.lr(l_rate, epoch, step_in_run as usize, full_steps, num_epochs)
-        };
-        // Logged: the epoch's mean rate, as SSL runs log theirs.
-        let mut lr_sum = 0.0;
-        let mut metrics = EpochMetrics::new(self.head.num_classes);
-        let mut images = 0usize;
-        bar.start_epoch(epoch, self.config.num_epochs, steps);
-        let train_started = Instant::now();
-        let stream = BatchStream::new(
-            Arc::clone(&self.train.0),
-            epoch as u64,
-            plan,
-            self.config.num_workers,
-        );
-        for (step, batch) in stream.enumerate() {
-            let batch = batch?;
-            let x = batch.to_device(self.device).remove(0);
-            let y = batch.label_tensor(self.device, self.head.num_classes)?;
-            let features = self.features(&x, true)?;
-            let logits = self.head.forward(&features, true);
-            let loss = self.head.loss(&logits, &y);
-            self.optimizer.zero_grad();
-            loss.backward();
-            let lr = lr_at(*global_step);
-            lr_sum += lr;
-            self.optimizer.step(lr)?;
-            *global_step += 1;
-            images += batch.len();
-            record_batch(&mut metrics, &logits, &batch, &loss)?;
-            let elapsed = train_started.elapsed().as_secs_f64();
-            bar.step(step + 1, &loss, images as f64 / elapsed.max(1e-9));
-        }
-        let train_seconds = train_started.elapsed().as_secs_f64();
-        let mut out: Vec<(String, f64)> = metrics
-            .compute()
-            .into_iter()
-            .map(|(n, v)| (format!("train/{n}"), v))
-            .collect();
-        out.push(("train/learning_rate".into(), lr_sum / steps as f64));
-        let mut val_plan = batches_of(
-            &self.val.1,
-            self.config.linear_head_batch_size,
-            self.config.drop_last,
-        );
-        if self.config.is_debug_model {
-            val_plan.truncate(1);
-        }
-        out.extend(self.evaluate(Arc::clone(&self.val.0), epoch, val_plan, "val")?);
-        out.push((
-            "throughput/train_images_per_second".into(),
-            images as f64 / train_seconds.max(1e-9),
-        ));
-        out.push(("time/epoch_seconds".into(), started.elapsed().as_secs_f64()));
-        Ok(out)
-    }
-
-    /// Loss and metrics of `plan` (head in eval mode), named `<what>/<metric>`.
-    fn evaluate(
-        &mut self,
-        source: Arc<Source>,
-        epoch: usize,
-        plan: Vec<Vec<usize>>,
-        what: &str,
-    ) -> Result<Vec<(String, f64)>> {
-        let _guard = tch::no_grad_guard();
-        let mut metrics = EpochMetrics::new(self.head.num_classes);
-        for batch in BatchStream::new(source, epoch as u64, plan, self.config.num_workers) {
-            let batch = batch?;
-            let x = batch.to_device(self.device).remove(0);
-            let y = batch.label_tensor(self.device, self.head.num_classes)?;
-            let features = self.features(&x, false)?;
-            let logits = self.head.forward(&features, false);
-            let loss = self.head.loss(&logits, &y);
-            record_batch(&mut metrics, &logits, &batch, &loss)?;
-        }
-        Ok(metrics
-            .compute()
-            .into_iter()
-            .map(|(n, v)| (format!("{what}/{n}"), v))
-            .collect())
-    }
-
-    /// `test/*` metrics on the dataset's test split (CIFAR's 10000), or nothing when it has none.
-    fn test(&mut self, registry: &Registry) -> Result<Vec<(String, f64)>> {
-        let test = open_split(
-            registry,
-            &self.dataset_name,
-            self.dataset_root.as_deref(),
-            "test",
-            &self.config.linear_head_dataset_params,
-        )
-        .context("the test split")?;
-        if test.is_empty() {
-            return Ok(Vec::new());
-        }
-        let test = Arc::new(test);
-        let mut source = Source::new(
-            Arc::clone(&test),
-            Arc::clone(&self.val_pipeline),
-            1,
-            seed_of(&[self.config.random_seed, 5]),
-            &format!("{} (test)", self.dataset_name),
-        );
-        source.skip_unreadable = self.config.skip_unreadable_images;
-        let order: Vec<usize> = (0..test.len()).collect();
-        // Every test sample once: the last, incomplete batch is kept.
-        let plan = batches_of(&order, self.config.linear_head_batch_size, false);
-        self.evaluate(Arc::new(source), self.config.num_epochs, plan, "test")
-    }
-}
-
-/// Trains a classifier; returns the output folder.
-pub fn train(registry: &Registry, mut config: RunConfig, options: &RunOptions) -> Result<PathBuf> {
-    let device = choose_device(&config)?;
-    if config.use_mixed_precision && device != Device::Cpu {
-        eprintln!("note: classifier runs train in 32-bit floats; use_mixed_precision is ignored");
-    }
-    let (dir, stored) = run_folder(&config, options.resume)?;
-    let _cleanup = RemoveIfEmpty::new(&config, &dir);
-    let checkpoint_path = dir.join("checkpoints").join("last.safetensors");
-    if let Some(c) = &stored {
-        if c.info.algorithm != CLASSIFIER_ALGORITHM {
-            bail!(
-                "--resume: {} is a checkpoint of a {} run, not of a classifier",
-                checkpoint_path.display(),
-                c.info.algorithm
-            );
-        }
-    }
-    config.output_dir = Some(dir.display().to_string());
-    let mut run = ClassifierRun::build(registry, config, device, stored.as_ref())?;
-    let (start_epoch, mut global_step) = match &stored {
-        Some(c) => {
-            run.restore(&c.tensors)
-                .with_context(|| format!("resuming from {}", checkpoint_path.display()))?;
-            (c.info.epochs_done, c.info.global_step)
-        }
-        None => (0, 0),
-    };
-    let mut outputs = RunOutputs::open(&dir, start_epoch)?;
-    write_config_file(&dir, &run.config, &run.info.plugins)?;
-    let epochs = run.config.num_epochs;
-    let last = options.stop_after_epochs.map_or(epochs, |n| n.min(epochs));
-    let progress = Progress::new();
-    for epoch in start_epoch..last {
-        let metrics = run.epoch(epoch, &mut global_step, &progress);
-        progress.finish_epoch();
-        let metrics = metrics?;
-        let tensors = run.checkpoint_tensors();
-        end_epoch(
-            &mut outputs,
-            &mut run.info,
-            &run.config,
-            &tensors,
-            (epoch, global_step),
-            &metrics,
-        )?;
-        let get = |n: &str| metric(&metrics, n);
-        eprintln!(
-            "epoch {}/{epochs}: classifier train loss {:.4}, val loss {:.4}, val accuracy {:.3}, {:.1} images/s, {:.1}s",
+    fn epoch_line(&self, epoch: usize, metrics: &[(String, f64)]) -> String {
+        let get = |n: &str| crate::engine::metric(metrics, n);
+        format!(
+            "epoch {}/{}: classifier train loss {:.4}, val loss {:.4}, val accuracy {:.3}, {:.1} images/s, {:.1}s",
             epoch + 1,
+            self.config.num_epochs,
             get("train/loss"),
             get("val/loss"),
             get("val/AccuracyAtThreshold05"),
             get("throughput/train_images_per_second"),
             get("time/epoch_seconds"),
-        );
+        )
     }
-    if last == epochs {
-        let test = run.test(registry).with_context(|| {
-            format!(
-                "training finished and its checkpoint and metrics are saved in {}, but the \
-                 test split could not be evaluated; `--output_dir={} --resume` retries only \
-                 the test evaluation",
-                dir.display(),
-                dir.display()
-            )
-        })?;
-        if !test.is_empty() {
-            outputs.write_epoch(epochs, &test)?;
-            let accuracy = metric(&test, "test/AccuracyAtThreshold05");
-            eprintln!("test split: accuracy {accuracy:.3} (test/* in metrics.csv)");
-        }
+
+    fn sources(&self) -> Vec<(Arc<Source>, &'static str)> {
+        vec![
+            (Arc::clone(&self.train.source), "training"),
+            (Arc::clone(&self.val.source), "validation"),
+        ]
     }
-    Ok(dir)
+
+    fn final_evaluation(&mut self) -> Result<Option<(Vec<(String, f64)>, String)>> {
+        let test = self.test().context("the test split")?;
+        let accuracy = crate::engine::metric(&test, "test/AccuracyAtThreshold05");
+        Ok(Some((
+            test,
+            format!("test split: accuracy {accuracy:.3} (test/* in metrics.csv)"),
+        )))
+    }
 }

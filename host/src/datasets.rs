@@ -1,0 +1,54 @@
+//! Opening a dataset plugin for a run: its registered name, root folder, split and the
+//! config's parameter table become the plugin's parameters.
+
+use crate::registry::Registry;
+use anyhow::{anyhow, bail, Result};
+use serde_json::Value;
+use ssl_plugin_api::host::DatasetHandle;
+use ssl_plugin_api::Params;
+use std::sync::Arc;
+
+/// Plugin parameters: the dataset path and split plus the config's table.
+fn dataset_params(root: Option<&str>, split: &str, extra: &toml::Table) -> Result<Params> {
+    let mut map = serde_json::to_value(extra)?
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    if let Some(root) = root {
+        map.insert("root".into(), Value::String(root.to_string()));
+    }
+    map.entry("split").or_insert(Value::String(split.into()));
+    Params::from_value(Value::Object(map)).map_err(anyhow::Error::msg)
+}
+
+/// Opens split `split` of dataset `name` at `root` with the config's extra parameters, which
+/// may be empty (e.g. a test split the dataset does not have).
+pub fn open_split(
+    registry: &Registry,
+    name: &str,
+    root: Option<&str>,
+    split: &str,
+    extra: &toml::Table,
+) -> Result<DatasetHandle> {
+    let factory = registry.dataset(name)?;
+    let params = dataset_params(root, split, extra)?;
+    factory.create(&params).map_err(|e| anyhow!("{e}"))
+}
+
+/// As [`open_split`], but an empty dataset is an error naming it.
+pub fn open_dataset(
+    registry: &Registry,
+    name: &str,
+    root: Option<&str>,
+    split: &str,
+    extra: &toml::Table,
+) -> Result<Arc<DatasetHandle>> {
+    let dataset = open_split(registry, name, root, split, extra)?;
+    if dataset.is_empty() {
+        bail!(
+            "dataset `{name}`{} has no samples",
+            root.map(|r| format!(" at {r}")).unwrap_or_default()
+        );
+    }
+    Ok(Arc::new(dataset))
+}

@@ -1,0 +1,243 @@
+//! The training engine: one [`fit`] loop for every task, like Lightning's `Trainer`. It owns
+//! the run folder, resume, epochs and steps, the learning-rate schedule's evaluation, progress,
+//! the end of every epoch (metrics to `metrics.csv` and TensorBoard, then an atomic
+//! checkpoint), `--stop_after_epochs`, warnings about skipped images, and a task's final
+//! evaluation. A [`Task`] (SSL pretraining, classifier training) says only what differs: how a
+//! batch becomes a loss, its optimizers, its metrics, its checkpoint contents, its validation.
+//!
+//! Tasks never import each other or the engine's internals beyond this trait and the step path
+//! ([`step::StepPath`]), through which every optimizer step goes.
+
+pub mod progress;
+pub mod run_folder;
+pub mod step;
+
+use crate::checkpoint::{self, Checkpoint, CheckpointInfo};
+use crate::config::RunConfig;
+use crate::loader::Source;
+use crate::outputs::RunOutputs;
+use crate::schedule::LrSchedule;
+use anyhow::{Context, Result};
+use progress::Progress;
+use run_folder::{run_folder, write_config_file, RemoveIfEmpty};
+use ssl_plugin_api::tch::Tensor;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+pub use step::{OptimizerSlot, StepPath};
+
+/// Options of a training run that are not part of the config.
+#[derive(Default)]
+pub struct RunOptions {
+    /// Continue from the output folder's last checkpoint.
+    pub resume: bool,
+    /// Stop cleanly after this many epochs have been completed (e.g. a time-limited job);
+    /// `--resume` continues.
+    pub stop_after_epochs: Option<usize>,
+}
+
+/// The length of an epoch's training pass.
+pub struct EpochSteps {
+    /// Steps this epoch takes (1 in a debug run).
+    pub steps: usize,
+    /// Steps of a full epoch: what per-step schedules and the after-step hook count with.
+    pub full_steps: usize,
+}
+
+/// What the engine tells a task at the end of an epoch's training pass.
+pub struct TrainSummary {
+    /// Steps taken.
+    pub steps: usize,
+    /// The mean learning rate of the epoch's steps.
+    pub mean_lr: f64,
+}
+
+/// What one training step reports.
+pub struct StepReport {
+    /// The main loss (shown in the progress bar).
+    pub loss: Tensor,
+    /// Samples trained on.
+    pub images: usize,
+}
+
+/// What differs between kinds of training runs.
+pub trait Task {
+    /// The resolved config of the run.
+    fn config(&self) -> &RunConfig;
+    /// The checkpoint record (the engine updates its epoch and step counts).
+    fn info_mut(&mut self) -> &mut CheckpointInfo;
+    /// The learning-rate schedule of the main optimizer (base rate `l_rate`).
+    fn schedule(&self) -> LrSchedule;
+    /// Prepares the training pass of `epoch` (seeds, sampler, loaders).
+    fn begin_epoch(&mut self, epoch: usize) -> Result<EpochSteps>;
+    /// One training step at learning rate `lr`; every optimizer step goes through `path`.
+    fn train_step(&mut self, path: &mut StepPath, lr: f64) -> Result<StepReport>;
+    /// After all optimizer steps of a training step (BYOL's moving average); `step` is the
+    /// global step just taken (1-based), `max_steps` those of the whole run.
+    fn after_step(&mut self, _step: u64, _max_steps: u64) -> Result<()> {
+        Ok(())
+    }
+    /// The epoch's training metrics, then its validation metrics.
+    fn end_epoch(&mut self, epoch: usize, summary: &TrainSummary) -> Result<Vec<(String, f64)>>;
+    /// Everything to checkpoint, by name.
+    fn checkpoint_tensors(&self) -> Vec<(String, Tensor)>;
+    /// Restores [`Task::checkpoint_tensors`].
+    fn restore(&mut self, stored: &HashMap<String, Tensor>) -> Result<()>;
+    /// The line printed after each epoch.
+    fn epoch_line(&self, epoch: usize, metrics: &[(String, f64)]) -> String;
+    /// The data sources whose skipped images are reported, with what they are.
+    fn sources(&self) -> Vec<(Arc<Source>, &'static str)>;
+    /// After the last epoch: extra metrics (e.g. a test split), written under epoch
+    /// `num_epochs`, and a line to print; `None` when the task has none.
+    fn final_evaluation(&mut self) -> Result<Option<(Vec<(String, f64)>, String)>> {
+        Ok(None)
+    }
+}
+
+/// The value of metric `name`, NaN when absent.
+pub fn metric(metrics: &[(String, f64)], name: &str) -> f64 {
+    metrics
+        .iter()
+        .find(|(k, _)| k == name)
+        .map_or(f64::NAN, |(_, v)| *v)
+}
+
+/// What [`fit`] returns.
+pub struct Fitted {
+    /// The run's output folder.
+    pub dir: PathBuf,
+    /// The optimizer steps taken through the step path in this process, by optimizer slot.
+    pub step_counts: BTreeMap<&'static str, u64>,
+}
+
+/// Trains the task that `build` makes from the run's config (its `output_dir` set) and, when
+/// resuming, the last checkpoint.
+pub fn fit<T: Task>(
+    mut config: RunConfig,
+    options: &RunOptions,
+    build: impl FnOnce(RunConfig, Option<&Checkpoint>) -> Result<T>,
+) -> Result<Fitted> {
+    let (dir, stored) = run_folder(&config, options.resume)?;
+    let _cleanup = RemoveIfEmpty::new(&config, &dir);
+    let checkpoint_path = dir.join("checkpoints").join("last.safetensors");
+    config.output_dir = Some(dir.display().to_string());
+    let mut task = build(config, stored.as_ref())?;
+    let (start_epoch, mut global_step) = match &stored {
+        Some(c) => {
+            task.restore(&c.tensors)
+                .with_context(|| format!("resuming from {}", checkpoint_path.display()))?;
+            (c.info.epochs_done, c.info.global_step)
+        }
+        None => (0, 0),
+    };
+    drop(stored);
+    let mut outputs = RunOutputs::open(&dir, start_epoch)?;
+    let plugins = task.info_mut().plugins.clone();
+    write_config_file(&dir, task.config(), &plugins)?;
+    let epochs = task.config().num_epochs;
+    let last = options.stop_after_epochs.map_or(epochs, |n| n.min(epochs));
+    if start_epoch >= epochs {
+        eprintln!("{}: all {epochs} epochs are done already", dir.display());
+    }
+    let mut path = StepPath::new(task.config().gradient_clip_val);
+    let progress = Progress::new();
+    let mut warned_skipped: HashMap<&'static str, usize> = HashMap::new();
+    for epoch in start_epoch..last {
+        let metrics = run_epoch(&mut task, &mut path, epoch, &mut global_step, &progress);
+        progress.finish_epoch();
+        warn_about_skipped_images(&task, &mut warned_skipped);
+        let metrics = metrics?;
+        outputs.write_epoch(epoch, &metrics)?;
+        let tensors = task.checkpoint_tensors();
+        let config_text = task.config().to_toml();
+        let info = task.info_mut();
+        info.epochs_done = epoch + 1;
+        info.global_step = global_step;
+        info.config = config_text;
+        checkpoint::save(&outputs.checkpoint_path(), &tensors, info)?;
+        eprintln!("{}", task.epoch_line(epoch, &metrics));
+    }
+    if last == epochs {
+        let evaluation = task.final_evaluation().with_context(|| {
+            format!(
+                "training finished and its checkpoint and metrics are saved in {}, but the \
+                 final evaluation failed; `--output_dir={} --resume` retries only the final \
+                 evaluation",
+                dir.display(),
+                dir.display()
+            )
+        })?;
+        if let Some((metrics, line)) = evaluation {
+            if !metrics.is_empty() {
+                outputs.write_epoch(epochs, &metrics)?;
+                eprintln!("{line}");
+            }
+        }
+    }
+    Ok(Fitted {
+        dir,
+        step_counts: path.counts().clone(),
+    })
+}
+
+/// One epoch: the training pass (every step through `path`), then the task's end of epoch.
+fn run_epoch<T: Task>(
+    task: &mut T,
+    path: &mut StepPath,
+    epoch: usize,
+    global_step: &mut u64,
+    progress: &Progress,
+) -> Result<Vec<(String, f64)>> {
+    let started = Instant::now();
+    let EpochSteps { steps, full_steps } = task.begin_epoch(epoch)?;
+    let (schedule, l_rate, num_epochs) = (
+        task.schedule(),
+        task.config().l_rate,
+        task.config().num_epochs,
+    );
+    let max_steps = (full_steps * num_epochs) as u64;
+    progress.start_epoch(epoch, num_epochs, steps);
+    let train_started = Instant::now();
+    let mut lr_sum = 0.0;
+    let mut images = 0usize;
+    for step in 0..steps {
+        let lr = schedule.lr(l_rate, epoch, *global_step as usize, full_steps, num_epochs);
+        lr_sum += lr;
+        let report = task.train_step(path, lr)?;
+        images += report.images;
+        *global_step += 1;
+        task.after_step(*global_step, max_steps)?;
+        let elapsed = train_started.elapsed().as_secs_f64();
+        progress.step(step + 1, &report.loss, images as f64 / elapsed.max(1e-9));
+    }
+    let train_seconds = train_started.elapsed().as_secs_f64();
+    let summary = TrainSummary {
+        steps,
+        mean_lr: lr_sum / steps as f64,
+    };
+    let mut metrics = task.end_epoch(epoch, &summary)?;
+    metrics.push((
+        "throughput/train_images_per_second".into(),
+        images as f64 / train_seconds.max(1e-9),
+    ));
+    metrics.push(("time/epoch_seconds".into(), started.elapsed().as_secs_f64()));
+    Ok(metrics)
+}
+
+/// One warning per data source when images were skipped as unreadable since the last
+/// warning (`skip_unreadable_images`): how many, and the first error.
+fn warn_about_skipped_images<T: Task>(task: &T, warned: &mut HashMap<&'static str, usize>) {
+    for (source, what) in task.sources() {
+        let (count, first) = source.skipped_report();
+        let seen = warned.entry(what).or_default();
+        if count > *seen {
+            eprintln!(
+                "warning: skipped {count} unreadable image(s) of {} ({what} data); first: {}",
+                source.name,
+                first.unwrap_or_default()
+            );
+            *seen = count;
+        }
+    }
+}

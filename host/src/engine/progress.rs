@@ -1,0 +1,54 @@
+//! Progress of a training run: a bar per epoch (step, loss, images/s, ETA) on a terminal;
+//! nothing otherwise (the engine prints one plain line per epoch).
+
+use indicatif::{ProgressBar, ProgressStyle};
+use ssl_plugin_api::tch::Tensor;
+use std::io::IsTerminal;
+
+/// Progress: a bar per epoch (step, loss, images/s, ETA) on a terminal; nothing here
+/// otherwise (the caller prints one plain line per epoch).
+pub struct Progress {
+    bar: std::cell::RefCell<Option<ProgressBar>>,
+    interactive: bool,
+}
+
+impl Progress {
+    pub fn new() -> Progress {
+        Progress {
+            bar: std::cell::RefCell::new(None),
+            interactive: std::io::stderr().is_terminal(),
+        }
+    }
+
+    pub fn start_epoch(&self, epoch: usize, epochs: usize, steps: usize) {
+        if !self.interactive {
+            return;
+        }
+        let bar = ProgressBar::new(steps as u64);
+        let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {msg} ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_prefix(format!("epoch {}/{epochs}", epoch + 1));
+        if let Some(old) = self.bar.replace(Some(bar)) {
+            old.finish_and_clear();
+        }
+    }
+
+    pub fn step(&self, step: usize, loss: &Tensor, images_per_second: f64) {
+        if let Some(bar) = self.bar.borrow().as_ref() {
+            bar.set_position(step as u64);
+            bar.set_message(format!(
+                "loss {:.4} {:.1} images/s",
+                loss.double_value(&[]),
+                images_per_second
+            ));
+        }
+    }
+
+    pub fn finish_epoch(&self) {
+        if let Some(bar) = self.bar.borrow_mut().take() {
+            bar.finish_and_clear();
+        }
+    }
+}

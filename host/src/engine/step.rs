@@ -1,0 +1,301 @@
+//! The one step path. Every optimizer step of every task (the SSL loss, the online linear
+//! head, a classifier) goes through [`StepPath::step`]:
+//!
+//! zero gradients → (scaled) backward → *gradient all-reduce point* → unscale and finite
+//! check (mixed precision) → optional gradient-norm clipping (`gradient_clip_val`) → optimizer
+//! step.
+//!
+//! The algorithm's after-step hook (BYOL's moving average) runs once per training step, after
+//! all optimizer steps of that training step (the engine calls it; the online linear head
+//! steps before it, as the original's Lightning callbacks do).
+//!
+//! An [`OptimizerSlot`] owns its optimizer: nothing outside this module can step one, so no
+//! task can bypass the path.
+
+use crate::optim::{self, Optimizer, OptimizerConfig, Param};
+use anyhow::{Context, Result};
+use ssl_plugin_api::tch::{self, Kind, Tensor};
+use std::collections::{BTreeMap, HashMap};
+
+/// Dynamic loss scaling for mixed precision (as torch.cuda.amp.GradScaler): scale the loss,
+/// skip steps whose gradients overflowed and halve the scale, double it after 2000 good steps.
+pub struct LossScaler {
+    scale: f64,
+    good_steps: u32,
+}
+
+impl Default for LossScaler {
+    fn default() -> Self {
+        LossScaler {
+            scale: 65536.0,
+            good_steps: 0,
+        }
+    }
+}
+
+impl LossScaler {
+    /// Its state for the checkpoint (`scale`, `good_steps`), so a resumed run scales as before.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        vec![
+            ("scale".into(), Tensor::from(self.scale)),
+            ("good_steps".into(), Tensor::from(self.good_steps as i64)),
+        ]
+    }
+
+    /// Restores [`LossScaler::state`] (names without prefix); a checkpoint of a run without
+    /// mixed precision has none, and the scaler then starts afresh.
+    pub fn load_state(&mut self, stored: &HashMap<String, Tensor>) -> Result<()> {
+        if let (Some(scale), Some(good)) = (stored.get("scale"), stored.get("good_steps")) {
+            self.scale = scale.f_double_value(&[])?;
+            self.good_steps = u32::try_from(good.f_int64_value(&[])?)
+                .context("loss_scaler.good_steps in the checkpoint")?;
+        }
+        Ok(())
+    }
+
+    /// Unscales gradients in place; false when any is not finite (skip the step).
+    fn unscale(&mut self, params: &[Param]) -> bool {
+        let mut finite = true;
+        tch::no_grad(|| {
+            for p in params {
+                let mut g = p.tensor.grad();
+                if g.defined() {
+                    let _ = g.f_div_scalar_(self.scale);
+                    if !bool::try_from(g.isfinite().all()).unwrap_or(false) {
+                        finite = false;
+                    }
+                }
+            }
+        });
+        if finite {
+            self.good_steps += 1;
+            if self.good_steps >= 2000 {
+                self.scale *= 2.0;
+                self.good_steps = 0;
+            }
+        } else {
+            self.scale /= 2.0;
+            self.good_steps = 0;
+        }
+        finite
+    }
+}
+
+/// An optimizer, the parameters it updates and, under mixed precision, its loss scaler.
+pub struct OptimizerSlot {
+    name: &'static str,
+    optimizer: Box<dyn Optimizer>,
+    params: Vec<Param>,
+    scaler: Option<LossScaler>,
+}
+
+impl OptimizerSlot {
+    /// A slot called `name` (`ssl`, `linear_head`, `classifier`: what step counts are kept
+    /// under) stepping `params` with the optimizer of `config`; with `mixed_precision`, its
+    /// loss is scaled.
+    pub fn new(
+        name: &'static str,
+        config: &OptimizerConfig,
+        params: Vec<Param>,
+        mixed_precision: bool,
+    ) -> OptimizerSlot {
+        let shallow = params
+            .iter()
+            .map(|p| Param {
+                name: p.name.clone(),
+                tensor: p.tensor.shallow_clone(),
+                weight_decay: p.weight_decay,
+                lars_adaptation: p.lars_adaptation,
+            })
+            .collect();
+        OptimizerSlot {
+            name,
+            optimizer: optim::build(config, shallow),
+            params,
+            scaler: mixed_precision.then(LossScaler::default),
+        }
+    }
+
+    /// Whether its loss is scaled (mixed precision).
+    pub fn mixed_precision(&self) -> bool {
+        self.scaler.is_some()
+    }
+
+    /// The optimizer's state for the checkpoint.
+    pub fn state(&self) -> Vec<(String, Tensor)> {
+        self.optimizer.state()
+    }
+
+    /// The loss scaler's state, when there is one.
+    pub fn scaler_state(&self) -> Vec<(String, Tensor)> {
+        self.scaler
+            .as_ref()
+            .map(LossScaler::state)
+            .unwrap_or_default()
+    }
+
+    /// Restores the optimizer's state.
+    pub fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        self.optimizer.load_state(state)
+    }
+
+    /// Restores the loss scaler's state (no-op without one).
+    pub fn load_scaler_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        match &mut self.scaler {
+            Some(scaler) => scaler.load_state(state),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Rescales the gradients of `params` so that their global L2 norm is at most `max_norm`
+/// (`torch.nn.utils.clip_grad_norm_`); returns the norm before clipping.
+pub fn clip_grad_norm(params: &[Param], max_norm: f64) -> f64 {
+    tch::no_grad(|| {
+        let grads: Vec<Tensor> = params
+            .iter()
+            .map(|p| p.tensor.grad())
+            .filter(Tensor::defined)
+            .collect();
+        if grads.is_empty() {
+            return 0.0;
+        }
+        let norms: Vec<Tensor> = grads
+            .iter()
+            .map(|g| g.to_kind(Kind::Float).norm())
+            .collect();
+        let total = Tensor::stack(&norms, 0).norm();
+        let coefficient = (max_norm / (total.double_value(&[]) + 1e-6)).min(1.0);
+        if coefficient < 1.0 {
+            for g in &grads {
+                let mut g = g.shallow_clone();
+                let _ = g.f_mul_scalar_(coefficient);
+            }
+        }
+        total.double_value(&[])
+    })
+}
+
+/// The step path of a run: its clipping setting and a count of the steps of every slot.
+#[derive(Default)]
+pub struct StepPath {
+    /// Clip the global gradient norm of each step to this (0: off).
+    pub gradient_clip_val: f64,
+    counts: BTreeMap<&'static str, u64>,
+}
+
+impl StepPath {
+    /// A path clipping at `gradient_clip_val` (0: off).
+    pub fn new(gradient_clip_val: f64) -> StepPath {
+        StepPath {
+            gradient_clip_val,
+            counts: BTreeMap::new(),
+        }
+    }
+
+    /// One optimizer step of `slot` on `loss` with learning rate `lr`. Returns false when the
+    /// step was skipped (mixed precision: gradients overflowed).
+    pub fn step(&mut self, slot: &mut OptimizerSlot, loss: &Tensor, lr: f64) -> Result<bool> {
+        slot.optimizer.zero_grad();
+        match &slot.scaler {
+            Some(scaler) => (loss * scaler.scale).backward(),
+            None => loss.backward(),
+        }
+        // Gradient all-reduce between processes goes here (distributed training).
+        let finite = match &mut slot.scaler {
+            Some(scaler) => scaler.unscale(&slot.params),
+            None => true,
+        };
+        *self.counts.entry(slot.name).or_default() += 1;
+        if !finite {
+            return Ok(false);
+        }
+        if self.gradient_clip_val > 0.0 {
+            clip_grad_norm(&slot.params, self.gradient_clip_val);
+        }
+        slot.optimizer.step(lr)?;
+        Ok(true)
+    }
+
+    /// How many steps went through the path, by slot name.
+    pub fn counts(&self) -> &BTreeMap<&'static str, u64> {
+        &self.counts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checkpoint::prefixed;
+    use crate::optim::OptimizerKind;
+    use ssl_plugin_api::tch::Device;
+
+    #[test]
+    fn the_loss_scaler_state_survives_a_checkpoint() {
+        let mut scaler = LossScaler {
+            scale: 1024.0,
+            good_steps: 77,
+        };
+        let stored: HashMap<String, Tensor> = scaler.state().into_iter().collect();
+        let mut resumed = LossScaler::default();
+        resumed.load_state(&stored).unwrap();
+        assert_eq!((resumed.scale, resumed.good_steps), (1024.0, 77));
+        // A checkpoint without it (a run in 32-bit floats) leaves a fresh scaler.
+        let mut fresh = LossScaler::default();
+        fresh.load_state(&HashMap::new()).unwrap();
+        assert_eq!((fresh.scale, fresh.good_steps), (65536.0, 0));
+        scaler.good_steps = 1999;
+        assert!(scaler.unscale(&[]));
+        assert_eq!((scaler.scale, scaler.good_steps), (2048.0, 0));
+        let _ = prefixed("loss_scaler.", scaler.state());
+    }
+
+    fn param(values: &[f32]) -> Param {
+        let t = Tensor::from_slice(values)
+            .to_device(Device::Cpu)
+            .set_requires_grad(true);
+        Param::new("w", &t)
+    }
+
+    #[test]
+    fn clipping_matches_torchs_clip_grad_norm() {
+        // Gradients (3, 4) and (12): global norm 13; clipped to 6.5 every gradient halves
+        // (up to torch's 1e-6 in the coefficient).
+        let a = param(&[0.0, 0.0]);
+        let b = param(&[0.0]);
+        let loss = (&a.tensor * Tensor::from_slice(&[3.0f32, 4.0])).sum(Kind::Float)
+            + (&b.tensor * 12.0).sum(Kind::Float);
+        loss.backward();
+        let params = [a, b];
+        let norm = clip_grad_norm(&params, 6.5);
+        assert!((norm - 13.0).abs() < 1e-5, "{norm}");
+        let g: Vec<f32> = Vec::try_from(&params[0].tensor.grad()).unwrap();
+        let coefficient = 6.5 / (13.0 + 1e-6);
+        assert!((g[0] as f64 - 3.0 * coefficient).abs() < 1e-6, "{g:?}");
+        assert!((g[1] as f64 - 4.0 * coefficient).abs() < 1e-6, "{g:?}");
+        // Under the limit: unchanged.
+        assert!((clip_grad_norm(&params, 100.0) - 6.5).abs() < 1e-4);
+        let g: Vec<f32> = Vec::try_from(&params[1].tensor.grad()).unwrap();
+        assert!((g[0] as f64 - 12.0 * coefficient).abs() < 1e-5, "{g:?}");
+    }
+
+    #[test]
+    fn a_clipped_step_moves_by_at_most_the_clip_value_with_sgd() {
+        let config = OptimizerConfig {
+            kind: OptimizerKind::Sgd,
+            momentum: 0.0,
+            weight_decay: 0.0,
+            ..Default::default()
+        };
+        for (clip, moved) in [(0.0, 10.0), (1.0, 1.0)] {
+            let p = param(&[0.0]);
+            let mut slot = OptimizerSlot::new("test", &config, vec![p.clone()], false);
+            let mut path = StepPath::new(clip);
+            let loss = (&p.tensor * 10.0).sum(Kind::Float);
+            assert!(path.step(&mut slot, &loss, 1.0).unwrap());
+            let v = p.tensor.double_value(&[0]);
+            assert!((v + moved).abs() < 1e-5, "clip {clip}: moved to {v}");
+            assert_eq!(path.counts()["test"], 1);
+        }
+    }
+}

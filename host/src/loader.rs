@@ -1,0 +1,619 @@
+//! The one data loader: reads samples from a dataset plugin, applies each view group's
+//! transform pipeline (in worker threads), and collates one contiguous buffer per view group.
+//! Training, validation, the online linear head, classifiers, `embed`, `predict` and `preview`
+//! all read through it; a [`crate::sampler::Sampler`] decides which samples form each batch.
+//!
+//! Every random choice is a pure function of (seed, epoch, sample index, view): the augmentation
+//! stream of a sample view comes from (source seed, epoch, index, view, transform position), so
+//! batches do not depend on the number of worker threads.
+
+use crate::pipeline::Pipeline;
+use crate::seeds::seed_of;
+use anyhow::{anyhow, bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use ssl_plugin_api::host::DatasetHandle;
+use ssl_plugin_api::tch::{Device, Tensor};
+use ssl_plugin_api::{Image, Pixels};
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+/// `count` views of every sample, each through `pipeline` with its own seed.
+#[derive(Clone)]
+pub struct ViewGroup {
+    pub pipeline: Arc<Pipeline>,
+    pub count: usize,
+}
+
+/// How the seed of a sample view is drawn.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Seeds {
+    /// Training and validation: `seed_of([seed, epoch, index, view])`, a new augmentation every
+    /// epoch.
+    PerEpoch(u64),
+    /// Evaluation outputs (`embed`, `predict`): `seed_of([seed, index])`, so a random transform
+    /// gives the same output on every run.
+    Fixed(u64),
+}
+
+/// What a loader reads: a dataset, its view groups, and the seed of its random stream.
+pub struct Source {
+    pub dataset: Arc<DatasetHandle>,
+    pub groups: Vec<ViewGroup>,
+    pub seeds: Seeds,
+    pub name: String,
+    /// Skip samples the dataset cannot read (`skip_unreadable_images`) instead of failing.
+    pub skip_unreadable: bool,
+    /// Whether to mention `--skip_unreadable_images` in the error for an unreadable sample.
+    pub suggest_skipping: bool,
+    /// Expand one-channel images to this many identical channels (3 for an RGB encoder).
+    pub expand_to: Option<usize>,
+    /// The end of the error for samples of different sizes in one batch.
+    pub size_hint: String,
+    /// The samples skipped so far: index -> the error (see [`Source::skipped_report`]).
+    skipped: Mutex<BTreeMap<usize, String>>,
+}
+
+impl Source {
+    /// A source of `groups` views per sample for training or validation: unreadable samples
+    /// fail the run (unless `skip_unreadable` is set).
+    pub fn new(
+        dataset: Arc<DatasetHandle>,
+        groups: Vec<ViewGroup>,
+        seeds: Seeds,
+        name: &str,
+    ) -> Source {
+        Source {
+            dataset,
+            groups,
+            seeds,
+            name: name.to_string(),
+            skip_unreadable: false,
+            suggest_skipping: true,
+            expand_to: None,
+            size_hint: "add a Resize/crop transform so all images have one size".into(),
+            skipped: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// A source of one view per sample through `pipeline`.
+    pub fn single(
+        dataset: Arc<DatasetHandle>,
+        pipeline: Arc<Pipeline>,
+        seeds: Seeds,
+        name: &str,
+    ) -> Source {
+        Source::new(dataset, vec![ViewGroup { pipeline, count: 1 }], seeds, name)
+    }
+
+    /// Number of views per sample, over all groups.
+    pub fn views(&self) -> usize {
+        self.groups.iter().map(|g| g.count).sum()
+    }
+
+    /// Number of distinct samples skipped so far, and the first one's error.
+    pub fn skipped_report(&self) -> (usize, Option<String>) {
+        let skipped = self.skipped.lock().expect("skipped list");
+        (
+            skipped.len(),
+            skipped
+                .iter()
+                .next()
+                .map(|(i, e)| format!("sample {i}: {e}")),
+        )
+    }
+
+    /// The seed of view `view` (counted over all groups) of sample `index` in `epoch`.
+    pub fn view_seed(&self, epoch: u64, index: usize, view: usize) -> u64 {
+        match self.seeds {
+            Seeds::PerEpoch(seed) => seed_of(&[seed, epoch, index as u64, view as u64]),
+            Seeds::Fixed(seed) => seed_of(&[seed, index as u64]),
+        }
+    }
+
+    /// The views of one decoded image in `epoch`, in group order.
+    pub fn views_of(&self, image: &Image, epoch: u64, index: usize) -> Result<Vec<Image>> {
+        let mut out = Vec::with_capacity(self.views());
+        let mut view = 0;
+        for group in &self.groups {
+            for _ in 0..group.count {
+                out.push(
+                    group
+                        .pipeline
+                        .apply(image.clone(), self.view_seed(epoch, index, view))?,
+                );
+                view += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Loads, transforms and collates the samples `indices` of `epoch`.
+    pub fn collate(&self, indices: &[usize], epoch: u64) -> Result<Batch> {
+        let mut groups: Vec<GroupData> = self
+            .groups
+            .iter()
+            .map(|g| GroupData {
+                data: Vec::new(),
+                count: g.count,
+                shape: None,
+            })
+            .collect();
+        let mut labels = Vec::with_capacity(indices.len());
+        let mut ids = Vec::with_capacity(indices.len());
+        let mut kept = Vec::with_capacity(indices.len());
+        // Per group and view, the buffer of that view (view-major within a group).
+        let mut per_view: Vec<Vec<Vec<f32>>> = self
+            .groups
+            .iter()
+            .map(|g| vec![Vec::new(); g.count])
+            .collect();
+        let mut first: Option<(usize, String)> = None;
+        for &index in indices {
+            let sample = match self.dataset.get(index) {
+                Ok(sample) => sample,
+                Err(e) if self.skip_unreadable => {
+                    self.skipped
+                        .lock()
+                        .expect("skipped list")
+                        .insert(index, e.to_string());
+                    continue;
+                }
+                Err(e) if self.suggest_skipping => bail!(
+                    "{} sample {index}: {e} (set --skip_unreadable_images=true to skip such images)",
+                    self.name
+                ),
+                Err(e) => bail!("{} sample {index}: {e}", self.name),
+            };
+            let (image, label, id) = sample.into_parts();
+            let views = self
+                .views_of(&image, epoch, index)
+                .with_context(|| format!("{} sample {index} ({id})", self.name))?;
+            let mut views = views.into_iter();
+            for (group, buffers) in groups.iter_mut().zip(per_view.iter_mut()) {
+                for buffer in buffers.iter_mut() {
+                    let out = views.next().expect("one image per view");
+                    let repeat = match self.expand_to {
+                        Some(n) if out.channels() == 1 => n,
+                        _ => 1,
+                    };
+                    let this = [
+                        out.channels() as usize * repeat,
+                        out.height() as usize,
+                        out.width() as usize,
+                    ];
+                    match group.shape {
+                        None => group.shape = Some(this),
+                        Some(s) if s != this => {
+                            let (first_index, first_id) = first.clone().unwrap_or_default();
+                            bail!(
+                                "{} sample {index} ({id}) is {}×{}×{} (channels×height×width) after transforms but sample {first_index} ({first_id}) of the same batch is {}×{}×{}; {}",
+                                self.name, this[0], this[1], this[2], s[0], s[1], s[2], self.size_hint
+                            )
+                        }
+                        Some(_) => {}
+                    }
+                    push_chw(buffer, &out, repeat);
+                }
+            }
+            if first.is_none() {
+                first = Some((index, id.clone()));
+            }
+            kept.push(index);
+            labels.push(label);
+            ids.push(id);
+        }
+        if kept.is_empty() && !indices.is_empty() {
+            bail!(
+                "{}: every sample of a batch was unreadable ({} samples, first: {})",
+                self.name,
+                indices.len(),
+                self.skipped_report().1.unwrap_or_default()
+            );
+        }
+        for (group, buffers) in groups.iter_mut().zip(per_view) {
+            for v in buffers {
+                group.data.extend_from_slice(&v);
+            }
+        }
+        Ok(Batch {
+            groups,
+            labels,
+            indices: kept,
+            ids,
+        })
+    }
+}
+
+/// Appends `image` as f32 in [0, 1], channel-major (CHW), each channel `repeat` times in a row
+/// of planes (a one-channel image expanded to `repeat` identical channels).
+fn push_chw(buffer: &mut Vec<f32>, image: &Image, repeat: usize) {
+    let c = image.channels() as usize;
+    let hwc: Vec<f32> = match image.pixels() {
+        Pixels::U8(v) => v.iter().map(|&x| x as f32 / 255.0).collect(),
+        Pixels::U16(v) => v.iter().map(|&x| x as f32 / 65535.0).collect(),
+        Pixels::F32(v) => v.to_vec(),
+    };
+    buffer.reserve(hwc.len() * repeat);
+    let start = buffer.len();
+    for ch in 0..c {
+        buffer.extend(hwc.iter().skip(ch).step_by(c));
+    }
+    for _ in 1..repeat {
+        buffer.extend_from_within(start..start + hwc.len());
+    }
+}
+
+/// The views of one group of a batch: `count` views of every sample, one contiguous buffer
+/// `[count * len, C, H, W]` (view-major).
+pub struct GroupData {
+    pub data: Vec<f32>,
+    pub count: usize,
+    /// `[C, H, W]`; `None` for an empty batch.
+    pub shape: Option<[usize; 3]>,
+}
+
+/// A collated batch: the views of each group, with labels, dataset indices and sample ids.
+pub struct Batch {
+    pub groups: Vec<GroupData>,
+    pub labels: Vec<Option<i64>>,
+    pub indices: Vec<usize>,
+    pub ids: Vec<String>,
+}
+
+impl Batch {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+
+    /// All views as tensors on `device`, in group order: each group's buffer moves once, then
+    /// is split into its views.
+    pub fn to_device(&self, device: Device) -> Vec<Tensor> {
+        let mut views = Vec::new();
+        for group in &self.groups {
+            let [c, h, w] = group.shape.unwrap_or([0, 0, 0]);
+            let all = Tensor::from_slice(&group.data).view([
+                (group.count * self.len()) as i64,
+                c as i64,
+                h as i64,
+                w as i64,
+            ]);
+            let all = if device == Device::Cpu {
+                all
+            } else {
+                all.to_device(device)
+            };
+            views.extend(all.chunk(group.count as i64, 0));
+        }
+        views
+    }
+
+    /// The first view on `device` (sources of one view: the linear head, classifiers,
+    /// evaluation).
+    pub fn images(&self, device: Device) -> Tensor {
+        self.to_device(device).swap_remove(0)
+    }
+
+    /// Labels as an int64 tensor; an error naming the first sample without a label or with
+    /// one outside `0..num_classes` (a plugin's bug that libtorch's loss would abort on).
+    pub fn label_tensor(&self, device: Device, num_classes: usize) -> Result<Tensor> {
+        let labels: Vec<i64> = self
+            .labels
+            .iter()
+            .zip(&self.indices)
+            .map(|(l, i)| match *l {
+                None => {
+                    bail!("sample {i} has no label, but the linear head needs labelled data")
+                }
+                Some(l) if l < 0 || l as u64 >= num_classes as u64 => bail!(
+                    "sample {i} has label {l}, outside the dataset's {num_classes} classes \
+                     (0..={})",
+                    num_classes as i64 - 1
+                ),
+                Some(l) => Ok(l),
+            })
+            .collect::<Result<_>>()?;
+        Ok(Tensor::from_slice(&labels).to_device(device))
+    }
+}
+
+/// Produces the batches of one pass in order, with `workers` threads preparing up to
+/// `2 × workers` batches ahead (none: everything happens in the calling thread).
+pub struct BatchStream {
+    source: Arc<Source>,
+    epoch: u64,
+    plan: Vec<Vec<usize>>,
+    next: usize,
+    sent: usize,
+    jobs: Option<mpsc::Sender<(usize, Vec<usize>)>>,
+    results: Option<mpsc::Receiver<(usize, Result<Batch>)>>,
+    ready: BTreeMap<usize, Result<Batch>>,
+    threads: Vec<JoinHandle<()>>,
+    prefetch: usize,
+    bar: Option<ProgressBar>,
+}
+
+impl BatchStream {
+    /// Starts streaming `plan` (dataset indices per batch, from a sampler) of `epoch`.
+    pub fn new(
+        source: Arc<Source>,
+        epoch: u64,
+        plan: Vec<Vec<usize>>,
+        workers: usize,
+    ) -> BatchStream {
+        let mut stream = BatchStream {
+            source,
+            epoch,
+            plan,
+            next: 0,
+            sent: 0,
+            jobs: None,
+            results: None,
+            ready: BTreeMap::new(),
+            threads: Vec::new(),
+            prefetch: 2 * workers,
+            bar: None,
+        };
+        if workers > 0 && !stream.plan.is_empty() {
+            let (job_tx, job_rx) = mpsc::channel::<(usize, Vec<usize>)>();
+            let (res_tx, res_rx) = mpsc::channel();
+            let job_rx = Arc::new(Mutex::new(job_rx));
+            for _ in 0..workers.min(stream.plan.len()) {
+                let job_rx = Arc::clone(&job_rx);
+                let res_tx = res_tx.clone();
+                let source = Arc::clone(&stream.source);
+                let epoch = stream.epoch;
+                stream.threads.push(std::thread::spawn(move || loop {
+                    let job = job_rx.lock().expect("job queue").recv();
+                    let Ok((n, indices)) = job else { break };
+                    if res_tx.send((n, source.collate(&indices, epoch))).is_err() {
+                        break;
+                    }
+                }));
+            }
+            stream.jobs = Some(job_tx);
+            stream.results = Some(res_rx);
+            stream.top_up();
+        }
+        stream
+    }
+
+    /// Shows a progress bar of the samples delivered (on a terminal only), labelled `what`.
+    pub fn with_progress(mut self, what: &str) -> BatchStream {
+        if std::io::stderr().is_terminal() {
+            let total: usize = self.plan.iter().map(Vec::len).sum();
+            let bar = ProgressBar::new(total as u64);
+            let style = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} ETA {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+            bar.set_style(style);
+            bar.set_prefix(what.to_string());
+            self.bar = Some(bar);
+        }
+        self
+    }
+
+    /// Number of batches in the pass.
+    pub fn len(&self) -> usize {
+        self.plan.len()
+    }
+
+    /// Whether the pass has no batches.
+    pub fn is_empty(&self) -> bool {
+        self.plan.is_empty()
+    }
+
+    fn top_up(&mut self) {
+        if let Some(jobs) = &self.jobs {
+            while self.sent < self.plan.len() && self.sent < self.next + self.prefetch {
+                let _ = jobs.send((self.sent, self.plan[self.sent].clone()));
+                self.sent += 1;
+            }
+        }
+    }
+}
+
+impl Iterator for BatchStream {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Result<Batch>> {
+        if self.next >= self.plan.len() {
+            if let Some(bar) = self.bar.take() {
+                bar.finish_and_clear();
+            }
+            return None;
+        }
+        let n = self.next;
+        let batch = match &self.results {
+            None => self.source.collate(&self.plan[n], self.epoch),
+            Some(results) => loop {
+                if let Some(b) = self.ready.remove(&n) {
+                    break b;
+                }
+                match results.recv() {
+                    Ok((k, b)) => {
+                        self.ready.insert(k, b);
+                    }
+                    Err(_) => break Err(anyhow!("data-loading threads stopped unexpectedly")),
+                }
+            },
+        };
+        self.next += 1;
+        self.top_up();
+        if let Some(bar) = &self.bar {
+            bar.inc(self.plan[n].len() as u64);
+        }
+        Some(batch)
+    }
+}
+
+impl Drop for BatchStream {
+    fn drop(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        self.jobs = None;
+        self.results = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::Registry;
+    use crate::sampler::{Order, Sampler};
+    use ssl_plugin_api::Params;
+
+    #[test]
+    fn labels_outside_the_classes_are_an_error_naming_the_sample() {
+        let batch = |labels: Vec<Option<i64>>| Batch {
+            groups: vec![GroupData {
+                data: vec![0.0; labels.len()],
+                shape: Some([1, 1, 1]),
+                count: 1,
+            }],
+            indices: (10..10 + labels.len()).collect(),
+            ids: vec![String::new(); labels.len()],
+            labels,
+        };
+        let ok = batch(vec![Some(0), Some(2)])
+            .label_tensor(Device::Cpu, 3)
+            .unwrap();
+        assert_eq!(Vec::<i64>::try_from(&ok).unwrap(), vec![0, 2]);
+        for (labels, needle) in [
+            (
+                vec![Some(0), Some(3)],
+                "sample 11 has label 3, outside the dataset's 3 classes",
+            ),
+            (vec![Some(-1), Some(0)], "sample 10 has label -1"),
+            (vec![Some(1), None], "sample 11 has no label"),
+        ] {
+            let e = batch(labels).label_tensor(Device::Cpu, 3).unwrap_err();
+            assert!(e.to_string().contains(needle), "{e}");
+        }
+    }
+
+    fn shapes(registry: &Registry, n: usize) -> Arc<DatasetHandle> {
+        let params =
+            Params::from_json(&format!(r#"{{"num_samples": {n}, "image_size": 32}}"#)).unwrap();
+        Arc::new(registry.dataset("Shapes").unwrap().create(&params).unwrap())
+    }
+
+    fn pipeline(registry: &Registry, config: &str) -> Arc<Pipeline> {
+        let config = crate::config::RunConfig::resolve(config, &[], registry).unwrap();
+        Arc::new(Pipeline::build(registry, &config.ssl_augmentations, "ssl_augmentations").unwrap())
+    }
+
+    #[test]
+    fn batches_do_not_depend_on_the_number_of_workers() {
+        let registry = Registry::load(&[]).unwrap();
+        let groups = vec![ViewGroup {
+            pipeline: pipeline(&registry, "ShapesBYOL"),
+            count: 2,
+        }];
+        let source = Arc::new(Source::new(
+            shapes(&registry, 40),
+            groups,
+            Seeds::PerEpoch(5),
+            "Shapes",
+        ));
+        let plan = Sampler::new(
+            (0..40).collect(),
+            8,
+            true,
+            Order::Shuffled { seed: 3, stream: 0 },
+        )
+        .batches(0);
+        let collect = |workers: usize| -> Vec<(Vec<f32>, Vec<usize>)> {
+            BatchStream::new(Arc::clone(&source), 2, plan.clone(), workers)
+                .map(|b| b.map(|mut b| (b.groups.remove(0).data, b.indices)).unwrap())
+                .collect()
+        };
+        let reference = collect(0);
+        assert_eq!(reference.len(), 5);
+        assert_eq!(reference[0].0.len(), 2 * 8 * 3 * 32 * 32);
+        for workers in [1, 3] {
+            assert!(
+                collect(workers) == reference,
+                "batches differ with {workers} workers"
+            );
+        }
+        // The two views of a sample differ (independent augmentation streams), and another
+        // epoch gives other augmentations.
+        let half = reference[0].0.len() / 2;
+        assert_ne!(reference[0].0[..half], reference[0].0[half..]);
+        let other_epoch: Vec<Batch> = BatchStream::new(Arc::clone(&source), 3, plan.clone(), 0)
+            .map(Result::unwrap)
+            .collect();
+        assert_ne!(other_epoch[0].groups[0].data, reference[0].0);
+    }
+
+    #[test]
+    fn view_groups_of_different_sizes_are_collated_per_group_in_order() {
+        let registry = Registry::load(&[]).unwrap();
+        let crop = |size: i64| {
+            let spec = crate::config::TransformSpec {
+                name: "RandomResizedCrop".into(),
+                params: toml::Table::from_iter([("size".to_string(), toml::Value::Integer(size))]),
+            };
+            Arc::new(Pipeline::build(&registry, &[spec], "test").unwrap())
+        };
+        let dataset = shapes(&registry, 8);
+        let two_groups = Source::new(
+            Arc::clone(&dataset),
+            vec![
+                ViewGroup {
+                    pipeline: crop(32),
+                    count: 2,
+                },
+                ViewGroup {
+                    pipeline: crop(16),
+                    count: 3,
+                },
+            ],
+            Seeds::PerEpoch(9),
+            "Shapes",
+        );
+        let batch = two_groups.collate(&[1, 4, 6], 0).unwrap();
+        let views = batch.to_device(Device::Cpu);
+        let sizes: Vec<Vec<i64>> = views.iter().map(Tensor::size).collect();
+        assert_eq!(
+            sizes,
+            [
+                vec![3, 3, 32, 32],
+                vec![3, 3, 32, 32],
+                vec![3, 3, 16, 16],
+                vec![3, 3, 16, 16],
+                vec![3, 3, 16, 16]
+            ]
+        );
+        // View v of a sample is drawn with the seed of view v counted over all groups: the
+        // first group alone gives the same first two views.
+        let first_only = Source::new(
+            dataset,
+            vec![ViewGroup {
+                pipeline: crop(32),
+                count: 2,
+            }],
+            Seeds::PerEpoch(9),
+            "Shapes",
+        );
+        let alone = first_only
+            .collate(&[1, 4, 6], 0)
+            .unwrap()
+            .to_device(Device::Cpu);
+        assert!(alone[0].equal(&views[0]) && alone[1].equal(&views[1]));
+        assert!(!views[2].equal(&views[3]), "views of a group differ");
+    }
+}

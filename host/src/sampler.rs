@@ -1,0 +1,221 @@
+//! The one place that orders samples. A [`Sampler`] turns the dataset indices of a split into
+//! the batches of a pass, as a pure function of (seed, epoch, cycle, rank, world size): the same
+//! arguments always give the same batches, whatever the number of worker threads, so a resumed
+//! run sees the data an uninterrupted one would.
+//!
+//! Data-parallel semantics: the global batch is `world × batch_size`; the global order and the
+//! global batches are those of a one-process run with the global batch size, and rank `r` takes
+//! the `r`-th slice of `batch_size` samples of each. Every sample is seen once per pass, and
+//! what a sample looks like never depends on the rank. Today every run has `rank = 0`,
+//! `world = 1`.
+
+use crate::seeds::{permutation, seed_of};
+
+/// How a pass orders the split.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Order {
+    /// The split's own order (validation, test, embeddings, predictions).
+    Sequential,
+    /// A fresh permutation of the split every epoch, drawn from `seed_of([seed, epoch, stream])`
+    /// (and the cycle, for passes that cycle, see [`Sampler::cycled`]).
+    Shuffled {
+        /// The run's `random_seed`.
+        seed: u64,
+        /// Tells the shuffles of different loaders apart.
+        stream: u64,
+    },
+}
+
+/// Batches of a split.
+#[derive(Clone, Debug)]
+pub struct Sampler {
+    indices: Vec<usize>,
+    batch_size: usize,
+    drop_last: bool,
+    order: Order,
+    rank: usize,
+    world: usize,
+}
+
+impl Sampler {
+    /// A one-process sampler over `indices` (dataset indices of a split) in batches of
+    /// `batch_size`, dropping an incomplete last batch when `drop_last`.
+    pub fn new(indices: Vec<usize>, batch_size: usize, drop_last: bool, order: Order) -> Sampler {
+        Sampler {
+            indices,
+            batch_size,
+            drop_last,
+            order,
+            rank: 0,
+            world: 1,
+        }
+    }
+
+    /// The same sampler for process `rank` of `world`: `batch_size` stays per process.
+    pub fn for_rank(mut self, rank: usize, world: usize) -> Sampler {
+        assert!(world >= 1 && rank < world, "rank {rank} of {world}");
+        self.rank = rank;
+        self.world = world;
+        self
+    }
+
+    /// Number of samples in the split.
+    pub fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    /// Whether the split is empty.
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+
+    /// Per-process batch size.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// The batches of this process for one pass of `epoch`.
+    pub fn batches(&self, epoch: u64) -> Vec<Vec<usize>> {
+        let order = match self.order {
+            Order::Sequential => self.indices.clone(),
+            Order::Shuffled { seed, stream } => self.shuffled(seed_of(&[seed, epoch, stream])),
+        };
+        self.slice(&order)
+    }
+
+    /// `steps` batches of `epoch` for a pass that must last `steps` steps (the online linear
+    /// head beside the SSL pass): the split re-shuffled every cycle (the permutation of cycle
+    /// `k` is drawn from `seed_of([seed, epoch, stream, k])`), cycled when shorter and cut when
+    /// longer, as the original. `None` when one cycle gives no batch (fewer samples than a
+    /// global batch with `drop_last`).
+    pub fn cycled(&self, epoch: u64, steps: usize) -> Option<Vec<Vec<usize>>> {
+        let mut plan = Vec::with_capacity(steps);
+        let mut cycle = 0u64;
+        while plan.len() < steps {
+            let order = match self.order {
+                Order::Sequential => self.indices.clone(),
+                Order::Shuffled { seed, stream } => {
+                    self.shuffled(seed_of(&[seed, epoch, stream, cycle]))
+                }
+            };
+            let batches = self.slice(&order);
+            if batches.is_empty() {
+                return None;
+            }
+            plan.extend(batches);
+            cycle += 1;
+        }
+        plan.truncate(steps);
+        Some(plan)
+    }
+
+    fn shuffled(&self, seed: u64) -> Vec<usize> {
+        permutation(self.indices.len(), seed)
+            .into_iter()
+            .map(|i| self.indices[i])
+            .collect()
+    }
+
+    /// This rank's slice of each global batch of `order`.
+    fn slice(&self, order: &[usize]) -> Vec<Vec<usize>> {
+        let global = self.batch_size * self.world;
+        let mut out = Vec::with_capacity(order.len().div_ceil(global.max(1)));
+        for batch in order.chunks(global) {
+            if self.drop_last && batch.len() < global {
+                break;
+            }
+            let start = (self.rank * self.batch_size).min(batch.len());
+            let end = ((self.rank + 1) * self.batch_size).min(batch.len());
+            // An incomplete last global batch (drop_last off) may leave a rank nothing.
+            if start < end {
+                out.push(batch[start..end].to_vec());
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shuffled(n: usize, bs: usize, drop_last: bool) -> Sampler {
+        Sampler::new(
+            (100..100 + n).collect(),
+            bs,
+            drop_last,
+            Order::Shuffled {
+                seed: 42,
+                stream: 11,
+            },
+        )
+    }
+
+    #[test]
+    fn batches_are_a_pure_function_of_seed_and_epoch() {
+        let s = shuffled(50, 8, true);
+        assert_eq!(s.batches(3), s.batches(3));
+        assert_ne!(s.batches(3), s.batches(4));
+        let b = s.batches(0);
+        assert_eq!(b.len(), 6);
+        assert!(b.iter().all(|b| b.len() == 8));
+        // The order is the permutation of the split's indices (what the loaders used before
+        // the sampler existed).
+        let want: Vec<usize> = permutation(50, seed_of(&[42, 0, 11]))
+            .into_iter()
+            .map(|i| 100 + i)
+            .collect();
+        assert_eq!(b.concat(), want[..48].to_vec());
+    }
+
+    #[test]
+    fn drop_last_and_sequential() {
+        let s = Sampler::new((0..10).collect(), 4, false, Order::Sequential);
+        assert_eq!(
+            s.batches(7),
+            vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]]
+        );
+        let s = Sampler::new((0..10).collect(), 4, true, Order::Sequential);
+        assert_eq!(s.batches(0).len(), 2);
+        let s = Sampler::new((0..10).collect(), 5, true, Order::Sequential);
+        assert_eq!(s.batches(0).len(), 2);
+    }
+
+    #[test]
+    fn ranks_take_their_slice_of_the_one_process_global_batches() {
+        for drop_last in [true, false] {
+            let whole = shuffled(45, 8, drop_last).batches(2);
+            let ranks: Vec<Vec<Vec<usize>>> = (0..2)
+                .map(|r| shuffled(45, 4, drop_last).for_rank(r, 2).batches(2))
+                .collect();
+            for (k, global) in whole.iter().enumerate() {
+                let mut joined = ranks[0][k].clone();
+                if let Some(b) = ranks[1].get(k) {
+                    joined.extend(b);
+                }
+                assert_eq!(&joined, global, "global batch {k}, drop_last {drop_last}");
+            }
+            let seen: usize = ranks.iter().flatten().map(Vec::len).sum();
+            assert_eq!(seen, if drop_last { 40 } else { 45 });
+        }
+    }
+
+    #[test]
+    fn cycled_passes_reshuffle_each_cycle_and_cut() {
+        let s = shuffled(20, 8, true);
+        let plan = s.cycled(1, 5).unwrap();
+        assert_eq!(plan.len(), 5);
+        // Two batches per cycle: cycles 0, 1 and half of 2, each its own permutation.
+        let cycle = |k: u64| -> Vec<usize> {
+            permutation(20, seed_of(&[42, 1, 11, k]))
+                .into_iter()
+                .map(|i| 100 + i)
+                .collect()
+        };
+        assert_eq!(plan[0..2].concat(), cycle(0)[..16].to_vec());
+        assert_eq!(plan[2..4].concat(), cycle(1)[..16].to_vec());
+        assert_eq!(plan[4], cycle(2)[..8].to_vec());
+        assert_eq!(shuffled(5, 8, true).cycled(0, 3), None);
+        assert_eq!(s.cycled(0, 0), Some(vec![]));
+    }
+}

@@ -1,0 +1,136 @@
+//! The linear head shared by SSL runs (the online evaluator) and classifier runs: dropout 0.2
+//! and a linear layer on embeddings, its classes and class weights, its pipelines, and how a
+//! batch's predictions are recorded for the epoch's metrics.
+
+use crate::config::RunConfig;
+use crate::loader::Batch;
+use crate::metrics::{class_weights, EpochMetrics};
+use crate::pipeline::Pipeline;
+use crate::registry::Registry;
+use anyhow::{anyhow, Context, Result};
+use ssl_plugin_api::host::DatasetHandle;
+use ssl_plugin_api::tch::{nn, Device, Kind, Reduction, Tensor};
+use std::sync::Arc;
+
+/// The linear probe: dropout 0.2 and a linear layer on detached embeddings.
+pub struct LinearHead {
+    vs: nn::VarStore,
+    linear: nn::Linear,
+    pub num_classes: usize,
+    weights: Option<Tensor>,
+}
+
+impl LinearHead {
+    /// A head from `dim` features to `num_classes`, with optional class weights for the loss.
+    pub fn new(
+        dim: i64,
+        num_classes: usize,
+        weights: Option<Vec<f32>>,
+        device: Device,
+    ) -> LinearHead {
+        let vs = nn::VarStore::new(device);
+        let linear = nn::linear(
+            vs.root() / "linear",
+            dim,
+            num_classes as i64,
+            Default::default(),
+        );
+        let weights = weights.map(|w| Tensor::from_slice(&w).to_device(device));
+        LinearHead {
+            vs,
+            linear,
+            num_classes,
+            weights,
+        }
+    }
+
+    /// Logits; dropout only in training.
+    pub fn forward(&self, embeddings: &Tensor, train: bool) -> Tensor {
+        embeddings
+            .flatten(1, -1)
+            .dropout(0.2, train)
+            .apply(&self.linear)
+    }
+
+    /// Cross-entropy, class-weighted as PyTorch's (Σ w_y·ce / Σ w_y) when weights are set.
+    pub fn loss(&self, logits: &Tensor, targets: &Tensor) -> Tensor {
+        logits.log_softmax(-1, Kind::Float).g_nll_loss(
+            targets,
+            self.weights.as_ref(),
+            Reduction::Mean,
+            -100,
+        )
+    }
+
+    /// Trainable tensors, named `linear.weight` / `linear.bias`.
+    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut vars: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        vars
+    }
+}
+
+/// Adds a batch's posteriors (softmax of `logits`), labels and loss to `metrics`.
+pub fn record_batch(
+    metrics: &mut EpochMetrics,
+    logits: &Tensor,
+    batch: &Batch,
+    loss: &Tensor,
+) -> Result<()> {
+    let probs = logits
+        .detach()
+        .softmax(-1, Kind::Float)
+        .to_device(Device::Cpu)
+        .contiguous()
+        .view(-1);
+    let probs: Vec<f32> = Vec::<f32>::try_from(&probs)?;
+    let targets: Vec<i64> = batch.labels.iter().map(|l| l.unwrap_or(-1)).collect();
+    metrics.add_batch(&probs, &targets, loss.double_value(&[]), batch.len());
+    Ok(())
+}
+
+/// The number of classes of a head's labelled dataset and, when `balanced`, the class weights
+/// of its loss (from all its labels, as the original).
+pub fn head_classes(
+    dataset: &DatasetHandle,
+    name: &str,
+    balanced: bool,
+) -> Result<(usize, Option<Vec<f32>>)> {
+    let num_classes = dataset.num_classes().ok_or_else(|| {
+        anyhow!("dataset `{name}` is unlabelled, but a linear head or classifier needs labels")
+    })?;
+    if !balanced {
+        return Ok((num_classes, None));
+    }
+    let targets: Vec<i64> = dataset
+        .targets()
+        .map_err(anyhow::Error::msg)?
+        .into_iter()
+        .map(|t| t.unwrap_or(-1))
+        .collect();
+    let weights = class_weights(&targets, num_classes)
+        .with_context(|| format!("class weights of `{name}`"))?;
+    Ok((num_classes, Some(weights)))
+}
+
+/// The linear head's training pipeline and its validation one (the training one unless
+/// `linear_head_val_augmentations` is set).
+pub fn linear_head_pipelines(
+    registry: &Registry,
+    config: &RunConfig,
+) -> Result<(Arc<Pipeline>, Arc<Pipeline>)> {
+    let train = Arc::new(Pipeline::build(
+        registry,
+        &config.linear_head_augmentations,
+        "linear_head_augmentations",
+    )?);
+    let val = match &config.linear_head_val_augmentations {
+        Some(specs) => Arc::new(Pipeline::build(
+            registry,
+            specs,
+            "linear_head_val_augmentations",
+        )?),
+        None => Arc::clone(&train),
+    };
+    Ok((train, val))
+}

@@ -1,0 +1,104 @@
+//! The kinds of training runs the engine drives ([`crate::engine::Task`]): SSL pretraining
+//! with an online linear head ([`ssl`]) and classifier training on a pretrained encoder
+//! ([`classifier`]). Tasks never import each other; what they share lives here and in
+//! [`linear_head`].
+
+pub mod classifier;
+pub mod linear_head;
+pub mod ssl;
+
+use crate::config::RunConfig;
+use crate::registry::Registry;
+use std::collections::BTreeMap;
+
+/// A warning when a validation split of `samples` gives no batch of `batch_size` with
+/// `drop_last` (as the original, a smaller last batch is dropped): its metrics are then NaN
+/// every epoch. Returns the warning, printed once at the start of a run.
+pub fn warn_if_no_val_batch(
+    what: &str,
+    samples: usize,
+    batch_size: usize,
+    batch_param: &str,
+    drop_last: bool,
+) -> Option<String> {
+    if !drop_last || samples >= batch_size {
+        return None;
+    }
+    let warning = format!(
+        "warning: the {what} validation split has {samples} samples, fewer than \
+         {batch_param}={batch_size}, and drop_last=true drops that one partial batch: its \
+         validation metrics will be NaN. Lower {batch_param}, raise val_split, or set \
+         drop_last=false."
+    );
+    eprintln!("{warning}");
+    Some(warning)
+}
+
+/// The plugins a run uses with their provenance (source and version), for `config.toml` and
+/// the checkpoint record: `kind name` -> provenance, plus ssl-host's own version.
+pub fn plugins_used(registry: &Registry, used: &[(&str, String)]) -> BTreeMap<String, String> {
+    let mut plugins = BTreeMap::new();
+    plugins.insert(
+        "ssl-host".to_string(),
+        env!("CARGO_PKG_VERSION").to_string(),
+    );
+    for (kind, name) in used {
+        if let Some(p) = registry.provenance(kind, name) {
+            plugins.insert(format!("{kind} {name}"), p);
+        }
+    }
+    plugins
+}
+
+/// The transforms a run's config names, for [`plugins_used`]: the linear head's, and with
+/// `ssl` those of the SSL view groups.
+pub fn transforms_used(config: &RunConfig, ssl: bool) -> Vec<(&'static str, String)> {
+    let groups = if ssl {
+        config.view_groups()
+    } else {
+        Vec::new()
+    };
+    let ssl = groups.iter().flat_map(|g| g.pipeline.iter());
+    let linear_head = config
+        .linear_head_augmentations
+        .iter()
+        .chain(config.linear_head_val_augmentations.iter().flatten());
+    ssl.chain(linear_head)
+        .map(|t| ("transform", t.name.clone()))
+        .collect()
+}
+
+/// The encoder parameters of a run on `dataset`: the config's, plus the encoder's small-image
+/// stem switched on for datasets of small images unless the config sets it (as the original:
+/// `use_7x7_first_conv_in_resnet = not dataset.startswith("CIFAR")`).
+pub fn encoder_params(config: &RunConfig, dataset: &str) -> toml::Table {
+    let mut params = config.encoder_params.clone();
+    if config.ssl_encoder.starts_with("resnet") && !params.contains_key("cifar_stem") {
+        params.insert(
+            "cifar_stem".into(),
+            toml::Value::Boolean(dataset.starts_with("CIFAR")),
+        );
+    }
+    params
+}
+
+#[cfg(test)]
+mod tests {
+    use super::warn_if_no_val_batch;
+
+    #[test]
+    fn a_validation_split_smaller_than_a_batch_is_warned_about_with_drop_last_only() {
+        let warning = warn_if_no_val_batch("SSL", 3, 8, "ssl_training_batch_size", true)
+            .expect("3 samples, batches of 8, drop_last: no batch");
+        assert!(warning.contains("3 samples"), "{warning}");
+        assert!(warning.contains("ssl_training_batch_size=8"), "{warning}");
+        assert_eq!(
+            warn_if_no_val_batch("SSL", 3, 8, "ssl_training_batch_size", false),
+            None
+        );
+        assert_eq!(
+            warn_if_no_val_batch("SSL", 8, 8, "ssl_training_batch_size", true),
+            None
+        );
+    }
+}

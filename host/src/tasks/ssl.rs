@@ -1,0 +1,616 @@
+//! SSL pretraining. Each training step trains the algorithm plugin on the views of an SSL batch
+//! (one list, in view-group order), then the online linear head on detached embeddings of a
+//! linear-head batch; the engine then calls the algorithm's after-step hook (BYOL's moving
+//! average), in the order of the original. Validation: the SSL loss on the validation split and
+//! the linear head on as many batches of its validation split.
+
+use crate::checkpoint::{self, prefixed, under, Checkpoint, CheckpointInfo};
+use crate::config::RunConfig;
+use crate::datasets::open_dataset;
+use crate::engine::{EpochSteps, OptimizerSlot, StepPath, StepReport, Task, TrainSummary};
+use crate::loader::{BatchStream, Seeds, Source, ViewGroup};
+use crate::metrics::EpochMetrics;
+use crate::optim::{OptimizerConfig, OptimizerKind, Param};
+use crate::pipeline::Pipeline;
+use crate::registry::Registry;
+use crate::sampler::{Order, Sampler};
+use crate::schedule::LrSchedule;
+use crate::seeds::seed_of;
+use crate::split::split_dataset;
+use crate::tasks::linear_head::{head_classes, linear_head_pipelines, record_batch, LinearHead};
+use crate::tasks::{encoder_params, plugins_used, transforms_used, warn_if_no_val_batch};
+use anyhow::{anyhow, bail, Context, Result};
+use ssl_plugin_api::host::DatasetHandle;
+use ssl_plugin_api::tch::{self, Device, Kind, Tensor};
+use ssl_plugin_api::torch::ForeignAlgorithm;
+use ssl_plugin_api::{EncoderSpec, Params, SslAlgorithm};
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Arc;
+
+/// The seed streams of the loaders (part of every augmentation seed; do not change).
+const SSL_TRAIN: u64 = 1;
+const SSL_VAL: u64 = 2;
+const LINEAR_HEAD_TRAIN: u64 = 3;
+const LINEAR_HEAD_VAL: u64 = 4;
+/// The shuffle streams of the samplers.
+const SSL_SHUFFLE: u64 = 11;
+const LINEAR_HEAD_SHUFFLE: u64 = 13;
+
+/// A source and the sampler of its split.
+struct Data {
+    source: Arc<Source>,
+    sampler: Sampler,
+}
+
+/// The running sums of an epoch's training pass.
+#[derive(Default)]
+struct EpochSums {
+    loss: Option<Tensor>,
+    scalars: BTreeMap<String, f64>,
+    linear_head: Option<EpochMetrics>,
+}
+
+/// An SSL pretraining run.
+pub struct SslTask {
+    config: RunConfig,
+    device: Device,
+    algorithm: ForeignAlgorithm,
+    algorithm_name: String,
+    prefix: String,
+    optimizer: OptimizerSlot,
+    schedule: LrSchedule,
+    head: LinearHead,
+    head_optimizer: OptimizerSlot,
+    ssl_train: Data,
+    ssl_val: Data,
+    lh_train: Data,
+    lh_val: Data,
+    info: CheckpointInfo,
+    /// The loaders of the current epoch's training pass.
+    streams: Option<(BatchStream, BatchStream)>,
+    sums: EpochSums,
+}
+
+fn to_params(list: Vec<ssl_plugin_api::TrainableParam>) -> Vec<Param> {
+    list.into_iter()
+        .map(|p| Param {
+            name: p.name,
+            tensor: p.tensor,
+            weight_decay: p.weight_decay,
+            lars_adaptation: p.lars_adaptation,
+        })
+        .collect()
+}
+
+/// Runs `f` under autocast when `enabled` (mixed precision, CUDA only).
+fn autocast<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
+    if enabled {
+        tch::autocast(true, f)
+    } else {
+        f()
+    }
+}
+
+/// The SSL view groups of `config` with their pipelines made.
+fn view_groups(registry: &Registry, config: &RunConfig) -> Result<Vec<ViewGroup>> {
+    config
+        .view_groups()
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            let what = if config.ssl_view_groups.is_empty() {
+                "ssl_augmentations".to_string()
+            } else {
+                format!("ssl_view_groups[{i}].pipeline")
+            };
+            Ok(ViewGroup {
+                pipeline: Arc::new(Pipeline::build(registry, &g.pipeline, &what)?),
+                count: g.count,
+            })
+        })
+        .collect()
+}
+
+/// The source of SSL training views of `dataset` (called `name`) as training draws them:
+/// what `preview` shows.
+pub fn training_views(
+    registry: &Registry,
+    config: &RunConfig,
+    dataset: Arc<DatasetHandle>,
+    name: &str,
+) -> Result<Source> {
+    Ok(Source::new(
+        dataset,
+        view_groups(registry, config)?,
+        Seeds::PerEpoch(seed_of(&[config.random_seed, SSL_TRAIN])),
+        name,
+    ))
+}
+
+impl SslTask {
+    /// Builds the run: datasets, splits, loaders, the algorithm (with its encoder), its
+    /// optimizer and schedule, the linear head. With `stored` (a resumed run), `encoder_init`
+    /// is not applied again.
+    pub fn build(
+        registry: &Registry,
+        config: RunConfig,
+        device: Device,
+        stored: Option<&Checkpoint>,
+    ) -> Result<SslTask> {
+        let seed = config.random_seed;
+        // SSL data.
+        let ssl_name = config
+            .ssl_training_dataset_name
+            .clone()
+            .ok_or_else(|| anyhow!("`ssl_training_dataset_name` is not set"))?;
+        let ssl_dataset = open_dataset(
+            registry,
+            &ssl_name,
+            config.local_dataset.as_deref(),
+            "train",
+            &config.ssl_dataset_params,
+        )?;
+        let lh_name = config.linear_head_dataset_name.clone();
+        let lh_root = config.linear_head_dataset_path();
+        let same = lh_name == ssl_name
+            && lh_root == config.local_dataset
+            && config.linear_head_dataset_params == config.ssl_dataset_params;
+        let lh_dataset = if same {
+            Arc::clone(&ssl_dataset)
+        } else {
+            open_dataset(
+                registry,
+                &lh_name,
+                lh_root.as_deref(),
+                "train",
+                &config.linear_head_dataset_params,
+            )?
+        };
+        let (num_classes, weights) = head_classes(
+            &lh_dataset,
+            &lh_name,
+            config.use_balanced_binary_loss_for_linear_head,
+        )?;
+
+        let (ssl_train_idx, ssl_val_idx) = split_dataset(&ssl_dataset, config.val_split, seed)?;
+        let (lh_train_idx, lh_val_idx) = split_dataset(&lh_dataset, config.val_split, seed)?;
+        warn_if_no_val_batch(
+            "SSL",
+            ssl_val_idx.len(),
+            config.ssl_training_batch_size,
+            "ssl_training_batch_size",
+            config.drop_last,
+        );
+        warn_if_no_val_batch(
+            "linear-head",
+            lh_val_idx.len(),
+            config.linear_head_batch_size,
+            "linear_head_batch_size",
+            config.drop_last,
+        );
+        let groups = view_groups(registry, &config)?;
+        let (lh_pipeline, lh_val_pipeline) = linear_head_pipelines(registry, &config)?;
+        let source = |dataset: &Arc<DatasetHandle>, groups: Vec<ViewGroup>, stream, name: &str| {
+            let mut source = Source::new(
+                Arc::clone(dataset),
+                groups,
+                Seeds::PerEpoch(seed_of(&[seed, stream])),
+                name,
+            );
+            source.skip_unreadable = config.skip_unreadable_images;
+            Arc::new(source)
+        };
+        let one = |pipeline: &Arc<Pipeline>| {
+            vec![ViewGroup {
+                pipeline: Arc::clone(pipeline),
+                count: 1,
+            }]
+        };
+        let (bs, lh_bs, drop_last) = (
+            config.ssl_training_batch_size,
+            config.linear_head_batch_size,
+            config.drop_last,
+        );
+        let shuffled = |stream| Order::Shuffled { seed, stream };
+        let ssl_train = Data {
+            source: source(&ssl_dataset, groups.clone(), SSL_TRAIN, &ssl_name),
+            sampler: Sampler::new(ssl_train_idx, bs, drop_last, shuffled(SSL_SHUFFLE)),
+        };
+        let ssl_val = Data {
+            source: source(&ssl_dataset, groups, SSL_VAL, &ssl_name),
+            sampler: Sampler::new(ssl_val_idx, bs, drop_last, Order::Sequential),
+        };
+        let lh_train = Data {
+            source: source(&lh_dataset, one(&lh_pipeline), LINEAR_HEAD_TRAIN, &lh_name),
+            sampler: Sampler::new(
+                lh_train_idx,
+                lh_bs,
+                drop_last,
+                shuffled(LINEAR_HEAD_SHUFFLE),
+            ),
+        };
+        let lh_val = Data {
+            source: source(
+                &lh_dataset,
+                one(&lh_val_pipeline),
+                LINEAR_HEAD_VAL,
+                &lh_name,
+            ),
+            sampler: Sampler::new(lh_val_idx, lh_bs, drop_last, Order::Sequential),
+        };
+
+        // Model.
+        tch::manual_seed(seed as i64);
+        let encoder_json = serde_json::to_value(encoder_params(&config, &ssl_name))?;
+        let spec = EncoderSpec {
+            factory: registry.encoder(&config.ssl_encoder)?.clone(),
+            params: Params::from_value(encoder_json.clone()).map_err(anyhow::Error::msg)?,
+        };
+        let algorithm_params = Params::from_value(serde_json::to_value(&config.algorithm_params)?)
+            .map_err(anyhow::Error::msg)?;
+        let algorithm = registry
+            .algorithm(&config.ssl_training_type)?
+            .create(&algorithm_params, &spec, device)
+            .map_err(|e| anyhow!("{e}"))?;
+        if let (Some(weights), None) = (&config.encoder_init, stored) {
+            // Every encoder inside the algorithm (BYOL: online and target) starts from them.
+            let groups = crate::pretrained::encoders_in_state(&algorithm.state());
+            if groups.is_empty() {
+                bail!(
+                    "--encoder_init: the {} algorithm shows no encoder tensors to load into",
+                    config.ssl_training_type
+                );
+            }
+            for (prefix, live) in &groups {
+                let n = crate::pretrained::load_torchvision_weights(
+                    Path::new(weights),
+                    live,
+                    &format!("the `{}` encoder (`{prefix}`)", config.ssl_encoder),
+                )
+                .context("--encoder_init")?;
+                eprintln!("{prefix}: {n} tensors from {weights}");
+            }
+        }
+        let mixed_precision = config.use_mixed_precision && device != Device::Cpu;
+        if config.use_mixed_precision && device == Device::Cpu {
+            eprintln!("note: use_mixed_precision applies on CUDA only; this CPU run uses 32-bit floats (as the original)");
+        }
+        let kind: OptimizerKind = config.optimizer.parse()?;
+        let optimizer = OptimizerSlot::new(
+            "ssl",
+            &OptimizerConfig {
+                kind,
+                weight_decay: config.weight_decay,
+                momentum: config.momentum,
+                ..Default::default()
+            },
+            to_params(algorithm.parameters()),
+            mixed_precision,
+        );
+        let algorithm_name = config.ssl_training_type.clone();
+        let prefix = algorithm_name.to_lowercase();
+        let schedule: LrSchedule = match config.lr_schedule.as_str() {
+            "auto" if prefix == "simclr" => LrSchedule::WarmupCosinePerStep {
+                warmup_epochs: config.warmup_epochs,
+            },
+            "auto" => LrSchedule::WarmupCosinePerEpoch {
+                warmup_epochs: config.warmup_epochs,
+            },
+            other => other.parse().map_err(|e| anyhow!("lr_schedule: {e}"))?,
+        };
+        let head = LinearHead::new(algorithm.embedding_dim(), num_classes, weights, device);
+        let head_params: Vec<Param> = head
+            .named_parameters()
+            .into_iter()
+            .map(|(name, tensor)| Param {
+                name,
+                tensor,
+                weight_decay: true,
+                lars_adaptation: false,
+            })
+            .collect();
+        let head_optimizer = OptimizerSlot::new(
+            "linear_head",
+            &OptimizerConfig {
+                kind: OptimizerKind::Adam,
+                weight_decay: 1e-4,
+                ..Default::default()
+            },
+            head_params,
+            false,
+        );
+
+        let mut used: Vec<(&str, String)> = vec![
+            ("dataset", ssl_name.clone()),
+            ("dataset", lh_name.clone()),
+            ("encoder", config.ssl_encoder.clone()),
+            ("algorithm", config.ssl_training_type.clone()),
+        ];
+        used.extend(transforms_used(&config, true));
+        let info = CheckpointInfo {
+            format: checkpoint::FORMAT.into(),
+            epochs_done: 0,
+            global_step: 0,
+            model: config.model.clone(),
+            config: config.to_toml(),
+            algorithm: algorithm_name.clone(),
+            encoder: config.ssl_encoder.clone(),
+            encoder_params: encoder_json.to_string(),
+            embedding_encoder_prefix: algorithm.embedding_encoder_prefix(),
+            plugins: plugins_used(registry, &used),
+        };
+        Ok(SslTask {
+            config,
+            device,
+            algorithm,
+            algorithm_name,
+            prefix,
+            optimizer,
+            schedule,
+            head,
+            head_optimizer,
+            ssl_train,
+            ssl_val,
+            lh_train,
+            lh_val,
+            info,
+            streams: None,
+            sums: EpochSums::default(),
+        })
+    }
+
+    /// Validation: the SSL loss on the validation split (training-strength views) and the
+    /// linear head on the first batches of its validation split, each sample once.
+    fn validate(&mut self, epoch: usize) -> Result<Vec<(String, f64)>> {
+        let _guard = tch::no_grad_guard();
+        let workers = self.config.num_workers;
+        let mut ssl_plan = self.ssl_val.sampler.batches(epoch as u64);
+        if self.config.is_debug_model {
+            ssl_plan.truncate(1);
+        }
+        let val_batches = ssl_plan.len();
+        let mut lh_plan = self.lh_val.sampler.batches(epoch as u64);
+        lh_plan.truncate(val_batches);
+        let mut loss_sum = Tensor::zeros([], (Kind::Double, self.device));
+        let source = Arc::clone(&self.ssl_val.source);
+        for batch in BatchStream::new(source, epoch as u64, ssl_plan, workers) {
+            let views = batch?.to_device(self.device);
+            let algorithm = &mut self.algorithm;
+            let loss = autocast(self.optimizer.mixed_precision(), || {
+                algorithm.validation_loss(&views)
+            })
+            .map_err(anyhow::Error::msg)?;
+            loss_sum += loss.to_kind(Kind::Double);
+        }
+        let mut metrics = vec![(
+            format!("{}/val/loss", self.prefix),
+            if val_batches == 0 {
+                f64::NAN
+            } else {
+                loss_sum.double_value(&[]) / val_batches as f64
+            },
+        )];
+        let mut lh_metrics = EpochMetrics::new(self.head.num_classes);
+        let source = Arc::clone(&self.lh_val.source);
+        for batch in BatchStream::new(source, epoch as u64, lh_plan, workers) {
+            let batch = batch?;
+            let x = batch.images(self.device);
+            let y = batch.label_tensor(self.device, self.head.num_classes)?;
+            let embeddings = self
+                .algorithm
+                .embed(&x, false)
+                .map_err(anyhow::Error::msg)?;
+            let logits = self.head.forward(&embeddings.to_kind(Kind::Float), false);
+            let loss = self.head.loss(&logits, &y);
+            record_batch(&mut lh_metrics, &logits, &batch, &loss)?;
+        }
+        for (name, value) in lh_metrics.compute() {
+            let name = if name == "loss" {
+                "ssl_online_evaluator/val/loss".to_string()
+            } else {
+                format!("ssl_online_evaluator/val/{name}")
+            };
+            metrics.push((name, value));
+        }
+        Ok(metrics)
+    }
+}
+
+impl Task for SslTask {
+    fn config(&self) -> &RunConfig {
+        &self.config
+    }
+
+    fn info_mut(&mut self) -> &mut CheckpointInfo {
+        &mut self.info
+    }
+
+    fn schedule(&self) -> LrSchedule {
+        self.schedule
+    }
+
+    fn begin_epoch(&mut self, epoch: usize) -> Result<EpochSteps> {
+        tch::manual_seed(seed_of(&[self.config.random_seed, epoch as u64, 17]) as i64 & i64::MAX);
+        let workers = self.config.num_workers;
+        let full_plan = self.ssl_train.sampler.batches(epoch as u64);
+        let full_steps = full_plan.len();
+        if full_steps == 0 {
+            bail!(
+                "the SSL training split has {} samples, fewer than ssl_training_batch_size={} (drop_last)",
+                self.ssl_train.sampler.len(),
+                self.config.ssl_training_batch_size
+            );
+        }
+        let steps = if self.config.is_debug_model {
+            1
+        } else {
+            full_steps
+        };
+        let ssl_stream = BatchStream::new(
+            Arc::clone(&self.ssl_train.source),
+            epoch as u64,
+            full_plan.into_iter().take(steps).collect(),
+            workers,
+        );
+        let lh_plan = self
+            .lh_train
+            .sampler
+            .cycled(epoch as u64, steps)
+            .ok_or_else(|| {
+                anyhow!(
+                    "the linear-head training split has {} samples, fewer than linear_head_batch_size={} (drop_last)",
+                    self.lh_train.sampler.len(),
+                    self.config.linear_head_batch_size
+                )
+            })?;
+        let lh_stream = BatchStream::new(
+            Arc::clone(&self.lh_train.source),
+            epoch as u64,
+            lh_plan,
+            workers.div_ceil(2),
+        );
+        self.streams = Some((ssl_stream, lh_stream));
+        self.sums = EpochSums {
+            loss: Some(Tensor::zeros([], (Kind::Double, self.device))),
+            scalars: BTreeMap::new(),
+            linear_head: Some(EpochMetrics::new(self.head.num_classes)),
+        };
+        Ok(EpochSteps { steps, full_steps })
+    }
+
+    fn train_step(&mut self, path: &mut StepPath, lr: f64) -> Result<StepReport> {
+        let (mut ssl_stream, mut lh_stream) = self
+            .streams
+            .take()
+            .ok_or_else(|| anyhow!("training step outside an epoch"))?;
+        let batch = ssl_stream
+            .next()
+            .ok_or_else(|| anyhow!("data loader ended early"))??;
+        let views = batch.to_device(self.device);
+        for (name, value) in self.algorithm.scalars().map_err(anyhow::Error::msg)? {
+            *self.sums.scalars.entry(name).or_default() += value;
+        }
+        let algorithm = &mut self.algorithm;
+        let loss = autocast(self.optimizer.mixed_precision(), || {
+            algorithm.training_loss(&views)
+        })
+        .map_err(|e| anyhow!("{} training step: {e}", self.algorithm_name))?;
+        path.step(&mut self.optimizer, &loss, lr)?;
+        if let Some(sum) = &mut self.sums.loss {
+            *sum += loss.detach().to_kind(Kind::Double);
+        }
+
+        // The online linear head, on detached embeddings of its own batch.
+        let lh = lh_stream
+            .next()
+            .ok_or_else(|| anyhow!("linear-head loader ended early"))??;
+        self.streams = Some((ssl_stream, lh_stream));
+        let x = lh.images(self.device);
+        let y = lh.label_tensor(self.device, self.head.num_classes)?;
+        let embeddings = tch::no_grad(|| self.algorithm.embed(&x, true))
+            .map_err(anyhow::Error::msg)?
+            .detach();
+        let logits = self.head.forward(&embeddings.to_kind(Kind::Float), true);
+        let lh_loss = self.head.loss(&logits, &y);
+        path.step(
+            &mut self.head_optimizer,
+            &lh_loss,
+            self.config.learning_rate_linear_head_during_ssl_training,
+        )?;
+        if let Some(metrics) = &mut self.sums.linear_head {
+            record_batch(metrics, &logits, &lh, &lh_loss)?;
+        }
+        Ok(StepReport {
+            loss,
+            images: batch.len(),
+        })
+    }
+
+    fn after_step(&mut self, step: u64, max_steps: u64) -> Result<()> {
+        self.algorithm
+            .after_optimizer_step(step, max_steps)
+            .map_err(anyhow::Error::msg)
+    }
+
+    fn end_epoch(&mut self, epoch: usize, summary: &TrainSummary) -> Result<Vec<(String, f64)>> {
+        self.streams = None;
+        let sums = std::mem::take(&mut self.sums);
+        let steps = summary.steps as f64;
+        let loss = sums.loss.map_or(f64::NAN, |l| l.double_value(&[]));
+        let mut metrics = vec![(format!("{}/train/loss", self.prefix), loss / steps)];
+        metrics.push((format!("{}/learning_rate", self.prefix), summary.mean_lr));
+        for (name, sum) in sums.scalars {
+            metrics.push((name, sum / steps));
+        }
+        for (name, value) in sums.linear_head.map(|m| m.compute()).unwrap_or_default() {
+            let name = if name == "loss" {
+                "ssl_online_evaluator/train/loss".to_string()
+            } else {
+                format!("ssl_online_evaluator/train/online_{name}")
+            };
+            metrics.push((name, value));
+        }
+        metrics.extend(self.validate(epoch)?);
+        Ok(metrics)
+    }
+
+    fn checkpoint_tensors(&self) -> Vec<(String, Tensor)> {
+        let mut all = prefixed("algorithm.", self.algorithm.state());
+        all.extend(prefixed("linear_head.", self.head.named_parameters()));
+        all.extend(prefixed("optimizer.", self.optimizer.state()));
+        all.extend(prefixed(
+            "linear_head_optimizer.",
+            self.head_optimizer.state(),
+        ));
+        all.extend(prefixed("loss_scaler.", self.optimizer.scaler_state()));
+        all
+    }
+
+    fn restore(&mut self, stored: &HashMap<String, Tensor>) -> Result<()> {
+        checkpoint::restore_into(
+            stored,
+            "algorithm.",
+            &self.algorithm.state(),
+            "the algorithm",
+        )?;
+        checkpoint::restore_into(
+            stored,
+            "linear_head.",
+            &self.head.named_parameters(),
+            "the linear head",
+        )?;
+        self.optimizer
+            .load_state(&under(stored, "optimizer."))
+            .context("restoring the SSL optimizer")?;
+        self.head_optimizer
+            .load_state(&under(stored, "linear_head_optimizer."))
+            .context("restoring the linear-head optimizer")?;
+        self.optimizer
+            .load_scaler_state(&under(stored, "loss_scaler."))
+    }
+
+    fn epoch_line(&self, epoch: usize, metrics: &[(String, f64)]) -> String {
+        let get = |n: &str| crate::engine::metric(metrics, n);
+        format!(
+            "epoch {}/{}: {} train loss {:.4}, val loss {:.4}, linear head val accuracy {:.3}, {:.1} images/s, {:.1}s",
+            epoch + 1,
+            self.config.num_epochs,
+            self.prefix,
+            get(&format!("{}/train/loss", self.prefix)),
+            get(&format!("{}/val/loss", self.prefix)),
+            get("ssl_online_evaluator/val/AccuracyAtThreshold05"),
+            get("throughput/train_images_per_second"),
+            get("time/epoch_seconds"),
+        )
+    }
+
+    fn sources(&self) -> Vec<(Arc<Source>, &'static str)> {
+        vec![
+            (Arc::clone(&self.ssl_train.source), "SSL training"),
+            (Arc::clone(&self.ssl_val.source), "SSL validation"),
+            (Arc::clone(&self.lh_train.source), "linear-head training"),
+            (Arc::clone(&self.lh_val.source), "linear-head validation"),
+        ]
+    }
+}
