@@ -84,7 +84,10 @@ fn fixed_seed_runs_write_the_recorded_metrics() {
     check(
         "ShapesSimCLR_debug",
         &tmp.path().join("simclr_debug"),
-        &ssl_args("ShapesSimCLR", &["--is_debug_model=true", "--num_workers=0"]),
+        &ssl_args(
+            "ShapesSimCLR",
+            &["--is_debug_model=true", "--num_workers=0"],
+        ),
     );
     // Classifiers on the SimCLR encoder: frozen (head only) and fine-tuned.
     let classifier = |extra: &str| -> Vec<String> {
