@@ -656,7 +656,7 @@ impl RunConfig {
         if let Some(i) = self.ssl_view_groups.iter().position(|g| g.count == 0) {
             bail!("`ssl_view_groups[{i}].count` must be at least 1");
         }
-        if !(self.gradient_clip_val >= 0.0) {
+        if self.gradient_clip_val.is_nan() || self.gradient_clip_val < 0.0 {
             bail!(
                 "`gradient_clip_val` must be 0 (off) or positive, got {}",
                 self.gradient_clip_val

@@ -53,6 +53,12 @@ pub struct TrainSummary {
     pub mean_lr: f64,
 }
 
+/// A task's final evaluation: metrics (written under epoch `num_epochs`) and a line to print.
+pub struct FinalEvaluation {
+    pub metrics: Vec<(String, f64)>,
+    pub line: String,
+}
+
 /// What one training step reports.
 pub struct StepReport {
     /// The main loss (shown in the progress bar).
@@ -88,9 +94,8 @@ pub trait Task {
     fn epoch_line(&self, epoch: usize, metrics: &[(String, f64)]) -> String;
     /// The data sources whose skipped images are reported, with what they are.
     fn sources(&self) -> Vec<(Arc<Source>, &'static str)>;
-    /// After the last epoch: extra metrics (e.g. a test split), written under epoch
-    /// `num_epochs`, and a line to print; `None` when the task has none.
-    fn final_evaluation(&mut self) -> Result<Option<(Vec<(String, f64)>, String)>> {
+    /// After the last epoch: extra metrics (e.g. a test split); `None` when the task has none.
+    fn final_evaluation(&mut self) -> Result<Option<FinalEvaluation>> {
         Ok(None)
     }
 }
@@ -168,7 +173,7 @@ pub fn fit<T: Task>(
                 dir.display()
             )
         })?;
-        if let Some((metrics, line)) = evaluation {
+        if let Some(FinalEvaluation { metrics, line }) = evaluation {
             if !metrics.is_empty() {
                 outputs.write_epoch(epochs, &metrics)?;
                 eprintln!("{line}");

@@ -12,6 +12,12 @@ pub struct Progress {
     interactive: bool,
 }
 
+impl Default for Progress {
+    fn default() -> Self {
+        Progress::new()
+    }
+}
+
 impl Progress {
     pub fn new() -> Progress {
         Progress {

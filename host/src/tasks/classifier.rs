@@ -16,7 +16,9 @@
 use crate::checkpoint::{self, prefixed, under, Checkpoint, CheckpointInfo};
 use crate::config::RunConfig;
 use crate::datasets::{open_dataset, open_split};
-use crate::engine::{EpochSteps, OptimizerSlot, StepPath, StepReport, Task, TrainSummary};
+use crate::engine::{
+    EpochSteps, FinalEvaluation, OptimizerSlot, StepPath, StepReport, Task, TrainSummary,
+};
 use crate::loader::{BatchStream, Seeds, Source};
 use crate::metrics::EpochMetrics;
 use crate::optim::{OptimizerConfig, OptimizerKind, Param};
@@ -516,12 +518,12 @@ impl Task for ClassifierTask<'_> {
         ]
     }
 
-    fn final_evaluation(&mut self) -> Result<Option<(Vec<(String, f64)>, String)>> {
+    fn final_evaluation(&mut self) -> Result<Option<FinalEvaluation>> {
         let test = self.test().context("the test split")?;
         let accuracy = crate::engine::metric(&test, "test/AccuracyAtThreshold05");
-        Ok(Some((
-            test,
-            format!("test split: accuracy {accuracy:.3} (test/* in metrics.csv)"),
-        )))
+        Ok(Some(FinalEvaluation {
+            metrics: test,
+            line: format!("test split: accuracy {accuracy:.3} (test/* in metrics.csv)"),
+        }))
     }
 }
