@@ -6,7 +6,7 @@ fn main() -> ExitCode {
     match ssl_host::run(std::env::args().skip(1).collect()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprint!("{}", ssl_host::error_report(&error));
             ExitCode::FAILURE
         }
     }

@@ -19,7 +19,7 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
         cli.take("out")
             .context("export-encoder needs --out=encoder.safetensors")?,
     );
-    cli.reject_leftovers(&["checkpoint", "out"])?;
+    cli.reject_leftovers(&[])?;
     super::embed::output_kind(&out, &["safetensors"])?;
     let (loaded, _) = encoder_from_checkpoint(registry, &PathBuf::from(&checkpoint), Device::Cpu)?;
     let state = torchvision_state(&loaded.encoder, loaded.info.global_step);
