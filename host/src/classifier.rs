@@ -125,10 +125,10 @@ fn build_encoder(
     let encoder = registry
         .encoder(&config.ssl_encoder)?
         .create(
-            &Params::from_value(json.clone()).map_err(anyhow::Error::msg)?,
+            &Params::from_value(json.clone()).map_err(anyhow::Error::from)?,
             device,
         )
-        .map_err(|e| anyhow!("creating encoder `{}`: {e}", config.ssl_encoder))?;
+        .map_err(|e| anyhow!("creating encoder `{}`: {e:#}", config.ssl_encoder))?;
     Ok((encoder, json))
 }
 
@@ -149,10 +149,10 @@ impl ClassifierRun {
                 let encoder = registry
                     .encoder(&c.info.encoder)?
                     .create(
-                        &Params::from_value(params.clone()).map_err(anyhow::Error::msg)?,
+                        &Params::from_value(params.clone()).map_err(anyhow::Error::from)?,
                         device,
                     )
-                    .map_err(|e| anyhow!("creating encoder `{}`: {e}", c.info.encoder))?;
+                    .map_err(|e| anyhow!("creating encoder `{}`: {e:#}", c.info.encoder))?;
                 (encoder, c.info.encoder.clone(), params)
             }
             None => pretrained_encoder(registry, &config, device)?,
@@ -320,10 +320,10 @@ impl ClassifierRun {
     fn features(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
         let features = if self.frozen || !train {
             tch::no_grad(|| self.encoder.forward(x, false))
-                .map_err(anyhow::Error::msg)?
+                .map_err(anyhow::Error::from)?
                 .detach()
         } else {
-            self.encoder.forward(x, true).map_err(anyhow::Error::msg)?
+            self.encoder.forward(x, true).map_err(anyhow::Error::from)?
         };
         Ok(features.to_kind(Kind::Float))
     }

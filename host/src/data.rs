@@ -172,7 +172,7 @@ pub fn split_dataset(
     val_split: f64,
     seed: u64,
 ) -> Result<(Vec<usize>, Vec<usize>)> {
-    Ok(match dataset.groups().map_err(anyhow::Error::msg)? {
+    Ok(match dataset.groups().map_err(anyhow::Error::from)? {
         Some(groups) => {
             // NumPy's RandomState, which the original seeds with it, takes 32-bit seeds only.
             let seed = u32::try_from(seed).map_err(|_| {
@@ -198,10 +198,10 @@ impl Pipeline {
         let mut steps = Vec::new();
         for (i, spec) in specs.iter().enumerate() {
             let json = serde_json::to_value(&spec.params).context("transform parameters")?;
-            let params = Params::from_value(json).map_err(anyhow::Error::msg)?;
+            let params = Params::from_value(json).map_err(anyhow::Error::from)?;
             let transform = registry
                 .transform(&spec.name)
-                .and_then(|f| f.create(&params).map_err(anyhow::Error::msg))
+                .and_then(|f| f.create(&params).map_err(anyhow::Error::from))
                 .with_context(|| format!("{what}[{i}] (`{}`)", spec.name))?;
             steps.push((spec.name.clone(), transform));
         }
@@ -213,7 +213,7 @@ impl Pipeline {
         for (position, (name, step)) in self.steps.iter().enumerate() {
             image = step
                 .apply(image, mix(seed, position as u64))
-                .map_err(|e| anyhow!("transform `{name}`: {e}"))?;
+                .map_err(|e| anyhow!("transform `{name}`: {e:#}"))?;
         }
         Ok(image)
     }
@@ -349,11 +349,11 @@ impl Source {
                     self.skipped
                         .lock()
                         .expect("skipped list")
-                        .insert(index, e.to_string());
+                        .insert(index, e.message());
                     continue;
                 }
                 Err(e) => bail!(
-                    "{} sample {index}: {e} (set --skip_unreadable_images=true to skip such images)",
+                    "{} sample {index}: {e:#} (set --skip_unreadable_images=true to skip such images)",
                     self.name
                 ),
             };

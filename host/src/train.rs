@@ -50,7 +50,7 @@ fn dataset_params(root: Option<&str>, split: &str, extra: &toml::Table) -> Resul
         map.insert("root".into(), Value::String(root.to_string()));
     }
     map.entry("split").or_insert(Value::String(split.into()));
-    Params::from_value(Value::Object(map)).map_err(anyhow::Error::msg)
+    Params::from_value(Value::Object(map)).map_err(anyhow::Error::from)
 }
 
 /// The linear probe: dropout 0.2 and a linear layer on detached embeddings.
@@ -287,7 +287,7 @@ pub fn open_split(
 ) -> Result<DatasetHandle> {
     let factory = registry.dataset(name)?;
     let params = dataset_params(root, split, extra)?;
-    factory.create(&params).map_err(|e| anyhow!("{e}"))
+    factory.create(&params).map_err(|e| anyhow!("{e:#}"))
 }
 
 /// As [`open_split`], but an empty dataset is an error naming it.
@@ -412,14 +412,14 @@ impl Run {
         let encoder_json = serde_json::to_value(&encoder_params)?;
         let spec = EncoderSpec {
             factory: registry.encoder(&config.ssl_encoder)?.clone(),
-            params: Params::from_value(encoder_json.clone()).map_err(anyhow::Error::msg)?,
+            params: Params::from_value(encoder_json.clone()).map_err(anyhow::Error::from)?,
         };
         let algorithm_params = Params::from_value(serde_json::to_value(&config.algorithm_params)?)
-            .map_err(anyhow::Error::msg)?;
+            .map_err(anyhow::Error::from)?;
         let algorithm = registry
             .algorithm(&config.ssl_training_type)?
             .create(&algorithm_params, &spec, device)
-            .map_err(|e| anyhow!("{e}"))?;
+            .map_err(|e| anyhow!("{e:#}"))?;
         if let (Some(weights), true) = (&config.encoder_init, fresh) {
             // Every encoder inside the algorithm (BYOL: online and target) starts from them.
             let groups = crate::pretrained::encoders_in_state(&algorithm.state());
@@ -717,12 +717,12 @@ impl Run {
             let views = batch.to_device(self.device);
             let lr = self.lr_at(epoch, *global_step, full_steps);
             lr_sum += lr;
-            for (name, value) in self.algorithm.scalars().map_err(anyhow::Error::msg)? {
+            for (name, value) in self.algorithm.scalars().map_err(anyhow::Error::from)? {
                 *scalar_sums.entry(name).or_default() += value;
             }
             let amp = self.scaler.is_some();
             let loss = maybe_autocast(amp, || self.algorithm.training_loss(&views))
-                .map_err(|e| anyhow!("{} training step: {e}", self.algorithm_name))?;
+                .map_err(|e| anyhow!("{} training step: {e:#}", self.algorithm_name))?;
             self.optimizer.zero_grad();
             let do_step = match &mut self.scaler {
                 Some(scaler) => {
@@ -747,7 +747,7 @@ impl Run {
             let x = lh.to_device(self.device).remove(0);
             let y = lh.label_tensor(self.device, self.head.num_classes)?;
             let embeddings = tch::no_grad(|| self.algorithm.embed(&x, true))
-                .map_err(anyhow::Error::msg)?
+                .map_err(anyhow::Error::from)?
                 .detach();
             let logits = self.head.forward(&embeddings.to_kind(Kind::Float), true);
             let lh_loss = self.head.loss(&logits, &y);
@@ -760,7 +760,7 @@ impl Run {
             *global_step += 1;
             self.algorithm
                 .after_optimizer_step(*global_step, max_steps)
-                .map_err(anyhow::Error::msg)?;
+                .map_err(anyhow::Error::from)?;
             let elapsed = train_started.elapsed().as_secs_f64();
             bar.step(step + 1, &loss, images as f64 / elapsed.max(1e-9));
         }
@@ -820,7 +820,7 @@ impl Run {
             let loss = maybe_autocast(self.scaler.is_some(), || {
                 self.algorithm.validation_loss(&views)
             })
-            .map_err(anyhow::Error::msg)?;
+            .map_err(anyhow::Error::from)?;
             loss_sum += loss.to_kind(Kind::Double);
         }
         let mut metrics = vec![(
@@ -839,7 +839,7 @@ impl Run {
             let embeddings = self
                 .algorithm
                 .embed(&x, false)
-                .map_err(anyhow::Error::msg)?;
+                .map_err(anyhow::Error::from)?;
             let logits = self.head.forward(&embeddings.to_kind(Kind::Float), false);
             let loss = self.head.loss(&logits, &y);
             record_batch(&mut lh_metrics, &logits, &batch, &loss)?;
@@ -970,7 +970,7 @@ pub(crate) fn head_classes(
     }
     let targets: Vec<i64> = dataset
         .targets()
-        .map_err(anyhow::Error::msg)?
+        .map_err(anyhow::Error::from)?
         .into_iter()
         .map(|t| t.unwrap_or(-1))
         .collect();

@@ -59,7 +59,7 @@ pub fn device_of(name: Option<&str>) -> Result<Device> {
     match name {
         None => Ok(Device::cuda_if_available()),
         Some(name) => {
-            let device = parse_device(name).map_err(|e| anyhow!("--device: {e}"))?;
+            let device = parse_device(name).map_err(|e| anyhow!("--device: {e:#}"))?;
             if let Device::Cuda(i) = device {
                 let count = tch::Cuda::device_count();
                 if i as i64 >= count {
@@ -121,11 +121,11 @@ impl EvalArgs {
     /// Opens the dataset; a clear error when it has no samples.
     pub fn open_dataset(&self, registry: &Registry) -> Result<DatasetHandle> {
         let params = Params::from_value(Value::Object(self.dataset_params.clone()))
-            .map_err(anyhow::Error::msg)?;
+            .map_err(anyhow::Error::from)?;
         let dataset = registry
             .dataset(&self.dataset)?
             .create(&params)
-            .map_err(anyhow::Error::msg)?;
+            .map_err(anyhow::Error::from)?;
         if dataset.is_empty() {
             let root = self
                 .dataset_params
@@ -322,7 +322,7 @@ impl EvalSource<'_> {
             let sample = self
                 .dataset
                 .get(index)
-                .map_err(|e| anyhow!("{} sample {index}: {e}", self.dataset_name))?;
+                .map_err(|e| anyhow!("{} sample {index}: {e:#}", self.dataset_name))?;
             let (image, label, id) = sample.into_parts();
             let image = self
                 .pipeline
@@ -470,7 +470,7 @@ pub fn encoder_in_channels(encoder: &dyn Encoder) -> Option<usize> {
 
 /// Embeddings `[N, D]` (float32) of `images` in eval mode without gradients.
 pub fn embed_batch(encoder: &mut dyn Encoder, images: &Tensor) -> Result<Tensor> {
-    let out = tch::no_grad(|| encoder.forward(images, false)).map_err(|e| anyhow!("{e}"))?;
+    let out = tch::no_grad(|| encoder.forward(images, false)).map_err(|e| anyhow!("{e:#}"))?;
     Ok(out.flatten(1, -1).to_kind(Kind::Float))
 }
 

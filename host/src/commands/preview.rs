@@ -51,7 +51,7 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
     for &index in train.iter().take(count) {
         let sample = dataset
             .get(index)
-            .map_err(|e| anyhow!("{name} sample {index}: {e}"))?;
+            .map_err(|e| anyhow!("{name} sample {index}: {e:#}"))?;
         let views: Vec<Tile> = (0..2u64)
             .map(|view| {
                 let seed = seed_of(&[stream_seed, 0, index as u64, view]);
@@ -155,7 +155,7 @@ fn compose(rows: &[[Tile; 3]]) -> Result<Image> {
             }
         }
     }
-    Image::from_u8(width as u32, height as u32, 3, canvas).map_err(anyhow::Error::msg)
+    Image::from_u8(width as u32, height as u32, 3, canvas).map_err(anyhow::Error::from)
 }
 
 #[cfg(test)]
