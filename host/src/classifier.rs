@@ -107,23 +107,27 @@ fn pretrained_encoder(
     }
 }
 
-/// A fresh encoder of `ssl_encoder` with `encoder_params` (ResNets get the CIFAR stem for
-/// CIFAR data unless `cifar_stem` is given, as the original).
+/// A fresh encoder of `ssl_encoder` with `encoder_params` (an encoder's declared small-image
+/// parameter, ResNet's `cifar_stem`, follows the dataset's declared `small_images` unless given,
+/// as the original does for CIFAR).
 fn build_encoder(
     registry: &Registry,
     config: &RunConfig,
     device: Device,
 ) -> Result<(ForeignEncoder, serde_json::Value)> {
+    let factory = registry.encoder(&config.ssl_encoder)?;
     let mut params = config.encoder_params.clone();
-    if config.ssl_encoder.starts_with("resnet") && !params.contains_key("cifar_stem") {
-        params.insert(
-            "cifar_stem".into(),
-            toml::Value::Boolean(config.linear_head_dataset_name.starts_with("CIFAR")),
-        );
+    if let Some(param) = factory.info().small_image_param {
+        if !params.contains_key(&param) {
+            let small = registry
+                .dataset(&config.linear_head_dataset_name)?
+                .info()
+                .small_images;
+            params.insert(param, toml::Value::Boolean(small));
+        }
     }
     let json = serde_json::to_value(&params)?;
-    let encoder = registry
-        .encoder(&config.ssl_encoder)?
+    let encoder = factory
         .create(
             &Params::from_value(json.clone()).map_err(anyhow::Error::from)?,
             device,

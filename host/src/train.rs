@@ -402,12 +402,17 @@ impl Run {
         // Model.
         tch::manual_seed(seed as i64);
         let mut encoder_params = config.encoder_params.clone();
-        if config.ssl_encoder.starts_with("resnet") && !encoder_params.contains_key("cifar_stem") {
-            // The original: use_7x7_first_conv_in_resnet = not dataset.startswith("CIFAR").
-            encoder_params.insert(
-                "cifar_stem".into(),
-                toml::Value::Boolean(ssl_name.starts_with("CIFAR")),
-            );
+        if let Some(param) = registry
+            .encoder(&config.ssl_encoder)?
+            .info()
+            .small_image_param
+        {
+            // The original: use_7x7_first_conv_in_resnet = not dataset.startswith("CIFAR"); here
+            // the encoder names its option and the dataset declares small images.
+            if !encoder_params.contains_key(&param) {
+                let small = registry.dataset(&ssl_name)?.info().small_images;
+                encoder_params.insert(param, toml::Value::Boolean(small));
+            }
         }
         let encoder_json = serde_json::to_value(&encoder_params)?;
         let spec = EncoderSpec {
@@ -449,16 +454,24 @@ impl Run {
         };
         let optimizer = optim::build(&opt_config, shallow_params(&params));
         let algorithm_name = config.ssl_training_type.clone();
-        let prefix = algorithm_name.to_lowercase();
-        let schedule: LrSchedule = match config.lr_schedule.as_str() {
-            "auto" if prefix == "simclr" => LrSchedule::WarmupCosinePerStep {
-                warmup_epochs: config.warmup_epochs,
-            },
-            "auto" => LrSchedule::WarmupCosinePerEpoch {
-                warmup_epochs: config.warmup_epochs,
-            },
-            other => other.parse().map_err(|e| anyhow!("lr_schedule: {e}"))?,
-        };
+        let algorithm_info = registry.algorithm(&algorithm_name)?.info();
+        let prefix = algorithm_info.metric_prefix;
+        let schedule: LrSchedule =
+            match config.lr_schedule.as_str() {
+                // The schedule the algorithm declares, with the run's warm-up.
+                "auto" => match algorithm_info.lr_schedule.parse().with_context(|| {
+                    format!("the lr_schedule algorithm `{algorithm_name}` declares")
+                })? {
+                    LrSchedule::WarmupCosinePerStep { .. } => LrSchedule::WarmupCosinePerStep {
+                        warmup_epochs: config.warmup_epochs,
+                    },
+                    LrSchedule::WarmupCosinePerEpoch { .. } => LrSchedule::WarmupCosinePerEpoch {
+                        warmup_epochs: config.warmup_epochs,
+                    },
+                    other => other,
+                },
+                other => other.parse().map_err(|e| anyhow!("lr_schedule: {e}"))?,
+            };
         let head = LinearHead::new(algorithm.embedding_dim(), num_classes, weights, device);
         let head_params: Vec<Param> = head
             .named_parameters()
