@@ -2,7 +2,7 @@
 //!
 //! Plugin authors never touch this module: they implement the ordinary traits of
 //! [`crate::plugin`] (and [`crate::torch`]), and the adapters of those modules build these
-//! objects. The host reaches them only through [`crate::host`].
+//! objects. The host reaches them only through the module `host` (feature `host`).
 #![allow(non_local_definitions, non_camel_case_types)]
 
 use crate::error::FfiError;
