@@ -660,7 +660,7 @@ pub fn pipeline(
 /// The built-in transform of `spec`, created from its parameters.
 fn create(spec: &TransformSpec) -> Result<Box<dyn Transform>> {
     let json = serde_json::to_value(&spec.params).context("transform parameters")?;
-    let params = Params::from_value(json).map_err(anyhow::Error::msg)?;
+    let params = Params::from_value(json)?;
     let p = &params;
     let made: ssl_plugin_api::Result<Box<dyn Transform>> = match spec.name.as_str() {
         "ExpandChannels" => tf::ExpandChannels::from_params(p).map(|t| Box::new(t) as _),
@@ -678,7 +678,7 @@ fn create(spec: &TransformSpec) -> Result<Box<dyn Transform>> {
         "AddGaussianNoise" => tf::AddGaussianNoise::from_params(p).map(|t| Box::new(t) as _),
         other => bail!("no built-in transform `{other}`"),
     };
-    made.map_err(anyhow::Error::msg)
+    Ok(made?)
 }
 
 /// The YAML keys that feed the transform `name` (for error messages).

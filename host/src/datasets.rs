@@ -18,7 +18,7 @@ fn dataset_params(root: Option<&str>, split: &str, extra: &toml::Table) -> Resul
         map.insert("root".into(), Value::String(root.to_string()));
     }
     map.entry("split").or_insert(Value::String(split.into()));
-    Params::from_value(Value::Object(map)).map_err(anyhow::Error::msg)
+    Ok(Params::from_value(Value::Object(map))?)
 }
 
 /// Opens split `split` of dataset `name` at `root` with the config's extra parameters, which
@@ -32,7 +32,7 @@ pub fn open_split(
 ) -> Result<DatasetHandle> {
     let factory = registry.dataset(name)?;
     let params = dataset_params(root, split, extra)?;
-    factory.create(&params).map_err(|e| anyhow!("{e}"))
+    Ok(factory.create(&params)?)
 }
 
 /// As [`open_split`], but an empty dataset is an error naming it.

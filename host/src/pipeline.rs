@@ -19,10 +19,10 @@ impl Pipeline {
         let mut steps = Vec::new();
         for (i, spec) in specs.iter().enumerate() {
             let json = serde_json::to_value(&spec.params).context("transform parameters")?;
-            let params = Params::from_value(json).map_err(anyhow::Error::msg)?;
+            let params = Params::from_value(json)?;
             let transform = registry
                 .transform(&spec.name)
-                .and_then(|f| f.create(&params).map_err(anyhow::Error::msg))
+                .and_then(|f| Ok(f.create(&params)?))
                 .with_context(|| format!("{what}[{i}] (`{}`)", spec.name))?;
             steps.push((spec.name.clone(), transform));
         }

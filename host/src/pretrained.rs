@@ -86,13 +86,10 @@ pub fn encoder_from_checkpoint(
         )
     })?;
     let encoder = factory
-        .create(
-            &Params::from_value(params.clone()).map_err(anyhow::Error::msg)?,
-            device,
-        )
-        .map_err(|e| {
-            anyhow!(
-                "rebuilding the `{}` encoder of {}: {e}",
+        .create(&Params::from_value(params.clone())?, device)
+        .with_context(|| {
+            format!(
+                "rebuilding the `{}` encoder of {}",
                 info.encoder,
                 path.display()
             )

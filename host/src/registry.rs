@@ -5,7 +5,7 @@ use anyhow::{anyhow, bail, Result};
 use ssl_plugin_api::host::{
     self, DatasetFactory, LoadedPlugin, ModelConfig, Source, TransformFactory,
 };
-use ssl_plugin_api::{torch::AlgorithmFactory, EncoderFactory};
+use ssl_plugin_api::{torch::AlgorithmFactory, EncoderFactory, ImageKind};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -32,6 +32,51 @@ fn entry_names(p: &LoadedPlugin, kind: &str) -> Vec<String> {
         "algorithm" => p.algorithms.iter().map(|f| f.name().to_string()).collect(),
         _ => p.model_configs.iter().map(|m| m.name.clone()).collect(),
     }
+}
+
+/// What a plugin declares about an entry, for `ssl-host list` (empty when only defaults).
+fn declarations(p: &LoadedPlugin, kind: &str, entry: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    match kind {
+        "dataset" => {
+            let info = p.datasets[entry].info();
+            if info.image_kind == ImageKind::Grey {
+                out.push("grey images".to_string());
+            }
+            if info.small_images {
+                out.push("small images".to_string());
+            }
+            if info.varying_sizes {
+                out.push("images of varying sizes".to_string());
+            }
+            if !info.eval_transforms.is_empty() {
+                let steps: Vec<String> = info
+                    .eval_transforms
+                    .iter()
+                    .map(|(name, params)| match params.as_str() {
+                        "{}" => name.clone(),
+                        _ => format!("{name} {params}"),
+                    })
+                    .collect();
+                out.push(format!("evaluation pipeline: {}", steps.join(", ")));
+            }
+        }
+        "encoder" => {
+            if let Some(param) = p.encoders[entry].info().small_image_param {
+                out.push(format!("small-image parameter `{param}`"));
+            }
+        }
+        "algorithm" => {
+            let info = p.algorithms[entry].info();
+            out.push(format!("lr_schedule auto = {}", info.lr_schedule));
+            out.push(format!("metrics {}/...", info.metric_prefix));
+            if !info.scale_lr_with_processes {
+                out.push("l_rate not scaled with the number of processes".to_string());
+            }
+        }
+        _ => {}
+    }
+    out
 }
 
 fn describe(p: &LoadedPlugin) -> String {
@@ -197,6 +242,10 @@ impl Registry {
                     "  {name:<24} {:<10} {source}  {description}\n",
                     p.version
                 ));
+                let declared = declarations(p, kind, ei);
+                if !declared.is_empty() {
+                    out.push_str(&format!("  {:<24} declares: {}\n", "", declared.join("; ")));
+                }
             }
         }
         out
@@ -259,5 +308,86 @@ mod tests {
             configs.contains("BYOL, ResNet18 on 32×32 Shapes"),
             "{configs}"
         );
+    }
+
+    /// What the host used to infer from built-in names, the built-ins now declare.
+    #[test]
+    fn builtins_declare_what_the_host_needs() {
+        let registry = Registry::load(&[]).unwrap();
+        for name in ["CIFAR10", "CIFAR100"] {
+            let info = registry.dataset(name).unwrap().info();
+            assert!(info.small_images, "{name}");
+            assert_eq!(info.image_kind, ImageKind::Rgb, "{name}");
+        }
+        for name in ["RSNAKaggleCXR", "NIHCXR", "CheXpert", "CovidDataset"] {
+            let info = registry.dataset(name).unwrap().info();
+            assert_eq!(info.image_kind, ImageKind::Grey, "{name}");
+            assert!(info.varying_sizes && !info.small_images, "{name}");
+            let steps: Vec<(&str, serde_json::Value)> = info
+                .eval_transforms
+                .iter()
+                .map(|(n, p)| (n.as_str(), serde_json::from_str(p).unwrap()))
+                .collect();
+            assert_eq!(
+                steps,
+                [
+                    ("ExpandChannels", serde_json::json!({})),
+                    ("Resize", serde_json::json!({"size": 256})),
+                    ("CenterCrop", serde_json::json!({"size": 224})),
+                ],
+                "{name}"
+            );
+        }
+        let shapes = registry.dataset("Shapes").unwrap().info();
+        assert!(!shapes.small_images && !shapes.varying_sizes && shapes.eval_transforms.is_empty());
+        for name in ["resnet18", "resnet50", "resnet101"] {
+            let info = registry.encoder(name).unwrap().info();
+            assert_eq!(
+                info.small_image_param.as_deref(),
+                Some("cifar_stem"),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            registry
+                .encoder("densenet121")
+                .unwrap()
+                .info()
+                .small_image_param,
+            None
+        );
+        let byol = registry.algorithm("BYOL").unwrap().info();
+        let simclr = registry.algorithm("SimCLR").unwrap().info();
+        assert_eq!(
+            (byol.lr_schedule.as_str(), byol.metric_prefix.as_str()),
+            ("warmup_cosine_epoch", "byol")
+        );
+        assert_eq!(
+            (simclr.lr_schedule.as_str(), simclr.metric_prefix.as_str()),
+            ("warmup_cosine_step", "simclr")
+        );
+        assert!(byol.scale_lr_with_processes && simclr.scale_lr_with_processes);
+        // Every declared schedule is one the host knows.
+        for info in [byol, simclr] {
+            info.lr_schedule
+                .parse::<crate::schedule::LrSchedule>()
+                .unwrap();
+        }
+
+        let listing = registry.listing(&[]);
+        let after = |entry: &str| {
+            let mut lines = listing
+                .lines()
+                .skip_while(|l| !l.trim_start().starts_with(entry));
+            lines.nth(1).unwrap_or_default().to_string()
+        };
+        assert!(
+            after("CIFAR10 ").contains("declares: small images"),
+            "{listing}"
+        );
+        assert!(after("NIHCXR").contains("grey images"), "{listing}");
+        assert!(after("resnet18").contains("`cifar_stem`"), "{listing}");
+        assert!(after("SimCLR").contains("warmup_cosine_step"), "{listing}");
+        assert!(!after("Shapes ").contains("declares"), "{listing}");
     }
 }

@@ -109,6 +109,17 @@ pub enum LrSchedule {
 }
 
 impl LrSchedule {
+    /// The same schedule with `warmup_epochs` of warm-up (schedules without one unchanged).
+    pub fn with_warmup_epochs(self, warmup_epochs: usize) -> LrSchedule {
+        match self {
+            LrSchedule::WarmupCosinePerEpoch { .. } => {
+                LrSchedule::WarmupCosinePerEpoch { warmup_epochs }
+            }
+            LrSchedule::WarmupCosinePerStep { .. } => LrSchedule::WarmupCosinePerStep { warmup_epochs },
+            other => other,
+        }
+    }
+
     /// Every accepted name, in the order of the variants.
     pub const NAMES: [&'static str; 4] = [
         "warmup_cosine_epoch",

@@ -134,7 +134,7 @@ pub fn split_dataset(
     val_split: f64,
     seed: u64,
 ) -> Result<(Vec<usize>, Vec<usize>)> {
-    Ok(match dataset.groups().map_err(anyhow::Error::msg)? {
+    Ok(match dataset.groups()? {
         Some(groups) => {
             // NumPy's RandomState, which the original seeds with it, takes 32-bit seeds only.
             let seed = u32::try_from(seed).map_err(|_| {

@@ -2,14 +2,14 @@
 //!
 //! Plugin authors never touch this module: they implement the ordinary traits of
 //! [`crate::plugin`] (and [`crate::torch`]), and the adapters of those modules build these
-//! objects. The host reaches them only through [`crate::host`].
+//! objects. The host reaches them only through the module `host` (feature `host`).
 #![allow(non_local_definitions, non_camel_case_types)]
 
 use crate::error::FfiError;
 use crate::image::{Image, Sample};
 use abi_stable::library::RootModule;
 use abi_stable::sabi_trait;
-use abi_stable::std_types::{RResult, RStr, RString, RVec};
+use abi_stable::std_types::{ROption, RResult, RStr, RString, RVec, Tuple2};
 use abi_stable::type_layout::TypeLayout;
 use abi_stable::{
     declare_root_module_statics, package_version_strings, sabi_types::VersionStrings, StableAbi,
@@ -72,7 +72,7 @@ pub trait DatasetFfi: Send + Sync {
     fn targets(&self) -> RResult<RVec<i64>, FfiError>;
     /// One group name per sample for the train/validation split, or none.
     #[sabi(last_prefix_field)]
-    fn groups(&self) -> RResult<abi_stable::std_types::ROption<RVec<RString>>, FfiError>;
+    fn groups(&self) -> RResult<ROption<RVec<RString>>, FfiError>;
 }
 
 /// A transform object.
@@ -121,12 +121,48 @@ unsafe impl Send for FactoryCtx {}
 // SAFETY: as above.
 unsafe impl Sync for FactoryCtx {}
 
+/// [`crate::ImageKind`] across the boundary.
+#[repr(u8)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageKindFfi {
+    Rgb,
+    Grey,
+}
+
+/// [`crate::DatasetInfo`] across the boundary.
+#[repr(C)]
+#[derive(StableAbi, Clone)]
+pub struct DatasetInfoFfi {
+    pub image_kind: ImageKindFfi,
+    pub small_images: bool,
+    pub varying_sizes: bool,
+    /// (transform name, JSON parameters)
+    pub eval_transforms: RVec<Tuple2<RString, RString>>,
+}
+
+/// [`crate::EncoderInfo`] across the boundary.
+#[repr(C)]
+#[derive(StableAbi, Clone)]
+pub struct EncoderInfoFfi {
+    pub small_image_param: ROption<RString>,
+}
+
+/// [`crate::AlgorithmInfo`] across the boundary (metric prefix already resolved).
+#[repr(C)]
+#[derive(StableAbi, Clone)]
+pub struct AlgorithmInfoFfi {
+    pub lr_schedule: RString,
+    pub metric_prefix: RString,
+    pub scale_lr_with_processes: bool,
+}
+
 /// Makes datasets from a JSON parameter blob.
 #[repr(C)]
 #[derive(StableAbi, Clone)]
 pub struct DatasetFactoryFfi {
     pub name: RString,
     pub description: RString,
+    pub info: DatasetInfoFfi,
     pub ctx: FactoryCtx,
     pub create: extern "C" fn(FactoryCtx, RStr<'_>) -> RResult<DatasetBox, FfiError>,
 }
@@ -147,6 +183,7 @@ pub struct TransformFactoryFfi {
 pub struct EncoderFactoryFfi {
     pub name: RString,
     pub description: RString,
+    pub info: EncoderInfoFfi,
     pub ctx: FactoryCtx,
     pub create: extern "C" fn(FactoryCtx, RStr<'_>, RStr<'_>) -> RResult<EncoderBox, FfiError>,
 }
@@ -158,6 +195,7 @@ pub struct EncoderFactoryFfi {
 pub struct AlgorithmFactoryFfi {
     pub name: RString,
     pub description: RString,
+    pub info: AlgorithmInfoFfi,
     pub ctx: FactoryCtx,
     pub create: extern "C" fn(
         FactoryCtx,

@@ -66,6 +66,7 @@ pub(crate) fn guard<T>(
                     payload_text(&*payload)
                 )
                 .into(),
+                causes: Default::default(),
                 panicked: true,
             })
         }

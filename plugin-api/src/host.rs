@@ -1,10 +1,12 @@
-//! The host's side of the boundary: loading `.so` plugins and built-ins into one shape, and
-//! calling their datasets and transforms. The host crate sees no abi_stable type.
+//! The host's side of the boundary (feature `host`): loading `.so` plugins and built-ins into
+//! one shape, and calling their datasets and transforms. The host crate sees no abi_stable
+//! type. Plugins do not compile this module.
 
 use crate::build_info::BuildInfo;
 use crate::error::{PluginError, Result};
 use crate::ffi::*;
 use crate::image::{Image, Sample};
+use crate::info::DatasetInfo;
 use crate::params::Params;
 use abi_stable::std_types::RStr;
 use std::fmt;
@@ -48,8 +50,8 @@ pub enum LoadError {
     LayoutMismatch { path: PathBuf, detail: String },
     /// Its build-info record could not be read.
     BadBuildInfo { path: PathBuf, detail: String },
-    /// Its contents function failed or panicked.
-    ContentsFailed { source: Source, detail: String },
+    /// Its contents function failed or panicked (the error is the cause).
+    ContentsFailed { source: Source, error: PluginError },
 }
 
 impl fmt::Display for LoadError {
@@ -84,12 +86,19 @@ impl fmt::Display for LoadError {
             LoadError::BadBuildInfo { path, detail } => {
                 write!(f, "plugin {} has an unreadable build-info record: {detail}", path.display())
             }
-            LoadError::ContentsFailed { source, detail } => write!(f, "plugin {source} failed to list its contents: {detail}"),
+            LoadError::ContentsFailed { source, .. } => write!(f, "plugin {source} failed to list its contents"),
         }
     }
 }
 
-impl std::error::Error for LoadError {}
+impl std::error::Error for LoadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            LoadError::ContentsFailed { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
 
 /// A dataset factory from any plugin.
 #[derive(Clone)]
@@ -105,6 +114,10 @@ impl DatasetFactory {
     /// Description.
     pub fn description(&self) -> &str {
         self.ffi.description.as_str()
+    }
+    /// What its plugin declares about it (read without making the dataset).
+    pub fn info(&self) -> DatasetInfo {
+        DatasetInfo::from_ffi(&self.ffi.info)
     }
     /// Makes the dataset.
     pub fn create(&self, params: &Params) -> Result<DatasetHandle> {
@@ -276,7 +289,7 @@ fn from_header(
         .into_result()
         .map_err(|e| LoadError::ContentsFailed {
             source: source.clone(),
-            detail: e.message.into_string(),
+            error: e.into(),
         })?;
     let names = |list: Vec<(String, String)>| list;
     Ok(LoadedPlugin {

@@ -13,16 +13,26 @@
 //! `catch_unwind` are needed in plugins. Dataset and transform plugins build without the
 //! `torch` feature and need no libtorch.
 //!
+//! A plugin also declares what the host needs to know about its entries without creating
+//! them ([`DatasetInfo`], [`EncoderInfo`], [`AlgorithmInfo`]), e.g. that a dataset's images
+//! are small or grey: the host never tests a plugin's names.
+//!
 //! This is the only crate of the project that knows about abi_stable: the ABI types live in
 //! [`ffi`] and are built by adapters here, so neither plugin authors nor the host name them.
+//!
+//! The host's side of the boundary (loading `.so` files, layout checks, the built-in list) is
+//! the module `host`, behind the feature `host` (off by default): a plugin does not compile
+//! it, nor the dynamic loader it needs.
 
 mod build_info;
 mod error;
 #[doc(hidden)]
 pub mod ffi;
 mod guard;
+#[cfg(feature = "host")]
 pub mod host;
 mod image;
+mod info;
 mod params;
 mod plugin;
 #[cfg(feature = "torch")]
@@ -31,8 +41,9 @@ pub mod torch;
 pub use build_info::BuildInfo;
 #[doc(hidden)]
 pub use error::FfiError;
-pub use error::{PluginError, Result};
+pub use error::{Context, PluginError, Result};
 pub use image::{Image, PixelData, Pixels, Sample};
+pub use info::{AlgorithmInfo, DatasetInfo, EncoderInfo, ImageKind};
 pub use params::Params;
 #[doc(hidden)]
 pub use plugin::__private;

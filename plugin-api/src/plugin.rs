@@ -1,8 +1,8 @@
 //! What a plugin author writes: ordinary Rust traits, a [`Plugin`] builder listing the
 //! factories, and one export line.
 //!
-//! ```ignore
-//! use ssl_plugin_api::{Dataset, Image, Params, Plugin, Result, Sample};
+//! ```
+//! use ssl_plugin_api::{Dataset, DatasetInfo, Image, Params, Plugin, Result, Sample};
 //!
 //! struct Noise { len: usize }
 //! impl Dataset for Noise {
@@ -16,14 +16,17 @@
 //! fn plugin() -> Plugin {
 //!     Plugin::new("noise", env!("CARGO_PKG_VERSION"))
 //!         .dataset("Noise", "one grey pixel per sample", |p: &Params| Ok(Noise { len: p.get_or("len", 10)? }))
+//!         // What the host needs to know about "Noise" (optional; this is the default).
+//!         .dataset_info(DatasetInfo::default())
 //! }
 //! ssl_plugin_api::export_plugin!(plugin);
 //! ```
 
-use crate::error::{FfiError, Result};
+use crate::error::{FfiError, PluginError, Result};
 use crate::ffi::*;
 use crate::guard::guard;
 use crate::image::{Image, Sample};
+use crate::info::DatasetInfo;
 use crate::params::Params;
 use abi_stable::sabi_trait::TD_Opaque;
 use abi_stable::std_types::{RResult, RStr, RString, RVec};
@@ -192,6 +195,8 @@ pub struct Plugin {
     #[cfg_attr(not(feature = "torch"), allow(dead_code))]
     pub(crate) algorithms: Vec<AlgorithmFactoryFfi>,
     model_configs: Vec<ModelConfigFfi>,
+    /// Mistakes in the declarations, reported when the host lists the plugin's contents.
+    pub(crate) problems: Vec<String>,
 }
 
 impl Plugin {
@@ -205,6 +210,7 @@ impl Plugin {
             encoders: Vec::new(),
             algorithms: Vec::new(),
             model_configs: Vec::new(),
+            problems: Vec::new(),
         }
     }
 
@@ -217,9 +223,45 @@ impl Plugin {
         self.datasets.push(DatasetFactoryFfi {
             name: name.into(),
             description: description.into(),
+            info: DatasetInfo::default().to_ffi(),
             ctx: leak_ctx(name, make),
             create: create_dataset::<D, F>,
         });
+        self
+    }
+
+    /// Declares what the host needs to know about the dataset added just before (image kind,
+    /// small images, varying sizes, default evaluation pipeline); without it, the dataset gets
+    /// [`DatasetInfo::default()`]. A mistake (no dataset added yet, evaluation parameters that
+    /// are not a JSON object) makes the plugin fail to load with an error naming it.
+    ///
+    /// ```
+    /// # use ssl_plugin_api::{Dataset, Params, Plugin, Result, Sample};
+    /// # struct Tiny;
+    /// # impl Dataset for Tiny {
+    /// #     fn len(&self) -> usize { 0 }
+    /// #     fn num_classes(&self) -> Option<usize> { Some(10) }
+    /// #     fn get(&self, _: usize) -> Result<Sample> { unreachable!() }
+    /// # }
+    /// use ssl_plugin_api::DatasetInfo;
+    ///
+    /// // 32 px images: encoders use their small-image stem on it, as on CIFAR.
+    /// let plugin = Plugin::new("tiny", "0.1.0")
+    ///     .dataset("TinyImages", "32 px photos", |_: &Params| Ok(Tiny))
+    ///     .dataset_info(DatasetInfo { small_images: true, ..DatasetInfo::default() });
+    /// # let _ = plugin;
+    /// ```
+    pub fn dataset_info(mut self, info: DatasetInfo) -> Self {
+        let checked = info.check();
+        match (self.datasets.last_mut(), checked) {
+            (None, _) => self
+                .problems
+                .push("dataset_info() comes before any dataset(); call it right after the dataset() it describes".into()),
+            (Some(last), Err(problem)) => self
+                .problems
+                .push(format!("dataset `{}`: {problem}", last.name)),
+            (Some(last), Ok(())) => last.info = info.to_ffi(),
+        }
         self
     }
 
@@ -248,9 +290,17 @@ impl Plugin {
         self
     }
 
+    /// The ABI form of the list; an error listing every mistake in the declarations.
     #[doc(hidden)]
-    pub fn into_contents(self) -> PluginContents {
-        PluginContents {
+    pub fn into_contents(self) -> Result<PluginContents> {
+        if !self.problems.is_empty() {
+            return Err(PluginError::msg(format!(
+                "plugin `{}` declares its contents wrongly: {}",
+                self.name,
+                self.problems.join("; ")
+            )));
+        }
+        Ok(PluginContents {
             name: self.name.into(),
             version: self.version.into(),
             datasets: self.datasets.into(),
@@ -258,7 +308,7 @@ impl Plugin {
             encoders: self.encoders.into(),
             algorithms: self.algorithms.into(),
             model_configs: self.model_configs.into(),
-        }
+        })
     }
 }
 
@@ -273,9 +323,7 @@ pub mod __private {
 
     /// Runs the author's builder under the panic guard.
     pub fn contents_of(build: fn() -> super::Plugin) -> RResult<PluginContents, FfiError> {
-        guard("the plugin's contents function", || {
-            Ok(build().into_contents())
-        })
+        guard("the plugin's contents function", || build().into_contents())
     }
 
     /// The root module around a contents function.
@@ -359,4 +407,67 @@ macro_rules! register_builtin {
             }
         };
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::info::ImageKind;
+
+    struct Empty;
+    impl Dataset for Empty {
+        fn len(&self) -> usize {
+            0
+        }
+        fn num_classes(&self) -> Option<usize> {
+            None
+        }
+        fn get(&self, index: usize) -> Result<Sample> {
+            Err(PluginError::msg(format!("no sample {index}")))
+        }
+    }
+
+    fn empty(_: &Params) -> Result<Empty> {
+        Ok(Empty)
+    }
+
+    #[test]
+    fn a_declaration_describes_the_entry_added_just_before() {
+        let contents = Plugin::new("p", "1")
+            .dataset("Plain", "", empty)
+            .dataset("Small", "", empty)
+            .dataset_info(DatasetInfo {
+                small_images: true,
+                image_kind: ImageKind::Grey,
+                ..DatasetInfo::default()
+            })
+            .into_contents()
+            .unwrap();
+        let plain = DatasetInfo::from_ffi(&contents.datasets[0].info);
+        let small = DatasetInfo::from_ffi(&contents.datasets[1].info);
+        assert_eq!(plain, DatasetInfo::default());
+        assert!(small.small_images);
+        assert_eq!(small.image_kind, ImageKind::Grey);
+    }
+
+    #[test]
+    fn misplaced_or_wrong_declarations_fail_the_plugin_naming_them() {
+        let e = Plugin::new("p", "1")
+            .dataset_info(DatasetInfo::default())
+            .dataset("D", "", empty)
+            .dataset_info(DatasetInfo {
+                eval_transforms: vec![("Resize".into(), "size=3".into())],
+                ..DatasetInfo::default()
+            })
+            .into_contents()
+            .err()
+            .unwrap()
+            .message();
+        assert!(e.contains("plugin `p`"), "{e}");
+        assert!(
+            e.contains("dataset_info() comes before any dataset()"),
+            "{e}"
+        );
+        assert!(e.contains("dataset `D`") && e.contains("`Resize`"), "{e}");
+    }
 }

@@ -8,6 +8,7 @@
 use crate::error::{FfiError, PluginError, Result};
 use crate::ffi::*;
 use crate::guard::guard;
+use crate::info::{AlgorithmInfo, EncoderInfo};
 use crate::params::Params;
 use crate::plugin::{ctx_state, leak_ctx, Plugin};
 use abi_stable::sabi_trait::TD_Opaque;
@@ -305,6 +306,10 @@ impl EncoderFactory {
     pub fn description(&self) -> &str {
         self.ffi.description.as_str()
     }
+    /// What its plugin declares about it (read without making an encoder).
+    pub fn info(&self) -> EncoderInfo {
+        EncoderInfo::from_ffi(&self.ffi.info)
+    }
     /// Makes an encoder on `device`.
     pub fn create(&self, params: &Params, device: Device) -> Result<ForeignEncoder> {
         let json = params.to_json_string();
@@ -453,6 +458,11 @@ impl AlgorithmFactory {
     pub fn description(&self) -> &str {
         self.ffi.description.as_str()
     }
+    /// What its plugin declares about it (read without making an algorithm); the metric
+    /// prefix is filled in.
+    pub fn info(&self) -> AlgorithmInfo {
+        AlgorithmInfo::from_ffi(&self.ffi.info)
+    }
     /// Makes the algorithm around `encoder` on `device`.
     pub fn create(
         &self,
@@ -543,6 +553,7 @@ impl Plugin {
         self.encoders.push(EncoderFactoryFfi {
             name: name.into(),
             description: description.into(),
+            info: EncoderInfo::default().to_ffi(),
             ctx: leak_ctx(name, make),
             create: create_encoder::<E, F>,
         });
@@ -556,12 +567,71 @@ impl Plugin {
         A: SslAlgorithm,
         F: Fn(&Params, &EncoderSpec, Device) -> Result<A> + Send + Sync + 'static,
     {
+        let info = AlgorithmInfo::default().for_name(name);
         self.algorithms.push(AlgorithmFactoryFfi {
             name: name.into(),
             description: description.into(),
+            info: info.to_ffi(),
             ctx: leak_ctx(name, make),
             create: create_algorithm::<A, F>,
         });
+        self
+    }
+
+    /// Declares what the host needs to know about the encoder added just before (its
+    /// small-image parameter); without it, the encoder gets [`EncoderInfo::default()`]. A
+    /// mistake (no encoder added yet, an empty parameter name) makes the plugin fail to load
+    /// with an error naming it.
+    ///
+    /// ```ignore
+    /// Plugin::new("my-encoders", env!("CARGO_PKG_VERSION"))
+    ///     .encoder("mynet", "a small convnet", |p: &Params, device| MyNet::new(p, device))
+    ///     // The host sets `small_stem` to the dataset's `small_images` unless the run gives it.
+    ///     .encoder_info(EncoderInfo { small_image_param: Some("small_stem".into()) })
+    /// ```
+    pub fn encoder_info(mut self, info: EncoderInfo) -> Self {
+        match (self.encoders.last_mut(), info.check()) {
+            (None, _) => self.problems.push(
+                "encoder_info() comes before any encoder(); call it right after the encoder() it describes"
+                    .into(),
+            ),
+            (Some(last), Err(problem)) => {
+                self.problems.push(format!("encoder `{}`: {problem}", last.name))
+            }
+            (Some(last), Ok(())) => last.info = info.to_ffi(),
+        }
+        self
+    }
+
+    /// Declares what the host needs to know about the algorithm added just before (preferred
+    /// learning-rate schedule, metric prefix, learning-rate scaling); without it, the algorithm
+    /// gets [`AlgorithmInfo::default()`]. An empty `metric_prefix` means the registered name,
+    /// lower-cased. A mistake (no algorithm added yet, an empty schedule) makes the plugin fail
+    /// to load with an error naming it.
+    ///
+    /// ```ignore
+    /// Plugin::new("my-ssl", env!("CARGO_PKG_VERSION"))
+    ///     .algorithm("VICReg", "variance-invariance-covariance", VicReg::new)
+    ///     // Metrics `vicreg/...`; with `lr_schedule = "auto"`, a per-step cosine schedule.
+    ///     .algorithm_info(AlgorithmInfo {
+    ///         lr_schedule: "warmup_cosine_step".into(),
+    ///         ..AlgorithmInfo::default()
+    ///     })
+    /// ```
+    pub fn algorithm_info(mut self, info: AlgorithmInfo) -> Self {
+        let Some(last) = self.algorithms.last_mut() else {
+            self.problems.push(
+                "algorithm_info() comes before any algorithm(); call it right after the algorithm() it describes"
+                    .into(),
+            );
+            return self;
+        };
+        match info.check() {
+            Ok(()) => last.info = info.for_name(last.name.as_str()).to_ffi(),
+            Err(problem) => self
+                .problems
+                .push(format!("algorithm `{}`: {problem}", last.name)),
+        }
         self
     }
 }

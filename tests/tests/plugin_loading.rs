@@ -326,3 +326,119 @@ fn dataset_plugin_builds_and_loads_without_libtorch() {
         .unwrap();
     assert!(line.contains("no libtorch"), "{line}");
 }
+
+fn minimal_plugin() -> PathBuf {
+    build_fixture(
+        &repo_root().join("tests/fixtures/minimal-dataset"),
+        "minimal_dataset",
+    )
+}
+
+/// A third-party dataset declares small images as CIFAR does; the host reads it through the
+/// real `.so` ABI without creating the dataset, and `list` shows it.
+#[test]
+fn a_plugin_declares_small_images_through_the_abi() {
+    let so = minimal_plugin();
+    let plugin = ssl_plugin_api::host::load_plugin_file(&so).expect("the fixture loads");
+    let factory = plugin
+        .datasets
+        .iter()
+        .find(|f| f.name() == "OnePixel")
+        .expect("OnePixel is offered");
+    let info = factory.info();
+    assert!(info.small_images, "{info:?}");
+    assert_eq!(info.image_kind, ssl_plugin_api::ImageKind::Rgb);
+    assert!(
+        !info.varying_sizes && info.eval_transforms.is_empty(),
+        "{info:?}"
+    );
+
+    let run = ssl_host(&["--plugin", so.to_str().unwrap(), "list"]);
+    run.assert_ok();
+    let mut lines = run
+        .stdout
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("OnePixel"));
+    assert!(lines.next().is_some(), "OnePixel missing:\n{}", run.stdout);
+    let declared = lines.next().unwrap_or_default();
+    assert!(declared.contains("declares: small images"), "{declared}");
+}
+
+/// An error's causes cross the boundary: the host sees the plugin's chain as a chain and the
+/// user reads every link.
+#[test]
+fn plugin_errors_keep_their_causes_across_the_abi() {
+    let so = minimal_plugin();
+    let plugin = ssl_plugin_api::host::load_plugin_file(&so).expect("the fixture loads");
+    let factory = plugin
+        .datasets
+        .iter()
+        .find(|f| f.name() == "OnePixel")
+        .unwrap();
+    let params = ssl_plugin_api::Params::from_json(r#"{"fail": true}"#).unwrap();
+    let error = factory.create(&params).err().expect("the factory fails");
+    let mut chain = vec![error.to_string()];
+    let mut next = std::error::Error::source(&error);
+    while let Some(cause) = next {
+        chain.push(cause.to_string());
+        next = cause.source();
+    }
+    assert_eq!(
+        chain,
+        [
+            "creating dataset `OnePixel`",
+            "opening the pixel table",
+            "no pixel table here"
+        ]
+    );
+
+    let out = tempfile::tempdir().unwrap();
+    ssl_host(&[
+        "--plugin",
+        so.to_str().unwrap(),
+        "dump",
+        "--dataset=OnePixel",
+        "--fail=true",
+        &format!("--out={}", out.path().display()),
+    ])
+    .assert_clear_error(&[
+        "creating dataset `OnePixel`",
+        "opening the pixel table",
+        "no pixel table here",
+    ]);
+}
+
+/// Plugins compile plugin-api without its host side (feature `host`: the loader); ssl-host
+/// enables it.
+#[test]
+fn plugins_do_not_compile_the_host_loader() {
+    let features_of_api = |package: &str| -> String {
+        let output = std::process::Command::new(env!("CARGO"))
+            .args([
+                "tree",
+                "--offline",
+                "-e",
+                "features",
+                "-i",
+                "ssl-plugin-api",
+                "-p",
+            ])
+            .arg(package)
+            .current_dir(repo_root())
+            .output()
+            .expect("cargo runs");
+        assert!(
+            output.status.success(),
+            "cargo tree -p {package} failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    for plugin in ["example-png-folder", "example-tiny-cnn"] {
+        let tree = features_of_api(plugin);
+        assert!(tree.contains(&format!("{plugin} v0.1.0")), "{tree}");
+        assert!(!tree.contains("ssl-plugin-api feature \"host\""), "{tree}");
+    }
+    let host = features_of_api("ssl-host");
+    assert!(host.contains("ssl-plugin-api feature \"host\""), "{host}");
+}

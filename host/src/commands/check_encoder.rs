@@ -25,15 +25,11 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
     };
     let image_size = parse(cli.take("image_size"), "image_size", 32)?;
     let batch_size = parse(cli.take("batch_size"), "batch_size", 4)?;
-    let params = Params::from_value(Value::Object(super::params_from_options(&cli.options)))
-        .map_err(anyhow::Error::msg)?;
+    let params = Params::from_value(Value::Object(super::params_from_options(&cli.options)))?;
     cli.options.clear();
     let device = Device::Cpu;
     tch::manual_seed(0);
-    let mut encoder = registry
-        .encoder(&name)?
-        .create(&params, device)
-        .map_err(anyhow::Error::msg)?;
+    let mut encoder = registry.encoder(&name)?.create(&params, device)?;
     let parameters = encoder.named_parameters();
     if parameters.is_empty() {
         bail!("encoder `{name}` reports no parameters");
@@ -45,7 +41,7 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
     );
     let embeddings = encoder
         .forward(&images, true)
-        .map_err(|e| anyhow::anyhow!("forward of `{name}`: {e}"))?;
+        .with_context(|| format!("forward of `{name}`"))?;
     let expected = [batch_size, encoder.output_dim()];
     if embeddings.size() != expected {
         bail!(

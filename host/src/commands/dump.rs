@@ -31,9 +31,7 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
         .entry("split")
         .or_insert(Value::String("train".into()));
     let factory = registry.dataset(&dataset_name)?;
-    let dataset = factory
-        .create(&Params::from_value(Value::Object(params)).map_err(anyhow::Error::msg)?)
-        .map_err(anyhow::Error::msg)?;
+    let dataset = factory.create(&Params::from_value(Value::Object(params))?)?;
     let count = limit.unwrap_or(dataset.len()).min(dataset.len());
     let out = Path::new(&out);
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -42,7 +40,7 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
     for index in 0..count {
         let sample = dataset
             .get(index)
-            .map_err(|e| anyhow::anyhow!("{dataset_name} sample {index}: {e}"))?;
+            .with_context(|| format!("{dataset_name} sample {index}"))?;
         let path = out.join(format!("{index}.png"));
         write_png(sample.image(), &path).with_context(|| format!("writing {}", path.display()))?;
         let label = sample.label().map(|l| l.to_string()).unwrap_or_default();

@@ -7,7 +7,7 @@
 //! mode, and output files written through a temporary file and renamed when complete.
 
 use crate::cli::Cli;
-use crate::config::{TransformSpec, CXR_DATASETS};
+use crate::config::TransformSpec;
 use crate::loader::{BatchStream, Seeds, Source};
 use crate::pipeline::Pipeline;
 use crate::pretrained::encoder_from_checkpoint;
@@ -18,7 +18,7 @@ use serde_json::Value;
 use ssl_plugin_api::host::DatasetHandle;
 use ssl_plugin_api::tch::{self, Device, Kind, Tensor};
 use ssl_plugin_api::torch::parse_device;
-use ssl_plugin_api::{Encoder, Params};
+use ssl_plugin_api::{Encoder, ImageKind, Params};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -58,7 +58,7 @@ pub fn device_of(name: Option<&str>) -> Result<Device> {
     match name {
         None => Ok(Device::cuda_if_available()),
         Some(name) => {
-            let device = parse_device(name).map_err(|e| anyhow!("--device: {e}"))?;
+            let device = parse_device(name).map_err(|e| anyhow!("--device: {e:#}"))?;
             if let Device::Cuda(i) = device {
                 let count = tch::Cuda::device_count();
                 if i as i64 >= count {
@@ -120,11 +120,11 @@ impl EvalArgs {
     /// Opens the dataset; a clear error when it has no samples.
     pub fn open_dataset(&self, registry: &Registry) -> Result<Arc<DatasetHandle>> {
         let params = Params::from_value(Value::Object(self.dataset_params.clone()))
-            .map_err(anyhow::Error::msg)?;
+            .map_err(anyhow::Error::from)?;
         let dataset = registry
             .dataset(&self.dataset)?
             .create(&params)
-            .map_err(anyhow::Error::msg)?;
+            .map_err(anyhow::Error::from)?;
         if dataset.is_empty() {
             let root = self
                 .dataset_params
@@ -311,7 +311,7 @@ pub fn encoder_in_channels(encoder: &dyn Encoder) -> Option<usize> {
 
 /// Embeddings `[N, D]` (float32) of `images` in eval mode without gradients.
 pub fn embed_batch(encoder: &mut dyn Encoder, images: &Tensor) -> Result<Tensor> {
-    let out = tch::no_grad(|| encoder.forward(images, false)).map_err(|e| anyhow!("{e}"))?;
+    let out = tch::no_grad(|| encoder.forward(images, false)).map_err(|e| anyhow!("{e:#}"))?;
     Ok(out.flatten(1, -1).to_kind(Kind::Float))
 }
 
@@ -325,12 +325,16 @@ pub fn to_vec_f32(tensor: &Tensor) -> Result<Vec<f32>> {
     Vec::<f32>::try_from(&t).map_err(|e| anyhow!("reading a tensor: {e}"))
 }
 
-/// The evaluation transform of `dataset` for `embed`: for the chest X-ray datasets the
-/// original's linear-head validation pipeline (ExpandChannels, Resize 256, CenterCrop 224),
-/// for any other none; with `image_size`, Resize to it (shorter side) and CenterCrop it
-/// instead (after ExpandChannels for chest X-rays).
-pub fn embed_transform(dataset: &str, image_size: Option<u32>) -> Result<Vec<TransformSpec>> {
-    let cxr = CXR_DATASETS.contains(&dataset);
+/// The evaluation transform of `dataset` for `embed`: the pipeline the dataset declares
+/// (chest X-rays: the original's linear-head validation pipeline, ExpandChannels, Resize 256,
+/// CenterCrop 224), none if it declares none; with `image_size`, Resize to it (shorter side)
+/// and CenterCrop it instead (after ExpandChannels for grey datasets).
+pub fn embed_transform(
+    registry: &Registry,
+    dataset: &str,
+    image_size: Option<u32>,
+) -> Result<Vec<TransformSpec>> {
+    let info = registry.dataset(dataset)?.info();
     let spec = |name: &str, size: Option<u32>| {
         let mut params = toml::Table::new();
         if let Some(size) = size {
@@ -341,20 +345,29 @@ pub fn embed_transform(dataset: &str, image_size: Option<u32>) -> Result<Vec<Tra
             params,
         }
     };
-    match (cxr, image_size) {
-        (true, None) => {
-            let name = "cxr_linear_head_augmentations.yaml";
-            let text = crate::augmentation_yaml::builtin_yaml(name)
-                .ok_or_else(|| anyhow!("the built-in {name} is missing"))?;
-            Ok(crate::augmentation_yaml::cxr_pipelines(text, name, true)?.val_without_augmentation)
+    match image_size {
+        None => info
+            .eval_transforms
+            .iter()
+            .map(|(name, json)| {
+                let params: toml::Table = serde_json::from_str(json).with_context(|| {
+                    format!("the evaluation transform `{name}` that dataset `{dataset}` declares")
+                })?;
+                Ok(TransformSpec {
+                    name: name.clone(),
+                    params,
+                })
+            })
+            .collect(),
+        Some(n) => {
+            let mut specs = Vec::new();
+            if info.image_kind == ImageKind::Grey {
+                specs.push(spec("ExpandChannels", None));
+            }
+            specs.push(spec("Resize", Some(n)));
+            specs.push(spec("CenterCrop", Some(n)));
+            Ok(specs)
         }
-        (true, Some(n)) => Ok(vec![
-            spec("ExpandChannels", None),
-            spec("Resize", Some(n)),
-            spec("CenterCrop", Some(n)),
-        ]),
-        (false, None) => Ok(Vec::new()),
-        (false, Some(n)) => Ok(vec![spec("Resize", Some(n)), spec("CenterCrop", Some(n))]),
     }
 }
 
@@ -368,7 +381,7 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
     let format = output_kind(&args.out, &["csv", "npy"])?;
     let dataset = args.open_dataset(registry)?;
     let (loaded, _) = encoder_from_checkpoint(registry, &args.checkpoint, args.device)?;
-    let specs = embed_transform(&args.dataset, image_size)?;
+    let specs = embed_transform(registry, &args.dataset, image_size)?;
     let pipeline = Pipeline::build(registry, &specs, "the embed transform")?;
     let mut encoder = loaded.encoder;
     let dim = encoder.output_dim() as usize;
@@ -512,7 +525,8 @@ mod tests {
                 .map(|s| (s.name, s.params.get("size").and_then(|v| v.as_integer())))
                 .collect()
         };
-        let cxr = names(embed_transform("RSNAKaggleCXR", None).unwrap());
+        let registry = Registry::load(&[]).unwrap();
+        let cxr = names(embed_transform(&registry, "RSNAKaggleCXR", None).unwrap());
         assert_eq!(
             cxr,
             vec![
@@ -521,13 +535,13 @@ mod tests {
                 ("CenterCrop".into(), Some(224))
             ]
         );
-        let sized = names(embed_transform("NIHCXR", Some(64)).unwrap());
+        let sized = names(embed_transform(&registry, "NIHCXR", Some(64)).unwrap());
         assert_eq!(
             sized[1..],
             [("Resize".into(), Some(64)), ("CenterCrop".into(), Some(64))]
         );
-        assert!(embed_transform("ImageFolder", None).unwrap().is_empty());
-        assert_eq!(names(embed_transform("Shapes", Some(16)).unwrap()).len(), 2);
+        assert!(embed_transform(&registry, "ImageFolder", None).unwrap().is_empty());
+        assert_eq!(names(embed_transform(&registry, "Shapes", Some(16)).unwrap()).len(), 2);
     }
 
     #[test]

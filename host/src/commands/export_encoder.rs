@@ -49,29 +49,19 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
         loaded.path.display(),
         out.display()
     );
-    let head = if loaded.name.starts_with("resnet") {
-        Some("fc.weight and fc.bias")
-    } else if loaded.name.starts_with("densenet") {
-        Some("classifier.weight and classifier.bias")
-    } else {
-        None
-    };
-    if let Some(head) = head {
-        println!(
-            "load it with: m = torchvision.models.{}(); m.load_state_dict(safetensors.torch.load_file(\"{}\"), strict=False)  (only {head}, torchvision's classifier, are missing)",
-            loaded.name,
-            out.display()
-        );
-    }
-    let cifar_stem = loaded
-        .params
-        .get("cifar_stem")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(false);
-    if cifar_stem && loaded.name.starts_with("resnet") {
-        println!(
-            "this ResNet has the CIFAR stem (3×3 stride-1 conv1): before loading, set m.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False) (the max-pool stays)"
-        );
+    println!(
+        "load it with: m = torchvision.models.{}(); m.load_state_dict(safetensors.torch.load_file(\"{}\"), strict=False)  (only torchvision's classifier layer is missing: fc for ResNets, classifier for DenseNets)",
+        loaded.name,
+        out.display()
+    );
+    // The encoder's declared small-image option (ResNet's `cifar_stem`), when it was on.
+    let small_image_param = registry.encoder(&loaded.name)?.info().small_image_param;
+    if let Some(param) = small_image_param {
+        if loaded.params.get(&param).and_then(|v| v.as_bool()) == Some(true) {
+            println!(
+                "this encoder was built with its small-image option `{param}` on: change torchvision's model the same way before loading (ResNet's CIFAR stem: m.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False); the max-pool stays)"
+            );
+        }
     }
     Ok(())
 }

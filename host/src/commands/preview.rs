@@ -154,7 +154,7 @@ fn compose(rows: &[Vec<Tile>]) -> Result<Image> {
             }
         }
     }
-    Image::from_u8(width as u32, height as u32, 3, canvas).map_err(anyhow::Error::msg)
+    Image::from_u8(width as u32, height as u32, 3, canvas).map_err(anyhow::Error::from)
 }
 
 #[cfg(test)]

@@ -15,8 +15,7 @@ pub fn run(cli: &mut Cli) -> Result<()> {
     )?;
     cli.reject_leftovers(&[])?;
     let out = PathBuf::from(out);
-    let subjects = ssl_builtin_datasets::build_rsna_dataset_csv(&PathBuf::from(&labels), &out)
-        .map_err(anyhow::Error::msg)?;
+    let subjects = ssl_builtin_datasets::build_rsna_dataset_csv(&PathBuf::from(&labels), &out)?;
     println!("wrote {} ({subjects} subjects)", out.display());
     Ok(())
 }

@@ -132,15 +132,15 @@ fn build_encoder(
     config: &RunConfig,
     device: Device,
 ) -> Result<(ForeignEncoder, serde_json::Value)> {
-    let params = encoder_params(config, &config.linear_head_dataset_name);
+    let factory = registry.encoder(&config.ssl_encoder)?;
+    let params = encoder_params(registry, config, &config.linear_head_dataset_name)?;
     let json = serde_json::to_value(&params)?;
-    let encoder = registry
-        .encoder(&config.ssl_encoder)?
+    let encoder = factory
         .create(
-            &Params::from_value(json.clone()).map_err(anyhow::Error::msg)?,
+            &Params::from_value(json.clone()).map_err(anyhow::Error::from)?,
             device,
         )
-        .map_err(|e| anyhow!("creating encoder `{}`: {e}", config.ssl_encoder))?;
+        .map_err(|e| anyhow!("creating encoder `{}`: {e:#}", config.ssl_encoder))?;
     Ok((encoder, json))
 }
 
@@ -177,10 +177,10 @@ impl<'a> ClassifierTask<'a> {
                 let encoder = registry
                     .encoder(&c.info.encoder)?
                     .create(
-                        &Params::from_value(params.clone()).map_err(anyhow::Error::msg)?,
+                        &Params::from_value(params.clone()).map_err(anyhow::Error::from)?,
                         device,
                     )
-                    .map_err(|e| anyhow!("creating encoder `{}`: {e}", c.info.encoder))?;
+                    .map_err(|e| anyhow!("creating encoder `{}`: {e:#}", c.info.encoder))?;
                 (encoder, c.info.encoder.clone(), params)
             }
             None => pretrained_encoder(registry, &config, device)?,
@@ -319,11 +319,9 @@ impl<'a> ClassifierTask<'a> {
     /// Features of a batch: without gradients and in eval mode when the encoder is frozen.
     fn features(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
         let features = if self.frozen || !train {
-            tch::no_grad(|| self.encoder.forward(x, false))
-                .map_err(anyhow::Error::msg)?
-                .detach()
+            tch::no_grad(|| self.encoder.forward(x, false))?.detach()
         } else {
-            self.encoder.forward(x, true).map_err(anyhow::Error::msg)?
+            self.encoder.forward(x, true)?
         };
         Ok(features.to_kind(Kind::Float))
     }

@@ -103,8 +103,7 @@ pub fn head_classes(
         return Ok((num_classes, None));
     }
     let targets: Vec<i64> = dataset
-        .targets()
-        .map_err(anyhow::Error::msg)?
+        .targets()?
         .into_iter()
         .map(|t| t.unwrap_or(-1))
         .collect();

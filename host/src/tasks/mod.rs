@@ -9,6 +9,7 @@ pub mod ssl;
 
 use crate::config::RunConfig;
 use crate::registry::Registry;
+use anyhow::Result;
 use std::collections::BTreeMap;
 
 /// A warning when a validation split of `samples` gives no batch of `batch_size` with
@@ -68,18 +69,19 @@ pub fn transforms_used(config: &RunConfig, ssl: bool) -> Vec<(&'static str, Stri
         .collect()
 }
 
-/// The encoder parameters of a run on `dataset`: the config's, plus the encoder's small-image
-/// stem switched on for datasets of small images unless the config sets it (as the original:
-/// `use_7x7_first_conv_in_resnet = not dataset.startswith("CIFAR")`).
-pub fn encoder_params(config: &RunConfig, dataset: &str) -> toml::Table {
+/// The encoder parameters of a run on `dataset`: the config's, plus the encoder's declared
+/// small-image option (ResNet's `cifar_stem`) set to whether the dataset declares small images,
+/// unless the config sets it (the original: `use_7x7_first_conv_in_resnet = not
+/// dataset.startswith("CIFAR")`).
+pub fn encoder_params(registry: &Registry, config: &RunConfig, dataset: &str) -> Result<toml::Table> {
     let mut params = config.encoder_params.clone();
-    if config.ssl_encoder.starts_with("resnet") && !params.contains_key("cifar_stem") {
-        params.insert(
-            "cifar_stem".into(),
-            toml::Value::Boolean(dataset.starts_with("CIFAR")),
-        );
+    if let Some(param) = registry.encoder(&config.ssl_encoder)?.info().small_image_param {
+        if !params.contains_key(&param) {
+            let small = registry.dataset(dataset)?.info().small_images;
+            params.insert(param, toml::Value::Boolean(small));
+        }
     }
-    params
+    Ok(params)
 }
 
 #[cfg(test)]

@@ -242,17 +242,14 @@ impl SslTask {
 
         // Model.
         tch::manual_seed(seed as i64);
-        let encoder_json = serde_json::to_value(encoder_params(&config, &ssl_name))?;
+        let encoder_json = serde_json::to_value(encoder_params(registry, &config, &ssl_name)?)?;
         let spec = EncoderSpec {
             factory: registry.encoder(&config.ssl_encoder)?.clone(),
-            params: Params::from_value(encoder_json.clone()).map_err(anyhow::Error::msg)?,
+            params: Params::from_value(encoder_json.clone())?,
         };
-        let algorithm_params = Params::from_value(serde_json::to_value(&config.algorithm_params)?)
-            .map_err(anyhow::Error::msg)?;
-        let algorithm = registry
-            .algorithm(&config.ssl_training_type)?
-            .create(&algorithm_params, &spec, device)
-            .map_err(|e| anyhow!("{e}"))?;
+        let algorithm_params = Params::from_value(serde_json::to_value(&config.algorithm_params)?)?;
+        let algorithm_factory = registry.algorithm(&config.ssl_training_type)?;
+        let algorithm = algorithm_factory.create(&algorithm_params, &spec, device)?;
         if let (Some(weights), None) = (&config.encoder_init, stored) {
             // Every encoder inside the algorithm (BYOL: online and target) starts from them.
             let groups = crate::pretrained::encoders_in_state(&algorithm.state());
@@ -289,14 +286,17 @@ impl SslTask {
             mixed_precision,
         );
         let algorithm_name = config.ssl_training_type.clone();
-        let prefix = algorithm_name.to_lowercase();
+        let declared = algorithm_factory.info();
+        let prefix = declared.metric_prefix;
         let schedule: LrSchedule = match config.lr_schedule.as_str() {
-            "auto" if prefix == "simclr" => LrSchedule::WarmupCosinePerStep {
-                warmup_epochs: config.warmup_epochs,
-            },
-            "auto" => LrSchedule::WarmupCosinePerEpoch {
-                warmup_epochs: config.warmup_epochs,
-            },
+            // The schedule the algorithm declares, with the run's warm-up.
+            "auto" => declared
+                .lr_schedule
+                .parse::<LrSchedule>()
+                .with_context(|| {
+                    format!("the lr_schedule the `{algorithm_name}` algorithm declares")
+                })?
+                .with_warmup_epochs(config.warmup_epochs),
             other => other.parse().map_err(|e| anyhow!("lr_schedule: {e}"))?,
         };
         let head = LinearHead::new(algorithm.embedding_dim(), num_classes, weights, device);
@@ -397,10 +397,7 @@ impl SslTask {
             let batch = batch?;
             let x = batch.images(self.device);
             let y = batch.label_tensor(self.device, self.head.num_classes)?;
-            let embeddings = self
-                .algorithm
-                .embed(&x, false)
-                .map_err(anyhow::Error::msg)?;
+            let embeddings = self.algorithm.embed(&x, false)?;
             let logits = self.head.forward(&embeddings.to_kind(Kind::Float), false);
             let loss = self.head.loss(&logits, &y);
             record_batch(&mut lh_metrics, &logits, &batch, &loss)?;
@@ -488,14 +485,14 @@ impl Task for SslTask {
             .next()
             .ok_or_else(|| anyhow!("data loader ended early"))??;
         let views = batch.to_device(self.device);
-        for (name, value) in self.algorithm.scalars().map_err(anyhow::Error::msg)? {
+        for (name, value) in self.algorithm.scalars()? {
             *self.sums.scalars.entry(name).or_default() += value;
         }
         let algorithm = &mut self.algorithm;
         let loss = autocast(self.optimizer.mixed_precision(), || {
             algorithm.training_loss(&views)
         })
-        .map_err(|e| anyhow!("{} training step: {e}", self.algorithm_name))?;
+        .with_context(|| format!("{} training step", self.algorithm_name))?;
         path.step(&mut self.optimizer, &loss, lr)?;
         if let Some(sum) = &mut self.sums.loss {
             *sum += loss.detach().to_kind(Kind::Double);
@@ -508,9 +505,7 @@ impl Task for SslTask {
         self.streams = Some((ssl_stream, lh_stream));
         let x = lh.images(self.device);
         let y = lh.label_tensor(self.device, self.head.num_classes)?;
-        let embeddings = tch::no_grad(|| self.algorithm.embed(&x, true))
-            .map_err(anyhow::Error::msg)?
-            .detach();
+        let embeddings = tch::no_grad(|| self.algorithm.embed(&x, true))?.detach();
         let logits = self.head.forward(&embeddings.to_kind(Kind::Float), true);
         let lh_loss = self.head.loss(&logits, &y);
         path.step(
@@ -528,9 +523,7 @@ impl Task for SslTask {
     }
 
     fn after_step(&mut self, step: u64, max_steps: u64) -> Result<()> {
-        self.algorithm
-            .after_optimizer_step(step, max_steps)
-            .map_err(anyhow::Error::msg)
+        Ok(self.algorithm.after_optimizer_step(step, max_steps)?)
     }
 
     fn end_epoch(&mut self, epoch: usize, summary: &TrainSummary) -> Result<Vec<(String, f64)>> {

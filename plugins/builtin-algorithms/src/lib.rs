@@ -9,7 +9,7 @@
 //! [`simclr::SimClr::from_encoder`] take ready-made encoders (used by the tests).
 
 use ssl_plugin_api::tch::Tensor;
-use ssl_plugin_api::{bail, Params, Plugin, Result};
+use ssl_plugin_api::{bail, AlgorithmInfo, Params, Plugin, Result};
 
 pub mod byol;
 pub mod heads;
@@ -30,12 +30,24 @@ fn plugin() -> Plugin {
              initial_tau (0.99), predictor_hidden_dim (128)",
             Byol::new,
         )
+        // The original updates BYOL's learning rate once per epoch.
+        .algorithm_info(AlgorithmInfo {
+            lr_schedule: "warmup_cosine_epoch".into(),
+            metric_prefix: "byol".into(),
+            scale_lr_with_processes: true,
+        })
         .algorithm(
             "SimCLR",
             "SimCLR (Chen et al. 2020) as InnerEye's SimCLRInnerEye: projection 2048→128, \
              NT-Xent loss; `temperature` (0.1)",
             SimClr::new,
         )
+        // The original's SimCLR (Lightning Bolts) updates its learning rate after every step.
+        .algorithm_info(AlgorithmInfo {
+            lr_schedule: "warmup_cosine_step".into(),
+            metric_prefix: "simclr".into(),
+            scale_lr_with_processes: true,
+        })
 }
 
 ssl_plugin_api::register_builtin!(plugin);

@@ -195,15 +195,17 @@ impl Dataset for CheXpert {
 
 /// Adds this file's datasets to the plugin.
 pub(crate) fn register(plugin: Plugin) -> Plugin {
-    plugin.dataset(
-        NAME,
-        "CheXpert v1.0 (small or full), frontal views only: root/train.csv (split train) or \
+    plugin
+        .dataset(
+            NAME,
+            "CheXpert v1.0 (small or full), frontal views only: root/train.csv (split train) or \
          root/valid.csv (split test), JPEGs at root/<Path without CheXpert-v1.0(-small)/>, \
          8-bit grey; unlabelled unless chexpert_label = a finding column (e.g. \"Pneumonia\"; \
          1.0 → 1, 0.0 or empty → 0, -1.0 → uncertainty_policy = ones (default) | zeros | \
          ignore (row dropped)), then 2 classes",
-        CheXpert::from_params,
-    )
+            CheXpert::from_params,
+        )
+        .dataset_info(crate::chest_xray_info())
 }
 
 #[cfg(all(test, feature = "testdata"))]

@@ -20,7 +20,9 @@
 
 use crate::download;
 use crate::shapes::Split;
-use ssl_plugin_api::{bail, Dataset, Image, Params, Plugin, PluginError, Result, Sample};
+use ssl_plugin_api::{
+    bail, Dataset, DatasetInfo, Image, Params, Plugin, PluginError, Result, Sample,
+};
 use std::path::{Path, PathBuf};
 
 /// The default `base_url`: the CIFAR home page's folder.
@@ -40,6 +42,7 @@ pub(crate) fn register(plugin: Plugin) -> Plugin {
              (train|test), download (true), base_url (https://www.cs.toronto.edu/~kriz/), md5",
             |p: &Params| Cifar::open(Kind::Cifar10, p),
         )
+        .dataset_info(small_images())
         .dataset(
             "CIFAR100",
             "CIFAR-100 with its 100 fine labels, 32×32 RGB, 50000 train / 10000 test, from `root` \
@@ -47,6 +50,16 @@ pub(crate) fn register(plugin: Plugin) -> Plugin {
              root, split (train|test), download (true), base_url, md5",
             |p: &Params| Cifar::open(Kind::Cifar100, p),
         )
+        .dataset_info(small_images())
+}
+
+/// 32×32 images: encoders use their small-image (CIFAR) stem, as the original's
+/// `use_7x7_first_conv_in_resnet = not dataset.startswith("CIFAR")`.
+fn small_images() -> DatasetInfo {
+    DatasetInfo {
+        small_images: true,
+        ..DatasetInfo::default()
+    }
 }
 
 /// Which of the two datasets.

@@ -137,13 +137,15 @@ impl Dataset for CovidDataset {
 
 /// Adds this file's datasets to the plugin.
 pub(crate) fn register(plugin: Plugin) -> Plugin {
-    plugin.dataset(
-        NAME,
-        "COVID chest X-rays: root/dataset.csv (subject,filepath,final_label 0..3 → {0,3}: 0, \
+    plugin
+        .dataset(
+            NAME,
+            "COVID chest X-rays: root/dataset.csv (subject,filepath,final_label 0..3 → {0,3}: 0, \
          {1,2}: 1), images root/{filepath}, 8-bit grey; 2 classes; split train = all rows, test = \
          empty; train/validation split by subject",
-        CovidDataset::from_params,
-    )
+            CovidDataset::from_params,
+        )
+        .dataset_info(crate::chest_xray_info())
 }
 
 #[cfg(all(test, feature = "testdata"))]

@@ -446,7 +446,7 @@ fn to_gray8(decoded: &DecodedPixelData, little_endian: bool) -> Result<Image, St
     } else {
         vec![0u8; pixels]
     };
-    Image::from_u8(cols as u32, rows as u32, 1, out).map_err(|e| e.to_string())
+    Image::from_u8(cols as u32, rows as u32, 1, out).map_err(|e| e.message())
 }
 
 /// PIL's `Image.fromarray(float64 array).convert("L")` on one value: the array becomes

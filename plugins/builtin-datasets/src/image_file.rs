@@ -214,10 +214,12 @@ fn decode_png(bytes: &[u8]) -> Result<Decoded> {
     let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
     // Palettes to RGB, 1/2/4-bit grey scaled to 8 bits, tRNS to an alpha channel (dropped).
     decoder.set_transformations(png::Transformations::EXPAND);
-    let mut reader = decoder.read_info()?;
+    let mut reader = decoder.read_info().map_err(PluginError::from_error)?;
     let source = reader.info().color_type;
     let mut data = vec![0; reader.output_buffer_size()];
-    let frame = reader.next_frame(&mut data)?;
+    let frame = reader
+        .next_frame(&mut data)
+        .map_err(PluginError::from_error)?;
     data.truncate(frame.buffer_size());
     let sixteen = frame.bit_depth == png::BitDepth::Sixteen;
     use png::ColorType as C;

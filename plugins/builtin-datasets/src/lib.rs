@@ -32,6 +32,23 @@ pub use shapes::{ShapeLayout, Shapes, Split, CLASS_NAMES};
 /// Called by the host so the linker keeps this crate and its `inventory` registration.
 pub fn link() {}
 
+/// What the chest X-ray datasets declare: one grey channel, images of many sizes, and the
+/// original's linear-head evaluation pipeline (`cxr_linear_head_augmentations.yaml` without
+/// augmentation) as the default of `embed` and `predict`.
+fn chest_xray_info() -> ssl_plugin_api::DatasetInfo {
+    let step = |name: &str, params: &str| (name.to_string(), params.to_string());
+    ssl_plugin_api::DatasetInfo {
+        image_kind: ssl_plugin_api::ImageKind::Grey,
+        small_images: false,
+        varying_sizes: true,
+        eval_transforms: vec![
+            step("ExpandChannels", "{}"),
+            step("Resize", r#"{"size":256}"#),
+            step("CenterCrop", r#"{"size":224}"#),
+        ],
+    }
+}
+
 fn plugin() -> ssl_plugin_api::Plugin {
     let plugin = ssl_plugin_api::Plugin::new("builtin-datasets", env!("CARGO_PKG_VERSION")).dataset(
         "Shapes",

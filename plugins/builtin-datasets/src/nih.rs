@@ -123,13 +123,15 @@ impl Dataset for NihCxr {
 
 /// Adds this file's datasets to the plugin.
 pub(crate) fn register(plugin: Plugin) -> Plugin {
-    plugin.dataset(
-        NAME,
-        "NIH ChestX-ray14, unlabelled: root/Data_Entry_2017.csv (column `Image Index`), PNG \
+    plugin
+        .dataset(
+            NAME,
+            "NIH ChestX-ray14, unlabelled: root/Data_Entry_2017.csv (column `Image Index`), PNG \
          images flat in root or in Kaggle's images_0XX/images/ folders, 8-bit grey; split \
          train = all rows, test = empty",
-        NihCxr::from_params,
-    )
+            NihCxr::from_params,
+        )
+        .dataset_info(crate::chest_xray_info())
 }
 
 #[cfg(all(test, feature = "testdata"))]

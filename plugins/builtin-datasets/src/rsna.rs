@@ -113,6 +113,7 @@ pub(crate) fn register(plugin: Plugin) -> Plugin {
          root/{subject}.dcm, 8-bit grey; 2 classes; split train = all rows, test = empty",
         RsnaKaggleCxr::from_params,
     )
+    .dataset_info(crate::chest_xray_info())
 }
 
 #[cfg(all(test, feature = "testdata"))]

@@ -104,9 +104,13 @@ impl Dataset for PngFolder {
 fn decode_png(path: &std::path::Path) -> Result<Image> {
     let mut decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path)?));
     decoder.set_transformations(png::Transformations::EXPAND);
-    let mut reader = decoder.read_info()?;
+    // `png`'s errors have no `From` conversion: `from_error` (or `Context::context`) keeps
+    // them, with their causes.
+    let mut reader = decoder.read_info().map_err(PluginError::from_error)?;
     let mut buffer = vec![0; reader.output_buffer_size()];
-    let frame = reader.next_frame(&mut buffer)?;
+    let frame = reader
+        .next_frame(&mut buffer)
+        .map_err(PluginError::from_error)?;
     buffer.truncate(frame.buffer_size());
     let channels = frame.color_type.samples() as u32;
     match frame.bit_depth {
