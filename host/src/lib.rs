@@ -1,6 +1,7 @@
 //! The `ssl-host` runtime: command line, config, plugin registry and loader, data loader,
 //! trainer, evaluators, checkpoints and metrics. `main.rs` only calls [`run`].
 
+pub mod atomic_file;
 pub mod augmentation_yaml;
 pub mod checkpoint;
 pub mod classifier;
@@ -8,6 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod data;
+pub mod device;
 pub mod metrics;
 pub mod optim;
 pub mod outputs;

@@ -5,7 +5,7 @@
 //! `metrics.csv` and TensorBoard, and an atomic checkpoint that `--resume` continues from.
 
 use crate::checkpoint::{self, CheckpointInfo};
-use crate::config::RunConfig;
+use crate::config::{RunConfig, Task};
 use crate::data::{batches_of, permutation, seed_of, split_dataset, BatchStream, Pipeline, Source};
 use crate::metrics::{class_weights, EpochMetrics};
 use crate::optim::{self, Optimizer, OptimizerConfig, OptimizerKind, Param};
@@ -37,7 +37,7 @@ pub struct RunOptions {
 
 /// The device of a run: `device` if given, else CUDA when available.
 pub fn choose_device(config: &RunConfig) -> Result<Device> {
-    crate::commands::embed::device_of(config.device.as_deref())
+    crate::device::choose(config.device.as_deref())
 }
 
 /// Plugin parameters: the dataset path and split plus the config's table.
@@ -440,7 +440,7 @@ impl Run {
             }
         }
         let params = to_params(algorithm.parameters());
-        let kind: OptimizerKind = config.optimizer.parse()?;
+        let kind: OptimizerKind = config.optimizer;
         let opt_config = OptimizerConfig {
             kind,
             weight_decay: config.weight_decay,
@@ -1036,7 +1036,7 @@ pub(crate) fn write_config_file(
     for (what, provenance) in plugins {
         text.push_str(&format!("#   {what}: {provenance}\n"));
     }
-    crate::config::write_atomic(&dir.join("config.toml"), text.as_bytes())
+    crate::atomic_file::write_atomic(&dir.join("config.toml"), text.as_bytes())
 }
 
 /// The end of an epoch: its metrics to `metrics.csv` and TensorBoard, then the checkpoint
@@ -1066,7 +1066,7 @@ pub(crate) fn metric(metrics: &[(String, f64)], name: &str) -> f64 {
 
 /// Trains; returns the output folder.
 pub fn train(registry: &Registry, mut config: RunConfig, options: &RunOptions) -> Result<PathBuf> {
-    if config.task == "classifier" {
+    if config.task == Task::Classifier {
         return crate::classifier::train(registry, config, options);
     }
     let device = choose_device(&config)?;

@@ -7,7 +7,7 @@
 //! mode, and output files written through a temporary file and renamed when complete.
 
 use crate::cli::Cli;
-use crate::config::{TransformSpec, CXR_DATASETS};
+use crate::config::{is_cxr_dataset, TransformSpec};
 use crate::data::{batches_of, seed_of, Pipeline};
 use crate::pretrained::encoder_from_checkpoint;
 use crate::registry::Registry;
@@ -16,7 +16,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 use ssl_plugin_api::host::DatasetHandle;
 use ssl_plugin_api::tch::{self, Device, Kind, Tensor};
-use ssl_plugin_api::torch::parse_device;
 use ssl_plugin_api::{Encoder, Image, Params, Pixels};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -54,23 +53,6 @@ fn whole_number(name: &str, text: &str, min: usize) -> Result<usize> {
     }
 }
 
-/// The device named by `--device`, or CUDA when available.
-pub fn device_of(name: Option<&str>) -> Result<Device> {
-    match name {
-        None => Ok(Device::cuda_if_available()),
-        Some(name) => {
-            let device = parse_device(name).map_err(|e| anyhow!("--device: {e}"))?;
-            if let Device::Cuda(i) = device {
-                let count = tch::Cuda::device_count();
-                if i as i64 >= count {
-                    bail!("--device={name}: this machine has {count} CUDA device(s)");
-                }
-            }
-            Ok(device)
-        }
-    }
-}
-
 impl EvalArgs {
     /// Takes the shared options out of `cli` (`command` names the command in errors); every
     /// option left is a dataset parameter.
@@ -95,7 +77,7 @@ impl EvalArgs {
                 .unwrap_or(1)
                 .min(4),
         };
-        let device = device_of(cli.take("device").as_deref())?;
+        let device = crate::device::choose(cli.take("device").as_deref())?;
         let split = cli.take("split").unwrap_or_else(|| "train".into());
         if split != "train" && split != "test" {
             bail!("--split={split}: expected train or test");
@@ -489,7 +471,7 @@ pub fn to_vec_f32(tensor: &Tensor) -> Result<Vec<f32>> {
 /// for any other none; with `image_size`, Resize to it (shorter side) and CenterCrop it
 /// instead (after ExpandChannels for chest X-rays).
 pub fn embed_transform(dataset: &str, image_size: Option<u32>) -> Result<Vec<TransformSpec>> {
-    let cxr = CXR_DATASETS.contains(&dataset);
+    let cxr = is_cxr_dataset(dataset);
     let spec = |name: &str, size: Option<u32>| {
         let mut params = toml::Table::new();
         if let Some(size) = size {

@@ -1,254 +1,110 @@
 //! Run configuration: defaults, named model configs (`--model=NAME`, TOML files in
-//! `configs/` or shipped by plugins, or a path to a `.toml` file), and `--name=value`
-//! overrides, resolved into one typed [`RunConfig`].
+//! `configs/` or shipped by plugins, or a path to a `.toml` file, which may `extends` another),
+//! and `--name=value` overrides, resolved into one typed [`RunConfig`].
+//!
+//! Every parameter is written once, in the [`RunConfig`] definition below: its doc line, name,
+//! type and default. The resolved `config.toml` ([`RunConfig::to_toml`]), `show-config
+//! --parameters` ([`parameter_help`]), the typed reading of config files and command-line
+//! values, unknown-name suggestions and the defaults all come from it.
 //!
 //! Parameter names follow InnerEye-DeepLearning's SSL containers. Every top-level parameter
 //! can be overridden on the command line; table parameters take dotted names
 //! (`--encoder_params.cifar_stem=true`). An unknown name is an error that suggests the
 //! closest known one.
 
+mod extends;
+mod param;
+pub mod schema;
+
+pub use param::{parameter_help, parameters, Kind, Param, ParamType, ParameterInfo};
+
+use crate::optim::OptimizerKind;
 use crate::registry::{closest, Registry};
+use crate::schedule::LrSchedule;
 use anyhow::{anyhow, bail, Context, Result};
+use schema::{choices, settings, Fields};
 use serde::{Deserialize, Serialize};
+use ssl_plugin_api::Params;
 use std::path::Path;
 use toml::{Table, Value};
-
 /// The built-in named model configs, compiled into the binary from `configs/`.
 const BUILTIN_CONFIGS: &[(&str, &str)] = &[
-    ("ShapesBYOL", include_str!("../../configs/ShapesBYOL.toml")),
+    ("ShapesBYOL", include_str!("../../../configs/ShapesBYOL.toml")),
     (
         "ShapesSimCLR",
-        include_str!("../../configs/ShapesSimCLR.toml"),
+        include_str!("../../../configs/ShapesSimCLR.toml"),
     ),
     (
         "CIFAR10BYOL",
-        include_str!("../../configs/CIFAR10BYOL.toml"),
+        include_str!("../../../configs/CIFAR10BYOL.toml"),
     ),
     (
         "CIFAR10SimCLR",
-        include_str!("../../configs/CIFAR10SimCLR.toml"),
+        include_str!("../../../configs/CIFAR10SimCLR.toml"),
     ),
     (
         "CIFAR10CIFAR100BYOL",
-        include_str!("../../configs/CIFAR10CIFAR100BYOL.toml"),
+        include_str!("../../../configs/CIFAR10CIFAR100BYOL.toml"),
     ),
     (
         "NIH_RSNA_BYOL",
-        include_str!("../../configs/NIH_RSNA_BYOL.toml"),
+        include_str!("../../../configs/NIH_RSNA_BYOL.toml"),
     ),
     (
         "NIH_RSNA_SimCLR",
-        include_str!("../../configs/NIH_RSNA_SimCLR.toml"),
+        include_str!("../../../configs/NIH_RSNA_SimCLR.toml"),
     ),
     (
         "NIH_COVID_BYOL",
-        include_str!("../../configs/NIH_COVID_BYOL.toml"),
+        include_str!("../../../configs/NIH_COVID_BYOL.toml"),
     ),
     (
         "SSLClassifierCIFAR",
-        include_str!("../../configs/SSLClassifierCIFAR.toml"),
+        include_str!("../../../configs/SSLClassifierCIFAR.toml"),
     ),
     (
         "CXRImageClassifier",
-        include_str!("../../configs/CXRImageClassifier.toml"),
+        include_str!("../../../configs/CXRImageClassifier.toml"),
     ),
 ];
 
-/// What a parameter holds, for parsing command-line values.
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum Kind {
-    Str,
-    Int,
-    Float,
-    Bool,
-    StrList,
-    Table,
-    TableList,
+
+choices! {
+    /// What a run trains (`task`).
+    pub enum Task("task") {
+        /// Pretrain an encoder by self-supervision, with an online linear head.
+        Ssl = "ssl",
+        /// Train a classifier on top of a pretrained encoder.
+        Classifier = "classifier",
+    }
 }
 
-/// Every parameter: name, kind, one-line help.
-const SCHEMA: &[(&str, Kind, &str)] = &[
-    ("description", Kind::Str, "what this config is for"),
-    (
-        "task",
-        Kind::Str,
-        "ssl (train an encoder) or classifier (train a head on a pretrained encoder)",
-    ),
-    (
-        "ssl_training_dataset_name",
-        Kind::Str,
-        "dataset for SSL encoder training",
-    ),
-    (
-        "linear_head_dataset_name",
-        Kind::Str,
-        "dataset of the online linear head (or of the classifier)",
-    ),
-    (
-        "ssl_encoder",
-        Kind::Str,
-        "encoder (resnet18, resnet50, resnet101, densenet121, or a plugin's)",
-    ),
-    (
-        "ssl_training_type",
-        Kind::Str,
-        "SSL algorithm (BYOL, SimCLR, or a plugin's)",
-    ),
-    (
-        "ssl_training_batch_size",
-        Kind::Int,
-        "batch size of SSL training",
-    ),
-    (
-        "linear_head_batch_size",
-        Kind::Int,
-        "batch size of the linear head",
-    ),
-    (
-        "ssl_augmentation_config",
-        Kind::Str,
-        "augmentation YAML of SSL training (chest X-ray data)",
-    ),
-    (
-        "linear_head_augmentation_config",
-        Kind::Str,
-        "augmentation YAML of the linear head",
-    ),
-    (
-        "use_balanced_binary_loss_for_linear_head",
-        Kind::Bool,
-        "class-weighted loss for the linear head",
-    ),
-    (
-        "random_seed",
-        Kind::Int,
-        "seed of initialisation, splits and augmentations",
-    ),
-    ("num_epochs", Kind::Int, "number of training epochs"),
-    (
-        "l_rate",
-        Kind::Float,
-        "base learning rate of the SSL encoder (classifier: of the head)",
-    ),
-    ("local_dataset", Kind::Str, "path of the SSL dataset"),
-    (
-        "extra_local_dataset_paths",
-        Kind::StrList,
-        "[0]: path of the linear-head dataset",
-    ),
-    (
-        "num_workers",
-        Kind::Int,
-        "data-loading threads (0: load in the training thread)",
-    ),
-    (
-        "is_debug_model",
-        Kind::Bool,
-        "1 training and 1 validation batch per epoch",
-    ),
-    (
-        "skip_unreadable_images",
-        Kind::Bool,
-        "skip images that cannot be read (one warning counts them) instead of failing",
-    ),
-    (
-        "drop_last",
-        Kind::Bool,
-        "drop incomplete last batches (training and validation)",
-    ),
-    (
-        "learning_rate_linear_head_during_ssl_training",
-        Kind::Float,
-        "Adam learning rate of the online linear head",
-    ),
-    (
-        "freeze_encoder",
-        Kind::Bool,
-        "classifier: keep the pretrained encoder fixed",
-    ),
-    (
-        "local_ssl_weights_path",
-        Kind::Str,
-        "classifier: SSL checkpoint or run folder",
-    ),
-    (
-        "encoder_init",
-        Kind::Str,
-        "start the encoder from torchvision-named weights (.safetensors)",
-    ),
-    (
-        "use_mixed_precision",
-        Kind::Bool,
-        "autocast to half precision on CUDA",
-    ),
-    (
-        "output_dir",
-        Kind::Str,
-        "where the run writes (default outputs/<UTC time>_<model>)",
-    ),
-    (
-        "device",
-        Kind::Str,
-        "cpu, cuda or cuda:N (default: cuda when available)",
-    ),
-    (
-        "val_split",
-        Kind::Float,
-        "fraction of each dataset held out for validation",
-    ),
-    ("optimizer", Kind::Str, "adam, sgd or lars"),
-    (
-        "weight_decay",
-        Kind::Float,
-        "weight decay of the SSL optimizer",
-    ),
-    ("momentum", Kind::Float, "momentum of sgd and lars"),
-    (
-        "lr_schedule",
-        Kind::Str,
-        "auto, warmup_cosine_epoch, warmup_cosine_step, polynomial or constant",
-    ),
-    (
-        "warmup_epochs",
-        Kind::Int,
-        "linear warm-up length of the cosine schedules",
-    ),
-    (
-        "encoder_params",
-        Kind::Table,
-        "parameters of the encoder plugin (e.g. cifar_stem)",
-    ),
-    (
-        "algorithm_params",
-        Kind::Table,
-        "parameters of the algorithm plugin (e.g. temperature)",
-    ),
-    (
-        "ssl_dataset_params",
-        Kind::Table,
-        "extra parameters of the SSL dataset plugin",
-    ),
-    (
-        "linear_head_dataset_params",
-        Kind::Table,
-        "extra parameters of the linear-head dataset plugin",
-    ),
-    (
-        "ssl_augmentations",
-        Kind::TableList,
-        "SSL view transforms: [[ssl_augmentations]] name = ..., params",
-    ),
-    (
-        "linear_head_augmentations",
-        Kind::TableList,
-        "linear-head training transforms",
-    ),
-    (
-        "linear_head_val_augmentations",
-        Kind::TableList,
-        "linear-head validation transforms (default: as training)",
-    ),
-];
+choices! {
+    /// The learning-rate schedule a run asks for (`lr_schedule`).
+    pub enum LrScheduleName("learning-rate schedule") {
+        /// The algorithm's (or the classifier's) usual schedule.
+        Auto = "auto",
+        /// [`LrSchedule::WarmupCosinePerEpoch`].
+        WarmupCosineEpoch = "warmup_cosine_epoch",
+        /// [`LrSchedule::WarmupCosinePerStep`].
+        WarmupCosineStep = "warmup_cosine_step",
+        /// [`LrSchedule::Polynomial`].
+        Polynomial = "polynomial",
+        /// [`LrSchedule::Constant`].
+        Constant = "constant",
+    }
+}
+
+impl LrScheduleName {
+    /// The schedule of a fixed choice, with the defaults of [`LrSchedule`]'s `FromStr` (as a
+    /// name in `lr_schedule` always had); `None` for `auto`, which the task decides.
+    pub fn fixed(self) -> Option<LrSchedule> {
+        match self {
+            LrScheduleName::Auto => None,
+            other => other.as_str().parse().ok(),
+        }
+    }
+}
 
 /// One transform of a pipeline: its registered name and its parameters.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -260,172 +116,150 @@ pub struct TransformSpec {
     pub params: Table,
 }
 
-/// The resolved configuration of a run.
+impl TransformSpec {
+    /// The parameters as the plugin receives them.
+    pub fn plugin_params(&self) -> Result<Params> {
+        let json = serde_json::to_value(&self.params)
+            .with_context(|| format!("parameters of transform `{}`", self.name))?;
+        Params::from_value(json).map_err(anyhow::Error::msg)
+    }
+}
+
+/// A group of SSL views: `count` views of each image, each through `pipeline`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct RunConfig {
-    /// The `--model` name it came from.
-    #[serde(skip)]
-    pub model: String,
-    pub description: String,
-    /// `ssl` or `classifier`.
-    #[serde(default = "default_task")]
-    pub task: String,
-    pub ssl_training_dataset_name: Option<String>,
-    pub linear_head_dataset_name: String,
-    pub ssl_encoder: String,
-    pub ssl_training_type: String,
-    pub ssl_training_batch_size: usize,
-    pub linear_head_batch_size: usize,
-    pub ssl_augmentation_config: Option<String>,
-    pub linear_head_augmentation_config: Option<String>,
-    pub use_balanced_binary_loss_for_linear_head: bool,
-    pub random_seed: u64,
-    pub num_epochs: usize,
-    pub l_rate: f64,
-    pub local_dataset: Option<String>,
-    pub extra_local_dataset_paths: Vec<String>,
-    pub num_workers: usize,
-    pub is_debug_model: bool,
-    pub drop_last: bool,
+pub struct ViewGroup {
+    /// How many views of each image this group makes.
+    pub count: usize,
+    /// The transforms of each view.
     #[serde(default)]
-    pub skip_unreadable_images: bool,
-    pub learning_rate_linear_head_during_ssl_training: f64,
-    pub freeze_encoder: bool,
-    pub local_ssl_weights_path: Option<String>,
-    #[serde(default)]
-    pub encoder_init: Option<String>,
-    pub use_mixed_precision: bool,
-    pub output_dir: Option<String>,
-    pub device: Option<String>,
-    pub val_split: f64,
-    pub optimizer: String,
-    pub weight_decay: f64,
-    pub momentum: f64,
-    pub lr_schedule: String,
-    pub warmup_epochs: usize,
-    pub encoder_params: Table,
-    pub algorithm_params: Table,
-    pub ssl_dataset_params: Table,
-    pub linear_head_dataset_params: Table,
-    pub ssl_augmentations: Vec<TransformSpec>,
-    pub linear_head_augmentations: Vec<TransformSpec>,
-    pub linear_head_val_augmentations: Option<Vec<TransformSpec>>,
+    pub pipeline: Vec<TransformSpec>,
 }
 
-fn default_task() -> String {
-    "ssl".to_string()
-}
-
-/// The defaults of every parameter (the original's where it has one).
-fn defaults() -> Table {
-    let text = r#"
-description = ""
-task = "ssl"
-linear_head_dataset_name = ""
-ssl_encoder = "resnet50"
-ssl_training_type = "BYOL"
-ssl_training_batch_size = 128
-linear_head_batch_size = 16
-use_balanced_binary_loss_for_linear_head = false
-random_seed = 42
-num_epochs = 100
-l_rate = 1e-4
-extra_local_dataset_paths = []
-num_workers = 4
-is_debug_model = false
-drop_last = true
-skip_unreadable_images = false
-learning_rate_linear_head_during_ssl_training = 1e-4
-freeze_encoder = true
-use_mixed_precision = false
-val_split = 0.1
-optimizer = "adam"
-weight_decay = 1e-6
-momentum = 0.9
-lr_schedule = "auto"
-warmup_epochs = 10
-encoder_params = {}
-algorithm_params = {}
-ssl_dataset_params = {}
-linear_head_dataset_params = {}
-ssl_augmentations = []
-linear_head_augmentations = []
-"#;
-    text.parse().expect("defaults parse")
-}
-
-fn kind_of(name: &str) -> Option<Kind> {
-    SCHEMA
-        .iter()
-        .find(|(n, _, _)| *n == name)
-        .map(|(_, k, _)| *k)
-}
-
-fn unknown(name: &str) -> anyhow::Error {
-    let hint = closest(name, SCHEMA.iter().map(|(n, _, _)| *n))
-        .map(|c| format!(" (did you mean `{c}`?)"))
-        .unwrap_or_default();
-    anyhow!("unknown parameter `{name}`{hint}; `ssl-host show-config --model=NAME` lists them")
-}
-
-/// Parses a command-line value for a parameter of `kind`.
-fn parse_value(name: &str, kind: Kind, text: &str) -> Result<Value> {
-    let bad = |what: &str| anyhow!("--{name}={text}: expected {what}");
-    Ok(match kind {
-        Kind::Str => Value::String(text.to_string()),
-        Kind::Int => Value::Integer(
-            text.trim()
-                .parse::<i64>()
-                .map_err(|_| bad("a whole number"))?,
-        ),
-        Kind::Float => Value::Float(text.trim().parse::<f64>().map_err(|_| bad("a number"))?),
-        Kind::Bool => Value::Boolean(match text.trim().to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" => true,
-            "false" | "0" | "no" => false,
-            _ => return Err(bad("true or false")),
-        }),
-        Kind::StrList => {
-            let t = text.trim();
-            if t.starts_with('[') {
-                let parsed: Table = format!("v = {t}")
-                    .parse()
-                    .map_err(|_| bad("a list like [\"a\", \"b\"]"))?;
-                parsed["v"].clone()
-            } else if t.is_empty() {
-                Value::Array(Vec::new())
-            } else {
-                Value::Array(
-                    t.split(',')
-                        .map(|s| Value::String(s.trim().to_string()))
-                        .collect(),
-                )
-            }
+settings! {
+    /// The resolved configuration of a run. Each field is a parameter (`--name=value`), with
+    /// the original's default where it has one.
+    #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct RunConfig as dyn Param {
+        hidden {
+            /// The `--model` name it came from.
+            #[serde(skip)]
+            model: String = String::new(),
         }
-        Kind::Table | Kind::TableList => {
-            return Err(anyhow!(
-                "--{name} is a table; set its entries with --{name}.KEY=value"
-            ));
-        }
-    })
+        /// what this config is for
+        description: String = String::new(),
+        /// ssl (train an encoder) or classifier (train a head on a pretrained encoder)
+        task: Task = Task::Ssl,
+        /// dataset for SSL encoder training
+        ssl_training_dataset_name: Option<String> = None,
+        /// dataset of the online linear head (or of the classifier)
+        linear_head_dataset_name: String = String::new(),
+        /// encoder (resnet18, resnet50, resnet101, densenet121, or a plugin's)
+        ssl_encoder: String = "resnet50".into(),
+        /// SSL algorithm (BYOL, SimCLR, or a plugin's)
+        ssl_training_type: String = "BYOL".into(),
+        /// batch size of SSL training
+        ssl_training_batch_size: usize = 128,
+        /// batch size of the linear head
+        linear_head_batch_size: usize = 16,
+        /// augmentation YAML of SSL training (chest X-ray data)
+        ssl_augmentation_config: Option<String> = None,
+        /// augmentation YAML of the linear head
+        linear_head_augmentation_config: Option<String> = None,
+        /// class-weighted loss for the linear head
+        use_balanced_binary_loss_for_linear_head: bool = false,
+        /// seed of initialisation, splits and augmentations
+        random_seed: u64 = 42,
+        /// number of training epochs
+        num_epochs: usize = 100,
+        /// base learning rate of the SSL encoder (classifier: of the head)
+        l_rate: f64 = 1e-4,
+        /// path of the SSL dataset
+        local_dataset: Option<String> = None,
+        /// [0]: path of the linear-head dataset
+        extra_local_dataset_paths: Vec<String> = Vec::new(),
+        /// data-loading threads (0: load in the training thread)
+        num_workers: usize = 4,
+        /// 1 training and 1 validation batch per epoch
+        is_debug_model: bool = false,
+        /// drop incomplete last batches (training and validation)
+        drop_last: bool = true,
+        /// skip images that cannot be read (one warning counts them) instead of failing
+        skip_unreadable_images: bool = false,
+        /// Adam learning rate of the online linear head
+        learning_rate_linear_head_during_ssl_training: f64 = 1e-4,
+        /// classifier: keep the pretrained encoder fixed
+        freeze_encoder: bool = true,
+        /// classifier: SSL checkpoint or run folder (alias: local_weights_path)
+        local_ssl_weights_path: Option<String> = None,
+        /// start the encoder from torchvision-named weights (.safetensors)
+        encoder_init: Option<String> = None,
+        /// autocast to half precision on CUDA
+        use_mixed_precision: bool = false,
+        /// where the run writes (default outputs/<UTC time>_<model>)
+        output_dir: Option<String> = None,
+        /// cpu, cuda or cuda:N (default: cuda when available)
+        device: Option<String> = None,
+        /// fraction of each dataset held out for validation
+        val_split: f64 = 0.1,
+        /// optimizer of the SSL encoder
+        optimizer: OptimizerKind = OptimizerKind::Adam,
+        /// weight decay of the SSL optimizer
+        weight_decay: f64 = 1e-6,
+        /// momentum of sgd and lars
+        momentum: f64 = 0.9,
+        /// clip the global gradient norm of every optimizer step to this value (0: off)
+        gradient_clip_val: f64 = 0.0,
+        /// learning-rate schedule (auto: the algorithm's, or polynomial for classifiers)
+        lr_schedule: LrScheduleName = LrScheduleName::Auto,
+        /// linear warm-up length of the cosine schedules
+        warmup_epochs: usize = 10,
+        /// parameters of the encoder plugin (e.g. cifar_stem)
+        encoder_params: Table = Table::new(),
+        /// parameters of the algorithm plugin (e.g. temperature)
+        algorithm_params: Table = Table::new(),
+        /// extra parameters of the SSL dataset plugin
+        ssl_dataset_params: Table = Table::new(),
+        /// extra parameters of the linear-head dataset plugin
+        linear_head_dataset_params: Table = Table::new(),
+        /// SSL view transforms: [[ssl_augmentations]] name = ..., params
+        ssl_augmentations: Vec<TransformSpec> = Vec::new(),
+        /// SSL view groups: each `count` views through `pipeline` (default: one group of 2 views through ssl_augmentations)
+        ssl_view_groups: Vec<ViewGroup> = Vec::new(),
+        /// linear-head training transforms
+        linear_head_augmentations: Vec<TransformSpec> = Vec::new(),
+        /// linear-head validation transforms (default: as training)
+        linear_head_val_augmentations: Option<Vec<TransformSpec>> = None,
+    }
 }
 
-/// A value inside a plugin parameter table: TOML literal when it parses, else a string.
-fn parse_loose(text: &str) -> Value {
-    format!("v = {text}")
-        .parse::<Table>()
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| Value::String(text.to_string()))
-}
-
-/// Applies one `--name=value` override to the merged table.
-fn apply_override(table: &mut Table, name: &str, text: &str) -> Result<()> {
-    let name = if name == "local_weights_path" {
+/// The parameter a name given in a file or on the command line stands for (aliases).
+fn canonical(name: &str) -> &str {
+    if name == "local_weights_path" {
         "local_ssl_weights_path"
     } else {
         name
-    };
+    }
+}
+
+/// The kind of command-line value parameter `name` takes; `None` for an unknown name.
+fn kind_of(name: &str) -> Option<Kind> {
+    RunConfig::default().field(name).map(|p| p.kind())
+}
+
+fn unknown(name: &str) -> anyhow::Error {
+    let names = <RunConfig as Fields<dyn Param>>::names();
+    let hint = closest(name, names.into_iter())
+        .map(|c| format!(" (did you mean `{c}`?)"))
+        .unwrap_or_default();
+    anyhow!("unknown parameter `{name}`{hint}; `ssl-host show-config --parameters` lists them")
+}
+
+/// Applies one `--name=value` override to the merged table. The value is checked against the
+/// parameter's type here, so the error quotes it as given.
+fn apply_override(table: &mut Table, name: &str, text: &str) -> Result<()> {
+    let name = canonical(name);
     if let Some((top, key)) = name.split_once('.') {
         match kind_of(top) {
             Some(Kind::Table) => {
@@ -435,7 +269,7 @@ fn apply_override(table: &mut Table, name: &str, text: &str) -> Result<()> {
                 let Value::Table(inner) = entry else {
                     bail!("`{top}` is not a table")
                 };
-                inner.insert(key.to_string(), parse_loose(text));
+                inner.insert(key.to_string(), param::parse_loose(text));
                 return Ok(());
             }
             Some(_) => bail!("--{name}: `{top}` is not a table parameter"),
@@ -443,34 +277,15 @@ fn apply_override(table: &mut Table, name: &str, text: &str) -> Result<()> {
         }
     }
     let kind = kind_of(name).ok_or_else(|| unknown(name))?;
-    table.insert(name.to_string(), parse_value(name, kind, text)?);
+    let value = param::parse_value(name, kind, text).map_err(|e| anyhow!(e))?;
+    let mut probe = RunConfig::default();
+    if let Some(param) = probe.field_mut(name) {
+        param
+            .set(value.clone())
+            .map_err(|e| anyhow!("--{name}={text}: {e}"))?;
+    }
+    table.insert(name.to_string(), value);
     Ok(())
-}
-
-/// The TOML text of model `name`: a built-in config, a plugin's, or a `.toml` path.
-fn model_text(name: &str, registry: &Registry) -> Result<String> {
-    if name.ends_with(".toml") || name.contains('/') {
-        return std::fs::read_to_string(name)
-            .with_context(|| format!("reading model config {name}"));
-    }
-    if let Some((_, text)) = BUILTIN_CONFIGS.iter().find(|(n, _)| *n == name) {
-        return Ok(text.to_string());
-    }
-    match registry.model_config(name) {
-        Ok(m) => Ok(m.toml.clone()),
-        Err(_) => {
-            let mut known: Vec<&str> = BUILTIN_CONFIGS.iter().map(|(n, _)| *n).collect();
-            let plugin_names = registry.model_config_names();
-            known.extend(plugin_names.iter().map(String::as_str));
-            let hint = closest(name, known.iter().copied())
-                .map(|c| format!(" (did you mean `{c}`?)"))
-                .unwrap_or_default();
-            bail!(
-                "unknown model config `{name}`{hint}; known: {}",
-                known.join(", ")
-            )
-        }
-    }
 }
 
 /// Names of the built-in model configs.
@@ -494,17 +309,15 @@ pub fn builtin_config_descriptions() -> Vec<(String, String)> {
 }
 
 impl RunConfig {
-    /// Defaults, then the model config `model`, then `overrides` in order.
+    /// Defaults, then the model config `model` (with the configs it `extends`), then
+    /// `overrides` in order.
     pub fn resolve(
         model: &str,
         overrides: &[(String, String)],
         registry: &Registry,
     ) -> Result<RunConfig> {
-        let mut table = defaults();
-        let text = model_text(model, registry)?;
-        let mut file: Table = text
-            .parse()
-            .map_err(|e| anyhow!("model config `{model}` is not valid TOML: {e}"))?;
+        let mut table = Table::new();
+        let mut file = extends::load(model, registry)?;
         // A dataset named on the command line in place of the config's own: the config's
         // parameters were written for its dataset (e.g. Shapes' `num_samples`), not this one.
         for (name_key, params_key) in [
@@ -531,11 +344,7 @@ impl RunConfig {
             }
         }
         for (name, value) in file {
-            let name = if name == "local_weights_path" {
-                "local_ssl_weights_path".to_string()
-            } else {
-                name
-            };
+            let name = canonical(&name).to_string();
             if kind_of(&name).is_none() {
                 return Err(unknown(&name).context(format!("in model config `{model}`")));
             }
@@ -544,42 +353,41 @@ impl RunConfig {
         for (name, value) in overrides {
             apply_override(&mut table, name, value)?;
         }
-        let mut config: RunConfig =
-            Value::Table(table)
-                .try_into()
-                .map_err(|e: toml::de::Error| {
-                    anyhow!("invalid configuration for `{model}`: {}", e.message())
-                })?;
+        let mut config = param::from_table(table)
+            .map_err(|e| anyhow!("invalid configuration for `{model}`: {e}"))?;
         config.model = model
             .trim_end_matches(".toml")
             .rsplit('/')
             .next()
             .unwrap_or(model)
             .to_string();
-        config.expand_augmentation_yaml()?;
+        config.expand_augmentation_yaml(registry)?;
         config.validate()?;
         Ok(config)
     }
 
     /// Turns `ssl_augmentation_config` / `linear_head_augmentation_config` (the original's
     /// augmentation YAML; the linear head falls back to the SSL one, as the original) into the
-    /// transform lists they stand for, unless the lists are given explicitly. The resolved
-    /// config (and so `config.toml` and a resumed run) holds the expanded lists.
-    fn expand_augmentation_yaml(&mut self) -> Result<()> {
+    /// transform lists they stand for, unless the lists (or, for SSL, `ssl_view_groups`) are
+    /// given explicitly. Every transform is created once through `registry` to check its
+    /// values. The resolved config (and so `config.toml` and a resumed run) holds the expanded
+    /// lists.
+    fn expand_augmentation_yaml(&mut self, registry: &Registry) -> Result<()> {
         let ssl_yaml = self.ssl_augmentation_config.clone();
         let lh_yaml = self
             .linear_head_augmentation_config
             .clone()
             .or_else(|| ssl_yaml.clone());
         if let Some(path) = &ssl_yaml {
-            if self.ssl_augmentations.is_empty() {
+            if self.ssl_augmentations.is_empty() && self.ssl_view_groups.is_empty() {
                 let expand = self
                     .ssl_training_dataset_name
                     .as_deref()
                     .is_some_and(is_cxr_dataset);
                 let (text, source) = read_augmentation_yaml(path)?;
-                self.ssl_augmentations =
-                    crate::augmentation_yaml::cxr_pipelines(&text, &source, expand)?.train;
+                let pipelines = crate::augmentation_yaml::cxr_pipelines(&text, &source, expand)?;
+                pipelines.check(&source, registry)?;
+                self.ssl_augmentations = pipelines.train;
             }
         }
         if let Some(path) = &lh_yaml {
@@ -587,6 +395,7 @@ impl RunConfig {
                 let expand = is_cxr_dataset(&self.linear_head_dataset_name);
                 let (text, source) = read_augmentation_yaml(path)?;
                 let pipelines = crate::augmentation_yaml::cxr_pipelines(&text, &source, expand)?;
+                pipelines.check(&source, registry)?;
                 self.linear_head_augmentations = pipelines.train;
                 if self.linear_head_val_augmentations.is_none() {
                     self.linear_head_val_augmentations = Some(pipelines.val_without_augmentation);
@@ -605,9 +414,8 @@ impl RunConfig {
         for (name, value) in overrides {
             apply_override(&mut table, name, value)?;
         }
-        let mut config: RunConfig = Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| anyhow!("invalid configuration: {}", e.message()))?;
+        let mut config =
+            param::from_table(table).map_err(|e| anyhow!("invalid configuration: {e}"))?;
         config.model = model.to_string();
         config.validate()?;
         Ok(config)
@@ -636,20 +444,34 @@ impl RunConfig {
         if self.linear_head_dataset_name.is_empty() {
             bail!("`linear_head_dataset_name` is not set");
         }
-        match self.task.as_str() {
-            "ssl" => {
+        match self.task {
+            Task::Ssl => {
                 if self.ssl_encoder.is_empty() {
                     bail!("`ssl_encoder` is not set (resnet18, resnet50, resnet101, densenet121, or a plugin's)");
                 }
             }
             // Its encoder is checked when the run starts (show-config works without one).
-            "classifier" => {}
-            other => bail!("`task` must be `ssl` or `classifier`, got `{other}`"),
+            Task::Classifier => {}
+        }
+        if !self.ssl_view_groups.is_empty() && !self.ssl_augmentations.is_empty() {
+            bail!(
+                "both `ssl_view_groups` and `ssl_augmentations` are given: list the views once, \
+                 as [[ssl_view_groups]] (each with a `count` and a [[ssl_view_groups.pipeline]]) \
+                 or as [[ssl_augmentations]] (one group of 2 views)"
+            );
+        }
+        for (i, group) in self.ssl_view_groups.iter().enumerate() {
+            if group.count == 0 {
+                bail!("`ssl_view_groups[{i}].count` must be at least 1");
+            }
         }
         // As the original asserts: chest X-rays come in many sizes and one channel, so their
         // pipelines must come from an augmentation config (or be listed explicitly).
         if let Some(name) = self.ssl_training_dataset_name.as_deref() {
-            if is_cxr_dataset(name) && self.ssl_augmentations.is_empty() {
+            if is_cxr_dataset(name)
+                && self.ssl_augmentations.is_empty()
+                && self.ssl_view_groups.is_empty()
+            {
                 bail!("`{name}` needs `ssl_augmentation_config` (e.g. cxr_ssl_encoder_augmentations.yaml) or [[ssl_augmentations]]");
             }
         }
@@ -669,7 +491,7 @@ impl RunConfig {
     pub fn linear_head_dataset_path(&self) -> Option<String> {
         match self.extra_local_dataset_paths.first() {
             Some(p) => Some(p.clone()),
-            None if self.task == "classifier"
+            None if self.task == Task::Classifier
                 || self.ssl_training_dataset_name.as_deref()
                     == Some(self.linear_head_dataset_name.as_str()) =>
             {
@@ -686,20 +508,39 @@ impl RunConfig {
         text
     }
 
-    /// Reads a resolved config back (from `config.toml` or a checkpoint).
+    /// Reads a resolved config back (from `config.toml` or a checkpoint). Parameters added
+    /// since it was written take their defaults.
     pub fn from_resolved_toml(text: &str, model: &str) -> Result<RunConfig> {
-        let mut config: RunConfig = toml::from_str(text)
-            .map_err(|e| anyhow!("stored config is invalid: {}", e.message()))?;
+        let table: Table = text
+            .parse()
+            .map_err(|e| anyhow!("stored config is invalid: {e}"))?;
+        let mut config =
+            param::from_table(table).map_err(|e| anyhow!("stored config is invalid: {e}"))?;
         config.model = model.to_string();
         Ok(config)
+    }
+
+    /// The SSL view groups: `ssl_view_groups` when given, else one group of 2 views through
+    /// `ssl_augmentations` (the two views of BYOL and SimCLR).
+    pub fn view_groups(&self) -> Vec<ViewGroup> {
+        if self.ssl_view_groups.is_empty() {
+            vec![ViewGroup {
+                count: 2,
+                pipeline: self.ssl_augmentations.clone(),
+            }]
+        } else {
+            self.ssl_view_groups.clone()
+        }
     }
 }
 
 /// The chest X-ray datasets of the original, whose pipelines start by expanding the one grey
 /// channel to three.
-pub const CXR_DATASETS: [&str; 4] = ["RSNAKaggleCXR", "NIHCXR", "CheXpert", "CovidDataset"];
+const CXR_DATASETS: [&str; 4] = ["RSNAKaggleCXR", "NIHCXR", "CheXpert", "CovidDataset"];
 
-fn is_cxr_dataset(name: &str) -> bool {
+/// Whether `name` is a chest X-ray dataset of the original (grey images of many sizes, whose
+/// pipelines start by expanding the one channel to three).
+pub fn is_cxr_dataset(name: &str) -> bool {
     CXR_DATASETS.contains(&name)
 }
 
@@ -719,40 +560,6 @@ fn read_augmentation_yaml(path: &str) -> Result<(String, String)> {
             "augmentation config `{path}` not found (built-in ones: cxr_ssl_encoder_augmentations.yaml, cxr_linear_head_augmentations.yaml)"
         ),
     }
-}
-
-/// One line per parameter with its help, for `show-config --help`-like listings.
-pub fn parameter_help() -> String {
-    SCHEMA
-        .iter()
-        .map(|(n, _, h)| format!("  --{n:<48} {h}\n"))
-        .collect()
-}
-
-/// Writes `text` to `path` atomically: a temporary file in the same folder, fsync, rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    // A fixed name: a write interrupted by a kill leaves one temp file that the next write
-    // replaces (each run has its own folder, so no two processes share it).
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
-    {
-        let mut file =
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        file.write_all(bytes)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        file.sync_all()
-            .with_context(|| format!("syncing {}", tmp.display()))?;
-    }
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 #[cfg(test)]
