@@ -670,14 +670,22 @@ mod tests {
         format!("{:#}", parse(yaml, "aug.yaml").expect_err(yaml))
     }
 
+    fn registry() -> Registry {
+        Registry::load(&[]).unwrap()
+    }
+
     #[test]
-    fn key_table_has_no_duplicates() {
-        let mut keys: Vec<&str> = KEYS.iter().map(|k| k.0).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        assert_eq!(keys.len(), KEYS.len());
-        assert_eq!(children(""), ["augmentation", "preprocess"]);
-        assert_eq!(children("preprocess"), ["center_crop_size", "resize"]);
+    fn sections_list_their_keys() {
+        assert_eq!(
+            sorted_names::<CxrAugmentationConfig>(),
+            ["augmentation", "preprocess"]
+        );
+        assert_eq!(sorted_names::<Preprocess>(), ["center_crop_size", "resize"]);
+        assert_eq!(Augmentation::FIELDS.len(), 17);
+        assert_eq!(
+            Augmentation::FIELDS[0].help(),
+            "`RandomResizedCrop`, else `Resize`"
+        );
     }
 
     #[test]
@@ -693,7 +701,7 @@ mod tests {
         );
         let a = &d.augmentation;
         assert!(!a.use_random_crop && !a.use_random_affine && !a.add_gaussian_noise);
-        assert_eq!(a.random_crop_scale, (0.9, 1.0));
+        assert_eq!(a.random_crop.scale, (0.9, 1.0));
         assert_eq!(
             a.elastic_transform,
             ElasticConfig {
@@ -709,7 +717,7 @@ mod tests {
                 p_apply: 0.5
             }
         );
-        assert_eq!(a.random_horizontal_flip_prob, 0.5);
+        assert_eq!(a.random_horizontal_flip.prob, 0.5);
         assert_eq!(
             a.random_affine,
             RandomAffineConfig {
@@ -727,8 +735,8 @@ mod tests {
                 saturation: 0.0
             }
         );
-        assert_eq!(a.gamma_scale, (0.5, 1.5));
-        assert_eq!(a.label_smoothing_epsilon, 0.1);
+        assert_eq!(a.gamma.scale, (0.5, 1.5));
+        assert_eq!(a.label_smoothing.epsilon, 0.1);
         assert_eq!(a.random_erasing.scale, (0.01, 0.1));
         assert_eq!(a.random_erasing.ratio, (0.3, 3.3));
         // All flags off: training is only resize and centre crop.
@@ -751,7 +759,7 @@ mod tests {
         a.use_gamma_transform = true;
         a.use_random_erasing = true;
         a.use_elastic_transform = true;
-        a.random_crop_scale = (0.4, 1.0);
+        a.random_crop.scale = (0.4, 1.0);
         a.elastic_transform = ElasticConfig {
             sigma: 4.0,
             alpha: 34.0,
@@ -784,7 +792,7 @@ mod tests {
         a.use_random_affine = true;
         a.use_random_color = true;
         a.use_gamma_transform = true;
-        a.random_crop_scale = (0.8, 1.0);
+        a.random_crop.scale = (0.8, 1.0);
         a.random_affine = RandomAffineConfig {
             max_angle: 30.0,
             max_horizontal_shift: 0.0,
@@ -873,10 +881,15 @@ mod tests {
             (0..300 * 280).map(|i| (i * 7919 % 251) as u8).collect(),
         )
         .unwrap();
+        let registry = registry();
         for name in BUILTIN_YAML_NAMES {
             let p = cxr_pipelines(builtin_yaml(name).unwrap(), name, true).unwrap();
+            p.check(name, &registry).unwrap();
             for (which, specs) in [("train", &p.train), ("val", &p.val_without_augmentation)] {
-                let steps: Vec<_> = specs.iter().map(|s| create(s).unwrap()).collect();
+                let steps: Vec<_> = specs
+                    .iter()
+                    .map(|s| create(s, &registry).unwrap())
+                    .collect();
                 let mut views = Vec::new();
                 for (input, seed) in [(&white, 1u64), (&white, 2), (&texture, 3)] {
                     let mut img = input.clone();
@@ -914,10 +927,10 @@ mod tests {
                     random_erasing:\n    ratio: '(1, 3,)'\npreprocess:\n  resize: (300)\n";
         let c = parse(yaml, "t.yaml").unwrap();
         let a = &c.augmentation;
-        assert_eq!(a.random_crop_scale, (0.4, 1.0));
+        assert_eq!(a.random_crop.scale, (0.4, 1.0));
         assert_eq!(a.elastic_transform.sigma, 4.0);
         assert_eq!(a.elastic_transform.alpha, 35.5);
-        assert_eq!(a.gamma_scale, (0.25, 2.0));
+        assert_eq!(a.gamma.scale, (0.25, 2.0));
         assert_eq!(a.random_erasing.ratio, (1.0, 3.0));
         assert_eq!(c.preprocess.resize, 300);
         assert_eq!(literal("(0.4, 1.0)"), Some((vec![0.4, 1.0], true)));
@@ -995,7 +1008,13 @@ mod tests {
     fn values_a_transform_refuses_fail_with_the_file_and_keys() {
         let yaml = "augmentation:\n  use_random_affine: True\n  random_affine:\n    \
                     max_horizontal_shift: 2.0\n";
-        let e = format!("{:#}", cxr_pipelines(yaml, "bad.yaml", true).unwrap_err());
+        let registry = registry();
+        let check = |yaml: &str, source: &str| {
+            cxr_pipelines(yaml, source, true)
+                .unwrap()
+                .check(source, &registry)
+        };
+        let e = format!("{:#}", check(yaml, "bad.yaml").unwrap_err());
         assert!(
             e.contains("bad.yaml") && e.contains("augmentation.random_affine"),
             "{e}"
@@ -1006,7 +1025,7 @@ mod tests {
         );
         // The same value is fine while the augmentation is off (the original ignores it).
         let off = yaml.replace("True", "False");
-        assert!(cxr_pipelines(&off, "ok.yaml", true).is_ok());
+        assert!(check(&off, "ok.yaml").is_ok());
     }
 
     #[test]

@@ -30,8 +30,13 @@ mod tests {
     fn names_are_parsed_and_checked() {
         assert_eq!(choose(Some("cpu")).unwrap(), Device::Cpu);
         let count = tch::Cuda::device_count();
-        let err = choose(Some(&format!("cuda:{count}"))).unwrap_err().to_string();
-        assert!(err.contains(&format!("has {count} CUDA device(s)")), "{err}");
+        let err = choose(Some(&format!("cuda:{count}")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("has {count} CUDA device(s)")),
+            "{err}"
+        );
         let err = choose(Some("tpu")).unwrap_err().to_string();
         assert!(err.starts_with("--device: "), "{err}");
     }

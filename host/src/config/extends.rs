@@ -178,7 +178,9 @@ mod tests {
         let t = load(&child, &registry()).unwrap();
         assert_eq!(t["ssl_training_type"].as_str(), Some("SimCLR"));
         assert_eq!(t["ssl_encoder"].as_str(), Some("resnet18"));
-        assert!(t["ssl_augmentations"].as_array().is_some_and(|a| a.len() == 4));
+        assert!(t["ssl_augmentations"]
+            .as_array()
+            .is_some_and(|a| a.len() == 4));
     }
 
     #[test]

@@ -29,7 +29,10 @@ use std::path::Path;
 use toml::{Table, Value};
 /// The built-in named model configs, compiled into the binary from `configs/`.
 const BUILTIN_CONFIGS: &[(&str, &str)] = &[
-    ("ShapesBYOL", include_str!("../../../configs/ShapesBYOL.toml")),
+    (
+        "ShapesBYOL",
+        include_str!("../../../configs/ShapesBYOL.toml"),
+    ),
     (
         "ShapesSimCLR",
         include_str!("../../../configs/ShapesSimCLR.toml"),
@@ -67,7 +70,6 @@ const BUILTIN_CONFIGS: &[(&str, &str)] = &[
         include_str!("../../../configs/CXRImageClassifier.toml"),
     ),
 ];
-
 
 choices! {
     /// What a run trains (`task`).
@@ -690,5 +692,214 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.linear_head_dataset_path().as_deref(), Some("/e"));
+    }
+
+    fn o(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn simclr_configs_that_extend_their_byol_twins_resolve_as_before() {
+        // The files as they were before they extended their BYOL twins.
+        let r = registry();
+        for name in ["ShapesSimCLR", "CIFAR10SimCLR", "NIH_RSNA_SimCLR"] {
+            let before = format!(
+                "{}/src/config/testdata/{name}.before-extends.toml",
+                env!("CARGO_MANIFEST_DIR")
+            );
+            let mut old = RunConfig::resolve(&before, &[], &r).unwrap();
+            let new = RunConfig::resolve(name, &[], &r).unwrap();
+            old.model = new.model.clone();
+            assert_eq!(old, new, "{name}");
+            assert_eq!(old.to_toml(), new.to_toml(), "{name}");
+            assert!(new.description.starts_with("SimCLR"), "its own description");
+            let text = BUILTIN_CONFIGS.iter().find(|(n, _)| *n == name).unwrap().1;
+            assert!(text.contains("extends = "), "{name} extends its twin");
+        }
+    }
+
+    #[test]
+    fn choices_are_typed_and_their_errors_list_them() {
+        let r = registry();
+        let c = RunConfig::resolve(
+            "ShapesBYOL",
+            &o(&[
+                ("task", "classifier"),
+                ("optimizer", "lars"),
+                ("lr_schedule", "constant"),
+            ]),
+            &r,
+        )
+        .unwrap();
+        assert_eq!(c.task, Task::Classifier);
+        assert_eq!(c.optimizer, OptimizerKind::Lars);
+        assert_eq!(c.lr_schedule, LrScheduleName::Constant);
+        assert_eq!(c.lr_schedule.fixed(), Some(LrSchedule::Constant));
+        assert_eq!(LrScheduleName::Auto.fixed(), None);
+        for (name, value, choices) in [
+            ("task", "pretrain", "ssl, classifier"),
+            ("optimizer", "adamw", "adam, sgd, lars"),
+            (
+                "lr_schedule",
+                "cosine",
+                "auto, warmup_cosine_epoch, warmup_cosine_step, polynomial, constant",
+            ),
+        ] {
+            let err = RunConfig::resolve("ShapesBYOL", &o(&[(name, value)]), &r)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!("--{name}={value}")) && err.contains(choices),
+                "{err}"
+            );
+        }
+        // In a config file the error names the parameter too.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.toml");
+        std::fs::write(&path, "extends = \"ShapesBYOL\"\noptimizer = \"adamw\"\n").unwrap();
+        let err = RunConfig::resolve(path.to_str().unwrap(), &[], &r)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("`optimizer`: unknown optimizer `adamw` (choices: adam, sgd, lars)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_config_file_may_extend_a_named_config_and_override_it() {
+        let r = registry();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("mine.toml");
+        std::fs::write(
+            &path,
+            "extends = \"ShapesBYOL\"\nnum_epochs = 2\nlocal_weights_path = \"w\"\n\
+             [ssl_dataset_params]\nnum_samples = 10\n",
+        )
+        .unwrap();
+        let c = RunConfig::resolve(path.to_str().unwrap(), &o(&[("l_rate", "0.5")]), &r).unwrap();
+        let base = RunConfig::resolve("ShapesBYOL", &[], &r).unwrap();
+        assert_eq!(c.model, "mine");
+        assert_eq!((c.num_epochs, c.l_rate), (2, 0.5));
+        assert_eq!(c.local_ssl_weights_path.as_deref(), Some("w"));
+        assert_eq!(c.description, "", "the description is not inherited");
+        assert_eq!(c.ssl_dataset_params["num_samples"].as_integer(), Some(10));
+        assert_eq!(
+            c.ssl_dataset_params["image_size"], base.ssl_dataset_params["image_size"],
+            "tables merge key by key"
+        );
+        assert_eq!(c.ssl_augmentations, base.ssl_augmentations);
+    }
+
+    #[test]
+    fn view_groups_default_to_two_views_of_ssl_augmentations() {
+        let r = registry();
+        let c = RunConfig::resolve("ShapesBYOL", &[], &r).unwrap();
+        assert!(c.ssl_view_groups.is_empty());
+        assert_eq!(
+            c.view_groups(),
+            [ViewGroup {
+                count: 2,
+                pipeline: c.ssl_augmentations.clone()
+            }]
+        );
+    }
+
+    #[test]
+    fn view_groups_are_read_checked_and_round_trip() {
+        let r = registry();
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let groups = "\n[[ssl_view_groups]]\ncount = 1\n\
+             [[ssl_view_groups.pipeline]]\nname = \"RandomResizedCrop\"\nsize = 32\n\
+             [[ssl_view_groups]]\ncount = 1\n\
+             [[ssl_view_groups.pipeline]]\nname = \"RandomResizedCrop\"\nsize = 24\n\
+             [[ssl_view_groups.pipeline]]\nname = \"RandomHorizontalFlip\"\n";
+        let good = write(
+            "good.toml",
+            &format!("extends = \"ShapesSimCLR\"\nssl_augmentations = []\n{groups}"),
+        );
+        let c = RunConfig::resolve(&good, &[], &r).unwrap();
+        let groups_of = c.view_groups();
+        assert_eq!(groups_of.len(), 2);
+        assert_eq!(groups_of[1].count, 1);
+        assert_eq!(
+            groups_of[1].pipeline[0].params["size"].as_integer(),
+            Some(24)
+        );
+        assert_eq!(groups_of[1].pipeline[1].name, "RandomHorizontalFlip");
+        let back = RunConfig::from_resolved_toml(&c.to_toml(), "good").unwrap();
+        assert_eq!(back, c);
+
+        let both = write(
+            "both.toml",
+            &format!("extends = \"ShapesSimCLR\"\n{groups}"),
+        );
+        let err = RunConfig::resolve(&both, &[], &r).unwrap_err().to_string();
+        assert!(
+            err.contains("both `ssl_view_groups` and `ssl_augmentations`"),
+            "{err}"
+        );
+        let zero = write(
+            "zero.toml",
+            "extends = \"ShapesSimCLR\"\nssl_augmentations = []\n\
+             [[ssl_view_groups]]\ncount = 0\n",
+        );
+        let err = RunConfig::resolve(&zero, &[], &r).unwrap_err().to_string();
+        assert!(
+            err.contains("`ssl_view_groups[0].count` must be at least 1"),
+            "{err}"
+        );
+        let typo = write(
+            "typo.toml",
+            "extends = \"ShapesSimCLR\"\nssl_augmentations = []\n\
+             [[ssl_view_groups]]\ncounts = 2\n",
+        );
+        let err = RunConfig::resolve(&typo, &[], &r).unwrap_err().to_string();
+        assert!(
+            err.contains("`ssl_view_groups`") && err.contains("counts"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn configs_stored_before_new_parameters_still_load() {
+        let r = registry();
+        let c = RunConfig::resolve("ShapesBYOL", &[], &r).unwrap();
+        let old: String = c
+            .to_toml()
+            .lines()
+            .filter(|l| !l.starts_with("gradient_clip_val") && !l.starts_with("ssl_view_groups"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(
+            RunConfig::from_resolved_toml(&old, "ShapesBYOL").unwrap(),
+            c
+        );
+        let resumed = RunConfig::resume(&old, "ShapesBYOL", &o(&[("num_epochs", "30")])).unwrap();
+        assert_eq!(resumed.num_epochs, 30);
+        assert_eq!(resumed.gradient_clip_val, 0.0);
+        let err = RunConfig::from_resolved_toml("num_epoch = 3\n", "x")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("did you mean `num_epochs`"), "{err}");
+    }
+
+    #[test]
+    fn new_parameters_take_command_line_values() {
+        let r = registry();
+        let c = RunConfig::resolve("ShapesBYOL", &o(&[("gradient_clip_val", "1.5")]), &r).unwrap();
+        assert_eq!(c.gradient_clip_val, 1.5);
+        let err = RunConfig::resolve("ShapesBYOL", &o(&[("ssl_view_groups", "2")]), &r)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--ssl_view_groups is a table"), "{err}");
     }
 }

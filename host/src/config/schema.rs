@@ -266,7 +266,10 @@ mod tests {
         assert_eq!(Demo::names(), ["count", "label"]);
         assert_eq!(Demo::FIELDS[0].help(), "a count");
         assert_eq!(d.field("label").unwrap().show(), "\"x\"");
-        assert!(d.field("secret").is_none(), "hidden fields are not settings");
+        assert!(
+            d.field("secret").is_none(),
+            "hidden fields are not settings"
+        );
         assert!(d.field_mut("nope").is_none());
         d.count = 7;
         assert_eq!(d.field("count").unwrap().show(), "7");
