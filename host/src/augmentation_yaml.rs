@@ -2,23 +2,25 @@
 //! keys, read like yacs does) and the transform pipelines it describes
 //! (`create_transforms_from_config`).
 //!
-//! - [`parse`] reads a YAML text into a [`CxrAugmentationConfig`]; absent keys keep the
-//!   original's defaults ([`CxrAugmentationConfig::default`]). Pairs may be written as in the
+//! - [`CxrAugmentationConfig`] and its sections are the one definition of the keys: each
+//!   field's doc line, name, type and the original's default. [`parse`] reads a YAML text
+//!   into it; absent keys keep the defaults ([`CxrAugmentationConfig::default`]). Pairs may be written as in the
 //!   original files, the string `(0.4, 1.0)`, or as a YAML list `[0.4, 1.0]`; a parenthesised
 //!   number such as `(4)` is that number. Numbers may be integers or decimals wherever a
 //!   number is expected; sizes must be positive integers. An unknown key (at any level) or a
 //!   value of the wrong type is an error naming the file and the key.
 //! - [`pipeline`] builds the transform list of one use; [`cxr_pipelines`] does both uses
-//!   (training with augmentations, validation without) from a YAML text and checks that
-//!   every transform accepts its parameters.
+//!   (training with augmentations, validation without) from a YAML text, and
+//!   [`CxrPipelines::check`] creates every transform through the registry, like any other
+//!   transform, to check that it accepts its parameters.
 //! - [`builtin_yaml`] gives the two shipped files (`configs/*.yaml`) by file name.
 
+use crate::config::schema::{settings, Fields};
 use crate::config::TransformSpec;
+use crate::registry::Registry;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_yaml::Value as Yaml;
-use ssl_builtin_transforms as tf;
-use ssl_plugin_api::{Params, Transform};
-use std::collections::BTreeMap;
+use ssl_plugin_api::host::TransformHandle;
 use toml::{Table, Value};
 
 /// The shipped augmentation files: file name and text.
@@ -45,114 +47,166 @@ pub fn builtin_yaml(name: &str) -> Option<&'static str> {
         .map(|(_, text)| *text)
 }
 
-/// `preprocess` section.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Preprocess {
-    /// `center_crop_size` (224): side of the final central crop.
-    pub center_crop_size: u32,
-    /// `resize` (256): output side of the random crop, or shorter side of the resize.
-    pub resize: u32,
+settings! {
+    /// The whole augmentation config of a chest X-ray dataset.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct CxrAugmentationConfig as dyn Node {
+        /// sizes of the resize and the final crop
+        preprocess: Preprocess = Preprocess::default(),
+        /// which augmentations are on, and their values
+        augmentation: Augmentation = Augmentation::default(),
+    }
 }
 
-/// `augmentation.random_affine`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RandomAffineConfig {
-    /// `max_angle` (0): rotation in `U(-a, a)` degrees.
-    pub max_angle: f64,
-    /// `max_horizontal_shift` (0.0): fraction of the width.
-    pub max_horizontal_shift: f64,
-    /// `max_vertical_shift` (0.0): fraction of the height.
-    pub max_vertical_shift: f64,
-    /// `max_shear` (5): x-shear in `U(-s, s)` degrees.
-    pub max_shear: f64,
+settings! {
+    /// `preprocess` section.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Preprocess as dyn Node {
+        /// side of the final central crop
+        center_crop_size: u32 = 224,
+        /// output side of the random crop, or shorter side of the resize
+        resize: u32 = 256,
+    }
 }
 
-/// `augmentation.random_color`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RandomColorConfig {
-    /// `brightness` (0.0).
-    pub brightness: f64,
-    /// `contrast` (0.1).
-    pub contrast: f64,
-    /// `saturation` (0.0).
-    pub saturation: f64,
+settings! {
+    /// `augmentation` section.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct Augmentation as dyn Node {
+        /// `RandomResizedCrop`, else `Resize`
+        use_random_crop: bool = false,
+        /// `RandomHorizontalFlip`
+        use_random_horizontal_flip: bool = false,
+        /// `RandomAffine`
+        use_random_affine: bool = false,
+        /// `ColorJitter`
+        use_random_color: bool = false,
+        /// `AddGaussianNoise`
+        add_gaussian_noise: bool = false,
+        /// `RandomGamma`
+        use_gamma_transform: bool = false,
+        /// `RandomErasing`
+        use_random_erasing: bool = false,
+        /// `ElasticTransform`
+        use_elastic_transform: bool = false,
+        /// the random crop
+        random_crop: RandomCropConfig = RandomCropConfig::default(),
+        /// the elastic transform
+        elastic_transform: ElasticConfig = ElasticConfig::default(),
+        /// the Gaussian noise
+        gaussian_noise: GaussianNoiseConfig = GaussianNoiseConfig::default(),
+        /// the horizontal flip
+        random_horizontal_flip: RandomHorizontalFlipConfig = RandomHorizontalFlipConfig::default(),
+        /// the affine transform
+        random_affine: RandomAffineConfig = RandomAffineConfig::default(),
+        /// the colour jitter
+        random_color: RandomColorConfig = RandomColorConfig::default(),
+        /// the gamma transform
+        gamma: GammaConfig = GammaConfig::default(),
+        /// label smoothing (read but unused by SSL, as in the original)
+        label_smoothing: LabelSmoothingConfig = LabelSmoothingConfig::default(),
+        /// the random erasing
+        random_erasing: RandomErasingConfig = RandomErasingConfig::default(),
+    }
 }
 
-/// `augmentation.elastic_transform`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ElasticConfig {
-    /// `sigma` (4).
-    pub sigma: f64,
-    /// `alpha` (35).
-    pub alpha: f64,
-    /// `p_apply` (0.5).
-    pub p_apply: f64,
+settings! {
+    /// `augmentation.random_crop`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RandomCropConfig as dyn Node {
+        /// range of the cropped fraction of the area
+        scale: (f64, f64) = (0.9, 1.0),
+    }
 }
 
-/// `augmentation.gaussian_noise`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct GaussianNoiseConfig {
-    /// `std` (0.01).
-    pub std: f64,
-    /// `p_apply` (0.5).
-    pub p_apply: f64,
+settings! {
+    /// `augmentation.elastic_transform`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct ElasticConfig as dyn Node {
+        /// smoothing of the displacement field, in pixels
+        sigma: f64 = 4.0,
+        /// strength of the displacement
+        alpha: f64 = 35.0,
+        /// probability of applying it
+        p_apply: f64 = 0.5,
+    }
 }
 
-/// `augmentation.random_erasing`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct RandomErasingConfig {
-    /// `scale` ((0.01, 0.1)): erased fraction of the area.
-    pub scale: (f64, f64),
-    /// `ratio` ((0.3, 3.3)): aspect ratio of the erased box.
-    pub ratio: (f64, f64),
+settings! {
+    /// `augmentation.gaussian_noise`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct GaussianNoiseConfig as dyn Node {
+        /// standard deviation of the noise
+        std: f64 = 0.01,
+        /// probability of applying it
+        p_apply: f64 = 0.5,
+    }
 }
 
-/// `augmentation` section.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Augmentation {
-    /// `use_random_crop` (False): `RandomResizedCrop`, else `Resize`.
-    pub use_random_crop: bool,
-    /// `use_random_horizontal_flip` (False).
-    pub use_random_horizontal_flip: bool,
-    /// `use_random_affine` (False).
-    pub use_random_affine: bool,
-    /// `use_random_color` (False): `ColorJitter`.
-    pub use_random_color: bool,
-    /// `add_gaussian_noise` (False).
-    pub add_gaussian_noise: bool,
-    /// `use_gamma_transform` (False).
-    pub use_gamma_transform: bool,
-    /// `use_random_erasing` (False).
-    pub use_random_erasing: bool,
-    /// `use_elastic_transform` (False).
-    pub use_elastic_transform: bool,
-    /// `random_crop.scale` ((0.9, 1.0)).
-    pub random_crop_scale: (f64, f64),
-    /// `elastic_transform.*`.
-    pub elastic_transform: ElasticConfig,
-    /// `gaussian_noise.*`.
-    pub gaussian_noise: GaussianNoiseConfig,
-    /// `random_horizontal_flip.prob` (0.5).
-    pub random_horizontal_flip_prob: f64,
-    /// `random_affine.*`.
-    pub random_affine: RandomAffineConfig,
-    /// `random_color.*`.
-    pub random_color: RandomColorConfig,
-    /// `gamma.scale` ((0.5, 1.5)).
-    pub gamma_scale: (f64, f64),
-    /// `label_smoothing.epsilon` (0.1; read but unused by SSL, as in the original).
-    pub label_smoothing_epsilon: f64,
-    /// `random_erasing.*`.
-    pub random_erasing: RandomErasingConfig,
+settings! {
+    /// `augmentation.random_horizontal_flip`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RandomHorizontalFlipConfig as dyn Node {
+        /// probability of flipping
+        prob: f64 = 0.5,
+    }
 }
 
-/// The whole augmentation config of a chest X-ray dataset.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CxrAugmentationConfig {
-    /// `preprocess.*`.
-    pub preprocess: Preprocess,
-    /// `augmentation.*`.
-    pub augmentation: Augmentation,
+settings! {
+    /// `augmentation.random_affine`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RandomAffineConfig as dyn Node {
+        /// rotation in `U(-a, a)` degrees
+        max_angle: f64 = 0.0,
+        /// horizontal shift, fraction of the width
+        max_horizontal_shift: f64 = 0.0,
+        /// vertical shift, fraction of the height
+        max_vertical_shift: f64 = 0.0,
+        /// x-shear in `U(-s, s)` degrees
+        max_shear: f64 = 5.0,
+    }
+}
+
+settings! {
+    /// `augmentation.random_color`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RandomColorConfig as dyn Node {
+        /// brightness jitter
+        brightness: f64 = 0.0,
+        /// contrast jitter
+        contrast: f64 = 0.1,
+        /// saturation jitter
+        saturation: f64 = 0.0,
+    }
+}
+
+settings! {
+    /// `augmentation.gamma`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct GammaConfig as dyn Node {
+        /// range of the gamma exponent
+        scale: (f64, f64) = (0.5, 1.5),
+    }
+}
+
+settings! {
+    /// `augmentation.label_smoothing`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct LabelSmoothingConfig as dyn Node {
+        /// smoothing of the labels
+        epsilon: f64 = 0.1,
+    }
+}
+
+settings! {
+    /// `augmentation.random_erasing`.
+    #[derive(Clone, Debug, PartialEq)]
+    pub struct RandomErasingConfig as dyn Node {
+        /// range of the erased fraction of the area
+        scale: (f64, f64) = (0.01, 0.1),
+        /// range of the aspect ratio of the erased box
+        ratio: (f64, f64) = (0.3, 3.3),
+    }
 }
 
 /// The two pipelines of one augmentation file.
@@ -164,163 +218,150 @@ pub struct CxrPipelines {
     pub val_without_augmentation: Vec<TransformSpec>,
 }
 
-/// The type of a key's value.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Kind {
-    Bool,
-    Size,
-    Number,
-    Pair,
+/// A key of the YAML, value or section, read in place from the YAML found at its dotted `path`
+/// (`source` names the file in errors).
+pub trait Node {
+    /// Reads `value` into this key.
+    fn read(&mut self, value: &Yaml, path: &str, source: &str) -> Result<()>;
 }
 
-impl Kind {
-    fn expected(self) -> &'static str {
-        match self {
-            Kind::Bool => "True or False",
-            Kind::Size => "a positive integer",
-            Kind::Number => "a number",
-            Kind::Pair => "a pair of numbers such as (0.4, 1.0) or [0.4, 1.0]",
+/// A value key: how it is read from YAML and what the error says was expected.
+trait Leaf: Sized {
+    const EXPECTED: &'static str;
+    fn from_yaml(value: &Yaml) -> Option<Self>;
+}
+
+impl<T: Leaf> Node for T {
+    fn read(&mut self, value: &Yaml, path: &str, source: &str) -> Result<()> {
+        *self = T::from_yaml(value).ok_or_else(|| {
+            anyhow!(
+                "{source}: key `{path}` = {}: expected {}",
+                show(value),
+                T::EXPECTED
+            )
+        })?;
+        Ok(())
+    }
+}
+
+impl Leaf for bool {
+    const EXPECTED: &'static str = "True or False";
+    fn from_yaml(v: &Yaml) -> Option<Self> {
+        v.as_bool()
+    }
+}
+
+/// Sizes are positive integers.
+impl Leaf for u32 {
+    const EXPECTED: &'static str = "a positive integer";
+    fn from_yaml(v: &Yaml) -> Option<Self> {
+        let n = v.as_u64().or_else(|| match v.as_str().and_then(literal) {
+            Some((xs, false)) if xs[0].fract() == 0.0 && xs[0] >= 0.0 => Some(xs[0] as u64),
+            _ => None,
+        })?;
+        u32::try_from(n).ok().filter(|&n| n > 0)
+    }
+}
+
+impl Leaf for f64 {
+    const EXPECTED: &'static str = "a number";
+    fn from_yaml(v: &Yaml) -> Option<Self> {
+        yaml_number(v).or_else(|| match v.as_str().and_then(literal) {
+            Some((xs, false)) => Some(xs[0]),
+            _ => None,
+        })
+    }
+}
+
+impl Leaf for (f64, f64) {
+    const EXPECTED: &'static str = "a pair of numbers such as (0.4, 1.0) or [0.4, 1.0]";
+    fn from_yaml(v: &Yaml) -> Option<Self> {
+        let xs: Vec<f64> = match (v.as_sequence(), v.as_str().and_then(literal)) {
+            (Some(seq), _) => seq.iter().map(yaml_number).collect::<Option<_>>()?,
+            (None, Some((xs, true))) => xs,
+            _ => return None,
+        };
+        match xs.as_slice() {
+            [a, b] => Some((*a, *b)),
+            _ => None,
         }
     }
 }
 
-/// A parsed value.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Val {
-    Bool(bool),
-    Size(u32),
-    Number(f64),
-    Pair(f64, f64),
+/// Sections are read key by key; an unknown key names the valid ones.
+macro_rules! sections {
+    ($($section:ty),*) => {
+        $(impl Node for $section {
+            fn read(&mut self, value: &Yaml, path: &str, source: &str) -> Result<()> {
+                let Some(map) = value.as_mapping() else {
+                    bail!(
+                        "{source}: key `{path}` = {}: expected a section with the keys {}",
+                        show(value),
+                        list(&sorted_names::<$section>())
+                    );
+                };
+                read_section(self, map, path, source)
+            }
+        })*
+    };
 }
 
-use Kind::{Bool as B, Number as N, Pair as P, Size as S};
+sections!(
+    Preprocess,
+    Augmentation,
+    RandomCropConfig,
+    ElasticConfig,
+    GaussianNoiseConfig,
+    RandomHorizontalFlipConfig,
+    RandomAffineConfig,
+    RandomColorConfig,
+    GammaConfig,
+    LabelSmoothingConfig,
+    RandomErasingConfig
+);
 
-/// Every key (dotted path), its type and the original's default.
-const KEYS: [(&str, Kind, Val); 28] = [
-    ("preprocess.center_crop_size", S, Val::Size(224)),
-    ("preprocess.resize", S, Val::Size(256)),
-    ("augmentation.use_random_crop", B, Val::Bool(false)),
-    (
-        "augmentation.use_random_horizontal_flip",
-        B,
-        Val::Bool(false),
-    ),
-    ("augmentation.use_random_affine", B, Val::Bool(false)),
-    ("augmentation.use_random_color", B, Val::Bool(false)),
-    ("augmentation.add_gaussian_noise", B, Val::Bool(false)),
-    ("augmentation.use_gamma_transform", B, Val::Bool(false)),
-    ("augmentation.use_random_erasing", B, Val::Bool(false)),
-    ("augmentation.use_elastic_transform", B, Val::Bool(false)),
-    ("augmentation.random_crop.scale", P, Val::Pair(0.9, 1.0)),
-    ("augmentation.elastic_transform.sigma", N, Val::Number(4.0)),
-    ("augmentation.elastic_transform.alpha", N, Val::Number(35.0)),
-    (
-        "augmentation.elastic_transform.p_apply",
-        N,
-        Val::Number(0.5),
-    ),
-    ("augmentation.gaussian_noise.std", N, Val::Number(0.01)),
-    ("augmentation.gaussian_noise.p_apply", N, Val::Number(0.5)),
-    (
-        "augmentation.random_horizontal_flip.prob",
-        N,
-        Val::Number(0.5),
-    ),
-    ("augmentation.random_affine.max_angle", N, Val::Number(0.0)),
-    (
-        "augmentation.random_affine.max_horizontal_shift",
-        N,
-        Val::Number(0.0),
-    ),
-    (
-        "augmentation.random_affine.max_vertical_shift",
-        N,
-        Val::Number(0.0),
-    ),
-    ("augmentation.random_affine.max_shear", N, Val::Number(5.0)),
-    ("augmentation.random_color.brightness", N, Val::Number(0.0)),
-    ("augmentation.random_color.contrast", N, Val::Number(0.1)),
-    ("augmentation.random_color.saturation", N, Val::Number(0.0)),
-    ("augmentation.gamma.scale", P, Val::Pair(0.5, 1.5)),
-    ("augmentation.label_smoothing.epsilon", N, Val::Number(0.1)),
-    ("augmentation.random_erasing.scale", P, Val::Pair(0.01, 0.1)),
-    ("augmentation.random_erasing.ratio", P, Val::Pair(0.3, 3.3)),
-];
-
-impl Default for CxrAugmentationConfig {
-    /// The original's defaults (`ssl_augmentation_config.py`): every augmentation off.
-    fn default() -> Self {
-        from_values(&BTreeMap::new())
-    }
+/// The keys of section `S`, sorted (as the errors list them).
+fn sorted_names<S: Fields<dyn Node>>() -> Vec<&'static str> {
+    let mut names = S::names();
+    names.sort_unstable();
+    names
 }
 
-/// The config with the values in `set` (by dotted key), defaults elsewhere.
-fn from_values(set: &BTreeMap<&'static str, Val>) -> CxrAugmentationConfig {
-    let get = |key: &str| -> Val {
-        set.get(key).copied().unwrap_or_else(|| {
-            KEYS.iter()
-                .find(|(k, _, _)| *k == key)
-                .map(|(_, _, d)| *d)
-                .expect("a key of the table")
-        })
+/// Reads every key of `map` into `section`, found at `path` (`""`: the top level).
+fn read_section<S: Fields<dyn Node>>(
+    section: &mut S,
+    map: &serde_yaml::Mapping,
+    path: &str,
+    source: &str,
+) -> Result<()> {
+    let valid = sorted_names::<S>();
+    let place = if path.is_empty() {
+        "at the top level".to_string()
+    } else {
+        format!("in `{path}`")
     };
-    let flag = |key: &str| matches!(get(&format!("augmentation.{key}")), Val::Bool(true));
-    let num = |key: &str| match get(&format!("augmentation.{key}")) {
-        Val::Number(x) => x,
-        other => unreachable!("{key} holds {other:?}"),
-    };
-    let pair = |key: &str| match get(&format!("augmentation.{key}")) {
-        Val::Pair(a, b) => (a, b),
-        other => unreachable!("{key} holds {other:?}"),
-    };
-    let size = |key: &str| match get(&format!("preprocess.{key}")) {
-        Val::Size(s) => s,
-        other => unreachable!("{key} holds {other:?}"),
-    };
-    CxrAugmentationConfig {
-        preprocess: Preprocess {
-            center_crop_size: size("center_crop_size"),
-            resize: size("resize"),
-        },
-        augmentation: Augmentation {
-            use_random_crop: flag("use_random_crop"),
-            use_random_horizontal_flip: flag("use_random_horizontal_flip"),
-            use_random_affine: flag("use_random_affine"),
-            use_random_color: flag("use_random_color"),
-            add_gaussian_noise: flag("add_gaussian_noise"),
-            use_gamma_transform: flag("use_gamma_transform"),
-            use_random_erasing: flag("use_random_erasing"),
-            use_elastic_transform: flag("use_elastic_transform"),
-            random_crop_scale: pair("random_crop.scale"),
-            elastic_transform: ElasticConfig {
-                sigma: num("elastic_transform.sigma"),
-                alpha: num("elastic_transform.alpha"),
-                p_apply: num("elastic_transform.p_apply"),
-            },
-            gaussian_noise: GaussianNoiseConfig {
-                std: num("gaussian_noise.std"),
-                p_apply: num("gaussian_noise.p_apply"),
-            },
-            random_horizontal_flip_prob: num("random_horizontal_flip.prob"),
-            random_affine: RandomAffineConfig {
-                max_angle: num("random_affine.max_angle"),
-                max_horizontal_shift: num("random_affine.max_horizontal_shift"),
-                max_vertical_shift: num("random_affine.max_vertical_shift"),
-                max_shear: num("random_affine.max_shear"),
-            },
-            random_color: RandomColorConfig {
-                brightness: num("random_color.brightness"),
-                contrast: num("random_color.contrast"),
-                saturation: num("random_color.saturation"),
-            },
-            gamma_scale: pair("gamma.scale"),
-            label_smoothing_epsilon: num("label_smoothing.epsilon"),
-            random_erasing: RandomErasingConfig {
-                scale: pair("random_erasing.scale"),
-                ratio: pair("random_erasing.ratio"),
-            },
-        },
+    for (k, v) in map {
+        let Some(name) = k.as_str() else {
+            bail!(
+                "{source}: key {} {place} is not a name (valid keys: {})",
+                show(k),
+                list(&valid)
+            );
+        };
+        let key = if path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{path}.{name}")
+        };
+        match section.field_mut(name) {
+            Some(node) => node.read(v, &key, source)?,
+            None => bail!(
+                "{source}: unknown key `{key}` {place} (valid keys: {})",
+                list(&valid)
+            ),
+        }
     }
+    Ok(())
 }
 
 /// A Python literal as yacs' `literal_eval` reads the original's strings: a number, or a
@@ -355,115 +396,10 @@ fn yaml_number(v: &Yaml) -> Option<f64> {
     v.as_f64().filter(|x| x.is_finite())
 }
 
-/// Reads one value of `kind`.
-fn read_value(v: &Yaml, kind: Kind) -> Option<Val> {
-    let text = v.as_str().and_then(literal);
-    match kind {
-        Kind::Bool => v.as_bool().map(Val::Bool),
-        Kind::Number => yaml_number(v)
-            .or_else(|| match &text {
-                Some((xs, false)) => Some(xs[0]),
-                _ => None,
-            })
-            .map(Val::Number),
-        Kind::Size => {
-            let n = v.as_u64().or_else(|| match &text {
-                Some((xs, false)) if xs[0].fract() == 0.0 && xs[0] >= 0.0 => Some(xs[0] as u64),
-                _ => None,
-            })?;
-            u32::try_from(n).ok().filter(|&n| n > 0).map(Val::Size)
-        }
-        Kind::Pair => {
-            let xs: Vec<f64> = match (v.as_sequence(), text) {
-                (Some(seq), _) => seq.iter().map(yaml_number).collect::<Option<_>>()?,
-                (None, Some((xs, true))) => xs,
-                _ => return None,
-            };
-            match xs.as_slice() {
-                [a, b] => Some(Val::Pair(*a, *b)),
-                _ => None,
-            }
-        }
-    }
-}
-
-/// The valid names directly under `prefix` (`""` for the top level).
-fn children(prefix: &str) -> Vec<&'static str> {
-    let mut names: Vec<&'static str> = KEYS
-        .iter()
-        .filter_map(|(key, _, _)| {
-            let rest = if prefix.is_empty() {
-                Some(*key)
-            } else {
-                key.strip_prefix(prefix)?.strip_prefix('.')
-            };
-            rest.map(|r| r.split('.').next().unwrap_or(r))
-        })
-        .collect();
-    names.dedup();
-    names.sort_unstable();
-    names.dedup();
-    names
-}
-
 fn show(v: &Yaml) -> String {
     serde_yaml::to_string(v)
         .map(|s| s.trim_end().replace('\n', " "))
         .unwrap_or_else(|_| format!("{v:?}"))
-}
-
-/// Walks the mapping found at `prefix`, storing every leaf into `out`.
-fn walk(
-    map: &serde_yaml::Mapping,
-    prefix: &str,
-    source: &str,
-    out: &mut BTreeMap<&'static str, Val>,
-) -> Result<()> {
-    let valid = children(prefix);
-    let section = if prefix.is_empty() {
-        "at the top level".to_string()
-    } else {
-        format!("in `{prefix}`")
-    };
-    for (k, v) in map {
-        let Some(name) = k.as_str() else {
-            bail!(
-                "{source}: key {} {section} is not a name (valid keys: {})",
-                show(k),
-                list(&valid)
-            );
-        };
-        let path = if prefix.is_empty() {
-            name.to_string()
-        } else {
-            format!("{prefix}.{name}")
-        };
-        if let Some((key, kind, _)) = KEYS.iter().find(|(key, _, _)| *key == path) {
-            let val = read_value(v, *kind).ok_or_else(|| {
-                anyhow!(
-                    "{source}: key `{path}` = {}: expected {}",
-                    show(v),
-                    kind.expected()
-                )
-            })?;
-            out.insert(key, val);
-        } else if valid.contains(&name) {
-            let Some(inner) = v.as_mapping() else {
-                bail!(
-                    "{source}: key `{path}` = {}: expected a section with the keys {}",
-                    show(v),
-                    list(&children(&path))
-                );
-            };
-            walk(inner, &path, source, out)?;
-        } else {
-            bail!(
-                "{source}: unknown key `{path}` {section} (valid keys: {})",
-                list(&valid)
-            );
-        }
-    }
-    Ok(())
 }
 
 fn list(names: &[&str]) -> String {
@@ -479,17 +415,16 @@ fn list(names: &[&str]) -> String {
 pub fn parse(yaml_text: &str, source: &str) -> Result<CxrAugmentationConfig> {
     let doc: Yaml =
         serde_yaml::from_str(yaml_text).with_context(|| format!("{source}: invalid YAML"))?;
-    let mut values = BTreeMap::new();
+    let mut config = CxrAugmentationConfig::default();
     match &doc {
         Yaml::Null => {}
-        Yaml::Mapping(map) => walk(map, "", source, &mut values)?,
+        Yaml::Mapping(map) => read_section(&mut config, map, "", source)?,
         other => bail!(
             "{source}: expected a mapping with the sections {}, found {}",
-            list(&children("")),
+            list(&sorted_names::<CxrAugmentationConfig>()),
             show(other)
         ),
     }
-    let config = from_values(&values);
     check_ranges(&config, source)?;
     Ok(config)
 }
@@ -508,7 +443,7 @@ fn check_ranges(config: &CxrAugmentationConfig, source: &str) -> Result<()> {
         ),
         (
             "augmentation.random_horizontal_flip.prob",
-            a.random_horizontal_flip_prob,
+            a.random_horizontal_flip.prob,
         ),
     ];
     for (key, p) in probabilities {
@@ -517,8 +452,8 @@ fn check_ranges(config: &CxrAugmentationConfig, source: &str) -> Result<()> {
         }
     }
     let pairs = [
-        ("augmentation.random_crop.scale", a.random_crop_scale),
-        ("augmentation.gamma.scale", a.gamma_scale),
+        ("augmentation.random_crop.scale", a.random_crop.scale),
+        ("augmentation.gamma.scale", a.gamma.scale),
         ("augmentation.random_erasing.scale", a.random_erasing.scale),
         ("augmentation.random_erasing.ratio", a.random_erasing.ratio),
     ];
@@ -600,7 +535,7 @@ pub fn pipeline(
             "RandomResizedCrop",
             vec![
                 ("size", Value::Integer(pre.resize.into())),
-                ("scale", pair(a.random_crop_scale)),
+                ("scale", pair(a.random_crop.scale)),
             ],
         ));
     } else {
@@ -609,11 +544,11 @@ pub fn pipeline(
     if a.use_random_horizontal_flip {
         out.push(spec(
             "RandomHorizontalFlip",
-            vec![("p", float(a.random_horizontal_flip_prob))],
+            vec![("p", float(a.random_horizontal_flip.prob))],
         ));
     }
     if a.use_gamma_transform {
-        out.push(spec("RandomGamma", vec![("scale", pair(a.gamma_scale))]));
+        out.push(spec("RandomGamma", vec![("scale", pair(a.gamma.scale))]));
     }
     if a.use_random_color {
         let c = &a.random_color;
@@ -657,30 +592,6 @@ pub fn pipeline(
     out
 }
 
-/// The built-in transform of `spec`, created from its parameters.
-fn create(spec: &TransformSpec) -> Result<Box<dyn Transform>> {
-    let json = serde_json::to_value(&spec.params).context("transform parameters")?;
-    let params = Params::from_value(json)?;
-    let p = &params;
-    let made: ssl_plugin_api::Result<Box<dyn Transform>> = match spec.name.as_str() {
-        "ExpandChannels" => tf::ExpandChannels::from_params(p).map(|t| Box::new(t) as _),
-        "RandomAffine" => tf::RandomAffine::from_params(p).map(|t| Box::new(t) as _),
-        "RandomResizedCrop" => tf::RandomResizedCrop::from_params(p).map(|t| Box::new(t) as _),
-        "Resize" => tf::Resize::from_params(p).map(|t| Box::new(t) as _),
-        "RandomHorizontalFlip" => {
-            tf::RandomHorizontalFlip::from_params(p).map(|t| Box::new(t) as _)
-        }
-        "RandomGamma" => tf::RandomGamma::from_params(p).map(|t| Box::new(t) as _),
-        "ColorJitter" => tf::ColorJitter::from_params(p).map(|t| Box::new(t) as _),
-        "ElasticTransform" => tf::ElasticTransform::from_params(p).map(|t| Box::new(t) as _),
-        "CenterCrop" => tf::CenterCrop::from_params(p).map(|t| Box::new(t) as _),
-        "RandomErasing" => tf::RandomErasing::from_params(p).map(|t| Box::new(t) as _),
-        "AddGaussianNoise" => tf::AddGaussianNoise::from_params(p).map(|t| Box::new(t) as _),
-        other => bail!("no built-in transform `{other}`"),
-    };
-    Ok(made?)
-}
-
 /// The YAML keys that feed the transform `name` (for error messages).
 fn keys_of(name: &str) -> &'static str {
     match name {
@@ -700,28 +611,39 @@ fn keys_of(name: &str) -> &'static str {
 
 /// Parses `yaml_text` (`source` names it in errors) and builds its two pipelines: `train`
 /// with augmentations and `val_without_augmentation` (`Resize`, `CenterCrop`), each led by
-/// `ExpandChannels` when `expand_channels`. Every transform is created once to check its
-/// parameters, so a bad value fails here, naming the file and the keys.
+/// `ExpandChannels` when `expand_channels`. [`CxrPipelines::check`] checks their values.
 pub fn cxr_pipelines(yaml_text: &str, source: &str, expand_channels: bool) -> Result<CxrPipelines> {
     let config = parse(yaml_text, source)?;
-    let pipelines = CxrPipelines {
+    Ok(CxrPipelines {
         train: pipeline(&config, true, expand_channels),
         val_without_augmentation: pipeline(&config, false, expand_channels),
-    };
-    for s in pipelines
-        .train
-        .iter()
-        .chain(&pipelines.val_without_augmentation)
-    {
-        create(s).with_context(|| {
-            format!(
-                "{source}: the values of {} do not make a valid {}",
-                keys_of(&s.name),
-                s.name
-            )
-        })?;
+    })
+}
+
+impl CxrPipelines {
+    /// Creates every transform once through `registry`, as any other transform, so that a
+    /// value a transform refuses fails here, naming the file (`source`) and the keys.
+    pub fn check(&self, source: &str, registry: &Registry) -> Result<()> {
+        for s in self.train.iter().chain(&self.val_without_augmentation) {
+            create(s, registry).with_context(|| {
+                format!(
+                    "{source}: the values of {} do not make a valid {}",
+                    keys_of(&s.name),
+                    s.name
+                )
+            })?;
+        }
+        Ok(())
     }
-    Ok(pipelines)
+}
+
+/// The transform of `spec`, created through `registry` from its parameters.
+fn create(spec: &TransformSpec, registry: &Registry) -> Result<TransformHandle> {
+    let params = spec.plugin_params()?;
+    registry
+        .transform(&spec.name)?
+        .create(&params)
+        .map_err(anyhow::Error::msg)
 }
 
 #[cfg(test)]
@@ -748,14 +670,22 @@ mod tests {
         format!("{:#}", parse(yaml, "aug.yaml").expect_err(yaml))
     }
 
+    fn registry() -> Registry {
+        Registry::load(&[]).unwrap()
+    }
+
     #[test]
-    fn key_table_has_no_duplicates() {
-        let mut keys: Vec<&str> = KEYS.iter().map(|k| k.0).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        assert_eq!(keys.len(), KEYS.len());
-        assert_eq!(children(""), ["augmentation", "preprocess"]);
-        assert_eq!(children("preprocess"), ["center_crop_size", "resize"]);
+    fn sections_list_their_keys() {
+        assert_eq!(
+            sorted_names::<CxrAugmentationConfig>(),
+            ["augmentation", "preprocess"]
+        );
+        assert_eq!(sorted_names::<Preprocess>(), ["center_crop_size", "resize"]);
+        assert_eq!(Augmentation::FIELDS.len(), 17);
+        assert_eq!(
+            Augmentation::FIELDS[0].help(),
+            "`RandomResizedCrop`, else `Resize`"
+        );
     }
 
     #[test]
@@ -771,7 +701,7 @@ mod tests {
         );
         let a = &d.augmentation;
         assert!(!a.use_random_crop && !a.use_random_affine && !a.add_gaussian_noise);
-        assert_eq!(a.random_crop_scale, (0.9, 1.0));
+        assert_eq!(a.random_crop.scale, (0.9, 1.0));
         assert_eq!(
             a.elastic_transform,
             ElasticConfig {
@@ -787,7 +717,7 @@ mod tests {
                 p_apply: 0.5
             }
         );
-        assert_eq!(a.random_horizontal_flip_prob, 0.5);
+        assert_eq!(a.random_horizontal_flip.prob, 0.5);
         assert_eq!(
             a.random_affine,
             RandomAffineConfig {
@@ -805,8 +735,8 @@ mod tests {
                 saturation: 0.0
             }
         );
-        assert_eq!(a.gamma_scale, (0.5, 1.5));
-        assert_eq!(a.label_smoothing_epsilon, 0.1);
+        assert_eq!(a.gamma.scale, (0.5, 1.5));
+        assert_eq!(a.label_smoothing.epsilon, 0.1);
         assert_eq!(a.random_erasing.scale, (0.01, 0.1));
         assert_eq!(a.random_erasing.ratio, (0.3, 3.3));
         // All flags off: training is only resize and centre crop.
@@ -829,7 +759,7 @@ mod tests {
         a.use_gamma_transform = true;
         a.use_random_erasing = true;
         a.use_elastic_transform = true;
-        a.random_crop_scale = (0.4, 1.0);
+        a.random_crop.scale = (0.4, 1.0);
         a.elastic_transform = ElasticConfig {
             sigma: 4.0,
             alpha: 34.0,
@@ -862,7 +792,7 @@ mod tests {
         a.use_random_affine = true;
         a.use_random_color = true;
         a.use_gamma_transform = true;
-        a.random_crop_scale = (0.8, 1.0);
+        a.random_crop.scale = (0.8, 1.0);
         a.random_affine = RandomAffineConfig {
             max_angle: 30.0,
             max_horizontal_shift: 0.0,
@@ -951,10 +881,15 @@ mod tests {
             (0..300 * 280).map(|i| (i * 7919 % 251) as u8).collect(),
         )
         .unwrap();
+        let registry = registry();
         for name in BUILTIN_YAML_NAMES {
             let p = cxr_pipelines(builtin_yaml(name).unwrap(), name, true).unwrap();
+            p.check(name, &registry).unwrap();
             for (which, specs) in [("train", &p.train), ("val", &p.val_without_augmentation)] {
-                let steps: Vec<_> = specs.iter().map(|s| create(s).unwrap()).collect();
+                let steps: Vec<_> = specs
+                    .iter()
+                    .map(|s| create(s, &registry).unwrap())
+                    .collect();
                 let mut views = Vec::new();
                 for (input, seed) in [(&white, 1u64), (&white, 2), (&texture, 3)] {
                     let mut img = input.clone();
@@ -992,10 +927,10 @@ mod tests {
                     random_erasing:\n    ratio: '(1, 3,)'\npreprocess:\n  resize: (300)\n";
         let c = parse(yaml, "t.yaml").unwrap();
         let a = &c.augmentation;
-        assert_eq!(a.random_crop_scale, (0.4, 1.0));
+        assert_eq!(a.random_crop.scale, (0.4, 1.0));
         assert_eq!(a.elastic_transform.sigma, 4.0);
         assert_eq!(a.elastic_transform.alpha, 35.5);
-        assert_eq!(a.gamma_scale, (0.25, 2.0));
+        assert_eq!(a.gamma.scale, (0.25, 2.0));
         assert_eq!(a.random_erasing.ratio, (1.0, 3.0));
         assert_eq!(c.preprocess.resize, 300);
         assert_eq!(literal("(0.4, 1.0)"), Some((vec![0.4, 1.0], true)));
@@ -1073,7 +1008,13 @@ mod tests {
     fn values_a_transform_refuses_fail_with_the_file_and_keys() {
         let yaml = "augmentation:\n  use_random_affine: True\n  random_affine:\n    \
                     max_horizontal_shift: 2.0\n";
-        let e = format!("{:#}", cxr_pipelines(yaml, "bad.yaml", true).unwrap_err());
+        let registry = registry();
+        let check = |yaml: &str, source: &str| {
+            cxr_pipelines(yaml, source, true)
+                .unwrap()
+                .check(source, &registry)
+        };
+        let e = format!("{:#}", check(yaml, "bad.yaml").unwrap_err());
         assert!(
             e.contains("bad.yaml") && e.contains("augmentation.random_affine"),
             "{e}"
@@ -1084,7 +1025,7 @@ mod tests {
         );
         // The same value is fine while the augmentation is off (the original ignores it).
         let off = yaml.replace("True", "False");
-        assert!(cxr_pipelines(&off, "ok.yaml", true).is_ok());
+        assert!(check(&off, "ok.yaml").is_ok());
     }
 
     #[test]

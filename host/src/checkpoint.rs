@@ -1,7 +1,7 @@
 //! Checkpoints: safetensors files (no code runs on load) with a JSON record under the
 //! `ssl_host` metadata key, written atomically (temporary file, fsync, rename).
 
-use crate::config::write_atomic;
+use crate::atomic_file::write_atomic;
 use anyhow::{anyhow, bail, Context, Result};
 use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};

@@ -2,7 +2,7 @@
 //! config's parameter table become the plugin's parameters.
 
 use crate::registry::Registry;
-use anyhow::{anyhow, bail, Result};
+use anyhow::{bail, Result};
 use serde_json::Value;
 use ssl_plugin_api::host::DatasetHandle;
 use ssl_plugin_api::Params;

@@ -1,12 +1,14 @@
 //! The `ssl-host` runtime: command line, config, plugin registry and loader, data loader,
 //! trainer, evaluators, checkpoints and metrics. `main.rs` only calls [`run`].
 
+pub mod atomic_file;
 pub mod augmentation_yaml;
 pub mod checkpoint;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod datasets;
+pub mod device;
 pub mod engine;
 pub mod loader;
 pub mod metrics;

@@ -1,7 +1,7 @@
 //! The output folder of a run: `config.toml`, `metrics.csv` (`epoch,name,value`), TensorBoard
 //! event files under `logs/`, and `checkpoints/last.safetensors`.
 
-use crate::config::write_atomic;
+use crate::atomic_file::write_atomic;
 use crate::tensorboard::EventWriter;
 use anyhow::{Context, Result};
 use std::io::Write;

@@ -17,7 +17,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use ssl_plugin_api::host::DatasetHandle;
 use ssl_plugin_api::tch::{self, Device, Kind, Tensor};
-use ssl_plugin_api::torch::parse_device;
 use ssl_plugin_api::{Encoder, ImageKind, Params};
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -53,23 +52,6 @@ fn whole_number(name: &str, text: &str, min: usize) -> Result<usize> {
     }
 }
 
-/// The device named by `--device`, or CUDA when available.
-pub fn device_of(name: Option<&str>) -> Result<Device> {
-    match name {
-        None => Ok(Device::cuda_if_available()),
-        Some(name) => {
-            let device = parse_device(name).map_err(|e| anyhow!("--device: {e:#}"))?;
-            if let Device::Cuda(i) = device {
-                let count = tch::Cuda::device_count();
-                if i as i64 >= count {
-                    bail!("--device={name}: this machine has {count} CUDA device(s)");
-                }
-            }
-            Ok(device)
-        }
-    }
-}
-
 impl EvalArgs {
     /// Takes the shared options out of `cli` (`command` names the command in errors); every
     /// option left is a dataset parameter.
@@ -94,7 +76,7 @@ impl EvalArgs {
                 .unwrap_or(1)
                 .min(4),
         };
-        let device = device_of(cli.take("device").as_deref())?;
+        let device = crate::device::choose(cli.take("device").as_deref())?;
         let split = cli.take("split").unwrap_or_else(|| "train".into());
         if split != "train" && split != "test" {
             bail!("--split={split}: expected train or test");

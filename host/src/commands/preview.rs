@@ -90,7 +90,7 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
     }
     // Under a temporary name: a failure never leaves a truncated PNG in place of a preview.
     let png = encode_png(&grid).with_context(|| format!("writing {}", out.display()))?;
-    crate::config::write_atomic(out, &png)?;
+    crate::atomic_file::write_atomic(out, &png)?;
     println!(
         "wrote {} ({} samples of {name}: the image, then its {} views per row)",
         out.display(),

@@ -4,7 +4,7 @@
 
 use crate::checkpoint;
 use crate::cli::Cli;
-use crate::config::{parameter_help, RunConfig};
+use crate::config::{parameter_help, RunConfig, Task};
 use crate::engine::{self, Fitted, RunOptions};
 use crate::registry::Registry;
 use crate::tasks::classifier::ClassifierTask;
@@ -52,8 +52,8 @@ fn resolve(registry: &Registry, cli: &mut Cli, resume: bool) -> Result<RunConfig
 
 /// Trains the task the config names.
 pub fn train(registry: &Registry, config: RunConfig, options: &RunOptions) -> Result<Fitted> {
-    let device = crate::commands::embed::device_of(config.device.as_deref())?;
-    if config.task == "classifier" {
+    let device = crate::device::choose(config.device.as_deref())?;
+    if config.task == Task::Classifier {
         engine::fit(config, options, |config, stored| {
             ClassifierTask::build(registry, config, device, stored)
         })

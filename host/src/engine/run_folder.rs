@@ -95,7 +95,7 @@ pub fn write_config_file(
     for (what, provenance) in plugins {
         text.push_str(&format!("#   {what}: {provenance}\n"));
     }
-    crate::config::write_atomic(&dir.join("config.toml"), text.as_bytes())
+    crate::atomic_file::write_atomic(&dir.join("config.toml"), text.as_bytes())
 }
 
 #[cfg(test)]

@@ -276,12 +276,9 @@ impl<'a> ClassifierTask<'a> {
             params,
             false,
         );
-        let schedule = match config.lr_schedule.as_str() {
-            "auto" => LrSchedule::Polynomial {
-                gamma: POLYNOMIAL_GAMMA,
-            },
-            other => other.parse().map_err(|e| anyhow!("lr_schedule: {e}"))?,
-        };
+        let schedule = config.lr_schedule.fixed().unwrap_or(LrSchedule::Polynomial {
+            gamma: POLYNOMIAL_GAMMA,
+        });
         let mut used = vec![("dataset", name.clone()), ("encoder", encoder_name.clone())];
         used.extend(transforms_used(&config, false));
         let info = CheckpointInfo {

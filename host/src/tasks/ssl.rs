@@ -273,11 +273,10 @@ impl SslTask {
         if config.use_mixed_precision && device == Device::Cpu {
             eprintln!("note: use_mixed_precision applies on CUDA only; this CPU run uses 32-bit floats (as the original)");
         }
-        let kind: OptimizerKind = config.optimizer.parse()?;
         let optimizer = OptimizerSlot::new(
             "ssl",
             &OptimizerConfig {
-                kind,
+                kind: config.optimizer,
                 weight_decay: config.weight_decay,
                 momentum: config.momentum,
                 ..Default::default()
@@ -288,16 +287,16 @@ impl SslTask {
         let algorithm_name = config.ssl_training_type.clone();
         let declared = algorithm_factory.info();
         let prefix = declared.metric_prefix;
-        let schedule: LrSchedule = match config.lr_schedule.as_str() {
+        let schedule: LrSchedule = match config.lr_schedule.fixed() {
+            Some(schedule) => schedule,
             // The schedule the algorithm declares, with the run's warm-up.
-            "auto" => declared
+            None => declared
                 .lr_schedule
                 .parse::<LrSchedule>()
                 .with_context(|| {
                     format!("the lr_schedule the `{algorithm_name}` algorithm declares")
                 })?
                 .with_warmup_epochs(config.warmup_epochs),
-            other => other.parse().map_err(|e| anyhow!("lr_schedule: {e}"))?,
         };
         let head = LinearHead::new(algorithm.embedding_dim(), num_classes, weights, device);
         let head_params: Vec<Param> = head
