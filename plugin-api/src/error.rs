@@ -18,9 +18,10 @@ use std::fmt;
 /// `TryFromIntError`, `TryFromSliceError`), `std::fmt::Error`, `String` and `&str`, and
 /// `Box<dyn std::error::Error + Send + Sync>`. Any other error type converts with
 /// [`Context::context`] (adds a message and keeps the error as the cause) or
-/// [`PluginError::from_error`]; each keeps the error's own chain of causes:
+/// [`PluginError::from_error`]; each keeps the error's own chain of causes (the examples of
+/// this crate are `no_run`: with the `torch` feature a test binary needs libtorch's path):
 ///
-/// ```
+/// ```no_run
 /// use ssl_plugin_api::{Context, PluginError, Result};
 ///
 /// #[derive(Debug)]

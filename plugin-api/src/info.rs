@@ -26,7 +26,7 @@ pub enum ImageKind {
 /// What the host needs to know about a dataset. `Default`: RGB images of ordinary size, all
 /// the same size, no default evaluation pipeline.
 ///
-/// ```
+/// ```no_run
 /// use ssl_plugin_api::{DatasetInfo, ImageKind};
 ///
 /// // Chest X-rays: grey, of many sizes, evaluated on a 224 px centre crop.
@@ -59,7 +59,7 @@ pub struct DatasetInfo {
 
 /// What the host needs to know about an encoder. `Default`: nothing to set.
 ///
-/// ```
+/// ```no_run
 /// use ssl_plugin_api::EncoderInfo;
 ///
 /// let resnet = EncoderInfo { small_image_param: Some("cifar_stem".into()) };
@@ -79,7 +79,7 @@ pub struct EncoderInfo {
 /// `Default`: schedule `warmup_cosine_epoch`, metric prefix left empty (registration fills in
 /// the registered name, lower-cased), learning rate scaled with the number of processes.
 ///
-/// ```
+/// ```no_run
 /// use ssl_plugin_api::AlgorithmInfo;
 ///
 /// // SimCLR updates its learning rate after every step; its metrics are `simclr/...`.

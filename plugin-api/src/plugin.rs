@@ -1,7 +1,7 @@
 //! What a plugin author writes: ordinary Rust traits, a [`Plugin`] builder listing the
 //! factories, and one export line.
 //!
-//! ```
+//! ```no_run
 //! use ssl_plugin_api::{Dataset, DatasetInfo, Image, Params, Plugin, Result, Sample};
 //!
 //! struct Noise { len: usize }
@@ -235,7 +235,7 @@ impl Plugin {
     /// [`DatasetInfo::default()`]. A mistake (no dataset added yet, evaluation parameters that
     /// are not a JSON object) makes the plugin fail to load with an error naming it.
     ///
-    /// ```
+    /// ```no_run
     /// # use ssl_plugin_api::{Dataset, Params, Plugin, Result, Sample};
     /// # struct Tiny;
     /// # impl Dataset for Tiny {

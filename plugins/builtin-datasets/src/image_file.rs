@@ -469,18 +469,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let text = dir.path().join("notes.png");
         std::fs::write(&text, "hello").unwrap();
-        let e = decode_gray8(&text).unwrap_err().to_string();
+        let e = decode_gray8(&text).unwrap_err().message();
         assert!(
             e.contains("notes.png") && e.contains("not a PNG or JPEG"),
             "{e}"
         );
         let empty = dir.path().join("empty.jpg");
         std::fs::write(&empty, "").unwrap();
-        let e = decode_native(&empty).unwrap_err().to_string();
+        let e = decode_native(&empty).unwrap_err().message();
         assert!(e.contains("empty.jpg: the file is empty"), "{e}");
         let e = decode_gray8(&dir.path().join("absent.png"))
             .unwrap_err()
-            .to_string();
+            .message();
         assert!(e.contains("absent.png: image file not found"), "{e}");
         assert!(is_dicom(Path::new("a/B.DCM")) && !is_dicom(Path::new("a.dcm.png")));
         assert!(
@@ -596,7 +596,7 @@ mod pillow_tests {
         for path in [&png, &jpg] {
             let bytes = std::fs::read(path).unwrap();
             std::fs::write(path, &bytes[..bytes.len() / 2]).unwrap();
-            let e = decode_gray8(path).unwrap_err().to_string();
+            let e = decode_gray8(path).unwrap_err().message();
             assert!(e.starts_with(&path.display().to_string()), "{e}");
             assert!(e.contains("invalid"), "{e}");
             assert!(decode_native(path).is_err());
@@ -604,7 +604,7 @@ mod pillow_tests {
             let mut garbage = bytes[..8].to_vec();
             garbage.extend(std::iter::repeat_n(0x5a, 200));
             std::fs::write(path, &garbage).unwrap();
-            let e = decode_gray8(path).unwrap_err().to_string();
+            let e = decode_gray8(path).unwrap_err().message();
             assert!(e.contains(&path.display().to_string()), "{e}");
         }
     }
