@@ -51,6 +51,16 @@ impl Run {
         }
     }
 
+    /// The error report at the end of stderr: the last line starting with `error: ` and the
+    /// `caused by: ` lines after it, joined by newlines (empty when there is none).
+    pub fn error_report(&self) -> String {
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        match lines.iter().rposition(|l| l.starts_with("error: ")) {
+            Some(at) => lines[at..].join("\n"),
+            None => String::new(),
+        }
+    }
+
     /// Panics with the output unless the run succeeded.
     pub fn assert_ok(&self) -> &Run {
         assert_eq!(

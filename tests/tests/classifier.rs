@@ -197,10 +197,10 @@ fn a_test_split_that_fails_keeps_the_run_and_resume_retries_it() {
         "--num_workers=2".into(),
         "--device=cpu".into(),
     ];
-    // Training prints its epochs first; the error is the last line.
+    // Training prints its epochs first; the error (with its causes) comes last.
     let failed = run(&args);
     assert_eq!(failed.code, Some(1), "{}", failed.stderr);
-    let last = failed.stderr.trim_end().lines().last().unwrap_or_default();
+    let last = failed.error_report();
     for needle in [
         "error: training finished",
         "test split",
