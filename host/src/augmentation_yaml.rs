@@ -640,10 +640,7 @@ impl CxrPipelines {
 /// The transform of `spec`, created through `registry` from its parameters.
 fn create(spec: &TransformSpec, registry: &Registry) -> Result<TransformHandle> {
     let params = spec.plugin_params()?;
-    registry
-        .transform(&spec.name)?
-        .create(&params)
-        .map_err(anyhow::Error::msg)
+    Ok(registry.transform(&spec.name)?.create(&params)?)
 }
 
 #[cfg(test)]

@@ -158,14 +158,20 @@ impl Source {
                     self.skipped
                         .lock()
                         .expect("skipped list")
-                        .insert(index, e.to_string());
+                        .insert(index, e.message());
                     continue;
                 }
-                Err(e) if self.suggest_skipping => bail!(
-                    "{} sample {index}: {e} (set --skip_unreadable_images=true to skip such images)",
-                    self.name
-                ),
-                Err(e) => bail!("{} sample {index}: {e}", self.name),
+                Err(e) if self.suggest_skipping => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "{} sample {index} (set --skip_unreadable_images=true to skip such images)",
+                        self.name
+                    )))
+                }
+                Err(e) => {
+                    return Err(
+                        anyhow::Error::new(e).context(format!("{} sample {index}", self.name))
+                    )
+                }
             };
             let (image, label, id) = sample.into_parts();
             let views = self

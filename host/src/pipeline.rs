@@ -4,7 +4,7 @@
 use crate::config::TransformSpec;
 use crate::registry::Registry;
 use crate::seeds::mix;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
 use ssl_plugin_api::host::TransformHandle;
 use ssl_plugin_api::{Image, Params};
 
@@ -34,7 +34,7 @@ impl Pipeline {
         for (position, (name, step)) in self.steps.iter().enumerate() {
             image = step
                 .apply(image, mix(seed, position as u64))
-                .map_err(|e| anyhow!("transform `{name}`: {e}"))?;
+                .with_context(|| format!("transform `{name}`"))?;
         }
         Ok(image)
     }

@@ -115,7 +115,9 @@ impl LrSchedule {
             LrSchedule::WarmupCosinePerEpoch { .. } => {
                 LrSchedule::WarmupCosinePerEpoch { warmup_epochs }
             }
-            LrSchedule::WarmupCosinePerStep { .. } => LrSchedule::WarmupCosinePerStep { warmup_epochs },
+            LrSchedule::WarmupCosinePerStep { .. } => {
+                LrSchedule::WarmupCosinePerStep { warmup_epochs }
+            }
             other => other,
         }
     }

@@ -101,12 +101,8 @@ impl EvalArgs {
 
     /// Opens the dataset; a clear error when it has no samples.
     pub fn open_dataset(&self, registry: &Registry) -> Result<Arc<DatasetHandle>> {
-        let params = Params::from_value(Value::Object(self.dataset_params.clone()))
-            .map_err(anyhow::Error::from)?;
-        let dataset = registry
-            .dataset(&self.dataset)?
-            .create(&params)
-            .map_err(anyhow::Error::from)?;
+        let params = Params::from_value(Value::Object(self.dataset_params.clone()))?;
+        let dataset = registry.dataset(&self.dataset)?.create(&params)?;
         if dataset.is_empty() {
             let root = self
                 .dataset_params
@@ -293,7 +289,7 @@ pub fn encoder_in_channels(encoder: &dyn Encoder) -> Option<usize> {
 
 /// Embeddings `[N, D]` (float32) of `images` in eval mode without gradients.
 pub fn embed_batch(encoder: &mut dyn Encoder, images: &Tensor) -> Result<Tensor> {
-    let out = tch::no_grad(|| encoder.forward(images, false)).map_err(|e| anyhow!("{e:#}"))?;
+    let out = tch::no_grad(|| encoder.forward(images, false))?;
     Ok(out.flatten(1, -1).to_kind(Kind::Float))
 }
 
@@ -522,8 +518,13 @@ mod tests {
             sized[1..],
             [("Resize".into(), Some(64)), ("CenterCrop".into(), Some(64))]
         );
-        assert!(embed_transform(&registry, "ImageFolder", None).unwrap().is_empty());
-        assert_eq!(names(embed_transform(&registry, "Shapes", Some(16)).unwrap()).len(), 2);
+        assert!(embed_transform(&registry, "ImageFolder", None)
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            names(embed_transform(&registry, "Shapes", Some(16)).unwrap()).len(),
+            2
+        );
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
     for &index in train.iter().take(count) {
         let sample = dataset
             .get(index)
-            .map_err(|e| anyhow!("{name} sample {index}: {e}"))?;
+            .with_context(|| format!("{name} sample {index}"))?;
         // Epoch 0, as the loader draws them.
         let views = source
             .views_of(sample.image(), 0, index)
@@ -154,7 +154,7 @@ fn compose(rows: &[Vec<Tile>]) -> Result<Image> {
             }
         }
     }
-    Image::from_u8(width as u32, height as u32, 3, canvas).map_err(anyhow::Error::from)
+    Ok(Image::from_u8(width as u32, height as u32, 3, canvas)?)
 }
 
 #[cfg(test)]

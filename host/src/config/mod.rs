@@ -20,12 +20,12 @@ pub use param::{parameter_help, parameters, Kind, Param, ParamType, ParameterInf
 
 use crate::optim::OptimizerKind;
 use crate::registry::{closest, Registry};
-use ssl_plugin_api::{DatasetInfo, ImageKind};
 use crate::schedule::LrSchedule;
 use anyhow::{anyhow, bail, Context, Result};
 use schema::{choices, settings, Fields};
 use serde::{Deserialize, Serialize};
 use ssl_plugin_api::Params;
+use ssl_plugin_api::{DatasetInfo, ImageKind};
 use std::path::Path;
 use toml::{Table, Value};
 /// The built-in named model configs, compiled into the binary from `configs/`.
@@ -124,7 +124,7 @@ impl TransformSpec {
     pub fn plugin_params(&self) -> Result<Params> {
         let json = serde_json::to_value(&self.params)
             .with_context(|| format!("parameters of transform `{}`", self.name))?;
-        Params::from_value(json).map_err(anyhow::Error::msg)
+        Ok(Params::from_value(json)?)
     }
 }
 
@@ -546,10 +546,7 @@ impl RunConfig {
 /// What dataset `name` declares; the defaults when no loaded plugin offers it (its error
 /// comes when a run opens it).
 fn dataset_info(registry: &Registry, name: &str) -> DatasetInfo {
-    registry
-        .dataset(name)
-        .map(|f| f.info())
-        .unwrap_or_default()
+    registry.dataset(name).map(|f| f.info()).unwrap_or_default()
 }
 
 /// Whether dataset `name` declares grey images: pipelines made from an augmentation YAML then

@@ -136,11 +136,8 @@ fn build_encoder(
     let params = encoder_params(registry, config, &config.linear_head_dataset_name)?;
     let json = serde_json::to_value(&params)?;
     let encoder = factory
-        .create(
-            &Params::from_value(json.clone()).map_err(anyhow::Error::from)?,
-            device,
-        )
-        .map_err(|e| anyhow!("creating encoder `{}`: {e:#}", config.ssl_encoder))?;
+        .create(&Params::from_value(json.clone())?, device)
+        .with_context(|| format!("creating encoder `{}`", config.ssl_encoder))?;
     Ok((encoder, json))
 }
 
@@ -176,11 +173,8 @@ impl<'a> ClassifierTask<'a> {
                 let params: serde_json::Value = serde_json::from_str(&c.info.encoder_params)?;
                 let encoder = registry
                     .encoder(&c.info.encoder)?
-                    .create(
-                        &Params::from_value(params.clone()).map_err(anyhow::Error::from)?,
-                        device,
-                    )
-                    .map_err(|e| anyhow!("creating encoder `{}`: {e:#}", c.info.encoder))?;
+                    .create(&Params::from_value(params.clone())?, device)
+                    .with_context(|| format!("creating encoder `{}`", c.info.encoder))?;
                 (encoder, c.info.encoder.clone(), params)
             }
             None => pretrained_encoder(registry, &config, device)?,
@@ -276,9 +270,12 @@ impl<'a> ClassifierTask<'a> {
             params,
             false,
         );
-        let schedule = config.lr_schedule.fixed().unwrap_or(LrSchedule::Polynomial {
-            gamma: POLYNOMIAL_GAMMA,
-        });
+        let schedule = config
+            .lr_schedule
+            .fixed()
+            .unwrap_or(LrSchedule::Polynomial {
+                gamma: POLYNOMIAL_GAMMA,
+            });
         let mut used = vec![("dataset", name.clone()), ("encoder", encoder_name.clone())];
         used.extend(transforms_used(&config, false));
         let info = CheckpointInfo {

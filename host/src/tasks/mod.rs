@@ -73,9 +73,17 @@ pub fn transforms_used(config: &RunConfig, ssl: bool) -> Vec<(&'static str, Stri
 /// small-image option (ResNet's `cifar_stem`) set to whether the dataset declares small images,
 /// unless the config sets it (the original: `use_7x7_first_conv_in_resnet = not
 /// dataset.startswith("CIFAR")`).
-pub fn encoder_params(registry: &Registry, config: &RunConfig, dataset: &str) -> Result<toml::Table> {
+pub fn encoder_params(
+    registry: &Registry,
+    config: &RunConfig,
+    dataset: &str,
+) -> Result<toml::Table> {
     let mut params = config.encoder_params.clone();
-    if let Some(param) = registry.encoder(&config.ssl_encoder)?.info().small_image_param {
+    if let Some(param) = registry
+        .encoder(&config.ssl_encoder)?
+        .info()
+        .small_image_param
+    {
         if !params.contains_key(&param) {
             let small = registry.dataset(dataset)?.info().small_images;
             params.insert(param, toml::Value::Boolean(small));

@@ -378,8 +378,7 @@ impl SslTask {
             let algorithm = &mut self.algorithm;
             let loss = autocast(self.optimizer.mixed_precision(), || {
                 algorithm.validation_loss(&views)
-            })
-            .map_err(anyhow::Error::msg)?;
+            })?;
             loss_sum += loss.to_kind(Kind::Double);
         }
         let mut metrics = vec![(
