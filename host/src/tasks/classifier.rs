@@ -30,7 +30,7 @@ use crate::schedule::LrSchedule;
 use crate::seeds::seed_of;
 use crate::split::split_dataset;
 use crate::tasks::linear_head::{head_classes, linear_head_pipelines, record_batch, LinearHead};
-use crate::tasks::{encoder_params, plugins_used, transforms_used, warn_if_no_val_batch};
+use crate::tasks::{encoder_params, plugins_used, transforms_used, warn_if_no_val_batch, Data};
 use anyhow::{anyhow, bail, Context, Result};
 use ssl_plugin_api::tch::{self, Device, Kind, Tensor};
 use ssl_plugin_api::torch::ForeignEncoder;
@@ -47,12 +47,6 @@ const VAL: u64 = 4;
 const TEST: u64 = 5;
 /// The shuffle stream of the training sampler.
 const SHUFFLE: u64 = 11;
-
-/// A source and the sampler of its split.
-struct Data {
-    source: Arc<Source>,
-    sampler: Sampler,
-}
 
 /// A classifier run.
 pub struct ClassifierTask<'a> {

@@ -8,9 +8,18 @@ pub mod linear_head;
 pub mod ssl;
 
 use crate::config::RunConfig;
+use crate::loader::Source;
 use crate::registry::Registry;
+use crate::sampler::Sampler;
 use anyhow::Result;
 use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// A loader's source and the sampler of its split.
+pub(crate) struct Data {
+    pub source: Arc<Source>,
+    pub sampler: Sampler,
+}
 
 /// A warning when a validation split of `samples` gives no batch of `batch_size` with
 /// `drop_last` (as the original, a smaller last batch is dropped): its metrics are then NaN

@@ -18,7 +18,7 @@ use crate::schedule::LrSchedule;
 use crate::seeds::seed_of;
 use crate::split::split_dataset;
 use crate::tasks::linear_head::{head_classes, linear_head_pipelines, record_batch, LinearHead};
-use crate::tasks::{encoder_params, plugins_used, transforms_used, warn_if_no_val_batch};
+use crate::tasks::{encoder_params, plugins_used, transforms_used, warn_if_no_val_batch, Data};
 use anyhow::{anyhow, bail, Context, Result};
 use ssl_plugin_api::host::DatasetHandle;
 use ssl_plugin_api::tch::{self, Device, Kind, Tensor};
@@ -36,12 +36,6 @@ const LINEAR_HEAD_VAL: u64 = 4;
 /// The shuffle streams of the samplers.
 const SSL_SHUFFLE: u64 = 11;
 const LINEAR_HEAD_SHUFFLE: u64 = 13;
-
-/// A source and the sampler of its split.
-struct Data {
-    source: Arc<Source>,
-    sampler: Sampler,
-}
 
 /// The running sums of an epoch's training pass.
 #[derive(Default)]

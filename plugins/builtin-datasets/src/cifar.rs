@@ -19,7 +19,7 @@
 //! a multiple of the record size). The split is loaded into memory at open.
 
 use crate::download;
-use crate::shapes::Split;
+use crate::split::Split;
 use ssl_plugin_api::{
     bail, Dataset, DatasetInfo, Image, Params, Plugin, PluginError, Result, Sample,
 };

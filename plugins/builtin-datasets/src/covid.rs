@@ -12,7 +12,7 @@
 
 use crate::csv_table::{check_params, root_param, split_param, CsvTable};
 use crate::image_file::decode_gray8;
-use crate::shapes::Split;
+use crate::split::Split;
 use ssl_plugin_api::{bail, Dataset, Params, Plugin, PluginError, Result, Sample};
 use std::path::PathBuf;
 

@@ -6,7 +6,7 @@
 //! per-row error names the file, the row and the column. The row number is the file's line
 //! where the record starts ([`start_line`]), also after blank lines or multi-line cells.
 
-use crate::shapes::Split;
+use crate::split::Split;
 use ssl_plugin_api::{bail, Params, PluginError, Result};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};

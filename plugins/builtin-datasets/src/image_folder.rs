@@ -14,7 +14,7 @@
 
 use crate::csv_table::{check_params, root_param, split_param};
 use crate::image_file::{decode_native, has_image_extension};
-use crate::shapes::Split;
+use crate::split::Split;
 use ssl_plugin_api::{bail, Dataset, Image, Params, Pixels, Plugin, PluginError, Result, Sample};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};

@@ -22,12 +22,14 @@ mod nih;
 mod rsna;
 mod rsna_labels;
 mod shapes;
+mod split;
 #[cfg(feature = "testdata")]
 #[doc(hidden)]
 pub mod testdata;
 
 pub use rsna_labels::build_rsna_dataset_csv;
-pub use shapes::{ShapeLayout, Shapes, Split, CLASS_NAMES};
+pub use shapes::{ShapeLayout, Shapes, CLASS_NAMES};
+pub use split::Split;
 
 /// Called by the host so the linker keeps this crate and its `inventory` registration.
 pub fn link() {}

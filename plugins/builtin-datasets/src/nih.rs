@@ -10,7 +10,7 @@
 
 use crate::csv_table::{check_params, root_param, split_param, CsvTable};
 use crate::image_file::{decode_gray8, list_file_names};
-use crate::shapes::Split;
+use crate::split::Split;
 use ssl_plugin_api::{bail, Dataset, Params, Plugin, PluginError, Result, Sample};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -14,6 +14,7 @@
 //! Labels are balanced: each run of four consecutive indices (`4k..4k+4`) holds every class
 //! once, in a random order.
 
+use crate::split::Split;
 use ssl_plugin_api::{Dataset, Image, Params, PluginError, Result, Sample};
 use std::f64::consts::{PI, SQRT_2};
 
@@ -22,41 +23,11 @@ pub const CLASS_NAMES: [&str; 4] = ["circle", "square", "triangle", "cross"];
 
 const NUM_CLASSES: usize = CLASS_NAMES.len();
 
-/// Which stream of images a [`Shapes`] dataset draws from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Split {
-    /// The training stream (parameter value `"train"`).
-    Train,
-    /// The test stream (parameter value `"test"`), independent of the training one.
-    Test,
-}
-
-impl Split {
-    /// The parameter value naming this split.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Split::Train => "train",
-            Split::Test => "test",
-        }
-    }
-
-    /// Parses `"train"` or `"test"`; anything else is an error naming the parameter `split`.
-    pub fn parse(value: &str) -> Result<Self> {
-        match value {
-            "train" => Ok(Split::Train),
-            "test" => Ok(Split::Test),
-            other => Err(PluginError::msg(format!(
-                "parameter `split` = {other:?}: expected \"train\" or \"test\""
-            ))),
-        }
-    }
-
-    /// Mixed into the seed so that the splits draw from different streams.
-    fn stream_constant(self) -> u64 {
-        match self {
-            Split::Train => 0x5348_4150_4553_5452, // "SHAPESTR"
-            Split::Test => 0x5348_4150_4553_5445,  // "SHAPESTE"
-        }
+/// Mixed into the seed so that the splits draw from different streams.
+fn stream_constant(split: Split) -> u64 {
+    match split {
+        Split::Train => 0x5348_4150_4553_5452, // "SHAPESTR"
+        Split::Test => 0x5348_4150_4553_5445,  // "SHAPESTE"
     }
 }
 
@@ -121,7 +92,7 @@ impl Shapes {
                 "parameter `num_samples` = 0: must be at least 1",
             ));
         }
-        let stream = mix64(seed ^ split.stream_constant());
+        let stream = mix64(seed ^ stream_constant(split));
         Ok(Shapes {
             image_size,
             num_samples,
