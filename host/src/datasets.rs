@@ -2,7 +2,7 @@
 //! config's parameter table become the plugin's parameters.
 
 use crate::registry::Registry;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use ssl_plugin_api::host::DatasetHandle;
 use ssl_plugin_api::Params;
@@ -32,7 +32,12 @@ pub fn open_split(
 ) -> Result<DatasetHandle> {
     let factory = registry.dataset(name)?;
     let params = dataset_params(root, split, extra)?;
-    Ok(factory.create(&params)?)
+    factory.create(&params).with_context(|| {
+        format!(
+            "opening dataset `{name}`{} (split {split})",
+            root.map(|r| format!(" at {r}")).unwrap_or_default()
+        )
+    })
 }
 
 /// As [`open_split`], but an empty dataset is an error naming it.

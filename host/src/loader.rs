@@ -16,6 +16,7 @@ use ssl_plugin_api::tch::{Device, Tensor};
 use ssl_plugin_api::{Image, Pixels};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -174,6 +175,9 @@ impl Source {
                 }
             };
             let (image, label, id) = sample.into_parts();
+            if first.is_none() {
+                first = Some((index, id.clone()));
+            }
             let views = self
                 .views_of(&image, epoch, index)
                 .with_context(|| format!("{} sample {index} ({id})", self.name))?;
@@ -193,9 +197,14 @@ impl Source {
                     match group.shape {
                         None => group.shape = Some(this),
                         Some(s) if s != this => {
-                            let (first_index, first_id) = first.clone().unwrap_or_default();
+                            let other = match &first {
+                                Some((i, first_id)) if *i != index => {
+                                    format!("sample {i} ({first_id}) of the same batch")
+                                }
+                                _ => "another view of it in the same view group".to_string(),
+                            };
                             bail!(
-                                "{} sample {index} ({id}) is {}×{}×{} (channels×height×width) after transforms but sample {first_index} ({first_id}) of the same batch is {}×{}×{}; {}",
+                                "{} sample {index} ({id}) is {}×{}×{} (channels×height×width) after transforms but {other} is {}×{}×{}; {}",
                                 self.name, this[0], this[1], this[2], s[0], s[1], s[2], self.size_hint
                             )
                         }
@@ -203,9 +212,6 @@ impl Source {
                     }
                     push_chw(buffer, &out, repeat);
                 }
-            }
-            if first.is_none() {
-                first = Some((index, id.clone()));
             }
             kept.push(index);
             labels.push(label);
@@ -345,6 +351,8 @@ pub struct BatchStream {
     threads: Vec<JoinHandle<()>>,
     prefetch: usize,
     bar: Option<ProgressBar>,
+    /// Tells the worker threads to stop taking jobs (the stream was dropped early).
+    stop: Arc<AtomicBool>,
 }
 
 impl BatchStream {
@@ -367,6 +375,7 @@ impl BatchStream {
             threads: Vec::new(),
             prefetch: 2 * workers,
             bar: None,
+            stop: Arc::new(AtomicBool::new(false)),
         };
         if workers > 0 && !stream.plan.is_empty() {
             let (job_tx, job_rx) = mpsc::channel::<(usize, Vec<usize>)>();
@@ -376,11 +385,29 @@ impl BatchStream {
                 let job_rx = Arc::clone(&job_rx);
                 let res_tx = res_tx.clone();
                 let source = Arc::clone(&stream.source);
+                let stop = Arc::clone(&stream.stop);
                 let epoch = stream.epoch;
                 stream.threads.push(std::thread::spawn(move || loop {
-                    let job = job_rx.lock().expect("job queue").recv();
+                    let job = match job_rx.lock() {
+                        Ok(queue) => queue.recv(),
+                        Err(_) => break,
+                    };
                     let Ok((n, indices)) = job else { break };
-                    if res_tx.send((n, source.collate(&indices, epoch))).is_err() {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    // A panic in plugin-free host code of a worker becomes this batch's error
+                    // instead of a stream that waits forever.
+                    let batch = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        source.collate(&indices, epoch)
+                    }))
+                    .unwrap_or_else(|_| {
+                        Err(anyhow!(
+                            "a data-loading thread panicked while preparing a batch of {}",
+                            source.name
+                        ))
+                    });
+                    if res_tx.send((n, batch)).is_err() {
                         break;
                     }
                 }));
@@ -463,6 +490,7 @@ impl Iterator for BatchStream {
 
 impl Drop for BatchStream {
     fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
         if let Some(bar) = self.bar.take() {
             bar.finish_and_clear();
         }

@@ -6,8 +6,10 @@
 //! Data-parallel semantics: the global batch is `world × batch_size`; the global order and the
 //! global batches are those of a one-process run with the global batch size, and rank `r` takes
 //! the `r`-th slice of `batch_size` samples of each. Every sample is seen once per pass, and
-//! what a sample looks like never depends on the rank. Today every run has `rank = 0`,
-//! `world = 1`.
+//! what a sample looks like never depends on the rank. Without `drop_last`, an incomplete last
+//! global batch is, with several processes, filled up from the start of the order (as torch's
+//! `DistributedSampler` pads), so every rank takes the same number of equal batches; one
+//! process keeps it incomplete. Today every run has `rank = 0`, `world = 1`.
 
 use crate::seeds::{permutation, seed_of};
 
@@ -121,15 +123,27 @@ impl Sampler {
         let global = self.batch_size * self.world;
         let mut out = Vec::with_capacity(order.len().div_ceil(global.max(1)));
         for batch in order.chunks(global) {
-            if self.drop_last && batch.len() < global {
-                break;
+            if batch.len() < global {
+                if self.drop_last {
+                    break;
+                }
+                if self.world > 1 {
+                    // Fill the last global batch from the start of the order, so that every
+                    // rank gets a full batch.
+                    let padded: Vec<usize> = batch
+                        .iter()
+                        .chain(order.iter().cycle())
+                        .take(global)
+                        .copied()
+                        .collect();
+                    let start = self.rank * self.batch_size;
+                    out.push(padded[start..start + self.batch_size].to_vec());
+                    break;
+                }
             }
             let start = (self.rank * self.batch_size).min(batch.len());
             let end = ((self.rank + 1) * self.batch_size).min(batch.len());
-            // An incomplete last global batch (drop_last off) may leave a rank nothing.
-            if start < end {
-                out.push(batch[start..end].to_vec());
-            }
+            out.push(batch[start..end].to_vec());
         }
         out
     }
@@ -183,21 +197,38 @@ mod tests {
 
     #[test]
     fn ranks_take_their_slice_of_the_one_process_global_batches() {
+        // 43 samples, global batch 8: 5 full global batches and 3 left over (fewer than one
+        // rank's batch of 4).
         for drop_last in [true, false] {
-            let whole = shuffled(45, 8, drop_last).batches(2);
+            let whole = shuffled(43, 8, drop_last).batches(2);
             let ranks: Vec<Vec<Vec<usize>>> = (0..2)
-                .map(|r| shuffled(45, 4, drop_last).for_rank(r, 2).batches(2))
+                .map(|r| shuffled(43, 4, drop_last).for_rank(r, 2).batches(2))
                 .collect();
-            for (k, global) in whole.iter().enumerate() {
-                let mut joined = ranks[0][k].clone();
-                if let Some(b) = ranks[1].get(k) {
-                    joined.extend(b);
-                }
+            // Every rank the same number of batches of the same size.
+            assert_eq!(ranks[0].len(), ranks[1].len());
+            assert!(ranks.iter().flatten().all(|b| b.len() == 4));
+            for (k, global) in whole.iter().enumerate().take(5) {
+                let joined: Vec<usize> = ranks[0][k].iter().chain(&ranks[1][k]).copied().collect();
                 assert_eq!(&joined, global, "global batch {k}, drop_last {drop_last}");
             }
-            let seen: usize = ranks.iter().flatten().map(Vec::len).sum();
-            assert_eq!(seen, if drop_last { 40 } else { 45 });
+            if drop_last {
+                assert_eq!(ranks[0].len(), 5);
+            } else {
+                // The last global batch: the 3 left over, then the order's first 5 again.
+                assert_eq!(ranks[0].len(), 6);
+                let order = whole.concat();
+                let last: Vec<usize> = ranks[0][5].iter().chain(&ranks[1][5]).copied().collect();
+                assert_eq!(last[..3], order[40..43]);
+                assert_eq!(last[3..], order[..5]);
+                let mut seen: Vec<usize> = ranks.iter().flatten().flatten().copied().collect();
+                seen.sort();
+                seen.dedup();
+                assert_eq!(seen.len(), 43, "every sample at least once");
+            }
         }
+        // One process keeps the incomplete last batch as it is.
+        let one = shuffled(43, 8, false).batches(2);
+        assert_eq!(one.last().unwrap().len(), 3);
     }
 
     #[test]

@@ -364,7 +364,7 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
     let mut encoder = loaded.encoder;
     let dim = encoder.output_dim() as usize;
     let n = dataset.len();
-    let stream = EvalSource {
+    let source = EvalSource {
         dataset: Arc::clone(&dataset),
         dataset_name: &args.dataset,
         pipeline: Arc::new(pipeline),
@@ -374,8 +374,7 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
         } else {
             "images of different sizes cannot share a batch: pass --image_size=N to resize and centre-crop every image to N×N (or --batch_size=1)"
         },
-    }
-    .stream(args.batch_size, args.workers, "embed");
+    };
     let mut main = OutputFile::create(&args.out)?;
     let ids_path = args.out.with_extension("ids.csv");
     let mut ids_file = None;
@@ -389,6 +388,8 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
         main.write(format!("id,label,{}\n", columns.join(",")).as_bytes())?;
     }
     let mut row = 0usize;
+    // Loading starts only now that the output files exist.
+    let stream = source.stream(args.batch_size, args.workers, "embed");
     for batch in stream {
         let batch = batch?;
         let images = batch.images(args.device);

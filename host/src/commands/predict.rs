@@ -88,18 +88,19 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
         .map_err(|e| anyhow!("{}: {e}", loaded.path.display()))?;
     let (specs, what) = evaluation_transform(&config);
     let pipeline = Pipeline::build(registry, specs, what)?;
-    let stream = EvalSource {
+    let source = EvalSource {
         dataset: Arc::clone(&dataset),
         dataset_name: &args.dataset,
         pipeline: Arc::new(pipeline),
         expand_to: encoder_in_channels(&encoder).filter(|&c| c > 1),
         size_hint: "the run's evaluation transform does not give every image one size; use --batch_size=1 or a run whose transform resizes or crops",
-    }
-    .stream(args.batch_size, args.workers, "predict");
+    };
     let mut out = OutputFile::create(&args.out)?;
     let columns: Vec<String> = (0..classes).map(|k| format!("p{k}")).collect();
     out.write(format!("id,label,{}\n", columns.join(",")).as_bytes())?;
     let mut rows = 0usize;
+    // Loading starts only now that the output files exist.
+    let stream = source.stream(args.batch_size, args.workers, "predict");
     for batch in stream {
         let batch = batch?;
         let images = batch.images(args.device);

@@ -468,6 +468,12 @@ impl RunConfig {
                 self.l_rate
             );
         }
+        if !self.gradient_clip_val.is_finite() || self.gradient_clip_val < 0.0 {
+            bail!(
+                "`gradient_clip_val` must be 0 (off) or a positive number, got {}",
+                self.gradient_clip_val
+            );
+        }
         if self.linear_head_dataset_name.is_empty() {
             bail!("`linear_head_dataset_name` is not set");
         }
@@ -484,7 +490,8 @@ impl RunConfig {
             bail!(
                 "both `ssl_view_groups` and `ssl_augmentations` are given: list the views once, \
                  as [[ssl_view_groups]] (each with a `count` and a [[ssl_view_groups.pipeline]]) \
-                 or as [[ssl_augmentations]] (one group of 2 views)"
+                 or as [[ssl_augmentations]] (one group of 2 views); a config that `extends` \
+                 one with [[ssl_augmentations]] drops them with `ssl_augmentations = []`"
             );
         }
         for (i, group) in self.ssl_view_groups.iter().enumerate() {
@@ -906,6 +913,10 @@ mod tests {
         let r = registry();
         let c = RunConfig::resolve("ShapesBYOL", &o(&[("gradient_clip_val", "1.5")]), &r).unwrap();
         assert_eq!(c.gradient_clip_val, 1.5);
+        let e = RunConfig::resolve("ShapesBYOL", &o(&[("gradient_clip_val", "-1")]), &r)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("gradient_clip_val"), "{e}");
         let err = RunConfig::resolve("ShapesBYOL", &o(&[("ssl_view_groups", "2")]), &r)
             .unwrap_err()
             .to_string();

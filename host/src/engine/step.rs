@@ -13,7 +13,7 @@
 //! task can bypass the path.
 
 use crate::optim::{self, Optimizer, OptimizerConfig, Param};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use ssl_plugin_api::tch::{self, Kind, Tensor};
 use std::collections::{BTreeMap, HashMap};
 
@@ -87,6 +87,7 @@ pub struct OptimizerSlot {
     optimizer: Box<dyn Optimizer>,
     params: Vec<Param>,
     scaler: Option<LossScaler>,
+    clipped: bool,
 }
 
 impl OptimizerSlot {
@@ -113,7 +114,15 @@ impl OptimizerSlot {
             optimizer: optim::build(config, shallow),
             params,
             scaler: mixed_precision.then(LossScaler::default),
+            clipped: true,
         }
+    }
+
+    /// The same slot, never clipped (the online linear head's optimizer, as Lightning's
+    /// `gradient_clip_val` leaves a callback's own optimizer alone).
+    pub fn unclipped(mut self) -> OptimizerSlot {
+        self.clipped = false;
+        self
     }
 
     /// Whether its loss is scaled (mixed precision).
@@ -196,11 +205,25 @@ impl StepPath {
     /// One optimizer step of `slot` on `loss` with learning rate `lr`. Returns false when the
     /// step was skipped (mixed precision: gradients overflowed).
     pub fn step(&mut self, slot: &mut OptimizerSlot, loss: &Tensor, lr: f64) -> Result<bool> {
+        // A plugin's loss that is not a differentiable scalar is an error, not a libtorch abort.
+        if loss.dim() != 0 || !loss.requires_grad() {
+            bail!(
+                "the {} loss must be a scalar tensor that requires gradients; got shape {:?}{}",
+                slot.name,
+                loss.size(),
+                if loss.requires_grad() {
+                    ""
+                } else {
+                    " without gradients (detached?)"
+                }
+            );
+        }
         slot.optimizer.zero_grad();
         match &slot.scaler {
-            Some(scaler) => (loss * scaler.scale).backward(),
-            None => loss.backward(),
+            Some(scaler) => (loss * scaler.scale).f_backward(),
+            None => loss.f_backward(),
         }
+        .with_context(|| format!("backward pass of the {} loss", slot.name))?;
         // Gradient all-reduce between processes goes here (distributed training).
         let finite = match &mut slot.scaler {
             Some(scaler) => scaler.unscale(&slot.params),
@@ -210,7 +233,7 @@ impl StepPath {
         if !finite {
             return Ok(false);
         }
-        if self.gradient_clip_val > 0.0 {
+        if slot.clipped && self.gradient_clip_val > 0.0 {
             clip_grad_norm(&slot.params, self.gradient_clip_val);
         }
         slot.optimizer.step(lr)?;
@@ -297,5 +320,26 @@ mod tests {
             assert!((v + moved).abs() < 1e-5, "clip {clip}: moved to {v}");
             assert_eq!(path.counts()["test"], 1);
         }
+    }
+
+    #[test]
+    fn a_loss_that_is_not_a_differentiable_scalar_is_an_error() {
+        let config = OptimizerConfig::default();
+        let p = param(&[1.0, 2.0]);
+        let mut slot = OptimizerSlot::new("ssl", &config, vec![p.clone()], false);
+        let mut path = StepPath::new(0.0);
+        let vector = &p.tensor * 2.0;
+        let e = path.step(&mut slot, &vector, 1.0).unwrap_err().to_string();
+        assert!(
+            e.contains("ssl loss must be a scalar") && e.contains("[2]"),
+            "{e}"
+        );
+        let detached = (&p.tensor * 2.0).sum(Kind::Float).detach();
+        let e = path
+            .step(&mut slot, &detached, 1.0)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("without gradients"), "{e}");
+        assert!(path.counts().is_empty());
     }
 }

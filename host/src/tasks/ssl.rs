@@ -312,7 +312,8 @@ impl SslTask {
             },
             head_params,
             false,
-        );
+        )
+        .unclipped();
 
         let mut used: Vec<(&str, String)> = vec![
             ("dataset", ssl_name.clone()),
@@ -372,7 +373,8 @@ impl SslTask {
             let algorithm = &mut self.algorithm;
             let loss = autocast(self.optimizer.mixed_precision(), || {
                 algorithm.validation_loss(&views)
-            })?;
+            })
+            .with_context(|| format!("{} validation step", self.algorithm_name))?;
             loss_sum += loss.to_kind(Kind::Double);
         }
         let mut metrics = vec![(
@@ -515,7 +517,9 @@ impl Task for SslTask {
     }
 
     fn after_step(&mut self, step: u64, max_steps: u64) -> Result<()> {
-        Ok(self.algorithm.after_optimizer_step(step, max_steps)?)
+        self.algorithm
+            .after_optimizer_step(step, max_steps)
+            .with_context(|| format!("{} after-step hook", self.algorithm_name))
     }
 
     fn end_epoch(&mut self, epoch: usize, summary: &TrainSummary) -> Result<Vec<(String, f64)>> {
