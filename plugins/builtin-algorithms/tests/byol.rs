@@ -123,7 +123,13 @@ fn moving_average_with_tau_point_nine() {
         let online = find(&before, &format!("online.{rest}"));
         let expected = old * 0.9 + online * 0.1;
         assert!(max_abs_diff(new, &expected) < 1e-6, "{name}");
-        assert!(!new.equal(old) || old.equal(online), "{name} did not move");
+        // A tensor whose online copy barely moved may round back to its old value (the
+        // encoder's last bias gets ~0 gradient: the projector's BatchNorm removes a constant
+        // shift), so "moved" is asserted only where the online copy moved measurably.
+        assert!(
+            !new.equal(old) || max_abs_diff(old, online) < 1e-5,
+            "{name} did not move"
+        );
         checked += 1;
     }
     assert_eq!(checked, 9);
