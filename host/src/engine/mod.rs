@@ -17,10 +17,11 @@ use crate::config::RunConfig;
 use crate::loader::Source;
 use crate::outputs::RunOutputs;
 use crate::schedule::LrSchedule;
+use crate::seeds::seed_of;
 use anyhow::{Context, Result};
 use progress::Progress;
 use run_folder::{run_folder, write_config_file, RemoveIfEmpty};
-use ssl_plugin_api::tch::Tensor;
+use ssl_plugin_api::tch::{self, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -195,6 +196,9 @@ fn run_epoch<T: Task>(
     progress: &Progress,
 ) -> Result<Vec<(String, f64)>> {
     let started = Instant::now();
+    // libtorch's global generator (dropout, random init in plugins) is reseeded from (seed,
+    // epoch) at every epoch, so a resumed run needs no generator state.
+    tch::manual_seed(seed_of(&[task.config().random_seed, epoch as u64, 17]) as i64 & i64::MAX);
     let EpochSteps { steps, full_steps } = task.begin_epoch(epoch)?;
     let (schedule, l_rate, num_epochs) = (
         task.schedule(),

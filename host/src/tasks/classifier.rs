@@ -391,7 +391,6 @@ impl Task for ClassifierTask<'_> {
     }
 
     fn begin_epoch(&mut self, epoch: usize) -> Result<EpochSteps> {
-        tch::manual_seed(seed_of(&[self.config.random_seed, epoch as u64, 17]) as i64 & i64::MAX);
         let mut plan = self.train.sampler.batches(epoch as u64);
         if plan.is_empty() {
             bail!(

@@ -422,7 +422,6 @@ impl Task for SslTask {
     }
 
     fn begin_epoch(&mut self, epoch: usize) -> Result<EpochSteps> {
-        tch::manual_seed(seed_of(&[self.config.random_seed, epoch as u64, 17]) as i64 & i64::MAX);
         let workers = self.config.num_workers;
         let full_plan = self.ssl_train.sampler.batches(epoch as u64);
         let full_steps = full_plan.len();
