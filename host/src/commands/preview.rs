@@ -6,11 +6,10 @@
 use crate::cli::Cli;
 use crate::commands::dump::encode_png;
 use crate::config::{RunConfig, TransformSpec};
-use crate::datasets::open_dataset;
 use crate::pipeline::Pipeline;
 use crate::registry::Registry;
 use crate::split::split_dataset;
-use crate::tasks::ssl::training_views;
+use crate::tasks::ssl::{ssl_dataset, training_views};
 use anyhow::{anyhow, bail, Context, Result};
 use ssl_plugin_api::{Image, Pixels};
 use std::path::Path;
@@ -36,17 +35,7 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
     )?;
     let overrides = std::mem::take(&mut cli.options);
     let config = RunConfig::resolve(&model, &overrides, registry)?;
-    let name = config
-        .ssl_training_dataset_name
-        .clone()
-        .ok_or_else(|| anyhow!("`ssl_training_dataset_name` is not set"))?;
-    let dataset = open_dataset(
-        registry,
-        &name,
-        config.local_dataset.as_deref(),
-        "train",
-        &config.ssl_dataset_params,
-    )?;
+    let (name, dataset) = ssl_dataset(registry, &config)?;
     let (train, _) = split_dataset(&dataset, config.val_split, config.random_seed)?;
     let source = training_views(registry, &config, Arc::clone(&dataset), &name)?;
     let mut rows: Vec<Vec<Tile>> = Vec::new();

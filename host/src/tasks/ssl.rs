@@ -106,6 +106,26 @@ fn view_groups(registry: &Registry, config: &RunConfig) -> Result<Vec<ViewGroup>
         .collect()
 }
 
+/// The SSL training dataset of `config` (its training split, before the validation split is
+/// taken out), with its name.
+pub fn ssl_dataset(
+    registry: &Registry,
+    config: &RunConfig,
+) -> Result<(String, Arc<DatasetHandle>)> {
+    let name = config
+        .ssl_training_dataset_name
+        .clone()
+        .ok_or_else(|| anyhow!("`ssl_training_dataset_name` is not set"))?;
+    let dataset = open_dataset(
+        registry,
+        &name,
+        config.local_dataset.as_deref(),
+        "train",
+        &config.ssl_dataset_params,
+    )?;
+    Ok((name, dataset))
+}
+
 /// The source of SSL training views of `dataset` (called `name`) as training draws them:
 /// what `preview` shows.
 pub fn training_views(
@@ -134,17 +154,7 @@ impl SslTask {
     ) -> Result<SslTask> {
         let seed = config.random_seed;
         // SSL data.
-        let ssl_name = config
-            .ssl_training_dataset_name
-            .clone()
-            .ok_or_else(|| anyhow!("`ssl_training_dataset_name` is not set"))?;
-        let ssl_dataset = open_dataset(
-            registry,
-            &ssl_name,
-            config.local_dataset.as_deref(),
-            "train",
-            &config.ssl_dataset_params,
-        )?;
+        let (ssl_name, ssl_dataset) = ssl_dataset(registry, &config)?;
         let lh_name = config.linear_head_dataset_name.clone();
         let lh_root = config.linear_head_dataset_path();
         let same = lh_name == ssl_name
