@@ -3,9 +3,10 @@
 
 use anyhow::{anyhow, bail, Result};
 use ssl_plugin_api::host::{
-    self, DatasetFactory, LoadedPlugin, ModelConfig, Source, TransformFactory,
+    self, DatasetFactory, LoadedPlugin, ModelConfig, PipelineCompiler, Source, TransformFactory,
 };
-use ssl_plugin_api::{torch::AlgorithmFactory, EncoderFactory, ImageKind};
+use ssl_plugin_api::torch::{AlgorithmFactory, BatchPipelineCompiler, BatchTransformFactory};
+use ssl_plugin_api::{EncoderFactory, ImageKind};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -16,9 +17,10 @@ pub struct Registry {
     index: BTreeMap<&'static str, BTreeMap<String, (usize, usize)>>,
 }
 
-const KINDS: [&str; 5] = [
+const KINDS: [&str; 6] = [
     "dataset",
     "transform",
+    "batch transform",
     "encoder",
     "algorithm",
     "model config",
@@ -28,6 +30,11 @@ fn entry_names(p: &LoadedPlugin, kind: &str) -> Vec<String> {
     match kind {
         "dataset" => p.datasets.iter().map(|f| f.name().to_string()).collect(),
         "transform" => p.transforms.iter().map(|f| f.name().to_string()).collect(),
+        "batch transform" => p
+            .batch_transforms
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect(),
         "encoder" => p.encoders.iter().map(|f| f.name().to_string()).collect(),
         "algorithm" => p.algorithms.iter().map(|f| f.name().to_string()).collect(),
         _ => p.model_configs.iter().map(|m| m.name.clone()).collect(),
@@ -152,6 +159,24 @@ impl Registry {
         Ok(&self.plugins[p].transforms[e])
     }
 
+    /// The batch transform factory called `name` (`augment_on = "device"`).
+    pub fn batch_transform(&self, name: &str) -> Result<&BatchTransformFactory> {
+        let (p, e) = self.find("batch transform", name)?;
+        Ok(&self.plugins[p].batch_transforms[e])
+    }
+
+    /// Every plugin's pipeline compilers, in plugin order.
+    pub fn pipeline_compilers(&self) -> impl Iterator<Item = &PipelineCompiler> {
+        self.plugins.iter().flat_map(|p| p.pipeline_compilers.iter())
+    }
+
+    /// Every plugin's batch pipeline compilers, in plugin order.
+    pub fn batch_pipeline_compilers(&self) -> impl Iterator<Item = &BatchPipelineCompiler> {
+        self.plugins
+            .iter()
+            .flat_map(|p| p.batch_pipeline_compilers.iter())
+    }
+
     /// The encoder factory called `name`.
     pub fn encoder(&self, name: &str) -> Result<&EncoderFactory> {
         let (p, e) = self.find("encoder", name)?;
@@ -204,9 +229,10 @@ impl Registry {
                 p.build_info.summary()
             ));
         }
-        let sections: [(&str, &str); 5] = [
+        let sections: [(&str, &str); 6] = [
             ("datasets", "dataset"),
             ("transforms", "transform"),
+            ("batch transforms (augment_on = \"device\")", "batch transform"),
             ("encoders", "encoder"),
             ("algorithms", "algorithm"),
             ("model configs", "model config"),
@@ -230,6 +256,7 @@ impl Registry {
                 let description = match kind {
                     "dataset" => p.datasets[ei].description().to_string(),
                     "transform" => p.transforms[ei].description().to_string(),
+                    "batch transform" => p.batch_transforms[ei].description().to_string(),
                     "encoder" => p.encoders[ei].description().to_string(),
                     "algorithm" => p.algorithms[ei].description().to_string(),
                     _ => p.model_configs[ei].description.clone(),

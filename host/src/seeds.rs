@@ -2,14 +2,10 @@
 //! augmentations are pure functions of (seed, epoch, sample, view) and do not depend on the
 //! number of worker threads or processes.
 
-/// splitmix64: the mixing function behind every seed here.
+/// splitmix64: the mixing function behind every seed here (the plugin API's, so that plugins
+/// running whole pipelines derive step seeds as the host does).
 pub fn mix(a: u64, b: u64) -> u64 {
-    let mut z = a ^ b
-        .wrapping_add(0x9E37_79B9_7F4A_7C15)
-        .wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
+    ssl_plugin_api::mix_seed(a, b)
 }
 
 /// Mixes several values into one seed.

@@ -107,8 +107,17 @@ pub trait AlgorithmFfi: Send {
     fn scalars(&self) -> RResult<RVec<NamedScalar>, FfiError>;
 }
 
+/// A batch transform object (feature `torch` on both sides): `[N, C, H, W]` float tensor and
+/// one seed per sample in, a tensor out.
+#[sabi_trait]
+pub trait BatchTransformFfi: Send + Sync {
+    #[sabi(last_prefix_field)]
+    fn apply(&self, batch: TensorHandle, seeds: RVec<u64>) -> RResult<TensorHandle, FfiError>;
+}
+
 pub type DatasetBox = DatasetFfi_TO<'static, abi_stable::std_types::RBox<()>>;
 pub type TransformBox = TransformFfi_TO<'static, abi_stable::std_types::RBox<()>>;
+pub type BatchTransformBox = BatchTransformFfi_TO<'static, abi_stable::std_types::RBox<()>>;
 pub type EncoderBox = EncoderFfi_TO<'static, abi_stable::std_types::RBox<()>>;
 pub type AlgorithmBox = AlgorithmFfi_TO<'static, abi_stable::std_types::RBox<()>>;
 
@@ -177,6 +186,39 @@ pub struct TransformFactoryFfi {
     pub create: extern "C" fn(FactoryCtx, RStr<'_>) -> RResult<TransformBox, FfiError>,
 }
 
+/// A pipeline step as the host gives it to a compiler: (transform name, JSON parameters).
+pub type StepFfi = Tuple2<RString, RString>;
+
+/// Offers to run a whole list of transforms as one (a fused, faster form); `None` when it
+/// does not know every step.
+#[repr(C)]
+#[derive(StableAbi, Clone)]
+pub struct PipelineCompilerFfi {
+    pub description: RString,
+    pub ctx: FactoryCtx,
+    pub compile: extern "C" fn(FactoryCtx, RVec<StepFfi>) -> RResult<ROption<TransformBox>, FfiError>,
+}
+
+/// Makes batch transforms from a JSON parameter blob.
+#[repr(C)]
+#[derive(StableAbi, Clone)]
+pub struct BatchTransformFactoryFfi {
+    pub name: RString,
+    pub description: RString,
+    pub ctx: FactoryCtx,
+    pub create: extern "C" fn(FactoryCtx, RStr<'_>) -> RResult<BatchTransformBox, FfiError>,
+}
+
+/// Offers to run a whole list of transforms on batches as one batch transform.
+#[repr(C)]
+#[derive(StableAbi, Clone)]
+pub struct BatchPipelineCompilerFfi {
+    pub description: RString,
+    pub ctx: FactoryCtx,
+    pub compile:
+        extern "C" fn(FactoryCtx, RVec<StepFfi>) -> RResult<ROption<BatchTransformBox>, FfiError>,
+}
+
 /// Makes encoders from a JSON parameter blob and a device name (`cpu`, `cuda:0`).
 #[repr(C)]
 #[derive(StableAbi, Clone)]
@@ -223,6 +265,9 @@ pub struct PluginContents {
     pub version: RString,
     pub datasets: RVec<DatasetFactoryFfi>,
     pub transforms: RVec<TransformFactoryFfi>,
+    pub pipeline_compilers: RVec<PipelineCompilerFfi>,
+    pub batch_transforms: RVec<BatchTransformFactoryFfi>,
+    pub batch_pipeline_compilers: RVec<BatchPipelineCompilerFfi>,
     pub encoders: RVec<EncoderFactoryFfi>,
     pub algorithms: RVec<AlgorithmFactoryFfi>,
     pub model_configs: RVec<ModelConfigFfi>,

@@ -8,6 +8,7 @@ use crate::ffi::*;
 use crate::image::{Image, Sample};
 use crate::info::DatasetInfo;
 use crate::params::Params;
+use crate::plugin::TransformStep;
 use abi_stable::std_types::RStr;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -227,6 +228,26 @@ impl TransformHandle {
     }
 }
 
+/// A plugin's pipeline compiler (see `Plugin::pipeline_compiler`).
+#[derive(Clone)]
+pub struct PipelineCompiler {
+    ffi: PipelineCompilerFfi,
+}
+
+impl PipelineCompiler {
+    /// What it fuses, in the plugin's words.
+    pub fn description(&self) -> &str {
+        self.ffi.description.as_str()
+    }
+    /// One transform doing all of `steps`, or `None` when the plugin does not know every step.
+    pub fn compile(&self, steps: &[TransformStep]) -> Result<Option<TransformHandle>> {
+        let out = (self.ffi.compile)(self.ffi.ctx, crate::plugin::steps_to_ffi(steps))
+            .into_result()
+            .map_err(PluginError::from)?;
+        Ok(out.into_option().map(|inner| TransformHandle { inner }))
+    }
+}
+
 /// A model config shipped by a plugin.
 #[derive(Clone, Debug)]
 pub struct ModelConfig {
@@ -252,6 +273,16 @@ pub struct LoadedPlugin {
     pub datasets: Vec<DatasetFactory>,
     /// Transform factories.
     pub transforms: Vec<TransformFactory>,
+    /// Pipeline compilers (zero or more).
+    pub pipeline_compilers: Vec<PipelineCompiler>,
+    /// Batch transform factories.
+    #[cfg(feature = "torch")]
+    pub batch_transforms: Vec<crate::torch::BatchTransformFactory>,
+    /// Batch pipeline compilers.
+    #[cfg(feature = "torch")]
+    pub batch_pipeline_compilers: Vec<crate::torch::BatchPipelineCompiler>,
+    /// Names of its batch transforms (also without the `torch` feature).
+    pub batch_transform_names: Vec<(String, String)>,
     /// Encoder factories.
     #[cfg(feature = "torch")]
     pub encoders: Vec<crate::torch::EncoderFactory>,
@@ -311,6 +342,28 @@ fn from_header(
                 .map(|f| (f.name.to_string(), f.description.to_string()))
                 .collect(),
         ),
+        batch_transform_names: contents
+            .batch_transforms
+            .iter()
+            .map(|f| (f.name.to_string(), f.description.to_string()))
+            .collect(),
+        pipeline_compilers: contents
+            .pipeline_compilers
+            .into_iter()
+            .map(|ffi| PipelineCompiler { ffi })
+            .collect(),
+        #[cfg(feature = "torch")]
+        batch_transforms: contents
+            .batch_transforms
+            .into_iter()
+            .map(|ffi| crate::torch::BatchTransformFactory { ffi })
+            .collect(),
+        #[cfg(feature = "torch")]
+        batch_pipeline_compilers: contents
+            .batch_pipeline_compilers
+            .into_iter()
+            .map(|ffi| crate::torch::BatchPipelineCompiler { ffi })
+            .collect(),
         datasets: contents
             .datasets
             .into_iter()

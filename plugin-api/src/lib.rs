@@ -4,7 +4,10 @@
 //! transforms, encoders, SSL algorithms and named model configs:
 //!
 //! - implement [`Dataset`] / [`Transform`] (and, with feature `torch`, [`Encoder`] /
-//!   [`SslAlgorithm`]) as ordinary Rust traits returning [`Result`];
+//!   [`SslAlgorithm`] / [`BatchTransform`]) as ordinary Rust traits returning [`Result`];
+//! - optionally offer a pipeline compiler ([`Plugin::pipeline_compiler`]): given a whole list
+//!   of transforms it knows, one transform doing them all faster, drawing what the steps
+//!   would draw (see [`step_seed`]);
 //! - list them in a function returning a [`Plugin`];
 //! - end the crate with `ssl_plugin_api::export_plugin!(that_function);` and build it as a
 //!   `cdylib`; load it with `ssl-host --plugin path/to/libyour_plugin.so ...`.
@@ -35,6 +38,7 @@ mod image;
 mod info;
 mod params;
 mod plugin;
+mod seeds;
 #[cfg(feature = "torch")]
 pub mod torch;
 
@@ -47,8 +51,11 @@ pub use info::{AlgorithmInfo, DatasetInfo, EncoderInfo, ImageKind};
 pub use params::Params;
 #[doc(hidden)]
 pub use plugin::__private;
-pub use plugin::{Dataset, Plugin, Transform};
+pub use plugin::{Dataset, Plugin, Transform, TransformStep};
+pub use seeds::{mix_seed, step_seed};
 #[cfg(feature = "torch")]
 pub use tch;
 #[cfg(feature = "torch")]
-pub use torch::{Encoder, EncoderFactory, EncoderSpec, SslAlgorithm, TrainableParam};
+pub use torch::{
+    BatchTransform, Encoder, EncoderFactory, EncoderSpec, SslAlgorithm, TrainableParam,
+};

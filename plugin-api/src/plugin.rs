@@ -29,7 +29,7 @@ use crate::image::{Image, Sample};
 use crate::info::DatasetInfo;
 use crate::params::Params;
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RResult, RStr, RString, RVec};
+use abi_stable::std_types::{ROption, RResult, RStr, RString, RVec, Tuple2};
 
 /// A dataset: a fixed number of samples, read by index from any thread.
 pub trait Dataset: Send + Sync + 'static {
@@ -65,6 +65,37 @@ pub trait Dataset: Send + Sync + 'static {
 pub trait Transform: Send + Sync + 'static {
     /// Applies the transform, drawing any randomness from `seed` alone.
     fn apply(&self, image: Image, seed: u64) -> Result<Image>;
+}
+
+/// One step of a pipeline, as a pipeline compiler receives it: a transform name and its
+/// parameters. Step `i` of a view with seed `s` is given the seed
+/// [`step_seed(s, i)`](crate::step_seed).
+#[derive(Clone, Debug)]
+pub struct TransformStep {
+    /// The transform's registered name.
+    pub name: String,
+    /// Its parameters.
+    pub params: Params,
+}
+
+pub(crate) fn steps_from_ffi(steps: RVec<StepFfi>) -> Result<Vec<TransformStep>> {
+    steps
+        .into_iter()
+        .map(|t| {
+            Ok(TransformStep {
+                name: t.0.into_string(),
+                params: Params::from_json(t.1.as_str())?,
+            })
+        })
+        .collect()
+}
+
+#[cfg_attr(not(any(feature = "host", feature = "torch")), allow(dead_code))]
+pub(crate) fn steps_to_ffi(steps: &[TransformStep]) -> RVec<StepFfi> {
+    steps
+        .iter()
+        .map(|s| Tuple2(RString::from(s.name.as_str()), s.params.to_json_string().into()))
+        .collect()
 }
 
 struct DatasetAdapter<D>(D);
@@ -183,6 +214,27 @@ where
     )
 }
 
+extern "C" fn compile_pipeline<T, F>(
+    ctx: FactoryCtx,
+    steps: RVec<StepFfi>,
+) -> RResult<ROption<TransformBox>, FfiError>
+where
+    T: Transform,
+    F: Fn(&[TransformStep]) -> Result<Option<T>> + Send + Sync + 'static,
+{
+    // SAFETY: this shim is only ever paired with a ctx made by `leak_ctx::<F>`.
+    let state = unsafe { ctx_state::<F>(ctx) };
+    guard(
+        &format!("the pipeline compiler of plugin `{}`", state.name),
+        || {
+            let steps = steps_from_ffi(steps)?;
+            Ok((state.make)(&steps)?
+                .map(|t| TransformFfi_TO::from_value(TransformAdapter(t), TD_Opaque))
+                .into())
+        },
+    )
+}
+
 /// The list of what a plugin offers. Build it in a function and pass that function to
 /// [`export_plugin!`](crate::export_plugin).
 pub struct Plugin {
@@ -190,6 +242,11 @@ pub struct Plugin {
     version: String,
     datasets: Vec<DatasetFactoryFfi>,
     transforms: Vec<TransformFactoryFfi>,
+    pipeline_compilers: Vec<PipelineCompilerFfi>,
+    #[cfg_attr(not(feature = "torch"), allow(dead_code))]
+    pub(crate) batch_transforms: Vec<BatchTransformFactoryFfi>,
+    #[cfg_attr(not(feature = "torch"), allow(dead_code))]
+    pub(crate) batch_pipeline_compilers: Vec<BatchPipelineCompilerFfi>,
     #[cfg_attr(not(feature = "torch"), allow(dead_code))]
     pub(crate) encoders: Vec<EncoderFactoryFfi>,
     #[cfg_attr(not(feature = "torch"), allow(dead_code))]
@@ -207,11 +264,19 @@ impl Plugin {
             version: version.into(),
             datasets: Vec::new(),
             transforms: Vec::new(),
+            pipeline_compilers: Vec::new(),
+            batch_transforms: Vec::new(),
+            batch_pipeline_compilers: Vec::new(),
             encoders: Vec::new(),
             algorithms: Vec::new(),
             model_configs: Vec::new(),
             problems: Vec::new(),
         }
+    }
+
+    /// The plugin's name.
+    pub(crate) fn plugin_name(&self) -> &str {
+        &self.name
     }
 
     /// Offers a dataset called `name`, made by `make` from its parameters.
@@ -280,6 +345,26 @@ impl Plugin {
         self
     }
 
+    /// Offers a pipeline compiler: when the host builds a pipeline (a list of transforms of
+    /// a config), it first asks each plugin's compiler for one transform doing the whole list;
+    /// `make` returns `Ok(None)` for a list it does not fully know, and the host then applies
+    /// the steps one by one. The compiled transform must draw what the steps would draw from
+    /// their seeds ([`step_seed`](crate::step_seed)) so results keep their distribution; it may
+    /// differ pixel-wise (e.g. one resampling instead of two), which `description` states.
+    pub fn pipeline_compiler<T, F>(mut self, description: &str, make: F) -> Self
+    where
+        T: Transform,
+        F: Fn(&[TransformStep]) -> Result<Option<T>> + Send + Sync + 'static,
+    {
+        let name = self.plugin_name().to_string();
+        self.pipeline_compilers.push(PipelineCompilerFfi {
+            description: description.into(),
+            ctx: leak_ctx(&name, make),
+            compile: compile_pipeline::<T, F>,
+        });
+        self
+    }
+
     /// Offers a named model config (`--model=NAME`), given as TOML text.
     pub fn model_config(mut self, name: &str, description: &str, toml: &str) -> Self {
         self.model_configs.push(ModelConfigFfi {
@@ -305,6 +390,9 @@ impl Plugin {
             version: self.version.into(),
             datasets: self.datasets.into(),
             transforms: self.transforms.into(),
+            pipeline_compilers: self.pipeline_compilers.into(),
+            batch_transforms: self.batch_transforms.into(),
+            batch_pipeline_compilers: self.batch_pipeline_compilers.into(),
             encoders: self.encoders.into(),
             algorithms: self.algorithms.into(),
             model_configs: self.model_configs.into(),

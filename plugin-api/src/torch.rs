@@ -10,9 +10,9 @@ use crate::ffi::*;
 use crate::guard::guard;
 use crate::info::{AlgorithmInfo, EncoderInfo};
 use crate::params::Params;
-use crate::plugin::{ctx_state, leak_ctx, Plugin};
+use crate::plugin::{ctx_state, leak_ctx, steps_from_ffi, steps_to_ffi, Plugin, TransformStep};
 use abi_stable::sabi_trait::TD_Opaque;
-use abi_stable::std_types::{RResult, RStr, RString, RVec};
+use abi_stable::std_types::{ROption, RResult, RStr, RString, RVec};
 use std::ffi::c_void;
 pub use tch::{Device, Kind, Tensor};
 
@@ -148,6 +148,140 @@ pub trait SslAlgorithm: Send + 'static {
     /// Scalars to log after each step, by metric name (e.g. `byol/tau`).
     fn scalars(&self) -> Result<Vec<(String, f64)>> {
         Ok(Vec::new())
+    }
+}
+
+/// A batch transform: the augmentation of a whole batch where the model runs (`augment_on =
+/// "device"`). `batch` is `[N, C, H, W]` float in [0, 1] on the training device; `seeds` has
+/// one seed per sample, the seed the host would give this step for that sample's view (see
+/// [`step_seed`](crate::step_seed)). Sample `i` of the output must depend only on sample `i`
+/// of the input and `seeds[i]` (not on the batch size, its other samples or the device's
+/// random generator), so runs do not depend on the number of workers and resume exactly.
+pub trait BatchTransform: Send + Sync + 'static {
+    /// Transforms the batch; the output may have another size (a crop) but keeps `N`.
+    fn apply(&self, batch: &Tensor, seeds: &[u64]) -> Result<Tensor>;
+}
+
+struct BatchTransformAdapter<T>(T);
+
+impl<T: BatchTransform> BatchTransformFfi for BatchTransformAdapter<T> {
+    fn apply(&self, batch: TensorHandle, seeds: RVec<u64>) -> RResult<TensorHandle, FfiError> {
+        let batch = tensor_from_handle(batch);
+        guard("BatchTransform::apply", || {
+            Ok(handle_from_tensor(self.0.apply(&batch, &seeds)?))
+        })
+    }
+}
+
+extern "C" fn create_batch_transform<T, F>(
+    ctx: FactoryCtx,
+    params: RStr<'_>,
+) -> RResult<BatchTransformBox, FfiError>
+where
+    T: BatchTransform,
+    F: Fn(&Params) -> Result<T> + Send + Sync + 'static,
+{
+    // SAFETY: this shim is only ever paired with a ctx made by `leak_ctx::<F>`.
+    let state = unsafe { ctx_state::<F>(ctx) };
+    guard(
+        &format!("the factory of batch transform `{}`", state.name),
+        || {
+            let params = Params::from_json(params.as_str())?;
+            let transform = (state.make)(&params)?;
+            Ok(BatchTransformFfi_TO::from_value(
+                BatchTransformAdapter(transform),
+                TD_Opaque,
+            ))
+        },
+    )
+}
+
+extern "C" fn compile_batch_pipeline<T, F>(
+    ctx: FactoryCtx,
+    steps: RVec<StepFfi>,
+) -> RResult<ROption<BatchTransformBox>, FfiError>
+where
+    T: BatchTransform,
+    F: Fn(&[TransformStep]) -> Result<Option<T>> + Send + Sync + 'static,
+{
+    // SAFETY: this shim is only ever paired with a ctx made by `leak_ctx::<F>`.
+    let state = unsafe { ctx_state::<F>(ctx) };
+    guard(
+        &format!("the batch pipeline compiler of plugin `{}`", state.name),
+        || {
+            let steps = steps_from_ffi(steps)?;
+            Ok((state.make)(&steps)?
+                .map(|t| BatchTransformFfi_TO::from_value(BatchTransformAdapter(t), TD_Opaque))
+                .into())
+        },
+    )
+}
+
+/// A batch transform from any plugin (the host's view).
+#[derive(Clone)]
+pub struct BatchTransformFactory {
+    pub(crate) ffi: BatchTransformFactoryFfi,
+}
+
+impl BatchTransformFactory {
+    /// Registered name (the name of the per-image transform it mirrors).
+    pub fn name(&self) -> &str {
+        self.ffi.name.as_str()
+    }
+    /// Description.
+    pub fn description(&self) -> &str {
+        self.ffi.description.as_str()
+    }
+    /// Makes the batch transform.
+    pub fn create(&self, params: &Params) -> Result<BatchTransformHandle> {
+        let json = params.to_json_string();
+        let inner = (self.ffi.create)(self.ffi.ctx, RStr::from_str(&json))
+            .into_result()
+            .map_err(|e| {
+                PluginError::from(e)
+                    .context(format!("creating batch transform `{}`", self.name()))
+            })?;
+        Ok(BatchTransformHandle { inner })
+    }
+}
+
+/// A batch transform made by a plugin (or a compiled batch pipeline).
+pub struct BatchTransformHandle {
+    inner: BatchTransformBox,
+}
+
+impl BatchTransformHandle {
+    /// Applies it to `batch` with one seed per sample.
+    pub fn apply(&self, batch: &Tensor, seeds: &[u64]) -> Result<Tensor> {
+        let out = self
+            .inner
+            .apply(
+                handle_from_tensor(batch.shallow_clone()),
+                seeds.iter().copied().collect(),
+            )
+            .into_result()?;
+        Ok(tensor_from_handle(out))
+    }
+}
+
+/// A plugin's batch pipeline compiler (the host's view).
+#[derive(Clone)]
+pub struct BatchPipelineCompiler {
+    pub(crate) ffi: BatchPipelineCompilerFfi,
+}
+
+impl BatchPipelineCompiler {
+    /// What it fuses, in the plugin's words.
+    pub fn description(&self) -> &str {
+        self.ffi.description.as_str()
+    }
+    /// One batch transform doing all of `steps`, or `None` when the plugin does not know
+    /// every step.
+    pub fn compile(&self, steps: &[TransformStep]) -> Result<Option<BatchTransformHandle>> {
+        let out = (self.ffi.compile)(self.ffi.ctx, steps_to_ffi(steps))
+            .into_result()
+            .map_err(PluginError::from)?;
+        Ok(out.into_option().map(|inner| BatchTransformHandle { inner }))
     }
 }
 
@@ -574,6 +708,39 @@ impl Plugin {
             info: info.to_ffi(),
             ctx: leak_ctx(name, make),
             create: create_algorithm::<A, F>,
+        });
+        self
+    }
+
+    /// Offers a batch transform (`augment_on = "device"`) called `name`: the batched form of
+    /// the per-image transform of the same name, which configs list.
+    pub fn batch_transform<T, F>(mut self, name: &str, description: &str, make: F) -> Self
+    where
+        T: BatchTransform,
+        F: Fn(&Params) -> Result<T> + Send + Sync + 'static,
+    {
+        self.batch_transforms.push(BatchTransformFactoryFfi {
+            name: name.into(),
+            description: description.into(),
+            ctx: leak_ctx(name, make),
+            create: create_batch_transform::<T, F>,
+        });
+        self
+    }
+
+    /// Offers a batch pipeline compiler: as [`Plugin::pipeline_compiler`], for batches (e.g.
+    /// one sampling grid for a chain of geometric steps). `Ok(None)` for a list it does not
+    /// fully know; the host then chains the batch transforms step by step.
+    pub fn batch_pipeline_compiler<T, F>(mut self, description: &str, make: F) -> Self
+    where
+        T: BatchTransform,
+        F: Fn(&[TransformStep]) -> Result<Option<T>> + Send + Sync + 'static,
+    {
+        let name = self.plugin_name().to_string();
+        self.batch_pipeline_compilers.push(BatchPipelineCompilerFfi {
+            description: description.into(),
+            ctx: leak_ctx(&name, make),
+            compile: compile_batch_pipeline::<T, F>,
         });
         self
     }
