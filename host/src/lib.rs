@@ -3,6 +3,7 @@
 
 pub mod atomic_file;
 pub mod augmentation_yaml;
+pub mod batch_pipeline;
 pub mod checkpoint;
 pub mod cli;
 pub mod commands;

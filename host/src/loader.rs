@@ -7,12 +7,15 @@
 //! stream of a sample view comes from (source seed, epoch, index, view, transform position), so
 //! batches do not depend on the number of worker threads.
 
+use crate::batch_pipeline::BatchPipeline;
+use crate::config::{AugmentOn, RunConfig, TransformSpec};
 use crate::pipeline::Pipeline;
+use crate::registry::Registry;
 use crate::seeds::seed_of;
 use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use ssl_plugin_api::host::DatasetHandle;
-use ssl_plugin_api::tch::{Device, Tensor};
+use ssl_plugin_api::tch::{Device, Kind, Tensor};
 use ssl_plugin_api::{Image, Pixels};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -21,11 +24,69 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-/// `count` views of every sample, each through `pipeline` with its own seed.
+/// `count` views of every sample, each through `pipeline` with its own seed. With
+/// `on_device`, `pipeline` is only what workers do before collating (nothing, or a resize to
+/// one size) and the views are made from one decoded copy per sample by `on_device`, batched,
+/// where the model runs ([`Batch::to_device`]).
 #[derive(Clone)]
 pub struct ViewGroup {
     pub pipeline: Arc<Pipeline>,
     pub count: usize,
+    pub on_device: Option<Arc<BatchPipeline>>,
+}
+
+impl ViewGroup {
+    /// A group augmented by the workers.
+    pub fn workers(pipeline: Arc<Pipeline>, count: usize) -> ViewGroup {
+        ViewGroup {
+            pipeline,
+            count,
+            on_device: None,
+        }
+    }
+
+    /// The group of `count` views through the transforms `specs` (`what` names the list in
+    /// errors), augmented where `config.augment_on` says.
+    pub fn build(
+        registry: &Registry,
+        config: &RunConfig,
+        specs: &[TransformSpec],
+        count: usize,
+        what: &str,
+    ) -> Result<ViewGroup> {
+        let fuse = config.fuse_augmentations;
+        match config.augment_on {
+            AugmentOn::Workers => Ok(ViewGroup::workers(
+                Arc::new(Pipeline::build_with(registry, specs, what, fuse)?),
+                count,
+            )),
+            AugmentOn::Device => {
+                let size = config.device_input_size;
+                let decode: Vec<TransformSpec> = if size == 0 {
+                    Vec::new()
+                } else {
+                    let size = toml::Value::Integer(size as i64);
+                    vec![TransformSpec {
+                        name: "Resize".into(),
+                        params: toml::Table::from_iter([(
+                            "size".to_string(),
+                            toml::Value::Array(vec![size.clone(), size]),
+                        )]),
+                    }]
+                };
+                Ok(ViewGroup {
+                    pipeline: Arc::new(
+                        Pipeline::build_with(registry, &decode, "device_input_size", fuse)
+                            .context("the resize of `device_input_size`")?,
+                    ),
+                    count,
+                    on_device: Some(Arc::new(BatchPipeline::build(
+                        registry, specs, what, fuse,
+                    )?)),
+                })
+            }
+        }
+    }
 }
 
 /// How the seed of a sample view is drawn.
@@ -53,6 +114,8 @@ pub struct Source {
     pub expand_to: Option<usize>,
     /// The end of the error for samples of different sizes in one batch.
     pub size_hint: String,
+    /// Collate into pinned host memory for fast asynchronous copies to this (CUDA) device.
+    pub pin_for: Option<Device>,
     /// The samples skipped so far: index -> the error (see [`Source::skipped_report`]).
     skipped: Mutex<BTreeMap<usize, String>>,
 }
@@ -75,6 +138,7 @@ impl Source {
             suggest_skipping: true,
             expand_to: None,
             size_hint: "add a Resize/crop transform so all images have one size".into(),
+            pin_for: None,
             skipped: Mutex::new(BTreeMap::new()),
         }
     }
@@ -86,7 +150,12 @@ impl Source {
         seeds: Seeds,
         name: &str,
     ) -> Source {
-        Source::new(dataset, vec![ViewGroup { pipeline, count: 1 }], seeds, name)
+        Source::new(
+            dataset,
+            vec![ViewGroup::workers(pipeline, 1)],
+            seeds,
+            name,
+        )
     }
 
     /// Number of views per sample, over all groups.
@@ -114,11 +183,22 @@ impl Source {
         }
     }
 
-    /// The views of one decoded image in `epoch`, in group order.
+    /// The views of one decoded image in `epoch`, in group order (the image is decoded once
+    /// for all of them). A group augmented on the device gives one image (its workers' part)
+    /// instead of its views.
     pub fn views_of(&self, image: &Image, epoch: u64, index: usize) -> Result<Vec<Image>> {
         let mut out = Vec::with_capacity(self.views());
         let mut view = 0;
         for group in &self.groups {
+            if group.on_device.is_some() {
+                out.push(
+                    group
+                        .pipeline
+                        .apply(image.clone(), self.view_seed(epoch, index, view))?,
+                );
+                view += group.count;
+                continue;
+            }
             for _ in 0..group.count {
                 out.push(
                     group
@@ -140,6 +220,13 @@ impl Source {
                 data: Vec::new(),
                 count: g.count,
                 shape: None,
+                device: g.on_device.as_ref().map(|pipeline| DeviceViews {
+                    pipeline: Arc::clone(pipeline),
+                    pixels: RawPixels::U8(Vec::new()),
+                    seeds: vec![Vec::new(); g.count],
+                    expand_to: self.expand_to,
+                }),
+                pinned: None,
             })
             .collect();
         let mut labels = Vec::with_capacity(indices.len());
@@ -149,7 +236,7 @@ impl Source {
         let mut per_view: Vec<Vec<Vec<f32>>> = self
             .groups
             .iter()
-            .map(|g| vec![Vec::new(); g.count])
+            .map(|g| vec![Vec::new(); if g.on_device.is_some() { 1 } else { g.count }])
             .collect();
         let mut first: Option<(usize, String)> = None;
         for &index in indices {
@@ -182,11 +269,19 @@ impl Source {
                 .views_of(&image, epoch, index)
                 .with_context(|| format!("{} sample {index} ({id})", self.name))?;
             let mut views = views.into_iter();
+            let mut first_view = 0;
             for (group, buffers) in groups.iter_mut().zip(per_view.iter_mut()) {
+                if let Some(device) = &mut group.device {
+                    for (v, seeds) in device.seeds.iter_mut().enumerate() {
+                        seeds.push(self.view_seed(epoch, index, first_view + v));
+                    }
+                }
+                first_view += group.count;
                 for buffer in buffers.iter_mut() {
                     let out = views.next().expect("one image per view");
+                    // Device groups expand after augmenting (a view of one channel there).
                     let repeat = match self.expand_to {
-                        Some(n) if out.channels() == 1 => n,
+                        Some(n) if out.channels() == 1 && group.device.is_none() => n,
                         _ => 1,
                     };
                     let this = [
@@ -205,12 +300,20 @@ impl Source {
                             };
                             bail!(
                                 "{} sample {index} ({id}) is {}×{}×{} (channels×height×width) after transforms but {other} is {}×{}×{}; {}",
-                                self.name, this[0], this[1], this[2], s[0], s[1], s[2], self.size_hint
+                                self.name, this[0], this[1], this[2], s[0], s[1], s[2],
+                                if group.device.is_some() {
+                                    "with augment_on = \"device\" workers only decode: set device_input_size=N to resize every image to N×N first"
+                                } else {
+                                    self.size_hint.as_str()
+                                }
                             )
                         }
                         Some(_) => {}
                     }
-                    push_chw(buffer, &out, repeat);
+                    match &mut group.device {
+                        Some(device) => device.pixels.push_chw(&out),
+                        None => push_chw(buffer, &out, repeat),
+                    }
                 }
             }
             kept.push(index);
@@ -226,8 +329,13 @@ impl Source {
             );
         }
         for (group, buffers) in groups.iter_mut().zip(per_view) {
-            for v in buffers {
-                group.data.extend_from_slice(&v);
+            if group.device.is_none() {
+                for v in buffers {
+                    group.data.extend_from_slice(&v);
+                }
+            }
+            if let Some(device) = self.pin_for {
+                group.pin(kept.len(), device);
             }
         }
         Ok(Batch {
@@ -237,6 +345,12 @@ impl Source {
             ids,
         })
     }
+}
+
+/// `t` (`[N, C, H, W]`) in channels-last memory order (NHWC strides, the same logical shape):
+/// what cuDNN's fastest convolutions use under mixed precision.
+pub fn channels_last(t: &Tensor) -> Tensor {
+    t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
 /// Appends `image` as f32 in [0, 1], channel-major (CHW), each channel `repeat` times in a row
@@ -259,12 +373,123 @@ fn push_chw(buffer: &mut Vec<f32>, image: &Image, repeat: usize) {
 }
 
 /// The views of one group of a batch: `count` views of every sample, one contiguous buffer
-/// `[count * len, C, H, W]` (view-major).
+/// `[count * len, C, H, W]` (view-major); for a group augmented on the device, one decoded
+/// image per sample and the seeds of its views instead.
 pub struct GroupData {
     pub data: Vec<f32>,
     pub count: usize,
-    /// `[C, H, W]`; `None` for an empty batch.
+    /// `[C, H, W]` (of the decoded images for a device group); `None` for an empty batch.
     pub shape: Option<[usize; 3]>,
+    /// The device part of a group augmented there.
+    pub device: Option<DeviceViews>,
+    /// The group's pixels already in pinned host memory (`[N, C, H, W]`, see
+    /// [`Source::pin_for`]); `data` / the raw pixels are then empty.
+    pub pinned: Option<Tensor>,
+}
+
+/// What a group augmented on the device carries from the workers.
+pub struct DeviceViews {
+    pub pipeline: Arc<BatchPipeline>,
+    /// One decoded image per sample, `[N, C, H, W]`.
+    pub pixels: RawPixels,
+    /// Per view of the group, the seed of that view of each sample.
+    pub seeds: Vec<Vec<u64>>,
+    /// Expand one-channel results to this many channels (a broadcast view).
+    pub expand_to: Option<usize>,
+}
+
+/// Decoded pixels: 8-bit as read (a quarter of the bytes to move), or float.
+pub enum RawPixels {
+    U8(Vec<u8>),
+    F32(Vec<f32>),
+}
+
+impl RawPixels {
+    /// Appends `image` channel-major; 8-bit stays 8-bit while every image so far is 8-bit.
+    fn push_chw(&mut self, image: &Image) {
+        let c = image.channels() as usize;
+        if let (RawPixels::U8(buffer), Pixels::U8(v)) = (&mut *self, image.pixels()) {
+            for ch in 0..c {
+                buffer.extend(v.iter().skip(ch).step_by(c));
+            }
+            return;
+        }
+        if let RawPixels::U8(buffer) = self {
+            let floats = buffer.iter().map(|&x| x as f32 / 255.0).collect();
+            *self = RawPixels::F32(floats);
+        }
+        if let RawPixels::F32(buffer) = self {
+            push_chw(buffer, image, 1);
+        }
+    }
+
+    fn tensor(&self) -> Tensor {
+        match self {
+            RawPixels::U8(v) => Tensor::from_slice(v),
+            RawPixels::F32(v) => Tensor::from_slice(v),
+        }
+    }
+}
+
+impl GroupData {
+    /// Number of images the host buffer holds (views for worker groups, samples for device ones).
+    fn host_tensor(&self, samples: usize) -> Tensor {
+        let [c, h, w] = self.shape.unwrap_or([0, 0, 0]);
+        let n = match self.device {
+            Some(_) => samples,
+            None => self.count * samples,
+        };
+        let flat = match (&self.pinned, &self.device) {
+            (Some(t), _) => return t.shallow_clone(),
+            (None, Some(device)) => device.pixels.tensor(),
+            (None, None) => Tensor::from_slice(&self.data),
+        };
+        flat.view([n as i64, c as i64, h as i64, w as i64])
+    }
+
+    /// Moves the host pixels into pinned memory for `device` (frees the plain buffers).
+    fn pin(&mut self, samples: usize, device: Device) {
+        if self.shape.is_none() {
+            return;
+        }
+        let pinned = self.host_tensor(samples).pin_memory(device);
+        self.data = Vec::new();
+        if let Some(d) = &mut self.device {
+            d.pixels = RawPixels::U8(Vec::new());
+        }
+        self.pinned = Some(pinned);
+    }
+
+    /// The group's views on `device`, in view order.
+    fn views_on(&self, samples: usize, device: Device) -> Result<Vec<Tensor>> {
+        let host = self.host_tensor(samples);
+        let on = if device == Device::Cpu {
+            host
+        } else {
+            // Asynchronous when the host buffer is pinned.
+            let kind = host.kind();
+            host.to_device_(device, kind, self.pinned.is_some(), false)
+        };
+        let Some(dev) = &self.device else {
+            return Ok(on.chunk(self.count as i64, 0));
+        };
+        let x = match on.kind() {
+            Kind::Uint8 => on.to_kind(Kind::Float) / 255.0,
+            _ => on,
+        };
+        let x = if self.count > 1 {
+            x.repeat([self.count as i64, 1, 1, 1])
+        } else {
+            x
+        };
+        let seeds: Vec<u64> = dev.seeds.iter().flatten().copied().collect();
+        let mut y = dev.pipeline.apply(&x, &seeds)?;
+        if let (Some(n), Some(1)) = (dev.expand_to, y.size().get(1).copied()) {
+            let s = y.size();
+            y = y.expand([s[0], n as i64, s[2], s[3]], false);
+        }
+        Ok(y.chunk(self.count as i64, 0))
+    }
 }
 
 /// A collated batch: the views of each group, with labels, dataset indices and sample ids.
@@ -287,31 +512,19 @@ impl Batch {
     }
 
     /// All views as tensors on `device`, in group order: each group's buffer moves once, then
-    /// is split into its views.
-    pub fn to_device(&self, device: Device) -> Vec<Tensor> {
+    /// is split into its views; a group augmented on the device is augmented there first.
+    pub fn to_device(&self, device: Device) -> Result<Vec<Tensor>> {
         let mut views = Vec::new();
         for group in &self.groups {
-            let [c, h, w] = group.shape.unwrap_or([0, 0, 0]);
-            let all = Tensor::from_slice(&group.data).view([
-                (group.count * self.len()) as i64,
-                c as i64,
-                h as i64,
-                w as i64,
-            ]);
-            let all = if device == Device::Cpu {
-                all
-            } else {
-                all.to_device(device)
-            };
-            views.extend(all.chunk(group.count as i64, 0));
+            views.extend(group.views_on(self.len(), device)?);
         }
-        views
+        Ok(views)
     }
 
     /// The first view on `device` (sources of one view: the linear head, classifiers,
     /// evaluation).
-    pub fn images(&self, device: Device) -> Tensor {
-        self.to_device(device).swap_remove(0)
+    pub fn images(&self, device: Device) -> Result<Tensor> {
+        Ok(self.to_device(device)?.swap_remove(0))
     }
 
     /// Labels as an int64 tensor; an error naming the first sample without a label or with
@@ -516,6 +729,8 @@ mod tests {
                 data: vec![0.0; labels.len()],
                 shape: Some([1, 1, 1]),
                 count: 1,
+                device: None,
+                pinned: None,
             }],
             indices: (10..10 + labels.len()).collect(),
             ids: vec![String::new(); labels.len()],
@@ -552,10 +767,7 @@ mod tests {
     #[test]
     fn batches_do_not_depend_on_the_number_of_workers() {
         let registry = Registry::load(&[]).unwrap();
-        let groups = vec![ViewGroup {
-            pipeline: pipeline(&registry, "ShapesBYOL"),
-            count: 2,
-        }];
+        let groups = vec![ViewGroup::workers(pipeline(&registry, "ShapesBYOL"), 2)];
         let source = Arc::new(Source::new(
             shapes(&registry, 40),
             groups,
@@ -607,20 +819,14 @@ mod tests {
         let two_groups = Source::new(
             Arc::clone(&dataset),
             vec![
-                ViewGroup {
-                    pipeline: crop(32),
-                    count: 2,
-                },
-                ViewGroup {
-                    pipeline: crop(16),
-                    count: 3,
-                },
+                ViewGroup::workers(crop(32), 2),
+                ViewGroup::workers(crop(16), 3),
             ],
             Seeds::PerEpoch(9),
             "Shapes",
         );
         let batch = two_groups.collate(&[1, 4, 6], 0).unwrap();
-        let views = batch.to_device(Device::Cpu);
+        let views = batch.to_device(Device::Cpu).unwrap();
         let sizes: Vec<Vec<i64>> = views.iter().map(Tensor::size).collect();
         assert_eq!(
             sizes,
@@ -636,17 +842,15 @@ mod tests {
         // first group alone gives the same first two views.
         let first_only = Source::new(
             dataset,
-            vec![ViewGroup {
-                pipeline: crop(32),
-                count: 2,
-            }],
+            vec![ViewGroup::workers(crop(32), 2)],
             Seeds::PerEpoch(9),
             "Shapes",
         );
         let alone = first_only
             .collate(&[1, 4, 6], 0)
             .unwrap()
-            .to_device(Device::Cpu);
+            .to_device(Device::Cpu)
+            .unwrap();
         assert!(alone[0].equal(&views[0]) && alone[1].equal(&views[1]));
         assert!(!views[2].equal(&views[3]), "views of a group differ");
     }

@@ -392,7 +392,7 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
     let stream = source.stream(args.batch_size, args.workers, "embed");
     for batch in stream {
         let batch = batch?;
-        let images = batch.images(args.device);
+        let images = batch.images(args.device)?;
         let embeddings = embed_batch(&mut encoder, &images)?;
         let width = embeddings.size()[1] as usize;
         if width != dim {

@@ -103,7 +103,7 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
     let stream = source.stream(args.batch_size, args.workers, "predict");
     for batch in stream {
         let batch = batch?;
-        let images = batch.images(args.device);
+        let images = batch.images(args.device)?;
         let embeddings = embed_batch(&mut encoder, &images)?;
         if embeddings.size()[1] != dim {
             bail!(

@@ -98,6 +98,16 @@ choices! {
     }
 }
 
+choices! {
+    /// Where the augmentations of a run are computed (`augment_on`).
+    pub enum AugmentOn("augmentation place") {
+        /// In the data-loading threads, image by image.
+        Workers = "workers",
+        /// Batched, on the training device: workers only read and decode.
+        Device = "device",
+    }
+}
+
 impl LrScheduleName {
     /// The schedule of a fixed choice, with the defaults of [`LrSchedule`]'s `FromStr` (as a
     /// name in `lr_schedule` always had); `None` for `auto`, which the task decides.
@@ -234,6 +244,12 @@ settings! {
         linear_head_augmentations: Vec<TransformSpec> = Vec::new(),
         /// linear-head validation transforms (default: as training)
         linear_head_val_augmentations: Option<Vec<TransformSpec>> = None,
+        /// where augmentations run: workers (CPU threads, per image) or device (batched where the model runs)
+        augment_on: AugmentOn = AugmentOn::Workers,
+        /// augment_on = device: workers resize every image to this square size first (0: keep sizes; needed when a dataset's images differ in size)
+        device_input_size: usize = 0,
+        /// run each augmentation list as one compiled transform when a plugin offers one (false: step by step, the reference)
+        fuse_augmentations: bool = true,
     }
 }
 

@@ -55,17 +55,20 @@ impl LossScaler {
 
     /// Unscales gradients in place; false when any is not finite (skip the step).
     fn unscale(&mut self, params: &[Param]) -> bool {
-        let mut finite = true;
-        tch::no_grad(|| {
-            for p in params {
-                let mut g = p.tensor.grad();
-                if g.defined() {
-                    let _ = g.f_div_scalar_(self.scale);
-                    if !bool::try_from(g.isfinite().all()).unwrap_or(false) {
-                        finite = false;
-                    }
-                }
-            }
+        // One host synchronisation per step (the skip decision), as torch's GradScaler: the
+        // per-gradient checks stay on the device until then.
+        let finite = tch::no_grad(|| {
+            let checks: Vec<Tensor> = params
+                .iter()
+                .filter_map(|p| {
+                    let mut g = p.tensor.grad();
+                    g.defined().then(|| {
+                        let _ = g.f_div_scalar_(self.scale);
+                        g.isfinite().all()
+                    })
+                })
+                .collect();
+            checks.is_empty() || bool::try_from(Tensor::stack(&checks, 0).all()).unwrap_or(false)
         });
         if finite {
             self.good_steps += 1;

@@ -19,10 +19,9 @@ use crate::datasets::{open_dataset, open_split};
 use crate::engine::{
     EpochSteps, FinalEvaluation, OptimizerSlot, StepPath, StepReport, Task, TrainSummary,
 };
-use crate::loader::{BatchStream, Seeds, Source};
+use crate::loader::{BatchStream, Seeds, Source, ViewGroup};
 use crate::metrics::EpochMetrics;
 use crate::optim::{OptimizerConfig, OptimizerKind, Param};
-use crate::pipeline::Pipeline;
 use crate::pretrained::{self, encoder_tensors, CLASSIFIER_ALGORITHM};
 use crate::registry::Registry;
 use crate::sampler::{Order, Sampler};
@@ -62,7 +61,7 @@ pub struct ClassifierTask<'a> {
     dataset_root: Option<String>,
     train: Data,
     val: Data,
-    val_pipeline: Arc<Pipeline>,
+    val_pipeline: ViewGroup,
     info: CheckpointInfo,
     stream: Option<BatchStream>,
     metrics: Option<EpochMetrics>,
@@ -201,14 +200,15 @@ impl<'a> ClassifierTask<'a> {
             config.drop_last,
         );
         let (train_pipeline, val_pipeline) = linear_head_pipelines(registry, &config)?;
-        let source = |pipeline: &Arc<Pipeline>, stream: u64| {
-            let mut source = Source::single(
+        let source = |group: &ViewGroup, stream: u64| {
+            let mut source = Source::new(
                 Arc::clone(&dataset),
-                Arc::clone(pipeline),
+                vec![group.clone()],
                 Seeds::PerEpoch(seed_of(&[seed, stream])),
                 &name,
             );
             source.skip_unreadable = config.skip_unreadable_images;
+            source.pin_for = (device != Device::Cpu).then_some(device);
             Arc::new(source)
         };
         let (bs, drop_last) = (config.linear_head_batch_size, config.drop_last);
@@ -326,7 +326,7 @@ impl<'a> ClassifierTask<'a> {
         let mut metrics = EpochMetrics::new(self.head.num_classes);
         for batch in BatchStream::new(source, epoch as u64, plan, self.config.num_workers) {
             let batch = batch?;
-            let x = batch.images(self.device);
+            let x = batch.images(self.device)?;
             let y = batch.label_tensor(self.device, self.head.num_classes)?;
             let features = self.features(&x, false)?;
             let logits = self.head.forward(&features, false);
@@ -353,9 +353,9 @@ impl<'a> ClassifierTask<'a> {
             return Ok(Vec::new());
         }
         let order: Vec<usize> = (0..test.len()).collect();
-        let mut source = Source::single(
+        let mut source = Source::new(
             Arc::new(test),
-            Arc::clone(&self.val_pipeline),
+            vec![self.val_pipeline.clone()],
             Seeds::PerEpoch(seed_of(&[self.config.random_seed, TEST])),
             &format!("{} (test)", self.dataset_name),
         );
@@ -422,7 +422,7 @@ impl Task for ClassifierTask<'_> {
             .as_mut()
             .and_then(Iterator::next)
             .ok_or_else(|| anyhow!("data loader ended early"))??;
-        let x = batch.images(self.device);
+        let x = batch.images(self.device)?;
         let y = batch.label_tensor(self.device, self.head.num_classes)?;
         let features = self.features(&x, true)?;
         let logits = self.head.forward(&features, true);

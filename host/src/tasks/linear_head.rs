@@ -3,14 +3,12 @@
 //! batch's predictions are recorded for the epoch's metrics.
 
 use crate::config::RunConfig;
-use crate::loader::Batch;
+use crate::loader::{Batch, ViewGroup};
 use crate::metrics::{class_weights, EpochMetrics};
-use crate::pipeline::Pipeline;
 use crate::registry::Registry;
 use anyhow::{anyhow, Context, Result};
 use ssl_plugin_api::host::DatasetHandle;
 use ssl_plugin_api::tch::{nn, Device, Kind, Reduction, Tensor};
-use std::sync::Arc;
 
 /// The linear probe: dropout 0.2 and a linear layer on detached embeddings.
 pub struct LinearHead {
@@ -112,24 +110,28 @@ pub fn head_classes(
     Ok((num_classes, Some(weights)))
 }
 
-/// The linear head's training pipeline and its validation one (the training one unless
-/// `linear_head_val_augmentations` is set).
+/// The linear head's training view group and its validation one (the training one unless
+/// `linear_head_val_augmentations` is set), augmented where `augment_on` says.
 pub fn linear_head_pipelines(
     registry: &Registry,
     config: &RunConfig,
-) -> Result<(Arc<Pipeline>, Arc<Pipeline>)> {
-    let train = Arc::new(Pipeline::build(
+) -> Result<(ViewGroup, ViewGroup)> {
+    let train = ViewGroup::build(
         registry,
+        config,
         &config.linear_head_augmentations,
+        1,
         "linear_head_augmentations",
-    )?);
+    )?;
     let val = match &config.linear_head_val_augmentations {
-        Some(specs) => Arc::new(Pipeline::build(
+        Some(specs) => ViewGroup::build(
             registry,
+            config,
             specs,
+            1,
             "linear_head_val_augmentations",
-        )?),
-        None => Arc::clone(&train),
+        )?,
+        None => train.clone(),
     };
     Ok((train, val))
 }

@@ -8,10 +8,9 @@ use crate::checkpoint::{self, prefixed, under, Checkpoint, CheckpointInfo};
 use crate::config::RunConfig;
 use crate::datasets::open_dataset;
 use crate::engine::{EpochSteps, OptimizerSlot, StepPath, StepReport, Task, TrainSummary};
-use crate::loader::{BatchStream, Seeds, Source, ViewGroup};
+use crate::loader::{channels_last, BatchStream, Seeds, Source, ViewGroup};
 use crate::metrics::EpochMetrics;
 use crate::optim::{OptimizerConfig, OptimizerKind, Param};
-use crate::pipeline::Pipeline;
 use crate::registry::Registry;
 use crate::sampler::{Order, Sampler};
 use crate::schedule::LrSchedule;
@@ -98,10 +97,7 @@ fn view_groups(registry: &Registry, config: &RunConfig) -> Result<Vec<ViewGroup>
             } else {
                 format!("ssl_view_groups[{i}].pipeline")
             };
-            Ok(ViewGroup {
-                pipeline: Arc::new(Pipeline::build(registry, &g.pipeline, &what)?),
-                count: g.count,
-            })
+            ViewGroup::build(registry, config, &g.pipeline, g.count, &what)
         })
         .collect()
 }
@@ -203,14 +199,10 @@ impl SslTask {
                 name,
             );
             source.skip_unreadable = config.skip_unreadable_images;
+            source.pin_for = (device != Device::Cpu).then_some(device);
             Arc::new(source)
         };
-        let one = |pipeline: &Arc<Pipeline>| {
-            vec![ViewGroup {
-                pipeline: Arc::clone(pipeline),
-                count: 1,
-            }]
-        };
+        let one = |group: &ViewGroup| vec![group.clone()];
         let (bs, lh_bs, drop_last) = (
             config.ssl_training_batch_size,
             config.linear_head_batch_size,
@@ -379,7 +371,7 @@ impl SslTask {
         let mut loss_sum = Tensor::zeros([], (Kind::Double, self.device));
         let source = Arc::clone(&self.ssl_val.source);
         for batch in BatchStream::new(source, epoch as u64, ssl_plan, workers) {
-            let views = batch?.to_device(self.device);
+            let views = batch?.to_device(self.device)?;
             let algorithm = &mut self.algorithm;
             let loss = autocast(self.optimizer.mixed_precision(), || {
                 algorithm.validation_loss(&views)
@@ -399,7 +391,7 @@ impl SslTask {
         let source = Arc::clone(&self.lh_val.source);
         for batch in BatchStream::new(source, epoch as u64, lh_plan, workers) {
             let batch = batch?;
-            let x = batch.images(self.device);
+            let x = batch.images(self.device)?;
             let y = batch.label_tensor(self.device, self.head.num_classes)?;
             let embeddings = self.algorithm.embed(&x, false)?;
             let logits = self.head.forward(&embeddings.to_kind(Kind::Float), false);
@@ -487,7 +479,12 @@ impl Task for SslTask {
         let batch = ssl_stream
             .next()
             .ok_or_else(|| anyhow!("data loader ended early"))??;
-        let views = batch.to_device(self.device);
+        let views = batch.to_device(self.device)?;
+        let views: Vec<Tensor> = if self.optimizer.mixed_precision() {
+            views.iter().map(channels_last).collect()
+        } else {
+            views
+        };
         for (name, value) in self.algorithm.scalars()? {
             *self.sums.scalars.entry(name).or_default() += value;
         }
@@ -506,7 +503,7 @@ impl Task for SslTask {
             .next()
             .ok_or_else(|| anyhow!("linear-head loader ended early"))??;
         self.streams = Some((ssl_stream, lh_stream));
-        let x = lh.images(self.device);
+        let x = lh.images(self.device)?;
         let y = lh.label_tensor(self.device, self.head.num_classes)?;
         let embeddings = tch::no_grad(|| self.algorithm.embed(&x, true))?.detach();
         let logits = self.head.forward(&embeddings.to_kind(Kind::Float), true);
