@@ -70,7 +70,7 @@ const AFTER_HELP: &str = "\
 With no command, --model=NAME or --resume runs `train`.
 Options are written --name=value; a bare --name means --name=true. Any --name=value that a
 command does not list goes on to it, in order: config parameters for train, show-config and
-preview (`ssl-host show-config --parameters` lists them), dataset parameters for dump,
+preview and bench-data (`ssl-host show-config --parameters` lists them), dataset parameters for dump,
 predict and embed, encoder parameters for check-encoder. An unknown name is an error that
 suggests the closest known one. `ssl-host COMMAND --help` lists a command's options.";
 
@@ -93,6 +93,9 @@ enum Command {
     Dump(DumpOptions),
     /// Write a PNG grid of SSL training samples with their two augmented views
     Preview(PreviewOptions),
+    /// Measure the data path of a config's SSL training alone (read, decode, augment,
+    /// collate, transfer): images/s in total and per worker thread
+    BenchData(BenchDataOptions),
     /// Write the class probabilities of a classifier checkpoint for every image
     Predict(EvalOptions),
     /// Write the encoder features of an SSL or classifier checkpoint for every image
@@ -192,6 +195,20 @@ struct PreviewOptions {
     #[arg(long, value_name = "N")]
     count: Option<String>,
     /// Any config parameter
+    #[arg(value_name = "--name=value")]
+    overrides: Vec<String>,
+}
+
+#[derive(Args)]
+#[command(rename_all = "snake_case")]
+struct BenchDataOptions {
+    /// The model: a config in configs/, a plugin's, or a .toml path (required)
+    #[arg(long, value_name = "NAME")]
+    model: Option<String>,
+    /// How many batches to time, after 2 warm-up batches (default 20)
+    #[arg(long, value_name = "N")]
+    batches: Option<String>,
+    /// Any config parameter (num_workers, augment_on, ssl_training_batch_size, ...)
     #[arg(value_name = "--name=value")]
     overrides: Vec<String>,
 }

@@ -61,6 +61,7 @@ pub fn run(args: Vec<String>) -> Result<()> {
         Some("dump") => commands::dump::run(&registry, &mut cli),
         Some("check-encoder") => commands::check_encoder::run(&registry, &mut cli),
         Some("preview") => commands::preview::run(&registry, &mut cli),
+        Some("bench-data") => commands::bench_data::run(&registry, &mut cli),
         Some("predict") => commands::predict::run(&registry, &mut cli),
         Some("embed") => commands::embed::run(&registry, &mut cli),
         Some("export-encoder") => commands::export_encoder::run(&registry, &mut cli),

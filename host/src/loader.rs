@@ -19,7 +19,8 @@ use ssl_plugin_api::tch::{Device, Kind, Tensor};
 use ssl_plugin_api::{Image, Pixels};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -118,6 +119,34 @@ pub struct Source {
     pub pin_for: Option<Device>,
     /// The samples skipped so far: index -> the error (see [`Source::skipped_report`]).
     skipped: Mutex<BTreeMap<usize, String>>,
+    /// Where the workers' time goes (summed over threads).
+    pub stats: LoaderStats,
+}
+
+/// Time spent by the loader's threads, summed over threads, in nanoseconds.
+#[derive(Default, Debug)]
+pub struct LoaderStats {
+    /// Reading and decoding samples (the dataset's `get`).
+    pub decode_ns: AtomicU64,
+    /// The workers' transforms (all views).
+    pub augment_ns: AtomicU64,
+    /// Whole collations (decode + augment + copying into the batch buffers).
+    pub collate_ns: AtomicU64,
+    /// Samples collated.
+    pub samples: AtomicU64,
+}
+
+impl LoaderStats {
+    /// (decode, augment, collate) seconds and samples so far.
+    pub fn snapshot(&self) -> (f64, f64, f64, u64) {
+        let s = |a: &AtomicU64| a.load(Ordering::Relaxed) as f64 * 1e-9;
+        (
+            s(&self.decode_ns),
+            s(&self.augment_ns),
+            s(&self.collate_ns),
+            self.samples.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl Source {
@@ -140,6 +169,7 @@ impl Source {
             size_hint: "add a Resize/crop transform so all images have one size".into(),
             pin_for: None,
             skipped: Mutex::new(BTreeMap::new()),
+            stats: LoaderStats::default(),
         }
     }
 
@@ -213,6 +243,15 @@ impl Source {
 
     /// Loads, transforms and collates the samples `indices` of `epoch`.
     pub fn collate(&self, indices: &[usize], epoch: u64) -> Result<Batch> {
+        let started = Instant::now();
+        let batch = self.collate_timed(indices, epoch);
+        self.stats
+            .collate_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        batch
+    }
+
+    fn collate_timed(&self, indices: &[usize], epoch: u64) -> Result<Batch> {
         let mut groups: Vec<GroupData> = self
             .groups
             .iter()
@@ -240,7 +279,12 @@ impl Source {
             .collect();
         let mut first: Option<(usize, String)> = None;
         for &index in indices {
-            let sample = match self.dataset.get(index) {
+            let decode_started = Instant::now();
+            let got = self.dataset.get(index);
+            self.stats
+                .decode_ns
+                .fetch_add(decode_started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            let sample = match got {
                 Ok(sample) => sample,
                 Err(e) if self.skip_unreadable => {
                     self.skipped
@@ -265,9 +309,14 @@ impl Source {
             if first.is_none() {
                 first = Some((index, id.clone()));
             }
+            let augment_started = Instant::now();
             let views = self
                 .views_of(&image, epoch, index)
                 .with_context(|| format!("{} sample {index} ({id})", self.name))?;
+            self.stats
+                .augment_ns
+                .fetch_add(augment_started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            self.stats.samples.fetch_add(1, Ordering::Relaxed);
             let mut views = views.into_iter();
             let mut first_view = 0;
             for (group, buffers) in groups.iter_mut().zip(per_view.iter_mut()) {

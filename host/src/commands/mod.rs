@@ -1,5 +1,6 @@
 //! One module per `ssl-host` command.
 
+pub mod bench_data;
 pub mod check_encoder;
 pub mod dump;
 pub mod embed;

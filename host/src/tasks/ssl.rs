@@ -122,20 +122,37 @@ pub fn ssl_dataset(
     Ok((name, dataset))
 }
 
-/// The source of SSL training views of `dataset` (called `name`) as training draws them:
-/// what `preview` shows.
+/// The source of SSL training views of `dataset` (called `name`) as training draws them on
+/// `device`: what `preview` shows and `bench-data` measures.
 pub fn training_views(
     registry: &Registry,
     config: &RunConfig,
     dataset: Arc<DatasetHandle>,
     name: &str,
+    device: Device,
 ) -> Result<Source> {
-    Ok(Source::new(
+    let mut source = Source::new(
         dataset,
         view_groups(registry, config)?,
         Seeds::PerEpoch(seed_of(&[config.random_seed, SSL_TRAIN])),
         name,
-    ))
+    );
+    source.skip_unreadable = config.skip_unreadable_images;
+    source.pin_for = (device != Device::Cpu).then_some(device);
+    Ok(source)
+}
+
+/// The sampler of SSL training over the training indices `train` (as training orders them).
+pub fn training_sampler(config: &RunConfig, train: Vec<usize>) -> Sampler {
+    Sampler::new(
+        train,
+        config.ssl_training_batch_size,
+        config.drop_last,
+        Order::Shuffled {
+            seed: config.random_seed,
+            stream: SSL_SHUFFLE,
+        },
+    )
 }
 
 impl SslTask {
