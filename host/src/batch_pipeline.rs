@@ -72,7 +72,10 @@ impl BatchPipeline {
             );
         }
         if batch.kind() != Kind::Float {
-            bail!("batch augmentation expects float images, got {:?}", batch.kind());
+            bail!(
+                "batch augmentation expects float images, got {:?}",
+                batch.kind()
+            );
         }
         if let Some((handle, _)) = &self.compiled {
             return handle

@@ -20,10 +20,10 @@ use ssl_plugin_api::{Image, Pixels};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 /// `count` views of every sample, each through `pipeline` with its own seed. With
 /// `on_device`, `pipeline` is only what workers do before collating (nothing, or a resize to
@@ -81,9 +81,7 @@ impl ViewGroup {
                             .context("the resize of `device_input_size`")?,
                     ),
                     count,
-                    on_device: Some(Arc::new(BatchPipeline::build(
-                        registry, specs, what, fuse,
-                    )?)),
+                    on_device: Some(Arc::new(BatchPipeline::build(registry, specs, what, fuse)?)),
                 })
             }
         }
@@ -180,12 +178,7 @@ impl Source {
         seeds: Seeds,
         name: &str,
     ) -> Source {
-        Source::new(
-            dataset,
-            vec![ViewGroup::workers(pipeline, 1)],
-            seeds,
-            name,
-        )
+        Source::new(dataset, vec![ViewGroup::workers(pipeline, 1)], seeds, name)
     }
 
     /// Number of views per sample, over all groups.
@@ -281,9 +274,10 @@ impl Source {
         for &index in indices {
             let decode_started = Instant::now();
             let got = self.dataset.get(index);
-            self.stats
-                .decode_ns
-                .fetch_add(decode_started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            self.stats.decode_ns.fetch_add(
+                decode_started.elapsed().as_nanos() as u64,
+                Ordering::Relaxed,
+            );
             let sample = match got {
                 Ok(sample) => sample,
                 Err(e) if self.skip_unreadable => {
@@ -313,9 +307,10 @@ impl Source {
             let views = self
                 .views_of(&image, epoch, index)
                 .with_context(|| format!("{} sample {index} ({id})", self.name))?;
-            self.stats
-                .augment_ns
-                .fetch_add(augment_started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            self.stats.augment_ns.fetch_add(
+                augment_started.elapsed().as_nanos() as u64,
+                Ordering::Relaxed,
+            );
             self.stats.samples.fetch_add(1, Ordering::Relaxed);
             let mut views = views.into_iter();
             let mut first_view = 0;
@@ -902,5 +897,63 @@ mod tests {
             .unwrap();
         assert!(alone[0].equal(&views[0]) && alone[1].equal(&views[1]));
         assert!(!views[2].equal(&views[3]), "views of a group differ");
+    }
+
+    #[test]
+    fn device_augmented_batches_do_not_depend_on_the_number_of_workers() {
+        let registry = Registry::load(&[]).unwrap();
+        let overrides = [("augment_on".to_string(), "device".to_string())];
+        let config = RunConfig::resolve("ShapesSimCLR", &overrides, &registry).unwrap();
+        let group = ViewGroup::build(
+            &registry,
+            &config,
+            &config.ssl_augmentations,
+            2,
+            "ssl_augmentations",
+        )
+        .unwrap();
+        assert!(group.on_device.is_some() && group.pipeline.is_empty());
+        let source = Arc::new(Source::new(
+            shapes(&registry, 40),
+            vec![group],
+            Seeds::PerEpoch(5),
+            "Shapes",
+        ));
+        let plan = Sampler::new(
+            (0..40).collect(),
+            8,
+            true,
+            Order::Shuffled { seed: 3, stream: 0 },
+        )
+        .batches(0);
+        let collect = |workers: usize| -> Vec<Vec<Tensor>> {
+            BatchStream::new(Arc::clone(&source), 2, plan.clone(), workers)
+                .map(|b| b.unwrap().to_device(Device::Cpu).unwrap())
+                .collect()
+        };
+        let reference = collect(0);
+        assert_eq!(reference.len(), 5);
+        assert_eq!(reference[0].len(), 2);
+        assert_eq!(reference[0][0].size(), [8, 3, 32, 32]);
+        // Workers carried one 8-bit copy per sample, not the views.
+        let batch = source.collate(&plan[0], 2).unwrap();
+        let device = batch.groups[0].device.as_ref().unwrap();
+        assert!(matches!(&device.pixels, RawPixels::U8(v) if v.len() == 8 * 3 * 32 * 32));
+        for workers in [1, 3] {
+            let other = collect(workers);
+            for (a, b) in reference.iter().flatten().zip(other.iter().flatten()) {
+                assert!(a.equal(b), "batches differ with {workers} workers");
+            }
+        }
+        assert!(
+            !reference[0][0].equal(&reference[0][1]),
+            "the two views differ"
+        );
+        let max = reference[0][0].max().double_value(&[]);
+        let min = reference[0][0].min().double_value(&[]);
+        assert!(
+            (0.0..=1.0).contains(&min) && max <= 1.0 && max > min,
+            "{min} {max}"
+        );
     }
 }

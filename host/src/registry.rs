@@ -167,7 +167,9 @@ impl Registry {
 
     /// Every plugin's pipeline compilers, in plugin order.
     pub fn pipeline_compilers(&self) -> impl Iterator<Item = &PipelineCompiler> {
-        self.plugins.iter().flat_map(|p| p.pipeline_compilers.iter())
+        self.plugins
+            .iter()
+            .flat_map(|p| p.pipeline_compilers.iter())
     }
 
     /// Every plugin's batch pipeline compilers, in plugin order.
@@ -232,7 +234,10 @@ impl Registry {
         let sections: [(&str, &str); 6] = [
             ("datasets", "dataset"),
             ("transforms", "transform"),
-            ("batch transforms (augment_on = \"device\")", "batch transform"),
+            (
+                "batch transforms (augment_on = \"device\")",
+                "batch transform",
+            ),
             ("encoders", "encoder"),
             ("algorithms", "algorithm"),
             ("model configs", "model config"),

@@ -196,7 +196,8 @@ pub type StepFfi = Tuple2<RString, RString>;
 pub struct PipelineCompilerFfi {
     pub description: RString,
     pub ctx: FactoryCtx,
-    pub compile: extern "C" fn(FactoryCtx, RVec<StepFfi>) -> RResult<ROption<TransformBox>, FfiError>,
+    pub compile:
+        extern "C" fn(FactoryCtx, RVec<StepFfi>) -> RResult<ROption<TransformBox>, FfiError>,
 }
 
 /// Makes batch transforms from a JSON parameter blob.

@@ -94,7 +94,12 @@ pub(crate) fn steps_from_ffi(steps: RVec<StepFfi>) -> Result<Vec<TransformStep>>
 pub(crate) fn steps_to_ffi(steps: &[TransformStep]) -> RVec<StepFfi> {
     steps
         .iter()
-        .map(|s| Tuple2(RString::from(s.name.as_str()), s.params.to_json_string().into()))
+        .map(|s| {
+            Tuple2(
+                RString::from(s.name.as_str()),
+                s.params.to_json_string().into(),
+            )
+        })
         .collect()
 }
 

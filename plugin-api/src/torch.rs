@@ -238,8 +238,7 @@ impl BatchTransformFactory {
         let inner = (self.ffi.create)(self.ffi.ctx, RStr::from_str(&json))
             .into_result()
             .map_err(|e| {
-                PluginError::from(e)
-                    .context(format!("creating batch transform `{}`", self.name()))
+                PluginError::from(e).context(format!("creating batch transform `{}`", self.name()))
             })?;
         Ok(BatchTransformHandle { inner })
     }
@@ -281,7 +280,9 @@ impl BatchPipelineCompiler {
         let out = (self.ffi.compile)(self.ffi.ctx, steps_to_ffi(steps))
             .into_result()
             .map_err(PluginError::from)?;
-        Ok(out.into_option().map(|inner| BatchTransformHandle { inner }))
+        Ok(out
+            .into_option()
+            .map(|inner| BatchTransformHandle { inner }))
     }
 }
 
@@ -737,11 +738,12 @@ impl Plugin {
         F: Fn(&[TransformStep]) -> Result<Option<T>> + Send + Sync + 'static,
     {
         let name = self.plugin_name().to_string();
-        self.batch_pipeline_compilers.push(BatchPipelineCompilerFfi {
-            description: description.into(),
-            ctx: leak_ctx(&name, make),
-            compile: compile_batch_pipeline::<T, F>,
-        });
+        self.batch_pipeline_compilers
+            .push(BatchPipelineCompilerFfi {
+                description: description.into(),
+                ctx: leak_ctx(&name, make),
+                compile: compile_batch_pipeline::<T, F>,
+            });
         self
     }
 

@@ -84,11 +84,7 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
     }
     let seconds = started.elapsed().as_secs_f64();
     let after = source.stats.snapshot();
-    let (decode, augment, collate) = (
-        after.0 - before.0,
-        after.1 - before.1,
-        after.2 - before.2,
-    );
+    let (decode, augment, collate) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
     let threads = workers.max(1);
     let images_per_s = samples as f64 / seconds;
     let share = |x: f64| if collate > 0.0 { x / collate } else { 0.0 };
@@ -97,10 +93,9 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
         .groups
         .iter()
         .map(|g| match (&g.on_device, g.pipeline.compiled()) {
-            (Some(device), _) => format!(
-                "device ({})",
-                device.compiled().unwrap_or("step by step")
-            ),
+            (Some(device), _) => {
+                format!("device ({})", device.compiled().unwrap_or("step by step"))
+            }
             (None, Some(compiled)) => format!("workers, compiled ({compiled})"),
             (None, None) if g.pipeline.is_empty() => "workers, no transforms".into(),
             (None, None) => "workers, step by step".into(),
@@ -109,8 +104,7 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
     println!(
         "bench-data {model}: {name}, {samples} samples ({views_per_sample} views each, batches \
          of {}) after {warm} warm-up batches, {} worker thread(s), device {device:?}",
-        config.ssl_training_batch_size,
-        workers,
+        config.ssl_training_batch_size, workers,
     );
     println!("  views: {}", shape.join(", "));
     println!("  augmentation: {}", paths.join("; "));

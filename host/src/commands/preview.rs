@@ -181,7 +181,12 @@ fn compose(labels: &[String], rows: &[Vec<Tile>]) -> Result<Image> {
     let cell_h = rows.iter().flatten().map(|t| t.height).max().unwrap_or(0);
     let factor = MIN_CELL.div_ceil(cell_w.min(cell_h).max(1)).max(1);
     let (cell_w, cell_h) = (cell_w * factor, cell_h * factor);
-    let columns = rows.iter().map(Vec::len).max().unwrap_or(0).max(labels.len());
+    let columns = rows
+        .iter()
+        .map(Vec::len)
+        .max()
+        .unwrap_or(0)
+        .max(labels.len());
     let header = font::HEIGHT * font::SCALE + 2 * GAP;
     let width = columns * cell_w + (columns + 1) * GAP;
     let height = header + rows.len() * cell_h + (rows.len() + 1) * GAP;
@@ -290,7 +295,11 @@ mod tests {
         assert_eq!(at(0, 0), 255);
         let top = header + GAP;
         assert_eq!(at(GAP, top), 0);
-        assert_eq!(at(GAP + cell - 1, top + cell - 1), 0, "enlarged to the whole cell");
+        assert_eq!(
+            at(GAP + cell - 1, top + cell - 1),
+            0,
+            "enlarged to the whole cell"
+        );
         assert_eq!(at(GAP + cell + GAP, top + 1), 100);
         assert_eq!(at(GAP + 2 * (cell + GAP), top), 200);
         // The header has ink (the labels) and only in its band.

@@ -4,13 +4,20 @@
 use indicatif::{ProgressBar, ProgressStyle};
 use ssl_plugin_api::tch::Tensor;
 use std::io::IsTerminal;
+use std::time::{Duration, Instant};
 
 /// Progress: a bar per epoch (step, loss, images/s, ETA) on a terminal; nothing here
 /// otherwise (the caller prints one plain line per epoch).
 pub struct Progress {
     bar: std::cell::RefCell<Option<ProgressBar>>,
     interactive: bool,
+    /// When the loss was last read: reading it waits for the device, so at most every
+    /// [`LOSS_EVERY`].
+    loss_read: std::cell::Cell<Option<Instant>>,
 }
+
+/// How often the bar reads the loss (a host synchronisation on a GPU).
+const LOSS_EVERY: Duration = Duration::from_millis(500);
 
 impl Default for Progress {
     fn default() -> Self {
@@ -23,6 +30,7 @@ impl Progress {
         Progress {
             bar: std::cell::RefCell::new(None),
             interactive: std::io::stderr().is_terminal(),
+            loss_read: std::cell::Cell::new(None),
         }
     }
 
@@ -44,6 +52,14 @@ impl Progress {
     pub fn step(&self, step: usize, loss: &Tensor, images_per_second: f64) {
         if let Some(bar) = self.bar.borrow().as_ref() {
             bar.set_position(step as u64);
+            if self
+                .loss_read
+                .get()
+                .is_some_and(|at| at.elapsed() < LOSS_EVERY)
+            {
+                return;
+            }
+            self.loss_read.set(Some(Instant::now()));
             bar.set_message(format!(
                 "loss {:.4} {:.1} images/s",
                 loss.double_value(&[]),

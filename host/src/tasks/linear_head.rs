@@ -87,6 +87,33 @@ pub fn record_batch(
     Ok(())
 }
 
+/// The head's batches of a training pass kept on the device until the epoch ends, so a step
+/// does not wait for the device to read them (a host synchronisation per step on a GPU).
+#[derive(Default)]
+pub struct PendingBatches {
+    batches: Vec<(Tensor, Vec<i64>, Tensor, usize)>,
+}
+
+impl PendingBatches {
+    /// Keeps the probabilities and loss of `batch` (detached, on the device).
+    pub fn push(&mut self, logits: &Tensor, batch: &Batch, loss: &Tensor) {
+        let probs = logits.detach().softmax(-1, Kind::Float);
+        let targets = batch.labels.iter().map(|l| l.unwrap_or(-1)).collect();
+        self.batches
+            .push((probs, targets, loss.detach(), batch.len()));
+    }
+
+    /// Adds every kept batch to `metrics`, in order.
+    pub fn flush_into(self, metrics: &mut EpochMetrics) -> Result<()> {
+        for (probs, targets, loss, n) in self.batches {
+            let probs = probs.to_device(Device::Cpu).contiguous().view(-1);
+            let probs: Vec<f32> = Vec::<f32>::try_from(&probs)?;
+            metrics.add_batch(&probs, &targets, loss.double_value(&[]), n);
+        }
+        Ok(())
+    }
+}
+
 /// The number of classes of a head's labelled dataset and, when `balanced`, the class weights
 /// of its loss (from all its labels, as the original).
 pub fn head_classes(
@@ -124,13 +151,9 @@ pub fn linear_head_pipelines(
         "linear_head_augmentations",
     )?;
     let val = match &config.linear_head_val_augmentations {
-        Some(specs) => ViewGroup::build(
-            registry,
-            config,
-            specs,
-            1,
-            "linear_head_val_augmentations",
-        )?,
+        Some(specs) => {
+            ViewGroup::build(registry, config, specs, 1, "linear_head_val_augmentations")?
+        }
         None => train.clone(),
     };
     Ok((train, val))

@@ -16,7 +16,9 @@ use crate::sampler::{Order, Sampler};
 use crate::schedule::LrSchedule;
 use crate::seeds::seed_of;
 use crate::split::split_dataset;
-use crate::tasks::linear_head::{head_classes, linear_head_pipelines, record_batch, LinearHead};
+use crate::tasks::linear_head::{
+    head_classes, linear_head_pipelines, record_batch, LinearHead, PendingBatches,
+};
 use crate::tasks::{encoder_params, plugins_used, transforms_used, warn_if_no_val_batch, Data};
 use anyhow::{anyhow, bail, Context, Result};
 use ssl_plugin_api::host::DatasetHandle;
@@ -42,6 +44,8 @@ struct EpochSums {
     loss: Option<Tensor>,
     scalars: BTreeMap<String, f64>,
     linear_head: Option<EpochMetrics>,
+    /// The head's batches not yet read from the device.
+    pending: PendingBatches,
 }
 
 /// An SSL pretraining run.
@@ -484,6 +488,7 @@ impl Task for SslTask {
             loss: Some(Tensor::zeros([], (Kind::Double, self.device))),
             scalars: BTreeMap::new(),
             linear_head: Some(EpochMetrics::new(self.head.num_classes)),
+            pending: PendingBatches::default(),
         };
         Ok(EpochSteps { steps, full_steps })
     }
@@ -530,8 +535,8 @@ impl Task for SslTask {
             &lh_loss,
             self.config.learning_rate_linear_head_during_ssl_training,
         )?;
-        if let Some(metrics) = &mut self.sums.linear_head {
-            record_batch(metrics, &logits, &lh, &lh_loss)?;
+        if self.sums.linear_head.is_some() {
+            self.sums.pending.push(&logits, &lh, &lh_loss);
         }
         Ok(StepReport {
             loss,
@@ -547,7 +552,10 @@ impl Task for SslTask {
 
     fn end_epoch(&mut self, epoch: usize, summary: &TrainSummary) -> Result<Vec<(String, f64)>> {
         self.streams = None;
-        let sums = std::mem::take(&mut self.sums);
+        let mut sums = std::mem::take(&mut self.sums);
+        if let Some(metrics) = &mut sums.linear_head {
+            std::mem::take(&mut sums.pending).flush_into(metrics)?;
+        }
         let steps = summary.steps as f64;
         let loss = sums.loss.map_or(f64::NAN, |l| l.double_value(&[]));
         let mut metrics = vec![(format!("{}/train/loss", self.prefix), loss / steps)];
