@@ -148,16 +148,21 @@ pub fn adjust_hue(data: &mut [f32], shift: f32) {
     }
 }
 
-impl Transform for ColorJitter {
-    fn apply(&self, image: Image, seed: u64) -> Result<Image> {
-        let mut img = FloatImage::from_image(image);
-        let c = img.channels;
-        if c != 1 && c != 3 {
-            bail!("{NAME}: expected a 1- or 3-channel image, got {c} channels");
-        }
-        let mut rng = Rng::new(seed);
+/// One draw of [`ColorJitter`]: the order of the adjustments and their factors.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct JitterDraw {
+    /// The adjustments in the order applied: 0 brightness, 1 contrast, 2 saturation, 3 hue.
+    pub order: [usize; 4],
+    /// The factor of each adjustment (indexed as `order`), `None` when it is off.
+    pub factors: [Option<f32>; 4],
+}
+
+impl ColorJitter {
+    /// The adjustments drawn from `rng` (what [`Transform::apply`] uses), `None` when the
+    /// image is left as it is (probability `1 - p`).
+    pub fn draw(&self, rng: &mut Rng) -> Option<JitterDraw> {
         if !rng.bernoulli(self.p) {
-            return img.into_image();
+            return None;
         }
         let order = rng.permutation::<4>();
         let mut draw = |r: Option<(f64, f64)>| r.map(|(lo, hi)| rng.uniform(lo, hi) as f32);
@@ -167,15 +172,34 @@ impl Transform for ColorJitter {
             draw(self.saturation),
             draw(self.hue),
         ];
-        for op in order {
-            let Some(f) = factors[op] else { continue };
-            match (op, c) {
-                (0, _) => adjust_brightness(&mut img.data, f),
-                (1, _) => adjust_contrast(&mut img.data, c, f),
-                (2, 3) => adjust_saturation(&mut img.data, f),
-                (3, 3) => adjust_hue(&mut img.data, f),
-                _ => {}
-            }
+        Some(JitterDraw { order, factors })
+    }
+}
+
+/// Applies the adjustments of `draw` to interleaved pixels of `channels` (1 or 3) channels;
+/// one-channel images get brightness and contrast only.
+pub fn apply_draw(data: &mut [f32], channels: usize, draw: &JitterDraw) {
+    for &op in &draw.order {
+        let Some(f) = draw.factors[op] else { continue };
+        match (op, channels) {
+            (0, _) => adjust_brightness(data, f),
+            (1, _) => adjust_contrast(data, channels, f),
+            (2, 3) => adjust_saturation(data, f),
+            (3, 3) => adjust_hue(data, f),
+            _ => {}
+        }
+    }
+}
+
+impl Transform for ColorJitter {
+    fn apply(&self, image: Image, seed: u64) -> Result<Image> {
+        let mut img = FloatImage::from_image(image);
+        let c = img.channels;
+        if c != 1 && c != 3 {
+            bail!("{NAME}: expected a 1- or 3-channel image, got {c} channels");
+        }
+        if let Some(draw) = self.draw(&mut Rng::new(seed)) {
+            apply_draw(&mut img.data, c, &draw);
         }
         img.into_image()
     }
