@@ -146,7 +146,10 @@ impl ElasticTransform {
     pub fn fields(&self, rng: &mut Rng, height: usize, width: usize) -> (Vec<f64>, Vec<f64>) {
         let nx = noise(rng, height, width);
         let ny = noise(rng, height, width);
-        (self.smooth(&nx, height, width), self.smooth(&ny, height, width))
+        (
+            self.smooth(&nx, height, width),
+            self.smooth(&ny, height, width),
+        )
     }
 
     /// The raw noise of the two fields `(dx, dy)` before smoothing, drawn from `rng` as

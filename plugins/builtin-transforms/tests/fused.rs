@@ -43,7 +43,10 @@ fn cxr_ssl() -> Vec<TransformStep> {
             r#"{"alpha": 34.0, "sigma": 4.0, "p_apply": 0.4}"#,
         ),
         ("CenterCrop", r#"{"size": 224}"#),
-        ("RandomErasing", r#"{"scale": [0.15, 0.4], "ratio": [0.33, 3.0]}"#),
+        (
+            "RandomErasing",
+            r#"{"scale": [0.15, 0.4], "ratio": [0.33, 3.0]}"#,
+        ),
         ("AddGaussianNoise", r#"{"p_apply": 0.5, "std": 0.05}"#),
     ])
 }
@@ -133,7 +136,10 @@ fn shape(image: &Image) -> (u32, u32, u32) {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn mean_abs_diff(a: &[f32], b: &[f32]) -> f64 {
@@ -186,7 +192,13 @@ fn the_plugin_offers_the_compiler() {
 }
 
 /// The steps' own draws for the CXR SSL list on a 1024 px image.
-fn step_draws(seed: u64) -> (ssl_builtin_transforms::random_affine::AffineParams, ssl_builtin_transforms::random_resized_crop::CropBox, bool) {
+fn step_draws(
+    seed: u64,
+) -> (
+    ssl_builtin_transforms::random_affine::AffineParams,
+    ssl_builtin_transforms::random_resized_crop::CropBox,
+    bool,
+) {
     let p = |json: &str| Params::from_json(json).unwrap();
     let affine = RandomAffine::from_params(&p(
         r#"{"degrees": 180.0, "translate": [0.0, 0.0], "shear": 40.0}"#,
@@ -275,7 +287,11 @@ fn the_fused_path_draws_what_the_steps_draw() {
         mean(&areas)
     );
     assert!(areas.iter().all(|&a| (0.39..=1.0).contains(&a)));
-    assert!(mean(&log_ratios).abs() < 0.01, "mean log ratio {}", mean(&log_ratios));
+    assert!(
+        mean(&log_ratios).abs() < 0.01,
+        "mean log ratio {}",
+        mean(&log_ratios)
+    );
     let abs_l: Vec<f64> = log_ratios.iter().map(|l| l.abs()).collect();
     let expected_abs_l = abs_l_sum / mass;
     assert!(
@@ -332,9 +348,16 @@ fn without_randomness_the_outputs_agree_within_the_stated_tolerance() {
         values(&p.apply_steps(grey.clone(), 5).unwrap()),
     );
     let mad = mean_abs_diff(&a, &b);
-    let far = a.iter().zip(&b).filter(|(x, y)| (*x - *y).abs() > 4.0 / 255.0).count();
+    let far = a
+        .iter()
+        .zip(&b)
+        .filter(|(x, y)| (*x - *y).abs() > 4.0 / 255.0)
+        .count();
     assert!(mad < 0.5 / 255.0, "affine: mean abs diff {mad}");
-    assert!(far as f64 <= 0.02 * a.len() as f64, "affine: {far} pixels differ by > 4/255");
+    assert!(
+        far as f64 <= 0.02 * a.len() as f64,
+        "affine: {far} pixels differ by > 4/255"
+    );
 
     // CIFAR with every choice fixed (crop of the whole image, flip, jitter, blur): the bits.
     let rgb = smooth_image(32, 3);
@@ -411,7 +434,8 @@ fn grey_input_gives_three_identical_channels_and_seeds_matter() {
     assert_eq!(v, values(&p.apply(grey.clone(), 42).unwrap()));
     assert_ne!(v, values(&p.apply(grey.clone(), 43).unwrap()));
     // 16-bit and float inputs take the same path.
-    let u16_img = Image::from_u16(64, 64, 1, (0..64 * 64).map(|i| (i * 13) as u16).collect()).unwrap();
+    let u16_img =
+        Image::from_u16(64, 64, 1, (0..64 * 64).map(|i| (i * 13) as u16).collect()).unwrap();
     assert_eq!(shape(&p.apply(u16_img, 1).unwrap()), (224, 224, 3));
     // Channel counts the fused path does not handle go through the steps (and their errors).
     let two = Image::from_u8(8, 8, 2, vec![0; 128]).unwrap();
@@ -419,13 +443,26 @@ fn grey_input_gives_three_identical_channels_and_seeds_matter() {
     assert!(err.contains("ExpandChannels"), "{err}");
 }
 
+/// CPU time of this thread in seconds (Linux: `/proc/thread-self/schedstat`, nanoseconds on
+/// the CPU), so that other processes on a busy machine do not inflate the figures; wall-clock
+/// time elsewhere.
+fn thread_cpu_seconds() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let ns: f64 = text.split_whitespace().next()?.parse().ok()?;
+    Some(ns * 1e-9)
+}
+
 fn ms_per_view(f: impl Fn(Image, u64) -> Image, image: &Image, views: u64) -> f64 {
     let inputs: Vec<Image> = (0..views).map(|_| image.clone()).collect();
-    let start = Instant::now();
+    let (wall, cpu) = (Instant::now(), thread_cpu_seconds());
     for (seed, img) in inputs.into_iter().enumerate() {
         std::hint::black_box(f(img, seed as u64));
     }
-    start.elapsed().as_secs_f64() * 1e3 / views as f64
+    let seconds = match (cpu, thread_cpu_seconds()) {
+        (Some(a), Some(b)) => b - a,
+        _ => wall.elapsed().as_secs_f64(),
+    };
+    seconds * 1e3 / views as f64
 }
 
 /// `cargo test -p builtin-transforms --release --test fused -- --ignored --nocapture`
@@ -433,17 +470,57 @@ fn ms_per_view(f: impl Fn(Image, u64) -> Image, image: &Image, views: u64) -> f6
 #[ignore = "timing; run in release mode with --ignored --nocapture"]
 fn timing() {
     let cases = [
-        ("CXR SSL, 1024 px grey", cxr_ssl(), smooth_image(1024, 1), 20, 400),
-        ("CXR linear head, 1024 px", cxr_linear_head(), smooth_image(1024, 1), 20, 400),
-        ("CXR eval, 1024 px", cxr_eval(), smooth_image(1024, 1), 20, 400),
-        ("CIFAR SSL, 32 px RGB", cifar_ssl(), smooth_image(32, 3), 4000, 40000),
-        ("CIFAR linear head, 32 px", cifar_linear_head(), smooth_image(32, 3), 4000, 40000),
+        (
+            "CXR SSL, 1024 px grey",
+            cxr_ssl(),
+            smooth_image(1024, 1),
+            20,
+            400,
+        ),
+        (
+            "CXR linear head, 1024 px",
+            cxr_linear_head(),
+            smooth_image(1024, 1),
+            20,
+            400,
+        ),
+        (
+            "CXR eval, 1024 px",
+            cxr_eval(),
+            smooth_image(1024, 1),
+            20,
+            400,
+        ),
+        (
+            "CIFAR SSL, 32 px RGB",
+            cifar_ssl(),
+            smooth_image(32, 3),
+            4000,
+            40000,
+        ),
+        (
+            "CIFAR linear head, 32 px",
+            cifar_linear_head(),
+            smooth_image(32, 3),
+            4000,
+            40000,
+        ),
     ];
-    println!("| pipeline | steps ms/view | fused ms/view | speed-up | fused two-view samples/s |");
+    println!("| pipeline (CPU time of one thread) | steps ms/view | fused ms/view | speed-up | fused two-view samples/s per core |");
     println!("| --- | --- | --- | --- | --- |");
+    // TIMING_CASE=substring picks cases; TIMING_FUSED_ONLY=1 skips the steps (for profiling).
+    let only = std::env::var("TIMING_CASE").unwrap_or_default();
+    let fused_only = std::env::var_os("TIMING_FUSED_ONLY").is_some();
     for (name, list, image, step_views, fused_views) in cases {
+        if !name.contains(only.as_str()) {
+            continue;
+        }
         let p = fused(&list);
-        let steps = ms_per_view(|i, s| p.apply_steps(i, s).unwrap(), &image, step_views);
+        let steps = if fused_only {
+            f64::NAN
+        } else {
+            ms_per_view(|i, s| p.apply_steps(i, s).unwrap(), &image, step_views)
+        };
         let fast = ms_per_view(|i, s| p.apply(i, s).unwrap(), &image, fused_views);
         println!(
             "| {name} | {steps:.4} | {fast:.4} | {:.1}× | {:.0} |",

@@ -9,18 +9,12 @@
 //! far below the 1/255 step of 8-bit images.
 
 /// `2/ln 2 / (2k + 1)` for k = 0..=4: the atanh series of `log2`.
-const LOG2_SERIES: [f32; 5] = [
-    2.885_39,
-    0.961_796_7,
-    0.577_078,
-    0.412_198_6,
-    0.320_598_9,
-];
+const LOG2_SERIES: [f32; 5] = [2.885_39, 0.961_796_7, 0.577_078, 0.412_198_6, 0.320_598_9];
 
 /// `ln(2)^k / k!` for k = 0..=7: the Taylor polynomial of `2^f`.
 const EXP2_TAYLOR: [f32; 8] = [
     1.0,
-    0.693_147_2,
+    std::f32::consts::LN_2,
     0.240_226_5,
     0.055_504_11,
     0.009_618_129,
@@ -49,11 +43,12 @@ fn exp2(y: f32) -> f32 {
     // Below 2^-126 the result is 0 for our purpose (the step gives a value < 1.2e-38).
     let small = y < -126.0;
     let y = y.max(-126.0);
-    let n = (y + 0.5).floor();
-    let f = y - n;
+    // Nearest integer (y ≤ 0; truncation towards 0 of y − ½), without a call to `floor`.
+    let n = (y - 0.5) as i32;
+    let f = y - n as f32;
     let [c0, c1, c2, c3, c4, c5, c6, c7] = EXP2_TAYLOR;
     let p = c0 + f * (c1 + f * (c2 + f * (c3 + f * (c4 + f * (c5 + f * (c6 + f * c7))))));
-    let scale = f32::from_bits(((n as i32 + 127).max(1) as u32) << 23);
+    let scale = f32::from_bits(((n + 127).max(1) as u32) << 23);
     if small {
         0.0
     } else {

@@ -208,7 +208,11 @@ impl Chain {
                     height,
                     width,
                 } => {
-                    let (start, len) = if vertical { (top, height) } else { (left, width) };
+                    let (start, len) = if vertical {
+                        (top, height)
+                    } else {
+                        (left, width)
+                    };
                     let out_len = if index + 1 < self.steps.len() {
                         let (h, w) = self.steps[index + 1].1;
                         if vertical {
@@ -303,22 +307,55 @@ fn sample_separable<T: Texel>(src: Source<'_, T>, xs: &[Tap], ys: &[Tap], out: &
     let (_, w, c) = src.shape;
     let row_len = w * c;
     let out_row_len = out.row_len();
+    let columns_inside = xs.iter().all(|t| t.outside.is_none());
     for (ty, dst) in ys.iter().zip(out.data.chunks_exact_mut(out_row_len)) {
         let r0 = &src.data[ty.i0 * row_len..(ty.i0 + 1) * row_len];
         let r1 = &src.data[ty.i1 * row_len..(ty.i1 + 1) * row_len];
-        let (wy1, wy0) = (ty.frac, 1.0 - ty.frac);
-        for (px, tx) in dst.chunks_exact_mut(c).zip(xs) {
-            if let Some(fill) = outside(tx.outside, ty.outside) {
-                px.fill(fill);
-                continue;
-            }
-            let (wx1, wx0) = (tx.frac, 1.0 - tx.frac);
-            let (a0, a1) = (tx.i0 * c, tx.i1 * c);
-            for (k, v) in px.iter_mut().enumerate() {
-                let top = wx0 * r0[a0 + k].unit() + wx1 * r0[a1 + k].unit();
-                let bottom = wx0 * r1[a0 + k].unit() + wx1 * r1[a1 + k].unit();
-                *v = wy0 * top + wy1 * bottom;
-            }
+        let wy = (1.0 - ty.frac, ty.frac);
+        match (columns_inside && ty.outside.is_none(), c) {
+            (true, 1) => row_inside::<T, 1>(dst, r0, r1, xs, wy),
+            (true, 3) => row_inside::<T, 3>(dst, r0, r1, xs, wy),
+            _ => row_any(dst, r0, r1, xs, ty, c),
+        }
+    }
+}
+
+/// One output row whose taps all lie inside, `C` channels (the common case, unrolled).
+#[inline(always)]
+fn row_inside<T: Texel, const C: usize>(
+    dst: &mut [f32],
+    r0: &[T],
+    r1: &[T],
+    xs: &[Tap],
+    (wy0, wy1): (f32, f32),
+) {
+    for (px, tx) in dst.chunks_exact_mut(C).zip(xs) {
+        let (wx1, wx0) = (tx.frac, 1.0 - tx.frac);
+        let (a0, a1) = (tx.i0 * C, tx.i1 * C);
+        let (p00, p01) = (&r0[a0..a0 + C], &r0[a1..a1 + C]);
+        let (p10, p11) = (&r1[a0..a0 + C], &r1[a1..a1 + C]);
+        for k in 0..C {
+            let top = wx0 * p00[k].unit() + wx1 * p01[k].unit();
+            let bottom = wx0 * p10[k].unit() + wx1 * p11[k].unit();
+            px[k] = wy0 * top + wy1 * bottom;
+        }
+    }
+}
+
+/// One output row in general: any channel count, taps possibly outside.
+fn row_any<T: Texel>(dst: &mut [f32], r0: &[T], r1: &[T], xs: &[Tap], ty: &Tap, c: usize) {
+    let (wy1, wy0) = (ty.frac, 1.0 - ty.frac);
+    for (px, tx) in dst.chunks_exact_mut(c).zip(xs) {
+        if let Some(fill) = outside(tx.outside, ty.outside) {
+            px.fill(fill);
+            continue;
+        }
+        let (wx1, wx0) = (tx.frac, 1.0 - tx.frac);
+        let (a0, a1) = (tx.i0 * c, tx.i1 * c);
+        for (k, v) in px.iter_mut().enumerate() {
+            let top = wx0 * r0[a0 + k].unit() + wx1 * r0[a1 + k].unit();
+            let bottom = wx0 * r1[a0 + k].unit() + wx1 * r1[a1 + k].unit();
+            *v = wy0 * top + wy1 * bottom;
         }
     }
 }

@@ -101,7 +101,11 @@ impl Stage {
     fn is_geometric(&self) -> bool {
         matches!(
             self,
-            Stage::Affine(_) | Stage::Crop(_) | Stage::Resize(_) | Stage::Center(_) | Stage::Flip(_)
+            Stage::Affine(_)
+                | Stage::Crop(_)
+                | Stage::Resize(_)
+                | Stage::Center(_)
+                | Stage::Flip(_)
         )
     }
 

@@ -11,8 +11,8 @@ use crate::expand_channels::expand_to_rgb;
 use crate::gaussian_blur::blur_separable;
 use crate::gaussian_noise::add_noise;
 use crate::random_affine::{inverse_affine_matrix, AffineParams};
-use crate::random_resized_crop::CropBox;
 use crate::random_erasing::erase;
+use crate::random_resized_crop::CropBox;
 use crate::rng::Rng;
 use ssl_plugin_api::{step_seed, Image, Pixels, Result, Transform};
 
@@ -73,9 +73,10 @@ impl Work {
     /// The working image, converting the input on first use.
     fn float(&mut self) -> &mut FloatImage {
         if let Current::Source(_) = self.current {
-            let Current::Source(img) =
-                std::mem::replace(&mut self.current, Current::Float(FloatImage::zeros(0, 0, 0)))
-            else {
+            let Current::Source(img) = std::mem::replace(
+                &mut self.current,
+                Current::Float(FloatImage::zeros(0, 0, 0)),
+            ) else {
                 unreachable!()
             };
             self.current = Current::Float(FloatImage::from_image(img));
@@ -306,12 +307,10 @@ impl Transform for FusedPipeline {
                     }
                 }
                 Stage::Grey(g) => {
-                    if work.grey3 || work.channels() == 3 {
-                        if g.draw(&mut rng) {
-                            let grey3 = work.grey3;
-                            let img = work.float();
-                            grayscale(&mut img.data, img.channels, grey3);
-                        }
+                    if (work.grey3 || work.channels() == 3) && g.draw(&mut rng) {
+                        let grey3 = work.grey3;
+                        let img = work.float();
+                        grayscale(&mut img.data, img.channels, grey3);
                     }
                 }
                 Stage::Blur(b) => {
