@@ -40,6 +40,17 @@ impl CenterCrop {
     pub fn new(height: usize, width: usize) -> Self {
         CenterCrop { height, width }
     }
+
+    /// The output `(height, width)`.
+    pub fn size(&self) -> (usize, usize) {
+        (self.height, self.width)
+    }
+
+    /// Where the crop starts inside a `height × width` image: `(rows, columns)`, negative
+    /// where zero padding comes before the image.
+    pub fn offsets(&self, height: usize, width: usize) -> (isize, isize) {
+        (offset(height, self.height), offset(width, self.width))
+    }
 }
 
 impl Transform for CenterCrop {
@@ -49,10 +60,7 @@ impl Transform for CenterCrop {
             return img.into_image();
         }
         let c = img.channels;
-        let (oy, ox) = (
-            offset(img.height, self.height),
-            offset(img.width, self.width),
-        );
+        let (oy, ox) = self.offsets(img.height, img.width);
         let mut out = FloatImage::zeros(self.width, self.height, c);
         let out_row = out.row_len();
         let in_row = img.row_len();

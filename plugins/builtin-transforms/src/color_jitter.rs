@@ -106,6 +106,48 @@ pub fn adjust_saturation(data: &mut [f32], factor: f32) {
     }
 }
 
+/// `x` rounded towards zero, without a call to libm (which the vectorised hue loop would make
+/// for every lane): exact, as `f32::trunc`, including the sign of zero.
+#[inline(always)]
+fn trunc(x: f32) -> f32 {
+    // From 2^23 on every f32 is an integer (and NaN, infinities stay as they are).
+    let t = if x.abs() < 8_388_608.0 {
+        (x as i32) as f32
+    } else {
+        x
+    };
+    t.copysign(x)
+}
+
+/// `x % 1.0` (C's `fmod`), without a call to libm; the same bits (NaN for NaN).
+#[inline(always)]
+fn rem1(x: f32) -> f32 {
+    // The fractional part is exact, and fmod keeps the sign of `x`.
+    (x - trunc(x)).copysign(x)
+}
+
+/// `x.rem_euclid(1.0)`, without a call to libm; the same bits (NaN for NaN).
+#[inline(always)]
+fn rem_euclid1(x: f32) -> f32 {
+    let r = rem1(x);
+    if r < 0.0 {
+        r + 1.0
+    } else {
+        r
+    }
+}
+
+/// `x.floor()`, without a call to libm; the same bits.
+#[inline(always)]
+fn floor(x: f32) -> f32 {
+    let t = trunc(x);
+    if t > x {
+        t - 1.0
+    } else {
+        t
+    }
+}
+
 /// Shifts the hue of interleaved RGB by `shift` turns (torchvision's `_rgb2hsv` /
 /// `_hsv2rgb`).
 pub fn adjust_hue(data: &mut [f32], shift: f32) {
@@ -125,11 +167,11 @@ pub fn adjust_hue(data: &mut [f32], shift: f32) {
         } else {
             4.0 + gc - rc
         };
-        let h = (h / 6.0 + 1.0) % 1.0;
-        let h = (h + shift).rem_euclid(1.0);
+        let h = rem1(h / 6.0 + 1.0);
+        let h = rem_euclid1(h + shift);
         let v = maxc;
         let h6 = h * 6.0;
-        let i = h6.floor();
+        let i = floor(h6);
         let f = h6 - i;
         let p = (v * (1.0 - s)).clamp(0.0, 1.0);
         let q = (v * (1.0 - s * f)).clamp(0.0, 1.0);
@@ -148,16 +190,21 @@ pub fn adjust_hue(data: &mut [f32], shift: f32) {
     }
 }
 
-impl Transform for ColorJitter {
-    fn apply(&self, image: Image, seed: u64) -> Result<Image> {
-        let mut img = FloatImage::from_image(image);
-        let c = img.channels;
-        if c != 1 && c != 3 {
-            bail!("{NAME}: expected a 1- or 3-channel image, got {c} channels");
-        }
-        let mut rng = Rng::new(seed);
+/// One draw of [`ColorJitter`]: the order of the adjustments and their factors.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct JitterDraw {
+    /// The adjustments in the order applied: 0 brightness, 1 contrast, 2 saturation, 3 hue.
+    pub order: [usize; 4],
+    /// The factor of each adjustment (indexed as `order`), `None` when it is off.
+    pub factors: [Option<f32>; 4],
+}
+
+impl ColorJitter {
+    /// The adjustments drawn from `rng` (what [`Transform::apply`] uses), `None` when the
+    /// image is left as it is (probability `1 - p`).
+    pub fn draw(&self, rng: &mut Rng) -> Option<JitterDraw> {
         if !rng.bernoulli(self.p) {
-            return img.into_image();
+            return None;
         }
         let order = rng.permutation::<4>();
         let mut draw = |r: Option<(f64, f64)>| r.map(|(lo, hi)| rng.uniform(lo, hi) as f32);
@@ -167,16 +214,69 @@ impl Transform for ColorJitter {
             draw(self.saturation),
             draw(self.hue),
         ];
-        for op in order {
-            let Some(f) = factors[op] else { continue };
-            match (op, c) {
-                (0, _) => adjust_brightness(&mut img.data, f),
-                (1, _) => adjust_contrast(&mut img.data, c, f),
-                (2, 3) => adjust_saturation(&mut img.data, f),
-                (3, 3) => adjust_hue(&mut img.data, f),
-                _ => {}
-            }
+        Some(JitterDraw { order, factors })
+    }
+}
+
+/// Applies the adjustments of `draw` to interleaved pixels of `channels` (1 or 3) channels;
+/// one-channel images get brightness and contrast only.
+pub fn apply_draw(data: &mut [f32], channels: usize, draw: &JitterDraw) {
+    for &op in &draw.order {
+        let Some(f) = draw.factors[op] else { continue };
+        match (op, channels) {
+            (0, _) => adjust_brightness(data, f),
+            (1, _) => adjust_contrast(data, channels, f),
+            (2, 3) => adjust_saturation(data, f),
+            (3, 3) => adjust_hue(data, f),
+            _ => {}
+        }
+    }
+}
+
+impl Transform for ColorJitter {
+    fn apply(&self, image: Image, seed: u64) -> Result<Image> {
+        let mut img = FloatImage::from_image(image);
+        let c = img.channels;
+        if c != 1 && c != 3 {
+            bail!("{NAME}: expected a 1- or 3-channel image, got {c} channels");
+        }
+        if let Some(draw) = self.draw(&mut Rng::new(seed)) {
+            apply_draw(&mut img.data, c, &draw);
         }
         img.into_image()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_remainders_and_floor_are_the_std_ones() {
+        let mut xs: Vec<f32> = vec![
+            -0.0,
+            0.0,
+            1e-30,
+            -1e-30,
+            8_388_608.5,
+            -9e9,
+            3e38,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+        ];
+        let mut r = Rng::new(11);
+        xs.extend((0..100_000).map(|_| r.uniform(-8.0, 8.0) as f32));
+        for n in -8..8 {
+            let f = n as f32;
+            xs.extend([f, f.next_down(), f.next_up(), f + 0.5]);
+        }
+        // The same bits; any NaN for NaN (its sign bit differs from libm's).
+        let same = |a: f32, b: f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+        for x in xs {
+            assert!(same(rem1(x), x % 1.0), "{x}");
+            assert!(same(rem_euclid1(x), x.rem_euclid(1.0)), "{x}");
+            assert!(same(floor(x), x.floor()), "{x}");
+        }
     }
 }

@@ -124,33 +124,69 @@ pub fn warp(img: &FloatImage, dx: &[f64], dy: &[f64]) -> FloatImage {
     out
 }
 
+/// The `U(-1, 1)` noise of one displacement field, `height × width` values drawn from `rng`.
+fn noise(rng: &mut Rng, height: usize, width: usize) -> Vec<f64> {
+    (0..height * width)
+        .map(|_| rng.next_f64() * 2.0 - 1.0)
+        .collect()
+}
+
 impl ElasticTransform {
+    /// The smoothing of the fields (standard deviation, pixels).
+    pub fn sigma(&self) -> f64 {
+        self.sigma
+    }
+
+    /// The scale of the smoothed fields.
+    pub fn alpha(&self) -> f64 {
+        self.alpha
+    }
+
     /// The displacement fields `(dx, dy)` for a `height × width` image, drawn from `rng`.
     pub fn fields(&self, rng: &mut Rng, height: usize, width: usize) -> (Vec<f64>, Vec<f64>) {
-        let mut field = || {
-            let noise: Vec<f64> = (0..height * width)
-                .map(|_| rng.next_f64() * 2.0 - 1.0)
-                .collect();
-            let mut f = gaussian_filter(&noise, height, width, self.sigma);
-            for v in &mut f {
-                *v *= self.alpha;
-            }
-            f
-        };
-        let dx = field();
-        let dy = field();
-        (dx, dy)
+        let nx = noise(rng, height, width);
+        let ny = noise(rng, height, width);
+        (
+            self.smooth(&nx, height, width),
+            self.smooth(&ny, height, width),
+        )
+    }
+
+    /// The raw noise of the two fields `(dx, dy)` before smoothing, drawn from `rng` as
+    /// [`Transform::apply`] does (the `p_apply` draw first); `None` when the image is left as
+    /// it is.
+    pub fn draw_noise(
+        &self,
+        rng: &mut Rng,
+        height: usize,
+        width: usize,
+    ) -> Option<(Vec<f64>, Vec<f64>)> {
+        if !rng.bernoulli(self.p_apply) || width == 0 || height == 0 {
+            return None;
+        }
+        let nx = noise(rng, height, width);
+        let ny = noise(rng, height, width);
+        Some((nx, ny))
+    }
+
+    /// One displacement field from its raw noise: smoothed, times `alpha`.
+    fn smooth(&self, noise: &[f64], height: usize, width: usize) -> Vec<f64> {
+        let mut f = gaussian_filter(noise, height, width, self.sigma);
+        for v in &mut f {
+            *v *= self.alpha;
+        }
+        f
     }
 }
 
 impl Transform for ElasticTransform {
     fn apply(&self, image: Image, seed: u64) -> Result<Image> {
         let img = FloatImage::from_image(image);
-        let mut rng = Rng::new(seed);
-        if !rng.bernoulli(self.p_apply) || img.width == 0 || img.height == 0 {
+        let Some((nx, ny)) = self.draw_noise(&mut Rng::new(seed), img.height, img.width) else {
             return img.into_image();
-        }
-        let (dx, dy) = self.fields(&mut rng, img.height, img.width);
+        };
+        let dx = self.smooth(&nx, img.height, img.width);
+        let dy = self.smooth(&ny, img.height, img.width);
         warp(&img, &dx, &dy).into_image()
     }
 }

@@ -124,14 +124,24 @@ pub fn blur_separable(img: &FloatImage, kernel: &[f32]) -> FloatImage {
     out
 }
 
+impl GaussianBlur {
+    /// The blur kernel drawn from `rng` (what [`Transform::apply`] uses), `None` when the
+    /// image is left as it is.
+    pub fn draw_kernel(&self, rng: &mut Rng) -> Option<Vec<f32>> {
+        if !rng.bernoulli(self.p) || self.kernel_size == 1 {
+            return None;
+        }
+        let sigma = rng.uniform(self.sigma.0, self.sigma.1);
+        Some(gaussian_kernel(self.kernel_size, sigma))
+    }
+}
+
 impl Transform for GaussianBlur {
     fn apply(&self, image: Image, seed: u64) -> Result<Image> {
         let img = FloatImage::from_image(image);
-        let mut rng = Rng::new(seed);
-        if !rng.bernoulli(self.p) || self.kernel_size == 1 {
-            return img.into_image();
+        match self.draw_kernel(&mut Rng::new(seed)) {
+            None => img.into_image(),
+            Some(kernel) => blur_separable(&img, &kernel).into_image(),
         }
-        let sigma = rng.uniform(self.sigma.0, self.sigma.1);
-        blur_separable(&img, &gaussian_kernel(self.kernel_size, sigma)).into_image()
     }
 }

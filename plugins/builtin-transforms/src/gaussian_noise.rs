@@ -31,6 +31,19 @@ impl AddGaussianNoise {
             std,
         })
     }
+
+    /// The noise field for an image of `pixels` pixels, drawn from `rng` as
+    /// [`Transform::apply`] does (the `p_apply` draw first), `None` when no noise is added.
+    pub fn draw(&self, rng: &mut Rng, pixels: usize) -> Option<Vec<f32>> {
+        if pixels == 0 || !rng.bernoulli(self.p_apply) {
+            return None;
+        }
+        Some(
+            (0..pixels)
+                .map(|_| (rng.normal() * self.std) as f32)
+                .collect(),
+        )
+    }
 }
 
 /// Adds `noise` (one value per pixel) to every channel of `img`, clamped to the image's own
@@ -57,14 +70,14 @@ pub fn add_noise(img: &mut FloatImage, noise: &[f32]) {
 impl Transform for AddGaussianNoise {
     fn apply(&self, image: Image, seed: u64) -> Result<Image> {
         let mut img = FloatImage::from_image(image);
-        let mut rng = Rng::new(seed);
-        if img.data.is_empty() || !rng.bernoulli(self.p_apply) {
-            return img.into_image();
+        let pixels = if img.data.is_empty() {
+            0
+        } else {
+            img.width * img.height
+        };
+        if let Some(noise) = self.draw(&mut Rng::new(seed), pixels) {
+            add_noise(&mut img, &noise);
         }
-        let noise: Vec<f32> = (0..img.width * img.height)
-            .map(|_| (rng.normal() * self.std) as f32)
-            .collect();
-        add_noise(&mut img, &noise);
         img.into_image()
     }
 }

@@ -21,6 +21,11 @@ impl RandomHorizontalFlip {
             p: args::probability(params, NAME, "p", 0.5)?,
         })
     }
+
+    /// Whether the image is mirrored, drawn from `rng` (what [`Transform::apply`] uses).
+    pub fn draw(&self, rng: &mut Rng) -> bool {
+        rng.bernoulli(self.p)
+    }
 }
 
 /// Mirrors `img` left-right in place.
@@ -44,7 +49,7 @@ pub fn flip_horizontal(img: &mut FloatImage) {
 impl Transform for RandomHorizontalFlip {
     fn apply(&self, image: Image, seed: u64) -> Result<Image> {
         let mut img = FloatImage::from_image(image);
-        if Rng::new(seed).bernoulli(self.p) {
+        if self.draw(&mut Rng::new(seed)) {
             flip_horizontal(&mut img);
         }
         img.into_image()

@@ -16,6 +16,10 @@
 //! [`Transform::apply`](ssl_plugin_api::Transform::apply) through [`rng::Rng`], so the same
 //! image and seed give the same output. Unknown parameter names are rejected.
 //!
+//! A pipeline compiler ([`fused`]) runs a whole list of these transforms as one, with the
+//! same random draws and far less work (one resampling per geometric run, grey images kept in
+//! one channel).
+//!
 //! The host calls [`link`] so the linker keeps this crate (and its registration).
 
 #![warn(missing_docs)]
@@ -26,6 +30,7 @@ pub mod color_jitter;
 pub mod convert;
 pub mod elastic_transform;
 pub mod expand_channels;
+pub mod fused;
 pub mod gaussian_blur;
 pub mod gaussian_noise;
 pub mod horizontal_flip;
@@ -42,6 +47,7 @@ pub use center_crop::CenterCrop;
 pub use color_jitter::ColorJitter;
 pub use elastic_transform::ElasticTransform;
 pub use expand_channels::ExpandChannels;
+pub use fused::FusedPipeline;
 pub use gaussian_blur::GaussianBlur;
 pub use gaussian_noise::AddGaussianNoise;
 pub use horizontal_flip::RandomHorizontalFlip;
@@ -149,6 +155,7 @@ fn plugin() -> Plugin {
              std (0.01)",
             AddGaussianNoise::from_params,
         )
+        .pipeline_compiler(fused::DESCRIPTION, fused::compile)
 }
 
 ssl_plugin_api::register_builtin!(plugin);

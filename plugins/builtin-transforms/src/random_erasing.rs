@@ -60,6 +60,20 @@ impl RandomErasing {
         })
     }
 
+    /// The value written into the rectangle.
+    pub fn value(&self) -> f32 {
+        self.value
+    }
+
+    /// The rectangle to erase in a `height × width` image, drawn from `rng` as
+    /// [`Transform::apply`] does (the `p` draw first), `None` when nothing is erased.
+    pub fn draw(&self, rng: &mut Rng, height: usize, width: usize) -> Option<EraseBox> {
+        if !rng.bernoulli(self.p) {
+            return None;
+        }
+        self.erase_box(rng, height, width)
+    }
+
     /// The rectangle to erase in a `height × width` image (after the `p` draw), `None` when
     /// none of the 10 tries fits.
     pub fn erase_box(&self, rng: &mut Rng, height: usize, width: usize) -> Option<EraseBox> {
@@ -99,11 +113,7 @@ pub fn erase(img: &mut FloatImage, b: EraseBox, value: f32) {
 impl Transform for RandomErasing {
     fn apply(&self, image: Image, seed: u64) -> Result<Image> {
         let mut img = FloatImage::from_image(image);
-        let mut rng = Rng::new(seed);
-        if !rng.bernoulli(self.p) {
-            return img.into_image();
-        }
-        if let Some(b) = self.erase_box(&mut rng, img.height, img.width) {
+        if let Some(b) = self.draw(&mut Rng::new(seed), img.height, img.width) {
             erase(&mut img, b, self.value);
         }
         img.into_image()

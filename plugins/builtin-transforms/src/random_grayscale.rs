@@ -26,6 +26,11 @@ impl RandomGrayscale {
             p: args::probability(params, NAME, "p", 0.1)?,
         })
     }
+
+    /// Whether an RGB image turns grey, drawn from `rng` (what [`Transform::apply`] uses).
+    pub fn draw(&self, rng: &mut Rng) -> bool {
+        rng.bernoulli(self.p)
+    }
 }
 
 /// The luma of one RGB pixel.
@@ -34,17 +39,22 @@ pub fn luma(px: &[f32]) -> f32 {
     LUMA[0] * px[0] + LUMA[1] * px[1] + LUMA[2] * px[2]
 }
 
+/// Replaces every pixel of interleaved RGB by its luma, in all three channels.
+pub fn to_grey(data: &mut [f32]) {
+    for px in data.chunks_exact_mut(3) {
+        let l = luma(px);
+        px.fill(l);
+    }
+}
+
 impl Transform for RandomGrayscale {
     fn apply(&self, image: Image, seed: u64) -> Result<Image> {
         let mut img = FloatImage::from_image(image);
         match img.channels {
             1 => {}
             3 => {
-                if Rng::new(seed).bernoulli(self.p) {
-                    for px in img.data.chunks_exact_mut(3) {
-                        let l = luma(px);
-                        px.fill(l);
-                    }
+                if self.draw(&mut Rng::new(seed)) {
+                    to_grey(&mut img.data);
                 }
             }
             c => bail!("{NAME}: expected a 1- or 3-channel image, got {c} channels"),
