@@ -130,3 +130,115 @@ fn preview_shows_device_augmented_views() {
         assert!(height >= 3 * 128, "{height}");
     }
 }
+
+/// The last epoch's linear-head validation accuracy of a run.
+fn head_accuracy(dir: &Path) -> f64 {
+    let m = metrics(dir);
+    let last = m.keys().map(|k| k.0).max().unwrap();
+    m[&(last, "ssl_online_evaluator/val/online_accuracy".to_string())]
+        .parse()
+        .unwrap()
+}
+
+/// Writes `count` Shapes images (32 px, learnable classes) in CIFAR-10's binary layout under
+/// `root` (`cifar-10-batches-bin/data_batch_{1..5}.bin` and `test_batch.bin`), through
+/// `ssl-host dump` and the PNGs it writes.
+fn shapes_as_cifar(root: &Path, count: usize) {
+    let dumped = root.join("dump");
+    ssl_host(&[
+        "dump",
+        "--dataset=Shapes",
+        &format!("--out={}", dumped.display()),
+        &format!("--num_samples={count}"),
+        "--image_size=32",
+    ])
+    .assert_ok();
+    let labels = std::fs::read_to_string(dumped.join("labels.csv")).unwrap();
+    let mut records: Vec<Vec<u8>> = Vec::new();
+    for line in labels.lines().skip(1) {
+        let fields: Vec<&str> = line.split(',').collect();
+        let (index, label) = (fields[0], fields[2].parse::<u8>().unwrap());
+        let file = std::fs::File::open(dumped.join(format!("{index}.png"))).unwrap();
+        let mut reader = png::Decoder::new(file).read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!((info.width, info.height), (32, 32));
+        let channels = info.line_size / 32;
+        let mut record = vec![label];
+        for c in 0..3 {
+            record.extend((0..32 * 32).map(|p| buf[p * channels + c.min(channels - 1)]));
+        }
+        records.push(record);
+    }
+    let dir = root.join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&dir).unwrap();
+    let per_batch = records.len() / 6;
+    for (b, chunk) in records.chunks(per_batch).take(6).enumerate() {
+        let name = if b < 5 {
+            format!("data_batch_{}.bin", b + 1)
+        } else {
+            "test_batch.bin".to_string()
+        };
+        std::fs::write(dir.join(name), chunk.concat()).unwrap();
+    }
+}
+
+/// A Shapes run and a CIFAR-layout run (Shapes images written as CIFAR-10 binary files) reach
+/// the same linear-head accuracy, within 0.03, with augmentation on the workers and on the
+/// device. Long (8 short trainings): run with `--ignored`.
+#[test]
+#[ignore]
+fn both_places_of_augmentation_learn_alike() {
+    let out = tempfile::tempdir().unwrap();
+    let cifar = out.path().join("cifar");
+    shapes_as_cifar(&cifar, 1800);
+    let common = [
+        "--ssl_encoder=resnet18",
+        "--num_epochs=6",
+        "--warmup_epochs=1",
+        "--ssl_training_batch_size=64",
+        "--linear_head_batch_size=64",
+        "--l_rate=1e-3",
+        "--learning_rate_linear_head_during_ssl_training=1e-3",
+        "--num_workers=2",
+        "--val_split=0.3",
+    ];
+    let runs: [(&str, Vec<String>); 2] = [
+        (
+            "Shapes",
+            vec![
+                "--model=ShapesSimCLR".into(),
+                "--ssl_dataset_params.num_samples=1200".into(),
+                "--linear_head_dataset_params.num_samples=1200".into(),
+            ],
+        ),
+        (
+            "CIFAR layout",
+            vec![
+                "--model=CIFAR10SimCLR".into(),
+                format!("--local_dataset={}", cifar.display()),
+            ],
+        ),
+    ];
+    for (what, args) in runs {
+        let mut accuracy = Vec::new();
+        for place in ["workers", "device"] {
+            let dir = out.path().join(format!("{}-{place}", what.replace(' ', "_")));
+            let mut line: Vec<String> = args.clone();
+            line.extend(common.iter().map(|s| s.to_string()));
+            line.push(format!("--augment_on={place}"));
+            line.push(format!("--output_dir={}", dir.display()));
+            let refs: Vec<&str> = line.iter().map(String::as_str).collect();
+            ssl_host(&refs).assert_ok();
+            accuracy.push(head_accuracy(&dir));
+        }
+        eprintln!("{what}: linear-head accuracy workers {:.3}, device {:.3}", accuracy[0], accuracy[1]);
+        assert!(accuracy[0] > 0.4, "{what} learns: {accuracy:?}");
+        assert!(
+            (accuracy[0] - accuracy[1]).abs() <= 0.03,
+            "{what}: workers {:.3} vs device {:.3}",
+            accuracy[0],
+            accuracy[1]
+        );
+    }
+}
