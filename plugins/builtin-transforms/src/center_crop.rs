@@ -18,7 +18,7 @@ const NAME: &str = "CenterCrop";
 
 /// Offset of the crop inside the source along one axis: positive = crop starts inside the
 /// source, negative = zero padding before the source.
-fn offset(src: usize, crop: usize) -> isize {
+pub fn offset(src: usize, crop: usize) -> isize {
     if crop > src {
         -(((crop - src) / 2) as isize)
     } else {
@@ -39,6 +39,11 @@ impl CenterCrop {
     /// A crop to `height × width`.
     pub fn new(height: usize, width: usize) -> Self {
         CenterCrop { height, width }
+    }
+
+    /// The output size `(height, width)`.
+    pub fn size(&self) -> (usize, usize) {
+        (self.height, self.width)
     }
 }
 

@@ -70,6 +70,35 @@ impl ColorJitter {
     }
 }
 
+/// The draws of one application of [`ColorJitter`]: the order of the adjustments and their
+/// factors (`None` for a disabled one), indexed brightness, contrast, saturation, hue.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct JitterDraw {
+    /// A permutation of `0..4`: the adjustments in the order they are applied.
+    pub order: [usize; 4],
+    /// The factor of each adjustment (hue: the shift in turns), `None` when disabled.
+    pub factors: [Option<f32>; 4],
+}
+
+impl ColorJitter {
+    /// The draws of one application from `rng`: `None` when the image is left as it is
+    /// (probability `1 - p`).
+    pub fn draw(&self, rng: &mut Rng) -> Option<JitterDraw> {
+        if !rng.bernoulli(self.p) {
+            return None;
+        }
+        let order = rng.permutation::<4>();
+        let mut draw = |r: Option<(f64, f64)>| r.map(|(lo, hi)| rng.uniform(lo, hi) as f32);
+        let factors = [
+            draw(self.brightness),
+            draw(self.contrast),
+            draw(self.saturation),
+            draw(self.hue),
+        ];
+        Some(JitterDraw { order, factors })
+    }
+}
+
 /// `x ← clamp(f · x)`.
 pub fn adjust_brightness(data: &mut [f32], factor: f32) {
     for v in data {
@@ -155,18 +184,9 @@ impl Transform for ColorJitter {
         if c != 1 && c != 3 {
             bail!("{NAME}: expected a 1- or 3-channel image, got {c} channels");
         }
-        let mut rng = Rng::new(seed);
-        if !rng.bernoulli(self.p) {
+        let Some(JitterDraw { order, factors }) = self.draw(&mut Rng::new(seed)) else {
             return img.into_image();
-        }
-        let order = rng.permutation::<4>();
-        let mut draw = |r: Option<(f64, f64)>| r.map(|(lo, hi)| rng.uniform(lo, hi) as f32);
-        let factors = [
-            draw(self.brightness),
-            draw(self.contrast),
-            draw(self.saturation),
-            draw(self.hue),
-        ];
+        };
         for op in order {
             let Some(f) = factors[op] else { continue };
             match (op, c) {

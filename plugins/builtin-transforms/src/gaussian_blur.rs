@@ -45,6 +45,22 @@ impl GaussianBlur {
     }
 }
 
+impl GaussianBlur {
+    /// The (odd) kernel size.
+    pub fn kernel_size(&self) -> usize {
+        self.kernel_size
+    }
+
+    /// The draws of one application from `rng`: `Some(sigma)` when the image is blurred
+    /// (probability `p`), `None` when it is left as it is.
+    pub fn draw_sigma(&self, rng: &mut Rng) -> Option<f64> {
+        if !rng.bernoulli(self.p) {
+            return None;
+        }
+        Some(rng.uniform(self.sigma.0, self.sigma.1))
+    }
+}
+
 /// The normalised 1-D Gaussian kernel of odd `size` and standard deviation `sigma`.
 pub fn gaussian_kernel(size: usize, sigma: f64) -> Vec<f32> {
     let centre = (size as f64 - 1.0) / 2.0;
@@ -127,11 +143,11 @@ pub fn blur_separable(img: &FloatImage, kernel: &[f32]) -> FloatImage {
 impl Transform for GaussianBlur {
     fn apply(&self, image: Image, seed: u64) -> Result<Image> {
         let img = FloatImage::from_image(image);
-        let mut rng = Rng::new(seed);
-        if !rng.bernoulli(self.p) || self.kernel_size == 1 {
-            return img.into_image();
+        match self.draw_sigma(&mut Rng::new(seed)) {
+            Some(sigma) if self.kernel_size > 1 => {
+                blur_separable(&img, &gaussian_kernel(self.kernel_size, sigma)).into_image()
+            }
+            _ => img.into_image(),
         }
-        let sigma = rng.uniform(self.sigma.0, self.sigma.1);
-        blur_separable(&img, &gaussian_kernel(self.kernel_size, sigma)).into_image()
     }
 }

@@ -21,6 +21,11 @@ impl RandomHorizontalFlip {
             p: args::probability(params, NAME, "p", 0.5)?,
         })
     }
+
+    /// The probability of a flip.
+    pub fn p(&self) -> f64 {
+        self.p
+    }
 }
 
 /// Mirrors `img` left-right in place.

@@ -87,6 +87,11 @@ impl RandomAffine {
         })
     }
 
+    /// The value of pixels mapped from outside the image.
+    pub fn fill(&self) -> f32 {
+        self.fill
+    }
+
     /// The transform drawn from `rng` for a `width × height` image, in torchvision's order:
     /// angle, horizontal shift, vertical shift, shear.
     pub fn draw(&self, rng: &mut Rng, width: usize, height: usize) -> AffineParams {

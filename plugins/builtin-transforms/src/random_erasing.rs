@@ -60,6 +60,16 @@ impl RandomErasing {
         })
     }
 
+    /// The probability of erasing a rectangle.
+    pub fn p(&self) -> f64 {
+        self.p
+    }
+
+    /// The value written into the rectangle.
+    pub fn value(&self) -> f32 {
+        self.value
+    }
+
     /// The rectangle to erase in a `height × width` image (after the `p` draw), `None` when
     /// none of the 10 tries fits.
     pub fn erase_box(&self, rng: &mut Rng, height: usize, width: usize) -> Option<EraseBox> {

@@ -26,6 +26,11 @@ impl RandomGrayscale {
             p: args::probability(params, NAME, "p", 0.1)?,
         })
     }
+
+    /// The probability of turning an image grey.
+    pub fn p(&self) -> f64 {
+        self.p
+    }
 }
 
 /// The luma of one RGB pixel.

@@ -67,6 +67,11 @@ impl RandomResizedCrop {
         })
     }
 
+    /// The output size `(height, width)`.
+    pub fn size(&self) -> (usize, usize) {
+        (self.height, self.width)
+    }
+
     /// The crop region for an `height × width` image, drawn from `rng`.
     pub fn crop_box(&self, rng: &mut Rng, height: usize, width: usize) -> CropBox {
         let area = (height * width) as f64;
