@@ -26,6 +26,7 @@ macro_rules! check {
         let t = image_t::$name::from_params(&p).expect("per-image transform");
         for salt in [1u64, 2, 3] {
             let d = compare(&b, &t, &$input, salt);
+            eprintln!("{} {}: max diff {d:.2e}", stringify!($name), $json);
             assert!(
                 d <= $tol,
                 "{} {}: max diff {d} > {}",
