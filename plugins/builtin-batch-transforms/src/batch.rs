@@ -39,7 +39,10 @@ pub fn check(name: &str, batch: &Tensor, seeds: &[u64]) -> Result<(Tensor, Dims)
         );
     }
     let kind = batch.kind();
-    if !matches!(kind, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16) {
+    if !matches!(
+        kind,
+        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+    ) {
         bail!("{name}: expected a floating-point batch with values in [0, 1], got {kind:?}");
     }
     let batch = if kind == Kind::Float {

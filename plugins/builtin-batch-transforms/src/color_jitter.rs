@@ -80,7 +80,10 @@ fn hue(x: &Tensor, f: &Tensor) -> Tensor {
     let h_r = &bc - &gc;
     let h_g = (&rc + 2.0) - &bc;
     let h_b = (&gc + 4.0) - &rc;
-    let h = h_r.where_self(&maxc.eq_tensor(&r), &h_g.where_self(&maxc.eq_tensor(&g), &h_b));
+    let h = h_r.where_self(
+        &maxc.eq_tensor(&r),
+        &h_g.where_self(&maxc.eq_tensor(&g), &h_b),
+    );
     let h = (h / 6.0 + 1.0).fmod(1.0);
     let h = wrap01(&(h + f));
     let v = maxc;
@@ -120,7 +123,12 @@ fn adjust(op: usize, x: &Tensor, f: &Tensor) -> Tensor {
 }
 
 /// Applies the draws to a working copy of the batch, round by round.
-fn apply_draws(batch: &Tensor, channels: i64, draws: &[Option<JitterDraw>], device: Device) -> Tensor {
+fn apply_draws(
+    batch: &Tensor,
+    channels: i64,
+    draws: &[Option<JitterDraw>],
+    device: Device,
+) -> Tensor {
     let mut x = owned_copy(batch);
     for round in 0..4 {
         for op in 0..4 {

@@ -61,12 +61,12 @@ impl BatchTransform for GaussianBlur {
         let padded = batch.index_select(3, &cols);
         let mut tmp = padded.narrow(3, 0, dims.w) * tap(0);
         for i in 1..k {
-            tmp = tmp + padded.narrow(3, i as i64, dims.w) * tap(i);
+            tmp += padded.narrow(3, i as i64, dims.w) * tap(i);
         }
         let padded = tmp.index_select(2, &rows);
         let mut out = padded.narrow(2, 0, dims.h) * tap(0);
         for i in 1..k {
-            out = out + padded.narrow(2, i as i64, dims.h) * tap(i);
+            out += padded.narrow(2, i as i64, dims.h) * tap(i);
         }
         let blurred: Vec<bool> = sigmas.iter().map(Option::is_some).collect();
         Ok(out

@@ -2,7 +2,7 @@
 //! transform draws it; the noise itself from the counter-based generator of
 //! [`hash_noise`](crate::hash_noise), computed on the device.
 
-use crate::batch::{check, per_image as column, upload};
+use crate::batch::{check, upload_i64};
 use crate::hash_noise;
 use ssl_builtin_transforms::gaussian_noise as per_image;
 use ssl_builtin_transforms::rng::Rng;
@@ -27,35 +27,40 @@ impl AddGaussianNoise {
         })
     }
 
-    /// Per sample: the noise scale (0 when not applied) and the key of its field.
-    pub fn draws(&self, seeds: &[u64]) -> (Vec<f32>, Vec<u64>) {
+    /// Per sample: the key of its noise field, `None` when no noise is added.
+    pub fn draws(&self, seeds: &[u64]) -> Vec<Option<u64>> {
         seeds
             .iter()
             .map(|&s| {
                 let mut rng = Rng::new(s);
-                if rng.bernoulli(self.inner.p_apply()) {
-                    (self.inner.std() as f32, rng.next_u64())
-                } else {
-                    (0.0, 0)
-                }
+                rng.bernoulli(self.inner.p_apply()).then(|| rng.next_u64())
             })
-            .unzip()
+            .collect()
     }
 }
 
 impl BatchTransform for AddGaussianNoise {
     fn apply(&self, batch: &Tensor, seeds: &[u64]) -> Result<Tensor> {
         let (batch, dims) = check(NAME, batch, seeds)?;
-        let (scale, keys) = self.draws(seeds);
-        if scale.iter().all(|&s| s == 0.0) || dims.c * dims.h * dims.w == 0 {
+        let draws = self.draws(seeds);
+        if draws.iter().all(Option::is_none) || dims.c * dims.h * dims.w == 0 {
             return Ok(batch);
         }
+        // Only the noisy samples get a field.
+        let (index, keys): (Vec<i64>, Vec<u64>) = draws
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| k.map(|k| (i as i64, k)))
+            .unzip();
         let device = batch.device();
-        let scale = column(&upload(&scale, dims.n, 1, device), 0);
-        let noise = hash_noise::normal(&keys, dims.h, dims.w, device).unsqueeze(1) * scale;
+        let index = upload_i64(&index, device);
+        let x = batch.index_select(0, &index);
+        let noise =
+            hash_noise::normal(&keys, dims.h, dims.w, device).unsqueeze(1) * self.inner.std();
         let dims_chw = [1i64, 2, 3];
-        let lo = batch.amin(dims_chw.as_slice(), true);
-        let hi = batch.amax(dims_chw.as_slice(), true);
-        Ok((&batch + noise).clamp_tensor(Some(&lo), Some(&hi)))
+        let lo = x.amin(dims_chw.as_slice(), true);
+        let hi = x.amax(dims_chw.as_slice(), true);
+        let noisy = (&x + noise).clamp_tensor(Some(&lo), Some(&hi));
+        Ok(batch.index_copy(0, &index, &noisy))
     }
 }

@@ -33,17 +33,21 @@ fn mix(z: Tensor) -> Tensor {
 pub fn bits(keys: &[u64], height: i64, width: i64, device: Device) -> Tensor {
     let keys: Vec<i64> = keys.iter().map(|&k| k as i64).collect();
     let keys = upload_i64(&keys, device).view([-1, 1, 1]);
-    let counter = (Tensor::arange(height * width, (Kind::Int64, device)) + 1)
-        .view([1, height, width]);
+    let counter =
+        (Tensor::arange(height * width, (Kind::Int64, device)) + 1).view([1, height, width]);
     mix(keys + counter * GAMMA as i64)
 }
 
 /// 24 of the 64 `bits`, from bit `shift` up, as a uniform `f32` in `[0, 1)`.
 fn unit(bits: &Tensor, shift: i64) -> Tensor {
-    shr(bits, shift)
-        .bitwise_and(0xFF_FFFF)
-        .to_kind(Kind::Float)
-        * (1.0 / (1u64 << 24) as f64)
+    shr(bits, shift).bitwise_and(0xFF_FFFF).to_kind(Kind::Float) * (1.0 / (1u64 << 24) as f64)
+}
+
+/// Two independent uniform fields in `[0, 1)` from one hash per pixel (bits 40..64 and
+/// 16..40): `[N, H, W]` each, one pair per key.
+pub fn uniform_pair(keys: &[u64], height: i64, width: i64, device: Device) -> (Tensor, Tensor) {
+    let b = bits(keys, height, width, device);
+    (unit(&b, 40), unit(&b, 16))
 }
 
 /// A uniform field in `[0, 1)`: `[N, H, W]`, one field per key.
@@ -51,12 +55,11 @@ pub fn uniform(keys: &[u64], height: i64, width: i64, device: Device) -> Tensor 
     unit(&bits(keys, height, width, device), 40)
 }
 
-/// A standard normal field (Box–Muller on two 24-bit uniforms of each pixel's bits):
-/// `[N, H, W]`, one field per key.
+/// A standard normal field (Box–Muller on the two uniforms of [`uniform_pair`]): `[N, H, W]`,
+/// one field per key.
 pub fn normal(keys: &[u64], height: i64, width: i64, device: Device) -> Tensor {
-    let b = bits(keys, height, width, device);
+    let (a, b) = uniform_pair(keys, height, width, device);
     // 1 − U is in (0, 1], so the logarithm is finite.
-    let u1 = 1.0f64 - unit(&b, 40);
-    let u2 = unit(&b, 16);
-    (u1.log() * -2.0).sqrt() * (u2 * (2.0 * std::f64::consts::PI)).cos()
+    let u1 = 1.0f64 - a;
+    (u1.log() * -2.0).sqrt() * (b * (2.0 * std::f64::consts::PI)).cos()
 }

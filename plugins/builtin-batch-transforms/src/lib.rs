@@ -99,11 +99,7 @@ fn plugin() -> Plugin {
             "central crop of the batch, zero-padded where smaller",
             CenterCrop::from_params,
         )
-        .batch_transform(
-            "ToFloat",
-            "identity on a float batch",
-            ToFloat::from_params,
-        )
+        .batch_transform("ToFloat", "identity on a float batch", ToFloat::from_params)
         .batch_transform(
             "ExpandChannels",
             "1 channel expanded to 3 (a view)",

@@ -89,7 +89,8 @@ pub fn resize_separable(
 
 /// Samples `batch` `[N, C, H, W]` bilinearly at rows `y` and columns `x` (`[N, H', W']`
 /// pixel coordinates, pixel centres at integers), 0 where the point lies outside `[0, H − 1]
-/// × [0, W − 1]` (scipy's `map_coordinates(order=1, mode="constant")`).
+/// × [0, W − 1]` (scipy's `map_coordinates(order=1, mode="constant")`). Inside, the taps are
+/// inside pixels, so the border sampler gives the same values.
 pub fn bilinear_zero_outside(batch: &Tensor, dims: Dims, y: &Tensor, x: &Tensor) -> Tensor {
     let (hm, wm) = ((dims.h - 1) as f64, (dims.w - 1) as f64);
     let inside = y
@@ -97,29 +98,7 @@ pub fn bilinear_zero_outside(batch: &Tensor, dims: Dims, y: &Tensor, x: &Tensor)
         .logical_and(&y.le(hm))
         .logical_and(&x.ge(0.0))
         .logical_and(&x.le(wm));
-    let y0 = y.floor().clamp(0.0, hm);
-    let x0 = x.floor().clamp(0.0, wm);
-    let (fy, fx) = (y - &y0, x - &x0);
-    let y1 = (&y0 + 1.0).clamp_max(hm);
-    let x1 = (&x0 + 1.0).clamp_max(wm);
-    let out_size = y.size();
-    let (oh, ow) = (out_size[1], out_size[2]);
-    let flat = batch.reshape([dims.n, dims.c, dims.h * dims.w]);
-    let tap = |yy: &Tensor, xx: &Tensor| {
-        let index = (yy * dims.w as f64 + xx)
-            .to_kind(Kind::Int64)
-            .view([dims.n, 1, oh * ow])
-            .expand([dims.n, dims.c, oh * ow], false);
-        flat.gather(2, &index, false)
-            .view([dims.n, dims.c, oh, ow])
-    };
-    let (gy, gx) = ((1.0f64 - &fy).unsqueeze(1), (1.0f64 - &fx).unsqueeze(1));
-    let (fy, fx) = (fy.unsqueeze(1), fx.unsqueeze(1));
-    let v = tap(&y0, &x0) * (&gy * &gx)
-        + tap(&y0, &x1) * (&gy * &fx)
-        + tap(&y1, &x0) * (&fy * &gx)
-        + tap(&y1, &x1) * (&fy * &fx);
-    v * inside.unsqueeze(1).to_kind(Kind::Float)
+    bilinear_border(batch, dims, y, x) * inside.unsqueeze(1).to_kind(Kind::Float)
 }
 
 /// Samples `batch` bilinearly at pixel coordinates `x`, `y` (`[N, H', W']`) with

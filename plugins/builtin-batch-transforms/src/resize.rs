@@ -45,9 +45,7 @@ impl Geometric for Resize {
         if height == 0 || width == 0 {
             bail!("{NAME}: cannot resize empty {width}×{height} images");
         }
-        let (h, w) = self
-            .inner
-            .output_size(height as usize, width as usize);
+        let (h, w) = self.inner.output_size(height as usize, width as usize);
         Ok((h as i64, w as i64))
     }
 

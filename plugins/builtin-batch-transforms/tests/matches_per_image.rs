@@ -50,8 +50,18 @@ fn grey() -> Tensor {
 fn random_resized_crop_matches() {
     check!(RandomResizedCrop, r#"{"size": [20, 24]}"#, rgb(), 1e-5);
     // Upsampling small crops (the CIFAR case): the clamped taps at the crop's edges.
-    check!(RandomResizedCrop, r#"{"size": 64, "scale": [0.05, 0.2]}"#, rgb(), 1e-5);
-    check!(RandomResizedCrop, r#"{"size": 16, "scale": [0.4, 1.0]}"#, grey(), 1e-5);
+    check!(
+        RandomResizedCrop,
+        r#"{"size": 64, "scale": [0.05, 0.2]}"#,
+        rgb(),
+        1e-5
+    );
+    check!(
+        RandomResizedCrop,
+        r#"{"size": 16, "scale": [0.4, 1.0]}"#,
+        grey(),
+        1e-5
+    );
 }
 
 #[test]
@@ -165,7 +175,9 @@ fn elastic_smoothing_and_warp_match_scipy_forms_of_the_per_image_transform() {
         )
         .unwrap();
         let want = gaussian_filter(&field, h as usize, w as usize, 4.0);
-        let want = Tensor::from_slice(&want).view([h, w]).to_kind(ssl_plugin_api::tch::Kind::Float);
+        let want = Tensor::from_slice(&want)
+            .view([h, w])
+            .to_kind(ssl_plugin_api::tch::Kind::Float);
         let d = max_diff(&smoothed.get(0).get(k), &want);
         assert!(d <= 1e-5, "field {k}: smoothing differs by {d}");
     }
@@ -179,19 +191,25 @@ fn bad_parameters_and_batches_are_errors_naming_them() {
     assert!(err.message().contains("`size`"), "{err}");
     let b = batch_t::RandomGamma::from_params(&params("{}")).unwrap();
     let err = b
-        .apply(&Tensor::zeros([2, 1, 4, 4], (ssl_plugin_api::tch::Kind::Float, CPU)), &[1])
-        .err()
-        .expect("seed count");
+        .apply(
+            &Tensor::zeros([2, 1, 4, 4], (ssl_plugin_api::tch::Kind::Float, CPU)),
+            &[1],
+        )
+        .expect_err("seed count");
     assert!(err.message().contains("1 seeds for a batch of 2"), "{err}");
     let err = b
-        .apply(&Tensor::zeros([1, 4, 4], (ssl_plugin_api::tch::Kind::Float, CPU)), &[1])
-        .err()
-        .expect("3-D tensor");
+        .apply(
+            &Tensor::zeros([1, 4, 4], (ssl_plugin_api::tch::Kind::Float, CPU)),
+            &[1],
+        )
+        .expect_err("3-D tensor");
     assert!(err.message().contains("[N, C, H, W]"), "{err}");
     let j = batch_t::ColorJitter::from_params(&params(r#"{"brightness": 0.5}"#)).unwrap();
     let err = j
-        .apply(&Tensor::zeros([1, 2, 4, 4], (ssl_plugin_api::tch::Kind::Float, CPU)), &[1])
-        .err()
-        .expect("2 channels");
+        .apply(
+            &Tensor::zeros([1, 2, 4, 4], (ssl_plugin_api::tch::Kind::Float, CPU)),
+            &[1],
+        )
+        .expect_err("2 channels");
     assert!(err.message().contains("2 channels"), "{err}");
 }

@@ -46,14 +46,10 @@ fn per_image_list(list: &[(&str, &str)]) -> Vec<Box<dyn Transform>> {
                 }
                 "RandomGamma" => Box::new(image_t::RandomGamma::from_params(&p).unwrap()),
                 "ColorJitter" => Box::new(image_t::ColorJitter::from_params(&p).unwrap()),
-                "ElasticTransform" => {
-                    Box::new(image_t::ElasticTransform::from_params(&p).unwrap())
-                }
+                "ElasticTransform" => Box::new(image_t::ElasticTransform::from_params(&p).unwrap()),
                 "CenterCrop" => Box::new(image_t::CenterCrop::from_params(&p).unwrap()),
                 "RandomErasing" => Box::new(image_t::RandomErasing::from_params(&p).unwrap()),
-                "AddGaussianNoise" => {
-                    Box::new(image_t::AddGaussianNoise::from_params(&p).unwrap())
-                }
+                "AddGaussianNoise" => Box::new(image_t::AddGaussianNoise::from_params(&p).unwrap()),
                 "RandomGrayscale" => Box::new(image_t::RandomGrayscale::from_params(&p).unwrap()),
                 "GaussianBlur" => Box::new(image_t::GaussianBlur::from_params(&p).unwrap()),
                 "Resize" => Box::new(image_t::Resize::from_params(&p).unwrap()),
@@ -76,17 +72,29 @@ fn compiled(list: &[(&str, &str)]) -> BatchTransformHandle {
 fn cxr_ssl(elastic: f64, noise: f64) -> Vec<(&'static str, String)> {
     vec![
         ("ExpandChannels", "{}".into()),
-        ("RandomAffine", r#"{"degrees": 180, "translate": [0, 0], "shear": 40}"#.into()),
-        ("RandomResizedCrop", r#"{"size": 64, "scale": [0.4, 1.0]}"#.into()),
+        (
+            "RandomAffine",
+            r#"{"degrees": 180, "translate": [0, 0], "shear": 40}"#.into(),
+        ),
+        (
+            "RandomResizedCrop",
+            r#"{"size": 64, "scale": [0.4, 1.0]}"#.into(),
+        ),
         ("RandomHorizontalFlip", r#"{"p": 0.5}"#.into()),
         ("RandomGamma", r#"{"scale": [0.5, 1.5]}"#.into()),
-        ("ColorJitter", r#"{"brightness": 0.2, "contrast": 0.2, "saturation": 0}"#.into()),
+        (
+            "ColorJitter",
+            r#"{"brightness": 0.2, "contrast": 0.2, "saturation": 0}"#.into(),
+        ),
         (
             "ElasticTransform",
             format!(r#"{{"alpha": 8.5, "sigma": 4, "p_apply": {elastic}}}"#),
         ),
         ("CenterCrop", r#"{"size": 56}"#.into()),
-        ("RandomErasing", r#"{"scale": [0.15, 0.4], "ratio": [0.33, 3]}"#.into()),
+        (
+            "RandomErasing",
+            r#"{"scale": [0.15, 0.4], "ratio": [0.33, 3]}"#.into(),
+        ),
         (
             "AddGaussianNoise",
             format!(r#"{{"p_apply": {noise}, "std": 0.05}}"#),
@@ -106,7 +114,10 @@ const CIFAR_SSL: [(&str, &str); 5] = [
         r#"{"brightness": 0.8, "contrast": 0.8, "saturation": 0.8, "hue": 0.2, "p": 0.8}"#,
     ),
     ("RandomGrayscale", r#"{"p": 0.2}"#),
-    ("GaussianBlur", r#"{"kernel_size": 3, "sigma": [0.1, 2.0], "p": 0.5}"#),
+    (
+        "GaussianBlur",
+        r#"{"kernel_size": 3, "sigma": [0.1, 2.0], "p": 0.5}"#,
+    ),
 ];
 
 #[test]
@@ -151,7 +162,10 @@ fn cxr_pipeline_with_randomness_off_equals_the_steps() {
     let list = [
         ("ExpandChannels", "{}"),
         ("RandomAffine", r#"{"degrees": 0, "shear": 0}"#),
-        ("RandomResizedCrop", r#"{"size": 64, "scale": [1, 1], "ratio": [1, 1]}"#),
+        (
+            "RandomResizedCrop",
+            r#"{"size": 64, "scale": [1, 1], "ratio": [1, 1]}"#,
+        ),
         ("RandomHorizontalFlip", r#"{"p": 1.0}"#),
         ("RandomGamma", r#"{"scale": [1, 1]}"#),
         ("ColorJitter", r#"{"brightness": 0, "contrast": 0}"#),
@@ -191,7 +205,10 @@ fn cxr_pipeline_with_every_step_is_statistically_close_to_the_steps() {
     let other = per_image_steps(&per_image_list(&list), &input, &seeds(16, 10));
     let baseline = mean_diff(&want, &other);
     eprintln!("CXR full: mean abs diff {mean:.3e} (other seeds: {baseline:.3e})");
-    assert!(mean < 0.25 * baseline, "mean abs diff {mean} vs {baseline} across seeds");
+    assert!(
+        mean < 0.25 * baseline,
+        "mean abs diff {mean} vs {baseline} across seeds"
+    );
     let stats = |t: &Tensor| {
         (
             t.mean(ssl_plugin_api::tch::Kind::Float).double_value(&[]),
@@ -201,7 +218,10 @@ fn cxr_pipeline_with_every_step_is_statistically_close_to_the_steps() {
     let (gm, gs) = stats(&got);
     let (wm, ws) = stats(&want);
     eprintln!("CXR full: mean/std {gm:.4}/{gs:.4} vs steps {wm:.4}/{ws:.4}");
-    assert!((gm - wm).abs() < 0.02 && (gs - ws).abs() < 0.02, "mean/std {gm}/{gs} vs {wm}/{ws}");
+    assert!(
+        (gm - wm).abs() < 0.02 && (gs - ws).abs() < 0.02,
+        "mean/std {gm}/{gs} vs {wm}/{ws}"
+    );
 }
 
 #[test]
@@ -210,7 +230,10 @@ fn a_list_with_a_foreign_step_is_not_compiled_and_bad_parameters_name_the_step()
     assert!(c.description().contains("one sampling grid per sample"));
     let foreign = steps(&[("RandomResizedCrop", r#"{"size": 8}"#), ("MyBlur", "{}")]);
     assert!(c.compile(&foreign).expect("no error").is_none());
-    let bad = steps(&[("RandomHorizontalFlip", "{}"), ("RandomResizedCrop", r#"{"sise": 8}"#)]);
+    let bad = steps(&[
+        ("RandomHorizontalFlip", "{}"),
+        ("RandomResizedCrop", r#"{"sise": 8}"#),
+    ]);
     let err = c.compile(&bad).err().expect("unknown parameter");
     assert!(
         err.message().contains("step 1 (`RandomResizedCrop`)") && err.message().contains("`sise`"),

@@ -33,7 +33,7 @@ pub fn image(seed: u64, c: i64, h: i64, w: i64, rough: bool) -> Tensor {
                 let (u, v) = (x as f64 / w as f64, y as f64 / h as f64);
                 let mut s = 0.5 + 0.05 * ch as f64;
                 for [fx, fy, ph, a] in &waves {
-                    s += a * (6.28 * (fx * u + fy * v) + ph + ch as f64).sin();
+                    s += a * (std::f64::consts::TAU * (fx * u + fy * v) + ph + ch as f64).sin();
                 }
                 if rough {
                     s += rng.uniform(-0.1, 0.1);
