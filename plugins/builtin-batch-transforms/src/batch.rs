@@ -64,18 +64,26 @@ pub fn check_grey_or_rgb(name: &str, dims: Dims) -> Result<()> {
     Ok(())
 }
 
+/// `t` (a host tensor) moved to `device` without waiting for the device: a non-blocking copy,
+/// which the CUDA driver stages from host memory at once, so `t` may be dropped right after
+/// and no stream synchronisation happens (a blocking copy would wait for every queued kernel).
+pub fn to_device_async(t: Tensor, device: Device) -> Tensor {
+    if device == Device::Cpu {
+        return t;
+    }
+    t.to_device_(device, t.kind(), true, false)
+}
+
 /// A `[rows, cols]` `f32` tensor on `device` from row-major host values: one upload for all
 /// the per-sample parameters of a transform.
 pub fn upload(values: &[f32], rows: i64, cols: i64, device: Device) -> Tensor {
     debug_assert_eq!(values.len() as i64, rows * cols);
-    Tensor::from_slice(values)
-        .view([rows, cols])
-        .to_device(device)
+    to_device_async(Tensor::from_slice(values).view([rows, cols]), device)
 }
 
 /// A `[len]` `i64` tensor on `device` from host values.
 pub fn upload_i64(values: &[i64], device: Device) -> Tensor {
-    Tensor::from_slice(values).to_device(device)
+    to_device_async(Tensor::from_slice(values), device)
 }
 
 /// Column `k` of a `[N, K]` parameter table, shaped `[N, 1, 1, 1]` to scale whole images.

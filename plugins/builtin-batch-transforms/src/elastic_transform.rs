@@ -3,7 +3,7 @@
 //! [`hash_noise`](crate::hash_noise), smoothed by a convolution with scipy's truncated
 //! Gaussian kernel (zeros outside), and one bilinear warp of the batch.
 
-use crate::batch::{check, upload_i64, Dims};
+use crate::batch::{check, upload, upload_i64, Dims};
 use crate::hash_noise;
 use crate::resample::bilinear_zero_outside;
 use ssl_builtin_transforms::elastic_transform::{self as per_image, gaussian_kernel1d};
@@ -74,7 +74,7 @@ fn band_matrix(k: &[f64], len: i64, device: Device) -> Tensor {
             m[(i * len + j) as usize] = k[(j - i + r) as usize] as f32;
         }
     }
-    Tensor::from_slice(&m).view([len, len]).to_device(device)
+    upload(&m, len, len, device)
 }
 
 /// scipy's `gaussian_filter(field, sigma, mode="constant", cval=0)` of every `[H, W]` plane
