@@ -34,6 +34,7 @@ use registry::Registry;
 fn link_builtins() {
     ssl_builtin_datasets::link();
     ssl_builtin_transforms::link();
+    ssl_builtin_batch_transforms::link();
     ssl_builtin_encoders::link();
     ssl_builtin_algorithms::link();
 }

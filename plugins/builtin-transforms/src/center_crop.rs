@@ -18,7 +18,7 @@ const NAME: &str = "CenterCrop";
 
 /// Offset of the crop inside the source along one axis: positive = crop starts inside the
 /// source, negative = zero padding before the source.
-fn offset(src: usize, crop: usize) -> isize {
+pub fn offset(src: usize, crop: usize) -> isize {
     if crop > src {
         -(((crop - src) / 2) as isize)
     } else {

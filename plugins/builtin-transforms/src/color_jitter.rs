@@ -70,6 +70,35 @@ impl ColorJitter {
     }
 }
 
+/// The draws of one application of [`ColorJitter`]: the order of the adjustments and their
+/// factors (`None` for a disabled one), indexed brightness, contrast, saturation, hue.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct JitterDraw {
+    /// A permutation of `0..4`: the adjustments in the order they are applied.
+    pub order: [usize; 4],
+    /// The factor of each adjustment (hue: the shift in turns), `None` when disabled.
+    pub factors: [Option<f32>; 4],
+}
+
+impl ColorJitter {
+    /// The draws of one application from `rng`: `None` when the image is left as it is
+    /// (probability `1 - p`).
+    pub fn draw(&self, rng: &mut Rng) -> Option<JitterDraw> {
+        if !rng.bernoulli(self.p) {
+            return None;
+        }
+        let order = rng.permutation::<4>();
+        let mut draw = |r: Option<(f64, f64)>| r.map(|(lo, hi)| rng.uniform(lo, hi) as f32);
+        let factors = [
+            draw(self.brightness),
+            draw(self.contrast),
+            draw(self.saturation),
+            draw(self.hue),
+        ];
+        Some(JitterDraw { order, factors })
+    }
+}
+
 /// `x ← clamp(f · x)`.
 pub fn adjust_brightness(data: &mut [f32], factor: f32) {
     for v in data {
@@ -187,34 +216,6 @@ pub fn adjust_hue(data: &mut [f32], shift: f32) {
         px[0] = r.clamp(0.0, 1.0);
         px[1] = g.clamp(0.0, 1.0);
         px[2] = b.clamp(0.0, 1.0);
-    }
-}
-
-/// One draw of [`ColorJitter`]: the order of the adjustments and their factors.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct JitterDraw {
-    /// The adjustments in the order applied: 0 brightness, 1 contrast, 2 saturation, 3 hue.
-    pub order: [usize; 4],
-    /// The factor of each adjustment (indexed as `order`), `None` when it is off.
-    pub factors: [Option<f32>; 4],
-}
-
-impl ColorJitter {
-    /// The adjustments drawn from `rng` (what [`Transform::apply`] uses), `None` when the
-    /// image is left as it is (probability `1 - p`).
-    pub fn draw(&self, rng: &mut Rng) -> Option<JitterDraw> {
-        if !rng.bernoulli(self.p) {
-            return None;
-        }
-        let order = rng.permutation::<4>();
-        let mut draw = |r: Option<(f64, f64)>| r.map(|(lo, hi)| rng.uniform(lo, hi) as f32);
-        let factors = [
-            draw(self.brightness),
-            draw(self.contrast),
-            draw(self.saturation),
-            draw(self.hue),
-        ];
-        Some(JitterDraw { order, factors })
     }
 }
 

@@ -39,6 +39,21 @@ impl ElasticTransform {
             p_apply: args::probability(params, NAME, "p_apply", 0.5)?,
         })
     }
+
+    /// The scale of the smoothed fields, in pixels.
+    pub fn alpha(&self) -> f64 {
+        self.alpha
+    }
+
+    /// The standard deviation of the smoothing Gaussian, in pixels.
+    pub fn sigma(&self) -> f64 {
+        self.sigma
+    }
+
+    /// The probability of applying the warp.
+    pub fn p_apply(&self) -> f64 {
+        self.p_apply
+    }
 }
 
 /// scipy's `_gaussian_kernel1d(sigma, 0, radius)` with `radius = int(4 σ + 0.5)`: weights
@@ -132,16 +147,6 @@ fn noise(rng: &mut Rng, height: usize, width: usize) -> Vec<f64> {
 }
 
 impl ElasticTransform {
-    /// The smoothing of the fields (standard deviation, pixels).
-    pub fn sigma(&self) -> f64 {
-        self.sigma
-    }
-
-    /// The scale of the smoothed fields.
-    pub fn alpha(&self) -> f64 {
-        self.alpha
-    }
-
     /// The displacement fields `(dx, dy)` for a `height × width` image, drawn from `rng`.
     pub fn fields(&self, rng: &mut Rng, height: usize, width: usize) -> (Vec<f64>, Vec<f64>) {
         let nx = noise(rng, height, width);

@@ -45,6 +45,22 @@ impl GaussianBlur {
     }
 }
 
+impl GaussianBlur {
+    /// The (odd) kernel size.
+    pub fn kernel_size(&self) -> usize {
+        self.kernel_size
+    }
+
+    /// The draws of one application from `rng`: `Some(sigma)` when the image is blurred
+    /// (probability `p`), `None` when it is left as it is.
+    pub fn draw_sigma(&self, rng: &mut Rng) -> Option<f64> {
+        if !rng.bernoulli(self.p) {
+            return None;
+        }
+        Some(rng.uniform(self.sigma.0, self.sigma.1))
+    }
+}
+
 /// The normalised 1-D Gaussian kernel of odd `size` and standard deviation `sigma`.
 pub fn gaussian_kernel(size: usize, sigma: f64) -> Vec<f32> {
     let centre = (size as f64 - 1.0) / 2.0;
@@ -128,11 +144,9 @@ impl GaussianBlur {
     /// The blur kernel drawn from `rng` (what [`Transform::apply`] uses), `None` when the
     /// image is left as it is.
     pub fn draw_kernel(&self, rng: &mut Rng) -> Option<Vec<f32>> {
-        if !rng.bernoulli(self.p) || self.kernel_size == 1 {
-            return None;
-        }
-        let sigma = rng.uniform(self.sigma.0, self.sigma.1);
-        Some(gaussian_kernel(self.kernel_size, sigma))
+        self.draw_sigma(rng)
+            .filter(|_| self.kernel_size > 1)
+            .map(|sigma| gaussian_kernel(self.kernel_size, sigma))
     }
 }
 

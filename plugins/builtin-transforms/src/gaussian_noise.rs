@@ -44,6 +44,16 @@ impl AddGaussianNoise {
                 .collect(),
         )
     }
+
+    /// The probability of adding noise.
+    pub fn p_apply(&self) -> f64 {
+        self.p_apply
+    }
+
+    /// The standard deviation of the noise.
+    pub fn std(&self) -> f64 {
+        self.std
+    }
 }
 
 /// Adds `noise` (one value per pixel) to every channel of `img`, clamped to the image's own

@@ -26,6 +26,11 @@ impl RandomHorizontalFlip {
     pub fn draw(&self, rng: &mut Rng) -> bool {
         rng.bernoulli(self.p)
     }
+
+    /// The probability of a flip.
+    pub fn p(&self) -> f64 {
+        self.p
+    }
 }
 
 /// Mirrors `img` left-right in place.

@@ -60,6 +60,11 @@ impl RandomErasing {
         })
     }
 
+    /// The probability of erasing a rectangle.
+    pub fn p(&self) -> f64 {
+        self.p
+    }
+
     /// The value written into the rectangle.
     pub fn value(&self) -> f32 {
         self.value

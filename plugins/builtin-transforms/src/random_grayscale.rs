@@ -31,6 +31,11 @@ impl RandomGrayscale {
     pub fn draw(&self, rng: &mut Rng) -> bool {
         rng.bernoulli(self.p)
     }
+
+    /// The probability of turning an image grey.
+    pub fn p(&self) -> f64 {
+        self.p
+    }
 }
 
 /// The luma of one RGB pixel.
