@@ -74,10 +74,11 @@ pub(crate) fn smoothed_field(
             if c_lo >= c_hi {
                 continue;
             }
-            let base = (left as isize + shift) as usize;
+            // In range: c_lo and c_hi keep `left + c + shift` inside the row.
+            let start = (left as isize + shift + c_lo as isize) as usize;
             for (d, &s) in dst[c_lo..c_hi]
                 .iter_mut()
-                .zip(&line[base + c_lo..base + c_hi])
+                .zip(&line[start..start + (c_hi - c_lo)])
             {
                 *d += kw * s;
             }
