@@ -3,6 +3,7 @@
 
 Usage: augment_reference.py --dataset nih|rsna|cifar --data DIR --workers K --samples N
                             [--batch B] [--warmup-batches W]
+       augment_reference.py --table RESULTS.jsonl   (the table `scripts/bench/augment` prints)
 
 A torch DataLoader with `num_workers = K` over `DIR` (the layout `write_bench_data` writes: NIH
 PNGs, RSNA JPEG DICOMs, CIFAR-10 binary) with the original's SSL encoder transform
@@ -78,7 +79,83 @@ def measure(args):
     return result
 
 
+NAMES = {"nih": "chest X-ray NIH PNG 1024", "rsna": "chest X-ray RSNA JPEG DICOM 1024", "cifar": "CIFAR 32"}
+
+
+def print_table(path):
+    """The table of `scripts/bench/augment` from its records (one JSON object a line: who,
+    set, place, and record or error)."""
+    rows = {}
+    order = []
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            r = json.loads(line)
+            workers = r["record"]["workers"] if "record" in r else r["workers"]
+            key = (r["set"], workers)
+            if key not in rows:
+                rows[key] = {}
+                order.append(key)
+            rows[key][(r["who"], r["place"])] = r.get("record") or {"error": r["error"]}
+
+    failures = []
+
+    def failed(rec):
+        """A footnote mark for a failed run: the last line of its log."""
+        try:
+            with open(rec["error"]) as f:
+                last = [line.strip() for line in f if line.strip()][-1]
+        except (OSError, IndexError):
+            last = "(no log)"
+        if (rec["error"], last) not in failures:
+            failures.append((rec["error"], last))
+        return f"n/a [{failures.index((rec['error'], last)) + 1}]"
+
+    def cell(rec, ref):
+        if rec is None:
+            return ["-", "-", "-"]
+        if "error" in rec:
+            return [failed(rec), "", ""]
+        per = rec["images_per_s_per_worker"]
+        ratio = f"{per / ref['images_per_s_per_worker']:.1f}x" if ref and "error" not in ref else "-"
+        return [f"{rec['images_per_s']:.1f}", f"{per:.1f}", ratio]
+
+    header = ["data", "workers", "reference/s", "per core",
+              "ssl-host workers/s", "per core", "ratio/core",
+              "ssl-host device/s", "per core", "ratio/core", "decode share"]
+    table = [header]
+    for key in order:
+        got = rows[key]
+        ref = got.get(("reference", "workers"))
+        ref_cells = ([failed(ref), ""] if ref and "error" in ref else
+                     [f"{ref['images_per_s']:.1f}", f"{ref['images_per_s_per_worker']:.1f}"] if ref else ["-", "-"])
+        host = got.get(("ssl-host", "workers"))
+        device = got.get(("ssl-host", "device"))
+        share = f"{host['decode_share']:.0%}" if host and "decode_share" in host else "-"
+        table.append([NAMES.get(key[0], key[0]), str(key[1])] + ref_cells + cell(host, ref) + cell(device, ref) + [share])
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    print("samples/s (a sample = one source image with its 2 views); per core = per worker; "
+          "ratio = ssl-host / reference per core")
+    for i, row in enumerate(table):
+        print("  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(row, widths))))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+    notes = set()
+    for got in rows.values():
+        for (who, _), rec in got.items():
+            if who == "reference" and "elastic" in rec:
+                notes.add(f"reference elastic: {rec['elastic']}; CIFAR blur: {rec['blur']}")
+    for n in sorted(notes):
+        print(n)
+    for i, (log, last) in enumerate(failures, 1):
+        print(f"[{i}] {last} ({log})")
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--table":
+        print_table(sys.argv[2])
+        return
     args = parse_args()
     torch.set_num_threads(1)
     r = measure(args)
