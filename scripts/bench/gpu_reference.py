@@ -37,9 +37,11 @@ runs, for a machine without a GPU.
 
 import argparse
 import copy
+import importlib.util
 import json
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -153,18 +155,24 @@ def loaders(args, cuda):
         raise SystemExit(f"--batch must be a multiple of {chunk} (the loader's chunk), got {args.batch}")
     ssl = ot.dataset(args.dataset, args.data, views=2)
     common = dict(pin_memory=cuda, drop_last=True, shuffle=True)
-    extra = dict(persistent_workers=True, prefetch_factor=4) if args.workers > 0 else {}
+    extra = dict(persistent_workers=True) if args.workers > 0 else {}
+    # Worker processes hand batches over through /dev/shm: 2 chunks in flight per worker.
+    view_bytes = 4 * 3 * (32 * 32 if args.dataset == "cifar" else 224 * 224)
+    need = 2 * max(1, args.workers) * chunk * 2 * view_bytes
+    try:
+        free = shutil.disk_usage("/dev/shm").free
+        if free < 2 * need:
+            print(f"gpu_reference: warning: /dev/shm has {free / 2**20:.0f} MiB free, the loader may need "
+                  f"{need / 2**20:.0f} MiB; DataLoader workers may fail with 'No space left on device'",
+                  file=sys.stderr, flush=True)
+    except OSError:
+        pass
     ssl_loader = DataLoader(ssl, batch_size=chunk, num_workers=args.workers, **common, **extra)
     lh_note = "CIFAR"
     if args.dataset == "cifar":
         lh = ot.dataset("cifar", args.data, views=1, linear_head=True)
     else:
-        try:
-            import pydicom  # noqa: F401
-
-            have_pydicom = True
-        except ImportError:
-            have_pydicom = False
+        have_pydicom = importlib.util.find_spec("pydicom") is not None
         if args.lh_data and have_pydicom:
             lh = ot.dataset("rsna", args.lh_data, views=1, linear_head=True)
             lh_note = "RSNA DICOMs"

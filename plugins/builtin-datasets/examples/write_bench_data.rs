@@ -69,7 +69,9 @@ fn parse_args() -> Result<Args, String> {
             text.parse::<usize>()
                 .ok()
                 .filter(|&n| n > 0)
-                .ok_or_else(|| format!("{name}: expected {what} (a positive integer), got `{text}`"))
+                .ok_or_else(|| {
+                    format!("{name}: expected {what} (a positive integer), got `{text}`")
+                })
         };
         match name.as_str() {
             "--out" => out = Some(PathBuf::from(value()?)),
@@ -148,11 +150,13 @@ fn chest_image(seed: u64, size: u32) -> Vec<u8> {
                 + ellipse(u, v, 0.68, 0.45, lung_w, lung_h, 0.25);
             // Ribs: bands that curve down away from the spine, visible over the lungs.
             let curve = v * ribs + 3.0 * (u - 0.5).powi(2) * ribs;
-            let rib = (curve * std::f32::consts::TAU + rib_phase).sin().max(0.0).powi(3);
+            let rib = (curve * std::f32::consts::TAU + rib_phase)
+                .sin()
+                .max(0.0)
+                .powi(3);
             let spine = (-((u - 0.5) / 0.035).powi(2)).exp() * body;
             let heart = ellipse(u, v, 0.56, 0.6, heart * 1.3, heart, 0.4);
-            let mut value = 18.0 + 22.0 * v.clamp(0.0, 1.0)
-                + 150.0 * body * exposure
+            let mut value = 18.0 + 22.0 * v.clamp(0.0, 1.0) + 150.0 * body * exposure
                 - 95.0 * lungs.min(1.0)
                 + 28.0 * rib * lungs.min(1.0)
                 + 45.0 * spine
@@ -189,7 +193,10 @@ fn for_each_parallel(
             .collect();
         workers
             .into_iter()
-            .map(|w| w.join().unwrap_or_else(|_| Err("a writer thread panicked".into())))
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err("a writer thread panicked".into()))
+            })
             .collect()
     });
     results.into_iter().collect()
@@ -213,8 +220,13 @@ fn write_nih_set(args: &Args) -> Result<PathBuf, String> {
     let images = dir.join("images_001").join("images");
     for_each_parallel(args.count, args.threads, |i| {
         let path = images.join(nih_image_name(i));
-        write_png_gray8(&path, args.size, args.size, &chest_image(i as u64, args.size))
-            .map_err(|e| format!("{}: {e}", path.display()))
+        write_png_gray8(
+            &path,
+            args.size,
+            args.size,
+            &chest_image(i as u64, args.size),
+        )
+        .map_err(|e| format!("{}: {e}", path.display()))
     })?;
     let mut csv = format!("{NIH_HEADER}\n");
     for i in 0..args.count {
