@@ -336,9 +336,11 @@ class Bench:
                 if p and ref and "images_per_s" in p and "images_per_s" in ref and ref["images_per_s"] > 0:
                     ratio = f"{p['images_per_s'] / ref['images_per_s']:.2f}x"
                 rows.append((f"  ssl-host, augment_on={place}", fig(p), busy(p), ratio))
-            rows.append(("  PyTorch reference (original transforms, AMP)", fig(ref), busy(ref), ""))
+            amp = "fp32 on the CPU" if self.a.cpu_smoke else "AMP"
+            rows.append((f"  PyTorch reference (original transforms, {amp})", fig(ref), busy(ref), ""))
         rows.append(("", "", "", ""))
-        rows.append(("bench-data (data path alone, GPU)", "images/s", "per worker", "decode | device alone"))
+        rows.append((f"bench-data (data path alone, on {self.a.device})", "images/s", "per worker",
+                     "decode | device alone"))
         for kind in ("nih", "cifar"):
             for place in ("workers", "device"):
                 p = parts.get(f"bench-data {kind} {place}")
