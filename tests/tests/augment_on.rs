@@ -135,7 +135,10 @@ fn preview_shows_device_augmented_views() {
 fn head_accuracy(dir: &Path) -> f64 {
     let m = metrics(dir);
     let last = m.keys().map(|k| k.0).max().unwrap();
-    m[&(last, "ssl_online_evaluator/val/online_accuracy".to_string())]
+    m[&(
+        last,
+        "ssl_online_evaluator/val/AccuracyAtThreshold05".to_string(),
+    )]
         .parse()
         .unwrap()
 }
@@ -151,6 +154,8 @@ fn shapes_as_cifar(root: &Path, count: usize) {
         &format!("--out={}", dumped.display()),
         &format!("--num_samples={count}"),
         "--image_size=32",
+        "--texture_strength=0.3",
+        "--noise=0.3",
     ])
     .assert_ok();
     let labels = std::fs::read_to_string(dumped.join("labels.csv")).unwrap();
@@ -183,39 +188,30 @@ fn shapes_as_cifar(root: &Path, count: usize) {
     }
 }
 
-/// A Shapes run and a CIFAR-layout run (Shapes images written as CIFAR-10 binary files) reach
-/// the same linear-head accuracy, within 0.03, with augmentation on the workers and on the
-/// device. Long (8 short trainings): run with `--ignored`.
+/// A Shapes run and a CIFAR-layout run (the same Shapes images written as CIFAR-10 binary
+/// files) reach the same linear-head accuracy, within 0.03, with augmentation on the workers
+/// and on the device: ShapesSimCLR (the README's demo) for 8 epochs on 2,000 images. Long (4
+/// trainings, about 8 minutes on 2 cores): run with `--ignored`.
 #[test]
 #[ignore]
 fn both_places_of_augmentation_learn_alike() {
     let out = tempfile::tempdir().unwrap();
     let cifar = out.path().join("cifar");
-    shapes_as_cifar(&cifar, 1800);
-    let common = [
-        "--ssl_encoder=resnet18",
-        "--num_epochs=6",
-        "--warmup_epochs=1",
-        "--ssl_training_batch_size=64",
-        "--linear_head_batch_size=64",
-        "--l_rate=1e-3",
-        "--learning_rate_linear_head_during_ssl_training=1e-3",
-        "--num_workers=2",
-        "--val_split=0.3",
-    ];
+    shapes_as_cifar(&cifar, 2400); // 5 training batches of 400, a test batch of 400
+    let common = ["--model=ShapesSimCLR", "--num_epochs=8"];
     let runs: [(&str, Vec<String>); 2] = [
         (
             "Shapes",
             vec![
-                "--model=ShapesSimCLR".into(),
-                "--ssl_dataset_params.num_samples=1200".into(),
-                "--linear_head_dataset_params.num_samples=1200".into(),
+                "--ssl_dataset_params.num_samples=2000".into(),
+                "--linear_head_dataset_params.num_samples=2000".into(),
             ],
         ),
         (
             "CIFAR layout",
             vec![
-                "--model=CIFAR10SimCLR".into(),
+                "--ssl_training_dataset_name=CIFAR10".into(),
+                "--linear_head_dataset_name=CIFAR10".into(),
                 format!("--local_dataset={}", cifar.display()),
             ],
         ),
@@ -223,17 +219,26 @@ fn both_places_of_augmentation_learn_alike() {
     for (what, args) in runs {
         let mut accuracy = Vec::new();
         for place in ["workers", "device"] {
-            let dir = out.path().join(format!("{}-{place}", what.replace(' ', "_")));
-            let mut line: Vec<String> = args.clone();
-            line.extend(common.iter().map(|s| s.to_string()));
+            let dir = out
+                .path()
+                .join(format!("{}-{place}", what.replace(' ', "_")));
+            let mut line: Vec<String> = common.iter().map(|s| s.to_string()).collect();
+            line.extend(args.iter().cloned());
             line.push(format!("--augment_on={place}"));
             line.push(format!("--output_dir={}", dir.display()));
             let refs: Vec<&str> = line.iter().map(String::as_str).collect();
             ssl_host(&refs).assert_ok();
             accuracy.push(head_accuracy(&dir));
         }
-        eprintln!("{what}: linear-head accuracy workers {:.3}, device {:.3}", accuracy[0], accuracy[1]);
-        assert!(accuracy[0] > 0.4, "{what} learns: {accuracy:?}");
+        eprintln!(
+            "{what}: linear-head accuracy workers {:.3}, device {:.3}",
+            accuracy[0], accuracy[1]
+        );
+        // 4 classes: chance is 0.25.
+        assert!(
+            accuracy.iter().all(|&a| a > 0.4),
+            "{what} learns: {accuracy:?}"
+        );
         assert!(
             (accuracy[0] - accuracy[1]).abs() <= 0.03,
             "{what}: workers {:.3} vs device {:.3}",
