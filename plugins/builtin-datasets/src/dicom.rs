@@ -397,18 +397,28 @@ fn to_gray8(decoded: &DecodedPixelData, little_endian: bool) -> Result<Image, St
         return Err(format!("the image is empty (Rows {rows}, Columns {cols})"));
     }
     let pixels = rows * cols;
-    let raw = raw_samples(decoded, pixels * samples, little_endian)?;
     let photometric = decoded.photometric_interpretation();
-    let values: Vec<f64> = match samples {
+    let out = match samples {
         1 => {
-            if *photometric == PhotometricInterpretation::Monochrome1 {
-                let signed = decoded.pixel_representation() == PixelRepresentation::Signed;
-                let top = (1i64 << decoded.bits_stored()) - 1;
-                raw.iter()
-                    .map(|&v| if signed { -(v + 1) } else { top - v } as f64)
-                    .collect()
-            } else {
-                raw.iter().map(|&v| v as f64).collect()
+            let signed = decoded.pixel_representation() == PixelRepresentation::Signed;
+            let monochrome1 = *photometric == PhotometricInterpretation::Monochrome1;
+            let top = (1i64 << decoded.bits_stored()) - 1;
+            let value = |v: i64| match (monochrome1, signed) {
+                (false, _) => v,
+                (true, true) => -(v + 1),
+                (true, false) => top - v,
+            };
+            let plain_bytes =
+                decoded.bits_allocated() == 8 && decoded.bits_stored() == 8 && !signed;
+            match decoded.data().get(..pixels) {
+                // 8-bit unsigned samples are the bytes themselves.
+                Some(bytes) if plain_bytes => {
+                    normalise_integers(bytes.iter().map(|&b| value(b as i64)), pixels)
+                }
+                _ => {
+                    let raw = raw_samples(decoded, pixels, little_endian)?;
+                    normalise_integers(raw.iter().map(|&v| value(v)), pixels)
+                }
             }
         }
         3 => {
@@ -418,8 +428,9 @@ fn to_gray8(decoded: &DecodedPixelData, little_endian: bool) -> Result<Image, St
                      supported (expected RGB)"
                 ));
             }
+            let raw = raw_samples(decoded, pixels * samples, little_endian)?;
             let planar = decoded.planar_configuration() == PlanarConfiguration::PixelFirst;
-            (0..pixels)
+            let values: Vec<f64> = (0..pixels)
                 .map(|i| {
                     let (r, g, b) = if planar {
                         (raw[i], raw[pixels + i], raw[2 * pixels + i])
@@ -428,7 +439,17 @@ fn to_gray8(decoded: &DecodedPixelData, little_endian: bool) -> Result<Image, St
                     };
                     (r as f64 * 299.0 + g as f64 * 587.0 + b as f64 * 114.0) / 1000.0
                 })
-                .collect()
+                .collect();
+            let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+            let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            if max > min {
+                values
+                    .iter()
+                    .map(|&v| pil_float_to_l((v - min) * 255.0 / (max - min)))
+                    .collect()
+            } else {
+                vec![0u8; pixels]
+            }
         }
         other => {
             return Err(format!(
@@ -436,17 +457,28 @@ fn to_gray8(decoded: &DecodedPixelData, little_endian: bool) -> Result<Image, St
             ))
         }
     };
-    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
-    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let out = if max > min {
-        values
-            .iter()
-            .map(|&v| pil_float_to_l((v - min) * 255.0 / (max - min)))
-            .collect()
-    } else {
-        vec![0u8; pixels]
-    };
     Image::from_u8(cols as u32, rows as u32, 1, out).map_err(|e| e.message())
+}
+
+/// Integer samples stretched to 0..=255 as `(v - min) * 255 / (max - min)` in `f64`, then PIL's
+/// float-to-8-bit conversion; through a table of every value in `min..=max` when that range
+/// is not larger than the image (the same numbers, one formula per distinct value).
+fn normalise_integers(values: impl Iterator<Item = i64> + Clone, pixels: usize) -> Vec<u8> {
+    let (min, max) = values
+        .clone()
+        .fold((i64::MAX, i64::MIN), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if max <= min {
+        return vec![0u8; pixels];
+    }
+    let (lo, hi) = (min as f64, max as f64);
+    let stretch = |v: i64| pil_float_to_l((v as f64 - lo) * 255.0 / (hi - lo));
+    let range = max.abs_diff(min);
+    if range < pixels as u64 {
+        let table: Vec<u8> = (min..=max).map(stretch).collect();
+        values.map(|v| table[(v - min) as usize]).collect()
+    } else {
+        values.map(stretch).collect()
+    }
 }
 
 /// PIL's `Image.fromarray(float64 array).convert("L")` on one value: the array becomes
