@@ -34,6 +34,9 @@ pub struct ViewGroup {
     pub pipeline: Arc<Pipeline>,
     pub count: usize,
     pub on_device: Option<Arc<BatchPipeline>>,
+    /// With `on_device`: the square size `pipeline` resizes to (images of that size skip it and
+    /// stay 8-bit).
+    pub decode_size: Option<u32>,
 }
 
 impl ViewGroup {
@@ -43,6 +46,7 @@ impl ViewGroup {
             pipeline,
             count,
             on_device: None,
+            decode_size: None,
         }
     }
 
@@ -82,6 +86,7 @@ impl ViewGroup {
                     ),
                     count,
                     on_device: Some(Arc::new(BatchPipeline::build(registry, specs, what, fuse)?)),
+                    decode_size: (size > 0).then_some(size as u32),
                 })
             }
         }
@@ -214,11 +219,17 @@ impl Source {
         let mut view = 0;
         for group in &self.groups {
             if group.on_device.is_some() {
-                out.push(
+                // Without `decode_size` the workers' pipeline is empty.
+                let sized = group
+                    .decode_size
+                    .is_none_or(|s| image.width() == s && image.height() == s);
+                out.push(if sized {
+                    image.clone()
+                } else {
                     group
                         .pipeline
-                        .apply(image.clone(), self.view_seed(epoch, index, view))?,
-                );
+                        .apply(image.clone(), self.view_seed(epoch, index, view))?
+                });
                 view += group.count;
                 continue;
             }
@@ -401,18 +412,30 @@ pub fn channels_last(t: &Tensor) -> Tensor {
 /// of planes (a one-channel image expanded to `repeat` identical channels).
 fn push_chw(buffer: &mut Vec<f32>, image: &Image, repeat: usize) {
     let c = image.channels() as usize;
-    let hwc: Vec<f32> = match image.pixels() {
-        Pixels::U8(v) => v.iter().map(|&x| x as f32 / 255.0).collect(),
-        Pixels::U16(v) => v.iter().map(|&x| x as f32 / 65535.0).collect(),
-        Pixels::F32(v) => v.to_vec(),
-    };
-    buffer.reserve(hwc.len() * repeat);
+    let n = image.width() as usize * image.height() as usize;
     let start = buffer.len();
-    for ch in 0..c {
-        buffer.extend(hwc.iter().skip(ch).step_by(c));
+    buffer.resize(start + n * c, 0.0);
+    let planes = &mut buffer[start..];
+    fn spread<T: Copy>(planes: &mut [f32], hwc: &[T], c: usize, n: usize, f: impl Fn(T) -> f32) {
+        if c == 1 {
+            for (d, &x) in planes.iter_mut().zip(hwc) {
+                *d = f(x);
+            }
+            return;
+        }
+        for (i, px) in hwc.chunks_exact(c).enumerate().take(n) {
+            for (ch, &x) in px.iter().enumerate() {
+                planes[ch * n + i] = f(x);
+            }
+        }
+    }
+    match image.pixels() {
+        Pixels::U8(v) => spread(planes, v, c, n, |x| x as f32 / 255.0),
+        Pixels::U16(v) => spread(planes, v, c, n, |x| x as f32 / 65535.0),
+        Pixels::F32(v) => spread(planes, v, c, n, |x| x),
     }
     for _ in 1..repeat {
-        buffer.extend_from_within(start..start + hwc.len());
+        buffer.extend_from_within(start..start + n * c);
     }
 }
 
