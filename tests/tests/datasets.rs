@@ -282,8 +282,9 @@ fn preview_and_make_rsna_csv() {
     .assert_ok();
     let decoder = png::Decoder::new(std::fs::File::open(&grid).unwrap());
     let info = decoder.read_info().unwrap().info().clone();
-    // 3 rows of (image, view 1, view 2), 224 px each, with 4 px gaps.
-    assert_eq!((info.width, info.height), (3 * 224 + 16, 3 * 224 + 16));
+    // A header row (14 px labels between 4 px gaps), then 3 rows of (image, view 1, view 2),
+    // 224 px each, with 4 px gaps.
+    assert_eq!((info.width, info.height), (3 * 224 + 16, 22 + 3 * 224 + 16));
 
     let labels = tmp.path().join("stage_2_train_labels.csv");
     std::fs::write(
