@@ -87,7 +87,9 @@ impl MocoParams {
         }
         let head_dims: Vec<i64> = params.get_or("head_dims", DEFAULT_HEAD_DIMS.to_vec())?;
         if head_dims.is_empty() || head_dims.iter().any(|&d| d < 1) {
-            bail!("MoCo: `head_dims` must be a non-empty list of positive sizes, got {head_dims:?}");
+            bail!(
+                "MoCo: `head_dims` must be a non-empty list of positive sizes, got {head_dims:?}"
+            );
         }
         Ok(MocoParams {
             momentum,
@@ -276,16 +278,17 @@ impl Moco {
         let key = &mut self.key;
         let k2 = tch::no_grad(|| key.embed_normalized(v2, train))?.f_detach()?;
         let queue = self.queue.f_detach()?;
-        let (loss, keys) = if self.symmetric {
-            let q2 = self.query.embed_normalized(v2, train)?;
-            let key = &mut self.key;
-            let k1 = tch::no_grad(|| key.embed_normalized(v1, train))?.f_detach()?;
-            let sum = info_nce_loss(&q1, &k2, &queue, self.temperature)?
-                .f_add(&info_nce_loss(&q2, &k1, &queue, self.temperature)?)?;
-            (sum.f_mul_scalar(0.5)?, Tensor::f_cat(&[&k2, &k1], 0)?)
-        } else {
-            (info_nce_loss(&q1, &k2, &queue, self.temperature)?, k2)
-        };
+        let (loss, keys) =
+            if self.symmetric {
+                let q2 = self.query.embed_normalized(v2, train)?;
+                let key = &mut self.key;
+                let k1 = tch::no_grad(|| key.embed_normalized(v1, train))?.f_detach()?;
+                let sum = info_nce_loss(&q1, &k2, &queue, self.temperature)?
+                    .f_add(&info_nce_loss(&q2, &k1, &queue, self.temperature)?)?;
+                (sum.f_mul_scalar(0.5)?, Tensor::f_cat(&[&k2, &k1], 0)?)
+            } else {
+                (info_nce_loss(&q1, &k2, &queue, self.temperature)?, k2)
+            };
         if train {
             let rows = keys.size()[0];
             let size = self.queue.size()[0];
@@ -293,7 +296,11 @@ impl Moco {
                 bail!(
                     "MoCo: `queue_size` ({size}) must be at least the number of keys per step \
                      ({rows}: the batch size{})",
-                    if self.symmetric { " × 2, as `symmetric`" } else { "" }
+                    if self.symmetric {
+                        " × 2, as `symmetric`"
+                    } else {
+                        ""
+                    }
                 );
             }
             self.pending_keys = Some(keys);
@@ -348,9 +355,7 @@ impl SslAlgorithm for Moco {
         let m = self.momentum;
         tch::no_grad(|| -> Result<()> {
             for (key, query) in &mut self.momentum_pairs {
-                let mixed = key
-                    .f_mul_scalar(m)?
-                    .f_add(&query.f_mul_scalar(1.0 - m)?)?;
+                let mixed = key.f_mul_scalar(m)?.f_add(&query.f_mul_scalar(1.0 - m)?)?;
                 key.f_copy_(&mixed)?;
             }
             Ok(())
@@ -393,7 +398,9 @@ mod tests {
     fn info_nce_of_a_perfect_match_is_small() {
         let q = l2_normalize(&Tensor::randn([4, 8], (Kind::Float, Device::Cpu))).unwrap();
         let queue = l2_normalize(&Tensor::randn([16, 8], (Kind::Float, Device::Cpu))).unwrap();
-        let same = info_nce_loss(&q, &q, &queue, 0.05).unwrap().double_value(&[]);
+        let same = info_nce_loss(&q, &q, &queue, 0.05)
+            .unwrap()
+            .double_value(&[]);
         let other = info_nce_loss(&q, &q.flip([0]), &queue, 0.05)
             .unwrap()
             .double_value(&[]);

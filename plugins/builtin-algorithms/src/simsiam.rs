@@ -113,7 +113,9 @@ impl Projector {
         }
         let mut out = xs.shallow_clone();
         for (i, (linear, bn)) in self.linears.iter().zip(&self.bns).enumerate() {
-            out = out.f_linear(&linear.ws, None::<&Tensor>)?.apply_t(bn, train);
+            out = out
+                .f_linear(&linear.ws, None::<&Tensor>)?
+                .apply_t(bn, train);
             if i < 2 {
                 out = out.f_relu()?;
             }
@@ -291,9 +293,11 @@ mod tests {
         let mean = z.mean_dim([0i64].as_slice(), false, Kind::Float);
         assert!(mean.abs().max().double_value(&[]) < 1e-5);
         assert!(z.min().double_value(&[]) < 0.0);
-        assert!(SimSiamParams::from_params(&Params::from_json(r#"{"predictor_hidden": 0}"#).unwrap())
-            .unwrap_err()
-            .to_string()
-            .contains("`predictor_hidden`"));
+        assert!(SimSiamParams::from_params(
+            &Params::from_json(r#"{"predictor_hidden": 0}"#).unwrap()
+        )
+        .unwrap_err()
+        .to_string()
+        .contains("`predictor_hidden`"));
     }
 }

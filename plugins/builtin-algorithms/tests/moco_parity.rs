@@ -19,8 +19,8 @@
 mod common;
 
 use common::parity::{
-    get, is_buffer, load, max_abs_diff, rel_diff, run_reference, within, Check, TempDir,
-    GRAD_TOL, LOSS_TOL, PARAM_TOL,
+    get, is_buffer, load, max_abs_diff, rel_diff, run_reference, within, Check, TempDir, GRAD_TOL,
+    LOSS_TOL, PARAM_TOL,
 };
 use ssl_builtin_algorithms::moco::{Moco, QUEUE_PTR_STATE_NAME, QUEUE_STATE_NAME};
 use ssl_plugin_api::host::builtin_plugins;
@@ -138,7 +138,11 @@ fn compare_with_reference(options: &[&str]) -> Vec<String> {
     let queue_before = get(&initial, QUEUE_STATE_NAME);
     check.group(
         "queue after the loss (not yet updated)",
-        vec![(QUEUE_STATE_NAME.into(), moco.queue(), queue_before.shallow_clone())],
+        vec![(
+            QUEUE_STATE_NAME.into(),
+            moco.queue(),
+            queue_before.shallow_clone(),
+        )],
         max_abs_diff,
         0.0,
     );

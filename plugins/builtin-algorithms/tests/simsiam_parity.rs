@@ -127,7 +127,11 @@ fn compare_with_reference(mutation: Option<&str>) -> Vec<String> {
     }
 
     // 4. One Adam step from the reference gradients.
-    check.adam_step("parameters after Adam (reference gradients)", &params, &expected);
+    check.adam_step(
+        "parameters after Adam (reference gradients)",
+        &params,
+        &expected,
+    );
     check.failures
 }
 

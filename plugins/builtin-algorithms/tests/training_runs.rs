@@ -156,5 +156,8 @@ fn moco_resumed_run_equals_uninterrupted_run() {
         let (x, y) = (&ta[name], &tb[name]);
         assert!(x.equal(y), "`{name}` differs after resume");
     }
-    assert_eq!(ta["algorithm.moco.queue_ptr"].int64_value(&[]), (2 * 13 * 8) % 64);
+    assert_eq!(
+        ta["algorithm.moco.queue_ptr"].int64_value(&[]),
+        (2 * 13 * 8) % 64
+    );
 }
