@@ -69,7 +69,12 @@ pub struct Mlp {
 }
 
 /// PyTorch's default `Linear` initialisation: weight and bias in `U(-1/sqrt(in), 1/sqrt(in))`.
-fn pytorch_linear(path: nn::Path, input_dim: i64, output_dim: i64, bias: bool) -> nn::Linear {
+pub(crate) fn pytorch_linear(
+    path: nn::Path,
+    input_dim: i64,
+    output_dim: i64,
+    bias: bool,
+) -> nn::Linear {
     let bound = 1.0 / (input_dim as f64).sqrt();
     let init = nn::Init::Uniform {
         lo: -bound,

@@ -13,10 +13,14 @@ use ssl_plugin_api::{bail, AlgorithmInfo, Params, Plugin, Result};
 
 pub mod byol;
 pub mod heads;
+pub mod moco;
 pub mod simclr;
+pub mod simsiam;
 
 pub use byol::Byol;
+pub use moco::Moco;
 pub use simclr::SimClr;
+pub use simsiam::SimSiam;
 
 /// Referenced by the host so the linker keeps this crate (and its registration).
 pub fn link() {}
@@ -48,6 +52,51 @@ fn plugin() -> Plugin {
             metric_prefix: "simclr".into(),
             scale_lr_with_processes: true,
         })
+        .algorithm(
+            "MoCo",
+            "MoCo v2 (Chen et al. 2020): momentum key network, queue of negatives, InfoNCE; \
+             params: momentum (0.999), queue_size (65536), temperature (0.2), head_dims \
+             ([2048, 128]), symmetric (false)",
+            Moco::new,
+        )
+        // The paper's cosine decay, once per epoch (configs set warmup_epochs = 0).
+        .algorithm_info(AlgorithmInfo {
+            lr_schedule: "warmup_cosine_epoch".into(),
+            metric_prefix: "moco".into(),
+            scale_lr_with_processes: true,
+        })
+        .model_config(
+            "ShapesMoCo",
+            "MoCo v2, ResNet18 on 32×32 Shapes; linear head on Shapes",
+            include_str!("../configs/ShapesMoCo.toml"),
+        )
+        .model_config(
+            "CIFAR10MoCo",
+            "MoCo v2, ResNet50 on CIFAR10; linear head on CIFAR10",
+            include_str!("../configs/CIFAR10MoCo.toml"),
+        )
+        .algorithm(
+            "SimSiam",
+            "SimSiam (Chen & He 2021): 3-layer projector, bottleneck predictor, stop-gradient; \
+             params: projector_dim (2048), predictor_hidden (512)",
+            SimSiam::new,
+        )
+        // The paper's cosine decay, once per epoch (configs set warmup_epochs = 0).
+        .algorithm_info(AlgorithmInfo {
+            lr_schedule: "warmup_cosine_epoch".into(),
+            metric_prefix: "simsiam".into(),
+            scale_lr_with_processes: true,
+        })
+        .model_config(
+            "ShapesSimSiam",
+            "SimSiam, ResNet18 on 32×32 Shapes; linear head on Shapes",
+            include_str!("../configs/ShapesSimSiam.toml"),
+        )
+        .model_config(
+            "CIFAR10SimSiam",
+            "SimSiam, ResNet50 on CIFAR10; linear head on CIFAR10",
+            include_str!("../configs/CIFAR10SimSiam.toml"),
+        )
 }
 
 ssl_plugin_api::register_builtin!(plugin);
