@@ -14,7 +14,7 @@ use crate::common::parity::{
     LOSS_TOL,
 };
 use ssl_plugin_api::host::builtin_plugins;
-use ssl_plugin_api::tch::{self, Device};
+use ssl_plugin_api::tch;
 use ssl_plugin_api::{EncoderSpec, Params, SslAlgorithm};
 use std::collections::BTreeSet;
 
