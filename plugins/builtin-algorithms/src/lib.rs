@@ -2,7 +2,11 @@
 //!
 //! - [`byol`]: BYOL (online network + predictor, EMA target network, symmetric cosine loss);
 //! - [`simclr`]: SimCLR (encoder + L2-normalised projection, NT-Xent loss);
-//! - [`heads`]: the MLP heads both put on top of the encoder.
+//! - [`barlow_twins`]: Barlow Twins (cross-correlation of batch-normalised embeddings pushed to
+//!   the identity);
+//! - [`vicreg`]: VICReg (invariance, variance and covariance terms);
+//! - [`heads`]: the MLP heads BYOL and SimCLR put on top of the encoder;
+//! - [`projector`]: the deep projector of Barlow Twins and VICReg.
 //!
 //! Each algorithm is built around an encoder from any plugin (an [`EncoderSpec`](ssl_plugin_api::EncoderSpec)); the
 //! registered factories build it through the spec, while [`byol::Byol::from_encoders`] and
@@ -11,16 +15,21 @@
 use ssl_plugin_api::tch::Tensor;
 use ssl_plugin_api::{bail, AlgorithmInfo, Params, Plugin, Result};
 
+pub mod barlow_twins;
 pub mod byol;
 pub mod heads;
 pub mod moco;
+pub mod projector;
 pub mod simclr;
 pub mod simsiam;
+pub mod vicreg;
 
+pub use barlow_twins::BarlowTwins;
 pub use byol::Byol;
 pub use moco::Moco;
 pub use simclr::SimClr;
 pub use simsiam::SimSiam;
+pub use vicreg::VicReg;
 
 /// Referenced by the host so the linker keeps this crate (and its registration).
 pub fn link() {}
@@ -96,6 +105,51 @@ fn plugin() -> Plugin {
             "CIFAR10SimSiam",
             "SimSiam, ResNet50 on CIFAR10; linear head on CIFAR10",
             include_str!("../configs/CIFAR10SimSiam.toml"),
+        )
+        .algorithm(
+            "BarlowTwins",
+            "Barlow Twins (Zbontar et al. 2021): projector 8192-8192-8192, cross-correlation \
+             loss; params: projector_dims ([8192, 8192, 8192]), lambd (0.0051), scale_loss (1); \
+             the paper trains with LARS",
+            BarlowTwins::new,
+        )
+        // The paper warms up then decays the learning rate (cosine) after every step.
+        .algorithm_info(AlgorithmInfo {
+            lr_schedule: "warmup_cosine_step".into(),
+            metric_prefix: "barlowtwins".into(),
+            scale_lr_with_processes: true,
+        })
+        .algorithm(
+            "VICReg",
+            "VICReg (Bardes et al. 2022): expander 8192-8192-8192, invariance + variance + \
+             covariance loss; params: projector_dims ([8192, 8192, 8192]), sim_coeff (25), \
+             std_coeff (25), cov_coeff (1); the paper trains with LARS",
+            VicReg::new,
+        )
+        .algorithm_info(AlgorithmInfo {
+            lr_schedule: "warmup_cosine_step".into(),
+            metric_prefix: "vicreg".into(),
+            scale_lr_with_processes: true,
+        })
+        .model_config(
+            "ShapesBarlowTwins",
+            "Barlow Twins (projector 512-512-512, LARS), ResNet18 on 32×32 Shapes; linear head on Shapes",
+            include_str!("../configs/ShapesBarlowTwins.toml"),
+        )
+        .model_config(
+            "CIFAR10BarlowTwins",
+            "Barlow Twins (the paper's projector and LARS), ResNet50 on CIFAR10; linear head on CIFAR10",
+            include_str!("../configs/CIFAR10BarlowTwins.toml"),
+        )
+        .model_config(
+            "ShapesVICReg",
+            "VICReg (expander 512-512-512, LARS), ResNet18 on 32×32 Shapes; linear head on Shapes",
+            include_str!("../configs/ShapesVICReg.toml"),
+        )
+        .model_config(
+            "CIFAR10VICReg",
+            "VICReg (the paper's expander and LARS), ResNet50 on CIFAR10; linear head on CIFAR10",
+            include_str!("../configs/CIFAR10VICReg.toml"),
         )
 }
 

@@ -43,16 +43,17 @@ fn create(algorithm: &str, params: &str) -> ssl_plugin_api::Result<ForeignAlgori
 }
 
 #[test]
-fn both_algorithms_are_registered() {
+fn every_algorithm_is_registered() {
     let plugins = plugins();
     let ours = plugins
         .iter()
         .find(|p| p.name == "builtin-algorithms")
         .expect("builtin-algorithms not registered");
     let names: Vec<&str> = ours.algorithms.iter().map(|a| a.name()).collect();
-    for name in ["BYOL", "SimCLR", "MoCo", "SimSiam"] {
-        assert!(names.contains(&name), "{name} missing from {names:?}");
-    }
+    assert_eq!(
+        names,
+        ["BYOL", "SimCLR", "MoCo", "SimSiam", "BarlowTwins", "VICReg"]
+    );
     assert_eq!(ours.version, env!("CARGO_PKG_VERSION"));
 }
 
@@ -102,4 +103,30 @@ fn errors_cross_the_abi_with_their_message() {
     let mut simclr = create("SimCLR", "{}").unwrap();
     let e = simclr.training_loss(&views()[..1]).unwrap_err();
     assert!(e.message().contains("exactly 2"), "{e}");
+}
+
+#[test]
+fn barlow_twins_and_vicreg_through_the_abi() {
+    for (name, prefix) in [("BarlowTwins", "barlowtwins"), ("VICReg", "vicreg")] {
+        let mut algorithm = create(name, r#"{"projector_dims": [16, 10]}"#).unwrap();
+        assert_eq!(algorithm.embedding_dim(), 12, "{name}");
+        assert_eq!(algorithm.embedding_encoder_prefix(), "encoder.", "{name}");
+        let loss = algorithm.training_loss(&views()).unwrap();
+        assert!(loss.double_value(&[]).is_finite(), "{name}");
+        assert_eq!(
+            find(&algorithm.state(), "projector.3.weight").size(),
+            [10, 16],
+            "{name}"
+        );
+        let e = create(name, r#"{"projector_dims": "wide"}"#).err().unwrap();
+        assert!(e.message().contains("projector_dims"), "{name}: {e}");
+        let info = plugins()
+            .iter()
+            .flat_map(|p| p.algorithms.iter())
+            .find(|a| a.name() == name)
+            .map(|a| a.info())
+            .unwrap();
+        assert_eq!(info.metric_prefix, prefix);
+        assert_eq!(info.lr_schedule, "warmup_cosine_step");
+    }
 }
