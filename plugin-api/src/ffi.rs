@@ -103,6 +103,7 @@ pub trait AlgorithmFfi: Send {
     fn embedding_dim(&self) -> RResult<i64, FfiError>;
     fn embedding_encoder_prefix(&self) -> RResult<RString, FfiError>;
     fn state(&self) -> RResult<RVec<NamedTensor>, FfiError>;
+    fn begin_epoch(&mut self, epoch: u64, epochs: u64) -> RResult<(), FfiError>;
     #[sabi(last_prefix_field)]
     fn scalars(&self) -> RResult<RVec<NamedScalar>, FfiError>;
 }

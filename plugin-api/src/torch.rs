@@ -131,6 +131,12 @@ pub trait SslAlgorithm: Send + 'static {
     fn validation_loss(&mut self, views: &[Tensor]) -> Result<Tensor>;
     /// Everything the host's optimizer updates.
     fn parameters(&self) -> Vec<TrainableParam>;
+    /// Called before every training epoch (0-based `epoch` of `epochs`), also when a run
+    /// resumes: per-epoch behaviour (DINO's frozen last layer in the first epoch, its teacher
+    /// temperature warm-up) without the host knowing the algorithm.
+    fn begin_epoch(&mut self, _epoch: u64, _epochs: u64) -> Result<()> {
+        Ok(())
+    }
     /// Called after every optimizer step (BYOL's moving average), with the step just taken
     /// (1-based) and the total number of steps of the run.
     fn after_optimizer_step(&mut self, _step: u64, _max_steps: u64) -> Result<()> {
@@ -340,6 +346,9 @@ impl<A: SslAlgorithm> AlgorithmFfi for AlgorithmAdapter<A> {
                 .collect())
         })
     }
+    fn begin_epoch(&mut self, epoch: u64, epochs: u64) -> RResult<(), FfiError> {
+        guard("SslAlgorithm::begin_epoch", || self.0.begin_epoch(epoch, epochs))
+    }
     fn after_optimizer_step(&mut self, step: u64, max_steps: u64) -> RResult<(), FfiError> {
         guard("SslAlgorithm::after_optimizer_step", || {
             self.0.after_optimizer_step(step, max_steps)
@@ -544,6 +553,9 @@ impl SslAlgorithm for ForeignAlgorithm {
                 lars_adaptation: p.lars_adaptation,
             })
             .collect()
+    }
+    fn begin_epoch(&mut self, epoch: u64, epochs: u64) -> Result<()> {
+        Ok(self.inner.begin_epoch(epoch, epochs).into_result()?)
     }
     fn after_optimizer_step(&mut self, step: u64, max_steps: u64) -> Result<()> {
         Ok(self

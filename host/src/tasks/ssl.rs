@@ -484,6 +484,9 @@ impl Task for SslTask {
             workers.div_ceil(2),
         );
         self.streams = Some((ssl_stream, lh_stream));
+        self.algorithm
+            .begin_epoch(epoch as u64, self.config.num_epochs as u64)
+            .with_context(|| format!("{} begin-epoch hook", self.algorithm_name))?;
         self.sums = EpochSums {
             loss: Some(Tensor::zeros([], (Kind::Double, self.device))),
             scalars: BTreeMap::new(),
