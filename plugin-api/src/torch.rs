@@ -347,7 +347,9 @@ impl<A: SslAlgorithm> AlgorithmFfi for AlgorithmAdapter<A> {
         })
     }
     fn begin_epoch(&mut self, epoch: u64, epochs: u64) -> RResult<(), FfiError> {
-        guard("SslAlgorithm::begin_epoch", || self.0.begin_epoch(epoch, epochs))
+        guard("SslAlgorithm::begin_epoch", || {
+            self.0.begin_epoch(epoch, epochs)
+        })
     }
     fn after_optimizer_step(&mut self, step: u64, max_steps: u64) -> RResult<(), FfiError> {
         guard("SslAlgorithm::after_optimizer_step", || {
