@@ -131,8 +131,10 @@ impl DinoParams {
             student_temp: positive("student_temp", DEFAULT_STUDENT_TEMP)?,
             warmup_teacher_temp: positive("warmup_teacher_temp", DEFAULT_WARMUP_TEACHER_TEMP)?,
             teacher_temp: positive("teacher_temp", DEFAULT_TEACHER_TEMP)?,
-            warmup_teacher_temp_epochs: params
-                .get_or("warmup_teacher_temp_epochs", DEFAULT_WARMUP_TEACHER_TEMP_EPOCHS)?,
+            warmup_teacher_temp_epochs: params.get_or(
+                "warmup_teacher_temp_epochs",
+                DEFAULT_WARMUP_TEACHER_TEMP_EPOCHS,
+            )?,
             center_momentum: unit("center_momentum", DEFAULT_CENTER_MOMENTUM)?,
             freeze_last_layer: params.get_or("freeze_last_layer", DEFAULT_FREEZE_LAST_LAYER)?,
         })
@@ -275,7 +277,12 @@ struct Net {
 impl Net {
     /// `head(encoder(views))`, the views of one size through the encoder as one batch, the
     /// outputs in view order: `[views.len() · N, out_dim]`.
-    fn forward(&mut self, views: &[Tensor], train: bool, freeze_last_layer: bool) -> Result<Tensor> {
+    fn forward(
+        &mut self,
+        views: &[Tensor],
+        train: bool,
+        freeze_last_layer: bool,
+    ) -> Result<Tensor> {
         let mut features = Vec::new();
         let mut start = 0;
         while start < views.len() {
@@ -479,8 +486,7 @@ impl Dino {
             self.settings.student_temp,
         )?;
         if train {
-            self.pending_center =
-                Some(t.f_mean_dim([0i64].as_slice(), true, Kind::Float)?);
+            self.pending_center = Some(t.f_mean_dim([0i64].as_slice(), true, Kind::Float)?);
         }
         Ok(loss)
     }
