@@ -5,6 +5,8 @@
 //! - [`barlow_twins`]: Barlow Twins (cross-correlation of batch-normalised embeddings pushed to
 //!   the identity);
 //! - [`vicreg`]: VICReg (invariance, variance and covariance terms);
+//! - [`dino`]: DINO (multi-crop self-distillation from a momentum teacher, centred and
+//!   sharpened);
 //! - [`heads`]: the MLP heads BYOL and SimCLR put on top of the encoder;
 //! - [`projector`]: the deep projector of Barlow Twins and VICReg.
 //!
@@ -17,6 +19,7 @@ use ssl_plugin_api::{bail, AlgorithmInfo, Params, Plugin, Result};
 
 pub mod barlow_twins;
 pub mod byol;
+pub mod dino;
 pub mod heads;
 pub mod moco;
 pub mod projector;
@@ -26,6 +29,7 @@ pub mod vicreg;
 
 pub use barlow_twins::BarlowTwins;
 pub use byol::Byol;
+pub use dino::Dino;
 pub use moco::Moco;
 pub use simclr::SimClr;
 pub use simsiam::SimSiam;
@@ -150,6 +154,31 @@ fn plugin() -> Plugin {
             "CIFAR10VICReg",
             "VICReg (the paper's expander and LARS), ResNet50 on CIFAR10; linear head on CIFAR10",
             include_str!("../configs/CIFAR10VICReg.toml"),
+        )
+        .algorithm(
+            "DINO",
+            "DINO (Caron et al. 2021): momentum teacher, multi-crop (2 global views, then local \
+             ones), centred and sharpened teacher softmax; params: out_dim (65536), hidden_dim \
+             (2048), bottleneck_dim (256), norm_last_layer (true), momentum_teacher (0.996), \
+             student_temp (0.1), warmup_teacher_temp (0.04), teacher_temp (0.07), \
+             warmup_teacher_temp_epochs (30), center_momentum (0.9), freeze_last_layer (1)",
+            Dino::new,
+        )
+        // The paper warms up then decays the learning rate (cosine) after every step.
+        .algorithm_info(AlgorithmInfo {
+            lr_schedule: "warmup_cosine_step".into(),
+            metric_prefix: "dino".into(),
+            scale_lr_with_processes: true,
+        })
+        .model_config(
+            "ShapesDINO",
+            "DINO (2 global 32 px + 2 local 16 px views, out_dim 1024), ResNet18 on Shapes; linear head on Shapes",
+            include_str!("../configs/ShapesDINO.toml"),
+        )
+        .model_config(
+            "CIFAR10DINO",
+            "DINO (2 global 32 px + 6 local 16 px views), ResNet50 on CIFAR10; linear head on CIFAR10",
+            include_str!("../configs/CIFAR10DINO.toml"),
         )
 }
 

@@ -52,9 +52,41 @@ fn every_algorithm_is_registered() {
     let names: Vec<&str> = ours.algorithms.iter().map(|a| a.name()).collect();
     assert_eq!(
         names,
-        ["BYOL", "SimCLR", "MoCo", "SimSiam", "BarlowTwins", "VICReg"]
+        [
+            "BYOL",
+            "SimCLR",
+            "MoCo",
+            "SimSiam",
+            "BarlowTwins",
+            "VICReg",
+            "DINO"
+        ]
     );
     assert_eq!(ours.version, env!("CARGO_PKG_VERSION"));
+}
+
+/// DINO's per-epoch hook crosses the ABI: the last layer gets no gradient in epoch 0 (frozen)
+/// and one in epoch 1.
+#[test]
+fn dino_begin_epoch_through_the_abi() {
+    let mut dino = create(
+        "DINO",
+        r#"{"out_dim": 16, "hidden_dim": 8, "bottleneck_dim": 4}"#,
+    )
+    .unwrap();
+    let last_v = |d: &ForeignAlgorithm| {
+        d.parameters()
+            .into_iter()
+            .find(|p| p.name == "student.head.last_layer.weight_v")
+            .expect("last layer among the parameters")
+            .tensor
+    };
+    dino.begin_epoch(0, 2).unwrap();
+    dino.training_loss(&views()).unwrap().backward();
+    assert!(!last_v(&dino).grad().defined(), "frozen in epoch 0");
+    dino.begin_epoch(1, 2).unwrap();
+    dino.training_loss(&views()).unwrap().backward();
+    assert!(last_v(&dino).grad().defined(), "trained in epoch 1");
 }
 
 #[test]
