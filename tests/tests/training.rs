@@ -78,12 +78,14 @@ fn byol_debug_run_writes_every_output() {
         "byol/tau",
         "byol/train/loss",
         "byol/val/loss",
+        "knn/val/top1",
         "ssl_online_evaluator/train/loss",
         "ssl_online_evaluator/train/online_AccuracyAtThreshold05",
         "ssl_online_evaluator/val/AccuracyAtThreshold05",
         "ssl_online_evaluator/val/loss",
         "throughput/train_images_per_second",
         "time/epoch_seconds",
+        "time/knn_seconds",
     ];
     let mut expected: Vec<String> = expected.iter().map(|s| s.to_string()).collect();
     expected.sort();

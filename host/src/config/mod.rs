@@ -202,6 +202,8 @@ settings! {
         skip_unreadable_images: bool = false,
         /// Adam learning rate of the online linear head
         learning_rate_linear_head_during_ssl_training: f64 = 1e-4,
+        /// kNN monitor: each epoch, weighted cosine kNN (k 200, temperature 0.1) of the linear-head validation split against its training split (knn/val/top1, top5)
+        knn_monitor: bool = true,
         /// classifier: keep the pretrained encoder fixed
         freeze_encoder: bool = true,
         /// classifier: SSL checkpoint or run folder (alias: local_weights_path)

@@ -1,9 +1,10 @@
 //! The kinds of training runs the engine drives ([`crate::engine::Task`]): SSL pretraining
 //! with an online linear head ([`ssl`]) and classifier training on a pretrained encoder
-//! ([`classifier`]). Tasks never import each other; what they share lives here and in
-//! [`linear_head`].
+//! ([`classifier`]). Tasks never import each other; what they share lives here, in
+//! [`linear_head`] and in [`knn`] (the kNN monitor).
 
 pub mod classifier;
+pub mod knn;
 pub mod linear_head;
 pub mod ssl;
 

@@ -2,7 +2,9 @@
 //! (one list, in view-group order), then the online linear head on detached embeddings of a
 //! linear-head batch; the engine then calls the algorithm's after-step hook (BYOL's moving
 //! average), in the order of the original. Validation: the SSL loss on the validation split and
-//! the linear head on as many batches of its validation split.
+//! the linear head on as many batches of its validation split; then (`knn_monitor`) the kNN
+//! monitor ([`crate::tasks::knn`]): the linear-head validation split classified against
+//! embeddings of its training split.
 
 use crate::checkpoint::{self, prefixed, under, Checkpoint, CheckpointInfo};
 use crate::config::RunConfig;
@@ -16,6 +18,7 @@ use crate::sampler::{Order, Sampler};
 use crate::schedule::LrSchedule;
 use crate::seeds::seed_of;
 use crate::split::split_dataset;
+use crate::tasks::knn::{self, knn_accuracy};
 use crate::tasks::linear_head::{
     head_classes, linear_head_pipelines, record_batch, LinearHead, PendingBatches,
 };
@@ -28,15 +31,19 @@ use ssl_plugin_api::{EncoderSpec, Params, SslAlgorithm};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// The seed streams of the loaders (part of every augmentation seed; do not change).
 const SSL_TRAIN: u64 = 1;
 const SSL_VAL: u64 = 2;
 const LINEAR_HEAD_TRAIN: u64 = 3;
 const LINEAR_HEAD_VAL: u64 = 4;
+const KNN_BANK: u64 = 5;
 /// The shuffle streams of the samplers.
 const SSL_SHUFFLE: u64 = 11;
 const LINEAR_HEAD_SHUFFLE: u64 = 13;
+/// Batches of the kNN bank in a debug run (and of its queries: 1).
+const DEBUG_KNN_BANK_BATCHES: usize = 4;
 
 /// The running sums of an epoch's training pass.
 #[derive(Default)]
@@ -46,6 +53,13 @@ struct EpochSums {
     linear_head: Option<EpochMetrics>,
     /// The head's batches not yet read from the device.
     pending: PendingBatches,
+}
+
+/// The kNN monitor's data, every sample once, in order: the linear-head training split through
+/// the linear-head validation pipeline (the bank) and the validation split (the queries).
+struct KnnData {
+    bank: Data,
+    queries: Data,
 }
 
 /// An SSL pretraining run.
@@ -63,6 +77,7 @@ pub struct SslTask {
     ssl_val: Data,
     lh_train: Data,
     lh_val: Data,
+    knn: Option<KnnData>,
     info: CheckpointInfo,
     /// The loaders of the current epoch's training pass.
     streams: Option<(BatchStream, BatchStream)>,
@@ -230,6 +245,12 @@ impl SslTask {
             config.drop_last,
         );
         let shuffled = |stream| Order::Shuffled { seed, stream };
+        let lh_val_source = source(
+            &lh_dataset,
+            one(&lh_val_pipeline),
+            LINEAR_HEAD_VAL,
+            &lh_name,
+        );
         let ssl_train = Data {
             source: source(&ssl_dataset, groups.clone(), SSL_TRAIN, &ssl_name),
             sampler: Sampler::new(ssl_train_idx, bs, drop_last, shuffled(SSL_SHUFFLE)),
@@ -238,6 +259,16 @@ impl SslTask {
             source: source(&ssl_dataset, groups, SSL_VAL, &ssl_name),
             sampler: Sampler::new(ssl_val_idx, bs, drop_last, Order::Sequential),
         };
+        let knn = config.knn_monitor.then(|| KnnData {
+            bank: Data {
+                source: source(&lh_dataset, one(&lh_val_pipeline), KNN_BANK, &lh_name),
+                sampler: Sampler::new(lh_train_idx.clone(), lh_bs, false, Order::Sequential),
+            },
+            queries: Data {
+                source: Arc::clone(&lh_val_source),
+                sampler: Sampler::new(lh_val_idx.clone(), lh_bs, false, Order::Sequential),
+            },
+        });
         let lh_train = Data {
             source: source(&lh_dataset, one(&lh_pipeline), LINEAR_HEAD_TRAIN, &lh_name),
             sampler: Sampler::new(
@@ -248,12 +279,7 @@ impl SslTask {
             ),
         };
         let lh_val = Data {
-            source: source(
-                &lh_dataset,
-                one(&lh_val_pipeline),
-                LINEAR_HEAD_VAL,
-                &lh_name,
-            ),
+            source: lh_val_source,
             sampler: Sampler::new(lh_val_idx, lh_bs, drop_last, Order::Sequential),
         };
 
@@ -371,6 +397,7 @@ impl SslTask {
             ssl_val,
             lh_train,
             lh_val,
+            knn,
             info,
             streams: None,
             sums: EpochSums::default(),
@@ -428,6 +455,76 @@ impl SslTask {
             metrics.push((name, value));
         }
         Ok(metrics)
+    }
+
+    /// The kNN monitor (`knn_monitor`): `knn/val/top1` (and `top5` with at least 5 classes) of
+    /// the linear-head validation split against a bank of its training split, embedded in
+    /// evaluation mode without gradients, and `time/knn_seconds`. A debug run's bank is
+    /// [`DEBUG_KNN_BANK_BATCHES`] batches, its queries 1.
+    fn knn_monitor(&mut self, epoch: usize) -> Result<Vec<(String, f64)>> {
+        let Some(knn) = &self.knn else {
+            return Ok(Vec::new());
+        };
+        let started = Instant::now();
+        let _guard = tch::no_grad_guard();
+        let mut bank_plan = knn.bank.sampler.batches(epoch as u64);
+        let mut query_plan = knn.queries.sampler.batches(epoch as u64);
+        if self.config.is_debug_model {
+            bank_plan.truncate(DEBUG_KNN_BANK_BATCHES);
+            query_plan.truncate(1);
+        }
+        let (bank_source, query_source) = (
+            Arc::clone(&knn.bank.source),
+            Arc::clone(&knn.queries.source),
+        );
+        let bank = self.embed_all(bank_source, epoch, bank_plan)?;
+        let queries = self.embed_all(query_source, epoch, query_plan)?;
+        let classes = self.head.num_classes as i64;
+        let accuracy = match (bank, queries) {
+            (Some((bank, bank_labels)), Some((queries, labels))) => knn_accuracy(
+                &bank,
+                &bank_labels,
+                &queries,
+                &labels,
+                classes,
+                knn::K,
+                knn::TEMPERATURE,
+            ),
+            _ => knn::KnnAccuracy {
+                top1: f64::NAN,
+                top5: (classes >= 5).then_some(f64::NAN),
+            },
+        };
+        let mut metrics = vec![("knn/val/top1".to_string(), accuracy.top1)];
+        if let Some(top5) = accuracy.top5 {
+            metrics.push(("knn/val/top5".to_string(), top5));
+        }
+        metrics.push((
+            "time/knn_seconds".to_string(),
+            started.elapsed().as_secs_f64(),
+        ));
+        Ok(metrics)
+    }
+
+    /// Evaluation-mode embeddings `[n, d]` (float) and labels `[n]` of `plan`'s samples;
+    /// `None` for an empty plan.
+    fn embed_all(
+        &mut self,
+        source: Arc<Source>,
+        epoch: usize,
+        plan: Vec<Vec<usize>>,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        let (mut embeddings, mut labels) = (Vec::new(), Vec::new());
+        for batch in BatchStream::new(source, epoch as u64, plan, self.config.num_workers) {
+            let batch = batch?;
+            let x = batch.images(self.device)?;
+            labels.push(batch.label_tensor(self.device, self.head.num_classes)?);
+            embeddings.push(self.algorithm.embed(&x, false)?.to_kind(Kind::Float));
+        }
+        if embeddings.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some((Tensor::cat(&embeddings, 0), Tensor::cat(&labels, 0))))
     }
 }
 
@@ -575,6 +672,7 @@ impl Task for SslTask {
             metrics.push((name, value));
         }
         metrics.extend(self.validate(epoch)?);
+        metrics.extend(self.knn_monitor(epoch)?);
         Ok(metrics)
     }
 
@@ -615,8 +713,17 @@ impl Task for SslTask {
 
     fn epoch_line(&self, epoch: usize, metrics: &[(String, f64)]) -> String {
         let get = |n: &str| crate::engine::metric(metrics, n);
+        let knn = if self.knn.is_some() {
+            format!(
+                ", kNN val top-1 {:.3} ({:.1}s)",
+                get("knn/val/top1"),
+                get("time/knn_seconds")
+            )
+        } else {
+            String::new()
+        };
         format!(
-            "epoch {}/{}: {} train loss {:.4}, val loss {:.4}, linear head val accuracy {:.3}, {:.1} images/s, {:.1}s",
+            "epoch {}/{}: {} train loss {:.4}, val loss {:.4}, linear head val accuracy {:.3}{knn}, {:.1} images/s, {:.1}s",
             epoch + 1,
             self.config.num_epochs,
             self.prefix,
@@ -629,11 +736,15 @@ impl Task for SslTask {
     }
 
     fn sources(&self) -> Vec<(Arc<Source>, &'static str)> {
-        vec![
+        let mut sources = vec![
             (Arc::clone(&self.ssl_train.source), "SSL training"),
             (Arc::clone(&self.ssl_val.source), "SSL validation"),
             (Arc::clone(&self.lh_train.source), "linear-head training"),
             (Arc::clone(&self.lh_val.source), "linear-head validation"),
-        ]
+        ];
+        if let Some(knn) = &self.knn {
+            sources.push((Arc::clone(&knn.bank.source), "kNN bank"));
+        }
+        sources
     }
 }
