@@ -24,7 +24,6 @@ mod common;
 
 use common::parity::{
     get, is_buffer, load, max_abs, rel_diff, run_reference, within, Check, TempDir, GRAD_TOL,
-    LOSS_TOL,
 };
 use ssl_builtin_algorithms::simclr::{SimClr, DEFAULT_TEMPERATURE};
 use ssl_plugin_api::host::builtin_plugins;
@@ -104,16 +103,7 @@ fn compare_with_reference(mutation: Option<&str>) -> Vec<String> {
     let loss = simclr.training_loss(&views).expect("training loss");
     let ours_loss = loss.double_value(&[]);
     let ref_loss = get(&expected, "loss").double_value(&[0]);
-    let loss_rel = (ours_loss - ref_loss).abs() / ref_loss.abs().max(1e-12);
-    println!(
-        "{:<4} loss: ours {ours_loss:.9}, reference {ref_loss:.9}, relative difference {loss_rel:.3e}",
-        if within(loss_rel, LOSS_TOL) { "OK" } else { "FAIL" }
-    );
-    if !within(loss_rel, LOSS_TOL) {
-        check
-            .failures
-            .push(format!("loss differs by {loss_rel:.3e} (relative)"));
-    }
+    check.loss(ours_loss, ref_loss);
     loss.backward();
 
     let params = simclr.parameters();

@@ -118,6 +118,20 @@ pub struct Check {
 }
 
 impl Check {
+    /// Compares our loss with the reference's (relative difference within [`LOSS_TOL`]),
+    /// prints the result and records a failure.
+    pub fn loss(&mut self, ours_loss: f64, ref_loss: f64) {
+        let loss_rel = (ours_loss - ref_loss).abs() / ref_loss.abs().max(1e-12);
+        println!(
+            "{:<4} loss: ours {ours_loss:.9}, reference {ref_loss:.9}, relative difference {loss_rel:.3e}",
+            if within(loss_rel, LOSS_TOL) { "OK" } else { "FAIL" }
+        );
+        if !within(loss_rel, LOSS_TOL) {
+            self.failures
+                .push(format!("loss differs by {loss_rel:.3e} (relative)"));
+        }
+    }
+
     pub fn group(
         &mut self,
         what: &str,
