@@ -120,8 +120,8 @@ struct TrainOptions {
     /// The model: a config in configs/, a plugin's, or a .toml path
     #[arg(long, value_name = "NAME")]
     model: Option<String>,
-    /// Continue the run in --output_dir from its last checkpoint
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    /// Continue the run in --output_dir from its last checkpoint (auto: when it has one, else start it there)
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "true|false|auto")]
     resume: Option<String>,
     /// The run folder (default outputs/<UTC time>_<model>/)
     #[arg(long, value_name = "DIR")]

@@ -24,6 +24,7 @@ pub mod seeds;
 pub mod split;
 pub mod tasks;
 pub mod tensorboard;
+pub mod world;
 
 use anyhow::Result;
 use cli::Request;

@@ -93,6 +93,30 @@ impl EpochMetrics {
         self.loss_count += batch_size as f64;
     }
 
+    /// The samples of every process of `world` together (the same on every process): metrics
+    /// over all processes' predictions, as a one-process run over the global batches.
+    pub fn gathered(&self, world: &crate::world::World) -> anyhow::Result<EpochMetrics> {
+        if !world.is_distributed() {
+            return Ok(self.clone());
+        }
+        use ssl_plugin_api::tch::Tensor;
+        let c = self.num_classes as i64;
+        let probs = Tensor::from_slice(&self.probs).view([-1, c]);
+        let probs = world.gather_rows(&probs)?.contiguous().view(-1);
+        let targets = world.gather_rows(&Tensor::from_slice(&self.targets))?;
+        let sums = world.all_reduce_f64(
+            &[self.loss_sum, self.loss_count],
+            crate::world::Reduce::Sum,
+        )?;
+        Ok(EpochMetrics {
+            num_classes: self.num_classes,
+            probs: Vec::<f32>::try_from(&probs)?,
+            targets: Vec::<i64>::try_from(&targets)?,
+            loss_sum: sums[0],
+            loss_count: sums[1],
+        })
+    }
+
     /// Clears the accumulator for a new epoch.
     pub fn reset(&mut self) {
         self.probs.clear();

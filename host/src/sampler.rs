@@ -9,7 +9,7 @@
 //! what a sample looks like never depends on the rank. Without `drop_last`, an incomplete last
 //! global batch is, with several processes, filled up from the start of the order (as torch's
 //! `DistributedSampler` pads), so every rank takes the same number of equal batches; one
-//! process keeps it incomplete. Today every run has `rank = 0`, `world = 1`.
+//! process keeps it incomplete ([`Sampler::real_samples`] tells the repeats apart).
 
 use crate::seeds::{permutation, seed_of};
 
@@ -109,6 +109,15 @@ impl Sampler {
         }
         plan.truncate(steps);
         Some(plan)
+    }
+
+    /// How many samples of this process's batch number `k` of [`Sampler::batches`] (of
+    /// `len` samples) are the split's own rather than the repeats that fill the last global
+    /// batch with several processes: the first that many. Metrics over every sample once
+    /// (validation, the kNN monitor) keep only those.
+    pub fn real_samples(&self, k: usize, len: usize) -> usize {
+        let start = k * self.batch_size * self.world + self.rank * self.batch_size;
+        self.indices.len().saturating_sub(start).min(len)
     }
 
     fn shuffled(&self, seed: u64) -> Vec<usize> {
@@ -220,6 +229,13 @@ mod tests {
                 let last: Vec<usize> = ranks[0][5].iter().chain(&ranks[1][5]).copied().collect();
                 assert_eq!(last[..3], order[40..43]);
                 assert_eq!(last[3..], order[..5]);
+                // Only the first 3 of the last global batch are real: all of rank 0's first 3.
+                let sequential: Vec<Sampler> = (0..2)
+                    .map(|r| shuffled(43, 4, false).for_rank(r, 2))
+                    .collect();
+                assert_eq!(sequential[0].real_samples(5, 4), 3);
+                assert_eq!(sequential[1].real_samples(5, 4), 0);
+                assert_eq!(sequential[1].real_samples(4, 4), 4);
                 let mut seen: Vec<usize> = ranks.iter().flatten().flatten().copied().collect();
                 seen.sort();
                 seen.dedup();

@@ -64,9 +64,34 @@ pub fn train(registry: &Registry, config: RunConfig, options: &RunOptions) -> Re
     }
 }
 
+/// `--resume`: `true` (continue the run in `--output_dir`), `false`, or `auto`: continue when
+/// `--output_dir` holds a checkpoint, start there otherwise (what a job restarted by its
+/// scheduler or by `torchrun --max-restarts` wants).
+fn resume_flag(cli: &mut Cli) -> Result<bool> {
+    match cli.take("resume").as_deref() {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some("auto") => {
+            let dir = cli
+                .options
+                .iter()
+                .rev()
+                .find(|(n, _)| n == "output_dir")
+                .map(|(_, v)| PathBuf::from(v))
+                .context("--resume=auto needs --output_dir=DIR, the folder of the run to continue or start")?;
+            let exists = dir.join("checkpoints").join("last.safetensors").exists();
+            if exists {
+                eprintln!("--resume=auto: continuing the run in {}", dir.display());
+            }
+            Ok(exists)
+        }
+        Some(other) => bail!("--resume={other}: expected true, false or auto (or just --resume)"),
+    }
+}
+
 /// `train`.
 pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
-    let resume = flag(cli, "resume")?;
+    let resume = resume_flag(cli)?;
     let stop_after_epochs = match cli.take("stop_after_epochs") {
         Some(v) => Some(
             v.parse::<usize>()

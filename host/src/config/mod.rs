@@ -108,6 +108,18 @@ choices! {
     }
 }
 
+choices! {
+    /// The collectives backend of a distributed run (`dist_backend`).
+    pub enum DistBackend("distributed backend") {
+        /// NCCL when training on CUDA, Gloo on the CPU.
+        Auto = "auto",
+        /// Gloo (CPU tensors; also works with CUDA tensors, slower).
+        Gloo = "gloo",
+        /// NCCL (CUDA only).
+        Nccl = "nccl",
+    }
+}
+
 impl LrScheduleName {
     /// The schedule of a fixed choice, with the defaults of [`LrSchedule`]'s `FromStr` (as a
     /// name in `lr_schedule` always had); `None` for `auto`, which the task decides.
@@ -252,6 +264,14 @@ settings! {
         device_input_size: usize = 0,
         /// run each augmentation list as one compiled transform when a plugin offers one (false: step by step, the reference)
         fuse_augmentations: bool = true,
+        /// distributed runs (torchrun): the collectives backend (auto: nccl on CUDA, gloo on CPU)
+        dist_backend: DistBackend = DistBackend::Auto,
+        /// distributed runs: seconds a collective waits for the other processes before the run stops with an error naming the missing ranks
+        dist_timeout: usize = 300,
+        /// distributed runs: BatchNorm layers of encoders and heads use statistics over all processes in training
+        sync_batchnorm: bool = true,
+        /// distributed runs: multiply l_rate by the number of processes (as the original; the online linear head's rate is not scaled)
+        scale_lr_by_world_size: bool = true,
     }
 }
 

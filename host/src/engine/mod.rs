@@ -124,9 +124,21 @@ pub fn fit<T: Task>(
     options: &RunOptions,
     build: impl FnOnce(RunConfig, Option<&Checkpoint>) -> Result<T>,
 ) -> Result<Fitted> {
-    let (dir, stored) = run_folder(&config, options.resume)?;
-    let _cleanup = RemoveIfEmpty::new(&config, &dir);
+    // Rank 0 decides the run folder (and alone writes to it); the others learn its name.
+    let world = crate::world::current();
+    let main = world.is_main();
+    let (dir, stored) = if main {
+        run_folder(&config, options.resume)?
+    } else {
+        (PathBuf::new(), None)
+    };
+    let dir = PathBuf::from(world.broadcast_text(&dir.display().to_string())?);
     let checkpoint_path = dir.join("checkpoints").join("last.safetensors");
+    let stored = match stored {
+        None if options.resume && !main => Some(checkpoint::load(&checkpoint_path)?),
+        other => other,
+    };
+    let _cleanup = main.then(|| RemoveIfEmpty::new(&config, &dir));
     config.output_dir = Some(dir.display().to_string());
     let mut task = build(config, stored.as_ref())?;
     let (start_epoch, mut global_step) = match &stored {
@@ -138,22 +150,67 @@ pub fn fit<T: Task>(
         None => (0, 0),
     };
     drop(stored);
-    let mut outputs = RunOutputs::open(&dir, start_epoch)?;
-    let plugins = task.info_mut().plugins.clone();
-    write_config_file(&dir, task.config(), &plugins)?;
+    // Every process starts from rank 0's parameters, buffers and optimizer state.
+    world
+        .broadcast_from_main(
+            &task
+                .checkpoint_tensors()
+                .into_iter()
+                .map(|(_, t)| t)
+                .collect::<Vec<_>>(),
+        )
+        .context("sending rank 0's model to the other processes")?;
+    let mut outputs = if main {
+        let outputs = RunOutputs::open(&dir, start_epoch)?;
+        let plugins = task.info_mut().plugins.clone();
+        write_config_file(&dir, task.config(), &plugins)?;
+        Some(outputs)
+    } else {
+        None
+    };
     let epochs = task.config().num_epochs;
     let last = options.stop_after_epochs.map_or(epochs, |n| n.min(epochs));
-    if start_epoch >= epochs {
+    if start_epoch >= epochs && main {
         eprintln!("{}: all {epochs} epochs are done already", dir.display());
     }
+    let lr_scale = if task.config().scale_lr_by_world_size {
+        world.size() as f64
+    } else {
+        1.0
+    };
+    if world.is_distributed() && main {
+        eprintln!(
+            "distributed: {} processes, global batch = {} × the per-process batch; l_rate {} × {lr_scale} = {}{}",
+            world.size(),
+            world.size(),
+            task.config().l_rate,
+            task.config().l_rate * lr_scale,
+            if lr_scale == 1.0 { " (scale_lr_by_world_size = false)" } else { "" }
+        );
+    }
     let mut path = StepPath::new(task.config().gradient_clip_val);
-    let progress = Progress::new();
+    let progress = if main {
+        Progress::new()
+    } else {
+        Progress::hidden()
+    };
     let mut warned_skipped: HashMap<&'static str, usize> = HashMap::new();
     for epoch in start_epoch..last {
-        let metrics = run_epoch(&mut task, &mut path, epoch, &mut global_step, &progress);
+        let metrics = run_epoch(
+            &mut task,
+            &mut path,
+            epoch,
+            &mut global_step,
+            &progress,
+            lr_scale,
+        );
         progress.finish_epoch();
         warn_about_skipped_images(&task, &mut warned_skipped);
         let metrics = metrics?;
+        let Some(outputs) = outputs.as_mut() else {
+            // Not rank 0: nothing to write.
+            continue;
+        };
         outputs.write_epoch(epoch, &metrics)?;
         let tensors = task.checkpoint_tensors();
         let config_text = task.config().to_toml();
@@ -174,7 +231,9 @@ pub fn fit<T: Task>(
                 dir.display()
             )
         })?;
-        if let Some(FinalEvaluation { metrics, line }) = evaluation {
+        if let (Some(FinalEvaluation { metrics, line }), Some(outputs)) =
+            (evaluation, outputs.as_mut())
+        {
             if !metrics.is_empty() {
                 outputs.write_epoch(epochs, &metrics)?;
                 eprintln!("{line}");
@@ -194,6 +253,7 @@ fn run_epoch<T: Task>(
     epoch: usize,
     global_step: &mut u64,
     progress: &Progress,
+    lr_scale: f64,
 ) -> Result<Vec<(String, f64)>> {
     let started = Instant::now();
     // libtorch's global generator (dropout, random init in plugins) is reseeded from (seed,
@@ -202,7 +262,7 @@ fn run_epoch<T: Task>(
     let EpochSteps { steps, full_steps } = task.begin_epoch(epoch)?;
     let (schedule, l_rate, num_epochs) = (
         task.schedule(),
-        task.config().l_rate,
+        task.config().l_rate * lr_scale,
         task.config().num_epochs,
     );
     let max_steps = (full_steps * num_epochs) as u64;

@@ -34,6 +34,14 @@ impl Progress {
         }
     }
 
+    /// No bar (the processes of a distributed run other than rank 0).
+    pub fn hidden() -> Progress {
+        Progress {
+            interactive: false,
+            ..Progress::new()
+        }
+    }
+
     pub fn start_epoch(&self, epoch: usize, epochs: usize, steps: usize) {
         if !self.interactive {
             return;

@@ -227,7 +227,20 @@ impl StepPath {
             None => loss.f_backward(),
         }
         .with_context(|| format!("backward pass of the {} loss", slot.name))?;
-        // Gradient all-reduce between processes goes here (distributed training).
+        // Data parallelism: every process's gradients are averaged (bucketed all-reduce), so
+        // the steps below see those of the global batch and every process stays equal.
+        let world = crate::world::current();
+        if world.is_distributed() {
+            let grads: Vec<Tensor> = slot
+                .params
+                .iter()
+                .map(|p| p.tensor.grad())
+                .filter(|g| g.defined())
+                .collect();
+            world
+                .all_reduce_(&grads, crate::world::Reduce::Average)
+                .with_context(|| format!("averaging the {} gradients between processes", slot.name))?;
+        }
         let finite = match &mut slot.scaler {
             Some(scaler) => scaler.unscale(&slot.params),
             None => true,

@@ -28,7 +28,9 @@ use crate::sampler::{Order, Sampler};
 use crate::schedule::LrSchedule;
 use crate::seeds::seed_of;
 use crate::split::split_dataset;
-use crate::tasks::linear_head::{head_classes, linear_head_pipelines, record_batch, LinearHead};
+use crate::tasks::linear_head::{
+    head_classes, linear_head_pipelines, record_batch, record_rows, LinearHead,
+};
 use crate::tasks::{encoder_params, plugins_used, transforms_used, warn_if_no_val_batch, Data};
 use anyhow::{anyhow, bail, Context, Result};
 use ssl_plugin_api::tch::{self, Device, Kind, Tensor};
@@ -212,6 +214,8 @@ impl<'a> ClassifierTask<'a> {
             Arc::new(source)
         };
         let (bs, drop_last) = (config.linear_head_batch_size, config.drop_last);
+        // With several processes, each takes its slice of every global batch.
+        let world = crate::world::current();
         let train = Data {
             source: source(&train_pipeline, TRAIN),
             sampler: Sampler::new(
@@ -222,11 +226,13 @@ impl<'a> ClassifierTask<'a> {
                     seed,
                     stream: SHUFFLE,
                 },
-            ),
+            )
+            .for_rank(world.rank(), world.size()),
         };
         let val = Data {
             source: source(&val_pipeline, VAL),
-            sampler: Sampler::new(val_idx, bs, drop_last, Order::Sequential),
+            sampler: Sampler::new(val_idx, bs, drop_last, Order::Sequential)
+                .for_rank(world.rank(), world.size()),
         };
 
         let frozen = config.freeze_encoder;
@@ -314,26 +320,31 @@ impl<'a> ClassifierTask<'a> {
         Ok(features.to_kind(Kind::Float))
     }
 
-    /// Loss and metrics of `plan` of `source` (head in eval mode), named `<what>/<metric>`.
+    /// Loss and metrics of `plan` of `source` (head in eval mode; `plan` of `sampler`, every
+    /// process's predictions together), named `<what>/<metric>`.
     fn evaluate(
         &mut self,
         source: Arc<Source>,
+        sampler: &Sampler,
         epoch: usize,
         plan: Vec<Vec<usize>>,
         what: &str,
     ) -> Result<Vec<(String, f64)>> {
         let _guard = tch::no_grad_guard();
         let mut metrics = EpochMetrics::new(self.head.num_classes);
-        for batch in BatchStream::new(source, epoch as u64, plan, self.config.num_workers) {
+        let stream = BatchStream::new(source, epoch as u64, plan, self.config.num_workers);
+        for (k, batch) in stream.enumerate() {
             let batch = batch?;
             let x = batch.images(self.device)?;
             let y = batch.label_tensor(self.device, self.head.num_classes)?;
             let features = self.features(&x, false)?;
             let logits = self.head.forward(&features, false);
             let loss = self.head.loss(&logits, &y);
-            record_batch(&mut metrics, &logits, &batch, &loss)?;
+            let real = sampler.real_samples(k, batch.len());
+            record_rows(&mut metrics, &logits, &batch, &loss, real)?;
         }
         Ok(metrics
+            .gathered(crate::world::current())?
             .compute()
             .into_iter()
             .map(|(n, v)| (format!("{what}/{n}"), v))
@@ -361,15 +372,18 @@ impl<'a> ClassifierTask<'a> {
         );
         source.skip_unreadable = self.config.skip_unreadable_images;
         // Every test sample once: the last, incomplete batch is kept.
+        let world = crate::world::current();
         let sampler = Sampler::new(
             order,
             self.config.linear_head_batch_size,
             false,
             Order::Sequential,
-        );
+        )
+        .for_rank(world.rank(), world.size());
         let epoch = self.config.num_epochs;
         self.evaluate(
             Arc::new(source),
+            &sampler,
             epoch,
             sampler.batches(epoch as u64),
             "test",
@@ -433,7 +447,7 @@ impl Task for ClassifierTask<'_> {
         }
         Ok(StepReport {
             loss,
-            images: batch.len(),
+            images: batch.len() * crate::world::current().size(),
         })
     }
 
@@ -442,7 +456,8 @@ impl Task for ClassifierTask<'_> {
         let mut out: Vec<(String, f64)> = self
             .metrics
             .take()
-            .map(|m| m.compute())
+            .map(|m| m.gathered(crate::world::current()).map(|m| m.compute()))
+            .transpose()?
             .unwrap_or_default()
             .into_iter()
             .map(|(n, v)| (format!("train/{n}"), v))
@@ -453,7 +468,8 @@ impl Task for ClassifierTask<'_> {
             plan.truncate(1);
         }
         let source = Arc::clone(&self.val.source);
-        out.extend(self.evaluate(source, epoch, plan, "val")?);
+        let sampler = self.val.sampler.clone();
+        out.extend(self.evaluate(source, &sampler, epoch, plan, "val")?);
         Ok(out)
     }
 

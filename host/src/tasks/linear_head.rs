@@ -10,6 +10,9 @@ use anyhow::{anyhow, Context, Result};
 use ssl_plugin_api::host::DatasetHandle;
 use ssl_plugin_api::tch::{nn, Device, Kind, Reduction, Tensor};
 
+/// The dropout rate of the linear probe.
+const DROPOUT: f64 = 0.2;
+
 /// The linear probe: dropout 0.2 and a linear layer on detached embeddings.
 pub struct LinearHead {
     vs: nn::VarStore,
@@ -42,12 +45,27 @@ impl LinearHead {
         }
     }
 
-    /// Logits; dropout only in training.
+    /// Logits; dropout only in training. With several processes, the dropout mask is drawn
+    /// for the whole global batch (every process draws the same, as their generators are
+    /// seeded alike) and each process applies its rows: the masks of a one-process run with
+    /// the global batch, so the runs agree.
     pub fn forward(&self, embeddings: &Tensor, train: bool) -> Tensor {
-        embeddings
-            .flatten(1, -1)
-            .dropout(0.2, train)
-            .apply(&self.linear)
+        let x = embeddings.flatten(1, -1);
+        let world = crate::world::current();
+        let x = if train && world.is_distributed() {
+            // As libtorch's CPU dropout: a Bernoulli(1 - p) mask scaled by 1 / (1 - p).
+            let (n, d) = (x.size()[0], x.size()[1]);
+            let mut mask = Tensor::empty(
+                [n * world.size() as i64, d],
+                (x.kind(), x.device()),
+            );
+            let _ = mask.bernoulli_float_(1.0 - DROPOUT);
+            let _ = mask.g_div_scalar_(1.0 - DROPOUT);
+            x * world.my_rows(&mask, n)
+        } else {
+            x.dropout(DROPOUT, train)
+        };
+        x.apply(&self.linear)
     }
 
     /// Cross-entropy, class-weighted as PyTorch's (Σ w_y·ce / Σ w_y) when weights are set.
@@ -75,15 +93,35 @@ pub fn record_batch(
     batch: &Batch,
     loss: &Tensor,
 ) -> Result<()> {
+    record_rows(metrics, logits, batch, loss, batch.len())
+}
+
+/// [`record_batch`] for the first `real` samples of the batch only (the others repeat samples
+/// to fill a distributed run's last global batch, see
+/// [`Sampler::real_samples`](crate::sampler::Sampler::real_samples)).
+pub fn record_rows(
+    metrics: &mut EpochMetrics,
+    logits: &Tensor,
+    batch: &Batch,
+    loss: &Tensor,
+    real: usize,
+) -> Result<()> {
+    let real = real.min(batch.len());
     let probs = logits
         .detach()
+        .narrow(0, 0, real as i64)
         .softmax(-1, Kind::Float)
         .to_device(Device::Cpu)
         .contiguous()
         .view(-1);
     let probs: Vec<f32> = Vec::<f32>::try_from(&probs)?;
-    let targets: Vec<i64> = batch.labels.iter().map(|l| l.unwrap_or(-1)).collect();
-    metrics.add_batch(&probs, &targets, loss.double_value(&[]), batch.len());
+    let targets: Vec<i64> = batch.labels[..real]
+        .iter()
+        .map(|l| l.unwrap_or(-1))
+        .collect();
+    if real > 0 {
+        metrics.add_batch(&probs, &targets, loss.double_value(&[]), real);
+    }
     Ok(())
 }
 

@@ -20,8 +20,9 @@ use crate::seeds::seed_of;
 use crate::split::split_dataset;
 use crate::tasks::knn::{self, knn_accuracy};
 use crate::tasks::linear_head::{
-    head_classes, linear_head_pipelines, record_batch, LinearHead, PendingBatches,
+    head_classes, linear_head_pipelines, record_rows, LinearHead, PendingBatches,
 };
+use crate::world::Reduce;
 use crate::tasks::{encoder_params, plugins_used, transforms_used, warn_if_no_val_batch, Data};
 use anyhow::{anyhow, bail, Context, Result};
 use ssl_plugin_api::host::DatasetHandle;
@@ -245,6 +246,12 @@ impl SslTask {
             config.drop_last,
         );
         let shuffled = |stream| Order::Shuffled { seed, stream };
+        // With several processes, each takes its slice of every global batch.
+        let world = crate::world::current();
+        let (rank, size) = (world.rank(), world.size());
+        let sampler = |indices: Vec<usize>, bs: usize, drop_last: bool, order: Order| {
+            Sampler::new(indices, bs, drop_last, order).for_rank(rank, size)
+        };
         let lh_val_source = source(
             &lh_dataset,
             one(&lh_val_pipeline),
@@ -253,25 +260,25 @@ impl SslTask {
         );
         let ssl_train = Data {
             source: source(&ssl_dataset, groups.clone(), SSL_TRAIN, &ssl_name),
-            sampler: Sampler::new(ssl_train_idx, bs, drop_last, shuffled(SSL_SHUFFLE)),
+            sampler: sampler(ssl_train_idx, bs, drop_last, shuffled(SSL_SHUFFLE)),
         };
         let ssl_val = Data {
             source: source(&ssl_dataset, groups, SSL_VAL, &ssl_name),
-            sampler: Sampler::new(ssl_val_idx, bs, drop_last, Order::Sequential),
+            sampler: sampler(ssl_val_idx, bs, drop_last, Order::Sequential),
         };
         let knn = config.knn_monitor.then(|| KnnData {
             bank: Data {
                 source: source(&lh_dataset, one(&lh_val_pipeline), KNN_BANK, &lh_name),
-                sampler: Sampler::new(lh_train_idx.clone(), lh_bs, false, Order::Sequential),
+                sampler: sampler(lh_train_idx.clone(), lh_bs, false, Order::Sequential),
             },
             queries: Data {
                 source: Arc::clone(&lh_val_source),
-                sampler: Sampler::new(lh_val_idx.clone(), lh_bs, false, Order::Sequential),
+                sampler: sampler(lh_val_idx.clone(), lh_bs, false, Order::Sequential),
             },
         });
         let lh_train = Data {
             source: source(&lh_dataset, one(&lh_pipeline), LINEAR_HEAD_TRAIN, &lh_name),
-            sampler: Sampler::new(
+            sampler: sampler(
                 lh_train_idx,
                 lh_bs,
                 drop_last,
@@ -280,7 +287,7 @@ impl SslTask {
         };
         let lh_val = Data {
             source: lh_val_source,
-            sampler: Sampler::new(lh_val_idx, lh_bs, drop_last, Order::Sequential),
+            sampler: sampler(lh_val_idx, lh_bs, drop_last, Order::Sequential),
         };
 
         // Model.
@@ -427,26 +434,30 @@ impl SslTask {
             .with_context(|| format!("{} validation step", self.algorithm_name))?;
             loss_sum += loss.to_kind(Kind::Double);
         }
+        let world = crate::world::current();
+        // Every process's batch loss of a global batch, averaged: the global batch's loss.
+        let loss_sum = world.all_reduce_f64(&[loss_sum.double_value(&[])], Reduce::Average)?[0];
         let mut metrics = vec![(
             format!("{}/val/loss", self.prefix),
             if val_batches == 0 {
                 f64::NAN
             } else {
-                loss_sum.double_value(&[]) / val_batches as f64
+                loss_sum / val_batches as f64
             },
         )];
         let mut lh_metrics = EpochMetrics::new(self.head.num_classes);
         let source = Arc::clone(&self.lh_val.source);
-        for batch in BatchStream::new(source, epoch as u64, lh_plan, workers) {
+        for (k, batch) in BatchStream::new(source, epoch as u64, lh_plan, workers).enumerate() {
             let batch = batch?;
             let x = batch.images(self.device)?;
             let y = batch.label_tensor(self.device, self.head.num_classes)?;
             let embeddings = self.algorithm.embed(&x, false)?;
             let logits = self.head.forward(&embeddings.to_kind(Kind::Float), false);
             let loss = self.head.loss(&logits, &y);
-            record_batch(&mut lh_metrics, &logits, &batch, &loss)?;
+            let real = self.lh_val.sampler.real_samples(k, batch.len());
+            record_rows(&mut lh_metrics, &logits, &batch, &loss, real)?;
         }
-        for (name, value) in lh_metrics.compute() {
+        for (name, value) in lh_metrics.gathered(world)?.compute() {
             let name = if name == "loss" {
                 "ssl_online_evaluator/val/loss".to_string()
             } else {
@@ -477,8 +488,10 @@ impl SslTask {
             Arc::clone(&knn.bank.source),
             Arc::clone(&knn.queries.source),
         );
-        let bank = self.embed_all(bank_source, epoch, bank_plan)?;
-        let queries = self.embed_all(query_source, epoch, query_plan)?;
+        let bank_sampler = knn.bank.sampler.clone();
+        let query_sampler = knn.queries.sampler.clone();
+        let bank = self.embed_all(bank_source, &bank_sampler, epoch, bank_plan)?;
+        let queries = self.embed_all(query_source, &query_sampler, epoch, query_plan)?;
         let classes = self.head.num_classes as i64;
         let accuracy = match (bank, queries) {
             (Some((bank, bank_labels)), Some((queries, labels))) => knn_accuracy(
@@ -506,25 +519,34 @@ impl SslTask {
         Ok(metrics)
     }
 
-    /// Evaluation-mode embeddings `[n, d]` (float) and labels `[n]` of `plan`'s samples;
-    /// `None` for an empty plan.
+    /// Evaluation-mode embeddings `[n, d]` (float) and labels `[n]` of `plan`'s samples (of
+    /// `sampler`), those of every process together; `None` for an empty plan.
     fn embed_all(
         &mut self,
         source: Arc<Source>,
+        sampler: &Sampler,
         epoch: usize,
         plan: Vec<Vec<usize>>,
     ) -> Result<Option<(Tensor, Tensor)>> {
         let (mut embeddings, mut labels) = (Vec::new(), Vec::new());
-        for batch in BatchStream::new(source, epoch as u64, plan, self.config.num_workers) {
+        let stream = BatchStream::new(source, epoch as u64, plan, self.config.num_workers);
+        for (k, batch) in stream.enumerate() {
             let batch = batch?;
+            let real = sampler.real_samples(k, batch.len()) as i64;
             let x = batch.images(self.device)?;
-            labels.push(batch.label_tensor(self.device, self.head.num_classes)?);
-            embeddings.push(self.algorithm.embed(&x, false)?.to_kind(Kind::Float));
+            let y = batch.label_tensor(self.device, self.head.num_classes)?;
+            let e = self.algorithm.embed(&x, false)?.to_kind(Kind::Float);
+            labels.push(y.narrow(0, 0, real));
+            embeddings.push(e.narrow(0, 0, real));
         }
         if embeddings.is_empty() {
             return Ok(None);
         }
-        Ok(Some((Tensor::cat(&embeddings, 0), Tensor::cat(&labels, 0))))
+        let world = crate::world::current();
+        Ok(Some((
+            world.gather_rows(&Tensor::cat(&embeddings, 0))?,
+            world.gather_rows(&Tensor::cat(&labels, 0))?,
+        )))
     }
 }
 
@@ -640,7 +662,7 @@ impl Task for SslTask {
         }
         Ok(StepReport {
             loss,
-            images: batch.len(),
+            images: batch.len() * crate::world::current().size(),
         })
     }
 
@@ -657,13 +679,23 @@ impl Task for SslTask {
             std::mem::take(&mut sums.pending).flush_into(metrics)?;
         }
         let steps = summary.steps as f64;
+        let world = crate::world::current();
+        // Each step's loss averaged over the processes: the global batch's loss.
         let loss = sums.loss.map_or(f64::NAN, |l| l.double_value(&[]));
+        let loss = world.all_reduce_f64(&[loss], Reduce::Average)?[0];
         let mut metrics = vec![(format!("{}/train/loss", self.prefix), loss / steps)];
         metrics.push((format!("{}/learning_rate", self.prefix), summary.mean_lr));
-        for (name, sum) in sums.scalars {
+        let names: Vec<String> = sums.scalars.keys().cloned().collect();
+        let values: Vec<f64> = sums.scalars.values().copied().collect();
+        let values = world.all_reduce_f64(&values, Reduce::Average)?;
+        for (name, sum) in names.into_iter().zip(values) {
             metrics.push((name, sum / steps));
         }
-        for (name, value) in sums.linear_head.map(|m| m.compute()).unwrap_or_default() {
+        let head = match sums.linear_head {
+            Some(m) => m.gathered(world)?.compute(),
+            None => Vec::new(),
+        };
+        for (name, value) in head {
             let name = if name == "loss" {
                 "ssl_online_evaluator/train/loss".to_string()
             } else {

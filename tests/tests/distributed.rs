@@ -1,0 +1,321 @@
+//! Distributed data-parallel training on c10d (Gloo, loopback), end to end: processes started
+//! as torchrun starts them (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`, ...).
+//!
+//! - 2 processes with per-process batches B equal 1 process with batches 2B (metrics and every
+//!   checkpoint tensor within 1e-3 relative), for SimCLR and BYOL;
+//! - SimCLR's negatives really come from both processes;
+//! - a killed process ends the other with an error naming it, and the checkpoint loads;
+//! - a 2-process run resumed with 1 process (and the reverse) continues its schedule.
+
+use e2e::*;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A small Shapes run on `processes` processes: 64 training and 16 validation samples, a
+/// global batch of 16 (SSL and linear head) split between the processes, 2 epochs.
+fn args(model: &str, out: &Path, processes: usize, extra: &[&str]) -> Vec<String> {
+    let per = 16 / processes;
+    let mut args: Vec<String> = vec![
+        format!("--model={model}"),
+        format!("--output_dir={}", out.display()),
+        "--device=cpu".into(),
+        "--ssl_dataset_params.num_samples=80".into(),
+        "--linear_head_dataset_params.num_samples=80".into(),
+        "--ssl_dataset_params.image_size=32".into(),
+        "--linear_head_dataset_params.image_size=32".into(),
+        "--val_split=0.2".into(),
+        format!("--ssl_training_batch_size={per}"),
+        format!("--linear_head_batch_size={per}"),
+        "--ssl_encoder=resnet18".into(),
+        "--num_workers=1".into(),
+        "--num_epochs=2".into(),
+        "--warmup_epochs=1".into(),
+        "--scale_lr_by_world_size=false".into(),
+        "--sync_batchnorm=true".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `n` processes of `ssl-host args` as one distributed run.
+fn spawn_world(n: usize, args: &[String]) -> Vec<Child> {
+    let port = free_port().to_string();
+    (0..n)
+        .map(|rank| {
+            Command::new(artifact("ssl-host"))
+                .args(args)
+                .env("RANK", rank.to_string())
+                .env("LOCAL_RANK", rank.to_string())
+                .env("WORLD_SIZE", n.to_string())
+                .env("LOCAL_WORLD_SIZE", n.to_string())
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", &port)
+                .env("OMP_NUM_THREADS", "1")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("starting ssl-host")
+        })
+        .collect()
+}
+
+/// Waits for every process (at most `limit`), returning (exit code, stderr) per rank.
+fn wait_all(children: Vec<Child>, limit: Duration) -> Vec<(Option<i32>, String)> {
+    let started = Instant::now();
+    let mut children: Vec<Option<Child>> = children.into_iter().map(Some).collect();
+    let mut done: Vec<Option<(Option<i32>, String)>> = vec![None; children.len()];
+    while done.iter().any(Option::is_none) {
+        for (i, slot) in children.iter_mut().enumerate() {
+            if let Some(child) = slot {
+                if child.try_wait().unwrap().is_some() {
+                    let out = slot.take().unwrap().wait_with_output().unwrap();
+                    done[i] = Some((
+                        out.status.code(),
+                        String::from_utf8_lossy(&out.stderr).into_owned(),
+                    ));
+                }
+            }
+        }
+        if started.elapsed() > limit {
+            for child in children.iter_mut().flatten() {
+                let _ = child.kill();
+            }
+            panic!("the distributed run did not end within {limit:?}: {done:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    done.into_iter().map(Option::unwrap).collect()
+}
+
+fn run_world(n: usize, args: &[String]) {
+    for (rank, (code, stderr)) in wait_all(spawn_world(n, args), Duration::from_secs(600))
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(code, Some(0), "rank {rank} of {n} failed:\n{stderr}");
+    }
+}
+
+fn run_one(args: &[String]) {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    ssl_host(&refs).assert_ok();
+}
+
+/// metrics.csv as (epoch, name) -> value, leaving out wall-clock metrics.
+fn metrics(dir: &Path) -> BTreeMap<(usize, String), f64> {
+    let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    text.lines()
+        .skip(1)
+        .filter(|l| !l.contains("throughput/") && !l.contains("time/"))
+        .map(|l| {
+            let mut f = l.splitn(3, ',');
+            let epoch = f.next().unwrap().parse().unwrap();
+            let name = f.next().unwrap().to_string();
+            ((epoch, name), f.next().unwrap().parse().unwrap())
+        })
+        .collect()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-3 * a.abs().max(b.abs()) + 1e-6
+}
+
+fn assert_same_metrics(a: &Path, b: &Path) {
+    let (ma, mb) = (metrics(a), metrics(b));
+    assert_eq!(
+        ma.keys().collect::<Vec<_>>(),
+        mb.keys().collect::<Vec<_>>(),
+        "{} and {} log different metrics",
+        a.display(),
+        b.display()
+    );
+    for (key, va) in &ma {
+        let vb = mb[key];
+        assert!(close(*va, vb), "{key:?}: {va} ({}) vs {vb} ({})", a.display(), b.display());
+    }
+}
+
+fn checkpoint(dir: &Path) -> PathBuf {
+    dir.join("checkpoints").join("last.safetensors")
+}
+
+/// Every tensor of the two checkpoints within 1e-3 relative (as a whole: ‖a − b‖ ≤ 1e-3 ‖a‖).
+fn assert_same_checkpoints(a: &Path, b: &Path) {
+    let (ba, bb) = (
+        std::fs::read(checkpoint(a)).unwrap(),
+        std::fs::read(checkpoint(b)).unwrap(),
+    );
+    let ta = safetensors::SafeTensors::deserialize(&ba).unwrap();
+    let tb = safetensors::SafeTensors::deserialize(&bb).unwrap();
+    let mut names = ta.names();
+    names.sort();
+    let mut names_b = tb.names();
+    names_b.sort();
+    assert_eq!(names, names_b, "the checkpoints hold different tensors");
+    let values = |v: &safetensors::tensor::TensorView| -> Vec<f64> {
+        let d = v.data();
+        match v.dtype() {
+            safetensors::Dtype::F32 => d
+                .chunks(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            safetensors::Dtype::F64 => d
+                .chunks(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            safetensors::Dtype::I64 => d
+                .chunks(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            other => panic!("unexpected dtype {other:?}"),
+        }
+    };
+    let mut compared = 0;
+    for name in names {
+        let (va, vb) = (ta.tensor(name).unwrap(), tb.tensor(name).unwrap());
+        assert_eq!(va.shape(), vb.shape(), "{name}");
+        let (xa, xb) = (values(&va), values(&vb));
+        let diff: f64 = xa.iter().zip(&xb).map(|(p, q)| (p - q).powi(2)).sum::<f64>().sqrt();
+        let norm: f64 = xa.iter().map(|p| p * p).sum::<f64>().sqrt();
+        assert!(
+            diff <= 1e-3 * norm + 1e-6,
+            "{name}: ‖a − b‖ = {diff} against ‖a‖ = {norm}"
+        );
+        compared += 1;
+    }
+    assert!(compared > 50, "only {compared} tensors");
+}
+
+fn two_processes_equal_one(model: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    run_one(&args(model, &one, 1, &[]));
+    run_world(2, &args(model, &two, 2, &[]));
+    assert_same_metrics(&one, &two);
+    assert_same_checkpoints(&one, &two);
+    // Only rank 0 wrote: one metrics file, one config, one checkpoint.
+    let config = std::fs::read_to_string(two.join("config.toml")).unwrap();
+    assert!(config.contains("ssl_training_batch_size = 8"), "{config}");
+}
+
+#[test]
+fn two_simclr_processes_with_batch_b_equal_one_with_batch_2b() {
+    two_processes_equal_one("ShapesSimCLR");
+}
+
+#[test]
+fn two_byol_processes_with_batch_b_equal_one_with_batch_2b() {
+    two_processes_equal_one("ShapesBYOL");
+}
+
+#[test]
+fn simclr_takes_its_negatives_from_every_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (gathered, local) = (tmp.path().join("gathered"), tmp.path().join("local"));
+    let one_epoch = ["--num_epochs=1"];
+    run_world(2, &args("ShapesSimCLR", &gathered, 2, &one_epoch));
+    let mut no_gather = args("ShapesSimCLR", &local, 2, &one_epoch);
+    no_gather.push("--algorithm_params.gather_negatives=false".into());
+    run_world(2, &no_gather);
+    let key = (0, "simclr/train/loss".to_string());
+    let (a, b) = (metrics(&gathered)[&key], metrics(&local)[&key]);
+    // 31 negatives per row instead of 15: the loss grows by about ln 2.
+    assert!(a - b > 0.2, "gathered {a}, local {b}");
+}
+
+#[test]
+fn a_killed_process_ends_the_other_with_an_error_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let run = args(
+        "ShapesSimCLR",
+        &out,
+        2,
+        &["--num_epochs=1000", "--dist_timeout=30", "--knn_monitor=false"],
+    );
+    let mut children = spawn_world(2, &run);
+    let started = Instant::now();
+    while !checkpoint(&out).exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no checkpoint after 300 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut rank1 = children.pop().unwrap();
+    rank1.kill().unwrap();
+    let _ = rank1.wait();
+    let killed = Instant::now();
+    let results = wait_all(children, Duration::from_secs(120));
+    let (code, stderr) = &results[0];
+    assert!(
+        killed.elapsed() < Duration::from_secs(60),
+        "rank 0 took {:?} to stop",
+        killed.elapsed()
+    );
+    assert_ne!(*code, Some(0), "{stderr}");
+    assert!(stderr.contains("rank 1"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // The last checkpoint is whole: the run continues from it in one process.
+    let mut resume = vec![
+        format!("--output_dir={}", out.display()),
+        "--resume=auto".to_string(),
+        "--ssl_training_batch_size=16".into(),
+        "--linear_head_batch_size=16".into(),
+        "--stop_after_epochs=1".into(),
+    ];
+    resume.push("--num_workers=1".into());
+    let refs: Vec<&str> = resume.iter().map(String::as_str).collect();
+    let resumed = ssl_host(&refs);
+    resumed.assert_ok();
+    assert!(
+        resumed.stderr.contains("all") || resumed.stderr.contains("epoch"),
+        "{}",
+        resumed.stderr
+    );
+}
+
+#[test]
+fn a_run_resumed_with_another_number_of_processes_continues_its_schedule() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = "ShapesSimCLR";
+    // Straight runs.
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    run_one(&args(model, &one, 1, &[]));
+    run_world(2, &args(model, &two, 2, &[]));
+    // 2 processes for an epoch, then 1 with the same global batch.
+    let two_then_one = tmp.path().join("two_then_one");
+    run_world(2, &args(model, &two_then_one, 2, &["--stop_after_epochs=1"]));
+    run_one(&[
+        format!("--output_dir={}", two_then_one.display()),
+        "--resume".into(),
+        "--ssl_training_batch_size=16".into(),
+        "--linear_head_batch_size=16".into(),
+    ]);
+    assert_same_metrics(&two, &two_then_one);
+    assert_same_checkpoints(&two, &two_then_one);
+    // And the reverse.
+    let one_then_two = tmp.path().join("one_then_two");
+    run_one(&args(model, &one_then_two, 1, &["--stop_after_epochs=1"]));
+    run_world(
+        2,
+        &[
+            format!("--output_dir={}", one_then_two.display()),
+            "--resume".into(),
+            "--ssl_training_batch_size=8".into(),
+            "--linear_head_batch_size=8".into(),
+        ],
+    );
+    assert_same_metrics(&one, &one_then_two);
+    assert_same_checkpoints(&one, &one_then_two);
+}
