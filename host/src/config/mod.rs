@@ -795,7 +795,7 @@ mod tests {
         assert_eq!(LrScheduleName::Auto.fixed(), None);
         for (name, value, choices) in [
             ("task", "pretrain", "ssl, classifier"),
-            ("optimizer", "adamw", "adam, sgd, lars"),
+            ("optimizer", "nadam", "adam, adamw, sgd, lars"),
             (
                 "lr_schedule",
                 "cosine",
@@ -813,12 +813,12 @@ mod tests {
         // In a config file the error names the parameter too.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.toml");
-        std::fs::write(&path, "extends = \"ShapesBYOL\"\noptimizer = \"adamw\"\n").unwrap();
+        std::fs::write(&path, "extends = \"ShapesBYOL\"\noptimizer = \"nadam\"\n").unwrap();
         let err = RunConfig::resolve(path.to_str().unwrap(), &[], &r)
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("`optimizer`: unknown optimizer `adamw` (choices: adam, sgd, lars)"),
+            err.contains("`optimizer`: unknown optimizer `nadam` (choices: adam, adamw, sgd, lars)"),
             "{err}"
         );
     }

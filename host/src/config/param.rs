@@ -226,7 +226,7 @@ mod tests {
             (epochs.type_name.as_str(), epochs.default.as_str()),
             ("integer", "100")
         );
-        assert_eq!(find("optimizer").type_name, "adam | sgd | lars");
+        assert_eq!(find("optimizer").type_name, "adam | adamw | sgd | lars");
         assert_eq!(find("optimizer").default, "\"adam\"");
         assert_eq!(find("task").type_name, "ssl | classifier");
         assert_eq!(find("local_dataset").default, "none");
@@ -245,11 +245,11 @@ mod tests {
         let e = from_table(t).unwrap_err();
         assert!(e.starts_with("`num_epochs`: ") && e.contains("-1"), "{e}");
         let mut t = Table::new();
-        t.insert("optimizer".into(), Value::String("adamw".into()));
+        t.insert("optimizer".into(), Value::String("nadam".into()));
         let e = from_table(t).unwrap_err();
         assert_eq!(
             e,
-            "`optimizer`: unknown optimizer `adamw` (choices: adam, sgd, lars)"
+            "`optimizer`: unknown optimizer `nadam` (choices: adam, adamw, sgd, lars)"
         );
         let mut t = Table::new();
         t.insert("lr_schedul".into(), Value::String("constant".into()));

@@ -206,7 +206,19 @@ pub fn fit<T: Task>(
         );
         progress.finish_epoch();
         warn_about_skipped_images(&task, &mut warned_skipped);
-        let metrics = metrics?;
+        let mut metrics = metrics?;
+        let all_reduce = path.take_all_reduce();
+        let all_reduce_line = if world.is_distributed() {
+            metrics.push(("time/allreduce_seconds".into(), all_reduce.seconds));
+            let steps = (all_reduce.steps as f64).max(1.0);
+            format!(
+                "; gradient all-reduce {:.1} MB per optimizer step in {:.1} ms",
+                all_reduce.bytes as f64 / steps / 1e6,
+                all_reduce.seconds / steps * 1e3
+            )
+        } else {
+            String::new()
+        };
         let Some(outputs) = outputs.as_mut() else {
             // Not rank 0: nothing to write.
             continue;
@@ -219,7 +231,7 @@ pub fn fit<T: Task>(
         info.global_step = global_step;
         info.config = config_text;
         checkpoint::save(&outputs.checkpoint_path(), &tensors, info)?;
-        eprintln!("{}", task.epoch_line(epoch, &metrics));
+        eprintln!("{}{all_reduce_line}", task.epoch_line(epoch, &metrics));
     }
     if last == epochs {
         let evaluation = task.final_evaluation().with_context(|| {

@@ -194,6 +194,19 @@ pub struct StepPath {
     /// Clip the global gradient norm of each step to this (0: off).
     pub gradient_clip_val: f64,
     counts: BTreeMap<&'static str, u64>,
+    /// Gradient all-reduce since [`StepPath::take_all_reduce`] was last called.
+    all_reduce: AllReduceStats,
+}
+
+/// What the gradient all-reduce of a distributed run cost.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AllReduceStats {
+    /// Bytes of gradients reduced.
+    pub bytes: u64,
+    /// Seconds spent in the all-reduce.
+    pub seconds: f64,
+    /// Optimizer steps that reduced.
+    pub steps: u64,
 }
 
 impl StepPath {
@@ -202,7 +215,13 @@ impl StepPath {
         StepPath {
             gradient_clip_val,
             counts: BTreeMap::new(),
+            all_reduce: AllReduceStats::default(),
         }
+    }
+
+    /// The gradient all-reduce's volume and time since the last call (and resets them).
+    pub fn take_all_reduce(&mut self) -> AllReduceStats {
+        std::mem::take(&mut self.all_reduce)
     }
 
     /// One optimizer step of `slot` on `loss` with learning rate `lr`. Returns false when the
@@ -237,9 +256,18 @@ impl StepPath {
                 .map(|p| p.tensor.grad())
                 .filter(|g| g.defined())
                 .collect();
+            let started = std::time::Instant::now();
             world
                 .all_reduce_(&grads, crate::world::Reduce::Average)
-                .with_context(|| format!("averaging the {} gradients between processes", slot.name))?;
+                .with_context(|| {
+                    format!("averaging the {} gradients between processes", slot.name)
+                })?;
+            self.all_reduce.seconds += started.elapsed().as_secs_f64();
+            self.all_reduce.bytes += grads
+                .iter()
+                .map(|g| (g.numel() * g.kind().elt_size_in_bytes()) as u64)
+                .sum::<u64>();
+            self.all_reduce.steps += 1;
         }
         let finite = match &mut slot.scaler {
             Some(scaler) => scaler.unscale(&slot.params),

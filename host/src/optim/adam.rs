@@ -1,4 +1,6 @@
-//! `torch.optim.Adam` (not AdamW: weight decay is coupled L2 added to the gradient).
+//! `torch.optim.Adam` (weight decay is coupled L2 added to the gradient) and
+//! `torch.optim.AdamW` (decoupled: `p = p · (1 − lr · wd)` first, the gradient unchanged; the
+//! optimizer of DINO and most vision transformers).
 //!
 //! Per parameter with a gradient `g`, with its own step count `t` (incremented first) and
 //! weight decay `wd` only for parameters that opt in, in torch's order of operations:
@@ -29,6 +31,7 @@ use std::collections::HashMap;
 struct Slot {
     param: Param,
     weight_decay: f64,
+    decoupled: bool,
     step: i64,
     exp_avg: Option<Tensor>,
     exp_avg_sq: Option<Tensor>,
@@ -47,10 +50,12 @@ impl Adam {
     /// Adam over `params` with the betas, eps and weight decay of `config`.
     pub fn new(config: &OptimizerConfig, params: Vec<Param>) -> Self {
         let grads = GradReset::new(&params);
+        let decoupled = config.kind == super::OptimizerKind::AdamW;
         let slots = params
             .into_iter()
             .map(|param| Slot {
                 weight_decay: config.decay_for(&param),
+                decoupled,
                 param,
                 step: 0,
                 exp_avg: None,
@@ -70,7 +75,12 @@ impl Slot {
     fn step(&mut self, grad: Tensor, lr: f64, (beta1, beta2): (f64, f64), eps: f64) -> Result<()> {
         let step = self.step + 1;
         let p = &mut self.param.tensor;
-        let grad = if self.weight_decay != 0.0 {
+        let grad = if self.decoupled {
+            if self.weight_decay != 0.0 {
+                let _ = p.f_mul_scalar_(1.0 - lr * self.weight_decay)?;
+            }
+            grad
+        } else if self.weight_decay != 0.0 {
             grad.f_add(&p.f_mul_scalar(self.weight_decay)?)?
         } else {
             grad
@@ -153,7 +163,11 @@ impl Optimizer for Adam {
     }
 
     fn name(&self) -> &'static str {
-        "adam"
+        if self.slots.first().is_some_and(|s| s.decoupled) {
+            "adamw"
+        } else {
+            "adam"
+        }
     }
 }
 
@@ -241,6 +255,38 @@ mod tests {
             ],
             1e-13,
         );
+    }
+
+    // As above with torch.optim.AdamW (decoupled decay; `b` has none, so it moves as Adam's).
+    #[test]
+    fn adamw_matches_torch() {
+        let config = OptimizerConfig {
+            kind: OptimizerKind::AdamW,
+            ..config()
+        };
+        let (w, b) = run_reference(&config);
+        assert_close(
+            &w,
+            &[
+                0.32326854083840284,
+                -0.8155904755597931,
+                1.3073951969882265,
+                1.7990670288916806,
+                -0.07647869540502134,
+                0.5695559868810411,
+            ],
+            1e-13,
+        );
+        assert_close(
+            &b,
+            &[
+                -0.06741912437921391,
+                -0.032580874923866174,
+                0.13258087701462595,
+            ],
+            1e-13,
+        );
+        check_resume(&config);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Optimizers over tch tensors with checkpointable state.
 //!
 //! Three optimizers reproduce the update rules of the original PyTorch system:
-//! [`adam::Adam`] (`torch.optim.Adam`, coupled L2 weight decay), [`sgd::Sgd`]
+//! [`adam::Adam`] (`torch.optim.Adam`, coupled L2 weight decay; `torch.optim.AdamW` with
+//! decoupled decay), [`sgd::Sgd`]
 //! (`torch.optim.SGD` with momentum, dampening 0, optional Nesterov) and [`lars::Lars`]
 //! (LARS as in pl_bolts / solo-learn). They all work on a list of [`Param`]s, update the
 //! tensors in place under `no_grad`, skip parameters whose gradient is undefined (torch
@@ -79,7 +80,7 @@ pub trait Optimizer: Send {
     /// optimizer's buffers. Entries not belonging to this optimizer are ignored. Fails, naming
     /// the entry, when one is missing or has the wrong shape; nothing is changed then.
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()>;
-    /// Short name: `adam`, `sgd` or `lars`.
+    /// Short name: `adam`, `adamw`, `sgd` or `lars`.
     fn name(&self) -> &'static str;
 }
 
@@ -88,6 +89,8 @@ pub trait Optimizer: Send {
 pub enum OptimizerKind {
     /// `torch.optim.Adam` with coupled L2 weight decay.
     Adam,
+    /// `torch.optim.AdamW`: Adam with decoupled weight decay.
+    AdamW,
     /// `torch.optim.SGD` with momentum (dampening 0) and optional Nesterov.
     Sgd,
     /// LARS (layer-wise adaptive rate scaling) on top of SGD with momentum.
@@ -96,12 +99,13 @@ pub enum OptimizerKind {
 
 impl OptimizerKind {
     /// Every accepted name, in the order of the variants.
-    pub const NAMES: [&'static str; 3] = ["adam", "sgd", "lars"];
+    pub const NAMES: [&'static str; 4] = ["adam", "adamw", "sgd", "lars"];
 
     /// The name accepted by [`FromStr`].
     pub fn as_str(self) -> &'static str {
         match self {
             OptimizerKind::Adam => "adam",
+            OptimizerKind::AdamW => "adamw",
             OptimizerKind::Sgd => "sgd",
             OptimizerKind::Lars => "lars",
         }
@@ -120,6 +124,7 @@ impl FromStr for OptimizerKind {
     fn from_str(s: &str) -> Result<Self> {
         match s {
             "adam" => Ok(OptimizerKind::Adam),
+            "adamw" => Ok(OptimizerKind::AdamW),
             "sgd" => Ok(OptimizerKind::Sgd),
             "lars" => Ok(OptimizerKind::Lars),
             other => bail!(
@@ -180,7 +185,7 @@ impl OptimizerConfig {
 /// Makes the optimizer selected by `config.kind` over `params`.
 pub fn build(config: &OptimizerConfig, params: Vec<Param>) -> Box<dyn Optimizer> {
     match config.kind {
-        OptimizerKind::Adam => Box::new(adam::Adam::new(config, params)),
+        OptimizerKind::Adam | OptimizerKind::AdamW => Box::new(adam::Adam::new(config, params)),
         OptimizerKind::Sgd => Box::new(sgd::Sgd::new(config, params)),
         OptimizerKind::Lars => Box::new(lars::Lars::new(config, params)),
     }
@@ -587,9 +592,9 @@ mod tests {
             "lars".parse::<OptimizerKind>().unwrap(),
             OptimizerKind::Lars
         );
-        let err = "adamw".parse::<OptimizerKind>().unwrap_err().to_string();
+        let err = "nadam".parse::<OptimizerKind>().unwrap_err().to_string();
         assert!(
-            err.contains("adamw") && err.contains("adam, sgd, lars"),
+            err.contains("nadam") && err.contains("adam, adamw, sgd, lars"),
             "{err}"
         );
         for name in OptimizerKind::NAMES {
