@@ -376,3 +376,34 @@ fn bad_data_gives_clear_errors_or_is_skipped() {
     std::fs::write(rsna.join("dataset.csv"), "subject,target\nsubject-000,1\n").unwrap();
     run(&args("column", &[])).assert_clear_error(&["dataset.csv", "label"]);
 }
+
+/// Every newer algorithm's CIFAR10 config trains a debug epoch on CIFAR-10 in its binary layout
+/// (the configs' own encoders, heads, view groups and optimizers; ResNet-18 to keep it short).
+#[test]
+fn the_cifar10_configs_of_every_algorithm_train_a_debug_epoch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cifar = tmp.path().join("cifar");
+    ssl_builtin_datasets::testdata::cifar::write_cifar10_binary(&cifar, 8).unwrap();
+    for (model, prefix) in [
+        ("CIFAR10MoCo", "moco"),
+        ("CIFAR10SimSiam", "simsiam"),
+        ("CIFAR10BarlowTwins", "barlowtwins"),
+        ("CIFAR10VICReg", "vicreg"),
+        ("CIFAR10DINO", "dino"),
+    ] {
+        let out = tmp.path().join(model);
+        run(&debug_args(
+            model,
+            &out,
+            &[
+                format!("--local_dataset={}", cifar.display()),
+                "--ssl_encoder=resnet18".into(),
+            ],
+        ))
+        .assert_ok();
+        let loss = metric(&out, &format!("{prefix}/train/loss"));
+        assert!(loss.is_finite(), "{model}: train loss {loss}");
+        let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
+        assert!(config.contains("CIFAR10"), "{model}: {config}");
+    }
+}
