@@ -25,10 +25,16 @@ struct Ended {
 }
 
 fn child_args(test: &str) -> Vec<String> {
-    [test, "--exact", "--ignored", "--nocapture", "--test-threads=1"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+    [
+        test,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
 }
 
 /// Waits for `child` until `deadline`, killing it past that; returns its status and output.
@@ -90,6 +96,13 @@ fn assert_all_passed(ended: &[Ended]) {
             e.status,
             e.output
         );
+    }
+}
+
+/// Shows the lines of a child's output that contain `needle` (seen with --nocapture).
+fn print_lines_with(ended: &Ended, needle: &str) {
+    for line in ended.output.lines().filter(|l| l.contains(needle)) {
+        eprintln!("{line}");
     }
 }
 
@@ -163,7 +176,8 @@ fn child_collectives() {
     // written through.
     pg.set_bucket_bytes(DEFAULT_BUCKET_BYTES);
     let mut mine = tensors_of(rank);
-    let base = Tensor::arange(15, (Kind::Float, tch::Device::Cpu)).view([5, 3]) * (rank as f64 + 1.0);
+    let base =
+        Tensor::arange(15, (Kind::Float, tch::Device::Cpu)).view([5, 3]) * (rank as f64 + 1.0);
     let strided = base.transpose(0, 1);
     mine.push(strided.shallow_clone());
     let before = pg.traffic();
@@ -178,12 +192,19 @@ fn child_collectives() {
         );
     }
     let mean_factor = (1..=world).sum::<usize>() as f64 / world as f64;
-    let expected_base = Tensor::arange(15, (Kind::Float, tch::Device::Cpu)).view([5, 3]) * mean_factor;
-    assert_close("average through a strided view", &base, &expected_base, 1e-6);
+    let expected_base =
+        Tensor::arange(15, (Kind::Float, tch::Device::Cpu)).view([5, 3]) * mean_factor;
+    assert_close(
+        "average through a strided view",
+        &base,
+        &expected_base,
+        1e-6,
+    );
 
     // Sums of integers are exact; their average is refused.
     let counts = Tensor::from_slice(&[rank as i64 + 1, 10]);
-    pg.all_reduce_(&[counts.shallow_clone()], ReduceOp::Sum).unwrap();
+    pg.all_reduce_(&[counts.shallow_clone()], ReduceOp::Sum)
+        .unwrap();
     assert_eq!(Vec::<i64>::try_from(&counts).unwrap(), vec![3, 20]);
     let err = pg.all_reduce_(&[counts], ReduceOp::Average).unwrap_err();
     assert!(err.to_string().contains("not floating point"), "{err}");
@@ -195,10 +216,18 @@ fn child_collectives() {
     for (i, (got, expected)) in mine.iter().zip(tensors_of(1)).enumerate() {
         assert_close(&format!("broadcast tensor {i}"), got, &expected, 0.0);
     }
-    assert!(pg.broadcast_(&mine, 2).unwrap_err().to_string().contains("rank 2"));
+    assert!(pg
+        .broadcast_(&mine, 2)
+        .unwrap_err()
+        .to_string()
+        .contains("rank 2"));
 
     // All-gather: rows in rank order.
-    let rows = |r: usize| Tensor::from_slice(&[r as f32, 10.0 + r as f32]).view([1, 2]).repeat([3, 1]);
+    let rows = |r: usize| {
+        Tensor::from_slice(&[r as f32, 10.0 + r as f32])
+            .view([1, 2])
+            .repeat([3, 1])
+    };
     let gathered = pg.all_gather(&rows(rank)).unwrap();
     let expected = Tensor::cat(&(0..world).map(rows).collect::<Vec<_>>(), 0);
     assert_close("all-gather", &gathered, &expected, 0.0);
@@ -233,9 +262,7 @@ fn single_process_grads(world: usize, combine: impl Fn(&[Tensor]) -> Tensor) -> 
         .map(|r| input_of(r).set_requires_grad(true))
         .collect();
     let y = combine(&xs);
-    let total = (0..world)
-        .map(|r| loss_of(r, &y))
-        .sum::<Tensor>();
+    let total = (0..world).map(|r| loss_of(r, &y)).sum::<Tensor>();
     total.backward();
     xs.iter().map(|x| x.grad().copy()).collect()
 }
@@ -258,7 +285,9 @@ fn child_gradients() {
     assert_close("all-gather backward", &x.grad(), &expected[rank], 1e-10);
     // A rank's gradient is not simply the gradient of its own loss.
     let own = {
-        let xs: Vec<Tensor> = (0..world).map(|r| input_of(r).set_requires_grad(true)).collect();
+        let xs: Vec<Tensor> = (0..world)
+            .map(|r| input_of(r).set_requires_grad(true))
+            .collect();
         loss_of(rank, &Tensor::cat(&xs, 0)).backward();
         xs[rank].grad().copy()
     };
@@ -315,7 +344,13 @@ fn two_ranks_name_a_dead_peer() {
         ended[0].status,
         ended[0].output
     );
-    assert_eq!(ended[1].status.code(), Some(1), "rank 1:\n{}", ended[1].output);
+    assert_eq!(
+        ended[1].status.code(),
+        Some(1),
+        "rank 1:\n{}",
+        ended[1].output
+    );
+    print_lines_with(&ended[0], "rank 0 got");
 }
 
 #[test]
@@ -347,7 +382,13 @@ fn two_ranks_name_the_store_host_when_it_dies() {
         ended[1].status,
         ended[1].output
     );
-    assert_eq!(ended[0].status.code(), Some(1), "rank 0:\n{}", ended[0].output);
+    assert_eq!(
+        ended[0].status.code(),
+        Some(1),
+        "rank 0:\n{}",
+        ended[0].output
+    );
+    print_lines_with(&ended[1], "rank 1 got");
 }
 
 #[test]
@@ -356,12 +397,17 @@ fn child_timing() {
     let Some(env) = child_env() else { return };
     let pg = connect(&env, Duration::from_secs(60));
     let n = DEFAULT_BUCKET_BYTES / 4;
-    let t = Tensor::full([n as i64], pg.rank() as f64 + 1.0, (Kind::Float, tch::Device::Cpu));
+    let t = Tensor::full(
+        [n as i64],
+        pg.rank() as f64 + 1.0,
+        (Kind::Float, tch::Device::Cpu),
+    );
     pg.all_reduce_(&[t.shallow_clone()], ReduceOp::Sum).unwrap(); // warm-up
     let rounds = 5;
     let start = Instant::now();
     for _ in 0..rounds {
-        pg.all_reduce_(&[t.shallow_clone()], ReduceOp::Average).unwrap();
+        pg.all_reduce_(&[t.shallow_clone()], ReduceOp::Average)
+            .unwrap();
     }
     let each = start.elapsed() / rounds;
     // 3 after the warm-up; averaging keeps it at 3.
@@ -379,9 +425,7 @@ fn two_ranks_time_a_25_mib_all_reduce() {
     let ended = run_ranks("child_timing", 2, Duration::from_secs(120));
     assert_all_passed(&ended);
     for e in &ended {
-        if let Some(line) = e.output.lines().find(|l| l.contains("all-reduce of 25 MiB")) {
-            eprintln!("{line}");
-        }
+        print_lines_with(e, "all-reduce of 25 MiB");
     }
 }
 
@@ -389,12 +433,17 @@ fn two_ranks_time_a_25_mib_all_reduce() {
 #[ignore = "a child of torchrun_runs_two_ranks_on_its_agent_store"]
 fn child_torchrun() {
     let Some(env) = child_env() else { return };
-    assert!(env.agent_store, "torchrun sets TORCHELASTIC_USE_AGENT_STORE=True");
+    assert!(
+        env.agent_store,
+        "torchrun sets TORCHELASTIC_USE_AGENT_STORE=True"
+    );
     let pg = connect(&env, Duration::from_secs(30));
     let t = Tensor::from_slice(&[pg.rank() as f32 + 1.0]);
     pg.all_reduce_(&[t.shallow_clone()], ReduceOp::Sum).unwrap();
     assert_eq!(t.double_value(&[0]), 3.0);
-    let g = pg.all_gather(&Tensor::from_slice(&[pg.rank() as i64])).unwrap();
+    let g = pg
+        .all_gather(&Tensor::from_slice(&[pg.rank() as i64]))
+        .unwrap();
     assert_eq!(Vec::<i64>::try_from(&g).unwrap(), vec![0, 1]);
     pg.barrier().unwrap();
     println!("torchrun child rank {} ok", pg.rank());
@@ -428,12 +477,49 @@ fn torchrun_runs_two_ranks_on_its_agent_store() {
         .spawn()
         .expect("start torchrun");
     let ended = wait_until(child, &log, Instant::now() + Duration::from_secs(90));
-    assert!(ended.status.success(), "torchrun ({}):\n{}", ended.status, ended.output);
+    assert!(
+        ended.status.success(),
+        "torchrun ({}):\n{}",
+        ended.status,
+        ended.output
+    );
     for rank in 0..2 {
         assert!(
-            ended.output.contains(&format!("torchrun child rank {rank} ok")),
+            ended
+                .output
+                .contains(&format!("torchrun child rank {rank} ok")),
             "rank {rank} did not finish:\n{}",
             ended.output
         );
     }
+}
+
+#[test]
+#[ignore = "a child of two_ranks_report_a_peer_that_hangs"]
+fn child_hung_peer() {
+    let Some(env) = child_env() else { return };
+    let pg = connect(&env, Duration::from_secs(3));
+    pg.barrier().unwrap();
+    if pg.rank() == 1 {
+        // Alive (its heartbeat beats) but never joins the collective.
+        std::thread::sleep(Duration::from_secs(9));
+        return;
+    }
+    let start = Instant::now();
+    let t = Tensor::ones([10], (Kind::Float, tch::Device::Cpu));
+    let err = pg
+        .all_reduce_(&[t], ReduceOp::Sum)
+        .expect_err("the all-reduce with a hung peer times out")
+        .to_string();
+    let took = start.elapsed();
+    println!("rank 0 got, after {took:?}: {err}");
+    assert!(err.contains("while every rank still runs"), "{err}");
+    assert!(took < Duration::from_secs(8), "took {took:?}");
+}
+
+#[test]
+fn two_ranks_report_a_peer_that_hangs() {
+    let ended = run_ranks("child_hung_peer", 2, Duration::from_secs(60));
+    assert_all_passed(&ended);
+    print_lines_with(&ended[0], "rank 0 got");
 }

@@ -152,7 +152,9 @@ mod tests {
 
     #[test]
     fn defaults_fill_what_a_hand_launch_omits() {
-        let env = read(&[("RANK", "1"), ("WORLD_SIZE", "2")]).unwrap().unwrap();
+        let env = read(&[("RANK", "1"), ("WORLD_SIZE", "2")])
+            .unwrap()
+            .unwrap();
         assert_eq!(env.local_rank, 1);
         assert_eq!(env.local_world_size, 2);
         assert_eq!(env.master_addr, "127.0.0.1");

@@ -185,8 +185,8 @@ impl ProcessGroup {
             StoreHost::Agent => "torchrun's agent",
             StoreHost::Rank0 => "rank 0",
         };
-        let store = Store::connect(host, port, is_server, Some(env.world_size), timeout)
-            .map_err(|e| {
+        let store =
+            Store::connect(host, port, is_server, Some(env.world_size), timeout).map_err(|e| {
                 anyhow!(
                     "distributed training: rank {} of {} could not meet the others at the store \
                      {host}:{port} (hosted by {who}) within {timeout:?}: {e}",

@@ -62,7 +62,9 @@ impl Store {
             // SAFETY: the shim failed and stored its message (or nothing) in err.
             let message = unsafe { ffi::take_error(err) };
             let role = if is_server { "host" } else { "reach" };
-            return Err(anyhow!("could not {role} the store at {host}:{port}: {message}"));
+            return Err(anyhow!(
+                "could not {role} the store at {host}:{port}: {message}"
+            ));
         }
         Ok(Store {
             handle,
