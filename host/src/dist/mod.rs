@@ -324,7 +324,10 @@ impl ProcessGroup {
     /// As [`Self::all_gather`], with a gradient: the backward sums the incoming gradient over
     /// the ranks and returns this rank's rows of it (the semantics of
     /// `torch.distributed.nn.all_gather`), so the gradient of this rank's input is that of the
-    /// sum of every rank's loss. Every rank must run the backward.
+    /// sum of every rank's loss. Every rank must run the backward. The backward finds the group
+    /// through the shim's registry of live groups (a group dropped before the backward is an
+    /// error there); a backward that fails returns its error through tch's `f_backward`, which
+    /// [`Self::diagnose`] turns into one that names the ranks that are gone.
     pub fn all_gather_with_grad(&self, t: &Tensor) -> Result<Tensor> {
         self.tensor_op("all-gather", t, ffi::shim_pg_all_gather_with_grad)
     }
