@@ -2,8 +2,17 @@
 # Fetches libtorch 2.11.0 once, from PyPI's torch==2.11.0 wheel (with the CUDA runtime
 # wheels it links against), into .deps/torch-venv, and reuses it afterwards.
 # Everything that builds against libtorch finds it through .cargo/config.toml.
+# Also installs Debian's libgloo-dev when /usr/include/gloo is missing: the torch wheel ships
+# c10d's headers and its compiled Gloo, but not Gloo's own headers, which host/build.rs needs
+# to compile the c10d binding (host/csrc/c10d_shim.cpp).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+if [ ! -f /usr/include/gloo/config.h ]; then
+  echo "ssl-host: installing Gloo's headers (Debian's libgloo-dev) for the c10d binding" >&2
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get install -y libgloo-dev >/dev/null 2>&1 ||
+    { $sudo apt-get update >/dev/null && $sudo apt-get install -y libgloo-dev >/dev/null; }
+fi
 venv="$root/.deps/torch-venv"
 # Bump the marker when the package list changes; an existing venv is then topped up.
 marker="$venv/.ssl-host-ready-v4"

@@ -10,6 +10,7 @@ pub mod commands;
 pub mod config;
 pub mod datasets;
 pub mod device;
+pub mod dist;
 pub mod engine;
 pub mod loader;
 pub mod metrics;
