@@ -34,6 +34,11 @@ pub trait Comm: Send + Sync {
     fn all_gather(&self, tensor: &Tensor) -> Result<Tensor>;
     /// Waits for every process.
     fn barrier(&self) -> Result<()>;
+    /// The error of a failed operation (e.g. a backward pass whose collectives failed),
+    /// naming the processes that are gone.
+    fn diagnose(&self, what: &str, error: anyhow::Error) -> anyhow::Error {
+        error.context(format!("{what} failed"))
+    }
 }
 
 /// The processes of the run, as this process sees them.
@@ -222,6 +227,14 @@ impl World {
             );
         }
         Ok(())
+    }
+
+    /// `error` of `what`, naming the processes that are gone when several train together.
+    pub fn diagnose(&self, what: &str, error: anyhow::Error) -> anyhow::Error {
+        match self.comm.as_ref().filter(|_| self.is_distributed()) {
+            Some(comm) => comm.diagnose(what, error),
+            None => error,
+        }
     }
 
     /// Waits for every process.

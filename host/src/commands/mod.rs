@@ -6,6 +6,7 @@ pub mod dump;
 pub mod embed;
 pub mod export_encoder;
 pub mod inspect;
+pub mod join;
 pub mod predict;
 pub mod preview;
 pub mod rsna_csv;

@@ -52,7 +52,7 @@ fn resolve(registry: &Registry, cli: &mut Cli, resume: bool) -> Result<RunConfig
 
 /// Trains the task the config names.
 pub fn train(registry: &Registry, config: RunConfig, options: &RunOptions) -> Result<Fitted> {
-    let device = crate::device::choose(config.device.as_deref())?;
+    let device = super::join::process_device(crate::device::choose(config.device.as_deref())?);
     if config.task == Task::Classifier {
         engine::fit(config, options, |config, stored| {
             ClassifierTask::build(registry, config, device, stored)
@@ -100,6 +100,8 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
         None => None,
     };
     let config = resolve(registry, cli, resume)?;
+    // Under torchrun: join the other processes (nothing happens otherwise).
+    super::join::join_if_distributed(&config)?;
     let fitted = train(
         registry,
         config,

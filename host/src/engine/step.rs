@@ -245,6 +245,12 @@ impl StepPath {
             Some(scaler) => (loss * scaler.scale).f_backward(),
             None => loss.f_backward(),
         }
+        .map_err(|e| {
+            crate::world::current().diagnose(
+                &format!("the backward pass of the {} loss", slot.name),
+                e.into(),
+            )
+        })
         .with_context(|| format!("backward pass of the {} loss", slot.name))?;
         // Data parallelism: every process's gradients are averaged (bucketed all-reduce), so
         // the steps below see those of the global batch and every process stays equal.

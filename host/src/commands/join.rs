@@ -1,0 +1,152 @@
+//! Joining a distributed run: when torchrun (or a user) set `RANK`/`WORLD_SIZE`, this process
+//! joins the c10d process group ([`crate::dist`]), installs the engine's
+//! [`World`](crate::world::World) and the plugins' collectives handle, and checks that every
+//! process resolved the same config. Without those variables nothing happens.
+
+use crate::config::{DistBackend, RunConfig};
+use crate::dist::{Backend, DistEnv, ProcessGroup, ReduceOp};
+use crate::world::{self, Comm, Reduce, World};
+use anyhow::{bail, Result};
+use ssl_plugin_api::tch::{Device, Tensor};
+use ssl_plugin_api::torch::{CollectiveOps, Collectives, ReduceOp as PluginReduce};
+use ssl_plugin_api::{PluginError, Result as PluginResult};
+use std::sync::Arc;
+use std::time::Duration;
+
+impl Comm for ProcessGroup {
+    fn rank(&self) -> usize {
+        ProcessGroup::rank(self)
+    }
+    fn world_size(&self) -> usize {
+        ProcessGroup::world_size(self)
+    }
+    fn all_reduce_(&self, tensors: &[Tensor], op: Reduce) -> Result<()> {
+        let op = match op {
+            Reduce::Sum => ReduceOp::Sum,
+            Reduce::Average => ReduceOp::Average,
+        };
+        ProcessGroup::all_reduce_(self, tensors, op)
+    }
+    fn broadcast_(&self, tensors: &[Tensor], root: usize) -> Result<()> {
+        ProcessGroup::broadcast_(self, tensors, root)
+    }
+    fn all_gather(&self, tensor: &Tensor) -> Result<Tensor> {
+        ProcessGroup::all_gather(self, tensor)
+    }
+    fn barrier(&self) -> Result<()> {
+        ProcessGroup::barrier(self)
+    }
+    fn diagnose(&self, what: &str, error: anyhow::Error) -> anyhow::Error {
+        ProcessGroup::diagnose(self, what, format!("{error:#}"))
+    }
+}
+
+/// The process group as the plugins' [`CollectiveOps`]: tensors stay where the algorithm
+/// made them.
+struct PluginOps(Arc<ProcessGroup>);
+
+fn plugin_error(e: anyhow::Error) -> PluginError {
+    PluginError::msg(format!("{e:#}"))
+}
+
+impl CollectiveOps for PluginOps {
+    fn rank(&self) -> usize {
+        self.0.rank()
+    }
+    fn world_size(&self) -> usize {
+        self.0.world_size()
+    }
+    fn all_reduce(&self, t: &Tensor, op: PluginReduce, with_grad: bool) -> PluginResult<Tensor> {
+        if with_grad {
+            if !matches!(op, PluginReduce::Sum) {
+                return Err(PluginError::msg(
+                    "an all-reduce with gradient sums (divide by the world size after it)",
+                ));
+            }
+            return self.0.all_reduce_sum_with_grad(t).map_err(plugin_error);
+        }
+        let out = t.detach().copy();
+        let op = match op {
+            PluginReduce::Sum => ReduceOp::Sum,
+            PluginReduce::Average => ReduceOp::Average,
+        };
+        self.0
+            .all_reduce_(std::slice::from_ref(&out), op)
+            .map_err(plugin_error)?;
+        Ok(out)
+    }
+    fn all_gather(&self, t: &Tensor, with_grad: bool) -> PluginResult<Tensor> {
+        if with_grad {
+            self.0.all_gather_with_grad(t)
+        } else {
+            self.0.all_gather(&t.detach())
+        }
+        .map_err(plugin_error)
+    }
+}
+
+/// The training device of this process: with several processes on CUDA, `cuda:LOCAL_RANK`.
+pub fn process_device(chosen: Device) -> Device {
+    let world = world::current();
+    match chosen {
+        Device::Cuda(_) if world.is_distributed() => Device::Cuda(world.local_rank),
+        other => other,
+    }
+}
+
+/// Joins the distributed run the environment describes, if any (see the module docs).
+pub fn join_if_distributed(config: &RunConfig) -> Result<()> {
+    let Some(env) = DistEnv::from_env()? else {
+        return Ok(());
+    };
+    let chosen = crate::device::choose(config.device.as_deref())?;
+    let backend = match (config.dist_backend, chosen) {
+        (DistBackend::Nccl, Device::Cpu) => {
+            bail!("--dist_backend=nccl needs CUDA, but this run trains on the CPU (--device)")
+        }
+        (DistBackend::Nccl, _) | (DistBackend::Auto, Device::Cuda(_)) => Backend::Nccl,
+        _ => Backend::Gloo,
+    };
+    let comm_device = match backend {
+        Backend::Nccl => Device::Cuda(env.local_rank),
+        Backend::Gloo => Device::Cpu,
+    };
+    if let Device::Cuda(_) = chosen {
+        let count = ssl_plugin_api::tch::Cuda::device_count() as usize;
+        if env.local_rank >= count {
+            bail!(
+                "distributed training: LOCAL_RANK={} but this node has {count} CUDA device(s); \
+                 start at most {count} processes per node (--nproc_per_node)",
+                env.local_rank
+            );
+        }
+    }
+    let group = Arc::new(ProcessGroup::connect(
+        &env,
+        backend,
+        Duration::from_secs(config.dist_timeout as u64),
+    )?);
+    world::install(World::new(
+        Arc::clone(&group) as Arc<dyn Comm>,
+        comm_device,
+        env.local_rank,
+    ))?;
+    Collectives::install(Collectives::from_ops(
+        Arc::new(PluginOps(group)),
+        config.sync_batchnorm,
+    ));
+    let world = world::current();
+    // Different arguments on one process would hang or silently diverge: refuse at start.
+    let mut fingerprint = config.to_toml();
+    fingerprint.push_str(&format!("\nmodel = {:?}\n", config.model));
+    world.check_same(&fingerprint, "resolved config (model and parameters)")?;
+    if world.is_main() {
+        eprintln!(
+            "distributed: {} processes joined ({:?}; this node: {} process(es))",
+            world.size(),
+            backend,
+            env.local_world_size
+        );
+    }
+    Ok(())
+}
