@@ -28,6 +28,8 @@
 //! it, nor the dynamic loader it needs.
 
 mod build_info;
+#[cfg(feature = "torch")]
+mod collectives;
 mod error;
 #[doc(hidden)]
 pub mod ffi;
@@ -36,6 +38,8 @@ mod guard;
 pub mod host;
 mod image;
 mod info;
+#[cfg(feature = "torch")]
+pub mod nn;
 mod params;
 mod plugin;
 mod seeds;
@@ -43,6 +47,8 @@ mod seeds;
 pub mod torch;
 
 pub use build_info::BuildInfo;
+#[cfg(feature = "torch")]
+pub use collectives::{CollectiveOps, Collectives, ReduceOp};
 #[doc(hidden)]
 pub use error::FfiError;
 pub use error::{Context, PluginError, Result};
