@@ -221,7 +221,60 @@ pub struct BatchPipelineCompilerFfi {
         extern "C" fn(FactoryCtx, RVec<StepFfi>) -> RResult<ROption<BatchTransformBox>, FfiError>,
 }
 
-/// Makes encoders from a JSON parameter blob and a device name (`cpu`, `cuda:0`).
+/// The host's process group as encoders and algorithms see it (`Collectives` on the Rust
+/// side): rank, world size, whether BatchNorm synchronises its statistics, and the two
+/// collective operations on tensors. `ctx` is the host's reference-counted handle: `retain`
+/// and `release` count the copies (this struct's `Clone` and `Drop`), so a plugin may keep a
+/// copy for as long as it likes.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct CollectivesFfi {
+    pub rank: u64,
+    pub world_size: u64,
+    pub sync_batchnorm: bool,
+    pub ctx: *const c_void,
+    /// Sum (or average when `op_average`) over all ranks; `with_grad`: differentiable (the
+    /// gradient of a sum is the sum of the gradients).
+    pub all_reduce:
+        extern "C" fn(*const c_void, TensorHandle, bool, bool) -> RResult<TensorHandle, FfiError>,
+    /// Concatenation along dimension 0 in rank order; `with_grad`: each rank gets its slice of
+    /// the summed gradient (`torch.distributed.nn.all_gather`).
+    pub all_gather:
+        extern "C" fn(*const c_void, TensorHandle, bool) -> RResult<TensorHandle, FfiError>,
+    pub retain: extern "C" fn(*const c_void),
+    pub release: extern "C" fn(*const c_void),
+}
+
+// SAFETY: `ctx` is the host's `Arc` of a `Send + Sync` handle; the functions may be called
+// from any thread.
+unsafe impl Send for CollectivesFfi {}
+// SAFETY: as above.
+unsafe impl Sync for CollectivesFfi {}
+
+impl Clone for CollectivesFfi {
+    fn clone(&self) -> Self {
+        (self.retain)(self.ctx);
+        CollectivesFfi {
+            rank: self.rank,
+            world_size: self.world_size,
+            sync_batchnorm: self.sync_batchnorm,
+            ctx: self.ctx,
+            all_reduce: self.all_reduce,
+            all_gather: self.all_gather,
+            retain: self.retain,
+            release: self.release,
+        }
+    }
+}
+
+impl Drop for CollectivesFfi {
+    fn drop(&mut self) {
+        (self.release)(self.ctx)
+    }
+}
+
+/// Makes encoders from a JSON parameter blob, a device name (`cpu`, `cuda:0`) and the host's
+/// collectives.
 #[repr(C)]
 #[derive(StableAbi, Clone)]
 pub struct EncoderFactoryFfi {
@@ -229,11 +282,16 @@ pub struct EncoderFactoryFfi {
     pub description: RString,
     pub info: EncoderInfoFfi,
     pub ctx: FactoryCtx,
-    pub create: extern "C" fn(FactoryCtx, RStr<'_>, RStr<'_>) -> RResult<EncoderBox, FfiError>,
+    pub create: extern "C" fn(
+        FactoryCtx,
+        RStr<'_>,
+        RStr<'_>,
+        &CollectivesFfi,
+    ) -> RResult<EncoderBox, FfiError>,
 }
 
 /// Makes SSL algorithms from their parameters, an encoder factory with the encoder's
-/// parameters, and a device name.
+/// parameters, a device name and the host's collectives.
 #[repr(C)]
 #[derive(StableAbi, Clone)]
 pub struct AlgorithmFactoryFfi {
@@ -247,6 +305,7 @@ pub struct AlgorithmFactoryFfi {
         &EncoderFactoryFfi,
         RStr<'_>,
         RStr<'_>,
+        &CollectivesFfi,
     ) -> RResult<AlgorithmBox, FfiError>,
 }
 

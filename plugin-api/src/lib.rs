@@ -20,6 +20,14 @@
 //! them ([`DatasetInfo`], [`EncoderInfo`], [`AlgorithmInfo`]), e.g. that a dataset's images
 //! are small or grey: the host never tests a plugin's names.
 //!
+//! Under `torchrun`, encoders and algorithms see the whole process group through
+//! [`Collectives`] (feature `torch`): [`Collectives::current`] (also
+//! [`EncoderSpec::collectives`]) gives the rank, the world size, all-reduce and all-gather (with
+//! or without gradient), in a built-in as in a `.so` plugin; on one process every operation is
+//! the identity. [`nn::BatchNorm`] is PyTorch's BatchNorm that synchronises its statistics
+//! across processes when the run asks for it: build encoders and heads with it (with the same
+//! variable names as tch's `batch_norm2d`) and they are ready for distributed training.
+//!
 //! This is the only crate of the project that knows about abi_stable: the ABI types live in
 //! [`ffi`] and are built by adapters here, so neither plugin authors nor the host name them.
 //!
@@ -28,6 +36,8 @@
 //! it, nor the dynamic loader it needs.
 
 mod build_info;
+#[cfg(feature = "torch")]
+mod collectives;
 mod error;
 #[doc(hidden)]
 pub mod ffi;
@@ -36,6 +46,8 @@ mod guard;
 pub mod host;
 mod image;
 mod info;
+#[cfg(feature = "torch")]
+pub mod nn;
 mod params;
 mod plugin;
 mod seeds;
@@ -43,6 +55,8 @@ mod seeds;
 pub mod torch;
 
 pub use build_info::BuildInfo;
+#[cfg(feature = "torch")]
+pub use collectives::{CollectiveOps, Collectives, ReduceOp};
 #[doc(hidden)]
 pub use error::FfiError;
 pub use error::{Context, PluginError, Result};

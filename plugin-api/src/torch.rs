@@ -5,6 +5,7 @@
 //! (checked at load through the build-info record), so a tensor made on one side is used on
 //! the other without copies.
 
+use crate::collectives::Collectives;
 use crate::error::{FfiError, PluginError, Result};
 use crate::ffi::*;
 use crate::guard::guard;
@@ -456,15 +457,19 @@ impl EncoderFactory {
     pub fn info(&self) -> EncoderInfo {
         EncoderInfo::from_ffi(&self.ffi.info)
     }
-    /// Makes an encoder on `device`.
+    /// Makes an encoder on `device`; it sees this process's [`Collectives::current`].
     pub fn create(&self, params: &Params, device: Device) -> Result<ForeignEncoder> {
         let json = params.to_json_string();
         let dev = device_name(device);
-        let inner = (self.ffi.create)(self.ffi.ctx, RStr::from_str(&json), RStr::from_str(&dev))
-            .into_result()
-            .map_err(|e| {
-                PluginError::from(e).context(format!("creating encoder `{}`", self.name()))
-            })?;
+        let collectives = Collectives::current().to_ffi();
+        let inner = (self.ffi.create)(
+            self.ffi.ctx,
+            RStr::from_str(&json),
+            RStr::from_str(&dev),
+            &collectives,
+        )
+        .into_result()
+        .map_err(|e| PluginError::from(e).context(format!("creating encoder `{}`", self.name())))?;
         ForeignEncoder::new(inner)
     }
 }
@@ -481,6 +486,12 @@ impl EncoderSpec {
     /// Makes one encoder (call it twice for an online and a target network).
     pub fn build(&self, device: Device) -> Result<ForeignEncoder> {
         self.factory.create(&self.params, device)
+    }
+
+    /// The process group the algorithm and its encoders run in (the host's handle, also
+    /// [`Collectives::current`]): rank, world size, all-gather for negatives from every rank.
+    pub fn collectives(&self) -> Collectives {
+        Collectives::current()
     }
 }
 
@@ -612,7 +623,8 @@ impl AlgorithmFactory {
     pub fn info(&self) -> AlgorithmInfo {
         AlgorithmInfo::from_ffi(&self.ffi.info)
     }
-    /// Makes the algorithm around `encoder` on `device`.
+    /// Makes the algorithm around `encoder` on `device`; it sees this process's
+    /// [`Collectives::current`].
     pub fn create(
         &self,
         params: &Params,
@@ -622,12 +634,14 @@ impl AlgorithmFactory {
         let json = params.to_json_string();
         let encoder_json = encoder.params.to_json_string();
         let dev = device_name(device);
+        let collectives = Collectives::current().to_ffi();
         let inner = (self.ffi.create)(
             self.ffi.ctx,
             RStr::from_str(&json),
             &encoder.factory.ffi,
             RStr::from_str(&encoder_json),
             RStr::from_str(&dev),
+            &collectives,
         )
         .into_result()
         .map_err(|e| {
@@ -641,6 +655,7 @@ extern "C" fn create_encoder<E, F>(
     ctx: FactoryCtx,
     params: RStr<'_>,
     device: RStr<'_>,
+    collectives: &CollectivesFfi,
 ) -> RResult<EncoderBox, FfiError>
 where
     E: Encoder,
@@ -649,6 +664,7 @@ where
     // SAFETY: this shim is only ever paired with a ctx made by `leak_ctx::<F>`.
     let state = unsafe { ctx_state::<F>(ctx) };
     guard(&format!("the factory of encoder `{}`", state.name), || {
+        Collectives::adopt(collectives);
         let params = Params::from_json(params.as_str())?;
         let device = parse_device(device.as_str())?;
         let encoder = (state.make)(&params, device)?;
@@ -665,6 +681,7 @@ extern "C" fn create_algorithm<A, F>(
     encoder: &EncoderFactoryFfi,
     encoder_params: RStr<'_>,
     device: RStr<'_>,
+    collectives: &CollectivesFfi,
 ) -> RResult<AlgorithmBox, FfiError>
 where
     A: SslAlgorithm,
@@ -675,6 +692,7 @@ where
     guard(
         &format!("the factory of algorithm `{}`", state.name),
         || {
+            Collectives::adopt(collectives);
             let params = Params::from_json(params.as_str())?;
             let spec = EncoderSpec {
                 factory: EncoderFactory {

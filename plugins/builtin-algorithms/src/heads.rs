@@ -8,11 +8,13 @@
 //! follows PyTorch's defaults, not tch's: a `Linear` weight and bias are drawn from
 //! `U(-1/sqrt(fan_in), 1/sqrt(fan_in))` (kaiming-uniform with `a = sqrt(5)`; tch's default
 //! kaiming-uniform uses the ReLU gain and is `sqrt(6)` times wider), a `BatchNorm1d` weight
-//! is 1 and its bias 0 (tch's default weight is `U(0, 1)`).
+//! is 1 and its bias 0 (tch's default weight is `U(0, 1)`). The BatchNorm is synchronised
+//! across processes when the run asks for it (see [`ssl_plugin_api::nn::BatchNorm`]).
 
+use ssl_plugin_api::nn::{BatchNorm, BatchNormConfig};
 use ssl_plugin_api::tch::nn;
 use ssl_plugin_api::tch::{Device, Tensor};
-use ssl_plugin_api::{bail, Result};
+use ssl_plugin_api::{bail, Collectives, Result};
 
 /// Shape and options of a [`Mlp`].
 #[derive(Clone, Copy, Debug)]
@@ -64,7 +66,7 @@ impl MlpConfig {
 pub struct Mlp {
     config: MlpConfig,
     first: nn::Linear,
-    bn: nn::BatchNorm,
+    bn: BatchNorm,
     last: nn::Linear,
 }
 
@@ -107,14 +109,11 @@ impl Mlp {
             config.hidden_dim,
             config.first_bias,
         );
-        let bn = nn::batch_norm1d(
+        let bn = BatchNorm::new(
             &model / "1",
             config.hidden_dim,
-            nn::BatchNormConfig {
-                ws_init: nn::Init::Const(1.0),
-                bs_init: nn::Init::Const(0.0),
-                ..Default::default()
-            },
+            BatchNormConfig::default(),
+            &Collectives::current(),
         );
         let last = pytorch_linear(
             &model / "3",
@@ -148,9 +147,9 @@ impl Mlp {
         if train && size[0] < 2 {
             bail!("MLP head: BatchNorm1d in training mode needs more than 1 sample per batch, got {size:?}");
         }
-        let hidden = xs
-            .f_linear(&self.first.ws, self.first.bs.as_ref())?
-            .apply_t(&self.bn, train)
+        let hidden = self
+            .bn
+            .forward(&xs.f_linear(&self.first.ws, self.first.bs.as_ref())?, train)?
             .f_relu()?;
         let out = hidden.f_linear(&self.last.ws, self.last.bs.as_ref())?;
         if self.config.normalize {
@@ -167,7 +166,7 @@ impl Mlp {
         if let Some(b) = &self.first.bs {
             list.push(("model.0.bias".into(), b.shallow_clone()));
         }
-        if let (Some(w), Some(b)) = (&self.bn.ws, &self.bn.bs) {
+        if let (Some(w), Some(b)) = (self.bn.weight(), self.bn.bias()) {
             list.push(("model.1.weight".into(), w.shallow_clone()));
             list.push(("model.1.bias".into(), b.shallow_clone()));
         }
@@ -183,11 +182,11 @@ impl Mlp {
         vec![
             (
                 "model.1.running_mean".into(),
-                self.bn.running_mean.shallow_clone(),
+                self.bn.running_mean().shallow_clone(),
             ),
             (
                 "model.1.running_var".into(),
-                self.bn.running_var.shallow_clone(),
+                self.bn.running_var().shallow_clone(),
             ),
         ]
     }

@@ -56,7 +56,8 @@ fn plugin() -> Plugin {
         .algorithm(
             "SimCLR",
             "SimCLR (Chen et al. 2020) as InnerEye's SimCLRInnerEye: projection 2048→128, \
-             NT-Xent loss; `temperature` (0.1)",
+             NT-Xent loss; params: temperature (0.1), gather_negatives (true: negatives from \
+             every process's batch)",
             SimClr::new,
         )
         // The original's SimCLR (Lightning Bolts) updates its learning rate after every step.

@@ -16,14 +16,15 @@
 //! bias 0), as in [`crate::heads`].
 
 use crate::heads::pytorch_linear;
+use ssl_plugin_api::nn::{BatchNorm, BatchNormConfig};
 use ssl_plugin_api::tch::nn;
 use ssl_plugin_api::tch::{Device, Tensor};
-use ssl_plugin_api::{bail, Params, Result, TrainableParam};
+use ssl_plugin_api::{bail, Collectives, Params, Result, TrainableParam};
 
 /// One `Linear` with, except for the last layer, the `BatchNorm1d` and ReLU after it.
 struct Layer {
     linear: nn::Linear,
-    bn: Option<nn::BatchNorm>,
+    bn: Option<BatchNorm>,
 }
 
 /// `Linear → BatchNorm1d → ReLU` repeated, then a last `Linear` without bias.
@@ -42,20 +43,18 @@ impl Projector {
         // The store only names and places the tensors; the layers keep (shallow) handles.
         let vs = nn::VarStore::new(device);
         let root = vs.root();
+        let collectives = Collectives::current();
         let mut layers = Vec::with_capacity(dims.len());
         let mut from = input_dim;
         for (i, &to) in dims.iter().enumerate() {
             let last = i + 1 == dims.len();
             let linear = pytorch_linear(&root / (3 * i), from, to, hidden_bias && !last);
             let bn = (!last).then(|| {
-                nn::batch_norm1d(
+                BatchNorm::new(
                     &root / (3 * i + 1),
                     to,
-                    nn::BatchNormConfig {
-                        ws_init: nn::Init::Const(1.0),
-                        bs_init: nn::Init::Const(0.0),
-                        ..Default::default()
-                    },
+                    BatchNormConfig::default(),
+                    &collectives,
                 )
             });
             layers.push(Layer { linear, bn });
@@ -89,7 +88,7 @@ impl Projector {
         for layer in &self.layers {
             out = out.f_linear(&layer.linear.ws, layer.linear.bs.as_ref())?;
             if let Some(bn) = &layer.bn {
-                out = out.apply_t(bn, train).f_relu()?;
+                out = bn.forward(&out, train)?.f_relu()?;
             }
         }
         Ok(out)
@@ -105,7 +104,7 @@ impl Projector {
                 list.push((format!("{}.bias", 3 * i), b.shallow_clone()));
             }
             if let Some(bn) = &layer.bn {
-                if let (Some(w), Some(b)) = (&bn.ws, &bn.bs) {
+                if let (Some(w), Some(b)) = (bn.weight(), bn.bias()) {
                     list.push((format!("{}.weight", 3 * i + 1), w.shallow_clone()));
                     list.push((format!("{}.bias", 3 * i + 1), b.shallow_clone()));
                 }
@@ -122,9 +121,12 @@ impl Projector {
                 let at = 3 * i + 1;
                 list.push((
                     format!("{at}.running_mean"),
-                    bn.running_mean.shallow_clone(),
+                    bn.running_mean().shallow_clone(),
                 ));
-                list.push((format!("{at}.running_var"), bn.running_var.shallow_clone()));
+                list.push((
+                    format!("{at}.running_var"),
+                    bn.running_var().shallow_clone(),
+                ));
             }
         }
         list

@@ -21,8 +21,11 @@
 
 use crate::heads::{l2_normalize, prefixed, pytorch_linear, Mlp, MlpConfig};
 use crate::{reject_unknown_params, two_views};
+use ssl_plugin_api::nn::{BatchNorm, BatchNormConfig};
 use ssl_plugin_api::tch::{self, nn, Device, Kind, Tensor};
-use ssl_plugin_api::{bail, Encoder, EncoderSpec, Params, Result, SslAlgorithm, TrainableParam};
+use ssl_plugin_api::{
+    bail, Collectives, Encoder, EncoderSpec, Params, Result, SslAlgorithm, TrainableParam,
+};
 
 /// Width of the projector's layers (and of the predictor's input and output) by default.
 pub const DEFAULT_PROJECTOR_DIM: i64 = 2048;
@@ -75,23 +78,23 @@ pub fn negative_cosine(p: &Tensor, z: &Tensor) -> Result<Tensor> {
 /// SimSiam's 3-layer projector (see the module documentation).
 struct Projector {
     linears: [nn::Linear; 3],
-    bns: [nn::BatchNorm; 3],
+    bns: [BatchNorm; 3],
 }
 
 impl Projector {
     fn new(input_dim: i64, dim: i64, device: Device) -> Self {
         let vs = nn::VarStore::new(device);
         let model = vs.root() / "model";
+        let collectives = Collectives::current();
         let bn = |index: &str, affine: bool| {
-            nn::batch_norm1d(
+            BatchNorm::new(
                 &model / index,
                 dim,
-                nn::BatchNormConfig {
+                BatchNormConfig {
                     affine,
-                    ws_init: nn::Init::Const(1.0),
-                    bs_init: nn::Init::Const(0.0),
                     ..Default::default()
                 },
+                &collectives,
             )
         };
         Projector {
@@ -113,9 +116,7 @@ impl Projector {
         }
         let mut out = xs.shallow_clone();
         for (i, (linear, bn)) in self.linears.iter().zip(&self.bns).enumerate() {
-            out = out
-                .f_linear(&linear.ws, None::<&Tensor>)?
-                .apply_t(bn, train);
+            out = bn.forward(&out.f_linear(&linear.ws, None::<&Tensor>)?, train)?;
             if i < 2 {
                 out = out.f_relu()?;
             }
@@ -127,7 +128,7 @@ impl Projector {
         let mut list = Vec::new();
         for (i, (linear, bn)) in self.linears.iter().zip(&self.bns).enumerate() {
             list.push((format!("model.{}.weight", 3 * i), linear.ws.shallow_clone()));
-            if let (Some(w), Some(b)) = (&bn.ws, &bn.bs) {
+            if let (Some(w), Some(b)) = (bn.weight(), bn.bias()) {
                 list.push((format!("model.{}.weight", 3 * i + 1), w.shallow_clone()));
                 list.push((format!("model.{}.bias", 3 * i + 1), b.shallow_clone()));
             }
@@ -141,11 +142,11 @@ impl Projector {
             let index = 3 * i + 1;
             list.push((
                 format!("model.{index}.running_mean"),
-                bn.running_mean.shallow_clone(),
+                bn.running_mean().shallow_clone(),
             ));
             list.push((
                 format!("model.{index}.running_var"),
-                bn.running_var.shallow_clone(),
+                bn.running_var().shallow_clone(),
             ));
         }
         list

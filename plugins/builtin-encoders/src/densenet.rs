@@ -19,7 +19,8 @@
 
 use crate::init::sorted_parameters;
 use crate::init::{batch_norm, check_input, check_param_names, conv2d, sorted_buffers};
-use ssl_plugin_api::tch::nn::{self, init::FanInOut, ModuleT};
+use ssl_plugin_api::nn::BatchNorm;
+use ssl_plugin_api::tch::nn::{self, init::FanInOut};
 use ssl_plugin_api::tch::{Device, Tensor};
 use ssl_plugin_api::{bail, Encoder, Params, Result};
 
@@ -35,9 +36,9 @@ const PARAMS: &[&str] = &["cifar_stem"];
 
 /// norm1 → ReLU → conv1 (1×1) → norm2 → ReLU → conv2 (3×3): `growth_rate` new channels.
 struct DenseLayer {
-    norm1: nn::BatchNorm,
+    norm1: BatchNorm,
     conv1: nn::Conv2D,
-    norm2: nn::BatchNorm,
+    norm2: BatchNorm,
     conv2: nn::Conv2D,
 }
 
@@ -52,25 +53,26 @@ impl DenseLayer {
         }
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        let x = self.norm1.forward_t(x, train).relu().apply(&self.conv1);
-        self.norm2.forward_t(&x, train).relu().apply(&self.conv2)
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let x = self.norm1.forward(x, train)?.relu().apply(&self.conv1);
+        Ok(self.norm2.forward(&x, train)?.relu().apply(&self.conv2))
     }
 }
 
 /// norm → ReLU → conv (1×1, halves the channels) → average pool 2×2.
 struct Transition {
-    norm: nn::BatchNorm,
+    norm: BatchNorm,
     conv: nn::Conv2D,
 }
 
 impl Transition {
-    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
-        self.norm
-            .forward_t(x, train)
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        Ok(self
+            .norm
+            .forward(x, train)?
             .relu()
             .apply(&self.conv)
-            .avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None)
+            .avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None))
     }
 }
 
@@ -85,9 +87,9 @@ struct Stage {
 pub struct DenseNet {
     vs: nn::VarStore,
     conv0: nn::Conv2D,
-    norm0: nn::BatchNorm,
+    norm0: BatchNorm,
     stages: Vec<Stage>,
-    norm5: nn::BatchNorm,
+    norm5: BatchNorm,
 }
 
 impl DenseNet {
@@ -154,21 +156,21 @@ impl Encoder for DenseNet {
         }
         let mut x = self
             .norm0
-            .forward_t(&images.apply(&self.conv0), train)
+            .forward(&images.apply(&self.conv0), train)?
             .relu()
             .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         for stage in &self.stages {
             let mut features = vec![x];
             for layer in &stage.layers {
-                let new = layer.forward(&Tensor::cat(&features, 1), train);
+                let new = layer.forward(&Tensor::cat(&features, 1), train)?;
                 features.push(new);
             }
             x = Tensor::cat(&features, 1);
             if let Some(transition) = &stage.transition {
-                x = transition.forward(&x, train);
+                x = transition.forward(&x, train)?;
             }
         }
-        let x = self.norm5.forward_t(&x, train);
+        let x = self.norm5.forward(&x, train)?;
         Ok(x.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
     }
 

@@ -1,9 +1,10 @@
 //! Helpers shared by the model files: layer constructors with torchvision's initialisation,
 //! parameter checks and the split of a `VarStore` into parameters and buffers.
 
+use ssl_plugin_api::nn::{BatchNorm, BatchNormConfig};
 use ssl_plugin_api::tch::nn::{self, init::FanInOut, init::NonLinearity, init::NormalOrUniform};
 use ssl_plugin_api::tch::{Device, Tensor};
-use ssl_plugin_api::{bail, Params, Result};
+use ssl_plugin_api::{bail, Collectives, Params, Result};
 
 /// A convolution without bias, initialised with Kaiming-normal weights
 /// (`std = sqrt(2 / fan)`, torch's `kaiming_normal_(..., nonlinearity="relu")`).
@@ -31,16 +32,15 @@ pub(crate) fn conv2d(
 }
 
 /// A BatchNorm2d as torch's default: weight 1, bias 0, running mean 0 and variance 1,
-/// eps 1e-5, momentum 0.1 (tch's own default would draw the weight from U(0, 1)).
-pub(crate) fn batch_norm(path: nn::Path, channels: i64) -> nn::BatchNorm {
-    let config = nn::BatchNormConfig {
-        eps: 1e-5,
-        momentum: 0.1,
-        ws_init: nn::Init::Const(1.0),
-        bs_init: nn::Init::Const(0.0),
-        ..Default::default()
-    };
-    nn::batch_norm2d(path, channels, config)
+/// eps 1e-5, momentum 0.1; synchronised across processes when the run asks for it (the
+/// process group of [`Collectives::current`]).
+pub(crate) fn batch_norm(path: nn::Path, channels: i64) -> BatchNorm {
+    BatchNorm::new(
+        path,
+        channels,
+        BatchNormConfig::default(),
+        &Collectives::current(),
+    )
 }
 
 /// Fails, naming them, when `params` holds names other than `allowed`.

@@ -15,7 +15,8 @@
 
 use crate::init::sorted_parameters;
 use crate::init::{batch_norm, check_input, check_param_names, conv2d, sorted_buffers};
-use ssl_plugin_api::tch::nn::{self, init::FanInOut, ModuleT};
+use ssl_plugin_api::nn::BatchNorm;
+use ssl_plugin_api::tch::nn::{self, init::FanInOut};
 use ssl_plugin_api::tch::{Device, Tensor};
 use ssl_plugin_api::{Encoder, Params, Result};
 
@@ -81,8 +82,8 @@ const PARAMS: &[&str] = &["cifar_stem"];
 /// One residual block: its convolutions with their BatchNorms (ReLU between them) and the
 /// optional projection of the shortcut.
 struct Block {
-    convs: Vec<(nn::Conv2D, nn::BatchNorm)>,
-    downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
+    convs: Vec<(nn::Conv2D, BatchNorm)>,
+    downsample: Option<(nn::Conv2D, BatchNorm)>,
 }
 
 impl Block {
@@ -117,20 +118,20 @@ impl Block {
         Block { convs, downsample }
     }
 
-    fn forward(&self, x: &Tensor, train: bool) -> Tensor {
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let last = self.convs.len() - 1;
         let mut out = x.shallow_clone();
         for (i, (conv, bn)) in self.convs.iter().enumerate() {
-            out = bn.forward_t(&out.apply(conv), train);
+            out = bn.forward(&out.apply(conv), train)?;
             if i < last {
                 out = out.relu();
             }
         }
         let identity = match &self.downsample {
-            Some((conv, bn)) => bn.forward_t(&x.apply(conv), train),
+            Some((conv, bn)) => bn.forward(&x.apply(conv), train)?,
             None => x.shallow_clone(),
         };
-        (out + identity).relu()
+        Ok((out + identity).relu())
     }
 }
 
@@ -140,7 +141,7 @@ pub struct ResNet {
     arch: ResNetArch,
     vs: nn::VarStore,
     conv1: nn::Conv2D,
-    bn1: nn::BatchNorm,
+    bn1: BatchNorm,
     layers: Vec<Vec<Block>>,
 }
 
@@ -217,12 +218,12 @@ impl Encoder for ResNet {
         check_input(self.arch.name, images, self.vs.device())?;
         let mut x = self
             .bn1
-            .forward_t(&images.apply(&self.conv1), train)
+            .forward(&images.apply(&self.conv1), train)?
             .relu()
             .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         for layer in &self.layers {
             for block in layer {
-                x = block.forward(&x, train);
+                x = block.forward(&x, train)?;
             }
         }
         Ok(x.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
