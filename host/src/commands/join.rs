@@ -8,7 +8,7 @@ use crate::dist::{Backend, DistEnv, ProcessGroup, ReduceOp};
 use crate::world::{self, Comm, Reduce, World};
 use anyhow::{bail, Result};
 use ssl_plugin_api::tch::{Device, Tensor};
-use ssl_plugin_api::torch::{CollectiveOps, Collectives, ReduceOp as PluginReduce};
+use ssl_plugin_api::{CollectiveOps, Collectives, ReduceOp as PluginReduce};
 use ssl_plugin_api::{PluginError, Result as PluginResult};
 use std::sync::Arc;
 use std::time::Duration;
