@@ -104,10 +104,8 @@ impl EpochMetrics {
         let probs = Tensor::from_slice(&self.probs).view([-1, c]);
         let probs = world.gather_rows(&probs)?.contiguous().view(-1);
         let targets = world.gather_rows(&Tensor::from_slice(&self.targets))?;
-        let sums = world.all_reduce_f64(
-            &[self.loss_sum, self.loss_count],
-            crate::world::Reduce::Sum,
-        )?;
+        let sums =
+            world.all_reduce_f64(&[self.loss_sum, self.loss_count], crate::world::Reduce::Sum)?;
         Ok(EpochMetrics {
             num_classes: self.num_classes,
             probs: Vec::<f32>::try_from(&probs)?,

@@ -237,6 +237,39 @@ impl World {
         }
     }
 
+    /// The names of `tensors` whose values differ from rank 0's (compared through a per-tensor
+    /// checksum: the sum and the sum of squares in double precision). Every process must pass
+    /// the same list. Empty in a single process.
+    pub fn diverged(&self, tensors: &[(String, Tensor)]) -> Result<Vec<String>> {
+        if !self.is_distributed() || tensors.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _guard = no_grad_guard();
+        let sums: Vec<f64> = tensors
+            .iter()
+            .flat_map(|(_, t)| {
+                let t = t.to_kind(ssl_plugin_api::tch::Kind::Double);
+                [
+                    t.sum(None).double_value(&[]),
+                    t.square().sum(None).double_value(&[]),
+                ]
+            })
+            .collect();
+        let mine = Tensor::from_slice(&sums).to_device(self.device);
+        let main = mine.copy();
+        self.broadcast_from_main(std::slice::from_ref(&main))?;
+        let (mine, main) = (
+            Vec::<f64>::try_from(&mine.to_device(Device::Cpu))?,
+            Vec::<f64>::try_from(&main.to_device(Device::Cpu))?,
+        );
+        Ok(tensors
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| mine[2 * i..2 * i + 2] != main[2 * i..2 * i + 2])
+            .map(|(_, (name, _))| name.clone())
+            .collect())
+    }
+
     /// Waits for every process.
     pub fn barrier(&self) -> Result<()> {
         match self.comm.as_ref().filter(|_| self.is_distributed()) {

@@ -818,7 +818,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("`optimizer`: unknown optimizer `nadam` (choices: adam, adamw, sgd, lars)"),
+            err.contains(
+                "`optimizer`: unknown optimizer `nadam` (choices: adam, adamw, sgd, lars)"
+            ),
             "{err}"
         );
     }

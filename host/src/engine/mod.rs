@@ -207,6 +207,23 @@ pub fn fit<T: Task>(
         progress.finish_epoch();
         warn_about_skipped_images(&task, &mut warned_skipped);
         let mut metrics = metrics?;
+        if world.is_distributed() {
+            let diverged = world.diverged(&task.checkpoint_tensors())?;
+            if !diverged.is_empty() {
+                eprintln!(
+                    "rank {}: {} tensor(s) differ from rank 0's after epoch {}: {}",
+                    world.rank(),
+                    diverged.len(),
+                    epoch + 1,
+                    diverged
+                        .iter()
+                        .take(5)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+        }
         let all_reduce = path.take_all_reduce();
         let all_reduce_line = if world.is_distributed() {
             metrics.push(("time/allreduce_seconds".into(), all_reduce.seconds));

@@ -55,10 +55,7 @@ impl LinearHead {
         let x = if train && world.is_distributed() {
             // As libtorch's CPU dropout: a Bernoulli(1 - p) mask scaled by 1 / (1 - p).
             let (n, d) = (x.size()[0], x.size()[1]);
-            let mut mask = Tensor::empty(
-                [n * world.size() as i64, d],
-                (x.kind(), x.device()),
-            );
+            let mut mask = Tensor::empty([n * world.size() as i64, d], (x.kind(), x.device()));
             let _ = mask.bernoulli_float_(1.0 - DROPOUT);
             let _ = mask.g_div_scalar_(1.0 - DROPOUT);
             x * world.my_rows(&mask, n)

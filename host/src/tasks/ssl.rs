@@ -22,8 +22,8 @@ use crate::tasks::knn::{self, knn_accuracy};
 use crate::tasks::linear_head::{
     head_classes, linear_head_pipelines, record_rows, LinearHead, PendingBatches,
 };
-use crate::world::Reduce;
 use crate::tasks::{encoder_params, plugins_used, transforms_used, warn_if_no_val_batch, Data};
+use crate::world::Reduce;
 use anyhow::{anyhow, bail, Context, Result};
 use ssl_plugin_api::host::DatasetHandle;
 use ssl_plugin_api::tch::{self, Device, Kind, Tensor};
