@@ -438,3 +438,37 @@ int shim_pg_barrier(void* group, int64_t timeout_ms, char** err) {
 }
 
 }  // extern "C"
+
+// ---------------------------------------------------------------------------------------------
+// Random generator state (not c10d, but the same binding): the default generator of a device
+// (`device_type` 0 = CPU, 1 = CUDA with `index`), read as a byte tensor and restored, so that a
+// run stopped mid-epoch continues with the generator where it was (dropout masks, random
+// permutations inside plugins).
+
+namespace {
+at::Generator default_generator(int device_type, int index) {
+  if (device_type == 0) return at::globalContext().defaultGenerator(at::Device(at::kCPU));
+  return at::globalContext().defaultGenerator(
+      at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(index)));
+}
+}  // namespace
+
+extern "C" torch::Tensor* shim_rng_get_state(int device_type, int index, char** err) {
+  torch::Tensor* out = nullptr;
+  guarded(err, [&] {
+    auto gen = default_generator(device_type, index);
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    out = new torch::Tensor(gen.get_state());
+  });
+  return out;
+}
+
+extern "C" int shim_rng_set_state(int device_type, int index, torch::Tensor* state, char** err) {
+  return guarded(err, [&] {
+           auto gen = default_generator(device_type, index);
+           std::lock_guard<std::mutex> lock(gen.mutex());
+           gen.set_state(*state);
+         })
+             ? 0
+             : -1;
+}

@@ -14,13 +14,22 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         ".{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
     ));
-    {
+    let written = (|| {
         let mut file =
             std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         file.write_all(bytes)
             .with_context(|| format!("writing {}", tmp.display()))?;
         file.sync_all()
-            .with_context(|| format!("syncing {}", tmp.display()))?;
+            .with_context(|| format!("syncing {}", tmp.display()))
+    })();
+    if let Err(e) = written {
+        // A full disk or an I/O error: the previous file is untouched; the partial temporary
+        // file goes (it would only take space).
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.context(format!(
+            "{} was not replaced and is as it was",
+            path.display()
+        )));
     }
     std::fs::rename(&tmp, path)
         .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;

@@ -115,6 +115,46 @@ impl EpochMetrics {
         })
     }
 
+    /// Its content as tensors (`probs`, `targets`, `loss_sum`, `loss_count`), for a checkpoint
+    /// written mid-epoch.
+    pub fn state(&self) -> Vec<(String, ssl_plugin_api::tch::Tensor)> {
+        use ssl_plugin_api::tch::Tensor;
+        vec![
+            ("probs".into(), Tensor::from_slice(&self.probs)),
+            ("targets".into(), Tensor::from_slice(&self.targets)),
+            ("loss_sum".into(), Tensor::from(self.loss_sum)),
+            ("loss_count".into(), Tensor::from(self.loss_count)),
+        ]
+    }
+
+    /// Restores [`EpochMetrics::state`] (names without prefix).
+    pub fn load_state(
+        &mut self,
+        stored: &std::collections::HashMap<String, ssl_plugin_api::tch::Tensor>,
+    ) -> anyhow::Result<()> {
+        use anyhow::Context;
+        let get = |name: &str| {
+            stored
+                .get(name)
+                .with_context(|| format!("the checkpoint's epoch state lacks `{name}`"))
+        };
+        let probs = Vec::<f32>::try_from(get("probs")?)?;
+        let targets = Vec::<i64>::try_from(get("targets")?)?;
+        if probs.len() != targets.len() * self.num_classes {
+            anyhow::bail!(
+                "the checkpoint's epoch state has {} posteriors for {} targets of {} classes",
+                probs.len(),
+                targets.len(),
+                self.num_classes
+            );
+        }
+        self.probs = probs;
+        self.targets = targets;
+        self.loss_sum = get("loss_sum")?.double_value(&[]);
+        self.loss_count = get("loss_count")?.double_value(&[]);
+        Ok(())
+    }
+
     /// Clears the accumulator for a new epoch.
     pub fn reset(&mut self) {
         self.probs.clear();

@@ -94,11 +94,35 @@ impl RunOutputs {
         let mut text = String::new();
         for (name, value) in metrics {
             text.push_str(&format!("{epoch},{name},{value}\n"));
+        }
+        // A failed write (a full disk, an I/O error) must not leave half a row: the file is
+        // cut back to its previous length, so every row already there stays readable.
+        let before = file
+            .metadata()
+            .with_context(|| format!("reading the size of {}", path.display()))?
+            .len();
+        if let Err(e) = file
+            .write_all(text.as_bytes())
+            .and_then(|()| file.sync_data())
+        {
+            let _ = file.set_len(before);
+            let _ = file.sync_data();
+            return Err(e).with_context(|| {
+                format!(
+                    "writing epoch {epoch}'s metrics to {} (its earlier rows are intact)",
+                    path.display()
+                )
+            });
+        }
+        for (name, value) in metrics {
             self.events.add_scalar(name, *value, epoch as i64)?;
         }
-        file.write_all(text.as_bytes())?;
-        file.sync_data()?;
-        self.events.flush()?;
+        self.events.flush().with_context(|| {
+            format!(
+                "writing epoch {epoch}'s TensorBoard events in {}",
+                self.dir.display()
+            )
+        })?;
         Ok(())
     }
 }

@@ -120,6 +120,18 @@ choices! {
     }
 }
 
+choices! {
+    /// What a training step with a NaN or infinite loss does (`nan_policy`).
+    pub enum NanPolicy("NaN policy") {
+        /// Stop the run with an error naming the epoch, the step and the loss; the last
+        /// checkpoint stays as it was.
+        Stop = "stop",
+        /// Do not apply the step (as the mixed-precision loss scaler does with overflowing
+        /// gradients) and count it in `steps/skipped_nonfinite`.
+        SkipStep = "skip_step",
+    }
+}
+
 impl LrScheduleName {
     /// The schedule of a fixed choice, with the defaults of [`LrSchedule`]'s `FromStr` (as a
     /// name in `lr_schedule` always had); `None` for `auto`, which the task decides.
@@ -264,6 +276,10 @@ settings! {
         device_input_size: usize = 0,
         /// run each augmentation list as one compiled transform when a plugin offers one (false: step by step, the reference)
         fuse_augmentations: bool = true,
+        /// also write a checkpoint every N optimizer steps, mid-epoch (0: only after each epoch), for jobs that can be killed without warning
+        checkpoint_every_n_steps: usize = 0,
+        /// a NaN or infinite loss: stop (error naming epoch, step and loss; the last checkpoint stays) or skip_step (the step is not applied and counted in steps/skipped_nonfinite)
+        nan_policy: NanPolicy = NanPolicy::Stop,
         /// distributed runs (torchrun): the collectives backend (auto: nccl on CUDA, gloo on CPU)
         dist_backend: DistBackend = DistBackend::Auto,
         /// distributed runs: seconds a collective waits for the other processes before the run stops with an error naming the missing ranks

@@ -6,6 +6,17 @@ use std::os::raw::{c_char, c_int, c_void};
 use torch_sys::C_tensor;
 
 extern "C" {
+    pub fn shim_rng_get_state(
+        device_type: c_int,
+        index: c_int,
+        err: *mut *mut c_char,
+    ) -> *mut C_tensor;
+    pub fn shim_rng_set_state(
+        device_type: c_int,
+        index: c_int,
+        state: *mut C_tensor,
+        err: *mut *mut c_char,
+    ) -> c_int;
     pub fn shim_free_string(s: *mut c_char);
     pub fn shim_free_bytes(b: *mut u8);
     pub fn shim_has_nccl() -> c_int;

@@ -15,7 +15,7 @@
 //! stood still are named.
 
 mod env;
-mod ffi;
+pub(crate) mod ffi;
 mod store;
 
 pub use env::DistEnv;

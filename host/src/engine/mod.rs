@@ -9,7 +9,9 @@
 //! ([`step::StepPath`]), through which every optimizer step goes.
 
 pub mod progress;
+pub mod rng;
 pub mod run_folder;
+pub mod signals;
 pub mod step;
 
 use crate::checkpoint::{self, Checkpoint, CheckpointInfo};
@@ -21,7 +23,7 @@ use crate::seeds::seed_of;
 use anyhow::{Context, Result};
 use progress::Progress;
 use run_folder::{run_folder, write_config_file, RemoveIfEmpty};
-use ssl_plugin_api::tch::{self, Tensor};
+use ssl_plugin_api::tch::{self, Device, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -76,8 +78,23 @@ pub trait Task {
     fn info_mut(&mut self) -> &mut CheckpointInfo;
     /// The learning-rate schedule of the main optimizer (base rate `l_rate`).
     fn schedule(&self) -> LrSchedule;
-    /// Prepares the training pass of `epoch` (seeds, sampler, loaders).
-    fn begin_epoch(&mut self, epoch: usize) -> Result<EpochSteps>;
+    /// The device the task trains on.
+    fn device(&self) -> Device;
+    /// Prepares the training pass of `epoch` (seeds, sampler, loaders), whose first `skip`
+    /// steps were taken before a mid-epoch checkpoint (a resumed run): the loaders start after
+    /// them.
+    fn begin_epoch(&mut self, epoch: usize, skip: usize) -> Result<EpochSteps>;
+    /// The running sums of the current epoch's training pass (losses, predictions), for a
+    /// checkpoint written mid-epoch; every process calls it (the sums of all processes are
+    /// collected), and rank 0 writes them.
+    fn epoch_state(&mut self) -> Result<Vec<(String, Tensor)>> {
+        Ok(Vec::new())
+    }
+    /// Restores [`Task::epoch_state`] (names without prefix) after [`Task::begin_epoch`] of a
+    /// resumed epoch.
+    fn restore_epoch_state(&mut self, _stored: &HashMap<String, Tensor>) -> Result<()> {
+        Ok(())
+    }
     /// One training step at learning rate `lr`; every optimizer step goes through `path`.
     fn train_step(&mut self, path: &mut StepPath, lr: f64) -> Result<StepReport>;
     /// After all optimizer steps of a training step (BYOL's moving average); `step` is the
@@ -149,6 +166,16 @@ pub fn fit<T: Task>(
         }
         None => (0, 0),
     };
+    // A checkpoint written mid-epoch (a signal, `checkpoint_every_n_steps`): where in the epoch,
+    // the epoch's running sums and the random generators.
+    let mut mid_epoch = stored.as_ref().and_then(MidEpoch::from_checkpoint);
+    if let (Some(mid), true) = (&mid_epoch, main) {
+        eprintln!(
+            "resuming epoch {} after its step {} (a checkpoint written mid-epoch)",
+            start_epoch + 1,
+            mid.steps_done
+        );
+    }
     drop(stored);
     // Every process starts from rank 0's parameters, buffers and optimizer state.
     world
@@ -189,6 +216,31 @@ pub fn fit<T: Task>(
         );
     }
     let mut path = StepPath::new(task.config().gradient_clip_val);
+    path.nan_policy = task.config().nan_policy;
+    signals::install();
+    let every = task.config().checkpoint_every_n_steps;
+    let checkpoint_file = dir.join("checkpoints").join("last.safetensors");
+    // A checkpoint at the current step of `epoch`: the model, the optimizers, the epoch's
+    // running sums and the random generators; every process takes part (the sums of all of
+    // them are collected), rank 0 writes it.
+    let mut save_mid_epoch = |task: &mut T, epoch: usize, steps_done: usize, global_step: u64| {
+        let mut tensors = task.checkpoint_tensors();
+        tensors.extend(checkpoint::prefixed(EPOCH_STATE, task.epoch_state()?));
+        tensors.push((STEPS_DONE.into(), Tensor::from(steps_done as i64)));
+        tensors.push((RNG_CPU.into(), rng::state(Device::Cpu)?));
+        if let device @ Device::Cuda(_) = task.device() {
+            tensors.push((RNG_DEVICE.into(), rng::state(device)?));
+        }
+        if !main {
+            return Ok(());
+        }
+        let config_text = task.config().to_toml();
+        let info = task.info_mut();
+        info.epochs_done = epoch;
+        info.global_step = global_step;
+        info.config = config_text;
+        checkpoint::save(&checkpoint_file, &tensors, info).context("writing a mid-epoch checkpoint")
+    };
     let progress = if main {
         Progress::new()
     } else {
@@ -203,7 +255,26 @@ pub fn fit<T: Task>(
             &mut global_step,
             &progress,
             lr_scale,
+            mid_epoch.take(),
+            every,
+            &mut save_mid_epoch,
         );
+        if let Err(e) = &metrics {
+            if let Some(stopped) = e.downcast_ref::<signals::Stopped>() {
+                progress.finish_epoch();
+                return Err(signals::Stopped {
+                    signal: stopped.signal,
+                    message: format!(
+                        "{}: the checkpoint is in {}; continue with `ssl-host \
+                         --output_dir={} --resume`",
+                        stopped.message,
+                        checkpoint_file.display(),
+                        dir.display()
+                    ),
+                }
+                .into());
+            }
+        }
         progress.finish_epoch();
         warn_about_skipped_images(&task, &mut warned_skipped);
         let mut metrics = metrics?;
@@ -238,6 +309,18 @@ pub fn fit<T: Task>(
         };
         let Some(outputs) = outputs.as_mut() else {
             // Not rank 0: nothing to write.
+            if let Some(signal) = signals::stop_requested_after_epoch() {
+                return Err(signals::Stopped {
+                    signal,
+                    message: format!(
+                        "rank {}: stopped by {} after epoch {}",
+                        world.rank(),
+                        signals::name(signal),
+                        epoch + 1
+                    ),
+                }
+                .into());
+            }
             continue;
         };
         outputs.write_epoch(epoch, &metrics)?;
@@ -249,6 +332,20 @@ pub fn fit<T: Task>(
         info.config = config_text;
         checkpoint::save(&outputs.checkpoint_path(), &tensors, info)?;
         eprintln!("{}{all_reduce_line}", task.epoch_line(epoch, &metrics));
+        if let Some(signal) = signals::stop_requested_after_epoch() {
+            return Err(signals::Stopped {
+                signal,
+                message: format!(
+                    "stopped by {} after epoch {}: the checkpoint is in {}; continue with \
+                     `ssl-host --output_dir={} --resume`",
+                    signals::name(signal),
+                    epoch + 1,
+                    checkpoint_file.display(),
+                    dir.display()
+                ),
+            }
+            .into());
+        }
     }
     if last == epochs {
         let evaluation = task.final_evaluation().with_context(|| {
@@ -275,7 +372,43 @@ pub fn fit<T: Task>(
     })
 }
 
+/// Checkpoint entries of a mid-epoch checkpoint.
+const STEPS_DONE: &str = "engine.epoch_steps_done";
+const RNG_CPU: &str = "engine.rng.cpu";
+const RNG_DEVICE: &str = "engine.rng.device";
+const EPOCH_STATE: &str = "epoch_state.";
+
+/// Where a mid-epoch checkpoint left its epoch.
+struct MidEpoch {
+    /// Steps of the epoch already taken.
+    steps_done: usize,
+    /// The task's running sums ([`Task::epoch_state`]).
+    state: HashMap<String, Tensor>,
+    /// The CPU generator's state, and the training device's.
+    rng_cpu: Tensor,
+    rng_device: Option<Tensor>,
+}
+
+impl MidEpoch {
+    fn from_checkpoint(c: &Checkpoint) -> Option<MidEpoch> {
+        let steps_done = c.tensors.get(STEPS_DONE)?.int64_value(&[]) as usize;
+        if steps_done == 0 {
+            return None;
+        }
+        Some(MidEpoch {
+            steps_done,
+            state: checkpoint::under(&c.tensors, EPOCH_STATE),
+            rng_cpu: c.tensors.get(RNG_CPU)?.shallow_clone(),
+            rng_device: c.tensors.get(RNG_DEVICE).map(Tensor::shallow_clone),
+        })
+    }
+}
+
 /// One epoch: the training pass (every step through `path`), then the task's end of epoch.
+/// `resume`: the epoch was interrupted by a mid-epoch checkpoint; `every`: write one every
+/// that many global steps (0: never) through `save`. A signal ends the pass after the current
+/// step with a checkpoint and a [`signals::Stopped`] error.
+#[allow(clippy::too_many_arguments)]
 fn run_epoch<T: Task>(
     task: &mut T,
     path: &mut StepPath,
@@ -283,12 +416,24 @@ fn run_epoch<T: Task>(
     global_step: &mut u64,
     progress: &Progress,
     lr_scale: f64,
+    resume: Option<MidEpoch>,
+    every: usize,
+    save: &mut dyn FnMut(&mut T, usize, usize, u64) -> Result<()>,
 ) -> Result<Vec<(String, f64)>> {
     let started = Instant::now();
     // libtorch's global generator (dropout, random init in plugins) is reseeded from (seed,
-    // epoch) at every epoch, so a resumed run needs no generator state.
+    // epoch) at every epoch, so a run resumed at an epoch's start needs no generator state.
     tch::manual_seed(seed_of(&[task.config().random_seed, epoch as u64, 17]) as i64 & i64::MAX);
-    let EpochSteps { steps, full_steps } = task.begin_epoch(epoch)?;
+    let skip = resume.as_ref().map_or(0, |r| r.steps_done);
+    let EpochSteps { steps, full_steps } = task.begin_epoch(epoch, skip)?;
+    if let Some(resume) = &resume {
+        task.restore_epoch_state(&resume.state)
+            .context("restoring the interrupted epoch's running sums")?;
+        rng::set_state(Device::Cpu, &resume.rng_cpu)?;
+        if let (Some(state), device @ Device::Cuda(_)) = (&resume.rng_device, task.device()) {
+            rng::set_state(device, state)?;
+        }
+    }
     let (schedule, l_rate, num_epochs) = (
         task.schedule(),
         task.config().l_rate * lr_scale,
@@ -297,17 +442,53 @@ fn run_epoch<T: Task>(
     let max_steps = (full_steps * num_epochs) as u64;
     progress.start_epoch(epoch, num_epochs, steps);
     let train_started = Instant::now();
-    let mut lr_sum = 0.0;
+    // The steps taken before an interruption count in the epoch's mean learning rate (a pure
+    // function of the schedule).
+    let first_step = *global_step as usize - skip.min(*global_step as usize);
+    let mut lr_sum: f64 = (0..skip)
+        .map(|s| schedule.lr(l_rate, epoch, first_step + s, full_steps, num_epochs))
+        .sum();
     let mut images = 0usize;
-    for step in 0..steps {
+    let world = crate::world::current();
+    for step in skip..steps {
         let lr = schedule.lr(l_rate, epoch, *global_step as usize, full_steps, num_epochs);
         lr_sum += lr;
+        path.position = (epoch, step);
         let report = task.train_step(path, lr)?;
         images += report.images;
         *global_step += 1;
         task.after_step(*global_step, max_steps)?;
         let elapsed = train_started.elapsed().as_secs_f64();
         progress.step(step + 1, &report.loss, images as f64 / elapsed.max(1e-9));
+        // Every process stops at the same step: the signal of any of them counts.
+        let mut signal = signals::requested().unwrap_or(0);
+        if world.is_distributed() {
+            signal = world.all_reduce_f64(&[signal as f64], crate::world::Reduce::Sum)?[0]
+                .min(255.0) as i32;
+        }
+        let last = step + 1 == steps;
+        if signal != 0 {
+            if last {
+                // The epoch's own checkpoint follows at once; stop after it.
+                signals::stop_after_epoch(signal);
+            } else {
+                progress.finish_epoch();
+                save(task, epoch, step + 1, *global_step)?;
+                let signal = signals::requested().unwrap_or(libc::SIGTERM);
+                return Err(signals::Stopped {
+                    signal,
+                    message: format!(
+                        "stopped by {} after step {} of {steps} of epoch {}",
+                        signals::name(signal),
+                        step + 1,
+                        epoch + 1
+                    ),
+                }
+                .into());
+            }
+        } else if every > 0 && *global_step % every as u64 == 0 && !last {
+            save(task, epoch, step + 1, *global_step)?;
+        }
     }
     let train_seconds = train_started.elapsed().as_secs_f64();
     let summary = TrainSummary {
@@ -315,6 +496,10 @@ fn run_epoch<T: Task>(
         mean_lr: lr_sum / steps as f64,
     };
     let mut metrics = task.end_epoch(epoch, &summary)?;
+    let skipped = path.take_skipped_nonfinite();
+    if task.config().nan_policy == crate::config::NanPolicy::SkipStep {
+        metrics.push(("steps/skipped_nonfinite".into(), skipped as f64));
+    }
     metrics.push((
         "throughput/train_images_per_second".into(),
         images as f64 / train_seconds.max(1e-9),

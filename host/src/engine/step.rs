@@ -12,6 +12,7 @@
 //! An [`OptimizerSlot`] owns its optimizer: nothing outside this module can step one, so no
 //! task can bypass the path.
 
+use crate::config::NanPolicy;
 use crate::optim::{self, Optimizer, OptimizerConfig, Param};
 use anyhow::{bail, Context, Result};
 use ssl_plugin_api::tch::{self, Kind, Tensor};
@@ -189,13 +190,19 @@ pub fn clip_grad_norm(params: &[Param], max_norm: f64) -> f64 {
 }
 
 /// The step path of a run: its clipping setting and a count of the steps of every slot.
-#[derive(Default)]
 pub struct StepPath {
     /// Clip the global gradient norm of each step to this (0: off).
     pub gradient_clip_val: f64,
     counts: BTreeMap<&'static str, u64>,
     /// Gradient all-reduce since [`StepPath::take_all_reduce`] was last called.
     all_reduce: AllReduceStats,
+    /// What a NaN or infinite loss does.
+    pub nan_policy: NanPolicy,
+    /// (epoch, step within it) of the current step, for messages (the engine sets it).
+    pub position: (usize, usize),
+    /// Steps not applied because their loss was not finite (`nan_policy = skip_step`) since
+    /// [`StepPath::take_skipped_nonfinite`].
+    skipped_nonfinite: u64,
 }
 
 /// What the gradient all-reduce of a distributed run cost.
@@ -216,7 +223,15 @@ impl StepPath {
             gradient_clip_val,
             counts: BTreeMap::new(),
             all_reduce: AllReduceStats::default(),
+            nan_policy: NanPolicy::Stop,
+            position: (0, 0),
+            skipped_nonfinite: 0,
         }
+    }
+
+    /// Steps skipped for a non-finite loss since the last call (and resets the count).
+    pub fn take_skipped_nonfinite(&mut self) -> u64 {
+        std::mem::take(&mut self.skipped_nonfinite)
     }
 
     /// The gradient all-reduce's volume and time since the last call (and resets them).
@@ -239,6 +254,44 @@ impl StepPath {
                     " without gradients (detached?)"
                 }
             );
+        }
+        // A NaN or infinite loss (on any process) stops the run or skips the step, before the
+        // backward pass: nothing of it reaches the parameters. One read of the loss per step.
+        let mut nonfinite = !tch::no_grad(|| bool::try_from(loss.isfinite()).unwrap_or(false));
+        let world = crate::world::current();
+        if world.is_distributed() {
+            nonfinite = world
+                .all_reduce_f64(&[nonfinite as u8 as f64], crate::world::Reduce::Sum)?[0]
+                > 0.0;
+        }
+        if nonfinite {
+            let (epoch, step) = self.position;
+            match self.nan_policy {
+                NanPolicy::Stop => bail!(
+                    "the {} loss is {} at epoch {}, step {}{}: the run stops (the last checkpoint \
+                     is kept as it was). A lower learning rate, gradient clipping \
+                     (--gradient_clip_val) or --nan_policy=skip_step may help",
+                    slot.name,
+                    if world.is_distributed() {
+                        "not finite on some process".to_string()
+                    } else {
+                        format!("{}", loss.double_value(&[]))
+                    },
+                    epoch + 1,
+                    step + 1,
+                    if world.is_distributed() {
+                        format!(" (rank {} of {})", world.rank(), world.size())
+                    } else {
+                        String::new()
+                    }
+                ),
+                NanPolicy::SkipStep => {
+                    slot.optimizer.zero_grad();
+                    self.skipped_nonfinite += 1;
+                    *self.counts.entry(slot.name).or_default() += 1;
+                    return Ok(false);
+                }
+            }
         }
         slot.optimizer.zero_grad();
         match &slot.scaler {

@@ -404,7 +404,31 @@ impl Task for ClassifierTask<'_> {
         self.schedule
     }
 
-    fn begin_epoch(&mut self, epoch: usize) -> Result<EpochSteps> {
+    fn device(&self) -> Device {
+        self.device
+    }
+
+    fn epoch_state(&mut self) -> Result<Vec<(String, Tensor)>> {
+        // Every process's predictions together (rank 0 writes them).
+        let world = crate::world::current();
+        Ok(match &self.metrics {
+            Some(m) => prefixed("train.", m.gathered(world)?.state()),
+            None => Vec::new(),
+        })
+    }
+
+    fn restore_epoch_state(&mut self, stored: &HashMap<String, Tensor>) -> Result<()> {
+        // Rank 0 takes the stored predictions of every process; the others start empty.
+        if !crate::world::current().is_main() {
+            return Ok(());
+        }
+        if let Some(metrics) = &mut self.metrics {
+            metrics.load_state(&under(stored, "train."))?;
+        }
+        Ok(())
+    }
+
+    fn begin_epoch(&mut self, epoch: usize, skip: usize) -> Result<EpochSteps> {
         let mut plan = self.train.sampler.batches(epoch as u64);
         if plan.is_empty() {
             bail!(
@@ -423,7 +447,7 @@ impl Task for ClassifierTask<'_> {
         self.stream = Some(BatchStream::new(
             Arc::clone(&self.train.source),
             epoch as u64,
-            plan,
+            plan.into_iter().skip(skip).collect(),
             self.config.num_workers,
         ));
         self.metrics = Some(EpochMetrics::new(self.head.num_classes));

@@ -563,7 +563,11 @@ impl Task for SslTask {
         self.schedule
     }
 
-    fn begin_epoch(&mut self, epoch: usize) -> Result<EpochSteps> {
+    fn device(&self) -> Device {
+        self.device
+    }
+
+    fn begin_epoch(&mut self, epoch: usize, skip: usize) -> Result<EpochSteps> {
         let workers = self.config.num_workers;
         let full_plan = self.ssl_train.sampler.batches(epoch as u64);
         let full_steps = full_plan.len();
@@ -582,7 +586,7 @@ impl Task for SslTask {
         let ssl_stream = BatchStream::new(
             Arc::clone(&self.ssl_train.source),
             epoch as u64,
-            full_plan.into_iter().take(steps).collect(),
+            full_plan.into_iter().take(steps).skip(skip).collect(),
             workers,
         );
         let lh_plan = self
@@ -599,7 +603,7 @@ impl Task for SslTask {
         let lh_stream = BatchStream::new(
             Arc::clone(&self.lh_train.source),
             epoch as u64,
-            lh_plan,
+            lh_plan.into_iter().skip(skip).collect(),
             workers.div_ceil(2),
         );
         self.streams = Some((ssl_stream, lh_stream));
@@ -664,6 +668,62 @@ impl Task for SslTask {
             loss,
             images: batch.len() * crate::world::current().size(),
         })
+    }
+
+    fn epoch_state(&mut self) -> Result<Vec<(String, Tensor)>> {
+        // Every process's sums together: the loss and scalars averaged over processes (as the
+        // epoch's end does), the head's predictions of all of them.
+        let world = crate::world::current();
+        let sums = &mut self.sums;
+        if let Some(metrics) = &mut sums.linear_head {
+            std::mem::take(&mut sums.pending).flush_into(metrics)?;
+        }
+        let loss = sums.loss.as_ref().map_or(0.0, |l| l.double_value(&[]));
+        let mut out = vec![(
+            "loss".to_string(),
+            Tensor::from(world.all_reduce_f64(&[loss], Reduce::Average)?[0]),
+        )];
+        let names: Vec<String> = sums.scalars.keys().cloned().collect();
+        let values: Vec<f64> = sums.scalars.values().copied().collect();
+        for (name, value) in names
+            .into_iter()
+            .zip(world.all_reduce_f64(&values, Reduce::Average)?)
+        {
+            out.push((format!("scalar.{name}"), Tensor::from(value)));
+        }
+        if let Some(metrics) = &sums.linear_head {
+            out.extend(checkpoint::prefixed(
+                "linear_head.",
+                metrics.gathered(world)?.state(),
+            ));
+        }
+        Ok(out)
+    }
+
+    fn restore_epoch_state(&mut self, stored: &HashMap<String, Tensor>) -> Result<()> {
+        // Rank 0 takes the stored sums (the processes' averages times their number, so the
+        // epoch's end averages them back); the others start from zero.
+        let world = crate::world::current();
+        if !world.is_main() {
+            return Ok(());
+        }
+        let scale = world.size() as f64;
+        let loss = stored
+            .get("loss")
+            .context("the checkpoint's epoch state lacks `loss`")?
+            .double_value(&[]);
+        self.sums.loss = Some(Tensor::from(loss * scale).to_device(self.device));
+        for (name, value) in stored {
+            if let Some(scalar) = name.strip_prefix("scalar.") {
+                self.sums
+                    .scalars
+                    .insert(scalar.to_string(), value.double_value(&[]) * scale);
+            }
+        }
+        if let Some(metrics) = &mut self.sums.linear_head {
+            metrics.load_state(&under(stored, "linear_head."))?;
+        }
+        Ok(())
     }
 
     fn after_step(&mut self, step: u64, max_steps: u64) -> Result<()> {
