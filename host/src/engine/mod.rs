@@ -486,7 +486,7 @@ fn run_epoch<T: Task>(
                 }
                 .into());
             }
-        } else if every > 0 && *global_step % every as u64 == 0 && !last {
+        } else if every > 0 && (*global_step).is_multiple_of(every as u64) && !last {
             save(task, epoch, step + 1, *global_step)?;
         }
     }
