@@ -51,6 +51,8 @@ pub struct ParamFfi {
     pub tensor: TensorHandle,
     pub weight_decay: bool,
     pub lars_adaptation: bool,
+    /// Follows the run's learning-rate schedule (else stays at the base learning rate).
+    pub scheduled: bool,
 }
 
 /// A named scalar to log.

@@ -106,11 +106,16 @@ pub struct TrainableParam {
     pub weight_decay: bool,
     /// Apply LARS trust-ratio adaptation to it.
     pub lars_adaptation: bool,
+    /// Whether its learning rate follows the run's schedule (warm-up, decay). `false`: it stays
+    /// at the run's base learning rate (`l_rate`, scaled with the processes as the rest)
+    /// throughout, as SimSiam's predictor.
+    pub scheduled: bool,
 }
 
 impl TrainableParam {
     /// The usual hints: no weight decay nor LARS adaptation for names containing `bias` or `bn`
-    /// (also `norm` and `downsample.1`, torchvision's BatchNorm names).
+    /// (also `norm` and `downsample.1`, torchvision's BatchNorm names); every one follows the
+    /// learning-rate schedule.
     pub fn with_default_hints(name: String, tensor: Tensor) -> Self {
         let excluded = ["bias", "bn", "norm", "downsample.1"]
             .iter()
@@ -120,6 +125,7 @@ impl TrainableParam {
             tensor,
             weight_decay: !excluded,
             lars_adaptation: !excluded,
+            scheduled: true,
         }
     }
 }
@@ -343,6 +349,7 @@ impl<A: SslAlgorithm> AlgorithmFfi for AlgorithmAdapter<A> {
                     tensor: handle_from_tensor(p.tensor),
                     weight_decay: p.weight_decay,
                     lars_adaptation: p.lars_adaptation,
+                    scheduled: p.scheduled,
                 })
                 .collect())
         })
@@ -516,6 +523,7 @@ impl ForeignAlgorithm {
                 tensor: tensor_from_handle(p.tensor),
                 weight_decay: p.weight_decay,
                 lars_adaptation: p.lars_adaptation,
+                scheduled: p.scheduled,
             })
             .collect();
         let state = named_from_ffi(inner.state().into_result()?);
@@ -564,6 +572,7 @@ impl SslAlgorithm for ForeignAlgorithm {
                 tensor: p.tensor.shallow_clone(),
                 weight_decay: p.weight_decay,
                 lars_adaptation: p.lars_adaptation,
+                scheduled: p.scheduled,
             })
             .collect()
     }

@@ -104,15 +104,8 @@ impl OptimizerSlot {
         params: Vec<Param>,
         mixed_precision: bool,
     ) -> OptimizerSlot {
-        let shallow = params
-            .iter()
-            .map(|p| Param {
-                name: p.name.clone(),
-                tensor: p.tensor.shallow_clone(),
-                weight_decay: p.weight_decay,
-                lars_adaptation: p.lars_adaptation,
-            })
-            .collect();
+        // Shallow clones (same tensors), every hint carried.
+        let shallow = params.clone();
         OptimizerSlot {
             name,
             optimizer: optim::build(config, shallow),

@@ -32,13 +32,16 @@ struct Slot {
     param: Param,
     weight_decay: f64,
     decoupled: bool,
+    /// The learning rate of an unscheduled parameter (`None`: the step's).
+    fixed_lr: Option<f64>,
     step: i64,
     exp_avg: Option<Tensor>,
     exp_avg_sq: Option<Tensor>,
 }
 
 /// `torch.optim.Adam(betas=config.betas, eps=config.eps)` with weight decay
-/// `config.weight_decay` on the parameters that opt in (0 on the others).
+/// `config.weight_decay` on the parameters that opt in (0 on the others); unscheduled
+/// parameters step at `config.fixed_lr` when it is set.
 pub struct Adam {
     slots: Vec<Slot>,
     betas: (f64, f64),
@@ -56,6 +59,7 @@ impl Adam {
             .map(|param| Slot {
                 weight_decay: config.decay_for(&param),
                 decoupled,
+                fixed_lr: config.fixed_lr_for(&param),
                 param,
                 step: 0,
                 exp_avg: None,
@@ -110,6 +114,7 @@ impl Optimizer for Adam {
         tch::no_grad(|| {
             for slot in &mut self.slots {
                 if let Some(grad) = grad_of(&slot.param.tensor) {
+                    let lr = slot.fixed_lr.unwrap_or(lr);
                     slot.step(grad, lr, betas, eps)
                         .with_context(|| format!("Adam step on `{}`", slot.param.name))?;
                 }

@@ -29,7 +29,8 @@ use anyhow::Result;
 use ssl_plugin_api::tch::Tensor;
 use std::collections::HashMap;
 
-/// LARS on top of SGD with momentum; see the module documentation for the formula.
+/// LARS on top of SGD with momentum; see the module documentation for the formula. Unscheduled
+/// parameters step at `config.fixed_lr` when it is set.
 pub struct Lars {
     slots: MomentumSlots,
     weight_decay: f64,
@@ -121,6 +122,7 @@ mod tests {
             tensor: t.shallow_clone(),
             weight_decay,
             lars_adaptation,
+            scheduled: true,
         }
     }
 

@@ -14,6 +14,10 @@
 //! `step`. `step` is a 0-dim `Int64` CPU tensor counting the steps in which the parameter had a
 //! gradient; while it is 0 the buffers have not been created yet and are exported as zeros.
 //! Parameter names must therefore be unique within one optimizer.
+//!
+//! Every parameter steps at the learning rate passed to [`Optimizer::step`] (the run's
+//! schedule), except those an algorithm marks unscheduled ([`Param::scheduled`] false, SimSiam's
+//! predictor) when [`OptimizerConfig::fixed_lr`] is set: they step at that fixed rate.
 
 pub mod adam;
 pub mod lars;
@@ -36,6 +40,9 @@ pub struct Param {
     pub weight_decay: bool,
     /// Whether LARS scales this parameter's update by the trust ratio (ignored by Adam and SGD).
     pub lars_adaptation: bool,
+    /// Whether it steps at the learning rate of each step (the schedule); `false`: at
+    /// [`OptimizerConfig::fixed_lr`] when that is set.
+    pub scheduled: bool,
 }
 
 impl Clone for Param {
@@ -46,18 +53,20 @@ impl Clone for Param {
             tensor: self.tensor.shallow_clone(),
             weight_decay: self.weight_decay,
             lars_adaptation: self.lars_adaptation,
+            scheduled: self.scheduled,
         }
     }
 }
 
 impl Param {
-    /// A parameter with weight decay and LARS adaptation both enabled.
+    /// A parameter with weight decay and LARS adaptation both enabled, following the schedule.
     pub fn new(name: impl Into<String>, tensor: &Tensor) -> Self {
         Param {
             name: name.into(),
             tensor: tensor.shallow_clone(),
             weight_decay: true,
             lars_adaptation: true,
+            scheduled: true,
         }
     }
 }
@@ -152,11 +161,14 @@ pub struct OptimizerConfig {
     pub nesterov: bool,
     /// LARS trust coefficient (`eta`).
     pub trust_coefficient: f64,
+    /// The learning rate of the parameters with [`Param::scheduled`] false (the run's base
+    /// learning rate); `None`: every parameter steps at the learning rate of the step.
+    pub fixed_lr: Option<f64>,
 }
 
 impl Default for OptimizerConfig {
     /// Adam, no weight decay, betas (0.9, 0.999), eps 1e-8, momentum 0.9, no Nesterov,
-    /// LARS trust coefficient 0.001.
+    /// LARS trust coefficient 0.001, every parameter scheduled (no fixed learning rate).
     fn default() -> Self {
         OptimizerConfig {
             kind: OptimizerKind::Adam,
@@ -166,6 +178,7 @@ impl Default for OptimizerConfig {
             momentum: 0.9,
             nesterov: false,
             trust_coefficient: 0.001,
+            fixed_lr: None,
         }
     }
 }
@@ -178,6 +191,16 @@ impl OptimizerConfig {
             self.weight_decay
         } else {
             0.0
+        }
+    }
+
+    /// The fixed learning rate `param` steps at whatever the step's: [`fixed_lr`](Self::fixed_lr)
+    /// when the parameter is not scheduled, else `None` (the step's learning rate).
+    pub fn fixed_lr_for(&self, param: &Param) -> Option<f64> {
+        if param.scheduled {
+            None
+        } else {
+            self.fixed_lr
         }
     }
 }
@@ -338,12 +361,14 @@ pub(crate) mod test_util {
                 tensor: w.shallow_clone(),
                 weight_decay: true,
                 lars_adaptation: true,
+                scheduled: true,
             },
             Param {
                 name: "b".into(),
                 tensor: b.shallow_clone(),
                 weight_decay: false,
                 lars_adaptation: false,
+                scheduled: true,
             },
         ];
         let mut opt = build(config, params);
@@ -393,18 +418,21 @@ pub(crate) mod test_util {
                 tensor: mk(&[4, 3]),
                 weight_decay: true,
                 lars_adaptation: true,
+                scheduled: true,
             },
             Param {
                 name: "layer.bias".into(),
                 tensor: mk(&[4]),
                 weight_decay: false,
                 lars_adaptation: false,
+                scheduled: true,
             },
             Param {
                 name: "unused.weight".into(),
                 tensor: mk(&[2]),
                 weight_decay: true,
                 lars_adaptation: true,
+                scheduled: true,
             },
         ]
     }
@@ -424,6 +452,7 @@ pub(crate) mod test_util {
                 tensor: p.tensor.detach().copy().set_requires_grad(true),
                 weight_decay: p.weight_decay,
                 lars_adaptation: p.lars_adaptation,
+                scheduled: p.scheduled,
             })
             .collect()
     }
@@ -546,12 +575,14 @@ pub(crate) mod test_util {
                     tensor: decayed.shallow_clone(),
                     weight_decay: true,
                     lars_adaptation: false,
+                    scheduled: true,
                 },
                 Param {
                     name: "kept".into(),
                     tensor: kept.shallow_clone(),
                     weight_decay: false,
                     lars_adaptation: false,
+                    scheduled: true,
                 },
             ],
         );
@@ -652,6 +683,57 @@ mod tests {
         (x.matmul(&tensors[0].tr()) + &tensors[1])
             .sum(Kind::Float)
             .backward();
+    }
+
+    /// A scheduled and an unscheduled parameter, the gradient 1 everywhere, the step's learning
+    /// rate changing (0.1, 0.05, 0.02) and `fixed_lr` 0.3: the unscheduled one moves at 0.3 in
+    /// every step. Hand-computed: SGD/LARS (momentum 0.9, buffers 1, 1.9, 2.71) move the
+    /// scheduled one by 0.1 + 0.05·1.9 + 0.02·2.71 = 0.2492 and the other by 0.3·5.61 = 1.683;
+    /// Adam (constant gradient: each step moves by lr · 1/(1 + eps)) by 0.17 and 0.9. Without
+    /// `fixed_lr`, both follow the step's learning rate. Catches (tried, then restored): SGD's
+    /// (and so LARS') or Adam's step ignoring the fixed rate.
+    #[test]
+    fn unscheduled_params_step_at_the_fixed_learning_rate() {
+        let cases = [
+            (OptimizerKind::Sgd, 0.2492, 1.683),
+            (OptimizerKind::Lars, 0.2492, 1.683),
+            (OptimizerKind::Adam, 0.17, 0.9),
+            (OptimizerKind::AdamW, 0.17, 0.9),
+        ];
+        for (kind, scheduled_moves, fixed_moves) in cases {
+            for fixed_lr in [Some(0.3), None] {
+                let config = OptimizerConfig {
+                    kind,
+                    momentum: 0.9,
+                    fixed_lr,
+                    ..OptimizerConfig::default()
+                };
+                let a = Tensor::zeros([2], (Kind::Double, Device::Cpu)).set_requires_grad(true);
+                let b = Tensor::zeros([2], (Kind::Double, Device::Cpu)).set_requires_grad(true);
+                let param = |name: &str, t: &Tensor, scheduled: bool| Param {
+                    // LARS without adaptation: its update is SGD's, computable by hand.
+                    lars_adaptation: false,
+                    scheduled,
+                    ..Param::new(name, t)
+                };
+                let mut opt = build(
+                    &config,
+                    vec![param("scheduled", &a, true), param("fixed", &b, false)],
+                );
+                for lr in [0.1, 0.05, 0.02] {
+                    opt.zero_grad();
+                    (a.sum(Kind::Double) + b.sum(Kind::Double)).backward();
+                    opt.step(lr).unwrap();
+                }
+                let b_moves = if fixed_lr.is_some() {
+                    fixed_moves
+                } else {
+                    scheduled_moves
+                };
+                assert_close(&to_vec(&a), &[-scheduled_moves; 2], 1e-7);
+                assert_close(&to_vec(&b), &[-b_moves; 2], 1e-7);
+            }
+        }
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub(crate) struct MomentumSlots {
     /// Steps in which each parameter had a gradient.
     steps: Vec<i64>,
     buffers: Vec<Option<Tensor>>,
+    /// Per parameter, the learning rate of an unscheduled one (`None`: the step's).
+    fixed_lrs: Vec<Option<f64>>,
     momentum: f64,
     nesterov: bool,
     grads: GradReset,
@@ -35,6 +37,7 @@ impl MomentumSlots {
         let n = params.len();
         MomentumSlots {
             grads: GradReset::new(&params),
+            fixed_lrs: params.iter().map(|p| config.fixed_lr_for(p)).collect(),
             params,
             steps: vec![0; n],
             buffers: (0..n).map(|_| None).collect(),
@@ -44,7 +47,8 @@ impl MomentumSlots {
     }
 
     /// For every parameter with a gradient, turns the gradient into an update direction `d`
-    /// with `direction(param, grad)`, applies momentum and does `p -= lr * d`.
+    /// with `direction(param, grad)`, applies momentum and does `p -= lr * d` (`lr` the fixed
+    /// learning rate for an unscheduled parameter).
     pub(crate) fn step(
         &mut self,
         lr: f64,
@@ -53,15 +57,17 @@ impl MomentumSlots {
         let momentum = self.momentum;
         let nesterov = self.nesterov;
         tch::no_grad(|| {
-            for ((param, step), buffer) in self
+            for (((param, step), buffer), fixed_lr) in self
                 .params
                 .iter_mut()
                 .zip(&mut self.steps)
                 .zip(&mut self.buffers)
+                .zip(&self.fixed_lrs)
             {
                 let Some(grad) = grad_of(&param.tensor) else {
                     continue;
                 };
+                let lr = fixed_lr.unwrap_or(lr);
                 let update = (|| -> Result<()> {
                     let d_p = direction(param, grad)?;
                     let d_p = if momentum != 0.0 {
@@ -139,7 +145,8 @@ impl MomentumSlots {
 }
 
 /// `torch.optim.SGD(momentum=config.momentum, dampening=0, nesterov=config.nesterov)` with
-/// coupled weight decay `config.weight_decay` on parameters that opt in.
+/// coupled weight decay `config.weight_decay` on parameters that opt in; unscheduled parameters
+/// step at `config.fixed_lr` when it is set.
 pub struct Sgd {
     slots: MomentumSlots,
     weight_decay: f64,

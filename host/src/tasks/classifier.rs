@@ -243,6 +243,7 @@ impl<'a> ClassifierTask<'a> {
             tensor,
             weight_decay: true,
             lars_adaptation: false,
+            scheduled: true,
         };
         let mut params: Vec<Param> = prefixed("linear_head.", head.named_parameters())
             .into_iter()

@@ -92,6 +92,7 @@ fn to_params(list: Vec<ssl_plugin_api::TrainableParam>) -> Vec<Param> {
             tensor: p.tensor,
             weight_decay: p.weight_decay,
             lars_adaptation: p.lars_adaptation,
+            scheduled: p.scheduled,
         })
         .collect()
 }
@@ -323,12 +324,20 @@ impl SslTask {
         if config.use_mixed_precision && device == Device::Cpu {
             eprintln!("note: use_mixed_precision applies on CUDA only; this CPU run uses 32-bit floats (as the original)");
         }
+        // Parameters the algorithm leaves unscheduled (SimSiam's predictor) stay at the base
+        // learning rate, scaled with the processes as the engine scales the schedule's.
+        let lr_scale = if config.scale_lr_by_world_size {
+            crate::world::current().size() as f64
+        } else {
+            1.0
+        };
         let optimizer = OptimizerSlot::new(
             "ssl",
             &OptimizerConfig {
                 kind: config.optimizer,
                 weight_decay: config.weight_decay,
                 momentum: config.momentum,
+                fixed_lr: Some(config.l_rate * lr_scale),
                 ..Default::default()
             },
             to_params(algorithm.parameters()),
@@ -357,6 +366,7 @@ impl SslTask {
                 tensor,
                 weight_decay: true,
                 lars_adaptation: false,
+                scheduled: true,
             })
             .collect();
         let head_optimizer = OptimizerSlot::new(

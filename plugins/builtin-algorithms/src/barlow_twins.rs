@@ -28,8 +28,14 @@
 //!   validation loss (the projector's BatchNorms do run in evaluation mode there). The original
 //!   module tracks running statistics in that last BatchNorm that training never reads and has
 //!   no validation loss; they would turn the validation "cross-correlation" into something else;
-//! - single process: `C` is divided by the local batch size (the original all-reduces `C` and
-//!   divides by the global one).
+//!
+//! **Several processes** (`torchrun`): the statistics are the global batch's, as the original
+//! (which all-reduces `C` and divides by the global batch size). Each rank all-gathers both
+//! views' embeddings with gradient and computes the loss of the global batch
+//! ([`barlow_twins_loss_across_ranks`]), so every rank holds the same loss `L`; the gather's
+//! backward hands rank `r` its slice of `Σ_ranks ∂L/∂z = W · ∂L/∂z_r`, and the host's average
+//! of the gradients over the `W` processes gives exactly `∂L/∂θ` of one process training on the
+//! global batch. With one process, the local loss, unchanged.
 //!
 //! The paper trains with LARS (learning rate 0.2 × batch / 256 for weights, weight decay
 //! 1.5e-6, biases and BatchNorm excluded from decay and adaptation): the run config chooses the
@@ -41,9 +47,11 @@
 
 use crate::heads::prefixed;
 use crate::projector::{off_diagonal, paper_hints, projector_dims, Projector};
-use crate::{reject_unknown_params, two_views};
+use crate::{gather_views, reject_unknown_params, two_views};
 use ssl_plugin_api::tch::{self, Device, Kind, Tensor};
-use ssl_plugin_api::{bail, Encoder, EncoderSpec, Params, Result, SslAlgorithm, TrainableParam};
+use ssl_plugin_api::{
+    bail, Collectives, Encoder, EncoderSpec, Params, Result, SslAlgorithm, TrainableParam,
+};
 
 /// The paper's projector: three layers of 8192.
 pub const DEFAULT_PROJECTOR_DIMS: [i64; 3] = [8192, 8192, 8192];
@@ -79,8 +87,6 @@ pub fn barlow_twins_loss(z1: &Tensor, z2: &Tensor, lambd: f64, scale_loss: f64) 
         bail!("Barlow Twins needs at least 2 images per view to normalise along the batch, got {size:?}");
     }
     let n = size[0] as f64;
-    // All-reduce point: with several processes the original sums C over ranks and divides by
-    // the global batch size.
     let c = batch_normalize(z1)?
         .f_tr()?
         .f_mm(&batch_normalize(z2)?)?
@@ -95,6 +101,32 @@ pub fn barlow_twins_loss(z1: &Tensor, z2: &Tensor, lambd: f64, scale_loss: f64) 
     Ok(loss.f_mul_scalar(scale_loss)?)
 }
 
+/// The Barlow Twins loss of the global batch: every rank's `z1` and `z2` (`[N, d]`, one shape on
+/// every rank) gathered, then [`barlow_twins_loss`] (see the module documentation for why the
+/// host's gradient averaging then gives the one-process gradient). `with_grad`: differentiable
+/// gathers (training); without, for validation. With one process, exactly [`barlow_twins_loss`].
+pub fn barlow_twins_loss_across_ranks(
+    z1: &Tensor,
+    z2: &Tensor,
+    lambd: f64,
+    scale_loss: f64,
+    collectives: &Collectives,
+    with_grad: bool,
+) -> Result<Tensor> {
+    if collectives.world_size() == 1 {
+        return barlow_twins_loss(z1, z2, lambd, scale_loss);
+    }
+    if z1.size() != z2.size() || z1.dim() != 2 {
+        bail!(
+            "barlow_twins_loss needs two [N, d] tensors of one shape, got {:?} and {:?}",
+            z1.size(),
+            z2.size()
+        );
+    }
+    let (z1, z2) = gather_views(collectives, z1, z2, with_grad)?;
+    barlow_twins_loss(&z1, &z2, lambd, scale_loss)
+}
+
 /// Barlow Twins: an encoder and a projector trained so that the cross-correlation of two views'
 /// embeddings is the identity.
 pub struct BarlowTwins {
@@ -102,6 +134,8 @@ pub struct BarlowTwins {
     projector: Projector,
     lambd: f64,
     scale_loss: f64,
+    /// The process group whose global batch the statistics are taken over.
+    collectives: Collectives,
 }
 
 impl BarlowTwins {
@@ -112,7 +146,8 @@ impl BarlowTwins {
         Self::from_encoder(params, Box::new(encoder), device)
     }
 
-    /// Barlow Twins around a ready-made encoder.
+    /// Barlow Twins around a ready-made encoder, in the process group of
+    /// [`Collectives::current`].
     pub fn from_encoder(
         params: &Params,
         encoder: Box<dyn Encoder>,
@@ -134,6 +169,7 @@ impl BarlowTwins {
             projector,
             lambd,
             scale_loss,
+            collectives: Collectives::current(),
         })
     }
 
@@ -157,7 +193,14 @@ impl BarlowTwins {
         let (v1, v2) = two_views("BarlowTwins", views)?;
         let z1 = self.project(v1, train)?;
         let z2 = self.project(v2, train)?;
-        barlow_twins_loss(&z1, &z2, self.lambd, self.scale_loss)
+        barlow_twins_loss_across_ranks(
+            &z1,
+            &z2,
+            self.lambd,
+            self.scale_loss,
+            &self.collectives,
+            train,
+        )
     }
 
     fn named_parameters(&self) -> Vec<(String, Tensor)> {

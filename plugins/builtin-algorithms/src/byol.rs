@@ -247,6 +247,7 @@ impl SslAlgorithm for Byol {
                     tensor,
                     weight_decay: decay,
                     lars_adaptation: decay,
+                    scheduled: true,
                 }
             })
             .collect()

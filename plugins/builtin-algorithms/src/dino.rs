@@ -22,7 +22,9 @@
 //!   (0.04) to `teacher_temp` (0.07) over the first `warmup_teacher_temp_epochs` (30) epochs,
 //!   then stays. The centre `c` (`[1, out_dim]`, [`CENTER_STATE_NAME`] in
 //!   [`state`](SslAlgorithm::state), so checkpointed) moves after every training step:
-//!   `c ← μ c + (1 − μ) mean(teacher outputs)`, `μ` = `center_momentum` (0.9).
+//!   `c ← μ c + (1 − μ) mean(teacher outputs)`, `μ` = `center_momentum` (0.9). On several
+//!   processes (`torchrun`) the mean is over the global batch, as the paper's code: each rank's
+//!   batch mean is all-reduced (average, no gradient), so every rank's centre stays the same.
 //! - The last layer is frozen for the first `freeze_last_layer` (1) epochs: its weight enters
 //!   the graph detached, so its gradient stays undefined and the host's optimizers skip it
 //!   (weight decay included), as the paper's code drops that gradient.
@@ -43,7 +45,9 @@
 use crate::heads::{copy_by_name, l2_normalize, pair_by_name, prefixed, pytorch_linear};
 use crate::reject_unknown_params;
 use ssl_plugin_api::tch::{self, nn, Device, Kind, Tensor};
-use ssl_plugin_api::{bail, Encoder, EncoderSpec, Params, Result, SslAlgorithm, TrainableParam};
+use ssl_plugin_api::{
+    bail, Collectives, Encoder, EncoderSpec, Params, ReduceOp, Result, SslAlgorithm, TrainableParam,
+};
 
 /// Output size of the head when `out_dim` is absent (the paper's 65,536).
 pub const DEFAULT_OUT_DIM: i64 = 65_536;
@@ -372,8 +376,11 @@ pub struct Dino {
     settings: DinoParams,
     /// `[1, out_dim]`, on the training device.
     center: Tensor,
-    /// Mean teacher output of the last training batch, folded into the centre after the step.
+    /// Mean teacher output of the last training batch (over every rank's), folded into the
+    /// centre after the step.
     pending_center: Option<Tensor>,
+    /// The process group whose teacher outputs the centre follows.
+    collectives: Collectives,
     epoch: u64,
     /// Momentum of the last teacher update (for logging).
     last_momentum: f64,
@@ -389,7 +396,8 @@ impl Dino {
     }
 
     /// DINO around two encoders of one architecture: the teacher starts as a copy of the
-    /// student (parameters and buffers); the centre starts at 0.
+    /// student (parameters and buffers); the centre starts at 0 and follows the teacher
+    /// outputs of every rank of [`Collectives::current`].
     pub fn from_encoders(
         params: &Params,
         student: Box<dyn Encoder>,
@@ -425,6 +433,7 @@ impl Dino {
             settings,
             center,
             pending_center: None,
+            collectives: Collectives::current(),
             epoch: 0,
             last_momentum,
         })
@@ -486,7 +495,12 @@ impl Dino {
             self.settings.student_temp,
         )?;
         if train {
-            self.pending_center = Some(t.f_mean_dim([0i64].as_slice(), true, Kind::Float)?);
+            let batch_mean = t.f_mean_dim([0i64].as_slice(), true, Kind::Float)?;
+            // The mean over every rank's batch (the identity on one process).
+            let global_mean = self
+                .collectives
+                .all_reduce(&batch_mean, ReduceOp::Average)?;
+            self.pending_center = Some(global_mean);
         }
         Ok(loss)
     }

@@ -2,6 +2,8 @@
 //!
 //! - [`byol`]: BYOL (online network + predictor, EMA target network, symmetric cosine loss);
 //! - [`simclr`]: SimCLR (encoder + L2-normalised projection, NT-Xent loss);
+//! - [`moco`]: MoCo v2 (momentum key network, queue of negatives, InfoNCE);
+//! - [`simsiam`]: SimSiam (projector, predictor at a fixed learning rate, stop-gradient);
 //! - [`barlow_twins`]: Barlow Twins (cross-correlation of batch-normalised embeddings pushed to
 //!   the identity);
 //! - [`vicreg`]: VICReg (invariance, variance and covariance terms);
@@ -10,12 +12,16 @@
 //! - [`heads`]: the MLP heads BYOL and SimCLR put on top of the encoder;
 //! - [`projector`]: the deep projector of Barlow Twins and VICReg.
 //!
+//! On several processes each gathers where its paper does, through
+//! [`Collectives`](ssl_plugin_api::Collectives): SimCLR's negatives, Barlow Twins' and VICReg's
+//! statistics (the global batch), MoCo's queue (every rank's keys), DINO's centre.
+//!
 //! Each algorithm is built around an encoder from any plugin (an [`EncoderSpec`](ssl_plugin_api::EncoderSpec)); the
 //! registered factories build it through the spec, while [`byol::Byol::from_encoders`] and
 //! [`simclr::SimClr::from_encoder`] take ready-made encoders (used by the tests).
 
 use ssl_plugin_api::tch::Tensor;
-use ssl_plugin_api::{bail, AlgorithmInfo, Params, Plugin, Result};
+use ssl_plugin_api::{bail, AlgorithmInfo, Collectives, Params, Plugin, Result};
 
 pub mod barlow_twins;
 pub mod byol;
@@ -91,8 +97,9 @@ fn plugin() -> Plugin {
         )
         .algorithm(
             "SimSiam",
-            "SimSiam (Chen & He 2021): 3-layer projector, bottleneck predictor, stop-gradient; \
-             params: projector_dim (2048), predictor_hidden (512)",
+            "SimSiam (Chen & He 2021): 3-layer projector, bottleneck predictor, stop-gradient, \
+             the predictor at the fixed base learning rate; params: projector_dim (2048), \
+             predictor_hidden (512), fixed_predictor_lr (true)",
             SimSiam::new,
         )
         // The paper's cosine decay, once per epoch (configs set warmup_epochs = 0).
@@ -237,4 +244,25 @@ pub(crate) fn two_views<'a>(
         );
     }
     Ok((v1, v2))
+}
+
+/// Both views' embeddings `[B, d]` of every rank, `([world · B, d], [world · B, d])` in rank
+/// order: the global batch, for losses whose statistics the papers take over it (Barlow Twins,
+/// VICReg). `with_grad`: differentiable gathers (each rank's embeddings receive their slice of
+/// the gradient summed over ranks); without, for validation. Every rank must call it with the
+/// same shapes.
+pub(crate) fn gather_views(
+    collectives: &Collectives,
+    a: &Tensor,
+    b: &Tensor,
+    with_grad: bool,
+) -> Result<(Tensor, Tensor)> {
+    let gather = |z: &Tensor| {
+        if with_grad {
+            collectives.all_gather_with_grad(z)
+        } else {
+            collectives.all_gather(z)
+        }
+    };
+    Ok((gather(a)?, gather(b)?))
 }

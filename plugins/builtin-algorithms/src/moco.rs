@@ -23,10 +23,17 @@
 //! `ptr, ptr + 1, …` (mod `queue_size`), so a batch that does not divide the queue wraps around
 //! (the official code requires `queue_size % batch == 0`; for such batches both agree).
 //!
+//! **Several processes** (`torchrun`): as the official code, the keys of every rank enter the
+//! queue: each step's keys are all-gathered (no gradient) in rank order before they are queued,
+//! so every rank holds the same queue and the pointer advances by the global batch
+//! (`world_size × B` keys, `× 2` with `symmetric`). There, as the official code,
+//! `queue_size` must be a multiple of that global number of keys; it is only known at the first
+//! training step, which checks it (an error naming `queue_size`). One process keeps the ring
+//! above, for any batch.
+//!
 //! Not done here: shuffling BatchNorm across GPUs (the paper's "shuffle BN", which hides the
-//! intra-batch statistics from the key encoder). On one process there is nothing to shuffle
-//! across; the encoders use plain BatchNorm as the host's encoders do. Under distributed
-//! training the keys would also be all-gathered before they are queued.
+//! intra-batch statistics from the key encoder); the encoders use the host's BatchNorm (local,
+//! or synchronised when the run asks for it).
 //!
 //! Tensor names: `query.encoder.*`, `query.head.{0,2,…}.{weight,bias}` (PyTorch's
 //! `nn.Sequential` indices, the ReLUs between), `key.encoder.*`, `key.head.*`, and
@@ -37,7 +44,9 @@
 use crate::heads::{copy_by_name, l2_normalize, pair_by_name, prefixed, pytorch_linear};
 use crate::{reject_unknown_params, two_views};
 use ssl_plugin_api::tch::{self, nn, Device, Kind, Tensor};
-use ssl_plugin_api::{bail, Encoder, EncoderSpec, Params, Result, SslAlgorithm, TrainableParam};
+use ssl_plugin_api::{
+    bail, Collectives, Encoder, EncoderSpec, Params, Result, SslAlgorithm, TrainableParam,
+};
 
 /// Momentum of the key network when `momentum` is absent (MoCo's ImageNet value).
 pub const DEFAULT_MOMENTUM: f64 = 0.999;
@@ -212,8 +221,13 @@ pub struct Moco {
     queue: Tensor,
     /// The next row of `queue` to write: a 0-dim int64 CPU tensor, restored in place.
     queue_ptr: Tensor,
-    /// Keys of the last training batch, queued by `after_optimizer_step`.
+    /// Keys of the last training batch (every rank's), queued by `after_optimizer_step`.
     pending_keys: Option<Tensor>,
+    /// The process group whose keys enter the queue.
+    collectives: Collectives,
+    /// Whether the number of keys per step has been checked against `queue_size` (first
+    /// training step).
+    checked_keys_per_step: bool,
 }
 
 impl Moco {
@@ -227,7 +241,8 @@ impl Moco {
 
     /// MoCo around two encoders of the same architecture: the key network starts as a copy of
     /// the query network (parameters and buffers). The queue starts as random unit vectors
-    /// drawn from libtorch's global generator (which the host seeds before building the model).
+    /// drawn from libtorch's global generator (which the host seeds before building the model,
+    /// alike on every rank). The keys of every rank of [`Collectives::current`] enter the queue.
     pub fn from_encoders(
         params: &Params,
         query: Box<dyn Encoder>,
@@ -268,6 +283,8 @@ impl Moco {
             queue,
             queue_ptr: Tensor::f_zeros([0i64; 0].as_slice(), (Kind::Int64, Device::Cpu))?,
             pending_keys: None,
+            collectives: Collectives::current(),
+            checked_keys_per_step: false,
         })
     }
 
@@ -290,22 +307,50 @@ impl Moco {
                 (info_nce_loss(&q1, &k2, &queue, self.temperature)?, k2)
             };
         if train {
-            let rows = keys.size()[0];
-            let size = self.queue.size()[0];
-            if rows > size {
-                bail!(
-                    "MoCo: `queue_size` ({size}) must be at least the number of keys per step \
-                     ({rows}: the batch size{})",
-                    if self.symmetric {
-                        " × 2, as `symmetric`"
-                    } else {
-                        ""
-                    }
-                );
-            }
+            // Every rank's keys, in rank order (the identity on one process).
+            let keys = self.collectives.all_gather(&keys)?;
+            self.check_keys_per_step(keys.size()[0])?;
             self.pending_keys = Some(keys);
         }
         Ok(loss)
+    }
+
+    /// The queue must hold a step's keys; on several processes, at the first training step, it
+    /// must also be a multiple of the global number of keys per step (the official code's rule).
+    fn check_keys_per_step(&mut self, rows: i64) -> Result<()> {
+        let size = self.queue.size()[0];
+        let world = self.collectives.world_size();
+        let keys_per_step = || {
+            let symmetric = if self.symmetric {
+                " × 2 views (`symmetric`)"
+            } else {
+                ""
+            };
+            if world > 1 {
+                format!(
+                    "{rows}: {world} processes × the batch of {}{symmetric}",
+                    rows / world as i64 / if self.symmetric { 2 } else { 1 }
+                )
+            } else {
+                format!("{rows}: the batch size{symmetric}")
+            }
+        };
+        if rows > size {
+            bail!(
+                "MoCo: `queue_size` ({size}) must be at least the number of keys per step ({})",
+                keys_per_step()
+            );
+        }
+        if world > 1 && !self.checked_keys_per_step && size % rows != 0 {
+            bail!(
+                "MoCo: on {world} processes, parameter `queue_size` ({size}) must be a multiple of \
+                 the number of keys queued per step ({}); for example {}",
+                keys_per_step(),
+                (size / rows).max(1) * rows
+            );
+        }
+        self.checked_keys_per_step = true;
+        Ok(())
     }
 
     /// Writes `keys` into the queue at the pointer (wrapping around) and moves the pointer.

@@ -208,6 +208,7 @@ impl SslAlgorithm for SimClr {
                     tensor,
                     weight_decay: true,
                     lars_adaptation: lars,
+                    scheduled: true,
                 }
             })
             .collect()

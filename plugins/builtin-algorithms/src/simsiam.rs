@@ -12,9 +12,12 @@
 //!   with `z = f(x)`, `p = h(z)`; it lies in `[−1, 1]`.
 //!
 //! The paper trains with SGD (momentum 0.9, weight decay 1e-4, base LR 0.05 × batch / 256,
-//! cosine decay) and keeps the **predictor's learning rate fixed** (not decayed). The host has
-//! no per-parameter learning rate yet, so here the predictor follows the schedule like the rest
-//! (the paper reports this still works, slightly worse).
+//! cosine decay) and keeps the **predictor's learning rate fixed** at the base LR (not
+//! decayed; §4.1 and Table 1 of the paper: decaying it too works, slightly worse). Parameter
+//! `fixed_predictor_lr` (true) does so: the predictor's tensors come out of
+//! [`parameters`](SslAlgorithm::parameters) with `scheduled = false`, so the host's optimizer
+//! steps them at the run's base learning rate while the rest follows the schedule; `false`
+//! lets the predictor follow the schedule like the rest.
 //!
 //! Tensor names: `encoder.*`, `projector.model.{0,1,3,4,6,7}.*` and `predictor.model.{0,1,3}.*`
 //! (PyTorch's `nn.Sequential` indices; the ReLUs have no tensors).
@@ -37,10 +40,11 @@ pub const DEFAULT_PREDICTOR_HIDDEN: i64 = 512;
 struct SimSiamParams {
     projector_dim: i64,
     predictor_hidden: i64,
+    fixed_predictor_lr: bool,
 }
 
 impl SimSiamParams {
-    const NAMES: [&'static str; 2] = ["projector_dim", "predictor_hidden"];
+    const NAMES: [&'static str; 3] = ["projector_dim", "predictor_hidden", "fixed_predictor_lr"];
 
     fn from_params(params: &Params) -> Result<Self> {
         reject_unknown_params("SimSiam", params, &Self::NAMES)?;
@@ -55,6 +59,7 @@ impl SimSiamParams {
         Ok(SimSiamParams {
             projector_dim,
             predictor_hidden,
+            fixed_predictor_lr: params.get_or("fixed_predictor_lr", true)?,
         })
     }
 }
@@ -159,6 +164,8 @@ pub struct SimSiam {
     encoder: Box<dyn Encoder>,
     projector: Projector,
     predictor: Mlp,
+    /// The predictor stays at the base learning rate (`fixed_predictor_lr`).
+    fixed_predictor_lr: bool,
 }
 
 impl SimSiam {
@@ -189,6 +196,7 @@ impl SimSiam {
             encoder,
             projector,
             predictor,
+            fixed_predictor_lr: settings.fixed_predictor_lr,
         })
     }
 
@@ -227,12 +235,18 @@ impl SslAlgorithm for SimSiam {
     }
 
     /// Encoder, projector and predictor, with the usual hints (no decay on biases and
-    /// BatchNorm). The paper's fixed predictor learning rate is not expressible yet (see the
-    /// module documentation).
+    /// BatchNorm); with `fixed_predictor_lr`, the predictor's tensors are not scheduled (they
+    /// stay at the base learning rate).
     fn parameters(&self) -> Vec<TrainableParam> {
         self.named_parameters()
             .into_iter()
-            .map(|(name, tensor)| TrainableParam::with_default_hints(name, tensor))
+            .map(|(name, tensor)| {
+                let mut param = TrainableParam::with_default_hints(name, tensor);
+                if self.fixed_predictor_lr && param.name.starts_with("predictor.") {
+                    param.scheduled = false;
+                }
+                param
+            })
             .collect()
     }
 

@@ -18,8 +18,12 @@
 //! the variance term is the **mean** of the two views' and the covariance term their **sum**
 //! (the paper's equation sums both; the coefficients 25/25/1 were tuned with the code).
 //!
-//! Departures, on purpose: single process (the original all-gathers both views' embeddings
-//! before the loss, so its statistics are over the global batch).
+//! **Several processes** (`torchrun`): as the original, both views' embeddings are all-gathered
+//! (with gradient) before the loss, so every term — the invariance too — is the global batch's
+//! ([`vicreg_loss_across_ranks`]). Every rank then holds the same loss `L`; the gather's
+//! backward hands rank `r` its slice of `Σ_ranks ∂L/∂z = W · ∂L/∂z_r`, and the host's average
+//! of the gradients over the `W` processes gives exactly `∂L/∂θ` of one process training on the
+//! global batch. With one process, the local loss, unchanged.
 //!
 //! The paper trains with LARS (learning rate 0.2 × batch / 256, weight decay 1e-6, biases and
 //! BatchNorm excluded from decay and adaptation): the run config chooses the optimizer
@@ -31,9 +35,11 @@
 
 use crate::heads::prefixed;
 use crate::projector::{off_diagonal, paper_hints, projector_dims, Projector};
-use crate::{reject_unknown_params, two_views};
+use crate::{gather_views, reject_unknown_params, two_views};
 use ssl_plugin_api::tch::{self, Device, Kind, Tensor};
-use ssl_plugin_api::{bail, Encoder, EncoderSpec, Params, Result, SslAlgorithm, TrainableParam};
+use ssl_plugin_api::{
+    bail, Collectives, Encoder, EncoderSpec, Params, Result, SslAlgorithm, TrainableParam,
+};
 
 /// The paper's expander: three layers of 8192.
 pub const DEFAULT_PROJECTOR_DIMS: [i64; 3] = [8192, 8192, 8192];
@@ -86,8 +92,6 @@ pub fn vicreg_terms(x: &Tensor, y: &Tensor) -> Result<(Tensor, Tensor, Tensor)> 
             "VICReg needs at least 2 images per view for its variance and covariance, got {size:?}"
         );
     }
-    // All-gather point: with several processes the original gathers x and y from every rank here
-    // (the invariance term stays local).
     let invariance = x.f_sub(y)?.f_square()?.f_mean(None::<Kind>)?;
     let (n, d) = (size[0] as f64, size[1] as f64);
     let mut variance = Vec::with_capacity(2);
@@ -125,12 +129,39 @@ pub fn vicreg_loss(x: &Tensor, y: &Tensor, coeffs: VicRegCoeffs) -> Result<Tenso
         .f_add(&c.f_mul_scalar(coeffs.cov)?)?)
 }
 
+/// The VICReg loss of the global batch: every rank's `x` and `y` (`[N, d]`, one shape on every
+/// rank) gathered, then [`vicreg_loss`] (see the module documentation for why the host's
+/// gradient averaging then gives the one-process gradient). `with_grad`: differentiable gathers
+/// (training); without, for validation. With one process, exactly [`vicreg_loss`].
+pub fn vicreg_loss_across_ranks(
+    x: &Tensor,
+    y: &Tensor,
+    coeffs: VicRegCoeffs,
+    collectives: &Collectives,
+    with_grad: bool,
+) -> Result<Tensor> {
+    if collectives.world_size() == 1 {
+        return vicreg_loss(x, y, coeffs);
+    }
+    if x.size() != y.size() || x.dim() != 2 {
+        bail!(
+            "vicreg_loss needs two [N, d] tensors of one shape, got {:?} and {:?}",
+            x.size(),
+            y.size()
+        );
+    }
+    let (x, y) = gather_views(collectives, x, y, with_grad)?;
+    vicreg_loss(&x, &y, coeffs)
+}
+
 /// VICReg: an encoder and an expander trained for invariant, non-collapsed (variance) and
 /// decorrelated (covariance) embeddings.
 pub struct VicReg {
     encoder: Box<dyn Encoder>,
     projector: Projector,
     coeffs: VicRegCoeffs,
+    /// The process group whose global batch the statistics are taken over.
+    collectives: Collectives,
 }
 
 impl VicReg {
@@ -141,7 +172,7 @@ impl VicReg {
         Self::from_encoder(params, Box::new(encoder), device)
     }
 
-    /// VICReg around a ready-made encoder.
+    /// VICReg around a ready-made encoder, in the process group of [`Collectives::current`].
     pub fn from_encoder(
         params: &Params,
         encoder: Box<dyn Encoder>,
@@ -166,6 +197,7 @@ impl VicReg {
             encoder,
             projector,
             coeffs,
+            collectives: Collectives::current(),
         })
     }
 
@@ -184,7 +216,7 @@ impl VicReg {
         let (v1, v2) = two_views("VICReg", views)?;
         let x = self.project(v1, train)?;
         let y = self.project(v2, train)?;
-        vicreg_loss(&x, &y, self.coeffs)
+        vicreg_loss_across_ranks(&x, &y, self.coeffs, &self.collectives, train)
     }
 
     fn named_parameters(&self) -> Vec<(String, Tensor)> {

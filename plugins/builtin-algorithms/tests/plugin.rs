@@ -162,3 +162,41 @@ fn barlow_twins_and_vicreg_through_the_abi() {
         assert_eq!(info.lr_schedule, "warmup_cosine_step");
     }
 }
+
+/// SimSiam's predictor keeps the base learning rate (the paper): its tensors cross the ABI
+/// unscheduled, every other tensor scheduled; `fixed_predictor_lr = false` schedules them all.
+///
+/// Catches (tried, then restored): `ForeignAlgorithm` not carrying `scheduled` across the ABI
+/// (every tensor scheduled).
+#[test]
+fn simsiam_predictor_is_unscheduled_through_the_abi() {
+    let scheduled = |params: &str| -> Vec<(String, bool)> {
+        create("SimSiam", params)
+            .unwrap()
+            .parameters()
+            .into_iter()
+            .map(|p| (p.name, p.scheduled))
+            .collect()
+    };
+    let small = r#"{"projector_dim": 16, "predictor_hidden": 4}"#;
+    let list = scheduled(small);
+    let predictor: Vec<&str> = list
+        .iter()
+        .filter(|(_, s)| !s)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(
+        predictor,
+        [
+            "predictor.model.0.weight",
+            "predictor.model.1.weight",
+            "predictor.model.1.bias",
+            "predictor.model.3.weight",
+            "predictor.model.3.bias"
+        ]
+    );
+    assert!(list.iter().any(|(n, s)| n.starts_with("encoder.") && *s));
+    assert!(list.iter().any(|(n, s)| n.starts_with("projector.") && *s));
+    let decayed = r#"{"projector_dim": 16, "predictor_hidden": 4, "fixed_predictor_lr": false}"#;
+    assert!(scheduled(decayed).iter().all(|(_, s)| *s));
+}

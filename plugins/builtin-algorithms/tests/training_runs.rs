@@ -1,5 +1,6 @@
 //! MoCo and SimSiam trained by the real `ssl-host` binary on small Shapes runs: a debug epoch of
-//! each, and MoCo's exact resume (the queue and its pointer travel in the checkpoint).
+//! each, MoCo's exact resume (the queue and its pointer travel in the checkpoint) and SimSiam's
+//! predictor at the fixed base learning rate.
 //!
 //! Needs `target/debug/ssl-host` (`cargo build -p ssl-host`, or the workspace build).
 
@@ -110,6 +111,61 @@ fn simsiam_trains_a_debug_epoch_on_shapes() {
     assert!((-1.0..=1.0).contains(&loss), "{loss}");
     finite_metric(&m, 0, "simsiam/val/loss");
     finite_metric(&m, 0, "ssl_online_evaluator/train/loss");
+}
+
+/// SimSiam's predictor keeps the base learning rate while the rest follows the schedule: in a
+/// one-epoch run whose warm-up holds the scheduled learning rate at 0 (epoch 0 of a 1-epoch
+/// warm-up), the encoder and projector end exactly as with `--l_rate=0`, the predictor moved;
+/// with `fixed_predictor_lr = false` it stays too.
+///
+/// Catches (tried, then restored): the SSL optimizer built without the fixed learning rate
+/// (`fixed_lr: None` in the host's SSL task: the predictor stays).
+#[test]
+fn simsiam_predictor_steps_at_the_base_learning_rate() {
+    let out = TempDir::new("simsiam_fixed_lr");
+    let settings = [
+        "--num_epochs=1",
+        "--warmup_epochs=1",
+        "--is_debug_model=true",
+    ];
+    let checkpoint = |name: &str, extra: &[&str]| -> BTreeMap<String, Tensor> {
+        let dir = out.path().join(name);
+        let mut args = settings.to_vec();
+        args.extend(extra);
+        run("ShapesSimSiam", &dir, &args);
+        Tensor::read_safetensors(dir.join("checkpoints/last.safetensors"))
+            .expect("checkpoint")
+            .into_iter()
+            .filter(|(n, _)| n.starts_with("algorithm.") && !n.contains("running_"))
+            .collect()
+    };
+    let still = checkpoint("still", &["--l_rate=0"]);
+    let fixed = checkpoint("fixed", &[]);
+    let scheduled = checkpoint(
+        "scheduled",
+        &["--algorithm_params.fixed_predictor_lr=false"],
+    );
+    let predictor = |n: &str| n.starts_with("algorithm.predictor.");
+    assert!(still.keys().any(|n| predictor(n)), "{:?}", still.keys());
+    assert!(still.keys().any(|n| n.starts_with("algorithm.encoder.")));
+    for (name, t) in &still {
+        assert!(
+            scheduled[name].equal(t),
+            "`{name}` moved at learning rate 0"
+        );
+        if predictor(name) {
+            continue;
+        }
+        assert!(fixed[name].equal(t), "`{name}` moved at learning rate 0");
+    }
+    let moved = still
+        .iter()
+        .filter(|(n, t)| predictor(n) && !fixed[*n].equal(t))
+        .count();
+    assert!(
+        moved > 0,
+        "the predictor did not move at the base learning rate"
+    );
 }
 
 /// Stopped after 1 of 2 epochs and resumed, MoCo gives the metrics of the straight run, and the
