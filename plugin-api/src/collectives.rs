@@ -2,8 +2,9 @@
 //!
 //! Under `torchrun`, the host joins a process group (c10d: Gloo on CPU, NCCL on CUDA) and
 //! every process trains on its share of each batch. Most algorithms need nothing more; some
-//! must see the whole world: SimCLR takes its negatives from every rank's batch, and a
-//! synchronised BatchNorm ([`crate::nn::BatchNorm`]) normalises with the statistics of the
+//! must see the whole world: SimCLR takes its negatives from every rank's batch, Barlow Twins
+//! and VICReg their statistics over the global batch, MoCo queues every rank's keys, DINO
+//! centres with the teacher outputs of every rank, and a synchronised BatchNorm ([`crate::nn::BatchNorm`]) normalises with the statistics of the
 //! global batch. They do it through a [`Collectives`] handle:
 //!
 //! ```ignore
