@@ -41,9 +41,31 @@ impl Comm for ProcessGroup {
     }
 }
 
-/// The process group as the plugins' [`CollectiveOps`]: tensors stay where the algorithm
-/// made them.
-struct PluginOps(Arc<ProcessGroup>);
+/// The process group as the plugins' [`CollectiveOps`]: tensors travel on the backend's
+/// device (Gloo: the CPU) and come back where the algorithm made them (the moves are
+/// differentiable, so gradients flow through them).
+struct PluginOps(Arc<ProcessGroup>, Device);
+
+impl PluginOps {
+    fn run(
+        &self,
+        t: &Tensor,
+        op: impl FnOnce(&ProcessGroup, &Tensor) -> anyhow::Result<Tensor>,
+    ) -> PluginResult<Tensor> {
+        let home = t.device();
+        let moved = if home == self.1 {
+            t.shallow_clone()
+        } else {
+            t.to_device(self.1)
+        };
+        let out = op(&self.0, &moved).map_err(plugin_error)?;
+        Ok(if home == self.1 {
+            out
+        } else {
+            out.to_device(home)
+        })
+    }
+}
 
 fn plugin_error(e: anyhow::Error) -> PluginError {
     PluginError::msg(format!("{e:#}"))
@@ -63,25 +85,24 @@ impl CollectiveOps for PluginOps {
                     "an all-reduce with gradient sums (divide by the world size after it)",
                 ));
             }
-            return self.0.all_reduce_sum_with_grad(t).map_err(plugin_error);
+            return self.run(t, |pg, t| pg.all_reduce_sum_with_grad(t));
         }
-        let out = t.detach().copy();
         let op = match op {
             PluginReduce::Sum => ReduceOp::Sum,
             PluginReduce::Average => ReduceOp::Average,
         };
-        self.0
-            .all_reduce_(std::slice::from_ref(&out), op)
-            .map_err(plugin_error)?;
-        Ok(out)
+        self.run(&t.detach(), |pg, t| {
+            let out = t.copy();
+            pg.all_reduce_(std::slice::from_ref(&out), op)?;
+            Ok(out)
+        })
     }
     fn all_gather(&self, t: &Tensor, with_grad: bool) -> PluginResult<Tensor> {
         if with_grad {
-            self.0.all_gather_with_grad(t)
+            self.run(t, |pg, t| pg.all_gather_with_grad(t))
         } else {
-            self.0.all_gather(&t.detach())
+            self.run(&t.detach(), |pg, t| pg.all_gather(t))
         }
-        .map_err(plugin_error)
     }
 }
 
@@ -104,7 +125,17 @@ pub fn join_if_distributed(config: &RunConfig) -> Result<()> {
         (DistBackend::Nccl, Device::Cpu) => {
             bail!("--dist_backend=nccl needs CUDA, but this run trains on the CPU (--device)")
         }
-        (DistBackend::Nccl, _) | (DistBackend::Auto, Device::Cuda(_)) => Backend::Nccl,
+        (DistBackend::Nccl, _) => Backend::Nccl,
+        (DistBackend::Auto, Device::Cuda(_)) if crate::dist::has_nccl() => Backend::Nccl,
+        (DistBackend::Auto, Device::Cuda(_)) => {
+            if env.rank == 0 {
+                eprintln!(
+                    "note: this build of ssl-host has no NCCL (see the README, distributed \
+                     training); the processes communicate through Gloo on the CPU"
+                );
+            }
+            Backend::Gloo
+        }
         _ => Backend::Gloo,
     };
     let comm_device = match backend {
@@ -132,7 +163,7 @@ pub fn join_if_distributed(config: &RunConfig) -> Result<()> {
         env.local_rank,
     ))?;
     Collectives::install(Collectives::from_ops(
-        Arc::new(PluginOps(group)),
+        Arc::new(PluginOps(group, comm_device)),
         config.sync_batchnorm,
     ));
     let world = world::current();
