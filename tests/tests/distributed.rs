@@ -368,3 +368,39 @@ fn a_run_resumed_with_another_number_of_processes_continues_its_schedule() {
     );
     assert_same_metrics(&one, &one_then_two);
 }
+
+#[test]
+fn processes_started_with_different_arguments_stop_at_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let port = free_port().to_string();
+    let children: Vec<Child> = [("0", "ShapesSimCLR"), ("1", "ShapesBYOL")]
+        .iter()
+        .map(|(rank, model)| {
+            Command::new(artifact("ssl-host"))
+                .args(args(model, &out, 2, &[]))
+                .env("RANK", rank)
+                .env("LOCAL_RANK", rank)
+                .env("WORLD_SIZE", "2")
+                .env("LOCAL_WORLD_SIZE", "2")
+                .env("MASTER_ADDR", "127.0.0.1")
+                .env("MASTER_PORT", &port)
+                .env("OMP_NUM_THREADS", "1")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let results = wait_all(children, Duration::from_secs(120));
+    for (rank, (code, stderr)) in results.iter().enumerate() {
+        assert_eq!(*code, Some(1), "rank {rank}: {stderr}");
+        assert!(
+            stderr.contains("differs from rank 0's") || stderr.contains("is gone"),
+            "rank {rank}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    assert!(results[1].1.contains("rank(s) 1"), "{}", results[1].1);
+    assert!(!checkpoint(&out).exists());
+}
