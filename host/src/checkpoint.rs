@@ -1,5 +1,11 @@
 //! Checkpoints: safetensors files (no code runs on load) with a JSON record under the
 //! `ssl_host` metadata key, written atomically (temporary file, fsync, rename).
+//!
+//! Every file written here also carries, under the [`CHECKSUM_KEY`] metadata key, a SHA-256
+//! checksum of its tensors (names, dtypes, shapes and bytes; see [`tensors_checksum`]).
+//! [`load`] verifies it, so a flipped bit on disk is reported as a corrupt file, naming it,
+//! instead of surfacing later as a shape error or a NaN loss. Files written before the
+//! checksum existed have no such key and load unchecked.
 
 use crate::atomic_file::write_atomic;
 use anyhow::{anyhow, bail, Context, Result};
@@ -11,6 +17,9 @@ use std::path::Path;
 
 /// The format tag of the metadata record.
 pub const FORMAT: &str = "ssl-host-checkpoint-v1";
+
+/// The metadata key of the tensors' checksum: `sha256:` and 64 hex digits.
+pub const CHECKSUM_KEY: &str = "ssl_host_tensors_checksum";
 
 /// What a checkpoint says about itself.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -80,7 +89,7 @@ pub fn save(path: &Path, tensors: &[(String, Tensor)], info: &CheckpointInfo) ->
 pub fn save_with_metadata(
     path: &Path,
     tensors: &[(String, Tensor)],
-    metadata: HashMap<String, String>,
+    mut metadata: HashMap<String, String>,
 ) -> Result<()> {
     let mut buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
     for (name, tensor) in tensors {
@@ -101,9 +110,71 @@ pub fn save_with_metadata(
             ))
         })
         .collect::<Result<_>>()?;
+    metadata.insert(
+        CHECKSUM_KEY.to_string(),
+        tensors_checksum(views.iter().map(|(n, v)| (n.as_str(), v))),
+    );
     let bytes = safetensors::serialize(views, &Some(metadata))
         .map_err(|e| anyhow!("serializing checkpoint: {e:?}"))?;
     write_atomic(path, &bytes)
+}
+
+/// The checksum of a set of tensors, independent of their order: `sha256:` and the hex
+/// SHA-256 of, for each tensor in name order, the name, the dtype as the safetensors header
+/// writes it (`F32`, `I64`, ...), the shape and the data bytes, each preceded by its length
+/// (or, for the shape, its number of dimensions) as a little-endian `u64`.
+pub fn tensors_checksum<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, &'a TensorView<'a>)>,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let mut sorted: Vec<_> = tensors.into_iter().collect();
+    sorted.sort_by_key(|(name, _)| *name);
+    let mut hasher = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    };
+    for (name, view) in sorted {
+        field(name.as_bytes());
+        field(format!("{:?}", view.dtype()).as_bytes());
+        let shape: Vec<u8> = view
+            .shape()
+            .iter()
+            .flat_map(|&d| (d as u64).to_le_bytes())
+            .collect();
+        field(&shape);
+        field(view.data());
+    }
+    let digest = hasher.finalize();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// Checks the tensors of a parsed file against the checksum written with them; a file
+/// without one (written before checksums existed) passes unchecked.
+fn verify_checksum(
+    path: &Path,
+    parsed: &safetensors::SafeTensors<'_>,
+    metadata: &safetensors::tensor::Metadata,
+) -> Result<()> {
+    let Some(expected) = metadata
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(CHECKSUM_KEY))
+    else {
+        return Ok(());
+    };
+    let views = parsed.tensors();
+    let actual = tensors_checksum(views.iter().map(|(n, v)| (n.as_str(), v)));
+    if &actual != expected {
+        bail!(
+            "checkpoint {} is corrupt: its tensors do not match the checksum written with them \
+             (expected {expected}, found {actual}); the file was damaged after it was written \
+             (disk, copy or transfer): use an intact copy",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// A loaded checkpoint.
@@ -119,11 +190,15 @@ pub fn read_info(path: &Path) -> Result<CheckpointInfo> {
     Ok(parse(path, &bytes)?.1)
 }
 
-/// Loads a checkpoint, with one clear error for a missing, truncated or foreign file.
+/// Loads a checkpoint, with one clear error for a missing, truncated, corrupt (checksum
+/// mismatch) or foreign file.
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let bytes =
         std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
     let (parsed, info) = parse(path, &bytes)?;
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| anyhow!("{}: {e:?}", path.display()))?;
+    verify_checksum(path, &parsed, &metadata)?;
     let mut tensors = HashMap::new();
     for (name, view) in parsed.tensors() {
         let kind = dtype_to_kind(view.dtype())
@@ -275,5 +350,90 @@ mod tests {
         let err = load(&path).err().unwrap().to_string();
         assert!(err.contains("not an ssl-host checkpoint"), "{err}");
         assert!(load(&dir.path().join("missing")).is_err());
+    }
+
+    /// Writes a two-tensor checkpoint and returns its path and the offset of the data region
+    /// (after the 8-byte header length and the JSON header).
+    fn saved(dir: &Path) -> (std::path::PathBuf, usize) {
+        let path = dir.join("last.safetensors");
+        let a = Tensor::from_slice(&[1.5f32, -2.0, 3.25, 0.5]).view([2, 2]);
+        let b = Tensor::from_slice(&[7i64, 8]);
+        save(&path, &[("a".into(), a), ("b".into(), b)], &info()).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        (path, 8 + header)
+    }
+
+    #[test]
+    fn a_flipped_byte_in_the_tensor_data_is_reported_as_corruption_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, data_start) = saved(dir.path());
+        // Intact: loads, and the checksum is in the header.
+        let c = load(&path).unwrap();
+        assert_eq!(c.tensors.len(), 2);
+        let text = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).to_string();
+        assert!(text.contains(CHECKSUM_KEY), "{text}");
+        let intact = std::fs::read(&path).unwrap();
+        let data_len = intact.len() - data_start;
+        assert_eq!(data_len, 4 * 4 + 2 * 8);
+        // One flipped bit at each end and in the middle of the data region.
+        for offset in [0, data_len / 2, data_len - 1] {
+            let mut bytes = intact.clone();
+            bytes[data_start + offset] ^= 0x01;
+            std::fs::write(&path, &bytes).unwrap();
+            let err = format!(
+                "{:#}",
+                load(&path).err().expect("corruption went unnoticed")
+            );
+            assert!(
+                err.contains(&format!(
+                    "checkpoint {} is corrupt: its tensors do not match the checksum written with them",
+                    path.display()
+                )),
+                "byte {offset}: {err}"
+            );
+        }
+        std::fs::write(&path, &intact).unwrap();
+        assert!(load(&path).is_ok());
+    }
+
+    #[test]
+    fn a_checkpoint_without_a_checksum_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.safetensors");
+        // As written before checksums existed: only the `ssl_host` record.
+        let data: Vec<u8> = [1.0f32, 2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let view = TensorView::new(Dtype::F32, vec![2], &data).unwrap();
+        let metadata = HashMap::from([(
+            "ssl_host".to_string(),
+            serde_json::to_string(&info()).unwrap(),
+        )]);
+        std::fs::write(
+            &path,
+            safetensors::serialize([("w".to_string(), view)], &Some(metadata)).unwrap(),
+        )
+        .unwrap();
+        let c = load(&path).unwrap();
+        assert!(c.tensors["w"].equal(&Tensor::from_slice(&[1.0f32, 2.0])));
+        assert_eq!(c.info, info());
+    }
+
+    #[test]
+    fn the_checksum_covers_names_dtypes_and_shapes_not_just_bytes() {
+        let data = [0u8; 8];
+        let sum = |name: &str, dtype: Dtype, shape: Vec<usize>| {
+            let view = TensorView::new(dtype, shape, &data).unwrap();
+            tensors_checksum([(name, &view)])
+        };
+        let base = sum("w", Dtype::F32, vec![2]);
+        assert!(
+            base.starts_with("sha256:") && base.len() == 7 + 64,
+            "{base}"
+        );
+        assert_eq!(base, sum("w", Dtype::F32, vec![2]));
+        assert_ne!(base, sum("v", Dtype::F32, vec![2]));
+        assert_ne!(base, sum("w", Dtype::I32, vec![2]));
+        assert_ne!(base, sum("w", Dtype::F32, vec![1, 2]));
+        assert_ne!(base, sum("w", Dtype::U8, vec![8]));
     }
 }

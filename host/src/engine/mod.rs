@@ -144,10 +144,12 @@ pub fn fit<T: Task>(
     // Rank 0 decides the run folder (and alone writes to it); the others learn its name.
     let world = crate::world::current();
     let main = world.is_main();
-    let (dir, stored) = if main {
-        run_folder(&config, options.resume)?
+    // Rank 0 also holds the folder's run.lock until `fit` returns (one run per folder).
+    let (dir, stored, lock) = if main {
+        let (dir, stored, lock) = run_folder(&config, options.resume)?;
+        (dir, stored, Some(lock))
     } else {
-        (PathBuf::new(), None)
+        (PathBuf::new(), None, None)
     };
     let dir = PathBuf::from(world.broadcast_text(&dir.display().to_string())?);
     let checkpoint_path = dir.join("checkpoints").join("last.safetensors");
@@ -156,6 +158,9 @@ pub fn fit<T: Task>(
         other => other,
     };
     let _cleanup = main.then(|| RemoveIfEmpty::new(&config, &dir));
+    // Declared after `_cleanup`, so dropped before it: run.lock is gone when an empty folder
+    // is removed.
+    let _lock = lock;
     config.output_dir = Some(dir.display().to_string());
     let mut task = build(config, stored.as_ref())?;
     let (start_epoch, mut global_step) = match &stored {
