@@ -7,6 +7,7 @@
 //! extended / lossless, RLE lossless. Other encapsulated syntaxes (JPEG 2000, JPEG-LS, ...)
 //! give an error naming the transfer syntax.
 
+use crate::image_file::ImageLimits;
 use dicom_core::value::Value;
 use dicom_dictionary_std::tags;
 use dicom_object::file::ReadPreamble;
@@ -16,7 +17,7 @@ use dicom_pixeldata::{
     PlanarConfiguration,
 };
 use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
-use ssl_plugin_api::{bail, Image, PluginError, Result};
+use ssl_plugin_api::{Image, PluginError, Result};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
@@ -39,28 +40,33 @@ use std::path::Path;
 /// Errors (never panics): unreadable file, not a DICOM Part-10 file, corrupt or truncated
 /// data, missing image attributes, or a transfer syntax that cannot be decoded; each message
 /// names the file, and the transfer syntax (UID and name) once it is known.
-pub(crate) fn decode_dicom_gray8(path: &Path) -> Result<Image> {
+pub(crate) fn decode_dicom_gray8(path: &Path, limits: ImageLimits) -> Result<Image> {
     let bytes = std::fs::read(path).map_err(|e| {
         PluginError::msg(format!(
             "{}: cannot read the DICOM file: {e}",
             path.display()
         ))
     })?;
+    decode_dicom_bytes(&bytes, limits)
+        .map_err(|message| PluginError::msg(format!("{}: {message}", path.display())))
+}
+
+/// [`decode_dicom_gray8`] of a file's bytes, with errors as messages that the caller prefixes
+/// with the path (what the fuzz target calls).
+pub(crate) fn decode_dicom_bytes(bytes: &[u8], limits: ImageLimits) -> Result<Image, String> {
     // dicom-rs has been seen to index out of bounds on some malformed encapsulated data;
     // the checks below catch the known cases, and this turns any other panic into an error.
-    match catch_unwind(AssertUnwindSafe(|| decode_bytes(&bytes))) {
-        Ok(Ok(image)) => Ok(image),
-        Ok(Err(message)) => bail!("{}: {message}", path.display()),
+    match catch_unwind(AssertUnwindSafe(|| decode_bytes(bytes, limits))) {
+        Ok(result) => result,
         Err(panic) => {
             let reason = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown reason".into());
-            bail!(
-                "{}: the DICOM decoder failed on corrupt data ({reason})",
-                path.display()
-            )
+            Err(format!(
+                "the DICOM decoder failed on corrupt data ({reason})"
+            ))
         }
     }
 }
@@ -87,9 +93,78 @@ const JPEG_UIDS: [&str; 4] = [
     "1.2.840.10008.1.2.4.70",
 ];
 const RLE_UID: &str = "1.2.840.10008.1.2.5";
+const DEFLATED_UID: &str = "1.2.840.10008.1.2.1.99";
+
+/// The most bytes a stored sample takes (Bits Allocated 32, or 64 for float data).
+const MAX_BYTES_PER_SAMPLE: u64 = 8;
+
+/// What a data set may hold besides its pixels once inflated (headers, overlays, tags).
+const NON_PIXEL_BYTES: u64 = 16 << 20;
+
+/// Refuses an image whose Rows × Columns × Number of Frames × Samples per Pixel exceeds the
+/// limit, before its pixel data is decoded. Absent attributes are left to the decoder's own
+/// errors; Number of Frames is 1 when absent.
+fn check_dimensions(
+    object: &dicom_object::DefaultDicomObject,
+    limits: ImageLimits,
+) -> Result<(), String> {
+    let int = |tag: dicom_core::Tag| -> Option<u64> {
+        let element = object.element_opt(tag).ok()??;
+        // Number of Frames is an IS (text); the others are US.
+        element.to_int::<i64>().ok().map(|v| v.max(0) as u64)
+    };
+    let (Some(rows), Some(columns)) = (int(tags::ROWS), int(tags::COLUMNS)) else {
+        return Ok(());
+    };
+    let frames = int(tags::NUMBER_OF_FRAMES).unwrap_or(1);
+    let samples = int(tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+    limits.check(
+        "the DICOM header",
+        &[
+            ("rows", rows),
+            ("columns", columns),
+            ("frames", frames),
+            ("samples per pixel", samples),
+        ],
+    )
+}
+
+/// Refuses a deflated data set that would inflate past what an image within the limit needs
+/// (a "zip bomb"), by inflating it once into nothing and counting, before dicom-rs inflates
+/// it into memory.
+fn check_inflated_size(
+    bytes: &[u8],
+    meta: &FileMetaTable,
+    limits: ImageLimits,
+) -> Result<(), String> {
+    use std::io::Read;
+    // After the preamble, `DICM`, the (0002,0000) element (12 bytes) and the group it counts.
+    let start = 128 + 4 + 12 + meta.information_group_length as usize;
+    let Some(deflated) = bytes.get(start..) else {
+        return Ok(());
+    };
+    let budget = limits
+        .max_pixels
+        .saturating_mul(MAX_BYTES_PER_SAMPLE)
+        .saturating_add(NON_PIXEL_BYTES);
+    let mut inflater = flate2::read::DeflateDecoder::new(deflated).take(budget.saturating_add(1));
+    // A stream that fails to inflate is left to dicom-rs, which names the error.
+    let Ok(size) = std::io::copy(&mut inflater, &mut std::io::sink()) else {
+        return Ok(());
+    };
+    if size > budget {
+        return Err(format!(
+            "the deflated data set inflates to more than {budget} bytes, more than an image \
+             within the limit max_image_pixels = {} needs (refused before decoding; raise the \
+             dataset parameter `max_image_pixels` if the image is genuine)",
+            limits.max_pixels
+        ));
+    }
+    Ok(())
+}
 
 /// The whole decoding, with errors as messages that the caller prefixes with the path.
-fn decode_bytes(bytes: &[u8]) -> Result<Image, String> {
+fn decode_bytes(bytes: &[u8], limits: ImageLimits) -> Result<Image, String> {
     if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
         return Err(format!(
             "not a DICOM Part-10 file: expected a 128-byte preamble followed by \"DICM\" \
@@ -113,10 +188,14 @@ fn decode_bytes(bytes: &[u8]) -> Result<Image, String> {
              RLE lossless)"
         ));
     }
+    if uid == DEFLATED_UID {
+        check_inflated_size(bytes, &meta, limits).map_err(|e| format!("{e} ({ts_desc})"))?;
+    }
     let object = OpenFileOptions::new()
         .read_preamble(ReadPreamble::Never)
         .from_reader(&bytes[128..])
         .map_err(|e| format!("corrupt or truncated DICOM data ({ts_desc}): {}", chain(&e)))?;
+    check_dimensions(&object, limits).map_err(|e| format!("{e} ({ts_desc})"))?;
 
     let pixel_data = object
         .element_opt(tags::PIXEL_DATA)
@@ -857,7 +936,8 @@ mod file_tests {
         let dir = tempfile::tempdir().unwrap();
         let cases = exact_cases();
         for ((name, spec), path) in cases.iter().zip(write_cases(dir.path(), &cases)) {
-            let image = decode_dicom_gray8(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let image = decode_dicom_gray8(&path, ImageLimits::default())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(
                 (image.width(), image.height()),
                 (spec.width, spec.height),
@@ -882,7 +962,10 @@ mod file_tests {
             .iter()
             .map(|v: &f64| (v * 255.0 / 4095.0) as u8)
             .collect();
-        assert_eq!(gray(&decode_dicom_gray8(&path).unwrap()), want);
+        assert_eq!(
+            gray(&decode_dicom_gray8(&path, ImageLimits::default()).unwrap()),
+            want
+        );
         assert_eq!(want, vec![255, 192, 5, 0]);
 
         spec.signed = true;
@@ -891,13 +974,13 @@ mod file_tests {
         write_dicom(&path, &spec).unwrap();
         // -(px + 1): [32767, 0, -1, -32768]
         assert_eq!(
-            gray(&decode_dicom_gray8(&path).unwrap()),
+            gray(&decode_dicom_gray8(&path, ImageLimits::default()).unwrap()),
             vec![255, 127, 127, 0]
         );
         spec.photometric = Photometric::Monochrome2;
         write_dicom(&path, &spec).unwrap();
         assert_eq!(
-            gray(&decode_dicom_gray8(&path).unwrap()),
+            gray(&decode_dicom_gray8(&path, ImageLimits::default()).unwrap()),
             vec![0, 127, 127, 255]
         );
     }
@@ -908,7 +991,7 @@ mod file_tests {
         let path = dir.path().join("1.dcm");
         // The original's test fixture: np.ones([256, 256], uint16), MONOCHROME2.
         write_dicom(&path, &DicomSpec::gray16(256, 256, 16, vec![1; 256 * 256])).unwrap();
-        let image = decode_dicom_gray8(&path).unwrap();
+        let image = decode_dicom_gray8(&path, ImageLimits::default()).unwrap();
         assert_eq!((image.width(), image.height()), (256, 256));
         assert!(gray(&image).iter().all(|&v| v == 0));
     }
@@ -935,7 +1018,10 @@ mod file_tests {
         for (name, spec) in [("grey", &grey), ("2 frames", &frames), ("RGB", &rgb)] {
             let path = dir.path().join(format!("{name}.dcm"));
             write_dicom(&path, spec).unwrap();
-            let got = gray(&decode_dicom_gray8(&path).unwrap_or_else(|e| panic!("{name}: {e}")));
+            let got = gray(
+                &decode_dicom_gray8(&path, ImageLimits::default())
+                    .unwrap_or_else(|e| panic!("{name}: {e}")),
+            );
             let want = expected(&grey);
             let mad = mean_abs_diff(&got, &want);
             assert!(mad <= 1.5, "{name}: mean abs difference {mad}");
@@ -950,7 +1036,7 @@ mod file_tests {
     }
 
     fn assert_error(path: &Path, what: &[&str]) -> String {
-        let error = decode_dicom_gray8(path)
+        let error = decode_dicom_gray8(path, ImageLimits::default())
             .expect_err("expected an error")
             .to_string();
         assert!(
@@ -1007,14 +1093,14 @@ mod file_tests {
         ] {
             let bytes = dicom_bytes(&spec).unwrap();
             std::fs::write(&path, &bytes).unwrap();
-            let full = decode_dicom_gray8(&path).unwrap();
+            let full = decode_dicom_gray8(&path, ImageLimits::default()).unwrap();
             let mut decoded = 0;
             for cut in (0..bytes.len())
                 .step_by(7)
                 .chain([bytes.len() - 9, bytes.len() - 1])
             {
                 std::fs::write(&path, &bytes[..cut]).unwrap();
-                match decode_dicom_gray8(&path) {
+                match decode_dicom_gray8(&path, ImageLimits::default()) {
                     // What may go missing unnoticed is the end of the file after the pixels:
                     // the sequence delimiter, or the end of the deflate stream.
                     Ok(image) => {
@@ -1060,7 +1146,7 @@ mod file_tests {
                 let at = pixel_start + flip as usize;
                 bytes[at] ^= [0xFF, 0x01, 0x80, 0x3C][k % 4];
                 std::fs::write(&path, &bytes).unwrap();
-                if let Err(error) = decode_dicom_gray8(&path) {
+                if let Err(error) = decode_dicom_gray8(&path, ImageLimits::default()) {
                     let error = error.to_string();
                     assert!(
                         !error.contains("decoder failed"),
@@ -1118,7 +1204,7 @@ for src in sys.argv[1:]:
         );
         for ((name, _), path) in cases.iter().zip(&paths) {
             let theirs = std::fs::read(path.with_extension("dcm.L")).unwrap();
-            let ours = gray(&decode_dicom_gray8(path).unwrap());
+            let ours = gray(&decode_dicom_gray8(path, ImageLimits::default()).unwrap());
             if name.starts_with("JPEG") {
                 let mad = mean_abs_diff(&ours, &theirs);
                 assert!(mad <= 1.0, "{name}: mean abs difference {mad} from pydicom");
