@@ -744,3 +744,220 @@ mod pillow_tests {
         }
     }
 }
+
+/// `max_image_pixels`: hostile headers are refused before any pixel buffer is allocated.
+#[cfg(all(test, feature = "testdata"))]
+mod limit_tests {
+    use super::*;
+    use crate::testdata::dicom::{dicom_bytes, DicomSpec, TransferSyntax};
+
+    /// A grey 8-bit PNG whose header claims `width × height` (its data is one short row).
+    fn png_claiming(width: u32, height: u32) -> Vec<u8> {
+        fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+            out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            out.extend_from_slice(kind);
+            out.extend_from_slice(data);
+            let mut crc = flate2::Crc::new();
+            crc.update(kind);
+            crc.update(data);
+            out.extend_from_slice(&crc.sum().to_be_bytes());
+        }
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(&width.to_be_bytes());
+        ihdr.extend_from_slice(&height.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
+        let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut zlib, &[0; 64]).unwrap();
+        let mut out = PNG_SIGNATURE.to_vec();
+        chunk(&mut out, b"IHDR", &ihdr);
+        chunk(&mut out, b"IDAT", &zlib.finish().unwrap());
+        chunk(&mut out, b"IEND", &[]);
+        out
+    }
+
+    /// A grey baseline JPEG whose frame header claims `width × height` (its scan is 8 × 8).
+    fn jpeg_claiming(width: u16, height: u16) -> Vec<u8> {
+        let mut out = Vec::new();
+        jpeg_encoder::Encoder::new(&mut out, 90)
+            .encode(&[128; 64], 8, 8, jpeg_encoder::ColorType::Luma)
+            .unwrap();
+        let sof = out.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        out[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+        out[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+        out
+    }
+
+    /// A DICOM file (explicit VR little endian) whose US attribute (0028,`element`) is
+    /// patched to `value`.
+    fn patch_us(mut bytes: Vec<u8>, element: u8, value: u16) -> Vec<u8> {
+        let tag = [0x28, 0x00, element, 0x00, b'U', b'S', 2, 0];
+        let at = bytes.windows(8).position(|w| w == tag).unwrap() + 8;
+        bytes[at..at + 2].copy_from_slice(&value.to_le_bytes());
+        bytes
+    }
+
+    /// A 4 × 4 DICOM whose Rows and Columns claim 65,535 × 65,535 (the most US allows).
+    fn dicom_claiming_max() -> Vec<u8> {
+        let small = dicom_bytes(&DicomSpec::gray8(4, 4, vec![7; 16])).unwrap();
+        patch_us(patch_us(small, 0x10, u16::MAX), 0x11, u16::MAX)
+    }
+
+    /// The three hostile files, written to `dir`: (path, what the message must name).
+    fn hostile_files(dir: &Path) -> Vec<(std::path::PathBuf, &'static str)> {
+        let files = [
+            (
+                "huge.png",
+                png_claiming(100_000, 100_000),
+                "100000 columns × 100000 rows",
+            ),
+            (
+                "huge.jpg",
+                jpeg_claiming(65_000, 65_000),
+                "65000 columns × 65000 rows",
+            ),
+            (
+                "huge.dcm",
+                dicom_claiming_max(),
+                "65535 rows × 65535 columns × 1 frames",
+            ),
+        ];
+        files
+            .into_iter()
+            .map(|(name, bytes, claim)| {
+                let path = dir.join(name);
+                std::fs::write(&path, bytes).unwrap();
+                (path, claim)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn huge_headers_are_refused_naming_the_file_and_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, claim) in hostile_files(dir.path()) {
+            for result in [
+                decode_gray8(&path, ImageLimits::default()),
+                decode_native(&path, ImageLimits::default()),
+            ] {
+                let e = result.unwrap_err().message();
+                assert!(e.contains(&path.display().to_string()), "{e}");
+                assert!(e.contains(claim), "{e}");
+                assert!(e.contains("max_image_pixels = 67108864"), "{e}");
+            }
+        }
+    }
+
+    /// The same refusals in a child process (this test binary, running only
+    /// `child_decodes_hostile_files`), whose peak resident memory must stay under 200 MB:
+    /// without the checks the decoders would allocate gigabytes.
+    #[test]
+    fn huge_headers_are_refused_with_little_memory() {
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "image_file::limit_tests::child_decodes_hostile_files",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("SSL_LIMITS_CHILD", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // The line follows the test harness's "test ... " on the same line.
+        let peak_kb: u64 = stdout
+            .split("VmHWM:")
+            .nth(1)
+            .and_then(|v| v.lines().next())
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmHWM in the child's output: {stdout}"));
+        assert!(
+            peak_kb < 200 * 1024,
+            "peak resident memory {peak_kb} kB refusing the hostile files"
+        );
+    }
+
+    #[test]
+    fn child_decodes_hostile_files() {
+        if std::env::var_os("SSL_LIMITS_CHILD").is_none() {
+            return; // run by huge_headers_are_refused_with_little_memory only
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for (path, _) in hostile_files(dir.path()) {
+            assert!(decode_gray8(&path, ImageLimits::default()).is_err());
+            assert!(decode_native(&path, ImageLimits::default()).is_err());
+        }
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let peak = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        println!("{peak}");
+    }
+
+    #[test]
+    fn the_dicom_frame_count_counts() {
+        let spec = DicomSpec::gray8(4, 4, vec![3; 32]); // two frames
+        let bytes = dicom_bytes(&spec).unwrap();
+        let limits = ImageLimits { max_pixels: 800 };
+        assert!(crate::dicom::decode_dicom_bytes(&bytes, limits).is_ok());
+        // Number of Frames "2 " → "99": 4 × 4 × 99 = 1584 pixels > 800.
+        let mut claim = bytes.clone();
+        let is = claim
+            .windows(2)
+            .enumerate()
+            .filter(|(_, w)| *w == b"2 ")
+            .map(|(i, _)| i)
+            .find(|&i| claim[i - 4..i - 2] == *b"IS")
+            .expect("Number of Frames (IS) in the file");
+        claim[is..is + 2].copy_from_slice(b"99");
+        let e = crate::dicom::decode_dicom_bytes(&claim, limits).unwrap_err();
+        assert!(
+            e.contains("4 rows × 4 columns × 99 frames × 1 samples per pixel = 1584 pixels"),
+            "{e}"
+        );
+        assert!(e.contains("max_image_pixels = 800"), "{e}");
+    }
+
+    #[test]
+    fn a_deflated_data_set_that_inflates_past_the_limit_is_refused() {
+        let side = 4200; // 17.6 M pixels, more than 1000 pixels × 8 bytes + 16 MiB
+        let spec = DicomSpec {
+            transfer_syntax: TransferSyntax::DeflatedExplicitVrLittleEndian,
+            ..DicomSpec::gray8(side, side, vec![0; (side * side) as usize])
+        };
+        let bytes = dicom_bytes(&spec).unwrap();
+        assert!(bytes.len() < 1 << 20, "{} bytes", bytes.len());
+        let e =
+            crate::dicom::decode_dicom_bytes(&bytes, ImageLimits { max_pixels: 1000 }).unwrap_err();
+        assert!(e.contains("inflates to more than"), "{e}");
+        assert!(e.contains("max_image_pixels = 1000"), "{e}");
+        let image = crate::dicom::decode_dicom_bytes(&bytes, ImageLimits::default()).unwrap();
+        assert_eq!((image.width(), image.height()), (side, side));
+    }
+
+    #[test]
+    fn the_limit_is_a_dataset_parameter() {
+        let params = Params::from_json(r#"{"max_image_pixels": 1234}"#).unwrap();
+        let limits = ImageLimits::from_params(&params, "NIHCXR").unwrap();
+        assert_eq!(limits.max_pixels, 1234);
+        assert_eq!(
+            ImageLimits::from_params(&Params::default(), "NIHCXR").unwrap(),
+            ImageLimits::default()
+        );
+        let zero = Params::from_json(r#"{"max_image_pixels": 0}"#).unwrap();
+        let e = ImageLimits::from_params(&zero, "NIHCXR")
+            .unwrap_err()
+            .message();
+        assert!(e.contains("NIHCXR: parameter `max_image_pixels`"), "{e}");
+        let text = Params::from_json(r#"{"max_image_pixels": "many"}"#).unwrap();
+        let e = ImageLimits::from_params(&text, "NIHCXR")
+            .unwrap_err()
+            .message();
+        assert!(
+            e.contains("NIHCXR") && e.contains("max_image_pixels"),
+            "{e}"
+        );
+    }
+}
