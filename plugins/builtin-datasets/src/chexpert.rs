@@ -212,7 +212,7 @@ pub(crate) fn register(plugin: Plugin) -> Plugin {
          root/valid.csv (split test), JPEGs at root/<Path without CheXpert-v1.0(-small)/>, \
          8-bit grey; unlabelled unless chexpert_label = a finding column (e.g. \"Pneumonia\"; \
          1.0 → 1, 0.0 or empty → 0, -1.0 → uncertainty_policy = ones (default) | zeros | \
-         ignore (row dropped)), then 2 classes",
+         ignore (row dropped)), then 2 classes; max_image_pixels (67108864): larger images are refused",
             CheXpert::from_params,
         )
         .dataset_info(crate::chest_xray_info())

@@ -146,7 +146,7 @@ pub(crate) fn register(plugin: Plugin) -> Plugin {
             NAME,
             "COVID chest X-rays: root/dataset.csv (subject,filepath,final_label 0..3 → {0,3}: 0, \
          {1,2}: 1), images root/{filepath}, 8-bit grey; 2 classes; split train = all rows, test = \
-         empty; train/validation split by subject",
+         empty; train/validation split by subject; max_image_pixels (67108864): larger images are refused",
             CovidDataset::from_params,
         )
         .dataset_info(crate::chest_xray_info())

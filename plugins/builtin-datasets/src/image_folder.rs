@@ -258,13 +258,13 @@ pub(crate) fn register(plugin: Plugin) -> Plugin {
             "ImageFolder",
             "your own labelled images: root/<class>/<image> (PNG, JPEG, DICOM; searched \
              recursively; hidden and other files ignored), classes = sub-folders sorted by name, \
-             RGB (grey repeated); split train = all, test = empty",
+             RGB (grey repeated); split train = all, test = empty; max_image_pixels (67108864): larger images are refused",
             ImageFolder::labelled,
         )
         .dataset(
             "ImageFolderUnlabelled",
             "your own unlabelled images: every PNG, JPEG or DICOM under root (recursively, \
-             sorted), RGB (grey repeated); split train = all, test = empty",
+             sorted), RGB (grey repeated); split train = all, test = empty; max_image_pixels (67108864): larger images are refused",
             ImageFolder::unlabelled,
         )
 }

@@ -135,7 +135,7 @@ pub(crate) fn register(plugin: Plugin) -> Plugin {
             NAME,
             "NIH ChestX-ray14, unlabelled: root/Data_Entry_2017.csv (column `Image Index`), PNG \
          images flat in root or in Kaggle's images_0XX/images/ folders, 8-bit grey; split \
-         train = all rows, test = empty",
+         train = all rows, test = empty; max_image_pixels (67108864): larger images are refused",
             NihCxr::from_params,
         )
         .dataset_info(crate::chest_xray_info())

@@ -114,7 +114,7 @@ pub(crate) fn register(plugin: Plugin) -> Plugin {
     plugin.dataset(
         NAME,
         "RSNA pneumonia (Kaggle) chest X-rays: root/dataset.csv (subject,label 0|1), DICOM images \
-         root/{subject}.dcm, 8-bit grey; 2 classes; split train = all rows, test = empty",
+         root/{subject}.dcm, 8-bit grey; 2 classes; split train = all rows, test = empty; max_image_pixels (67108864): larger images are refused",
         RsnaKaggleCxr::from_params,
     )
     .dataset_info(crate::chest_xray_info())
