@@ -347,6 +347,12 @@ fn check_rle_header(fragment: &[u8], geometry: &Geometry) -> Result<(), String> 
     };
     let segments = word(0);
     let expected = geometry.samples as usize * (geometry.bits_allocated as usize).div_ceil(8);
+    // The 64-byte header has room for 15 offsets (PS3.5 G.5).
+    if segments > 15 {
+        return Err(format!(
+            "the RLE header declares {segments} segments, more than the 15 it can hold"
+        ));
+    }
     if segments != expected {
         return Err(format!(
             "the RLE header declares {segments} segments, expected {expected} \
@@ -591,6 +597,22 @@ mod tests {
         );
         // truncated literal counts what is there
         assert_eq!(packbits_len(&[5, 1, 2]), 2);
+    }
+
+    /// Regression: an RLE header declaring more segments than its 15 offset slots (with
+    /// Samples per Pixel to match) indexed past the header.
+    #[test]
+    fn regression_rle_header_with_more_than_15_segments_is_an_error() {
+        let mut fragment = vec![0u8; 64];
+        fragment[..4].copy_from_slice(&20u32.to_le_bytes());
+        let geometry = Geometry {
+            rows: 1,
+            cols: 1,
+            samples: 20,
+            bits_allocated: 8,
+        };
+        let e = check_rle_header(&fragment, &geometry).unwrap_err();
+        assert!(e.contains("20 segments, more than the 15"), "{e}");
     }
 }
 
