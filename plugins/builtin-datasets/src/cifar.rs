@@ -361,7 +361,7 @@ fn parse_binary(
 ) -> Result<()> {
     let skip = kind.label_bytes();
     let record = skip + IMAGE_BYTES;
-    if bytes.len() % record != 0 {
+    if !bytes.len().is_multiple_of(record) {
         bail!(
             "{}: {} bytes is not a whole number of {record}-byte records ({skip} label \
              byte{} + {IMAGE_BYTES} pixel bytes)",

@@ -94,6 +94,8 @@ const JPEG_UIDS: [&str; 4] = [
 ];
 const RLE_UID: &str = "1.2.840.10008.1.2.5";
 const DEFLATED_UID: &str = "1.2.840.10008.1.2.1.99";
+const IMPLICIT_UID: &str = "1.2.840.10008.1.2";
+const BIG_ENDIAN_UID: &str = "1.2.840.10008.1.2.2";
 
 /// The most bytes a stored sample takes (Bits Allocated 32, or 64 for float data).
 const MAX_BYTES_PER_SAMPLE: u64 = 8;
@@ -127,6 +129,82 @@ fn check_dimensions(
             ("samples per pixel", samples),
         ],
     )
+}
+
+/// Refuses a data set in which an element declares more bytes than the file has left, before
+/// dicom-rs (which allocates an element's declared length before reading it) reads it: a
+/// damaged length field is a clear error instead of a multi-gigabyte allocation. Walks the
+/// elements, into sequences and items (an implicit VR value that starts with an item tag is
+/// taken as a sequence), and over the fragments of encapsulated Pixel Data.
+fn check_element_lengths(data: &[u8], explicit: bool, big_endian: bool) -> Result<(), String> {
+    const LONG_VRS: [&[u8; 2]; 13] = [
+        b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"OD", b"OL", b"OV", b"UC", b"UR", b"SV", b"UV",
+    ];
+    const UNDEFINED: u32 = 0xFFFF_FFFF;
+    let u16_at = |at: usize| {
+        let b = [data[at], data[at + 1]];
+        if big_endian {
+            u16::from_be_bytes(b)
+        } else {
+            u16::from_le_bytes(b)
+        }
+    };
+    let u32_at = |at: usize| {
+        let b = [data[at], data[at + 1], data[at + 2], data[at + 3]];
+        if big_endian {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        }
+    };
+    let mut at = 0;
+    let mut in_fragments = false;
+    // Stop where a header no longer fits: dicom-rs reports the truncation itself.
+    while data.len() - at >= 8 {
+        let (group, element) = (u16_at(at), u16_at(at + 2));
+        let (length, header) = if group == 0xFFFE {
+            (u32_at(at + 4), 8)
+        } else if explicit {
+            let vr = [data[at + 4], data[at + 5]];
+            if LONG_VRS.contains(&&vr) {
+                if data.len() - at < 12 {
+                    break;
+                }
+                (u32_at(at + 8), 12)
+            } else {
+                (u16_at(at + 6) as u32, 8)
+            }
+        } else {
+            (u32_at(at + 4), 8)
+        };
+        at += header;
+        let left = data.len() - at;
+        if length == UNDEFINED {
+            // A sequence, an item or encapsulated Pixel Data: its contents follow as elements.
+            if (group, element) == (0x7FE0, 0x0010) {
+                in_fragments = true;
+            }
+            continue;
+        }
+        if length as usize > left {
+            return Err(format!(
+                "corrupt or truncated DICOM data: element ({group:04X},{element:04X}) declares \
+                 {length} bytes but only {left} remain in the file"
+            ));
+        }
+        let is_item = (group, element) == (0xFFFE, 0xE000);
+        if (group, element) == (0xFFFE, 0xE0DD) {
+            in_fragments = false;
+        }
+        let looks_like_items = || left >= 4 && u16_at(at) == 0xFFFE && u16_at(at + 2) == 0xE000;
+        // Walk into defined-length sequences and data set items; skip any other value.
+        let walk_into =
+            (is_item && !in_fragments) || (!is_item && group != 0xFFFE && looks_like_items());
+        if !walk_into {
+            at += length as usize;
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a deflated data set that would inflate past what an image within the limit needs
@@ -190,6 +268,14 @@ fn decode_bytes(bytes: &[u8], limits: ImageLimits) -> Result<Image, String> {
     }
     if uid == DEFLATED_UID {
         check_inflated_size(bytes, &meta, limits).map_err(|e| format!("{e} ({ts_desc})"))?;
+    } else {
+        // dicom-rs allocates an element's declared length before reading it.
+        let start = 128 + 4 + 12 + meta.information_group_length as usize;
+        if let Some(data_set) = bytes.get(start..) {
+            let explicit = uid != IMPLICIT_UID;
+            check_element_lengths(data_set, explicit, uid == BIG_ENDIAN_UID)
+                .map_err(|e| format!("{e} ({ts_desc})"))?;
+        }
     }
     let object = OpenFileOptions::new()
         .read_preamble(ReadPreamble::Never)
@@ -597,6 +683,20 @@ mod tests {
         );
         // truncated literal counts what is there
         assert_eq!(packbits_len(&[5, 1, 2]), 2);
+    }
+
+    /// Regression (found by fuzzing): an element whose length field claims ~4 GB, more than
+    /// the file holds; dicom-rs allocated the declared length before reading (out of memory).
+    #[test]
+    fn regression_element_length_past_the_end_is_an_error() {
+        let bytes =
+            include_bytes!("../../../fuzz/corpus/dicom/regression-oom-element-length-past-end");
+        let e = decode_dicom_bytes(bytes, ImageLimits::default()).unwrap_err();
+        assert!(
+            e.contains("corrupt or truncated DICOM data: element ("),
+            "{e}"
+        );
+        assert!(e.contains("remain in the file"), "{e}");
     }
 
     /// Regression: an RLE header declaring more segments than its 15 offset slots (with
