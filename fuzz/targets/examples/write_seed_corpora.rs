@@ -121,11 +121,8 @@ fn write_images(scratch: &Path) -> anyhow::Result<()> {
     let dir = scratch.join("images");
     let gray = cxr::gray_pattern(1, 12, 9);
     let rgb = cxr::rgb_pattern(2, 12, 9);
-    let files: [(
-        &str,
-        fn(&Path, u32, u32, &[u8]) -> std::io::Result<()>,
-        &[u8],
-    ); 4] = [
+    type Writer = fn(&Path, u32, u32, &[u8]) -> std::io::Result<()>;
+    let files: [(&str, Writer, &[u8]); 4] = [
         ("gray8.png", cxr::write_png_gray8, &gray),
         ("rgb8.png", cxr::write_png_rgb8, &rgb),
         ("gray8.jpg", cxr::write_jpeg_gray8, &gray),

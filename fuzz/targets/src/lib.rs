@@ -20,8 +20,11 @@ use ssl_plugin_api::{BuildInfo, Params};
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
+/// A fuzz target: arbitrary bytes in, a panic only for a bug.
+pub type Target = fn(&[u8]);
+
 /// Every target, by name (the corpus folder and the fuzz binary of each).
-pub const TARGETS: [(&str, fn(&[u8])); 9] = [
+pub const TARGETS: [(&str, Target); 9] = [
     ("dicom", dicom),
     ("image", image),
     ("cifar_binary", cifar_binary),
