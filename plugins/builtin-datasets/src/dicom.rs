@@ -207,30 +207,30 @@ fn check_element_lengths(data: &[u8], explicit: bool, big_endian: bool) -> Resul
     Ok(())
 }
 
-/// Refuses a deflated data set that would inflate past what an image within the limit needs
-/// (a "zip bomb"), by inflating it once into nothing and counting, before dicom-rs inflates
-/// it into memory.
-fn check_inflated_size(
+/// Inflates a deflated data set, refusing one that would inflate past what an image within
+/// the limit needs (a "zip bomb") before dicom-rs inflates it into memory; `None` when the
+/// stream does not inflate (dicom-rs then names the error).
+fn inflate_bounded(
     bytes: &[u8],
     meta: &FileMetaTable,
     limits: ImageLimits,
-) -> Result<(), String> {
+) -> Result<Option<Vec<u8>>, String> {
     use std::io::Read;
     // After the preamble, `DICM`, the (0002,0000) element (12 bytes) and the group it counts.
     let start = 128 + 4 + 12 + meta.information_group_length as usize;
     let Some(deflated) = bytes.get(start..) else {
-        return Ok(());
+        return Ok(None);
     };
     let budget = limits
         .max_pixels
         .saturating_mul(MAX_BYTES_PER_SAMPLE)
         .saturating_add(NON_PIXEL_BYTES);
     let mut inflater = flate2::read::DeflateDecoder::new(deflated).take(budget.saturating_add(1));
-    // A stream that fails to inflate is left to dicom-rs, which names the error.
-    let Ok(size) = std::io::copy(&mut inflater, &mut std::io::sink()) else {
-        return Ok(());
-    };
-    if size > budget {
+    let mut data_set = Vec::new();
+    if inflater.read_to_end(&mut data_set).is_err() {
+        return Ok(None);
+    }
+    if data_set.len() as u64 > budget {
         return Err(format!(
             "the deflated data set inflates to more than {budget} bytes, more than an image \
              within the limit max_image_pixels = {} needs (refused before decoding; raise the \
@@ -238,7 +238,7 @@ fn check_inflated_size(
             limits.max_pixels
         ));
     }
-    Ok(())
+    Ok(Some(data_set))
 }
 
 /// The whole decoding, with errors as messages that the caller prefixes with the path.
@@ -267,7 +267,12 @@ fn decode_bytes(bytes: &[u8], limits: ImageLimits) -> Result<Image, String> {
         ));
     }
     if uid == DEFLATED_UID {
-        check_inflated_size(bytes, &meta, limits).map_err(|e| format!("{e} ({ts_desc})"))?;
+        if let Some(data_set) =
+            inflate_bounded(bytes, &meta, limits).map_err(|e| format!("{e} ({ts_desc})"))?
+        {
+            check_element_lengths(&data_set, true, false)
+                .map_err(|e| format!("{e} ({ts_desc})"))?;
+        }
     } else {
         // dicom-rs allocates an element's declared length before reading it.
         let start = 128 + 4 + 12 + meta.information_group_length as usize;
@@ -697,6 +702,16 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("remain in the file"), "{e}");
+    }
+
+    /// Regression (found by fuzzing): the same in a deflated data set, where dicom-rs filled
+    /// the declared length byte by byte from the inflater (a timeout, then out of memory).
+    #[test]
+    fn regression_deflated_element_length_past_the_end_is_an_error() {
+        let bytes =
+            include_bytes!("../../../fuzz/corpus/dicom/regression-timeout-deflated-element-length");
+        let e = decode_dicom_bytes(bytes, ImageLimits::default()).unwrap_err();
+        assert!(e.contains("corrupt or truncated DICOM data"), "{e}");
     }
 
     /// Regression: an RLE header declaring more segments than its 15 offset slots (with
