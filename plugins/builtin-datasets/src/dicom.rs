@@ -207,6 +207,36 @@ fn check_element_lengths(data: &[u8], explicit: bool, big_endian: bool) -> Resul
     Ok(())
 }
 
+/// [`check_element_lengths`] for the file meta group (explicit VR little endian, group 0002),
+/// which dicom-rs also reads by declared lengths.
+fn check_meta_lengths(data: &[u8]) -> Result<(), String> {
+    let mut at = 0;
+    while data.len() - at >= 8 && data[at..at + 2] == [0x02, 0x00] {
+        let element = u16::from_le_bytes([data[at + 2], data[at + 3]]);
+        let vr = [data[at + 4], data[at + 5]];
+        let (length, header) =
+            if [*b"OB", *b"OW", *b"UN", *b"SQ", *b"UT", *b"UC", *b"UR"].contains(&vr) {
+                if data.len() - at < 12 {
+                    break;
+                }
+                let l = &data[at + 8..at + 12];
+                (u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize, 12)
+            } else {
+                (u16::from_le_bytes([data[at + 6], data[at + 7]]) as usize, 8)
+            };
+        at += header;
+        let left = data.len() - at;
+        if length > left {
+            return Err(format!(
+                "invalid DICOM file meta group (0002,xxxx): element (0002,{element:04X}) declares \
+                 {length} bytes but only {left} remain in the file"
+            ));
+        }
+        at += length;
+    }
+    Ok(())
+}
+
 /// Inflates a deflated data set, refusing one that would inflate past what an image within
 /// the limit needs (a "zip bomb") before dicom-rs inflates it into memory; `None` when the
 /// stream does not inflate (dicom-rs then names the error).
@@ -250,6 +280,7 @@ fn decode_bytes(bytes: &[u8], limits: ImageLimits) -> Result<Image, String> {
             bytes.len()
         ));
     }
+    check_meta_lengths(&bytes[132..])?;
     let meta = FileMetaTable::from_reader(&bytes[128..])
         .map_err(|e| format!("invalid DICOM file meta group (0002,xxxx): {}", chain(&e)))?;
     let uid = meta.transfer_syntax().to_string();
@@ -712,6 +743,16 @@ mod tests {
             include_bytes!("../../../fuzz/corpus/dicom/regression-timeout-deflated-element-length");
         let e = decode_dicom_bytes(bytes, ImageLimits::default()).unwrap_err();
         assert!(e.contains("corrupt or truncated DICOM data"), "{e}");
+    }
+
+    /// Regression (found by fuzzing): the same in the file meta group, which dicom-rs reads
+    /// first (out of memory).
+    #[test]
+    fn regression_meta_element_length_past_the_end_is_an_error() {
+        let bytes = include_bytes!("../../../fuzz/corpus/dicom/regression-oom-meta-element-length");
+        let e = decode_dicom_bytes(bytes, ImageLimits::default()).unwrap_err();
+        assert!(e.contains("invalid DICOM file meta group"), "{e}");
+        assert!(e.contains("remain in the file"), "{e}");
     }
 
     /// Regression: an RLE header declaring more segments than its 15 offset slots (with
