@@ -208,8 +208,9 @@ fn check_element_lengths(data: &[u8], explicit: bool, big_endian: bool) -> Resul
 }
 
 /// [`check_element_lengths`] for the file meta group (explicit VR little endian, group 0002),
-/// which dicom-rs also reads by declared lengths.
-fn check_meta_lengths(data: &[u8]) -> Result<(), String> {
+/// which dicom-rs also reads by declared lengths; returns where the group ends (where the data
+/// set starts), as dicom-rs finds it: by its elements, not by its group length.
+fn check_meta_lengths(data: &[u8]) -> Result<usize, String> {
     let mut at = 0;
     while data.len() - at >= 8 && data[at..at + 2] == [0x02, 0x00] {
         let element = u16::from_le_bytes([data[at + 2], data[at + 3]]);
@@ -234,7 +235,7 @@ fn check_meta_lengths(data: &[u8]) -> Result<(), String> {
         }
         at += length;
     }
-    Ok(())
+    Ok(at)
 }
 
 /// Inflates a deflated data set, refusing one that would inflate past what an image within
@@ -242,12 +243,10 @@ fn check_meta_lengths(data: &[u8]) -> Result<(), String> {
 /// stream does not inflate (dicom-rs then names the error).
 fn inflate_bounded(
     bytes: &[u8],
-    meta: &FileMetaTable,
+    start: usize,
     limits: ImageLimits,
 ) -> Result<Option<Vec<u8>>, String> {
     use std::io::Read;
-    // After the preamble, `DICM`, the (0002,0000) element (12 bytes) and the group it counts.
-    let start = 128 + 4 + 12 + meta.information_group_length as usize;
     let Some(deflated) = bytes.get(start..) else {
         return Ok(None);
     };
@@ -280,7 +279,7 @@ fn decode_bytes(bytes: &[u8], limits: ImageLimits) -> Result<Image, String> {
             bytes.len()
         ));
     }
-    check_meta_lengths(&bytes[132..])?;
+    let data_set_start = 132 + check_meta_lengths(&bytes[132..])?;
     let meta = FileMetaTable::from_reader(&bytes[128..])
         .map_err(|e| format!("invalid DICOM file meta group (0002,xxxx): {}", chain(&e)))?;
     let uid = meta.transfer_syntax().to_string();
@@ -298,16 +297,15 @@ fn decode_bytes(bytes: &[u8], limits: ImageLimits) -> Result<Image, String> {
         ));
     }
     if uid == DEFLATED_UID {
-        if let Some(data_set) =
-            inflate_bounded(bytes, &meta, limits).map_err(|e| format!("{e} ({ts_desc})"))?
+        if let Some(data_set) = inflate_bounded(bytes, data_set_start, limits)
+            .map_err(|e| format!("{e} ({ts_desc})"))?
         {
             check_element_lengths(&data_set, true, false)
                 .map_err(|e| format!("{e} ({ts_desc})"))?;
         }
     } else {
         // dicom-rs allocates an element's declared length before reading it.
-        let start = 128 + 4 + 12 + meta.information_group_length as usize;
-        if let Some(data_set) = bytes.get(start..) {
+        if let Some(data_set) = bytes.get(data_set_start..) {
             let explicit = uid != IMPLICIT_UID;
             check_element_lengths(data_set, explicit, uid == BIG_ENDIAN_UID)
                 .map_err(|e| format!("{e} ({ts_desc})"))?;
@@ -753,6 +751,16 @@ mod tests {
         let e = decode_dicom_bytes(bytes, ImageLimits::default()).unwrap_err();
         assert!(e.contains("invalid DICOM file meta group"), "{e}");
         assert!(e.contains("remain in the file"), "{e}");
+    }
+
+    /// Regression (found by fuzzing): a deflated file whose meta group length is wrong; the
+    /// data set is found by the meta elements, as dicom-rs finds it (out of memory).
+    #[test]
+    fn regression_deflated_file_with_a_wrong_group_length_is_checked() {
+        let bytes =
+            include_bytes!("../../../fuzz/corpus/dicom/regression-oom-deflated-group-length");
+        let e = decode_dicom_bytes(bytes, ImageLimits::default()).unwrap_err();
+        assert!(e.contains("corrupt or truncated DICOM data"), "{e}");
     }
 
     /// Regression: an RLE header declaring more segments than its 15 offset slots (with
