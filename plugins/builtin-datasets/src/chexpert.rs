@@ -15,7 +15,7 @@
 //! is dropped).
 
 use crate::csv_table::{check_params, root_param, split_param, CsvTable};
-use crate::image_file::decode_gray8;
+use crate::image_file::{decode_gray8, ImageLimits, MAX_IMAGE_PIXELS};
 use crate::split::Split;
 use ssl_plugin_api::{bail, Dataset, Params, Plugin, PluginError, Result, Sample};
 use std::path::PathBuf;
@@ -61,13 +61,20 @@ pub struct CheXpert {
     rows: Vec<u64>,
     /// Labels when `chexpert_label` is set.
     labels: Option<Vec<i64>>,
+    /// What one image file may claim (`max_image_pixels`).
+    limits: ImageLimits,
 }
 
 impl CheXpert {
     /// Opens the dataset from its parameters (`root`, `split`, optional `chexpert_label`,
     /// `uncertainty_policy`).
     pub fn from_params(params: &Params) -> Result<Self> {
-        check_params(params, NAME, &["chexpert_label", "uncertainty_policy"])?;
+        check_params(
+            params,
+            NAME,
+            &["chexpert_label", "uncertainty_policy", MAX_IMAGE_PIXELS],
+        )?;
+        let limits = ImageLimits::from_params(params, NAME)?;
         let root = root_param(params, NAME)?;
         let split = split_param(params)?;
         let label: Option<String> = params.get("chexpert_label")?;
@@ -79,7 +86,9 @@ impl CheXpert {
             (_, Some(p)) => UncertaintyPolicy::parse(&p)?,
             (_, None) => UncertaintyPolicy::Ones,
         };
-        Self::open(root, split, label.as_deref(), policy)
+        let mut dataset = Self::open(root, split, label.as_deref(), policy)?;
+        dataset.limits = limits;
+        Ok(dataset)
     }
 
     /// Indexes `root/train.csv` (or `valid.csv` for [`Split::Test`]), with labels from the
@@ -151,6 +160,7 @@ impl CheXpert {
             paths,
             rows,
             labels: label_col.map(|_| labels),
+            limits: ImageLimits::default(),
         })
     }
 }
@@ -169,7 +179,7 @@ impl Dataset for CheXpert {
             bail!("{NAME}: index {index} out of range ({} images)", self.len());
         };
         let path = self.root.join(relative);
-        let image = decode_gray8(&path).map_err(|e| {
+        let image = decode_gray8(&path, self.limits).map_err(|e| {
             if path.exists() {
                 e
             } else {
@@ -202,7 +212,7 @@ pub(crate) fn register(plugin: Plugin) -> Plugin {
          root/valid.csv (split test), JPEGs at root/<Path without CheXpert-v1.0(-small)/>, \
          8-bit grey; unlabelled unless chexpert_label = a finding column (e.g. \"Pneumonia\"; \
          1.0 → 1, 0.0 or empty → 0, -1.0 → uncertainty_policy = ones (default) | zeros | \
-         ignore (row dropped)), then 2 classes",
+         ignore (row dropped)), then 2 classes; max_image_pixels (67108864): larger images are refused",
             CheXpert::from_params,
         )
         .dataset_info(crate::chest_xray_info())

@@ -339,8 +339,6 @@ fn fetch_and_extract(kind: Kind, root: &Path, base_url: &str, md5: &str) -> Resu
 
 /// Reads the binary records of a split: pixels (planes) and labels.
 fn read_binary(kind: Kind, dir: &Path, split: Split) -> Result<(Vec<u8>, Vec<u8>)> {
-    let skip = kind.label_bytes();
-    let record = skip + IMAGE_BYTES;
     let mut pixels = Vec::new();
     let mut labels = Vec::new();
     for name in kind.binary_files(split) {
@@ -348,24 +346,65 @@ fn read_binary(kind: Kind, dir: &Path, split: Split) -> Result<(Vec<u8>, Vec<u8>
         require_file(dir, &path)?;
         let bytes =
             std::fs::read(&path).map_err(|e| PluginError::from(e).context(path.display()))?;
-        if bytes.len() % record != 0 {
-            bail!(
-                "{}: {} bytes is not a whole number of {record}-byte records ({skip} label \
-                 byte{} + {IMAGE_BYTES} pixel bytes)",
-                path.display(),
-                bytes.len(),
-                if skip > 1 { "s" } else { "" }
-            );
-        }
-        pixels.reserve(bytes.len() / record * IMAGE_BYTES);
-        for (i, chunk) in bytes.chunks_exact(record).enumerate() {
-            let label = chunk[skip - 1];
-            check_label(kind, label as i64, &path, i)?;
-            labels.push(label);
-            pixels.extend_from_slice(&chunk[skip..]);
-        }
+        parse_binary(kind, &bytes, &path, &mut pixels, &mut labels)?;
     }
     Ok((pixels, labels))
+}
+
+/// Appends the records of one binary file's `bytes` (read from `path`, named in errors).
+fn parse_binary(
+    kind: Kind,
+    bytes: &[u8],
+    path: &Path,
+    pixels: &mut Vec<u8>,
+    labels: &mut Vec<u8>,
+) -> Result<()> {
+    let skip = kind.label_bytes();
+    let record = skip + IMAGE_BYTES;
+    if !bytes.len().is_multiple_of(record) {
+        bail!(
+            "{}: {} bytes is not a whole number of {record}-byte records ({skip} label \
+             byte{} + {IMAGE_BYTES} pixel bytes)",
+            path.display(),
+            bytes.len(),
+            if skip > 1 { "s" } else { "" }
+        );
+    }
+    pixels.reserve(bytes.len() / record * IMAGE_BYTES);
+    for (i, chunk) in bytes.chunks_exact(record).enumerate() {
+        let label = chunk[skip - 1];
+        check_label(kind, label as i64, path, i)?;
+        labels.push(label);
+        pixels.extend_from_slice(&chunk[skip..]);
+    }
+    Ok(())
+}
+
+/// The fuzz targets' entry points: one binary file or one pickled batch, from bytes.
+pub(crate) mod from_bytes {
+    use super::*;
+
+    /// The pixels and labels of a CIFAR-10 (`cifar100` false) or CIFAR-100 binary file.
+    pub(crate) fn binary(bytes: &[u8], cifar100: bool) -> Result<(Vec<u8>, Vec<u8>)> {
+        let kind = if cifar100 {
+            Kind::Cifar100
+        } else {
+            Kind::Cifar10
+        };
+        let (mut pixels, mut labels) = (Vec::new(), Vec::new());
+        parse_binary(kind, bytes, Path::new("<bytes>"), &mut pixels, &mut labels)?;
+        Ok((pixels, labels))
+    }
+
+    /// The pixels and labels of a CIFAR-10 or CIFAR-100 pickled batch.
+    pub(crate) fn pickled(bytes: &[u8], cifar100: bool) -> Result<(Vec<u8>, Vec<u8>)> {
+        let kind = if cifar100 {
+            Kind::Cifar100
+        } else {
+            Kind::Cifar10
+        };
+        parse_python_batch(kind, bytes)
+    }
 }
 
 /// An error when a file of the layout found in `dir` is missing.
@@ -408,9 +447,13 @@ fn read_python(kind: Kind, dir: &Path, split: Split) -> Result<(Vec<u8>, Vec<u8>
 }
 
 fn read_python_batch(kind: Kind, path: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
-    use pickle::Value;
     let bytes = std::fs::read(path)?;
-    let root = pickle::load(&bytes)?;
+    parse_python_batch(kind, &bytes)
+}
+
+fn parse_python_batch(kind: Kind, bytes: &[u8]) -> Result<(Vec<u8>, Vec<u8>)> {
+    use pickle::Value;
+    let root = pickle::load(bytes)?;
     let key = kind.python_label_key();
     let (Some(data), Some(label_list)) = (root.dict_get("data"), root.dict_get(key)) else {
         bail!("expected a pickled dict with keys `data` and `{key}`");

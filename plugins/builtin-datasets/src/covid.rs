@@ -11,7 +11,7 @@
 //! `get` (8-bit grey); an absent image is reported there, naming the CSV row.
 
 use crate::csv_table::{check_params, root_param, split_param, CsvTable};
-use crate::image_file::decode_gray8;
+use crate::image_file::{decode_gray8, ImageLimits, MAX_IMAGE_PIXELS};
 use crate::split::Split;
 use ssl_plugin_api::{bail, Dataset, Params, Plugin, PluginError, Result, Sample};
 use std::path::PathBuf;
@@ -33,13 +33,16 @@ pub struct CovidDataset {
     root: PathBuf,
     csv_path: PathBuf,
     entries: Vec<Entry>,
+    /// What one image file may claim (`max_image_pixels`).
+    limits: ImageLimits,
 }
 
 impl CovidDataset {
     /// Opens the dataset from its parameters (`root`, `split`: `train` is every row, `test`
     /// is empty; the table is checked for either).
     pub fn from_params(params: &Params) -> Result<Self> {
-        check_params(params, NAME, &[])?;
+        check_params(params, NAME, &[MAX_IMAGE_PIXELS])?;
+        let limits = ImageLimits::from_params(params, NAME)?;
         let root = root_param(params, NAME)?;
         let split = split_param(params)?;
         let csv_path = root.join("dataset.csv");
@@ -83,6 +86,7 @@ impl CovidDataset {
             root,
             csv_path,
             entries,
+            limits,
         })
     }
 
@@ -111,7 +115,7 @@ impl Dataset for CovidDataset {
             bail!("{NAME}: index {index} out of range ({} images)", self.len());
         };
         let path = self.root.join(&entry.filepath);
-        let image = decode_gray8(&path).map_err(|e| {
+        let image = decode_gray8(&path, self.limits).map_err(|e| {
             if path.exists() {
                 e
             } else {
@@ -142,7 +146,7 @@ pub(crate) fn register(plugin: Plugin) -> Plugin {
             NAME,
             "COVID chest X-rays: root/dataset.csv (subject,filepath,final_label 0..3 → {0,3}: 0, \
          {1,2}: 1), images root/{filepath}, 8-bit grey; 2 classes; split train = all rows, test = \
-         empty; train/validation split by subject",
+         empty; train/validation split by subject; max_image_pixels (67108864): larger images are refused",
             CovidDataset::from_params,
         )
         .dataset_info(crate::chest_xray_info())

@@ -7,6 +7,7 @@
 //! extended / lossless, RLE lossless. Other encapsulated syntaxes (JPEG 2000, JPEG-LS, ...)
 //! give an error naming the transfer syntax.
 
+use crate::image_file::ImageLimits;
 use dicom_core::value::Value;
 use dicom_dictionary_std::tags;
 use dicom_object::file::ReadPreamble;
@@ -16,7 +17,7 @@ use dicom_pixeldata::{
     PlanarConfiguration,
 };
 use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
-use ssl_plugin_api::{bail, Image, PluginError, Result};
+use ssl_plugin_api::{Image, PluginError, Result};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
@@ -39,28 +40,33 @@ use std::path::Path;
 /// Errors (never panics): unreadable file, not a DICOM Part-10 file, corrupt or truncated
 /// data, missing image attributes, or a transfer syntax that cannot be decoded; each message
 /// names the file, and the transfer syntax (UID and name) once it is known.
-pub(crate) fn decode_dicom_gray8(path: &Path) -> Result<Image> {
+pub(crate) fn decode_dicom_gray8(path: &Path, limits: ImageLimits) -> Result<Image> {
     let bytes = std::fs::read(path).map_err(|e| {
         PluginError::msg(format!(
             "{}: cannot read the DICOM file: {e}",
             path.display()
         ))
     })?;
+    decode_dicom_bytes(&bytes, limits)
+        .map_err(|message| PluginError::msg(format!("{}: {message}", path.display())))
+}
+
+/// [`decode_dicom_gray8`] of a file's bytes, with errors as messages that the caller prefixes
+/// with the path (what the fuzz target calls).
+pub(crate) fn decode_dicom_bytes(bytes: &[u8], limits: ImageLimits) -> Result<Image, String> {
     // dicom-rs has been seen to index out of bounds on some malformed encapsulated data;
     // the checks below catch the known cases, and this turns any other panic into an error.
-    match catch_unwind(AssertUnwindSafe(|| decode_bytes(&bytes))) {
-        Ok(Ok(image)) => Ok(image),
-        Ok(Err(message)) => bail!("{}: {message}", path.display()),
+    match catch_unwind(AssertUnwindSafe(|| decode_bytes(bytes, limits))) {
+        Ok(result) => result,
         Err(panic) => {
             let reason = panic
                 .downcast_ref::<&str>()
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown reason".into());
-            bail!(
-                "{}: the DICOM decoder failed on corrupt data ({reason})",
-                path.display()
-            )
+            Err(format!(
+                "the DICOM decoder failed on corrupt data ({reason})"
+            ))
         }
     }
 }
@@ -87,9 +93,185 @@ const JPEG_UIDS: [&str; 4] = [
     "1.2.840.10008.1.2.4.70",
 ];
 const RLE_UID: &str = "1.2.840.10008.1.2.5";
+const DEFLATED_UID: &str = "1.2.840.10008.1.2.1.99";
+const IMPLICIT_UID: &str = "1.2.840.10008.1.2";
+const BIG_ENDIAN_UID: &str = "1.2.840.10008.1.2.2";
+
+/// The most bytes a stored sample takes (Bits Allocated 32, or 64 for float data).
+const MAX_BYTES_PER_SAMPLE: u64 = 8;
+
+/// What a data set may hold besides its pixels once inflated (headers, overlays, tags).
+const NON_PIXEL_BYTES: u64 = 16 << 20;
+
+/// Refuses an image whose Rows × Columns × Number of Frames × Samples per Pixel exceeds the
+/// limit, before its pixel data is decoded. Absent attributes are left to the decoder's own
+/// errors; Number of Frames is 1 when absent.
+fn check_dimensions(
+    object: &dicom_object::DefaultDicomObject,
+    limits: ImageLimits,
+) -> Result<(), String> {
+    let int = |tag: dicom_core::Tag| -> Option<u64> {
+        let element = object.element_opt(tag).ok()??;
+        // Number of Frames is an IS (text); the others are US.
+        element.to_int::<i64>().ok().map(|v| v.max(0) as u64)
+    };
+    let (Some(rows), Some(columns)) = (int(tags::ROWS), int(tags::COLUMNS)) else {
+        return Ok(());
+    };
+    let frames = int(tags::NUMBER_OF_FRAMES).unwrap_or(1);
+    let samples = int(tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+    limits.check(
+        "the DICOM header",
+        &[
+            ("rows", rows),
+            ("columns", columns),
+            ("frames", frames),
+            ("samples per pixel", samples),
+        ],
+    )
+}
+
+/// Refuses a data set in which an element declares more bytes than the file has left, before
+/// dicom-rs (which allocates an element's declared length before reading it) reads it: a
+/// damaged length field is a clear error instead of a multi-gigabyte allocation. Walks the
+/// elements, into sequences and items (an implicit VR value that starts with an item tag is
+/// taken as a sequence), and over the fragments of encapsulated Pixel Data.
+fn check_element_lengths(data: &[u8], explicit: bool, big_endian: bool) -> Result<(), String> {
+    const LONG_VRS: [&[u8; 2]; 13] = [
+        b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"OD", b"OL", b"OV", b"UC", b"UR", b"SV", b"UV",
+    ];
+    const UNDEFINED: u32 = 0xFFFF_FFFF;
+    let u16_at = |at: usize| {
+        let b = [data[at], data[at + 1]];
+        if big_endian {
+            u16::from_be_bytes(b)
+        } else {
+            u16::from_le_bytes(b)
+        }
+    };
+    let u32_at = |at: usize| {
+        let b = [data[at], data[at + 1], data[at + 2], data[at + 3]];
+        if big_endian {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        }
+    };
+    let mut at = 0;
+    let mut in_fragments = false;
+    // Stop where a header no longer fits: dicom-rs reports the truncation itself.
+    while data.len() - at >= 8 {
+        let (group, element) = (u16_at(at), u16_at(at + 2));
+        let (length, header) = if group == 0xFFFE {
+            (u32_at(at + 4), 8)
+        } else if explicit {
+            let vr = [data[at + 4], data[at + 5]];
+            if LONG_VRS.contains(&&vr) {
+                if data.len() - at < 12 {
+                    break;
+                }
+                (u32_at(at + 8), 12)
+            } else {
+                (u16_at(at + 6) as u32, 8)
+            }
+        } else {
+            (u32_at(at + 4), 8)
+        };
+        at += header;
+        let left = data.len() - at;
+        if length == UNDEFINED {
+            // A sequence, an item or encapsulated Pixel Data: its contents follow as elements.
+            if (group, element) == (0x7FE0, 0x0010) {
+                in_fragments = true;
+            }
+            continue;
+        }
+        if length as usize > left {
+            return Err(format!(
+                "corrupt or truncated DICOM data: element ({group:04X},{element:04X}) declares \
+                 {length} bytes but only {left} remain in the file"
+            ));
+        }
+        let is_item = (group, element) == (0xFFFE, 0xE000);
+        if (group, element) == (0xFFFE, 0xE0DD) {
+            in_fragments = false;
+        }
+        let looks_like_items = || left >= 4 && u16_at(at) == 0xFFFE && u16_at(at + 2) == 0xE000;
+        // Walk into defined-length sequences and data set items; skip any other value.
+        let walk_into =
+            (is_item && !in_fragments) || (!is_item && group != 0xFFFE && looks_like_items());
+        if !walk_into {
+            at += length as usize;
+        }
+    }
+    Ok(())
+}
+
+/// [`check_element_lengths`] for the file meta group (explicit VR little endian, group 0002),
+/// which dicom-rs also reads by declared lengths; returns where the group ends (where the data
+/// set starts), as dicom-rs finds it: by its elements, not by its group length.
+fn check_meta_lengths(data: &[u8]) -> Result<usize, String> {
+    let mut at = 0;
+    while data.len() - at >= 8 && data[at..at + 2] == [0x02, 0x00] {
+        let element = u16::from_le_bytes([data[at + 2], data[at + 3]]);
+        let vr = [data[at + 4], data[at + 5]];
+        let (length, header) =
+            if [*b"OB", *b"OW", *b"UN", *b"SQ", *b"UT", *b"UC", *b"UR"].contains(&vr) {
+                if data.len() - at < 12 {
+                    break;
+                }
+                let l = &data[at + 8..at + 12];
+                (u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize, 12)
+            } else {
+                (u16::from_le_bytes([data[at + 6], data[at + 7]]) as usize, 8)
+            };
+        at += header;
+        let left = data.len() - at;
+        if length > left {
+            return Err(format!(
+                "invalid DICOM file meta group (0002,xxxx): element (0002,{element:04X}) declares \
+                 {length} bytes but only {left} remain in the file"
+            ));
+        }
+        at += length;
+    }
+    Ok(at)
+}
+
+/// Inflates a deflated data set, refusing one that would inflate past what an image within
+/// the limit needs (a "zip bomb") before dicom-rs inflates it into memory; `None` when the
+/// stream does not inflate (dicom-rs then names the error).
+fn inflate_bounded(
+    bytes: &[u8],
+    start: usize,
+    limits: ImageLimits,
+) -> Result<Option<Vec<u8>>, String> {
+    use std::io::Read;
+    let Some(deflated) = bytes.get(start..) else {
+        return Ok(None);
+    };
+    let budget = limits
+        .max_pixels
+        .saturating_mul(MAX_BYTES_PER_SAMPLE)
+        .saturating_add(NON_PIXEL_BYTES);
+    let mut inflater = flate2::read::DeflateDecoder::new(deflated).take(budget.saturating_add(1));
+    let mut data_set = Vec::new();
+    if inflater.read_to_end(&mut data_set).is_err() {
+        return Ok(None);
+    }
+    if data_set.len() as u64 > budget {
+        return Err(format!(
+            "the deflated data set inflates to more than {budget} bytes, more than an image \
+             within the limit max_image_pixels = {} needs (refused before decoding; raise the \
+             dataset parameter `max_image_pixels` if the image is genuine)",
+            limits.max_pixels
+        ));
+    }
+    Ok(Some(data_set))
+}
 
 /// The whole decoding, with errors as messages that the caller prefixes with the path.
-fn decode_bytes(bytes: &[u8]) -> Result<Image, String> {
+fn decode_bytes(bytes: &[u8], limits: ImageLimits) -> Result<Image, String> {
     if bytes.len() < 132 || &bytes[128..132] != b"DICM" {
         return Err(format!(
             "not a DICOM Part-10 file: expected a 128-byte preamble followed by \"DICM\" \
@@ -97,6 +279,7 @@ fn decode_bytes(bytes: &[u8]) -> Result<Image, String> {
             bytes.len()
         ));
     }
+    let data_set_start = 132 + check_meta_lengths(&bytes[132..])?;
     let meta = FileMetaTable::from_reader(&bytes[128..])
         .map_err(|e| format!("invalid DICOM file meta group (0002,xxxx): {}", chain(&e)))?;
     let uid = meta.transfer_syntax().to_string();
@@ -113,10 +296,26 @@ fn decode_bytes(bytes: &[u8]) -> Result<Image, String> {
              RLE lossless)"
         ));
     }
+    if uid == DEFLATED_UID {
+        if let Some(data_set) = inflate_bounded(bytes, data_set_start, limits)
+            .map_err(|e| format!("{e} ({ts_desc})"))?
+        {
+            check_element_lengths(&data_set, true, false)
+                .map_err(|e| format!("{e} ({ts_desc})"))?;
+        }
+    } else {
+        // dicom-rs allocates an element's declared length before reading it.
+        if let Some(data_set) = bytes.get(data_set_start..) {
+            let explicit = uid != IMPLICIT_UID;
+            check_element_lengths(data_set, explicit, uid == BIG_ENDIAN_UID)
+                .map_err(|e| format!("{e} ({ts_desc})"))?;
+        }
+    }
     let object = OpenFileOptions::new()
         .read_preamble(ReadPreamble::Never)
         .from_reader(&bytes[128..])
         .map_err(|e| format!("corrupt or truncated DICOM data ({ts_desc}): {}", chain(&e)))?;
+    check_dimensions(&object, limits).map_err(|e| format!("{e} ({ts_desc})"))?;
 
     let pixel_data = object
         .element_opt(tags::PIXEL_DATA)
@@ -268,6 +467,12 @@ fn check_rle_header(fragment: &[u8], geometry: &Geometry) -> Result<(), String> 
     };
     let segments = word(0);
     let expected = geometry.samples as usize * (geometry.bits_allocated as usize).div_ceil(8);
+    // The 64-byte header has room for 15 offsets (PS3.5 G.5).
+    if segments > 15 {
+        return Err(format!(
+            "the RLE header declares {segments} segments, more than the 15 it can hold"
+        ));
+    }
     if segments != expected {
         return Err(format!(
             "the RLE header declares {segments} segments, expected {expected} \
@@ -512,6 +717,66 @@ mod tests {
         );
         // truncated literal counts what is there
         assert_eq!(packbits_len(&[5, 1, 2]), 2);
+    }
+
+    /// Regression (found by fuzzing): an element whose length field claims ~4 GB, more than
+    /// the file holds; dicom-rs allocated the declared length before reading (out of memory).
+    #[test]
+    fn regression_element_length_past_the_end_is_an_error() {
+        let bytes =
+            include_bytes!("../../../fuzz/corpus/dicom/regression-oom-element-length-past-end");
+        let e = decode_dicom_bytes(bytes, ImageLimits::default()).unwrap_err();
+        assert!(
+            e.contains("corrupt or truncated DICOM data: element ("),
+            "{e}"
+        );
+        assert!(e.contains("remain in the file"), "{e}");
+    }
+
+    /// Regression (found by fuzzing): the same in a deflated data set, where dicom-rs filled
+    /// the declared length byte by byte from the inflater (a timeout, then out of memory).
+    #[test]
+    fn regression_deflated_element_length_past_the_end_is_an_error() {
+        let bytes =
+            include_bytes!("../../../fuzz/corpus/dicom/regression-timeout-deflated-element-length");
+        let e = decode_dicom_bytes(bytes, ImageLimits::default()).unwrap_err();
+        assert!(e.contains("corrupt or truncated DICOM data"), "{e}");
+    }
+
+    /// Regression (found by fuzzing): the same in the file meta group, which dicom-rs reads
+    /// first (out of memory).
+    #[test]
+    fn regression_meta_element_length_past_the_end_is_an_error() {
+        let bytes = include_bytes!("../../../fuzz/corpus/dicom/regression-oom-meta-element-length");
+        let e = decode_dicom_bytes(bytes, ImageLimits::default()).unwrap_err();
+        assert!(e.contains("invalid DICOM file meta group"), "{e}");
+        assert!(e.contains("remain in the file"), "{e}");
+    }
+
+    /// Regression (found by fuzzing): a deflated file whose meta group length is wrong; the
+    /// data set is found by the meta elements, as dicom-rs finds it (out of memory).
+    #[test]
+    fn regression_deflated_file_with_a_wrong_group_length_is_checked() {
+        let bytes =
+            include_bytes!("../../../fuzz/corpus/dicom/regression-oom-deflated-group-length");
+        let e = decode_dicom_bytes(bytes, ImageLimits::default()).unwrap_err();
+        assert!(e.contains("corrupt or truncated DICOM data"), "{e}");
+    }
+
+    /// Regression: an RLE header declaring more segments than its 15 offset slots (with
+    /// Samples per Pixel to match) indexed past the header.
+    #[test]
+    fn regression_rle_header_with_more_than_15_segments_is_an_error() {
+        let mut fragment = vec![0u8; 64];
+        fragment[..4].copy_from_slice(&20u32.to_le_bytes());
+        let geometry = Geometry {
+            rows: 1,
+            cols: 1,
+            samples: 20,
+            bits_allocated: 8,
+        };
+        let e = check_rle_header(&fragment, &geometry).unwrap_err();
+        assert!(e.contains("20 segments, more than the 15"), "{e}");
     }
 }
 
@@ -857,7 +1122,8 @@ mod file_tests {
         let dir = tempfile::tempdir().unwrap();
         let cases = exact_cases();
         for ((name, spec), path) in cases.iter().zip(write_cases(dir.path(), &cases)) {
-            let image = decode_dicom_gray8(&path).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let image = decode_dicom_gray8(&path, ImageLimits::default())
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(
                 (image.width(), image.height()),
                 (spec.width, spec.height),
@@ -882,7 +1148,10 @@ mod file_tests {
             .iter()
             .map(|v: &f64| (v * 255.0 / 4095.0) as u8)
             .collect();
-        assert_eq!(gray(&decode_dicom_gray8(&path).unwrap()), want);
+        assert_eq!(
+            gray(&decode_dicom_gray8(&path, ImageLimits::default()).unwrap()),
+            want
+        );
         assert_eq!(want, vec![255, 192, 5, 0]);
 
         spec.signed = true;
@@ -891,13 +1160,13 @@ mod file_tests {
         write_dicom(&path, &spec).unwrap();
         // -(px + 1): [32767, 0, -1, -32768]
         assert_eq!(
-            gray(&decode_dicom_gray8(&path).unwrap()),
+            gray(&decode_dicom_gray8(&path, ImageLimits::default()).unwrap()),
             vec![255, 127, 127, 0]
         );
         spec.photometric = Photometric::Monochrome2;
         write_dicom(&path, &spec).unwrap();
         assert_eq!(
-            gray(&decode_dicom_gray8(&path).unwrap()),
+            gray(&decode_dicom_gray8(&path, ImageLimits::default()).unwrap()),
             vec![0, 127, 127, 255]
         );
     }
@@ -908,7 +1177,7 @@ mod file_tests {
         let path = dir.path().join("1.dcm");
         // The original's test fixture: np.ones([256, 256], uint16), MONOCHROME2.
         write_dicom(&path, &DicomSpec::gray16(256, 256, 16, vec![1; 256 * 256])).unwrap();
-        let image = decode_dicom_gray8(&path).unwrap();
+        let image = decode_dicom_gray8(&path, ImageLimits::default()).unwrap();
         assert_eq!((image.width(), image.height()), (256, 256));
         assert!(gray(&image).iter().all(|&v| v == 0));
     }
@@ -935,7 +1204,10 @@ mod file_tests {
         for (name, spec) in [("grey", &grey), ("2 frames", &frames), ("RGB", &rgb)] {
             let path = dir.path().join(format!("{name}.dcm"));
             write_dicom(&path, spec).unwrap();
-            let got = gray(&decode_dicom_gray8(&path).unwrap_or_else(|e| panic!("{name}: {e}")));
+            let got = gray(
+                &decode_dicom_gray8(&path, ImageLimits::default())
+                    .unwrap_or_else(|e| panic!("{name}: {e}")),
+            );
             let want = expected(&grey);
             let mad = mean_abs_diff(&got, &want);
             assert!(mad <= 1.5, "{name}: mean abs difference {mad}");
@@ -950,7 +1222,7 @@ mod file_tests {
     }
 
     fn assert_error(path: &Path, what: &[&str]) -> String {
-        let error = decode_dicom_gray8(path)
+        let error = decode_dicom_gray8(path, ImageLimits::default())
             .expect_err("expected an error")
             .to_string();
         assert!(
@@ -1007,14 +1279,14 @@ mod file_tests {
         ] {
             let bytes = dicom_bytes(&spec).unwrap();
             std::fs::write(&path, &bytes).unwrap();
-            let full = decode_dicom_gray8(&path).unwrap();
+            let full = decode_dicom_gray8(&path, ImageLimits::default()).unwrap();
             let mut decoded = 0;
             for cut in (0..bytes.len())
                 .step_by(7)
                 .chain([bytes.len() - 9, bytes.len() - 1])
             {
                 std::fs::write(&path, &bytes[..cut]).unwrap();
-                match decode_dicom_gray8(&path) {
+                match decode_dicom_gray8(&path, ImageLimits::default()) {
                     // What may go missing unnoticed is the end of the file after the pixels:
                     // the sequence delimiter, or the end of the deflate stream.
                     Ok(image) => {
@@ -1060,7 +1332,7 @@ mod file_tests {
                 let at = pixel_start + flip as usize;
                 bytes[at] ^= [0xFF, 0x01, 0x80, 0x3C][k % 4];
                 std::fs::write(&path, &bytes).unwrap();
-                if let Err(error) = decode_dicom_gray8(&path) {
+                if let Err(error) = decode_dicom_gray8(&path, ImageLimits::default()) {
                     let error = error.to_string();
                     assert!(
                         !error.contains("decoder failed"),
@@ -1118,7 +1390,7 @@ for src in sys.argv[1:]:
         );
         for ((name, _), path) in cases.iter().zip(&paths) {
             let theirs = std::fs::read(path.with_extension("dcm.L")).unwrap();
-            let ours = gray(&decode_dicom_gray8(path).unwrap());
+            let ours = gray(&decode_dicom_gray8(path, ImageLimits::default()).unwrap());
             if name.starts_with("JPEG") {
                 let mad = mean_abs_diff(&ours, &theirs);
                 assert!(mad <= 1.0, "{name}: mean abs difference {mad} from pydicom");

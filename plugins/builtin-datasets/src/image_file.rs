@@ -14,10 +14,76 @@
 //!
 //! JPEGs are decoded by zune-jpeg in strict mode; its output can differ from PIL's
 //! libjpeg-turbo by a grey level or two at some pixels (PNGs match PIL exactly).
+//!
+//! Every decode takes [`ImageLimits`]: the dimensions a header claims are checked against
+//! `max_image_pixels` before any pixel buffer is allocated, so a hostile or damaged header
+//! (100,000 × 100,000) is an error naming the file and the limit, not an out-of-memory abort.
 
 use crate::dicom::decode_dicom_gray8;
-use ssl_plugin_api::{bail, Image, PluginError, Result};
+use ssl_plugin_api::{bail, Image, Params, PluginError, Result};
 use std::path::Path;
+
+/// The default of the dataset parameter `max_image_pixels`: 2²⁶ = 67,108,864 pixels (8192 ×
+/// 8192). The largest chest X-rays in use (NIH, CheXpert, RSNA, and flat-panel detectors up
+/// to 43 × 43 cm at 0.1 mm, about 4,300 × 4,300 = 18.5 M pixels) fit with a margin of 3.6×;
+/// the largest buffer it lets one decode allocate (RGBA, 16 bits) is 512 MiB.
+pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 1 << 26;
+
+/// The name of the dataset parameter that sets [`ImageLimits::max_pixels`].
+pub(crate) const MAX_IMAGE_PIXELS: &str = "max_image_pixels";
+
+/// What one image file may claim, checked against its header before decoding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ImageLimits {
+    /// The most pixels (width × height × frames × samples per pixel for DICOM, width ×
+    /// height for PNG and JPEG) an image may have.
+    pub max_pixels: u64,
+}
+
+impl Default for ImageLimits {
+    /// [`DEFAULT_MAX_IMAGE_PIXELS`].
+    fn default() -> Self {
+        ImageLimits {
+            max_pixels: DEFAULT_MAX_IMAGE_PIXELS,
+        }
+    }
+}
+
+impl ImageLimits {
+    /// The limits from a dataset's parameters (`max_image_pixels`, a positive integer;
+    /// [`DEFAULT_MAX_IMAGE_PIXELS`] when absent).
+    pub(crate) fn from_params(params: &Params, dataset: &str) -> Result<Self> {
+        let max_pixels: u64 = params
+            .get_or(MAX_IMAGE_PIXELS, DEFAULT_MAX_IMAGE_PIXELS)
+            .map_err(|e| PluginError::msg(format!("{dataset}: {}", e.message())))?;
+        if max_pixels == 0 {
+            bail!("{dataset}: parameter `{MAX_IMAGE_PIXELS}` must be a positive number of pixels");
+        }
+        Ok(ImageLimits { max_pixels })
+    }
+
+    /// An error when `dimensions` (their product: e.g. width, height, frames) exceed the
+    /// limit; the message names the limit and how to raise it.
+    pub(crate) fn check(&self, what: &str, dimensions: &[(&str, u64)]) -> Result<(), String> {
+        let pixels = dimensions
+            .iter()
+            .fold(1u64, |n, &(_, d)| n.saturating_mul(d));
+        if pixels <= self.max_pixels {
+            return Ok(());
+        }
+        let shown = dimensions
+            .iter()
+            .map(|(name, d)| format!("{d} {name}"))
+            .collect::<Vec<_>>()
+            .join(" × ");
+        Err(format!(
+            "{what} claims {shown} = {pixels} pixels, more than the limit max_image_pixels = {} \
+             (refused before decoding; raise the dataset parameter `{MAX_IMAGE_PIXELS}` if the \
+             image is genuine)",
+            self.max_pixels
+        ))
+    }
+}
 
 /// The file extensions the image datasets read (lower case).
 pub(crate) const IMAGE_EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "dcm"];
@@ -38,24 +104,32 @@ pub(crate) fn is_dicom(path: &Path) -> bool {
 
 /// Decodes `path` into one 8-bit grey channel, as the original CXR datasets (see the module
 /// doc). Errors name the file.
-pub(crate) fn decode_gray8(path: &Path) -> Result<Image> {
+pub(crate) fn decode_gray8(path: &Path, limits: ImageLimits) -> Result<Image> {
     if is_dicom(path) {
-        return decode_dicom_gray8(path);
+        return decode_dicom_gray8(path, limits);
     }
     let bytes = read(path)?;
-    let decoded = decode_bytes(&bytes).map_err(|e| e.context(path.display()))?;
+    let decoded = decode_bytes(&bytes, limits).map_err(|e| e.context(path.display()))?;
     decoded.into_gray8()
 }
 
 /// Decodes `path` keeping its own channels: grey or RGB, alpha dropped, 8 or 16 bits (see the
 /// module doc). Errors name the file.
-pub(crate) fn decode_native(path: &Path) -> Result<Image> {
+pub(crate) fn decode_native(path: &Path, limits: ImageLimits) -> Result<Image> {
     if is_dicom(path) {
-        return decode_dicom_gray8(path);
+        return decode_dicom_gray8(path, limits);
     }
     let bytes = read(path)?;
-    let decoded = decode_bytes(&bytes).map_err(|e| e.context(path.display()))?;
+    let decoded = decode_bytes(&bytes, limits).map_err(|e| e.context(path.display()))?;
     decoded.into_native()
+}
+
+/// [`decode_gray8`] and [`decode_native`] of a PNG or JPEG file's bytes (what the fuzz
+/// targets call): both outputs, or the first error.
+pub(crate) fn decode_bytes_both(bytes: &[u8], limits: ImageLimits) -> Result<(Image, Image)> {
+    let grey = decode_bytes(bytes, limits)?.into_gray8()?;
+    let native = decode_bytes(bytes, limits)?.into_native()?;
+    Ok((grey, native))
 }
 
 /// The names of the files directly in `dir`.
@@ -198,11 +272,11 @@ impl Decoded {
 
 const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
 
-fn decode_bytes(bytes: &[u8]) -> Result<Decoded> {
+fn decode_bytes(bytes: &[u8], limits: ImageLimits) -> Result<Decoded> {
     if bytes.starts_with(&PNG_SIGNATURE) {
-        decode_png(bytes).map_err(|e| e.context("invalid PNG"))
+        decode_png(bytes, limits)
     } else if bytes.starts_with(&[0xff, 0xd8]) {
-        decode_jpeg(bytes).map_err(|e| e.context("invalid JPEG"))
+        decode_jpeg(bytes, limits)
     } else if bytes.is_empty() {
         bail!("the file is empty; expected a PNG, JPEG or DICOM (.dcm) image")
     } else {
@@ -210,16 +284,36 @@ fn decode_bytes(bytes: &[u8]) -> Result<Decoded> {
     }
 }
 
-fn decode_png(bytes: &[u8]) -> Result<Decoded> {
-    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+/// The most bytes one decoded pixel takes (RGBA, 16 bits).
+const MAX_BYTES_PER_PIXEL: u64 = 8;
+
+/// What the decoders may allocate besides the pixels (text and ICC chunks, tables).
+const DECODER_SLACK_BYTES: u64 = 16 << 20;
+
+fn decode_png(bytes: &[u8], limits: ImageLimits) -> Result<Decoded> {
+    let invalid = |e: png::DecodingError| PluginError::from_error(e).context("invalid PNG");
+    // The png crate's own allocation limit, on top of the header check below.
+    let budget = limits
+        .max_pixels
+        .saturating_mul(MAX_BYTES_PER_PIXEL)
+        .saturating_add(DECODER_SLACK_BYTES);
+    let png_limits = png::Limits {
+        bytes: usize::try_from(budget).unwrap_or(usize::MAX),
+    };
+    let mut decoder = png::Decoder::new_with_limits(std::io::Cursor::new(bytes), png_limits);
     // Palettes to RGB, 1/2/4-bit grey scaled to 8 bits, tRNS to an alpha channel (dropped).
     decoder.set_transformations(png::Transformations::EXPAND);
-    let mut reader = decoder.read_info().map_err(PluginError::from_error)?;
+    let mut reader = decoder.read_info().map_err(invalid)?;
+    let (width, height) = (reader.info().width, reader.info().height);
+    limits
+        .check(
+            "the PNG header",
+            &[("columns", width as u64), ("rows", height as u64)],
+        )
+        .map_err(PluginError::msg)?;
     let source = reader.info().color_type;
     let mut data = vec![0; reader.output_buffer_size()];
-    let frame = reader
-        .next_frame(&mut data)
-        .map_err(PluginError::from_error)?;
+    let frame = reader.next_frame(&mut data).map_err(invalid)?;
     data.truncate(frame.buffer_size());
     let sixteen = frame.bit_depth == png::BitDepth::Sixteen;
     use png::ColorType as C;
@@ -247,7 +341,11 @@ fn decode_png(bytes: &[u8]) -> Result<Decoded> {
     })
 }
 
-fn decode_jpeg(bytes: &[u8]) -> Result<Decoded> {
+fn decode_jpeg(bytes: &[u8], limits: ImageLimits) -> Result<Decoded> {
+    decode_jpeg_checked(bytes, limits).map_err(|e| e.context("invalid JPEG"))
+}
+
+fn decode_jpeg_checked(bytes: &[u8], limits: ImageLimits) -> Result<Decoded> {
     use zune_jpeg::zune_core::bytestream::ZCursor;
     use zune_jpeg::zune_core::colorspace::ColorSpace;
     use zune_jpeg::zune_core::options::DecoderOptions;
@@ -259,6 +357,14 @@ fn decode_jpeg(bytes: &[u8]) -> Result<Decoded> {
     decoder
         .decode_headers()
         .map_err(|e| PluginError::msg(format!("{e:?}")))?;
+    if let Some((width, height)) = decoder.dimensions() {
+        limits
+            .check(
+                "the JPEG frame header",
+                &[("columns", width as u64), ("rows", height as u64)],
+            )
+            .map_err(PluginError::msg)?;
+    }
     let grey = decoder.input_colorspace() == Some(ColorSpace::Luma);
     let (out, layout) = if grey {
         (ColorSpace::Luma, Layout::Gray8)
@@ -351,10 +457,10 @@ mod tests {
             None,
         );
         assert_eq!(
-            u8s(&decode_gray8(&p("g16.png")).unwrap()),
+            u8s(&decode_gray8(&p("g16.png"), ImageLimits::default()).unwrap()),
             [0, 100, 255, 255, 255, 255]
         );
-        let native = decode_native(&p("g16.png")).unwrap();
+        let native = decode_native(&p("g16.png"), ImageLimits::default()).unwrap();
         assert_eq!(
             native.pixels_u16_for_test(),
             vec![0, 100, 255, 256, 1000, 65535]
@@ -369,7 +475,10 @@ mod tests {
             None,
             None,
         );
-        assert_eq!(u8s(&decode_gray8(&p("rgb16.png")).unwrap()), [155, 113]);
+        assert_eq!(
+            u8s(&decode_gray8(&p("rgb16.png"), ImageLimits::default()).unwrap()),
+            [155, 113]
+        );
         png_file(
             &p("la16.png"),
             2,
@@ -380,7 +489,10 @@ mod tests {
             None,
             None,
         );
-        assert_eq!(u8s(&decode_gray8(&p("la16.png")).unwrap()), [18, 128]);
+        assert_eq!(
+            u8s(&decode_gray8(&p("la16.png"), ImageLimits::default()).unwrap()),
+            [18, 128]
+        );
         png_file(
             &p("g4.png"),
             4,
@@ -392,7 +504,7 @@ mod tests {
             None,
         );
         assert_eq!(
-            u8s(&decode_gray8(&p("g4.png")).unwrap()),
+            u8s(&decode_gray8(&p("g4.png"), ImageLimits::default()).unwrap()),
             [0, 255, 136, 170]
         );
         png_file(
@@ -405,7 +517,10 @@ mod tests {
             None,
             None,
         );
-        assert_eq!(u8s(&decode_gray8(&p("g2.png")).unwrap()), [0, 85, 170, 255]);
+        assert_eq!(
+            u8s(&decode_gray8(&p("g2.png"), ImageLimits::default()).unwrap()),
+            [0, 85, 170, 255]
+        );
         png_file(
             &p("g1.png"),
             8,
@@ -417,7 +532,7 @@ mod tests {
             None,
         );
         assert_eq!(
-            u8s(&decode_gray8(&p("g1.png")).unwrap()),
+            u8s(&decode_gray8(&p("g1.png"), ImageLimits::default()).unwrap()),
             [255, 0, 255, 0, 0, 0, 0, 0]
         );
         png_file(
@@ -430,8 +545,11 @@ mod tests {
             None,
             None,
         );
-        assert_eq!(u8s(&decode_gray8(&p("rgba.png")).unwrap()), [124]);
-        let native = decode_native(&p("rgba.png")).unwrap();
+        assert_eq!(
+            u8s(&decode_gray8(&p("rgba.png"), ImageLimits::default()).unwrap()),
+            [124]
+        );
+        let native = decode_native(&p("rgba.png"), ImageLimits::default()).unwrap();
         assert_eq!((native.channels(), u8s(&native)), (3, vec![200, 100, 50]));
         png_file(
             &p("p.png"),
@@ -443,8 +561,11 @@ mod tests {
             Some(&[200, 100, 50, 10, 20, 30]),
             Some(&[0]),
         );
-        assert_eq!(u8s(&decode_gray8(&p("p.png")).unwrap()), [124, 18]);
-        let native = decode_native(&p("p.png")).unwrap();
+        assert_eq!(
+            u8s(&decode_gray8(&p("p.png"), ImageLimits::default()).unwrap()),
+            [124, 18]
+        );
+        let native = decode_native(&p("p.png"), ImageLimits::default()).unwrap();
         assert_eq!(
             (native.channels(), u8s(&native)),
             (3, vec![200, 100, 50, 10, 20, 30])
@@ -459,8 +580,11 @@ mod tests {
             None,
             Some(&[0, 7]),
         );
-        assert_eq!(u8s(&decode_gray8(&p("gt.png")).unwrap()), [7, 9]);
-        let native = decode_native(&p("gt.png")).unwrap();
+        assert_eq!(
+            u8s(&decode_gray8(&p("gt.png"), ImageLimits::default()).unwrap()),
+            [7, 9]
+        );
+        let native = decode_native(&p("gt.png"), ImageLimits::default()).unwrap();
         assert_eq!((native.channels(), u8s(&native)), (1, vec![7, 9]));
     }
 
@@ -469,16 +593,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let text = dir.path().join("notes.png");
         std::fs::write(&text, "hello").unwrap();
-        let e = decode_gray8(&text).unwrap_err().message();
+        let e = decode_gray8(&text, ImageLimits::default())
+            .unwrap_err()
+            .message();
         assert!(
             e.contains("notes.png") && e.contains("not a PNG or JPEG"),
             "{e}"
         );
         let empty = dir.path().join("empty.jpg");
         std::fs::write(&empty, "").unwrap();
-        let e = decode_native(&empty).unwrap_err().message();
+        let e = decode_native(&empty, ImageLimits::default())
+            .unwrap_err()
+            .message();
         assert!(e.contains("empty.jpg: the file is empty"), "{e}");
-        let e = decode_gray8(&dir.path().join("absent.png"))
+        let e = decode_gray8(&dir.path().join("absent.png"), ImageLimits::default())
             .unwrap_err()
             .message();
         assert!(e.contains("absent.png: image file not found"), "{e}");
@@ -562,7 +690,7 @@ mod pillow_tests {
         write_png_rgb8(&png, w, h, &rgb).unwrap();
         write_jpeg_rgb8(&jpg, w, h, &rgb).unwrap();
         let expected = pillow("L", &[&png, &jpg]);
-        let ours_png = decode_gray8(&png).unwrap();
+        let ours_png = decode_gray8(&png, ImageLimits::default()).unwrap();
         assert_eq!(
             (ours_png.width(), ours_png.height(), ours_png.channels()),
             (w, h, 1)
@@ -572,14 +700,17 @@ mod pillow_tests {
             expected[0],
             "PNG RGB → L must match Pillow exactly"
         );
-        let ours_jpg = u8s(&decode_gray8(&jpg).unwrap());
+        let ours_jpg = u8s(&decode_gray8(&jpg, ImageLimits::default()).unwrap());
         let diff = max_diff(&ours_jpg, &expected[1]);
         eprintln!("JPEG RGB → L: max difference from Pillow {diff}");
         assert!(diff <= 2, "JPEG grey differs from Pillow by {diff}");
         // The file's own channels: RGB as Pillow decodes it.
         let expected = pillow("RGB", &[&png, &jpg]);
-        assert_eq!(u8s(&decode_native(&png).unwrap()), expected[0]);
-        let native = decode_native(&jpg).unwrap();
+        assert_eq!(
+            u8s(&decode_native(&png, ImageLimits::default()).unwrap()),
+            expected[0]
+        );
+        let native = decode_native(&jpg, ImageLimits::default()).unwrap();
         assert_eq!(native.channels(), 3);
         let diff = max_diff(&u8s(&native), &expected[1]);
         eprintln!("JPEG RGB: max difference from Pillow {diff}");
@@ -596,16 +727,237 @@ mod pillow_tests {
         for path in [&png, &jpg] {
             let bytes = std::fs::read(path).unwrap();
             std::fs::write(path, &bytes[..bytes.len() / 2]).unwrap();
-            let e = decode_gray8(path).unwrap_err().message();
+            let e = decode_gray8(path, ImageLimits::default())
+                .unwrap_err()
+                .message();
             assert!(e.starts_with(&path.display().to_string()), "{e}");
             assert!(e.contains("invalid"), "{e}");
-            assert!(decode_native(path).is_err());
+            assert!(decode_native(path, ImageLimits::default()).is_err());
             // Corrupt: valid signature, garbage after it.
             let mut garbage = bytes[..8].to_vec();
             garbage.extend(std::iter::repeat_n(0x5a, 200));
             std::fs::write(path, &garbage).unwrap();
-            let e = decode_gray8(path).unwrap_err().message();
+            let e = decode_gray8(path, ImageLimits::default())
+                .unwrap_err()
+                .message();
             assert!(e.contains(&path.display().to_string()), "{e}");
         }
+    }
+}
+
+/// `max_image_pixels`: hostile headers are refused before any pixel buffer is allocated.
+#[cfg(all(test, feature = "testdata"))]
+mod limit_tests {
+    use super::*;
+    use crate::testdata::dicom::{dicom_bytes, DicomSpec, TransferSyntax};
+
+    /// A grey 8-bit PNG whose header claims `width × height` (its data is one short row).
+    fn png_claiming(width: u32, height: u32) -> Vec<u8> {
+        fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+            out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            out.extend_from_slice(kind);
+            out.extend_from_slice(data);
+            let mut crc = flate2::Crc::new();
+            crc.update(kind);
+            crc.update(data);
+            out.extend_from_slice(&crc.sum().to_be_bytes());
+        }
+        let mut ihdr = Vec::new();
+        ihdr.extend_from_slice(&width.to_be_bytes());
+        ihdr.extend_from_slice(&height.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
+        let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut zlib, &[0; 64]).unwrap();
+        let mut out = PNG_SIGNATURE.to_vec();
+        chunk(&mut out, b"IHDR", &ihdr);
+        chunk(&mut out, b"IDAT", &zlib.finish().unwrap());
+        chunk(&mut out, b"IEND", &[]);
+        out
+    }
+
+    /// A grey baseline JPEG whose frame header claims `width × height` (its scan is 8 × 8).
+    fn jpeg_claiming(width: u16, height: u16) -> Vec<u8> {
+        let mut out = Vec::new();
+        jpeg_encoder::Encoder::new(&mut out, 90)
+            .encode(&[128; 64], 8, 8, jpeg_encoder::ColorType::Luma)
+            .unwrap();
+        let sof = out.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        out[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+        out[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+        out
+    }
+
+    /// A DICOM file (explicit VR little endian) whose US attribute (0028,`element`) is
+    /// patched to `value`.
+    fn patch_us(mut bytes: Vec<u8>, element: u8, value: u16) -> Vec<u8> {
+        let tag = [0x28, 0x00, element, 0x00, b'U', b'S', 2, 0];
+        let at = bytes.windows(8).position(|w| w == tag).unwrap() + 8;
+        bytes[at..at + 2].copy_from_slice(&value.to_le_bytes());
+        bytes
+    }
+
+    /// A 4 × 4 DICOM whose Rows and Columns claim 65,535 × 65,535 (the most US allows).
+    fn dicom_claiming_max() -> Vec<u8> {
+        let small = dicom_bytes(&DicomSpec::gray8(4, 4, vec![7; 16])).unwrap();
+        patch_us(patch_us(small, 0x10, u16::MAX), 0x11, u16::MAX)
+    }
+
+    /// The three hostile files, written to `dir`: (path, what the message must name).
+    fn hostile_files(dir: &Path) -> Vec<(std::path::PathBuf, &'static str)> {
+        let files = [
+            (
+                "huge.png",
+                png_claiming(100_000, 100_000),
+                "100000 columns × 100000 rows",
+            ),
+            (
+                "huge.jpg",
+                jpeg_claiming(65_000, 65_000),
+                "65000 columns × 65000 rows",
+            ),
+            (
+                "huge.dcm",
+                dicom_claiming_max(),
+                "65535 rows × 65535 columns × 1 frames",
+            ),
+        ];
+        files
+            .into_iter()
+            .map(|(name, bytes, claim)| {
+                let path = dir.join(name);
+                std::fs::write(&path, bytes).unwrap();
+                (path, claim)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn huge_headers_are_refused_naming_the_file_and_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, claim) in hostile_files(dir.path()) {
+            for result in [
+                decode_gray8(&path, ImageLimits::default()),
+                decode_native(&path, ImageLimits::default()),
+            ] {
+                let e = result.unwrap_err().message();
+                assert!(e.contains(&path.display().to_string()), "{e}");
+                assert!(e.contains(claim), "{e}");
+                assert!(e.contains("max_image_pixels = 67108864"), "{e}");
+            }
+        }
+    }
+
+    /// The same refusals in a child process (this test binary, running only
+    /// `child_decodes_hostile_files`), whose peak resident memory must stay under 200 MB:
+    /// without the checks the decoders would allocate gigabytes.
+    #[test]
+    fn huge_headers_are_refused_with_little_memory() {
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "image_file::limit_tests::child_decodes_hostile_files",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("SSL_LIMITS_CHILD", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // The line follows the test harness's "test ... " on the same line.
+        let peak_kb: u64 = stdout
+            .split("VmHWM:")
+            .nth(1)
+            .and_then(|v| v.lines().next())
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmHWM in the child's output: {stdout}"));
+        assert!(
+            peak_kb < 200 * 1024,
+            "peak resident memory {peak_kb} kB refusing the hostile files"
+        );
+    }
+
+    #[test]
+    fn child_decodes_hostile_files() {
+        if std::env::var_os("SSL_LIMITS_CHILD").is_none() {
+            return; // run by huge_headers_are_refused_with_little_memory only
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for (path, _) in hostile_files(dir.path()) {
+            assert!(decode_gray8(&path, ImageLimits::default()).is_err());
+            assert!(decode_native(&path, ImageLimits::default()).is_err());
+        }
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let peak = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        println!("{peak}");
+    }
+
+    #[test]
+    fn the_dicom_frame_count_counts() {
+        let spec = DicomSpec::gray8(4, 4, vec![3; 32]); // two frames
+        let bytes = dicom_bytes(&spec).unwrap();
+        let limits = ImageLimits { max_pixels: 800 };
+        assert!(crate::dicom::decode_dicom_bytes(&bytes, limits).is_ok());
+        // Number of Frames "2 " → "99": 4 × 4 × 99 = 1584 pixels > 800.
+        let mut claim = bytes.clone();
+        let is = claim
+            .windows(2)
+            .enumerate()
+            .filter(|(_, w)| *w == b"2 ")
+            .map(|(i, _)| i)
+            .find(|&i| claim[i - 4..i - 2] == *b"IS")
+            .expect("Number of Frames (IS) in the file");
+        claim[is..is + 2].copy_from_slice(b"99");
+        let e = crate::dicom::decode_dicom_bytes(&claim, limits).unwrap_err();
+        assert!(
+            e.contains("4 rows × 4 columns × 99 frames × 1 samples per pixel = 1584 pixels"),
+            "{e}"
+        );
+        assert!(e.contains("max_image_pixels = 800"), "{e}");
+    }
+
+    #[test]
+    fn a_deflated_data_set_that_inflates_past_the_limit_is_refused() {
+        let side = 4200; // 17.6 M pixels, more than 1000 pixels × 8 bytes + 16 MiB
+        let spec = DicomSpec {
+            transfer_syntax: TransferSyntax::DeflatedExplicitVrLittleEndian,
+            ..DicomSpec::gray8(side, side, vec![0; (side * side) as usize])
+        };
+        let bytes = dicom_bytes(&spec).unwrap();
+        assert!(bytes.len() < 1 << 20, "{} bytes", bytes.len());
+        let e =
+            crate::dicom::decode_dicom_bytes(&bytes, ImageLimits { max_pixels: 1000 }).unwrap_err();
+        assert!(e.contains("inflates to more than"), "{e}");
+        assert!(e.contains("max_image_pixels = 1000"), "{e}");
+        let image = crate::dicom::decode_dicom_bytes(&bytes, ImageLimits::default()).unwrap();
+        assert_eq!((image.width(), image.height()), (side, side));
+    }
+
+    #[test]
+    fn the_limit_is_a_dataset_parameter() {
+        let params = Params::from_json(r#"{"max_image_pixels": 1234}"#).unwrap();
+        let limits = ImageLimits::from_params(&params, "NIHCXR").unwrap();
+        assert_eq!(limits.max_pixels, 1234);
+        assert_eq!(
+            ImageLimits::from_params(&Params::default(), "NIHCXR").unwrap(),
+            ImageLimits::default()
+        );
+        let zero = Params::from_json(r#"{"max_image_pixels": 0}"#).unwrap();
+        let e = ImageLimits::from_params(&zero, "NIHCXR")
+            .unwrap_err()
+            .message();
+        assert!(e.contains("NIHCXR: parameter `max_image_pixels`"), "{e}");
+        let text = Params::from_json(r#"{"max_image_pixels": "many"}"#).unwrap();
+        let e = ImageLimits::from_params(&text, "NIHCXR")
+            .unwrap_err()
+            .message();
+        assert!(
+            e.contains("NIHCXR") && e.contains("max_image_pixels"),
+            "{e}"
+        );
     }
 }

@@ -13,7 +13,7 @@
 //! folder; split `test` is empty.
 
 use crate::csv_table::{check_params, root_param, split_param};
-use crate::image_file::{decode_native, has_image_extension};
+use crate::image_file::{decode_native, has_image_extension, ImageLimits, MAX_IMAGE_PIXELS};
 use crate::split::Split;
 use ssl_plugin_api::{bail, Dataset, Image, Params, Pixels, Plugin, PluginError, Result, Sample};
 use std::collections::HashSet;
@@ -29,13 +29,16 @@ pub struct ImageFolder {
     /// Class index of each image; `None` when unlabelled.
     labels: Option<Vec<i64>>,
     classes: Vec<String>,
+    /// What one image file may claim (`max_image_pixels`).
+    limits: ImageLimits,
 }
 
 impl ImageFolder {
     /// `ImageFolder` from its parameters (`root`, `split`).
     pub fn labelled(params: &Params) -> Result<Self> {
         const NAME: &str = "ImageFolder";
-        check_params(params, NAME, &[])?;
+        check_params(params, NAME, &[MAX_IMAGE_PIXELS])?;
+        let limits = ImageLimits::from_params(params, NAME)?;
         let root = root_param(params, NAME)?;
         let split = split_param(params)?;
         check_root(&root, NAME)?;
@@ -74,6 +77,7 @@ impl ImageFolder {
             ids,
             labels: Some(labels),
             classes,
+            limits,
         };
         dataset.apply_split(split);
         Ok(dataset)
@@ -82,7 +86,8 @@ impl ImageFolder {
     /// `ImageFolderUnlabelled` from its parameters (`root`, `split`).
     pub fn unlabelled(params: &Params) -> Result<Self> {
         const NAME: &str = "ImageFolderUnlabelled";
-        check_params(params, NAME, &[])?;
+        check_params(params, NAME, &[MAX_IMAGE_PIXELS])?;
+        let limits = ImageLimits::from_params(params, NAME)?;
         let root = root_param(params, NAME)?;
         let split = split_param(params)?;
         check_root(&root, NAME)?;
@@ -99,6 +104,7 @@ impl ImageFolder {
             ids,
             labels: None,
             classes: Vec::new(),
+            limits,
         };
         dataset.apply_split(split);
         Ok(dataset)
@@ -218,7 +224,7 @@ impl Dataset for ImageFolder {
                 self.len()
             );
         };
-        let image = to_rgb(decode_native(&self.root.join(id))?)?;
+        let image = to_rgb(decode_native(&self.root.join(id), self.limits)?)?;
         let label = self.labels.as_ref().map(|l| l[index]);
         Ok(Sample::new(image, label, id.clone()))
     }
@@ -252,13 +258,13 @@ pub(crate) fn register(plugin: Plugin) -> Plugin {
             "ImageFolder",
             "your own labelled images: root/<class>/<image> (PNG, JPEG, DICOM; searched \
              recursively; hidden and other files ignored), classes = sub-folders sorted by name, \
-             RGB (grey repeated); split train = all, test = empty",
+             RGB (grey repeated); split train = all, test = empty; max_image_pixels (67108864): larger images are refused",
             ImageFolder::labelled,
         )
         .dataset(
             "ImageFolderUnlabelled",
             "your own unlabelled images: every PNG, JPEG or DICOM under root (recursively, \
-             sorted), RGB (grey repeated); split train = all, test = empty",
+             sorted), RGB (grey repeated); split train = all, test = empty; max_image_pixels (67108864): larger images are refused",
             ImageFolder::unlabelled,
         )
 }

@@ -27,9 +27,52 @@ mod split;
 #[doc(hidden)]
 pub mod testdata;
 
+pub use image_file::{ImageLimits, DEFAULT_MAX_IMAGE_PIXELS};
 pub use rsna_labels::build_rsna_dataset_csv;
 pub use shapes::{ShapeLayout, Shapes, CLASS_NAMES};
 pub use split::Split;
+
+/// Byte-level entry points of this crate's readers, for the fuzz targets (`fuzz/targets`) and
+/// their corpus replay tests: each runs the same code as the datasets, on bytes instead of a
+/// file, and returns its result (an error for bad input, never a panic).
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::image_file::ImageLimits;
+    use ssl_plugin_api::{Dataset, Image, Params, Result};
+
+    /// A DICOM file as the chest X-ray datasets decode it (`decode_dicom_gray8`).
+    pub fn decode_dicom(bytes: &[u8], limits: ImageLimits) -> Result<Image> {
+        crate::dicom::decode_dicom_bytes(bytes, limits).map_err(ssl_plugin_api::PluginError::msg)
+    }
+
+    /// A PNG or JPEG file decoded both ways: one grey channel (CXR datasets) and its own
+    /// channels (ImageFolder).
+    pub fn decode_image(bytes: &[u8], limits: ImageLimits) -> Result<(Image, Image)> {
+        crate::image_file::decode_bytes_both(bytes, limits)
+    }
+
+    /// A CIFAR binary file (`data_batch_N.bin`, `train.bin`): pixels and labels.
+    pub fn cifar_binary(bytes: &[u8], cifar100: bool) -> Result<(Vec<u8>, Vec<u8>)> {
+        crate::cifar::from_bytes::binary(bytes, cifar100)
+    }
+
+    /// A CIFAR python-version pickled batch: pixels and labels.
+    pub fn cifar_pickle(bytes: &[u8], cifar100: bool) -> Result<(Vec<u8>, Vec<u8>)> {
+        crate::cifar::from_bytes::pickled(bytes, cifar100)
+    }
+
+    /// Opens the CSV-indexed dataset `name` (`RSNAKaggleCXR`, `NIHCXR`, `CheXpert`,
+    /// `CovidDataset`) from `params`, as the plugin does; its number of samples.
+    pub fn open_table_dataset(name: &str, params: &Params) -> Result<usize> {
+        Ok(match name {
+            "RSNAKaggleCXR" => crate::rsna::RsnaKaggleCxr::from_params(params)?.len(),
+            "NIHCXR" => crate::nih::NihCxr::from_params(params)?.len(),
+            "CheXpert" => crate::chexpert::CheXpert::from_params(params)?.len(),
+            "CovidDataset" => crate::covid::CovidDataset::from_params(params)?.len(),
+            other => ssl_plugin_api::bail!("no CSV-indexed dataset `{other}`"),
+        })
+    }
+}
 
 /// Called by the host so the linker keeps this crate and its `inventory` registration.
 pub fn link() {}

@@ -9,7 +9,7 @@
 //! sample is its file name; images are decoded in `get` (8-bit grey).
 
 use crate::csv_table::{check_params, root_param, split_param, CsvTable};
-use crate::image_file::{decode_gray8, list_file_names};
+use crate::image_file::{decode_gray8, list_file_names, ImageLimits, MAX_IMAGE_PIXELS};
 use crate::split::Split;
 use ssl_plugin_api::{bail, Dataset, Params, Plugin, PluginError, Result, Sample};
 use std::collections::HashMap;
@@ -22,12 +22,15 @@ const NAME: &str = "NIHCXR";
 pub struct NihCxr {
     /// (file name, full path) of each image, in table order.
     images: Vec<(String, PathBuf)>,
+    /// What one image file may claim (`max_image_pixels`).
+    limits: ImageLimits,
 }
 
 impl NihCxr {
     /// Opens the dataset from its parameters (`root`, `split`).
     pub fn from_params(params: &Params) -> Result<Self> {
-        check_params(params, NAME, &[])?;
+        check_params(params, NAME, &[MAX_IMAGE_PIXELS])?;
+        let limits = ImageLimits::from_params(params, NAME)?;
         let root = root_param(params, NAME)?;
         let split = split_param(params)?;
         let csv_path = root.join("Data_Entry_2017.csv");
@@ -65,7 +68,7 @@ impl NihCxr {
         if split == Split::Test {
             images.clear();
         }
-        Ok(NihCxr { images })
+        Ok(NihCxr { images, limits })
     }
 }
 
@@ -113,7 +116,11 @@ impl Dataset for NihCxr {
         let Some((name, path)) = self.images.get(index) else {
             bail!("{NAME}: index {index} out of range ({} images)", self.len());
         };
-        Ok(Sample::new(decode_gray8(path)?, None, name.clone()))
+        Ok(Sample::new(
+            decode_gray8(path, self.limits)?,
+            None,
+            name.clone(),
+        ))
     }
 
     fn targets(&self) -> Result<Vec<Option<i64>>> {
@@ -128,7 +135,7 @@ pub(crate) fn register(plugin: Plugin) -> Plugin {
             NAME,
             "NIH ChestX-ray14, unlabelled: root/Data_Entry_2017.csv (column `Image Index`), PNG \
          images flat in root or in Kaggle's images_0XX/images/ folders, 8-bit grey; split \
-         train = all rows, test = empty",
+         train = all rows, test = empty; max_image_pixels (67108864): larger images are refused",
             NihCxr::from_params,
         )
         .dataset_info(crate::chest_xray_info())

@@ -8,7 +8,7 @@
 //! that is absent is reported then; images are decoded in `get` (8-bit grey).
 
 use crate::csv_table::{check_params, root_param, split_param, CsvTable};
-use crate::image_file::{decode_gray8, list_file_names};
+use crate::image_file::{decode_gray8, list_file_names, ImageLimits, MAX_IMAGE_PIXELS};
 use crate::split::Split;
 use ssl_plugin_api::{bail, Dataset, Params, Plugin, Result, Sample};
 use std::path::PathBuf;
@@ -21,12 +21,15 @@ pub struct RsnaKaggleCxr {
     root: PathBuf,
     subjects: Vec<String>,
     labels: Vec<i64>,
+    /// What one image file may claim (`max_image_pixels`).
+    limits: ImageLimits,
 }
 
 impl RsnaKaggleCxr {
     /// Opens the dataset from its parameters (`root`, `split`).
     pub fn from_params(params: &Params) -> Result<Self> {
-        check_params(params, NAME, &[])?;
+        check_params(params, NAME, &[MAX_IMAGE_PIXELS])?;
+        let limits = ImageLimits::from_params(params, NAME)?;
         let root = root_param(params, NAME)?;
         let split = split_param(params)?;
         let csv_path = root.join("dataset.csv");
@@ -75,6 +78,7 @@ impl RsnaKaggleCxr {
             root,
             subjects,
             labels,
+            limits,
         })
     }
 }
@@ -92,7 +96,7 @@ impl Dataset for RsnaKaggleCxr {
         let Some(subject) = self.subjects.get(index) else {
             bail!("{NAME}: index {index} out of range ({} images)", self.len());
         };
-        let image = decode_gray8(&self.root.join(format!("{subject}.dcm")))?;
+        let image = decode_gray8(&self.root.join(format!("{subject}.dcm")), self.limits)?;
         Ok(Sample::new(
             image,
             Some(self.labels[index]),
@@ -110,7 +114,7 @@ pub(crate) fn register(plugin: Plugin) -> Plugin {
     plugin.dataset(
         NAME,
         "RSNA pneumonia (Kaggle) chest X-rays: root/dataset.csv (subject,label 0|1), DICOM images \
-         root/{subject}.dcm, 8-bit grey; 2 classes; split train = all rows, test = empty",
+         root/{subject}.dcm, 8-bit grey; 2 classes; split train = all rows, test = empty; max_image_pixels (67108864): larger images are refused",
         RsnaKaggleCxr::from_params,
     )
     .dataset_info(crate::chest_xray_info())
