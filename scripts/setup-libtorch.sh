@@ -5,6 +5,8 @@
 # Also installs Debian's libgloo-dev when /usr/include/gloo is missing: the torch wheel ships
 # c10d's headers and its compiled Gloo, but not Gloo's own headers, which host/build.rs needs
 # to compile the c10d binding (host/csrc/c10d_shim.cpp).
+# pylibjpeg and its libjpeg/openjpeg plugins let pydicom decode the compressed DICOM syntaxes,
+# and imagecodecs writes them, for the tests that compare our decoding with pydicom's.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 if [ ! -f /usr/include/gloo/config.h ]; then
@@ -13,9 +15,17 @@ if [ ! -f /usr/include/gloo/config.h ]; then
   $sudo apt-get install -y libgloo-dev >/dev/null 2>&1 ||
     { $sudo apt-get update >/dev/null && $sudo apt-get install -y libgloo-dev >/dev/null; }
 fi
+# cmake and nasm build libjpeg-turbo and CharLS from their crates' bundled sources (the DICOM
+# JPEG, JPEG-LS codecs of plugins/builtin-datasets).
+if ! command -v cmake >/dev/null || ! command -v nasm >/dev/null; then
+  echo "ssl-host: installing cmake and nasm (Debian) to build the DICOM codecs" >&2
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  $sudo apt-get install -y cmake nasm >/dev/null 2>&1 ||
+    { $sudo apt-get update >/dev/null && $sudo apt-get install -y cmake nasm >/dev/null; }
+fi
 venv="$root/.deps/torch-venv"
 # Bump the marker when the package list changes; an existing venv is then topped up.
-marker="$venv/.ssl-host-ready-v4"
+marker="$venv/.ssl-host-ready-v5"
 if [ -f "$marker" ]; then
   exit 0
 fi
@@ -27,7 +37,8 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --no-cache-dir --progress-bar off \
-  torch==2.11.0 torchvision==0.26.0 numpy pillow tensorboard pydicom==3.0.1 safetensors==0.8.0
+  torch==2.11.0 torchvision==0.26.0 numpy pillow tensorboard pydicom==3.0.1 safetensors==0.8.0 \
+  pylibjpeg==2.1.0 pylibjpeg-libjpeg==2.5.0 pylibjpeg-openjpeg==2.6.0 imagecodecs==2026.3.6
 "$venv/bin/python" -W ignore - <<'PY'
 import torch, os
 assert torch.__version__.startswith("2.11.0"), torch.__version__

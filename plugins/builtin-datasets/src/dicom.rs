@@ -2,11 +2,14 @@
 //! the other CXR datasets), with the original's semantics (`InnerEyeCXRDatasetBase.__getitem__`
 //! on top of pydicom's `pixel_array`).
 //!
-//! Parsing and decompression use dicom-rs (`dicom-object`, `dicom-pixeldata`): explicit and
-//! implicit VR, little and big endian, deflated explicit VR little endian, JPEG baseline /
-//! extended / lossless, RLE lossless. Other encapsulated syntaxes (JPEG 2000, JPEG-LS, ...)
-//! give an error naming the transfer syntax.
+//! Parsing uses dicom-rs (`dicom-object`): explicit and implicit VR, little and big endian,
+//! deflated explicit VR little endian. Pixel data: native and RLE lossless through
+//! `dicom-pixeldata`; JPEG baseline / extended 12-bit / lossless (process 14, SV1), JPEG-LS
+//! (lossless, near-lossless) and JPEG 2000 (lossless, lossy) through `dicom_codecs`
+//! (libjpeg-turbo, CharLS, OpenJPEG). Other encapsulated syntaxes give an error naming the
+//! transfer syntax.
 
+use crate::dicom_codecs::{self, Codec, Expected};
 use crate::image_file::ImageLimits;
 use dicom_core::value::Value;
 use dicom_dictionary_std::tags;
@@ -86,12 +89,6 @@ fn chain(error: &dyn std::error::Error) -> String {
     message
 }
 
-const JPEG_UIDS: [&str; 4] = [
-    "1.2.840.10008.1.2.4.50",
-    "1.2.840.10008.1.2.4.51",
-    "1.2.840.10008.1.2.4.57",
-    "1.2.840.10008.1.2.4.70",
-];
 const RLE_UID: &str = "1.2.840.10008.1.2.5";
 const DEFLATED_UID: &str = "1.2.840.10008.1.2.1.99";
 const IMPLICIT_UID: &str = "1.2.840.10008.1.2";
@@ -289,11 +286,12 @@ fn decode_bytes(bytes: &[u8], limits: ImageLimits) -> Result<Image, String> {
         ));
     };
     let ts_desc = format!("transfer syntax {uid} ({})", ts.name());
-    if !ts.can_decode_all() {
+    let codec = Codec::of(&uid);
+    if codec.is_none() && !ts.can_decode_all() {
         return Err(format!(
             "unsupported {ts_desc}: its pixel data cannot be decoded (supported: implicit/explicit \
-             VR little endian, explicit VR big endian, deflated, JPEG baseline/extended/lossless, \
-             RLE lossless)"
+             VR little endian, explicit VR big endian, deflated, JPEG baseline/extended 12-bit/\
+             lossless, JPEG-LS, JPEG 2000, RLE lossless)"
         ));
     }
     if uid == DEFLATED_UID {
@@ -321,44 +319,54 @@ fn decode_bytes(bytes: &[u8], limits: ImageLimits) -> Result<Image, String> {
         .element_opt(tags::PIXEL_DATA)
         .map_err(|e| format!("cannot read Pixel Data (7FE0,0010): {}", chain(&e)))?
         .ok_or_else(|| format!("no Pixel Data element (7FE0,0010) ({ts_desc}; truncated file?)"))?;
-    if let Value::PixelSequence(sequence) = pixel_data.value() {
-        let fragments = sequence.fragments();
+    let encapsulated = match pixel_data.value() {
+        Value::PixelSequence(sequence) => Some(sequence.fragments()),
+        _ => None,
+    };
+    if let Some(fragments) = encapsulated {
         if fragments.is_empty() {
             return Err(format!(
                 "the encapsulated Pixel Data has no fragments ({ts_desc}; truncated file?)"
             ));
         }
-        let (rows, cols, samples, bits_allocated) = (
-            read_u16(&object, tags::ROWS, "Rows")?,
-            read_u16(&object, tags::COLUMNS, "Columns")?,
-            read_u16(&object, tags::SAMPLES_PER_PIXEL, "Samples per Pixel")?,
-            read_u16(&object, tags::BITS_ALLOCATED, "Bits Allocated")?,
-        );
-        let geometry = Geometry {
-            rows,
-            cols,
-            samples,
-            bits_allocated,
+        let expected = Expected {
+            rows: read_u16(&object, tags::ROWS, "Rows")?,
+            cols: read_u16(&object, tags::COLUMNS, "Columns")?,
+            samples: read_u16(&object, tags::SAMPLES_PER_PIXEL, "Samples per Pixel")?,
+            bits_allocated: read_u16(&object, tags::BITS_ALLOCATED, "Bits Allocated")?,
         };
-        if JPEG_UIDS.contains(&uid.as_str()) {
-            let frame: Vec<u8> = if fragments.len() == 1 {
-                fragments[0].clone()
-            } else {
-                fragments.concat()
-            };
-            check_jpeg_header(&frame, &geometry).map_err(|e| format!("{e} ({ts_desc})"))?;
-        } else if uid == RLE_UID {
-            check_rle_header(&fragments[0], &geometry).map_err(|e| format!("{e} ({ts_desc})"))?;
+        if let Some(codec) = codec {
+            // One fragment per frame when there are as many fragments as frames; otherwise a
+            // single frame spread over all fragments.
+            let frames = object
+                .element_opt(tags::NUMBER_OF_FRAMES)
+                .ok()
+                .flatten()
+                .and_then(|e| e.to_int::<i64>().ok())
+                .unwrap_or(1);
+            let frame: Vec<u8> =
+                if fragments.len() == 1 || (frames > 1 && fragments.len() as i64 == frames) {
+                    fragments[0].clone()
+                } else {
+                    fragments.concat()
+                };
+            let decoded = dicom_codecs::decode_frame(codec, &frame, &expected)
+                .map_err(|e| format!("{e} ({ts_desc})"))?;
+            let pixels = Pixels::from_codec(&object, &decoded)?;
+            return to_gray8(&pixels).map_err(|e| format!("{e} ({ts_desc})"));
+        }
+        if uid == RLE_UID {
+            check_rle_header(&fragments[0], &expected).map_err(|e| format!("{e} ({ts_desc})"))?;
         }
     }
 
     let decoded = object
         .decode_pixel_data_frame(0)
         .map_err(|e| format!("cannot decode the pixel data ({ts_desc}): {}", chain(&e)))?;
-    // The decoders of encapsulated syntaxes write little-endian samples; native data comes
-    // back in the machine's byte order.
+    // The RLE decoder writes little-endian samples; native data comes back in the machine's
+    // byte order.
     let little_endian = ts.is_encapsulated_pixel_data() || cfg!(target_endian = "little");
-    to_gray8(&decoded, little_endian).map_err(|e| format!("{e} ({ts_desc})"))
+    to_gray8(&Pixels::from_decoded(&decoded, little_endian)).map_err(|e| format!("{e} ({ts_desc})"))
 }
 
 fn read_u16(
@@ -375,82 +383,8 @@ fn read_u16(
         .map_err(|e| format!("invalid {name} {tag}: {}", chain(&e)))
 }
 
-/// The image attributes the encapsulated data is checked against.
-struct Geometry {
-    rows: u16,
-    cols: u16,
-    samples: u16,
-    bits_allocated: u16,
-}
-
-/// Checks the JPEG frame header (SOF) against Rows, Columns, Samples per Pixel and Bits
-/// Allocated, so that a mismatching or damaged stream is an error instead of a short or
-/// overflowing buffer in the decoder.
-fn check_jpeg_header(data: &[u8], geometry: &Geometry) -> Result<(), String> {
-    if data.len() < 4 || data[0] != 0xFF || data[1] != 0xD8 {
-        return Err("the JPEG data does not start with an SOI marker (FFD8)".into());
-    }
-    let mut at = 2;
-    loop {
-        // Skip fill bytes up to the next marker.
-        while at < data.len() && data[at] != 0xFF {
-            at += 1;
-        }
-        while at < data.len() && data[at] == 0xFF {
-            at += 1;
-        }
-        let Some(&marker) = data.get(at) else {
-            return Err("the JPEG data ends before its frame header (SOF)".into());
-        };
-        at += 1;
-        if marker == 0x01 || (0xD0..=0xD7).contains(&marker) {
-            continue;
-        }
-        if marker == 0xDA || marker == 0xD9 {
-            return Err("the JPEG data has no frame header (SOF) before its scan".into());
-        }
-        let Some(length) = data
-            .get(at..at + 2)
-            .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
-        else {
-            return Err("the JPEG data is truncated inside a marker segment".into());
-        };
-        let is_sof = (0xC0..=0xCF).contains(&marker) && ![0xC4, 0xC8, 0xCC].contains(&marker);
-        if is_sof {
-            let Some(sof) = data.get(at + 2..at + 8) else {
-                return Err("the JPEG frame header (SOF) is truncated".into());
-            };
-            let precision = sof[0] as u16;
-            let height = u16::from_be_bytes([sof[1], sof[2]]);
-            let width = u16::from_be_bytes([sof[3], sof[4]]);
-            let components = sof[5] as u16;
-            if height != geometry.rows || width != geometry.cols {
-                return Err(format!(
-                    "the JPEG frame is {width}×{height} but Columns×Rows is {}×{}",
-                    geometry.cols, geometry.rows
-                ));
-            }
-            if components != geometry.samples {
-                return Err(format!(
-                    "the JPEG frame has {components} components but Samples per Pixel is {}",
-                    geometry.samples
-                ));
-            }
-            let needed = if precision <= 8 { 8 } else { 16 };
-            if needed != geometry.bits_allocated {
-                return Err(format!(
-                    "the JPEG frame has {precision}-bit samples but Bits Allocated is {}",
-                    geometry.bits_allocated
-                ));
-            }
-            return Ok(());
-        }
-        at += length;
-    }
-}
-
 /// Checks the RLE segment table of a frame's fragment (PS3.5 G.3).
-fn check_rle_header(fragment: &[u8], geometry: &Geometry) -> Result<(), String> {
+fn check_rle_header(fragment: &[u8], geometry: &Expected) -> Result<(), String> {
     if fragment.len() < 64 {
         return Err(format!(
             "the RLE fragment holds {} bytes, less than its 64-byte header",
@@ -530,16 +464,88 @@ fn packbits_len(segment: &[u8]) -> usize {
     len
 }
 
-/// The raw sample values of a decoded frame, as pydicom's `pixel_array` gives them.
-fn raw_samples(
-    decoded: &DecodedPixelData,
-    count: usize,
+/// A decoded first frame and the attributes that say how to read its samples.
+struct Pixels<'a> {
+    data: &'a [u8],
+    rows: usize,
+    cols: usize,
+    samples: usize,
+    bits_allocated: u32,
+    bits_stored: u32,
+    signed: bool,
+    /// For messages.
+    photometric: String,
+    monochrome1: bool,
+    /// Whether 3 samples per pixel are R, G, B.
+    rgb: bool,
+    /// Plane by plane rather than pixel by pixel.
+    planar: bool,
     little_endian: bool,
-) -> Result<Vec<i64>, String> {
-    let data = decoded.data();
-    let bits_allocated = decoded.bits_allocated() as u32;
-    let bits_stored = decoded.bits_stored() as u32;
-    let signed = decoded.pixel_representation() == PixelRepresentation::Signed;
+}
+
+impl<'a> Pixels<'a> {
+    /// A frame decoded by dicom-pixeldata (native or RLE data).
+    fn from_decoded(decoded: &'a DecodedPixelData, little_endian: bool) -> Self {
+        let photometric = decoded.photometric_interpretation();
+        Pixels {
+            data: decoded.data(),
+            rows: decoded.rows() as usize,
+            cols: decoded.columns() as usize,
+            samples: decoded.samples_per_pixel() as usize,
+            bits_allocated: decoded.bits_allocated() as u32,
+            bits_stored: decoded.bits_stored() as u32,
+            signed: decoded.pixel_representation() == PixelRepresentation::Signed,
+            photometric: photometric.to_string(),
+            monochrome1: *photometric == PhotometricInterpretation::Monochrome1,
+            rgb: *photometric == PhotometricInterpretation::Rgb,
+            planar: decoded.planar_configuration() == PlanarConfiguration::PixelFirst,
+            little_endian,
+        }
+    }
+
+    /// A frame decoded by [`dicom_codecs`]: its own sample size; Bits Stored (at most the
+    /// sample size), Pixel Representation and Photometric Interpretation from the data set.
+    /// Colour frames come out as RGB (the decoders undo YBR and the JPEG 2000 colour
+    /// transforms, as pydicom's plugins do).
+    fn from_codec(
+        object: &dicom_object::DefaultDicomObject,
+        frame: &'a dicom_codecs::Frame,
+    ) -> Result<Self, String> {
+        let container = 8 * frame.bytes_per_sample as u32;
+        let bits_stored = read_u16(object, tags::BITS_STORED, "Bits Stored")? as u32;
+        let representation = read_u16(object, tags::PIXEL_REPRESENTATION, "Pixel Representation")?;
+        let photometric = object
+            .element_opt(tags::PHOTOMETRIC_INTERPRETATION)
+            .map_err(|e| format!("cannot read Photometric Interpretation: {}", chain(&e)))?
+            .ok_or("missing Photometric Interpretation (0028,0004)")?
+            .to_str()
+            .map_err(|e| format!("invalid Photometric Interpretation: {}", chain(&e)))?
+            .trim()
+            .to_string();
+        Ok(Pixels {
+            data: &frame.data,
+            rows: frame.height as usize,
+            cols: frame.width as usize,
+            samples: frame.samples as usize,
+            bits_allocated: container,
+            bits_stored: bits_stored.min(container),
+            signed: representation == 1,
+            monochrome1: photometric == "MONOCHROME1",
+            rgb: frame.samples == 3,
+            photometric,
+            planar: frame.planar,
+            little_endian: true,
+        })
+    }
+}
+
+/// The raw sample values of a decoded frame, as pydicom's `pixel_array` gives them.
+fn raw_samples(pixels: &Pixels, count: usize) -> Result<Vec<i64>, String> {
+    let data = pixels.data;
+    let bits_allocated = pixels.bits_allocated;
+    let bits_stored = pixels.bits_stored;
+    let signed = pixels.signed;
+    let little_endian = pixels.little_endian;
     if bits_stored == 0 || bits_stored > bits_allocated.max(1) {
         return Err(format!(
             "Bits Stored {bits_stored} is not within 1..=Bits Allocated ({bits_allocated})"
@@ -595,46 +601,43 @@ fn short_data(have: usize, need: usize) -> String {
 }
 
 /// Steps 2 and 3 of [`decode_dicom_gray8`] on a decoded first frame.
-fn to_gray8(decoded: &DecodedPixelData, little_endian: bool) -> Result<Image, String> {
-    let (rows, cols) = (decoded.rows() as usize, decoded.columns() as usize);
-    let samples = decoded.samples_per_pixel() as usize;
+fn to_gray8(p: &Pixels) -> Result<Image, String> {
+    let (rows, cols, samples) = (p.rows, p.cols, p.samples);
     if rows == 0 || cols == 0 {
         return Err(format!("the image is empty (Rows {rows}, Columns {cols})"));
     }
     let pixels = rows * cols;
-    let photometric = decoded.photometric_interpretation();
     let out = match samples {
         1 => {
-            let signed = decoded.pixel_representation() == PixelRepresentation::Signed;
-            let monochrome1 = *photometric == PhotometricInterpretation::Monochrome1;
-            let top = (1i64 << decoded.bits_stored()) - 1;
+            let top = (1i64 << p.bits_stored) - 1;
+            let (monochrome1, signed) = (p.monochrome1, p.signed);
             let value = |v: i64| match (monochrome1, signed) {
                 (false, _) => v,
                 (true, true) => -(v + 1),
                 (true, false) => top - v,
             };
-            let plain_bytes =
-                decoded.bits_allocated() == 8 && decoded.bits_stored() == 8 && !signed;
-            match decoded.data().get(..pixels) {
+            let plain_bytes = p.bits_allocated == 8 && p.bits_stored == 8 && !signed;
+            match p.data.get(..pixels) {
                 // 8-bit unsigned samples are the bytes themselves.
                 Some(bytes) if plain_bytes => {
                     normalise_integers(bytes.iter().map(|&b| value(b as i64)), pixels)
                 }
                 _ => {
-                    let raw = raw_samples(decoded, pixels, little_endian)?;
+                    let raw = raw_samples(p, pixels)?;
                     normalise_integers(raw.iter().map(|&v| value(v)), pixels)
                 }
             }
         }
         3 => {
-            if *photometric != PhotometricInterpretation::Rgb {
+            if !p.rgb {
                 return Err(format!(
-                    "3 samples per pixel with Photometric Interpretation {photometric} is not \
-                     supported (expected RGB)"
+                    "3 samples per pixel with Photometric Interpretation {} is not \
+                     supported (expected RGB)",
+                    p.photometric
                 ));
             }
-            let raw = raw_samples(decoded, pixels * samples, little_endian)?;
-            let planar = decoded.planar_configuration() == PlanarConfiguration::PixelFirst;
+            let raw = raw_samples(p, pixels * samples)?;
+            let planar = p.planar;
             let values: Vec<f64> = (0..pixels)
                 .map(|i| {
                     let (r, g, b) = if planar {
@@ -769,7 +772,7 @@ mod tests {
     fn regression_rle_header_with_more_than_15_segments_is_an_error() {
         let mut fragment = vec![0u8; 64];
         fragment[..4].copy_from_slice(&20u32.to_le_bytes());
-        let geometry = Geometry {
+        let geometry = Expected {
             rows: 1,
             cols: 1,
             samples: 20,
@@ -1247,12 +1250,16 @@ mod file_tests {
         assert_error(&dir.path().join("missing.dcm"), &["cannot read"]);
 
         let mut spec = DicomSpec::gray8(8, 8, vec![7; 64]);
-        spec.transfer_syntax = TransferSyntax::Encapsulated("1.2.840.10008.1.2.4.90".into());
-        let j2k = dir.path().join("j2k.dcm");
-        write_dicom(&j2k, &spec).unwrap();
+        spec.transfer_syntax = TransferSyntax::Encapsulated("1.2.840.10008.1.2.4.201".into());
+        let htj2k = dir.path().join("htj2k.dcm");
+        write_dicom(&htj2k, &spec).unwrap();
         assert_error(
-            &j2k,
-            &["1.2.840.10008.1.2.4.90", "JPEG 2000", "cannot be decoded"],
+            &htj2k,
+            &[
+                "1.2.840.10008.1.2.4.201",
+                "High-Throughput JPEG 2000",
+                "cannot be decoded",
+            ],
         );
         spec.transfer_syntax = TransferSyntax::Encapsulated("1.2.3.4.5.6".into());
         let unknown = dir.path().join("unknown.dcm");
@@ -1398,5 +1405,181 @@ for src in sys.argv[1:]:
                 assert_eq!(ours, theirs, "{name}: differs from pydicom");
             }
         }
+    }
+
+    /// Writes the compressed-syntax cases of `testdata/dicom_codecs.py` (imagecodecs encodes,
+    /// pydicom + pylibjpeg/openjpeg decode as the original) into `dir`; returns (name, uid,
+    /// lossless) per case.
+    fn codec_cases(dir: &Path) -> Vec<(String, String, bool)> {
+        let python =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.deps/torch-venv/bin/python");
+        assert!(
+            python.exists(),
+            "the venv python {} is missing: run scripts/setup-libtorch.sh (it installs \
+             pydicom, pylibjpeg and imagecodecs for this acceptance test)",
+            python.display()
+        );
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/testdata/dicom_codecs.py");
+        let output = std::process::Command::new(&python)
+            .arg(&script)
+            .arg(dir)
+            .output()
+            .expect("run the venv python");
+        assert!(
+            output.status.success(),
+            "dicom_codecs.py failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        std::fs::read_to_string(dir.join("cases.tsv"))
+            .unwrap()
+            .lines()
+            .map(|line| {
+                let f: Vec<&str> = line.split('\t').collect();
+                (f[0].to_string(), f[1].to_string(), f[2] == "lossless")
+            })
+            .collect()
+    }
+
+    /// The acceptance check of the compressed syntaxes: JPEG lossless (process 14 and SV1,
+    /// 8/12/16-bit), JPEG extended 12-bit, JPEG baseline, JPEG-LS lossless and near-lossless,
+    /// JPEG 2000 lossless (signed too) and lossy (bare and JP2-wrapped): exact for the
+    /// lossless ones, within a mean of 1 grey level for the lossy ones, after the original's
+    /// 8-bit scaling.
+    #[test]
+    fn compressed_syntaxes_match_pydicom() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = codec_cases(dir.path());
+        assert!(cases.len() >= 17, "only {} cases", cases.len());
+        for uid in [
+            "4.50", "4.51", "4.57", "4.70", "4.80", "4.81", "4.90", "4.91",
+        ] {
+            assert!(
+                cases
+                    .iter()
+                    .any(|(_, u, _)| *u == format!("1.2.840.10008.1.2.{uid}")),
+                "no case of 1.2.840.10008.1.2.{uid}"
+            );
+        }
+        for (name, uid, lossless) in &cases {
+            let path = dir.path().join(format!("{name}.dcm"));
+            let theirs = std::fs::read(dir.path().join(format!("{name}.L"))).unwrap();
+            let ours = decode_dicom_gray8(&path, ImageLimits::default())
+                .unwrap_or_else(|e| panic!("{name} ({uid}): {e}"));
+            let ours = gray(&ours);
+            assert_eq!(ours.len(), theirs.len(), "{name}: size");
+            let mad = mean_abs_diff(&ours, &theirs);
+            eprintln!("{name} ({uid}): mean abs difference from pydicom {mad:.4}");
+            if *lossless {
+                assert_eq!(
+                    ours, theirs,
+                    "{name} ({uid}): differs from pydicom (mad {mad})"
+                );
+            } else {
+                assert!(
+                    mad <= 1.0,
+                    "{name} ({uid}): mean abs difference {mad} from pydicom"
+                );
+            }
+        }
+    }
+
+    /// The frame headers of the compressed syntaxes are checked against the DICOM attributes
+    /// before decoding; damaged streams are errors, never panics.
+    #[test]
+    fn compressed_syntax_headers_are_checked_and_corruption_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = codec_cases(dir.path());
+        let limits = ImageLimits::default();
+        for (name, uid, _) in &cases {
+            let clean = std::fs::read(dir.path().join(format!("{name}.dcm"))).unwrap();
+            // The frame header sits near the start of the Pixel Data; find the fragment's
+            // start after the (FFFE,E000) item tags (offset table, then first fragment).
+            let item = [0xFEu8, 0xFF, 0x00, 0xE0];
+            let first = clean.windows(4).position(|w| w == item).unwrap();
+            let fragment = first
+                + 8
+                + clean[first + 8..]
+                    .windows(4)
+                    .position(|w| w == item)
+                    .unwrap()
+                + 8;
+            // Truncating the codestream is an error naming the syntax.
+            let cut = fragment + (clean.len() - fragment) / 2;
+            let mut truncated = clean[..cut].to_vec();
+            // Keep the item's declared length consistent with the bytes left, so that the
+            // codec (not the DICOM parser) meets the truncation.
+            let new_len = (cut - fragment) as u32;
+            truncated[fragment - 4..fragment].copy_from_slice(&new_len.to_le_bytes());
+            truncated.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+            let error = decode_dicom_bytes(&truncated, limits)
+                .err()
+                .unwrap_or_else(|| panic!("{name}: a half codestream decoded"));
+            assert!(error.contains(uid.as_str()), "{name}: {error}");
+            assert!(
+                !error.contains("decoder failed"),
+                "{name} panicked: {error}"
+            );
+            // Flipped bytes all through the codestream: errors or images, never panics.
+            for (k, flip) in noise(200, 0, (clean.len() - fragment - 1) as i32, 7)
+                .into_iter()
+                .enumerate()
+            {
+                let mut bytes = clean.clone();
+                bytes[fragment + flip as usize] ^= [0xFF, 0x01, 0x80, 0x3C][k % 4];
+                if let Err(error) = decode_dicom_bytes(&bytes, limits) {
+                    assert!(
+                        !error.contains("decoder failed"),
+                        "{name} panicked: {error}"
+                    );
+                }
+            }
+        }
+        // A frame header that disagrees with Rows/Columns is refused before decoding.
+        for name in [
+            "jpeg_lossless_sv1_12bit",
+            "jpegls_lossless_12bit",
+            "j2k_lossless_12bit",
+        ] {
+            let mut bytes = std::fs::read(dir.path().join(format!("{name}.dcm"))).unwrap();
+            // Rows (0028,0010) US 2 bytes: 45 → 44.
+            let rows = bytes
+                .windows(6)
+                .position(|w| w == [0x28, 0x00, 0x10, 0x00, b'U', b'S'])
+                .unwrap();
+            assert_eq!(bytes[rows + 8], 45);
+            bytes[rows + 8] = 44;
+            let error = decode_dicom_bytes(&bytes, limits).unwrap_err();
+            assert!(
+                error.contains("but Columns×Rows is 67×44"),
+                "{name}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn j2k_tile_count_and_jp2_boxes_are_checked() {
+        let expected = Expected {
+            rows: 4000,
+            cols: 4000,
+            samples: 1,
+            bits_allocated: 16,
+        };
+        // SOC, SIZ with 1×1 tiles on a 4000×4000 image.
+        let mut siz = vec![0xFF, 0x4F, 0xFF, 0x51, 0, 41, 0, 0];
+        for v in [4000u32, 4000, 0, 0, 1, 1, 0, 0] {
+            siz.extend_from_slice(&v.to_be_bytes());
+        }
+        siz.extend_from_slice(&[0, 1, 11, 1, 1]);
+        let error = match dicom_codecs::decode_frame(Codec::Jpeg2000, &siz, &expected) {
+            Err(e) => e,
+            Ok(_) => panic!("16 M tiles accepted"),
+        };
+        assert!(error.contains("16000000 tiles"), "{error}");
+        let error =
+            match dicom_codecs::decode_frame(Codec::Jpeg2000, b"\0\0\0\x0cjP  junk", &expected) {
+                Err(e) => e,
+                Ok(_) => panic!("junk accepted"),
+            };
+        assert!(error.contains("no codestream box"), "{error}");
     }
 }

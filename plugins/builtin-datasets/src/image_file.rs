@@ -1,8 +1,10 @@
-//! Decoding one image file (PNG, JPEG or DICOM) for the chest X-ray and ImageFolder datasets.
+//! Decoding one image file (PNG, JPEG, TIFF, BMP, WebP or DICOM) for the chest X-ray and
+//! ImageFolder datasets.
 //!
 //! `.dcm` files (by extension, any case, as the original) go to
 //! [`decode_dicom_gray8`](crate::dicom::decode_dicom_gray8). Other files are decoded by their
-//! content (as PIL does): PNG or JPEG, anything else is an error naming the file. Two outputs:
+//! content (as PIL does): PNG, JPEG, TIFF, BMP or WebP, anything else is an error naming the
+//! file. Two outputs:
 //!
 //! - [`decode_gray8`]: one 8-bit grey channel, as PIL's `Image.open(f).convert("L")` in the
 //!   original CXR datasets: RGB → `(R·19595 + G·38470 + B·7471 + 2¹⁵) >> 16` (PIL's fixed-point
@@ -13,7 +15,9 @@
 //!   alpha dropped, palettes expanded to RGB, 16-bit PNGs kept as 16-bit values.
 //!
 //! JPEGs are decoded by zune-jpeg in strict mode; its output can differ from PIL's
-//! libjpeg-turbo by a grey level or two at some pixels (PNGs match PIL exactly).
+//! libjpeg-turbo by a grey level or two at some pixels (PNGs match PIL exactly). TIFF, BMP
+//! and WebP go through the `image` crate and follow the same rules (a 16-bit grey TIFF is
+//! PIL's `I;16`); lossy WebP can differ from PIL's libwebp by a grey level at some pixels.
 //!
 //! Every decode takes [`ImageLimits`]: the dimensions a header claims are checked against
 //! `max_image_pixels` before any pixel buffer is allocated, so a hostile or damaged header
@@ -86,9 +90,10 @@ impl ImageLimits {
 }
 
 /// The file extensions the image datasets read (lower case).
-pub(crate) const IMAGE_EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "dcm"];
+pub(crate) const IMAGE_EXTENSIONS: [&str; 8] =
+    ["png", "jpg", "jpeg", "tif", "tiff", "bmp", "webp", "dcm"];
 
-/// Whether `path` has a PNG, JPEG or DICOM extension (any case).
+/// Whether `path` has an image extension of [`IMAGE_EXTENSIONS`] (any case).
 pub(crate) fn has_image_extension(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
@@ -273,15 +278,86 @@ impl Decoded {
 const PNG_SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
 
 fn decode_bytes(bytes: &[u8], limits: ImageLimits) -> Result<Decoded> {
+    use image::ImageFormat;
     if bytes.starts_with(&PNG_SIGNATURE) {
         decode_png(bytes, limits)
     } else if bytes.starts_with(&[0xff, 0xd8]) {
         decode_jpeg(bytes, limits)
+    } else if [b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"]
+        .iter()
+        .any(|m| bytes.starts_with(*m))
+    {
+        decode_with_image_crate(bytes, limits, ImageFormat::Tiff, "TIFF")
+    } else if bytes.starts_with(b"BM") {
+        decode_with_image_crate(bytes, limits, ImageFormat::Bmp, "BMP")
+    } else if bytes.starts_with(b"RIFF") && bytes.get(8..12) == Some(b"WEBP") {
+        decode_with_image_crate(bytes, limits, ImageFormat::WebP, "WebP")
     } else if bytes.is_empty() {
-        bail!("the file is empty; expected a PNG, JPEG or DICOM (.dcm) image")
+        bail!("the file is empty; expected a PNG, JPEG, TIFF, BMP, WebP or DICOM (.dcm) image")
     } else {
-        bail!("not a PNG or JPEG file (and not named .dcm); expected a PNG, JPEG or DICOM image")
+        bail!(
+            "not a PNG, JPEG, TIFF, BMP or WebP file (and not named .dcm); expected one of these \
+             or a DICOM image"
+        )
     }
+}
+
+/// TIFF (8 and 16 bit, any compression the `tiff` crate reads), BMP and WebP (lossless and
+/// lossy) through the `image` crate: the header's dimensions are checked against the limit
+/// before decoding, and the crate's own allocation limit is set to what that image may take.
+fn decode_with_image_crate(
+    bytes: &[u8],
+    limits: ImageLimits,
+    format: image::ImageFormat,
+    name: &str,
+) -> Result<Decoded> {
+    use image::{DynamicImage, ImageDecoder};
+    let invalid = |e: image::ImageError| PluginError::msg(format!("invalid {name}: {e}"));
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+    let mut crate_limits = image::Limits::default();
+    crate_limits.max_alloc = Some(
+        limits
+            .max_pixels
+            .saturating_mul(MAX_BYTES_PER_PIXEL)
+            .saturating_add(DECODER_SLACK_BYTES),
+    );
+    reader.limits(crate_limits);
+    let decoder = reader.into_decoder().map_err(invalid)?;
+    let (width, height) = decoder.dimensions();
+    limits
+        .check(
+            &format!("the {name} header"),
+            &[("columns", width as u64), ("rows", height as u64)],
+        )
+        .map_err(PluginError::msg)?;
+    let image = DynamicImage::from_decoder(decoder).map_err(invalid)?;
+    let be = |values: &[u16]| {
+        values
+            .iter()
+            .flat_map(|v| v.to_be_bytes())
+            .collect::<Vec<u8>>()
+    };
+    let (layout, data) = match image {
+        DynamicImage::ImageLuma8(b) => (Layout::Gray8, b.into_raw()),
+        DynamicImage::ImageLumaA8(b) => (Layout::GrayAlpha8, b.into_raw()),
+        DynamicImage::ImageRgb8(b) => (Layout::Rgb8, b.into_raw()),
+        DynamicImage::ImageRgba8(b) => (Layout::Rgba8, b.into_raw()),
+        DynamicImage::ImageLuma16(b) => (Layout::Gray16, be(b.as_raw())),
+        DynamicImage::ImageLumaA16(b) => (Layout::GrayAlpha16, be(b.as_raw())),
+        DynamicImage::ImageRgb16(b) => (Layout::Rgb16, be(b.as_raw())),
+        DynamicImage::ImageRgba16(b) => (Layout::Rgba16, be(b.as_raw())),
+        other => bail!(
+            "{name} with {:?} samples is not supported (expected 8- or 16-bit integer grey or \
+             RGB)",
+            other.color()
+        ),
+    };
+    Ok(Decoded {
+        width,
+        height,
+        layout,
+        data,
+    })
 }
 
 /// The most bytes one decoded pixel takes (RGBA, 16 bits).
@@ -597,7 +673,7 @@ mod tests {
             .unwrap_err()
             .message();
         assert!(
-            e.contains("notes.png") && e.contains("not a PNG or JPEG"),
+            e.contains("notes.png") && e.contains("not a PNG, JPEG, TIFF, BMP or WebP file"),
             "{e}"
         );
         let empty = dir.path().join("empty.jpg");
@@ -612,7 +688,10 @@ mod tests {
         assert!(e.contains("absent.png: image file not found"), "{e}");
         assert!(is_dicom(Path::new("a/B.DCM")) && !is_dicom(Path::new("a.dcm.png")));
         assert!(
-            has_image_extension(Path::new("x.JPeG")) && !has_image_extension(Path::new("x.txt"))
+            has_image_extension(Path::new("x.JPeG"))
+                && has_image_extension(Path::new("x.TIF"))
+                && has_image_extension(Path::new("x.webp"))
+                && !has_image_extension(Path::new("x.txt"))
         );
     }
 
@@ -717,6 +796,87 @@ mod pillow_tests {
         assert!(diff <= 3, "JPEG RGB differs from Pillow by {diff}");
     }
 
+    /// TIFF (8/16-bit grey, RGB; none, LZW, deflate, PackBits), BMP (grey, RGB, palette,
+    /// 1-bit) and WebP (lossless RGB and RGBA, lossy) written by Pillow: our grey image equals
+    /// Pillow's `convert("L")` exactly, lossy WebP within a mean of 1 grey level.
+    #[test]
+    fn tiff_bmp_and_webp_match_pillow() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = r#"
+import sys, numpy as np
+from PIL import Image
+d = sys.argv[1]
+rng = np.random.default_rng(0)
+h, w = 29, 37
+y, x = np.mgrid[0:h, 0:w]
+rgb = np.stack([(x * 7) % 256, (y * 9) % 256, ((x + y) * 5) % 256], -1)
+rgb = np.clip(rgb + rng.integers(-20, 20, rgb.shape), 0, 255).astype(np.uint8)
+grey = np.ascontiguousarray(rgb[..., 1])
+g16 = (x * 13 + y * 7).astype(np.uint16)  # 0..~670: both sides of 255
+def save(name, img, **kw):
+    p = f"{d}/{name}"
+    img.save(p, **kw)
+    print(p, Image.open(p).convert("L").tobytes().hex())
+save("grey8.tif", Image.fromarray(grey))
+save("grey8_lzw.tif", Image.fromarray(grey), compression="tiff_lzw")
+save("grey8_deflate.tif", Image.fromarray(grey), compression="tiff_adobe_deflate")
+save("grey16.tif", Image.fromarray(g16))
+save("rgb8_packbits.tif", Image.fromarray(rgb), compression="packbits")
+save("grey8.bmp", Image.fromarray(grey))
+save("rgb8.bmp", Image.fromarray(rgb))
+save("palette.bmp", Image.fromarray(rgb).quantize(16))
+save("bilevel.bmp", Image.fromarray(grey).convert("1"))
+save("rgb_lossless.webp", Image.fromarray(rgb), lossless=True)
+save("rgba_lossless.webp", Image.fromarray(np.dstack([rgb, grey])), lossless=True)
+save("rgb_lossy.webp", Image.fromarray(rgb), quality=80)
+"#;
+        let out = Command::new(PYTHON)
+            .arg("-c")
+            .arg(script)
+            .arg(dir.path())
+            .output()
+            .unwrap_or_else(|e| panic!("{PYTHON}: {e} (run scripts/setup-libtorch.sh)"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let listing = String::from_utf8(out.stdout).unwrap();
+        let mut seen = 0;
+        for line in listing.lines() {
+            let (file, hex) = line.split_once(' ').unwrap();
+            let theirs: Vec<u8> = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect();
+            let path = Path::new(file);
+            let ours = decode_gray8(path, ImageLimits::default())
+                .unwrap_or_else(|e| panic!("{file}: {}", e.message()));
+            assert_eq!((ours.width(), ours.height()), (37, 29), "{file}");
+            let ours = u8s(&ours);
+            let mad = ours
+                .iter()
+                .zip(&theirs)
+                .map(|(a, b)| a.abs_diff(*b) as f64)
+                .sum::<f64>()
+                / theirs.len() as f64;
+            eprintln!(
+                "{file}: mean abs difference from Pillow {mad:.4}, max {}",
+                max_diff(&ours, &theirs)
+            );
+            if file.ends_with("lossy.webp") {
+                assert!(mad <= 1.0, "{file}: mean abs difference {mad} from Pillow");
+            } else {
+                assert_eq!(ours, theirs, "{file}: differs from Pillow");
+            }
+            // The native decode keeps grey or RGB, 16-bit grey as 16 bits.
+            let native = decode_native(path, ImageLimits::default()).unwrap();
+            assert!(matches!(native.channels(), 1 | 3), "{file}");
+            seen += 1;
+        }
+        assert_eq!(seen, 12);
+    }
+
     #[test]
     fn truncated_and_corrupt_files_are_errors() {
         let dir = tempfile::tempdir().unwrap();
@@ -802,9 +962,85 @@ mod limit_tests {
         patch_us(patch_us(small, 0x10, u16::MAX), 0x11, u16::MAX)
     }
 
-    /// The three hostile files, written to `dir`: (path, what the message must name).
+    /// A 24-bit BMP whose header claims `width × height` (no pixel data follows).
+    fn bmp_claiming(width: i32, height: i32) -> Vec<u8> {
+        let mut b = b"BM".to_vec();
+        for v in [64u32, 0, 54, 40] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&width.to_le_bytes());
+        b.extend_from_slice(&height.to_le_bytes());
+        b.extend_from_slice(&1u16.to_le_bytes());
+        b.extend_from_slice(&24u16.to_le_bytes());
+        b.extend_from_slice(&[0u8; 24]);
+        b.extend_from_slice(&[0u8; 10]);
+        b
+    }
+
+    /// An uncompressed 8-bit grey TIFF whose IFD claims `width × height` in one strip.
+    fn tiff_claiming(width: u32, height: u32) -> Vec<u8> {
+        let mut b = b"II*\0".to_vec();
+        b.extend_from_slice(&8u32.to_le_bytes());
+        // (tag, type: 3 SHORT / 4 LONG, value)
+        let entries: [(u16, u16, u32); 8] = [
+            (256, 4, width),
+            (257, 4, height),
+            (258, 3, 8),
+            (259, 3, 1),
+            (262, 3, 1),
+            (273, 4, 200),
+            (278, 4, height),
+            (279, 4, 16),
+        ];
+        b.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+        for (tag, kind, value) in entries {
+            b.extend_from_slice(&tag.to_le_bytes());
+            b.extend_from_slice(&kind.to_le_bytes());
+            b.extend_from_slice(&1u32.to_le_bytes());
+            if kind == 3 {
+                b.extend_from_slice(&(value as u16).to_le_bytes());
+                b.extend_from_slice(&[0, 0]);
+            } else {
+                b.extend_from_slice(&value.to_le_bytes());
+            }
+        }
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.resize(216, 0);
+        b
+    }
+
+    /// A lossless WebP (VP8L) whose header claims `width × height` (at most 16384 each).
+    fn webp_claiming(width: u32, height: u32) -> Vec<u8> {
+        let bits = (width - 1) | ((height - 1) << 14);
+        let mut vp8l = vec![0x2f];
+        vp8l.extend_from_slice(&bits.to_le_bytes());
+        vp8l.extend_from_slice(&[0u8; 11]);
+        let mut b = b"RIFF".to_vec();
+        b.extend_from_slice(&(4 + 8 + vp8l.len() as u32).to_le_bytes());
+        b.extend_from_slice(b"WEBPVP8L");
+        b.extend_from_slice(&(vp8l.len() as u32).to_le_bytes());
+        b.extend_from_slice(&vp8l);
+        b
+    }
+
+    /// The hostile files, written to `dir`: (path, what the message must name).
     fn hostile_files(dir: &Path) -> Vec<(std::path::PathBuf, &'static str)> {
         let files = [
+            (
+                "huge.bmp",
+                bmp_claiming(60_000, 60_000),
+                "60000 columns × 60000 rows",
+            ),
+            (
+                "huge.tif",
+                tiff_claiming(100_000, 100_000),
+                "100000 columns × 100000 rows",
+            ),
+            (
+                "huge.webp",
+                webp_claiming(16_000, 16_000),
+                "16000 columns × 16000 rows",
+            ),
             (
                 "huge.png",
                 png_claiming(100_000, 100_000),

@@ -2,8 +2,8 @@
 //! `ImageFolder`) and `ImageFolderUnlabelled` (every image under a folder).
 //!
 //! `ImageFolder`: `root/<class>/…/<image>`; the classes are the sub-folders of root sorted
-//! by name, a class's label is its position. Images are PNG, JPEG or DICOM (`.png`, `.jpg`,
-//! `.jpeg`, `.dcm`, any case), found recursively; other files, files directly in root, and
+//! by name, a class's label is its position. Images are PNG, JPEG, TIFF, BMP, WebP or DICOM
+//! (`.png`, `.jpg`, `.jpeg`, `.tif`, `.tiff`, `.bmp`, `.webp`, `.dcm`, any case), found recursively; other files, files directly in root, and
 //! hidden files and folders (names starting with `.`) are ignored. A class folder without
 //! images is an error, as torchvision's. `ImageFolderUnlabelled`: every image under root,
 //! recursively. In both, images are ordered as torchvision's (folders by path, then files by

@@ -15,6 +15,7 @@ mod cifar;
 mod covid;
 mod csv_table;
 mod dicom;
+mod dicom_codecs;
 mod download;
 mod image_file;
 mod image_folder;
