@@ -256,14 +256,14 @@ pub(crate) fn register(plugin: Plugin) -> Plugin {
     plugin
         .dataset(
             "ImageFolder",
-            "your own labelled images: root/<class>/<image> (PNG, JPEG, DICOM; searched \
+            "your own labelled images: root/<class>/<image> (PNG, JPEG, TIFF, BMP, WebP, DICOM; searched \
              recursively; hidden and other files ignored), classes = sub-folders sorted by name, \
              RGB (grey repeated); split train = all, test = empty; max_image_pixels (67108864): larger images are refused",
             ImageFolder::labelled,
         )
         .dataset(
             "ImageFolderUnlabelled",
-            "your own unlabelled images: every PNG, JPEG or DICOM under root (recursively, \
+            "your own unlabelled images: every PNG, JPEG, TIFF, BMP, WebP or DICOM under root (recursively, \
              sorted), RGB (grey repeated); split train = all, test = empty; max_image_pixels (67108864): larger images are refused",
             ImageFolder::unlabelled,
         )
@@ -339,6 +339,59 @@ mod tests {
         assert_eq!(all.num_classes(), None);
         assert_eq!(all.targets().unwrap(), vec![None; 8]);
         assert_eq!(all.get(0).unwrap().label(), None);
+    }
+
+    /// TIFF (8 and 16 bit), BMP and WebP files are listed and decoded like PNGs: RGB, grey
+    /// repeated, 16-bit grey kept as 16-bit values.
+    #[test]
+    fn tiff_bmp_and_webp_files_are_images() {
+        use image::{ExtendedColorType, ImageFormat};
+        let dir = tempfile::tempdir().unwrap();
+        let rgb = rgb_pattern(3, 4, 2);
+        let grey: Vec<u8> = (0..8).map(|i| i * 30).collect();
+        let grey16: Vec<u8> = (0..8u16).flat_map(|i| (i * 1000).to_ne_bytes()).collect();
+        let save = |name: &str, data: &[u8], color, format| {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            image::save_buffer_with_format(&path, data, 4, 2, color, format).unwrap();
+        };
+        save(
+            "a/rgb.TIFF",
+            &rgb,
+            ExtendedColorType::Rgb8,
+            ImageFormat::Tiff,
+        );
+        save(
+            "a/grey16.tif",
+            &grey16,
+            ExtendedColorType::L16,
+            ImageFormat::Tiff,
+        );
+        save("b/grey.bmp", &grey, ExtendedColorType::L8, ImageFormat::Bmp);
+        save(
+            "b/rgb.webp",
+            &rgb,
+            ExtendedColorType::Rgb8,
+            ImageFormat::WebP,
+        );
+        let ds = ImageFolder::labelled(&params(dir.path(), "train")).unwrap();
+        assert_eq!(
+            ds.ids,
+            ["a/grey16.tif", "a/rgb.TIFF", "b/grey.bmp", "b/rgb.webp"]
+        );
+        let u8s = |i: usize| match ds.get(i).unwrap().image().pixels() {
+            Pixels::U8(px) => px.to_vec(),
+            _ => panic!("{}: 8-bit expected", ds.ids[i]),
+        };
+        let sample = ds.get(0).unwrap();
+        let Pixels::U16(g16) = sample.image().pixels() else {
+            panic!("16-bit expected")
+        };
+        assert_eq!(g16[..6], [0, 0, 0, 1000, 1000, 1000]);
+        assert_eq!(u8s(1), rgb);
+        assert_eq!(u8s(3), rgb);
+        let px = u8s(2);
+        assert_eq!(px, grey.iter().flat_map(|&g| [g; 3]).collect::<Vec<u8>>());
     }
 
     #[test]
