@@ -720,15 +720,12 @@ mod pillow_tests {
         "/../../.deps/torch-venv/bin/python"
     );
 
-    /// Pillow's `Image.open(f).convert(mode)` bytes of each file.
-    fn pillow(mode: &str, files: &[&Path]) -> Vec<Vec<u8>> {
-        let script = "import sys\nfrom PIL import Image\nfor f in sys.argv[2:]:\n    \
-                      print(Image.open(f).convert(sys.argv[1]).tobytes().hex())";
+    /// The standard output of `script` run by the project's Python with `args`.
+    fn python(script: &str, args: &[&std::ffi::OsStr]) -> String {
         let out = Command::new(PYTHON)
             .arg("-c")
             .arg(script)
-            .arg(mode)
-            .args(files)
+            .args(args)
             .output()
             .unwrap_or_else(|e| panic!("{PYTHON}: {e} (run scripts/setup-libtorch.sh)"));
         assert!(
@@ -736,16 +733,23 @@ mod pillow_tests {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| {
-                (0..l.len())
-                    .step_by(2)
-                    .map(|i| u8::from_str_radix(&l[i..i + 2], 16).unwrap())
-                    .collect()
-            })
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn from_hex(hex: &str) -> Vec<u8> {
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
             .collect()
+    }
+
+    /// Pillow's `Image.open(f).convert(mode)` bytes of each file.
+    fn pillow(mode: &str, files: &[&Path]) -> Vec<Vec<u8>> {
+        let script = "import sys\nfrom PIL import Image\nfor f in sys.argv[2:]:\n    \
+                      print(Image.open(f).convert(sys.argv[1]).tobytes().hex())";
+        let mut args = vec![std::ffi::OsStr::new(mode)];
+        args.extend(files.iter().map(|f| f.as_os_str()));
+        python(script, &args).lines().map(from_hex).collect()
     }
 
     fn u8s(image: &Image) -> Vec<u8> {
@@ -830,25 +834,11 @@ save("rgb_lossless.webp", Image.fromarray(rgb), lossless=True)
 save("rgba_lossless.webp", Image.fromarray(np.dstack([rgb, grey])), lossless=True)
 save("rgb_lossy.webp", Image.fromarray(rgb), quality=80)
 "#;
-        let out = Command::new(PYTHON)
-            .arg("-c")
-            .arg(script)
-            .arg(dir.path())
-            .output()
-            .unwrap_or_else(|e| panic!("{PYTHON}: {e} (run scripts/setup-libtorch.sh)"));
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let listing = String::from_utf8(out.stdout).unwrap();
+        let listing = python(script, &[dir.path().as_os_str()]);
         let mut seen = 0;
         for line in listing.lines() {
             let (file, hex) = line.split_once(' ').unwrap();
-            let theirs: Vec<u8> = (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-                .collect();
+            let theirs = from_hex(hex);
             let path = Path::new(file);
             let ours = decode_gray8(path, ImageLimits::default())
                 .unwrap_or_else(|e| panic!("{file}: {}", e.message()));
