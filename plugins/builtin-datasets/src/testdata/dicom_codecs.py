@@ -43,6 +43,7 @@ def picture(width, height, bits, seed, signed=False):
 
 
 def write(path, uid, frame, pixels, bits_stored, photometric="MONOCHROME2", signed=False):
+    colour = pixels.ndim == 3
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -52,8 +53,10 @@ def write(path, uid, frame, pixels, bits_stored, photometric="MONOCHROME2", sign
     ds.SOPClassUID = SECONDARY_CAPTURE
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.Modality = "CR"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    ds.SamplesPerPixel = 3 if colour else 1
+    if colour:
+        ds.PlanarConfiguration = 0
     ds.PhotometricInterpretation = photometric
     ds.BitsAllocated = 8 if pixels.dtype.itemsize == 1 else 16
     ds.BitsStored = bits_stored
@@ -65,9 +68,13 @@ def write(path, uid, frame, pixels, bits_stored, photometric="MONOCHROME2", sign
 
 
 def original_8bit(path):
-    """InnerEyeCXRDatasetBase on top of pydicom, as in the existing acceptance test."""
+    """InnerEyeCXRDatasetBase on top of pydicom, as in the existing acceptance test; colour
+    images (which the original's PIL call rejects) through the luma that ssl-host documents,
+    (R*299 + G*587 + B*114) / 1000, then the same scaling."""
     ds = pydicom.dcmread(path)
     px = ds.pixel_array
+    if px.ndim == 3:
+        px = (px[..., 0] * 299.0 + px[..., 1] * 587.0 + px[..., 2] * 114.0) / 1000.0
     if ds.PhotometricInterpretation == "MONOCHROME1":
         px = 2**ds.BitsStored - 1 - px if ds.PixelRepresentation == 0 else -1 * (px + 1)
     img = px.astype(np.float64)
@@ -97,6 +104,11 @@ def cases():
     yield "j2k_lossless_12bit", "1.2.840.10008.1.2.4.90", j2k(g12, codecformat="J2K", reversible=True, bitspersample=12), g12, 12, {}
     yield "j2k_lossless_16bit_signed", "1.2.840.10008.1.2.4.90", j2k(s16, codecformat="J2K", reversible=True), s16, 16, {"signed": True}
     yield "j2k_lossy_12bit", "1.2.840.10008.1.2.4.91", j2k(g12, level=45, codecformat="J2K", reversible=False, bitspersample=12), g12, 12, {"lossy": True}
+    rgb = np.stack([picture(w, h, 8, seed) for seed in (5, 6, 7)], -1)
+    yield "colour_jpeg_lossless_rgb", "1.2.840.10008.1.2.4.70", jpeg(rgb, lossless=True, predictor=1), rgb, 8, {"photometric": "RGB"}
+    yield "colour_jpeg_baseline_ybr_full_422", "1.2.840.10008.1.2.4.50", jpeg(rgb, level=90), rgb, 8, {"photometric": "YBR_FULL_422", "lossy": True}
+    yield "colour_jpegls_lossless_rgb", "1.2.840.10008.1.2.4.80", imagecodecs.jpegls_encode(rgb), rgb, 8, {"photometric": "RGB"}
+    yield "colour_j2k_lossless_ybr_rct", "1.2.840.10008.1.2.4.90", j2k(rgb, codecformat="J2K", reversible=True), rgb, 8, {"photometric": "YBR_RCT"}
     yield "j2k_lossy_8bit_jp2_wrapped", "1.2.840.10008.1.2.4.91", j2k(g8, level=40, codecformat="JP2", reversible=False), g8, 8, {"lossy": True}
 
 
