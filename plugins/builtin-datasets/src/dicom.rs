@@ -236,8 +236,10 @@ fn check_meta_lengths(data: &[u8]) -> Result<usize, String> {
 }
 
 /// Inflates a deflated data set, refusing one that would inflate past what an image within
-/// the limit needs (a "zip bomb") before dicom-rs inflates it into memory; `None` when the
-/// stream does not inflate (dicom-rs then names the error).
+/// the limit needs (a "zip bomb") before dicom-rs inflates it into memory. A stream that
+/// breaks off gives what inflated before the break (what dicom-rs will read too, so that its
+/// element lengths are checked as well); `None` when nothing inflates (dicom-rs then names
+/// the error).
 fn inflate_bounded(
     bytes: &[u8],
     start: usize,
@@ -253,7 +255,8 @@ fn inflate_bounded(
         .saturating_add(NON_PIXEL_BYTES);
     let mut inflater = flate2::read::DeflateDecoder::new(deflated).take(budget.saturating_add(1));
     let mut data_set = Vec::new();
-    if inflater.read_to_end(&mut data_set).is_err() {
+    // On a read error, `read_to_end` keeps the bytes read before it.
+    if inflater.read_to_end(&mut data_set).is_err() && data_set.is_empty() {
         return Ok(None);
     }
     if data_set.len() as u64 > budget {
@@ -764,6 +767,32 @@ mod tests {
             include_bytes!("../../../fuzz/corpus/dicom/regression-oom-deflated-group-length");
         let e = decode_dicom_bytes(bytes, ImageLimits::default()).unwrap_err();
         assert!(e.contains("corrupt or truncated DICOM data"), "{e}");
+    }
+
+    /// Regression (fuzzing, 2026-11-30): a deflated data set whose stream breaks off; the
+    /// elements that did inflate were not checked, and dicom-rs spent seconds and a gigabyte
+    /// on an element declaring 2.8 GB before failing.
+    #[test]
+    fn regression_broken_deflate_stream_is_checked_up_to_the_break() {
+        let bytes =
+            include_bytes!("../../../fuzz/corpus/dicom/regression-oom-deflated-group-length");
+        let started = std::time::Instant::now();
+        let e = decode_dicom_bytes(
+            bytes,
+            ImageLimits {
+                max_pixels: 1 << 20,
+            },
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("declares") && e.contains("remain in the file"),
+            "{e}"
+        );
+        assert!(
+            started.elapsed().as_secs_f64() < 1.0,
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     /// Regression: an RLE header declaring more segments than its 15 offset slots (with
