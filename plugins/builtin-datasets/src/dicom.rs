@@ -128,15 +128,23 @@ fn check_dimensions(
     )
 }
 
+/// Whether an explicit VR element header has the long form (2 reserved bytes, a 32-bit
+/// length), as dicom-rs reads it: every VR but the 21 with a 16-bit length, an unknown VR
+/// included (dicom-rs reads it as UN).
+fn has_long_length(vr: [u8; 2]) -> bool {
+    const SHORT_VRS: [[u8; 2]; 21] = [
+        *b"AE", *b"AS", *b"AT", *b"CS", *b"DA", *b"DS", *b"DT", *b"FL", *b"FD", *b"IS", *b"LO",
+        *b"LT", *b"PN", *b"SH", *b"SL", *b"SS", *b"ST", *b"TM", *b"UI", *b"UL", *b"US",
+    ];
+    !SHORT_VRS.contains(&vr)
+}
+
 /// Refuses a data set in which an element declares more bytes than the file has left, before
 /// dicom-rs (which allocates an element's declared length before reading it) reads it: a
 /// damaged length field is a clear error instead of a multi-gigabyte allocation. Walks the
 /// elements, into sequences and items (an implicit VR value that starts with an item tag is
 /// taken as a sequence), and over the fragments of encapsulated Pixel Data.
 fn check_element_lengths(data: &[u8], explicit: bool, big_endian: bool) -> Result<(), String> {
-    const LONG_VRS: [&[u8; 2]; 13] = [
-        b"OB", b"OW", b"OF", b"SQ", b"UT", b"UN", b"OD", b"OL", b"OV", b"UC", b"UR", b"SV", b"UV",
-    ];
     const UNDEFINED: u32 = 0xFFFF_FFFF;
     let u16_at = |at: usize| {
         let b = [data[at], data[at + 1]];
@@ -163,7 +171,7 @@ fn check_element_lengths(data: &[u8], explicit: bool, big_endian: bool) -> Resul
             (u32_at(at + 4), 8)
         } else if explicit {
             let vr = [data[at + 4], data[at + 5]];
-            if LONG_VRS.contains(&&vr) {
+            if has_long_length(vr) {
                 if data.len() - at < 12 {
                     break;
                 }
@@ -212,16 +220,15 @@ fn check_meta_lengths(data: &[u8]) -> Result<usize, String> {
     while data.len() - at >= 8 && data[at..at + 2] == [0x02, 0x00] {
         let element = u16::from_le_bytes([data[at + 2], data[at + 3]]);
         let vr = [data[at + 4], data[at + 5]];
-        let (length, header) =
-            if [*b"OB", *b"OW", *b"UN", *b"SQ", *b"UT", *b"UC", *b"UR"].contains(&vr) {
-                if data.len() - at < 12 {
-                    break;
-                }
-                let l = &data[at + 8..at + 12];
-                (u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize, 12)
-            } else {
-                (u16::from_le_bytes([data[at + 6], data[at + 7]]) as usize, 8)
-            };
+        let (length, header) = if has_long_length(vr) {
+            if data.len() - at < 12 {
+                break;
+            }
+            let l = &data[at + 8..at + 12];
+            (u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize, 12)
+        } else {
+            (u16::from_le_bytes([data[at + 6], data[at + 7]]) as usize, 8)
+        };
         at += header;
         let left = data.len() - at;
         if length > left {
@@ -238,8 +245,9 @@ fn check_meta_lengths(data: &[u8]) -> Result<usize, String> {
 /// Inflates a deflated data set, refusing one that would inflate past what an image within
 /// the limit needs (a "zip bomb") before dicom-rs inflates it into memory. A stream that
 /// breaks off gives what inflated before the break (what dicom-rs will read too, so that its
-/// element lengths are checked as well); `None` when nothing inflates (dicom-rs then names
-/// the error).
+/// element lengths are checked as well); one of which nothing inflates is an error (dicom-rs,
+/// inflating it the same way, would read garbage by declared lengths). `None` when the file
+/// ends before its data set.
 fn inflate_bounded(
     bytes: &[u8],
     start: usize,
@@ -256,8 +264,12 @@ fn inflate_bounded(
     let mut inflater = flate2::read::DeflateDecoder::new(deflated).take(budget.saturating_add(1));
     let mut data_set = Vec::new();
     // On a read error, `read_to_end` keeps the bytes read before it.
-    if inflater.read_to_end(&mut data_set).is_err() && data_set.is_empty() {
-        return Ok(None);
+    if let Err(error) = inflater.read_to_end(&mut data_set) {
+        if data_set.is_empty() {
+            return Err(format!(
+                "corrupt DICOM data: the deflated data set does not inflate ({error})"
+            ));
+        }
     }
     if data_set.len() as u64 > budget {
         return Err(format!(
@@ -790,6 +802,40 @@ mod tests {
         );
         assert!(
             started.elapsed().as_secs_f64() < 1.0,
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    /// Regression (fuzzing, 2026-11-30): an element with an unknown VR ("CM") has a 32-bit
+    /// length for dicom-rs (read as UN), which the length check read as 16-bit; dicom-rs then
+    /// zero-filled 1.2 GB for it (a second per file).
+    #[test]
+    fn regression_unknown_vr_has_a_32_bit_length() {
+        let bytes =
+            include_bytes!("../../../fuzz/corpus/dicom/regression-slow-unknown-vr-long-length");
+        let started = std::time::Instant::now();
+        let e = decode_dicom_bytes(bytes, ImageLimits::default()).unwrap_err();
+        assert!(e.contains("declares 1280638976 bytes"), "{e}");
+        assert!(
+            started.elapsed().as_secs_f64() < 0.5,
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(has_long_length(*b"CM") && has_long_length(*b"OB") && !has_long_length(*b"US"));
+    }
+
+    /// Regression (fuzzing, 2026-11-30): a deflated data set of which nothing inflates was
+    /// left to dicom-rs, which read a declared 1.1 GB element from it.
+    #[test]
+    fn regression_deflated_data_set_that_does_not_inflate_is_an_error() {
+        let bytes =
+            include_bytes!("../../../fuzz/corpus/dicom/regression-slow-deflate-does-not-inflate");
+        let started = std::time::Instant::now();
+        let e = decode_dicom_bytes(bytes, ImageLimits::default()).unwrap_err();
+        assert!(e.contains("the deflated data set does not inflate"), "{e}");
+        assert!(
+            started.elapsed().as_secs_f64() < 0.5,
             "{:?}",
             started.elapsed()
         );
