@@ -212,32 +212,53 @@ fn check_element_lengths(data: &[u8], explicit: bool, big_endian: bool) -> Resul
     Ok(())
 }
 
-/// [`check_element_lengths`] for the file meta group (explicit VR little endian, group 0002),
-/// which dicom-rs also reads by declared lengths; returns where the group ends (where the data
-/// set starts), as dicom-rs finds it: by its elements, not by its group length.
+/// [`check_element_lengths`] for the file meta group, which dicom-rs also reads by declared
+/// lengths; returns where the group ends (where the data set starts) as dicom-rs finds it:
+/// after the File Meta Information Group Length element (0002,0000), elements (explicit VR
+/// little endian, of any group) are read while fewer bytes than that length have been read,
+/// so the last one may end past it. A group that does not start with (0002,0000) is left to
+/// dicom-rs, which refuses it.
 fn check_meta_lengths(data: &[u8]) -> Result<usize, String> {
-    let mut at = 0;
-    while data.len() - at >= 8 && data[at..at + 2] == [0x02, 0x00] {
-        let element = u16::from_le_bytes([data[at + 2], data[at + 3]]);
+    if data.len() < 12 || data[..6] != [0x02, 0x00, 0x00, 0x00, b'U', b'L'] {
+        return Ok(0);
+    }
+    let group_length = u32::from_le_bytes([data[8], data[9], data[10], data[11]]) as u64;
+    let mut at = 12;
+    let mut total = 0u64;
+    while total < group_length && data.len() - at >= 8 {
+        let (group, element) = (
+            u16::from_le_bytes([data[at], data[at + 1]]),
+            u16::from_le_bytes([data[at + 2], data[at + 3]]),
+        );
         let vr = [data[at + 4], data[at + 5]];
-        let (length, header) = if has_long_length(vr) {
+        let (length, header) = if group == 0xFFFE {
+            (
+                u32::from_le_bytes([data[at + 4], data[at + 5], data[at + 6], data[at + 7]]),
+                8,
+            )
+        } else if has_long_length(vr) {
             if data.len() - at < 12 {
                 break;
             }
             let l = &data[at + 8..at + 12];
-            (u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize, 12)
+            (u32::from_le_bytes([l[0], l[1], l[2], l[3]]), 12)
         } else {
-            (u16::from_le_bytes([data[at + 6], data[at + 7]]) as usize, 8)
+            (u16::from_le_bytes([data[at + 6], data[at + 7]]) as u32, 8)
         };
+        if length == u32::MAX {
+            // Undefined length: dicom-rs refuses it.
+            break;
+        }
         at += header;
         let left = data.len() - at;
-        if length > left {
+        if length as usize > left {
             return Err(format!(
-                "invalid DICOM file meta group (0002,xxxx): element (0002,{element:04X}) declares \
-                 {length} bytes but only {left} remain in the file"
+                "invalid DICOM file meta group (0002,xxxx): element ({group:04X},{element:04X}) \
+                 declares {length} bytes but only {left} remain in the file"
             ));
         }
-        at += length;
+        at += length as usize;
+        total += header as u64 + length as u64;
     }
     Ok(at)
 }
@@ -825,20 +846,25 @@ mod tests {
         assert!(has_long_length(*b"CM") && has_long_length(*b"OB") && !has_long_length(*b"US"));
     }
 
-    /// Regression (fuzzing, 2026-11-30): a deflated data set of which nothing inflates was
-    /// left to dicom-rs, which read a declared 1.1 GB element from it.
+    /// Regression (fuzzing, 2026-11-30): the file meta group ends where dicom-rs stops reading
+    /// it (elements of any group while fewer bytes than its group length were read), not at
+    /// the first element of another group; the length check inflated from the wrong place
+    /// and missed a deflated element declaring 1.1 GB, which dicom-rs then read.
     #[test]
-    fn regression_deflated_data_set_that_does_not_inflate_is_an_error() {
-        let bytes =
-            include_bytes!("../../../fuzz/corpus/dicom/regression-slow-deflate-does-not-inflate");
+    fn regression_meta_group_ends_where_dicom_rs_ends_it() {
+        let bytes = include_bytes!("../../../fuzz/corpus/dicom/regression-slow-meta-group-end");
         let started = std::time::Instant::now();
         let e = decode_dicom_bytes(bytes, ImageLimits::default()).unwrap_err();
-        assert!(e.contains("the deflated data set does not inflate"), "{e}");
+        assert!(e.contains("declares 1129534721 bytes"), "{e}");
         assert!(
             started.elapsed().as_secs_f64() < 0.5,
             "{:?}",
             started.elapsed()
         );
+        let oom =
+            include_bytes!("../../../fuzz/corpus/dicom/regression-oom-off-group-meta-element");
+        let e = decode_dicom_bytes(oom, ImageLimits::default()).unwrap_err();
+        assert!(e.contains("(7FE0,0010) declares 2145386560 bytes"), "{e}");
     }
 
     /// Regression: an RLE header declaring more segments than its 15 offset slots (with
@@ -1340,6 +1366,19 @@ mod file_tests {
         let unknown = dir.path().join("unknown.dcm");
         write_dicom(&unknown, &spec).unwrap();
         assert_error(&unknown, &["1.2.3.4.5.6", "unsupported transfer syntax"]);
+    }
+
+    /// A deflated data set of which nothing inflates is an error of ours (dicom-rs would read
+    /// garbage by declared lengths from it).
+    #[test]
+    fn a_deflated_data_set_that_does_not_inflate_is_an_error() {
+        let mut spec = DicomSpec::gray8(8, 8, vec![7; 64]);
+        spec.transfer_syntax = TransferSyntax::DeflatedExplicitVrLittleEndian;
+        let mut bytes = dicom_bytes(&spec).unwrap();
+        let start = 132 + check_meta_lengths(&bytes[132..]).unwrap();
+        bytes[start] = 0xFF; // final block of the reserved (invalid) type 3
+        let e = decode_dicom_bytes(&bytes, ImageLimits::default()).unwrap_err();
+        assert!(e.contains("the deflated data set does not inflate"), "{e}");
     }
 
     #[test]
