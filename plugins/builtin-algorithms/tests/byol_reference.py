@@ -26,14 +26,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from parity_common import (
+    SSLEncoder,
     adam,
     copies,
-    gradients,
-    loss_entry,
+    paired_parameters,
     perturb,
-    resnet18_trunk,
     save,
     start,
+    step,
     tensors_of,
     two_views,
     write_decay_names,
@@ -56,17 +56,6 @@ class MLP(nn.Module):
 
     def forward(self, x):
         return self.model(x)
-
-
-class SSLEncoder(nn.Module):
-    """InnerEye's `SSLEncoder`: a ResNet-18 (7x7 stem, max-pool kept) without its `fc`."""
-
-    def __init__(self):
-        super().__init__()
-        self.cnn_model = resnet18_trunk()
-
-    def forward(self, x):
-        return self.cnn_model(x)
 
 
 class SiameseArm(nn.Module):
@@ -122,23 +111,14 @@ def main():
     # BYOLInnerEye.configure_optimizers: substring rule on online_network.named_parameters().
     optimizer, decay_names = adam(online.named_parameters(), no_decay=("bias", "bn"))
     decay_names = [online_name(n) for n in decay_names]
-    optimizer.zero_grad()
-    loss.backward()
-
-    expected = loss_entry(loss)
-    expected.update(gradients(online, online_name))
-    expected.update(copies(online.named_buffers(), "after_forward.", online_name))
+    expected = step(loss, optimizer, online, online_name)
     expected.update(
         copies(target.named_buffers(), "after_forward.", target_name, skip=("predictor.",))
     )
 
-    optimizer.step()
-    expected.update(copies(online.named_parameters(), "after_step.", online_name))
-
     # ByolMovingAverageWeightUpdate.update_weights: parameters only, tau 0.99 first.
     with torch.no_grad():
-        for (name, t), (name_o, o) in zip(target.named_parameters(), online.named_parameters()):
-            assert name == name_o
+        for t, o in paired_parameters(target, online):
             t.copy_(TAU * t + (1 - TAU) * o)
     expected.update(
         copies(target.named_parameters(), "after_ema.", target_name, skip=("predictor.",))

@@ -35,15 +35,14 @@ from parity_common import (
     BATCH,
     adam,
     copies,
-    gradients,
-    loss_entry,
+    paired_parameters,
     perturb,
     prefixed,
     resnet18_trunk,
     save,
     start,
+    step,
     tensors_of,
-    trainable,
 )
 
 HIDDEN, BOTTLENECK, OUT = 128, 32, 256
@@ -147,21 +146,12 @@ def main():
     loss = total / terms
 
     optimizer, _ = adam(student.named_parameters())
-    optimizer.zero_grad()
-    loss.backward()
-
-    expected = loss_entry(loss)
-    expected.update(gradients(student, student_name))
-    expected.update(copies(student.named_buffers(), "after_forward.", student_name))
+    expected = step(loss, optimizer, student, student_name)
     expected.update(copies(teacher.named_buffers(), "after_forward.", teacher_name))
-
-    optimizer.step()
-    expected.update(copies(trainable(student), "after_step.", student_name))
     # Teacher: m on the cosine from BASE_MOMENTUM (iteration STEP - 1 of MAX_STEPS) to 1.
     m = 1 - (1 - BASE_MOMENTUM) * (math.cos(math.pi * (STEP - 1) / MAX_STEPS) + 1) / 2
     with torch.no_grad():
-        for (name, t), (name_s, s) in zip(teacher.named_parameters(), student.named_parameters()):
-            assert name == name_s
+        for t, s in paired_parameters(teacher, student):
             t.mul_(m).add_((1 - m) * s.detach())
         center = center * CENTER_MOMENTUM + t_out.mean(dim=0, keepdim=True) * (1 - CENTER_MOMENTUM)
     expected.update(copies(teacher.named_parameters(), "after_momentum.", teacher_name))

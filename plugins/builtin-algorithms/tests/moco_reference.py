@@ -34,13 +34,13 @@ from parity_common import (
     adam,
     arguments,
     copies,
-    gradients,
-    loss_entry,
+    paired_parameters,
     perturb,
     prefixed,
     resnet18_trunk,
     save,
     seeded,
+    step,
     tensors_of,
     two_views,
 )
@@ -134,20 +134,11 @@ def main():
         loss = info_nce(q1, k2, queue, temperature)
 
     optimizer, _ = adam(query.named_parameters())
-    optimizer.zero_grad()
-    loss.backward()
-
-    expected = loss_entry(loss)
-    expected.update(gradients(query, query_name))
-    expected.update(copies(query.named_buffers(), "after_forward.", query_name))
-    expected.update(copies(key.named_buffers(), "after_forward.", key_name))
-
     # update(f_q), then f_k = m f_k + (1 - m) f_q (parameters only), then enqueue(k).
-    optimizer.step()
-    expected.update(copies(query.named_parameters(), "after_step.", query_name))
+    expected = step(loss, optimizer, query, query_name)
+    expected.update(copies(key.named_buffers(), "after_forward.", key_name))
     with torch.no_grad():
-        for (name, k), (name_q, q) in zip(key.named_parameters(), query.named_parameters()):
-            assert name == name_q
+        for k, q in paired_parameters(key, query):
             if mutation == "momentum_swap":
                 k.copy_((1 - MOMENTUM) * k + MOMENTUM * q)
             else:

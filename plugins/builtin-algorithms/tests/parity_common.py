@@ -54,6 +54,17 @@ def resnet18_trunk():
     return model
 
 
+class SSLEncoder(nn.Module):
+    """InnerEye's `SSLEncoder`: a ResNet-18 (7x7 stem, max-pool kept) without its `fc`."""
+
+    def __init__(self):
+        super().__init__()
+        self.cnn_model = resnet18_trunk()
+
+    def forward(self, x):
+        return self.cnn_model(x)
+
+
 def two_views(generator):
     """Two [BATCH, 3, SIZE, SIZE] view batches."""
     v1 = torch.rand(BATCH, 3, SIZE, SIZE, generator=generator)
@@ -141,6 +152,29 @@ def adam(named_parameters, no_decay=NO_DECAY):
         lr=LR,
     )
     return optimizer, decay_names
+
+
+def paired_parameters(moving, source):
+    """The parameters of `moving` (a moving average of `source`, same architecture) and of
+    `source` side by side, names checked."""
+    for (name, p), (name_source, q) in zip(moving.named_parameters(), source.named_parameters()):
+        assert name == name_source
+        yield p, q
+
+
+def step(loss, optimizer, model, rename=same):
+    """The backward pass of `loss` and one `optimizer` step on `model`, recorded as
+    expected.safetensors holds them: `loss`; `grad.<name>` ([`gradients`]);
+    `after_forward.<buffer>` (the running statistics after the loss forward); `after_step.<name>`
+    (the trainable parameters after the step)."""
+    optimizer.zero_grad()
+    loss.backward()
+    expected = loss_entry(loss)
+    expected.update(gradients(model, rename))
+    expected.update(copies(model.named_buffers(), "after_forward.", rename))
+    optimizer.step()
+    expected.update(copies(trainable(model), "after_step.", rename))
+    return expected
 
 
 def loss_entry(loss):

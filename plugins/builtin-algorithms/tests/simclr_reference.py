@@ -29,13 +29,11 @@ from torch import nn
 from parity_common import (
     LR,
     WEIGHT_DECAY,
-    copies,
-    gradients,
-    loss_entry,
+    SSLEncoder,
     perturb_batch_norm,
-    resnet18_trunk,
     save,
     start,
+    step,
     tensors_of,
     two_views,
     write_decay_names,
@@ -43,17 +41,6 @@ from parity_common import (
 
 TEMPERATURE = 0.1
 MUTATIONS = ("temperature", "swap_views", "no_self_sub")
-
-
-class SSLEncoder(nn.Module):
-    """InnerEye's `SSLEncoder`: a ResNet-18 (7x7 stem, max-pool kept) without its `fc`."""
-
-    def __init__(self):
-        super().__init__()
-        self.cnn_model = resnet18_trunk()
-
-    def forward(self, x):
-        return self.cnn_model(x)
 
 
 class Projection(nn.Module):
@@ -131,16 +118,7 @@ def main():
     # one group, every parameter, weight decay 1e-6 (coupled L2).
     optimizer = torch.optim.Adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     decay_names = [our_name(n) for n, _ in model.named_parameters()]
-    optimizer.zero_grad()
-    loss.backward()
-
-    expected = loss_entry(loss)
-    expected.update(gradients(model, our_name))
-    expected.update(copies(model.named_buffers(), "after_forward.", our_name))
-
-    optimizer.step()
-    expected.update(copies(model.named_parameters(), "after_step.", our_name))
-
+    expected = step(loss, optimizer, model, our_name)
     save(out_dir, "expected.safetensors", expected)
     write_decay_names(out_dir, decay_names)
     print(

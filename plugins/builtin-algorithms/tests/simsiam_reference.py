@@ -26,13 +26,11 @@ from torch import nn
 
 from parity_common import (
     adam,
-    copies,
-    gradients,
-    loss_entry,
     perturb_batch_norm,
     resnet18_trunk,
     save,
     start,
+    step,
     tensors_of,
     two_views,
 )
@@ -94,13 +92,7 @@ def main():
         loss = 0.5 * D(p1, sg(z2)) + 0.5 * D(p2, sg(z1))
 
     optimizer, _ = adam(model.named_parameters())
-    optimizer.zero_grad()
-    loss.backward()
-    expected = loss_entry(loss)
-    expected.update(gradients(model, our_name))
-    expected.update(copies(model.named_buffers(), "after_forward.", our_name))
-    optimizer.step()
-    expected.update(copies(model.named_parameters(), "after_step.", our_name))
+    expected = step(loss, optimizer, model, our_name)
     save(out_dir, "expected.safetensors", expected)
     print(
         f"reference SimSiam step: loss {loss.item():.8f}"
