@@ -82,7 +82,7 @@ def our_name(prefix, name):
 
 
 def main():
-    out_dir, mutation, gen = start()
+    out_dir, _, gen = start()
 
     online = SiameseArm()
     perturb(online, gen, 0.0)
