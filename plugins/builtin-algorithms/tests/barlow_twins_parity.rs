@@ -19,10 +19,11 @@ mod common;
 #[path = "common/twin_parity.rs"]
 mod twin_parity;
 
+use common::parity::{assert_matches, assert_mutations_noticed, resnet18_spec};
 use ssl_builtin_algorithms::barlow_twins::{BarlowTwins, DEFAULT_LAMBD, DEFAULT_SCALE_LOSS};
 use ssl_plugin_api::tch::Device;
 use ssl_plugin_api::Params;
-use twin_parity::{compare_with_reference, resnet18_spec, PROJECTOR_DIMS};
+use twin_parity::{compare_with_reference, PROJECTOR_DIMS};
 
 const SCRIPT: &str = "barlow_twins_reference.py";
 
@@ -37,11 +38,9 @@ fn ours() -> BarlowTwins {
 
 #[test]
 fn barlow_twins_step_matches_pytorch() {
-    let failures = compare_with_reference(&mut ours(), SCRIPT, None, &[]);
-    assert!(
-        failures.is_empty(),
-        "Barlow Twins differs from the PyTorch reference:\n{}",
-        failures.join("\n")
+    assert_matches(
+        "Barlow Twins",
+        compare_with_reference(&mut ours(), SCRIPT, None, &[]),
     );
 }
 
@@ -50,13 +49,8 @@ fn barlow_twins_step_matches_pytorch() {
 #[test]
 #[ignore = "runs the reference three more times; a check of the parity test itself"]
 fn barlow_twins_parity_detects_mutations() {
-    for mutation in ["lambda_on_diagonal", "unbiased_std", "lambd_inverse_d"] {
-        println!("--- reference mutated: {mutation}");
-        let failures = compare_with_reference(&mut ours(), SCRIPT, Some(mutation), &[]);
-        assert!(
-            !failures.is_empty(),
-            "the parity test did not notice the mutation `{mutation}`"
-        );
-        println!("noticed: {} differences over tolerance", failures.len());
-    }
+    assert_mutations_noticed(
+        &["lambda_on_diagonal", "unbiased_std", "lambd_inverse_d"],
+        |mutation| compare_with_reference(&mut ours(), SCRIPT, Some(mutation), &[]),
+    );
 }

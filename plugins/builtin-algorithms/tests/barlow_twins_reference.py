@@ -33,41 +33,15 @@ BatchNorm weights, biases and running statistics are perturbed away from 1/0/0/1
 swapped tensor cannot go unnoticed.
 """
 
-import os
-import sys
-
 import torch
 import torch.nn.functional as F
-import torchvision
-from safetensors.torch import save_file
-from torch import nn
 
-BATCH = 8
-SIZE = 32
+from parity_common import EncoderProjector, batch_statistics_step, start
+
 PROJECTOR_DIMS = [96, 80, 64]
 LAMBD = 0.0051
 SCALE_LOSS = 1.0
 MUTATIONS = ("lambda_on_diagonal", "unbiased_std", "lambd_inverse_d")
-
-
-class BarlowTwins(nn.Module):
-    def __init__(self, dims):
-        super().__init__()
-        self.encoder = torchvision.models.resnet18(weights=None)
-        self.encoder.fc = nn.Identity()
-        sizes = [512] + dims
-        layers = []
-        for i in range(len(sizes) - 2):
-            layers += [
-                nn.Linear(sizes[i], sizes[i + 1], bias=False),
-                nn.BatchNorm1d(sizes[i + 1]),
-                nn.ReLU(),
-            ]
-        layers.append(nn.Linear(sizes[-2], sizes[-1], bias=False))
-        self.projector = nn.Sequential(*layers)
-
-    def forward(self, x):
-        return self.projector(self.encoder(x))
 
 
 def batch_normalise(z, unbiased=False):
@@ -92,62 +66,16 @@ def barlow_twins_loss(z1, z2, lambd, scale_loss, mutation):
     return scale_loss * (on_diagonal + lambd * off_diagonal)
 
 
-def perturb_batch_norm(module, generator):
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                n = m.num_features
-                m.weight.copy_(1 + 0.2 * torch.randn(n, generator=generator))
-                m.bias.copy_(0.2 * torch.randn(n, generator=generator))
-                m.running_mean.copy_(0.3 * torch.randn(n, generator=generator))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=generator))
-
-
-def tensors_of(module):
-    out = {}
-    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
-        if name.endswith("num_batches_tracked"):
-            continue
-        out[name] = t.detach().clone().contiguous()
-    return out
-
-
 def main():
-    out_dir = sys.argv[1]
-    seed = int(sys.argv[2]) if len(sys.argv) > 2 else 1
-    mutation = sys.argv[3] if len(sys.argv) > 3 else None
-    assert mutation in (None,) + MUTATIONS, mutation
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
-    gen = torch.Generator().manual_seed(seed)
-
-    model = BarlowTwins(PROJECTOR_DIMS)
-    perturb_batch_norm(model, gen)
-    model.train()
-    v1 = torch.rand(BATCH, 3, SIZE, SIZE, generator=gen)
-    v2 = torch.rand(BATCH, 3, SIZE, SIZE, generator=gen)
-    save_file(tensors_of(model), os.path.join(out_dir, "initial.safetensors"))
-    save_file({"v1": v1, "v2": v2}, os.path.join(out_dir, "views.safetensors"))
-
+    out_dir, mutation, gen = start(MUTATIONS)
+    model = EncoderProjector(PROJECTOR_DIMS, hidden_bias=False)
     lambd = 1.0 / PROJECTOR_DIMS[-1] if mutation == "lambd_inverse_d" else LAMBD
-    loss = barlow_twins_loss(model(v1), model(v2), lambd, SCALE_LOSS, mutation)
-    loss.backward()
-
-    expected = {"loss": loss.detach().reshape(1).clone()}
-    for name, p in model.named_parameters():
-        expected["grad." + name] = p.grad.detach().clone().contiguous()
-    for name, b in model.named_buffers():
-        if not name.endswith("num_batches_tracked"):
-            expected["after_forward." + name] = b.detach().clone()
-    model.eval()
-    with torch.no_grad():
-        val_loss = barlow_twins_loss(model(v1), model(v2), lambd, SCALE_LOSS, mutation)
-    expected["val_loss"] = val_loss.reshape(1).clone()
-    save_file(expected, os.path.join(out_dir, "expected.safetensors"))
-
-    decay_names = [n for n, p in model.named_parameters() if p.ndim > 1]
-    with open(os.path.join(out_dir, "decay_names.txt"), "w") as f:
-        f.write("\n".join(decay_names) + "\n")
+    loss, val_loss = batch_statistics_step(
+        out_dir,
+        model,
+        lambda z1, z2: barlow_twins_loss(z1, z2, lambd, SCALE_LOSS, mutation),
+        gen,
+    )
     print(
         f"reference Barlow Twins step: loss {loss.item():.8f}, validation loss "
         f"{val_loss.item():.8f}" + (f" (MUTATION {mutation})" if mutation else "")

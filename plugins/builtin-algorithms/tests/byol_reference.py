@@ -19,19 +19,26 @@ that a swapped tensor, view or network cannot go unnoticed.
 """
 
 import copy
-import os
-import sys
+import functools
 
 import torch
-import torchvision
-from safetensors.torch import save_file
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
-BATCH = 8
-SIZE = 32
-LR = 1e-3
-WEIGHT_DECAY = 1e-6
+from parity_common import (
+    SSLEncoder,
+    adam,
+    copies,
+    paired_parameters,
+    perturb,
+    save,
+    start,
+    step,
+    tensors_of,
+    two_views,
+    write_decay_names,
+)
+
 TAU = 0.99
 
 
@@ -49,18 +56,6 @@ class MLP(nn.Module):
 
     def forward(self, x):
         return self.model(x)
-
-
-class SSLEncoder(nn.Module):
-    """InnerEye's `SSLEncoder`: a ResNet-18 (7x7 stem, max-pool kept) without its `fc`."""
-
-    def __init__(self):
-        super().__init__()
-        self.cnn_model = torchvision.models.resnet18(weights=None)
-        self.cnn_model.fc = nn.Identity()
-
-    def forward(self, x):
-        return self.cnn_model(x)
 
 
 class SiameseArm(nn.Module):
@@ -86,38 +81,8 @@ def our_name(prefix, name):
     return prefix + name.replace("encoder.cnn_model.", "encoder.")
 
 
-def tensors_of(prefix, module, with_predictor):
-    out = {}
-    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
-        if name.endswith("num_batches_tracked"):
-            continue
-        if not with_predictor and name.startswith("predictor."):
-            continue
-        out[our_name(prefix, name)] = t.detach().clone().contiguous()
-    return out
-
-
-def perturb(module, generator, scale):
-    """Moves every parameter by `scale` of its own spread and BatchNorm away from 1/0/0/1."""
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                n = m.num_features
-                m.weight.copy_(1 + 0.2 * torch.randn(n, generator=generator))
-                m.bias.copy_(0.2 * torch.randn(n, generator=generator))
-                m.running_mean.copy_(0.3 * torch.randn(n, generator=generator))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=generator))
-        for p in module.parameters():
-            if p.numel() > 1:
-                p.add_(scale * p.std() * torch.randn(p.shape, generator=generator))
-
-
 def main():
-    out_dir = sys.argv[1]
-    seed = int(sys.argv[2]) if len(sys.argv) > 2 else 1
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
-    gen = torch.Generator().manual_seed(seed)
+    out_dir, _, gen = start()
 
     online = SiameseArm()
     perturb(online, gen, 0.0)
@@ -126,13 +91,14 @@ def main():
     online.train()
     target.train()
 
-    v1 = torch.rand(BATCH, 3, SIZE, SIZE, generator=gen)
-    v2 = torch.rand(BATCH, 3, SIZE, SIZE, generator=gen)
+    v1, v2 = two_views(gen)
 
-    initial = tensors_of("online.", online, True)
-    initial.update(tensors_of("target.", target, False))
-    save_file(initial, os.path.join(out_dir, "initial.safetensors"))
-    save_file({"v1": v1, "v2": v2}, os.path.join(out_dir, "views.safetensors"))
+    online_name = functools.partial(our_name, "online.")
+    target_name = functools.partial(our_name, "target.")
+    initial = tensors_of(online, online_name)
+    initial.update(tensors_of(target, target_name, skip=("predictor.",)))
+    save(out_dir, "initial.safetensors", initial)
+    save(out_dir, "views.safetensors", {"v1": v1, "v2": v2})
 
     # BYOLInnerEye.shared_step
     h1 = online(v1)
@@ -143,51 +109,23 @@ def main():
     loss = 0.5 * (cosine_loss(h1, z2) + cosine_loss(h2, z1))
 
     # BYOLInnerEye.configure_optimizers: substring rule on online_network.named_parameters().
-    decay, no_decay, decay_names = [], [], []
-    for name, p in online.named_parameters():
-        if "bias" in name or "bn" in name:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-            decay_names.append(our_name("online.", name))
-    optimizer = torch.optim.Adam(
-        [
-            {"params": decay, "weight_decay": WEIGHT_DECAY},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=LR,
+    optimizer, decay_names = adam(online.named_parameters(), no_decay=("bias", "bn"))
+    decay_names = [online_name(n) for n in decay_names]
+    expected = step(loss, optimizer, online, online_name)
+    expected.update(
+        copies(target.named_buffers(), "after_forward.", target_name, skip=("predictor.",))
     )
-    optimizer.zero_grad()
-    loss.backward()
-
-    expected = {"loss": loss.detach().reshape(1).clone()}
-    for name, p in online.named_parameters():
-        expected["grad." + our_name("online.", name)] = p.grad.detach().clone().contiguous()
-    for prefix, module in (("online.", online), ("target.", target)):
-        for name, b in module.named_buffers():
-            if name.endswith("num_batches_tracked"):
-                continue
-            if prefix == "target." and name.startswith("predictor."):
-                continue
-            expected["after_forward." + our_name(prefix, name)] = b.detach().clone()
-
-    optimizer.step()
-    for name, p in online.named_parameters():
-        expected["after_step." + our_name("online.", name)] = p.detach().clone().contiguous()
 
     # ByolMovingAverageWeightUpdate.update_weights: parameters only, tau 0.99 first.
     with torch.no_grad():
-        for (name, t), (name_o, o) in zip(target.named_parameters(), online.named_parameters()):
-            assert name == name_o
+        for t, o in paired_parameters(target, online):
             t.copy_(TAU * t + (1 - TAU) * o)
-    for name, t in target.named_parameters():
-        if name.startswith("predictor."):
-            continue
-        expected["after_ema." + our_name("target.", name)] = t.detach().clone().contiguous()
+    expected.update(
+        copies(target.named_parameters(), "after_ema.", target_name, skip=("predictor.",))
+    )
 
-    save_file(expected, os.path.join(out_dir, "expected.safetensors"))
-    with open(os.path.join(out_dir, "decay_names.txt"), "w") as f:
-        f.write("\n".join(decay_names) + "\n")
+    save(out_dir, "expected.safetensors", expected)
+    write_decay_names(out_dir, decay_names)
     print(f"reference BYOL step: loss {loss.item():.8f}, {len(initial)} initial tensors")
 
 

@@ -26,18 +26,25 @@ Writes to OUT_DIR, with tensor names in ssl-host's scheme (`student.encoder.conv
 
 import copy
 import math
-import os
-import sys
 
 import torch
 import torch.nn.functional as F
-import torchvision
-from safetensors.torch import save_file
 from torch import nn
 
-BATCH = 8
-LR = 1e-3
-WEIGHT_DECAY = 1e-6
+from parity_common import (
+    BATCH,
+    adam,
+    copies,
+    paired_parameters,
+    perturb,
+    prefixed,
+    resnet18_trunk,
+    save,
+    start,
+    step,
+    tensors_of,
+)
+
 HIDDEN, BOTTLENECK, OUT = 128, 32, 256
 STUDENT_TEMP = 0.1
 EPOCH, WARMUP_EPOCHS = 1, 3
@@ -73,8 +80,7 @@ class Head(nn.Module):
 class Net(nn.Module):
     def __init__(self):
         super().__init__()
-        self.encoder = torchvision.models.resnet18(weights=None)
-        self.encoder.fc = nn.Identity()
+        self.encoder = resnet18_trunk()
         self.head = Head(512)
 
     def forward(self, crops):
@@ -89,47 +95,19 @@ class Net(nn.Module):
         return self.head(torch.cat(groups))
 
 
-def perturb(module, generator, scale):
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                n = m.num_features
-                m.weight.copy_(1 + 0.2 * torch.randn(n, generator=generator))
-                m.bias.copy_(0.2 * torch.randn(n, generator=generator))
-                m.running_mean.copy_(0.3 * torch.randn(n, generator=generator))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=generator))
-        for p in module.parameters():
-            if p.numel() > 1:
-                p.add_(scale * p.std().clamp_min(0.02) * torch.randn(p.shape, generator=generator))
-
-
-def tensors_of(prefix, module):
-    out = {}
-    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
-        if name.endswith("num_batches_tracked"):
-            continue
-        out[prefix + name] = t.detach().clone().contiguous()
-    return out
-
-
 def main():
-    out_dir = sys.argv[1]
-    seed = int(sys.argv[2]) if len(sys.argv) > 2 else 1
-    mutation = sys.argv[3] if len(sys.argv) > 3 else None
-    assert mutation is None or mutation in MUTATIONS, mutation
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
-    gen = torch.Generator().manual_seed(seed)
+    out_dir, mutation, gen = start(MUTATIONS)
+    student_name, teacher_name = prefixed("student."), prefixed("teacher.")
 
     student = Net()
-    perturb(student, gen, 0.0)
+    perturb(student, gen, 0.0, min_std=0.02)
     with torch.no_grad():
         # Biases away from 0 so that a swapped bias cannot go unnoticed.
         for m in student.head.mlp:
             if isinstance(m, nn.Linear):
                 m.bias.copy_(0.02 * torch.randn(m.bias.shape, generator=gen))
     teacher = copy.deepcopy(student)
-    perturb(teacher, gen, 0.1)
+    perturb(teacher, gen, 0.1, min_std=0.02)
     student.head.last_layer.weight_g.requires_grad = False  # norm_last_layer
     for p in teacher.parameters():
         p.requires_grad = False
@@ -140,11 +118,11 @@ def main():
     g1, g2 = (torch.rand(BATCH, 3, 32, 32, generator=gen) for _ in range(2))
     l1, l2 = (torch.rand(BATCH, 3, 16, 16, generator=gen) for _ in range(2))
 
-    initial = tensors_of("student.", student)
-    initial.update(tensors_of("teacher.", teacher))
+    initial = tensors_of(student, student_name)
+    initial.update(tensors_of(teacher, teacher_name))
     initial["dino.center"] = center.clone()
-    save_file(initial, os.path.join(out_dir, "initial.safetensors"))
-    save_file({"g1": g1, "g2": g2, "l1": l1, "l2": l2}, os.path.join(out_dir, "views.safetensors"))
+    save(out_dir, "initial.safetensors", initial)
+    save(out_dir, "views.safetensors", {"g1": g1, "g2": g2, "l1": l1, "l2": l2})
 
     # Teacher temperature of this epoch: linspace(0.04, 0.07, WARMUP_EPOCHS)[EPOCH].
     temp = WARMUP_TEACHER_TEMP + (TEACHER_TEMP - WARMUP_TEACHER_TEMP) * EPOCH / (WARMUP_EPOCHS - 1)
@@ -167,47 +145,19 @@ def main():
             terms += 1
     loss = total / terms
 
-    decay, no_decay = [], []
-    for name, p in student.named_parameters():
-        if not p.requires_grad:
-            continue
-        excluded = any(s in name for s in ("bias", "bn", "norm", "downsample.1"))
-        (no_decay if excluded else decay).append(p)
-    optimizer = torch.optim.Adam(
-        [
-            {"params": decay, "weight_decay": WEIGHT_DECAY},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=LR,
-    )
-    optimizer.zero_grad()
-    loss.backward()
-
-    expected = {"loss": loss.detach().reshape(1).clone()}
-    for name, p in student.named_parameters():
-        if p.requires_grad:
-            expected["grad.student." + name] = p.grad.detach().clone().contiguous()
-    for prefix, module in (("student.", student), ("teacher.", teacher)):
-        for name, b in module.named_buffers():
-            if not name.endswith("num_batches_tracked"):
-                expected["after_forward." + prefix + name] = b.detach().clone()
-
-    optimizer.step()
-    for name, p in student.named_parameters():
-        if p.requires_grad:
-            expected["after_step.student." + name] = p.detach().clone().contiguous()
+    optimizer, _ = adam(student.named_parameters())
+    expected = step(loss, optimizer, student, student_name)
+    expected.update(copies(teacher.named_buffers(), "after_forward.", teacher_name))
     # Teacher: m on the cosine from BASE_MOMENTUM (iteration STEP - 1 of MAX_STEPS) to 1.
     m = 1 - (1 - BASE_MOMENTUM) * (math.cos(math.pi * (STEP - 1) / MAX_STEPS) + 1) / 2
     with torch.no_grad():
-        for (name, t), (name_s, s) in zip(teacher.named_parameters(), student.named_parameters()):
-            assert name == name_s
+        for t, s in paired_parameters(teacher, student):
             t.mul_(m).add_((1 - m) * s.detach())
         center = center * CENTER_MOMENTUM + t_out.mean(dim=0, keepdim=True) * (1 - CENTER_MOMENTUM)
-    for name, t in teacher.named_parameters():
-        expected["after_momentum.teacher." + name] = t.detach().clone().contiguous()
+    expected.update(copies(teacher.named_parameters(), "after_momentum.", teacher_name))
     expected["after.dino.center"] = center.clone()
 
-    save_file(expected, os.path.join(out_dir, "expected.safetensors"))
+    save(out_dir, "expected.safetensors", expected)
     print(
         f"reference DINO step: loss {loss.item():.8f}, teacher temperature {temp}, momentum {m:.6f}, "
         f"{len(initial)} initial tensors" + (f" (MUTATION {mutation})" if mutation else "")

@@ -25,19 +25,26 @@ cannot go unnoticed.
 """
 
 import copy
-import os
-import sys
 
 import torch
 import torch.nn.functional as F
-import torchvision
-from safetensors.torch import save_file
 from torch import nn
 
-BATCH = 8
-SIZE = 32
-LR = 1e-3
-WEIGHT_DECAY = 1e-6
+from parity_common import (
+    adam,
+    arguments,
+    copies,
+    paired_parameters,
+    perturb,
+    prefixed,
+    resnet18_trunk,
+    save,
+    seeded,
+    step,
+    tensors_of,
+    two_views,
+)
+
 MOMENTUM = 0.999
 TEMPERATURE = 0.2
 QUEUE = 32
@@ -51,35 +58,11 @@ class Arm(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.encoder = torchvision.models.resnet18(weights=None)
-        self.encoder.fc = nn.Identity()
+        self.encoder = resnet18_trunk()
         self.head = nn.Sequential(nn.Linear(512, 2048), nn.ReLU(), nn.Linear(2048, DIM))
 
     def forward(self, x):
         return self.head(self.encoder(x))
-
-
-def perturb(module, generator, scale):
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                n = m.num_features
-                m.weight.copy_(1 + 0.2 * torch.randn(n, generator=generator))
-                m.bias.copy_(0.2 * torch.randn(n, generator=generator))
-                m.running_mean.copy_(0.3 * torch.randn(n, generator=generator))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=generator))
-        for p in module.parameters():
-            if p.numel() > 1:
-                p.add_(scale * p.std() * torch.randn(p.shape, generator=generator))
-
-
-def tensors_of(prefix, module):
-    out = {}
-    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
-        if name.endswith("num_batches_tracked"):
-            continue
-        out[prefix + name] = t.detach().clone().contiguous()
-    return out
 
 
 def info_nce(q, k, queue, temperature):
@@ -99,16 +82,13 @@ def enqueue(queue, ptr, keys):
 
 
 def main():
-    out_dir = sys.argv[1]
-    seed = int(sys.argv[2]) if len(sys.argv) > 2 else 1
-    options = sys.argv[3:]
+    out_dir, seed, options = arguments()
     symmetric = "symmetric" in options
     mutations = [o for o in options if o != "symmetric"]
     assert all(m in MUTATIONS for m in mutations) and len(mutations) <= 1, options
     mutation = mutations[0] if mutations else None
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeded(seed)
+    query_name, key_name = prefixed("query."), prefixed("key.")
 
     query = Arm()
     perturb(query, gen, 0.0)
@@ -121,15 +101,14 @@ def main():
     queue = F.normalize(torch.randn(QUEUE, DIM, generator=gen), dim=1)
     ptr = QUEUE_PTR
 
-    v1 = torch.rand(BATCH, 3, SIZE, SIZE, generator=gen)
-    v2 = torch.rand(BATCH, 3, SIZE, SIZE, generator=gen)
+    v1, v2 = two_views(gen)
 
-    initial = tensors_of("query.", query)
-    initial.update(tensors_of("key.", key))
+    initial = tensors_of(query, query_name)
+    initial.update(tensors_of(key, key_name))
     initial["moco.queue"] = queue.clone()
     initial["moco.queue_ptr"] = torch.tensor(ptr, dtype=torch.int64)
-    save_file(initial, os.path.join(out_dir, "initial.safetensors"))
-    save_file({"v1": v1, "v2": v2}, os.path.join(out_dir, "views.safetensors"))
+    save(out_dir, "initial.safetensors", initial)
+    save(out_dir, "views.safetensors", {"v1": v1, "v2": v2})
 
     temperature = 0.07 if mutation == "temperature" else TEMPERATURE
 
@@ -154,47 +133,23 @@ def main():
     else:
         loss = info_nce(q1, k2, queue, temperature)
 
-    decay, no_decay = [], []
-    for name, p in query.named_parameters():
-        excluded = any(s in name for s in ("bias", "bn", "norm", "downsample.1"))
-        (no_decay if excluded else decay).append(p)
-    optimizer = torch.optim.Adam(
-        [
-            {"params": decay, "weight_decay": WEIGHT_DECAY},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=LR,
-    )
-    optimizer.zero_grad()
-    loss.backward()
-
-    expected = {"loss": loss.detach().reshape(1).clone()}
-    for name, p in query.named_parameters():
-        expected["grad.query." + name] = p.grad.detach().clone().contiguous()
-    for prefix, module in (("query.", query), ("key.", key)):
-        for name, b in module.named_buffers():
-            if not name.endswith("num_batches_tracked"):
-                expected["after_forward." + prefix + name] = b.detach().clone()
-
+    optimizer, _ = adam(query.named_parameters())
     # update(f_q), then f_k = m f_k + (1 - m) f_q (parameters only), then enqueue(k).
-    optimizer.step()
-    for name, p in query.named_parameters():
-        expected["after_step.query." + name] = p.detach().clone().contiguous()
+    expected = step(loss, optimizer, query, query_name)
+    expected.update(copies(key.named_buffers(), "after_forward.", key_name))
     with torch.no_grad():
-        for (name, k), (name_q, q) in zip(key.named_parameters(), query.named_parameters()):
-            assert name == name_q
+        for k, q in paired_parameters(key, query):
             if mutation == "momentum_swap":
                 k.copy_((1 - MOMENTUM) * k + MOMENTUM * q)
             else:
                 k.copy_(MOMENTUM * k + (1 - MOMENTUM) * q)
-    for name, k in key.named_parameters():
-        expected["after_momentum.key." + name] = k.detach().clone().contiguous()
+    expected.update(copies(key.named_parameters(), "after_momentum.", key_name))
     if mutation != "enqueue_first":
         ptr = enqueue(queue, ptr, keys)
     expected["after.moco.queue"] = queue.clone()
     expected["after.moco.queue_ptr"] = torch.tensor(ptr, dtype=torch.int64)
 
-    save_file(expected, os.path.join(out_dir, "expected.safetensors"))
+    save(out_dir, "expected.safetensors", expected)
     print(
         f"reference MoCo step: loss {loss.item():.8f}, {len(initial)} initial tensors"
         + (" (symmetric)" if symmetric else "")

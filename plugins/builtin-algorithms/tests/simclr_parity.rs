@@ -22,14 +22,10 @@
 
 mod common;
 
-use common::parity::{
-    get, is_buffer, load, max_abs, rel_diff, run_reference, within, Check, TempDir, GRAD_TOL,
-};
+use common::parity::{assert_matches, assert_mutations_noticed, resnet18_spec, Check, Reference};
 use ssl_builtin_algorithms::simclr::{SimClr, DEFAULT_TEMPERATURE};
-use ssl_plugin_api::host::builtin_plugins;
-use ssl_plugin_api::tch::{self, Device};
-use ssl_plugin_api::{EncoderSpec, Params, SslAlgorithm};
-use std::collections::BTreeSet;
+use ssl_plugin_api::tch::Device;
+use ssl_plugin_api::{Params, SslAlgorithm};
 
 /// Gradients that vanish in exact arithmetic: the projection's first bias is followed by a
 /// training-mode BatchNorm, which subtracts the batch mean.
@@ -38,146 +34,35 @@ const ZERO_GRADIENTS: [&str; 1] = ["projection.model.0.bias"];
 /// Our SimCLR around the registered `resnet18` encoder, built as the host builds it (default
 /// parameters, so the temperature is ours, not the test's).
 fn our_simclr() -> SimClr {
-    ssl_builtin_algorithms::link();
-    ssl_builtin_encoders::link();
-    let plugins = builtin_plugins().expect("builtin plugins");
-    let factory = plugins
-        .iter()
-        .flat_map(|p| p.encoders.iter())
-        .find(|e| e.name() == "resnet18")
-        .expect("encoder resnet18 not registered")
-        .clone();
-    let spec = EncoderSpec {
-        factory,
-        params: Params::from_json(r#"{"cifar_stem": false}"#).unwrap(),
-    };
-    SimClr::new(&Params::default(), &spec, Device::Cpu).expect("SimCLR")
+    SimClr::new(&Params::default(), &resnet18_spec(), Device::Cpu).expect("SimCLR")
 }
 
 /// Runs the reference (optionally mutated) and one step of ours on its tensors; returns every
 /// difference over tolerance.
 fn compare_with_reference(mutation: Option<&str>) -> Vec<String> {
-    let dir = TempDir::new(&format!("simclr_parity_{}", mutation.unwrap_or("plain")));
-    let extra_args: Vec<&str> = mutation.into_iter().collect();
-    run_reference("simclr_reference.py", dir.path(), &extra_args);
-    let initial = load(&dir.path().join("initial.safetensors"));
-    let views_file = load(&dir.path().join("views.safetensors"));
-    let expected = load(&dir.path().join("expected.safetensors"));
-    let decay_names: BTreeSet<String> = std::fs::read_to_string(dir.path().join("decay_names.txt"))
-        .expect("decay_names.txt")
-        .lines()
-        .map(str::to_string)
-        .collect();
+    let label = format!("simclr_parity_{}", mutation.unwrap_or("plain"));
+    let reference = Reference::run("simclr_reference.py", &label, mutation.as_slice());
+    let expected = &reference.expected;
     let mut check = Check::default();
 
     // 1. Same tensors, same names.
     let mut simclr = our_simclr();
     assert_eq!(simclr.temperature(), DEFAULT_TEMPERATURE);
-    let state = simclr.state();
-    let ours: BTreeSet<&str> = state.iter().map(|(n, _)| n.as_str()).collect();
-    let theirs: BTreeSet<&str> = initial.keys().map(String::as_str).collect();
-    assert_eq!(
-        ours.difference(&theirs).collect::<Vec<_>>(),
-        Vec::<&&str>::new(),
-        "tensors of ours missing from the reference"
-    );
-    assert_eq!(
-        theirs.difference(&ours).collect::<Vec<_>>(),
-        Vec::<&&str>::new(),
-        "tensors of the reference missing from ours"
-    );
-    tch::no_grad(|| {
-        for (name, t) in &state {
-            let src = get(&initial, name);
-            assert_eq!(t.size(), src.size(), "`{name}`: shapes differ");
-            t.shallow_clone().copy_(src);
-        }
-    });
-    println!("loaded {} tensors by name", state.len());
+    reference.load_into(&simclr.state());
 
     // 2. Loss and gradients.
-    let views = [
-        get(&views_file, "v1").shallow_clone(),
-        get(&views_file, "v2").shallow_clone(),
-    ];
-    let loss = simclr.training_loss(&views).expect("training loss");
-    let ours_loss = loss.double_value(&[]);
-    let ref_loss = get(&expected, "loss").double_value(&[0]);
-    check.loss(ours_loss, ref_loss);
-    loss.backward();
-
+    check.training_loss(&mut simclr, &reference.views(&["v1", "v2"]), expected);
     let params = simclr.parameters();
-    let param_names: BTreeSet<String> = params.iter().map(|p| p.name.clone()).collect();
-    let ref_grads: BTreeSet<String> = expected
-        .keys()
-        .filter_map(|k| k.strip_prefix("grad.").map(str::to_string))
-        .collect();
-    assert_eq!(param_names, ref_grads, "trainable parameters differ");
-    let mut grads = Vec::new();
-    for p in &params {
-        let g = p.tensor.grad();
-        assert!(g.defined(), "`{}` has no gradient", p.name);
-        grads.push((
-            p.name.clone(),
-            g,
-            get(&expected, &format!("grad.{}", p.name)).shallow_clone(),
-        ));
-    }
-    for part in ["encoder.", "projection."] {
-        let group = grads
-            .iter()
-            .filter(|(n, _, _)| n.starts_with(part) && !ZERO_GRADIENTS.contains(&n.as_str()))
-            .map(|(n, a, b)| (n.clone(), a.shallow_clone(), b.shallow_clone()))
-            .collect();
-        check.group(&format!("gradients {part}*"), group, rel_diff, GRAD_TOL);
-    }
-    // A Linear bias feeding a training-mode BatchNorm: zero in exact arithmetic, rounding noise
-    // in both (its own max is no scale). Both must be negligible next to the layer's weight
-    // gradient; a bias placed after the BatchNorm would be of that gradient's order.
-    for name in ZERO_GRADIENTS {
-        let weight = name.replace(".bias", ".weight");
-        let scale = max_abs(get(&expected, &format!("grad.{weight}")));
-        let (_, ours, reference) = grads
-            .iter()
-            .find(|(n, _, _)| n == name)
-            .unwrap_or_else(|| panic!("no gradient `{name}`"));
-        let d = max_abs(ours).max(max_abs(reference)) / scale;
-        let ok = within(d, GRAD_TOL);
-        println!(
-            "{:<4} gradient `{name}` (zero in exact arithmetic): max |ours|, |reference| = \
-             {d:.3e} of max |grad `{weight}`| (tolerance {GRAD_TOL:.0e})",
-            if ok { "OK" } else { "FAIL" }
-        );
-        if !ok {
-            check.failures.push(format!(
-                "gradient `{name}` should vanish: {d:.3e} of the weight gradient's scale"
-            ));
-        }
-    }
+    let parts = ["encoder.", "projection."];
+    check.gradients(&params, expected, &parts, &ZERO_GRADIENTS);
 
     // 3. BatchNorm running statistics after the forward (each updated twice, v1 then v2).
-    for part in ["encoder.", "projection."] {
-        let group = simclr
-            .state()
-            .into_iter()
-            .filter(|(n, _)| n.starts_with(part) && is_buffer(n))
-            .map(|(n, t)| {
-                let r = get(&expected, &format!("after_forward.{n}")).shallow_clone();
-                (n, t, r)
-            })
-            .collect();
-        check.group(
-            &format!("running statistics {part}* after the forward"),
-            group,
-            rel_diff,
-            GRAD_TOL,
-        );
-    }
+    check.running_statistics(&simclr.state(), expected, &parts);
 
     // 4. Weight decay: one group with every parameter (bolts' exclude_bn_bias=False). This
     // comparison of the names is the only reliable check of the grouping (step 5 hardly sees it).
     // The LARS hints are not checked: the original trains SimCLR with Adam, which ignores them.
-    check.decay_group(&params, &decay_names);
+    check.decay_group(&params, &reference.decay_names());
 
     // 5. One Adam step from the reference gradients, applied with our decay hints. The host's
     // Adam (`host::optim::adam`) is not reachable from a plugin crate, so this is torch's
@@ -187,7 +72,7 @@ fn compare_with_reference(mutation: Option<&str>) -> Vec<String> {
     check.adam_step(
         "parameters after Adam (reference gradients)",
         &params,
-        &expected,
+        expected,
     );
 
     check.failures
@@ -195,12 +80,7 @@ fn compare_with_reference(mutation: Option<&str>) -> Vec<String> {
 
 #[test]
 fn simclr_step_matches_pytorch() {
-    let failures = compare_with_reference(None);
-    assert!(
-        failures.is_empty(),
-        "SimCLR differs from the PyTorch reference:\n{}",
-        failures.join("\n")
-    );
+    assert_matches("SimCLR", compare_with_reference(None));
 }
 
 /// The comparison is sharp enough to notice a wrong temperature, swapped views or a missing
@@ -208,13 +88,7 @@ fn simclr_step_matches_pytorch() {
 #[test]
 #[ignore = "runs the reference three more times; a check of the parity test itself"]
 fn simclr_parity_detects_mutations() {
-    for mutation in ["temperature", "swap_views", "no_self_sub"] {
-        println!("--- reference mutated: {mutation}");
-        let failures = compare_with_reference(Some(mutation));
-        assert!(
-            !failures.is_empty(),
-            "the parity test did not notice the mutation `{mutation}`"
-        );
-        println!("noticed: {} differences over tolerance", failures.len());
-    }
+    assert_mutations_noticed(&["temperature", "swap_views", "no_self_sub"], |mutation| {
+        compare_with_reference(Some(mutation))
+    });
 }

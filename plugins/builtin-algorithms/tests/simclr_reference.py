@@ -21,32 +21,26 @@ swapped tensor cannot go unnoticed.
 """
 
 import math
-import os
-import sys
 
 import torch
 import torch.nn.functional as F
-import torchvision
-from safetensors.torch import save_file
 from torch import nn
 
-BATCH = 8
-SIZE = 32
-LR = 1e-3
-WEIGHT_DECAY = 1e-6
+from parity_common import (
+    LR,
+    WEIGHT_DECAY,
+    SSLEncoder,
+    perturb_batch_norm,
+    save,
+    start,
+    step,
+    tensors_of,
+    two_views,
+    write_decay_names,
+)
+
 TEMPERATURE = 0.1
-
-
-class SSLEncoder(nn.Module):
-    """InnerEye's `SSLEncoder`: a ResNet-18 (7x7 stem, max-pool kept) without its `fc`."""
-
-    def __init__(self):
-        super().__init__()
-        self.cnn_model = torchvision.models.resnet18(weights=None)
-        self.cnn_model.fc = nn.Identity()
-
-    def forward(self, x):
-        return self.cnn_model(x)
+MUTATIONS = ("temperature", "swap_views", "no_self_sub")
 
 
 class Projection(nn.Module):
@@ -98,45 +92,17 @@ def our_name(name):
     return name.replace("encoder.cnn_model.", "encoder.")
 
 
-def perturb_batch_norm(module, generator):
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                n = m.num_features
-                m.weight.copy_(1 + 0.2 * torch.randn(n, generator=generator))
-                m.bias.copy_(0.2 * torch.randn(n, generator=generator))
-                m.running_mean.copy_(0.3 * torch.randn(n, generator=generator))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=generator))
-
-
-def tensors_of(module):
-    out = {}
-    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
-        if name.endswith("num_batches_tracked"):
-            continue
-        out[our_name(name)] = t.detach().clone().contiguous()
-    return out
-
-
 def main():
-    out_dir = sys.argv[1]
-    seed = int(sys.argv[2]) if len(sys.argv) > 2 else 1
-    mutation = sys.argv[3] if len(sys.argv) > 3 else None
-    assert mutation in (None, "temperature", "swap_views", "no_self_sub"), mutation
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
-    gen = torch.Generator().manual_seed(seed)
-
+    out_dir, mutation, gen = start(MUTATIONS)
     model = SimCLR()
     perturb_batch_norm(model, gen)
     model.train()
 
-    v1 = torch.rand(BATCH, 3, SIZE, SIZE, generator=gen)
-    v2 = torch.rand(BATCH, 3, SIZE, SIZE, generator=gen)
+    v1, v2 = two_views(gen)
 
-    initial = tensors_of(model)
-    save_file(initial, os.path.join(out_dir, "initial.safetensors"))
-    save_file({"v1": v1, "v2": v2}, os.path.join(out_dir, "views.safetensors"))
+    initial = tensors_of(model, our_name)
+    save(out_dir, "initial.safetensors", initial)
+    save(out_dir, "views.safetensors", {"v1": v1, "v2": v2})
 
     # SimCLRInnerEye.shared_step: ((img1, img2), y) = batch[ENCODER];
     # z1 = projection(encoder(img1)), z2 = projection(encoder(img2)).
@@ -152,24 +118,9 @@ def main():
     # one group, every parameter, weight decay 1e-6 (coupled L2).
     optimizer = torch.optim.Adam(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
     decay_names = [our_name(n) for n, _ in model.named_parameters()]
-    optimizer.zero_grad()
-    loss.backward()
-
-    expected = {"loss": loss.detach().reshape(1).clone()}
-    for name, p in model.named_parameters():
-        expected["grad." + our_name(name)] = p.grad.detach().clone().contiguous()
-    for name, b in model.named_buffers():
-        if name.endswith("num_batches_tracked"):
-            continue
-        expected["after_forward." + our_name(name)] = b.detach().clone()
-
-    optimizer.step()
-    for name, p in model.named_parameters():
-        expected["after_step." + our_name(name)] = p.detach().clone().contiguous()
-
-    save_file(expected, os.path.join(out_dir, "expected.safetensors"))
-    with open(os.path.join(out_dir, "decay_names.txt"), "w") as f:
-        f.write("\n".join(decay_names) + "\n")
+    expected = step(loss, optimizer, model, our_name)
+    save(out_dir, "expected.safetensors", expected)
+    write_decay_names(out_dir, decay_names)
     print(
         f"reference SimCLR step: loss {loss.item():.8f}, {len(initial)} initial tensors"
         + (f" (MUTATION {mutation})" if mutation else "")

@@ -21,19 +21,20 @@ BatchNorm weights, biases and running statistics are perturbed away from 1/0/0/1
 swapped tensor cannot go unnoticed.
 """
 
-import os
-import sys
-
-import torch
 import torch.nn.functional as F
-import torchvision
-from safetensors.torch import save_file
 from torch import nn
 
-BATCH = 8
-SIZE = 32
-LR = 1e-3
-WEIGHT_DECAY = 1e-6
+from parity_common import (
+    adam,
+    perturb_batch_norm,
+    resnet18_trunk,
+    save,
+    start,
+    step,
+    tensors_of,
+    two_views,
+)
+
 DIM = 2048
 PRED = 512
 MUTATIONS = ("no_stopgrad", "output_relu", "one_side")
@@ -42,8 +43,7 @@ MUTATIONS = ("no_stopgrad", "output_relu", "one_side")
 class SimSiam(nn.Module):
     def __init__(self, output_relu=False):
         super().__init__()
-        self.encoder = torchvision.models.resnet18(weights=None)
-        self.encoder.fc = nn.Identity()
+        self.encoder = resnet18_trunk()
         layers = [
             nn.Linear(512, DIM, bias=False), nn.BatchNorm1d(DIM), nn.ReLU(),
             nn.Linear(DIM, DIM, bias=False), nn.BatchNorm1d(DIM), nn.ReLU(),
@@ -58,18 +58,6 @@ class SimSiam(nn.Module):
         )
 
 
-def perturb_batch_norm(module, generator):
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                n = m.num_features
-                if m.affine:
-                    m.weight.copy_(1 + 0.2 * torch.randn(n, generator=generator))
-                    m.bias.copy_(0.2 * torch.randn(n, generator=generator))
-                m.running_mean.copy_(0.3 * torch.randn(n, generator=generator))
-                m.running_var.copy_(0.5 + torch.rand(n, generator=generator))
-
-
 def our_name(name):
     """`projector.0.weight` -> `projector.model.0.weight` (ssl-host's heads keep PyTorch's
     `self.model = nn.Sequential(...)` naming)."""
@@ -79,35 +67,19 @@ def our_name(name):
     return name
 
 
-def tensors_of(module):
-    return {
-        our_name(name): t.detach().clone().contiguous()
-        for name, t in list(module.named_parameters()) + list(module.named_buffers())
-        if not name.endswith("num_batches_tracked")
-    }
-
-
 def D(p, z):
     """Negative cosine similarity, averaged over the batch."""
     return -(F.normalize(p, dim=1) * F.normalize(z, dim=1)).sum(dim=1).mean()
 
 
 def main():
-    out_dir = sys.argv[1]
-    seed = int(sys.argv[2]) if len(sys.argv) > 2 else 1
-    mutation = sys.argv[3] if len(sys.argv) > 3 else None
-    assert mutation is None or mutation in MUTATIONS, mutation
-    torch.manual_seed(seed)
-    torch.use_deterministic_algorithms(True)
-    gen = torch.Generator().manual_seed(seed)
-
+    out_dir, mutation, gen = start(MUTATIONS)
     model = SimSiam(output_relu=mutation == "output_relu")
     perturb_batch_norm(model, gen)
     model.train()
-    v1 = torch.rand(BATCH, 3, SIZE, SIZE, generator=gen)
-    v2 = torch.rand(BATCH, 3, SIZE, SIZE, generator=gen)
-    save_file(tensors_of(model), os.path.join(out_dir, "initial.safetensors"))
-    save_file({"v1": v1, "v2": v2}, os.path.join(out_dir, "views.safetensors"))
+    v1, v2 = two_views(gen)
+    save(out_dir, "initial.safetensors", tensors_of(model, our_name))
+    save(out_dir, "views.safetensors", {"v1": v1, "v2": v2})
 
     z1 = model.projector(model.encoder(v1))
     z2 = model.projector(model.encoder(v2))
@@ -119,29 +91,9 @@ def main():
     else:
         loss = 0.5 * D(p1, sg(z2)) + 0.5 * D(p2, sg(z1))
 
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        excluded = any(s in name for s in ("bias", "bn", "norm", "downsample.1"))
-        (no_decay if excluded else decay).append(p)
-    optimizer = torch.optim.Adam(
-        [
-            {"params": decay, "weight_decay": WEIGHT_DECAY},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=LR,
-    )
-    optimizer.zero_grad()
-    loss.backward()
-    expected = {"loss": loss.detach().reshape(1).clone()}
-    for name, p in model.named_parameters():
-        expected["grad." + our_name(name)] = p.grad.detach().clone().contiguous()
-    for name, b in model.named_buffers():
-        if not name.endswith("num_batches_tracked"):
-            expected["after_forward." + our_name(name)] = b.detach().clone()
-    optimizer.step()
-    for name, p in model.named_parameters():
-        expected["after_step." + our_name(name)] = p.detach().clone().contiguous()
-    save_file(expected, os.path.join(out_dir, "expected.safetensors"))
+    optimizer, _ = adam(model.named_parameters())
+    expected = step(loss, optimizer, model, our_name)
+    save(out_dir, "expected.safetensors", expected)
     print(
         f"reference SimSiam step: loss {loss.item():.8f}"
         + (f" (MUTATION {mutation})" if mutation else "")

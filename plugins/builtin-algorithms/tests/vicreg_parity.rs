@@ -20,10 +20,11 @@ mod common;
 #[path = "common/twin_parity.rs"]
 mod twin_parity;
 
+use common::parity::{assert_matches, assert_mutations_noticed, resnet18_spec};
 use ssl_builtin_algorithms::vicreg::{VicReg, VicRegCoeffs};
 use ssl_plugin_api::tch::Device;
 use ssl_plugin_api::Params;
-use twin_parity::{compare_with_reference, resnet18_spec, PROJECTOR_DIMS};
+use twin_parity::{compare_with_reference, PROJECTOR_DIMS};
 
 const SCRIPT: &str = "vicreg_reference.py";
 
@@ -41,11 +42,9 @@ fn ours() -> VicReg {
 
 #[test]
 fn vicreg_step_matches_pytorch() {
-    let failures = compare_with_reference(&mut ours(), SCRIPT, None, &ZERO_GRADIENTS);
-    assert!(
-        failures.is_empty(),
-        "VICReg differs from the PyTorch reference:\n{}",
-        failures.join("\n")
+    assert_matches(
+        "VICReg",
+        compare_with_reference(&mut ours(), SCRIPT, None, &ZERO_GRADIENTS),
     );
 }
 
@@ -54,13 +53,8 @@ fn vicreg_step_matches_pytorch() {
 #[test]
 #[ignore = "runs the reference three more times; a check of the parity test itself"]
 fn vicreg_parity_detects_mutations() {
-    for mutation in ["biased_variance", "std_summed", "cov_with_diagonal"] {
-        println!("--- reference mutated: {mutation}");
-        let failures = compare_with_reference(&mut ours(), SCRIPT, Some(mutation), &ZERO_GRADIENTS);
-        assert!(
-            !failures.is_empty(),
-            "the parity test did not notice the mutation `{mutation}`"
-        );
-        println!("noticed: {} differences over tolerance", failures.len());
-    }
+    assert_mutations_noticed(
+        &["biased_variance", "std_summed", "cov_with_diagonal"],
+        |mutation| compare_with_reference(&mut ours(), SCRIPT, Some(mutation), &ZERO_GRADIENTS),
+    );
 }
