@@ -139,11 +139,23 @@ fn has_long_length(vr: [u8; 2]) -> bool {
     !SHORT_VRS.contains(&vr)
 }
 
+/// Whether dicom-rs reads an implicit VR element as a sequence: when the standard dictionary
+/// gives it VR SQ (Pixel Data and Overlay Data are always OW).
+fn implicit_vr_is_sequence(group: u16, element: u16) -> bool {
+    use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+    if (group, element) == (0x7FE0, 0x0010) || (group >> 8 == 0x60 && element == 0x3000) {
+        return false;
+    }
+    dicom_dictionary_std::StandardDataDictionary
+        .by_tag(dicom_core::Tag(group, element))
+        .is_some_and(|entry| entry.vr().relaxed() == dicom_core::VR::SQ)
+}
+
 /// Refuses a data set in which an element declares more bytes than the file has left, before
 /// dicom-rs (which allocates an element's declared length before reading it) reads it: a
 /// damaged length field is a clear error instead of a multi-gigabyte allocation. Walks the
-/// elements, into sequences and items (an implicit VR value that starts with an item tag is
-/// taken as a sequence), and over the fragments of encapsulated Pixel Data.
+/// elements as dicom-rs reads them: into sequences (VR SQ, or undefined length) and their
+/// items, and over the fragments of encapsulated Pixel Data.
 fn check_element_lengths(data: &[u8], explicit: bool, big_endian: bool) -> Result<(), String> {
     const UNDEFINED: u32 = 0xFFFF_FFFF;
     let u16_at = |at: usize| {
@@ -201,10 +213,16 @@ fn check_element_lengths(data: &[u8], explicit: bool, big_endian: bool) -> Resul
         if (group, element) == (0xFFFE, 0xE0DD) {
             in_fragments = false;
         }
-        let looks_like_items = || left >= 4 && u16_at(at) == 0xFFFE && u16_at(at + 2) == 0xE000;
-        // Walk into defined-length sequences and data set items; skip any other value.
-        let walk_into =
-            (is_item && !in_fragments) || (!is_item && group != 0xFFFE && looks_like_items());
+        // Walk into defined-length sequences and data set items; skip any other value. A
+        // defined-length value is a sequence for dicom-rs exactly when its VR is SQ: the
+        // header's in explicit VR, the dictionary's in implicit VR.
+        let sequence = group != 0xFFFE
+            && if explicit {
+                data[at - header + 4..at - header + 6] == *b"SQ"
+            } else {
+                implicit_vr_is_sequence(group, element)
+            };
+        let walk_into = (is_item && !in_fragments) || sequence;
         if !walk_into {
             at += length as usize;
         }
@@ -865,6 +883,22 @@ mod tests {
             include_bytes!("../../../fuzz/corpus/dicom/regression-oom-off-group-meta-element");
         let e = decode_dicom_bytes(oom, ImageLimits::default()).unwrap_err();
         assert!(e.contains("(7FE0,0010) declares 2145386560 bytes"), "{e}");
+    }
+
+    /// Regression (fuzzing, 2026-11-30): Pixel Data (OB) with a defined length whose value
+    /// starts with an item tag: the length check walked into it as a sequence, dicom-rs reads
+    /// it as bytes (only VR SQ or an undefined length is a sequence) and then the next element,
+    /// declaring 2 GB, which it allocated.
+    #[test]
+    fn regression_only_sq_values_are_walked_into() {
+        let bytes =
+            include_bytes!("../../../fuzz/corpus/dicom/regression-oom-defined-length-pixel-data");
+        let e = decode_dicom_bytes(bytes, ImageLimits::default()).unwrap_err();
+        assert!(e.contains("(0D20,870A) declares 2037671444 bytes"), "{e}");
+        assert!(implicit_vr_is_sequence(0x0008, 0x1140)); // Referenced Image Sequence
+        assert!(
+            !implicit_vr_is_sequence(0x7FE0, 0x0010) && !implicit_vr_is_sequence(0x0009, 0x1001)
+        );
     }
 
     /// Regression: an RLE header declaring more segments than its 15 offset slots (with
