@@ -661,6 +661,12 @@ fn to_gray8(p: &Pixels) -> Result<Image, String> {
         return Err(format!("the image is empty (Rows {rows}, Columns {cols})"));
     }
     let pixels = rows * cols;
+    if p.bits_stored == 0 || p.bits_stored > p.bits_allocated.max(1) {
+        return Err(format!(
+            "Bits Stored {} is not within 1..=Bits Allocated ({})",
+            p.bits_stored, p.bits_allocated
+        ));
+    }
     let out = match samples {
         1 => {
             let top = (1i64 << p.bits_stored) - 1;
@@ -899,6 +905,17 @@ mod tests {
         assert!(
             !implicit_vr_is_sequence(0x7FE0, 0x0010) && !implicit_vr_is_sequence(0x0009, 0x1001)
         );
+    }
+
+    /// Regression (fuzzing, 2026-11-30): Bits Stored 64 or more overflowed a shift (a panic
+    /// with overflow checks, a wrong value without).
+    #[test]
+    fn regression_bits_stored_beyond_bits_allocated_is_an_error() {
+        let bytes =
+            include_bytes!("../../../fuzz/corpus/dicom/regression-crash-bits-stored-over-64");
+        let e = decode_dicom_bytes(bytes, ImageLimits::default()).unwrap_err();
+        assert!(e.contains("is not within 1..=Bits Allocated"), "{e}");
+        assert!(!e.contains("decoder failed"), "{e}");
     }
 
     /// Regression: an RLE header declaring more segments than its 15 offset slots (with
