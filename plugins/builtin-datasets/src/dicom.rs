@@ -154,10 +154,24 @@ fn implicit_vr_is_sequence(group: u16, element: u16) -> bool {
 /// Refuses a data set in which an element declares more bytes than the file has left, before
 /// dicom-rs (which allocates an element's declared length before reading it) reads it: a
 /// damaged length field is a clear error instead of a multi-gigabyte allocation. Walks the
-/// elements as dicom-rs reads them: into sequences (VR SQ, or undefined length) and their
-/// items, and over the fragments of encapsulated Pixel Data.
+/// bytes exactly as dicom-rs' data set reader does (dicom-parser `DataSetReader`): an element
+/// with VR SQ (explicit VR: its header's; implicit VR: the dictionary's) or an undefined length
+/// opens a sequence, undefined-length Pixel Data opens its fragments; inside a sequence only
+/// items and the sequence delimiter are read, inside an item elements again; defined-length
+/// sequences and items close where their length ends. Any other element, an item tag outside
+/// a sequence included, is a value of its declared length. Where dicom-rs would stop with an
+/// error of its own (an unexpected tag among items), the walk stops too.
 fn check_element_lengths(data: &[u8], explicit: bool, big_endian: bool) -> Result<(), String> {
     const UNDEFINED: u32 = 0xFFFF_FFFF;
+    const ITEM: (u16, u16) = (0xFFFE, 0xE000);
+    const ITEM_END: (u16, u16) = (0xFFFE, 0xE00D);
+    const SEQUENCE_END: (u16, u16) = (0xFFFE, 0xE0DD);
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Open {
+        Sequence,
+        Item,
+        Fragments,
+    }
     let u16_at = |at: usize| {
         let b = [data[at], data[at + 1]];
         if big_endian {
@@ -174,56 +188,100 @@ fn check_element_lengths(data: &[u8], explicit: bool, big_endian: bool) -> Resul
             u32::from_le_bytes(b)
         }
     };
+    let too_long = |tag: (u16, u16), length: u32, left: usize| {
+        format!(
+            "corrupt or truncated DICOM data: element ({:04X},{:04X}) declares {length} bytes but \
+             only {left} remain in the file",
+            tag.0, tag.1
+        )
+    };
+    // What is open, and where it ends when its length is defined.
+    let mut open: Vec<(Open, Option<usize>)> = Vec::new();
     let mut at = 0;
-    let mut in_fragments = false;
-    // Stop where a header no longer fits: dicom-rs reports the truncation itself.
-    while data.len() - at >= 8 {
-        let (group, element) = (u16_at(at), u16_at(at + 2));
-        let (length, header) = if group == 0xFFFE {
-            (u32_at(at + 4), 8)
+    loop {
+        while let Some(&(_, Some(end))) = open.last() {
+            if at < end {
+                break;
+            }
+            open.pop();
+        }
+        // Stop where a header no longer fits: dicom-rs reports the truncation itself.
+        if data.len() - at < 8 {
+            break;
+        }
+        let tag = (u16_at(at), u16_at(at + 2));
+        let within = open.last().map(|&(kind, _)| kind);
+        if matches!(within, Some(Open::Sequence | Open::Fragments)) {
+            // Items (or fragments) and the sequence delimiter: tag and 32-bit length.
+            let length = u32_at(at + 4);
+            at += 8;
+            let left = data.len() - at;
+            match tag {
+                SEQUENCE_END => {
+                    open.pop();
+                }
+                ITEM if within == Some(Open::Fragments) => {
+                    if length == UNDEFINED {
+                        break;
+                    }
+                    if length as usize > left {
+                        return Err(too_long(tag, length, left));
+                    }
+                    at += length as usize;
+                }
+                ITEM if length == UNDEFINED => open.push((Open::Item, None)),
+                ITEM => {
+                    if length as usize > left {
+                        return Err(too_long(tag, length, left));
+                    }
+                    open.push((Open::Item, Some(at + length as usize)));
+                }
+                _ => break,
+            }
+            continue;
+        }
+        // An element, at the top level or inside an item.
+        let (group, element) = tag;
+        let (length, header, sequence) = if group == 0xFFFE {
+            (u32_at(at + 4), 8, false)
         } else if explicit {
             let vr = [data[at + 4], data[at + 5]];
             if has_long_length(vr) {
                 if data.len() - at < 12 {
                     break;
                 }
-                (u32_at(at + 8), 12)
+                (u32_at(at + 8), 12, vr == *b"SQ")
             } else {
-                (u16_at(at + 6) as u32, 8)
+                (u16_at(at + 6) as u32, 8, false)
             }
         } else {
-            (u32_at(at + 4), 8)
+            (u32_at(at + 4), 8, implicit_vr_is_sequence(group, element))
         };
         at += header;
         let left = data.len() - at;
-        if length == UNDEFINED {
-            // A sequence, an item or encapsulated Pixel Data: its contents follow as elements.
-            if (group, element) == (0x7FE0, 0x0010) {
-                in_fragments = true;
+        if tag == ITEM_END {
+            if within == Some(Open::Item) {
+                open.pop();
             }
             continue;
         }
-        if length as usize > left {
-            return Err(format!(
-                "corrupt or truncated DICOM data: element ({group:04X},{element:04X}) declares \
-                 {length} bytes but only {left} remain in the file"
-            ));
-        }
-        let is_item = (group, element) == (0xFFFE, 0xE000);
-        if (group, element) == (0xFFFE, 0xE0DD) {
-            in_fragments = false;
-        }
-        // Walk into defined-length sequences and data set items; skip any other value. A
-        // defined-length value is a sequence for dicom-rs exactly when its VR is SQ: the
-        // header's in explicit VR, the dictionary's in implicit VR.
-        let sequence = group != 0xFFFE
-            && if explicit {
-                data[at - header + 4..at - header + 6] == *b"SQ"
+        let end = if length == UNDEFINED {
+            None
+        } else if length as usize > left {
+            return Err(too_long(tag, length, left));
+        } else {
+            Some(at + length as usize)
+        };
+        if sequence {
+            open.push((Open::Sequence, end));
+        } else if length == UNDEFINED {
+            let kind = if tag == (0x7FE0, 0x0010) {
+                Open::Fragments
             } else {
-                implicit_vr_is_sequence(group, element)
+                Open::Sequence
             };
-        let walk_into = (is_item && !in_fragments) || sequence;
-        if !walk_into {
+            open.push((kind, None));
+        } else {
             at += length as usize;
         }
     }
@@ -916,6 +974,17 @@ mod tests {
         let e = decode_dicom_bytes(bytes, ImageLimits::default()).unwrap_err();
         assert!(e.contains("is not within 1..=Bits Allocated"), "{e}");
         assert!(!e.contains("decoder failed"), "{e}");
+    }
+
+    /// Regression (fuzzing, 2026-11-30): an item tag outside any sequence is a plain value for
+    /// dicom-rs; the length check walked into it and missed the 822 MB element after it
+    /// (950 MB resident per file).
+    #[test]
+    fn regression_an_item_outside_a_sequence_is_a_plain_value() {
+        let bytes =
+            include_bytes!("../../../fuzz/corpus/dicom/regression-mem-item-outside-a-sequence");
+        let e = decode_dicom_bytes(bytes, ImageLimits::default()).unwrap_err();
+        assert!(e.contains("(0000,0000) declares 822091849 bytes"), "{e}");
     }
 
     /// Regression: an RLE header declaring more segments than its 15 offset slots (with
