@@ -139,28 +139,44 @@ fn has_long_length(vr: [u8; 2]) -> bool {
     !SHORT_VRS.contains(&vr)
 }
 
-/// Whether dicom-rs reads an implicit VR element as a sequence: when the standard dictionary
-/// gives it VR SQ (Pixel Data and Overlay Data are always OW).
-fn implicit_vr_is_sequence(group: u16, element: u16) -> bool {
+/// The VR dicom-rs gives an implicit VR element: Pixel Data and Overlay Data are OW, others
+/// the standard dictionary's (relaxed), UN when the tag is unknown.
+fn implicit_vr(group: u16, element: u16) -> [u8; 2] {
     use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
     if (group, element) == (0x7FE0, 0x0010) || (group >> 8 == 0x60 && element == 0x3000) {
-        return false;
+        return *b"OW";
     }
     dicom_dictionary_std::StandardDataDictionary
         .by_tag(dicom_core::Tag(group, element))
-        .is_some_and(|entry| entry.vr().relaxed() == dicom_core::VR::SQ)
+        .map(|entry| entry.vr().relaxed().to_bytes())
+        .unwrap_or(*b"UN")
+}
+
+/// How many bytes of a `length`-byte value dicom-rs actually reads: numbers are read as
+/// `length / size` whole values (while its position counter still advances by `length`), so a
+/// length that is not a multiple of the number size leaves the stream behind its counter.
+fn bytes_read_of_value(vr: [u8; 2], length: u32) -> u32 {
+    let size = match &vr {
+        b"US" | b"OW" | b"SS" => 2,
+        b"AT" | b"FL" | b"OF" | b"SL" | b"OL" | b"UL" => 4,
+        b"FD" | b"OD" | b"SV" | b"OV" | b"UV" => 8,
+        _ => 1,
+    };
+    length / size * size
 }
 
 /// Refuses a data set in which an element declares more bytes than the file has left, before
 /// dicom-rs (which allocates an element's declared length before reading it) reads it: a
 /// damaged length field is a clear error instead of a multi-gigabyte allocation. Walks the
-/// bytes exactly as dicom-rs' data set reader does (dicom-parser `DataSetReader`): an element
-/// with VR SQ (explicit VR: its header's; implicit VR: the dictionary's) or an undefined length
-/// opens a sequence, undefined-length Pixel Data opens its fragments; inside a sequence only
-/// items and the sequence delimiter are read, inside an item elements again; defined-length
-/// sequences and items close where their length ends. Any other element, an item tag outside
-/// a sequence included, is a value of its declared length. Where dicom-rs would stop with an
-/// error of its own (an unexpected tag among items), the walk stops too.
+/// bytes exactly as dicom-rs' data set reader does (dicom-parser `DataSetReader` and
+/// `StatefulDecoder`): an element with VR SQ (explicit VR: its header's; implicit VR: the
+/// dictionary's) or an undefined length opens a sequence, undefined-length Pixel Data opens
+/// its fragments; inside a sequence only items and the sequence delimiter are read, inside an
+/// item elements again; a defined-length sequence or item closes when dicom-rs' position
+/// counter reaches its end. Any other element, an item tag outside a sequence included, is a
+/// value of its declared length, of which numbers are read whole ([`bytes_read_of_value`]).
+/// Where dicom-rs would stop with an error of its own (an unexpected tag among items, a
+/// sequence overrun), the walk stops too.
 fn check_element_lengths(data: &[u8], explicit: bool, big_endian: bool) -> Result<(), String> {
     const UNDEFINED: u32 = 0xFFFF_FFFF;
     const ITEM: (u16, u16) = (0xFFFE, 0xE000);
@@ -195,15 +211,21 @@ fn check_element_lengths(data: &[u8], explicit: bool, big_endian: bool) -> Resul
             tag.0, tag.1
         )
     };
-    // What is open, and where it ends when its length is defined.
-    let mut open: Vec<(Open, Option<usize>)> = Vec::new();
-    let mut at = 0;
-    loop {
+    // What is open, and where (in dicom-rs' position counter) it ends when its length is
+    // defined.
+    let mut open: Vec<(Open, Option<u64>)> = Vec::new();
+    // Where the next byte is read, and dicom-rs' position counter.
+    let (mut at, mut position) = (0usize, 0u64);
+    'walk: loop {
         while let Some(&(_, Some(end))) = open.last() {
-            if at < end {
-                break;
+            match position.cmp(&end) {
+                std::cmp::Ordering::Less => break,
+                std::cmp::Ordering::Equal => {
+                    open.pop();
+                }
+                // dicom-rs: "inconsistent sequence end".
+                std::cmp::Ordering::Greater => break 'walk,
             }
-            open.pop();
         }
         // Stop where a header no longer fits: dicom-rs reports the truncation itself.
         if data.len() - at < 8 {
@@ -215,6 +237,7 @@ fn check_element_lengths(data: &[u8], explicit: bool, big_endian: bool) -> Resul
             // Items (or fragments) and the sequence delimiter: tag and 32-bit length.
             let length = u32_at(at + 4);
             at += 8;
+            position += 8;
             let left = data.len() - at;
             match tag {
                 SEQUENCE_END => {
@@ -228,13 +251,14 @@ fn check_element_lengths(data: &[u8], explicit: bool, big_endian: bool) -> Resul
                         return Err(too_long(tag, length, left));
                     }
                     at += length as usize;
+                    position += length as u64;
                 }
                 ITEM if length == UNDEFINED => open.push((Open::Item, None)),
                 ITEM => {
                     if length as usize > left {
                         return Err(too_long(tag, length, left));
                     }
-                    open.push((Open::Item, Some(at + length as usize)));
+                    open.push((Open::Item, Some(position + length as u64)));
                 }
                 _ => break,
             }
@@ -242,22 +266,23 @@ fn check_element_lengths(data: &[u8], explicit: bool, big_endian: bool) -> Resul
         }
         // An element, at the top level or inside an item.
         let (group, element) = tag;
-        let (length, header, sequence) = if group == 0xFFFE {
-            (u32_at(at + 4), 8, false)
+        let (vr, length, header) = if group == 0xFFFE {
+            (*b"UN", u32_at(at + 4), 8)
         } else if explicit {
             let vr = [data[at + 4], data[at + 5]];
             if has_long_length(vr) {
                 if data.len() - at < 12 {
                     break;
                 }
-                (u32_at(at + 8), 12, vr == *b"SQ")
+                (vr, u32_at(at + 8), 12)
             } else {
-                (u16_at(at + 6) as u32, 8, false)
+                (vr, u16_at(at + 6) as u32, 8)
             }
         } else {
-            (u32_at(at + 4), 8, implicit_vr_is_sequence(group, element))
+            (implicit_vr(group, element), u32_at(at + 4), 8)
         };
         at += header;
+        position += header as u64;
         let left = data.len() - at;
         if tag == ITEM_END {
             if within == Some(Open::Item) {
@@ -265,14 +290,11 @@ fn check_element_lengths(data: &[u8], explicit: bool, big_endian: bool) -> Resul
             }
             continue;
         }
-        let end = if length == UNDEFINED {
-            None
-        } else if length as usize > left {
+        if length != UNDEFINED && length as usize > left {
             return Err(too_long(tag, length, left));
-        } else {
-            Some(at + length as usize)
-        };
-        if sequence {
+        }
+        if vr == *b"SQ" {
+            let end = (length != UNDEFINED).then(|| position + length as u64);
             open.push((Open::Sequence, end));
         } else if length == UNDEFINED {
             let kind = if tag == (0x7FE0, 0x0010) {
@@ -282,7 +304,8 @@ fn check_element_lengths(data: &[u8], explicit: bool, big_endian: bool) -> Resul
             };
             open.push((kind, None));
         } else {
-            at += length as usize;
+            at += bytes_read_of_value(vr, length) as usize;
+            position += length as u64;
         }
     }
     Ok(())
@@ -959,10 +982,9 @@ mod tests {
             include_bytes!("../../../fuzz/corpus/dicom/regression-oom-defined-length-pixel-data");
         let e = decode_dicom_bytes(bytes, ImageLimits::default()).unwrap_err();
         assert!(e.contains("(0D20,870A) declares 2037671444 bytes"), "{e}");
-        assert!(implicit_vr_is_sequence(0x0008, 0x1140)); // Referenced Image Sequence
-        assert!(
-            !implicit_vr_is_sequence(0x7FE0, 0x0010) && !implicit_vr_is_sequence(0x0009, 0x1001)
-        );
+        assert_eq!(&implicit_vr(0x0008, 0x1140), b"SQ"); // Referenced Image Sequence
+        assert_eq!(&implicit_vr(0x7FE0, 0x0010), b"OW");
+        assert_eq!(&implicit_vr(0x0009, 0x1001), b"UN");
     }
 
     /// Regression (fuzzing, 2026-11-30): Bits Stored 64 or more overflowed a shift (a panic
@@ -985,6 +1007,20 @@ mod tests {
             include_bytes!("../../../fuzz/corpus/dicom/regression-mem-item-outside-a-sequence");
         let e = decode_dicom_bytes(bytes, ImageLimits::default()).unwrap_err();
         assert!(e.contains("(0000,0000) declares 822091849 bytes"), "{e}");
+    }
+
+    /// Regression (fuzzing, 2026-11-30): a UL element of 26 bytes: dicom-rs reads 6 whole
+    /// numbers (24 bytes) and goes on 2 bytes early, into a 775 MB "element"; the length check
+    /// now reads values as dicom-rs does.
+    #[test]
+    fn regression_numbers_are_read_whole_as_dicom_rs_does() {
+        let bytes = include_bytes!("../../../fuzz/corpus/dicom/regression-mem-odd-length-ul");
+        let e = decode_dicom_bytes(bytes, ImageLimits::default()).unwrap_err();
+        assert!(e.contains("(0031,0008) declares 774963232 bytes"), "{e}");
+        assert_eq!(bytes_read_of_value(*b"UL", 26), 24);
+        assert_eq!(bytes_read_of_value(*b"US", 5), 4);
+        assert_eq!(bytes_read_of_value(*b"FD", 12), 8);
+        assert_eq!(bytes_read_of_value(*b"UI", 25), 25);
     }
 
     /// Regression: an RLE header declaring more segments than its 15 offset slots (with
