@@ -318,11 +318,30 @@ fn check_element_lengths(data: &[u8], explicit: bool, big_endian: bool) -> Resul
 /// so the last one may end past it. A group that does not start with (0002,0000) is left to
 /// dicom-rs, which refuses it.
 fn check_meta_lengths(data: &[u8]) -> Result<usize, String> {
-    if data.len() < 12 || data[..6] != [0x02, 0x00, 0x00, 0x00, b'U', b'L'] {
+    // (0002,0000) with a 4-byte value, whatever its VR says (dicom-rs checks only these).
+    if data.len() < 16 || data[..4] != [0x02, 0x00, 0x00, 0x00] {
         return Ok(0);
     }
-    let group_length = u32::from_le_bytes([data[8], data[9], data[10], data[11]]) as u64;
-    let mut at = 12;
+    let header = if has_long_length([data[4], data[5]]) {
+        12
+    } else {
+        8
+    };
+    let length = if header == 12 {
+        u32::from_le_bytes([data[8], data[9], data[10], data[11]])
+    } else {
+        u16::from_le_bytes([data[6], data[7]]) as u32
+    };
+    if length != 4 || data.len() < header + 4 {
+        return Ok(0);
+    }
+    let group_length = u32::from_le_bytes([
+        data[header],
+        data[header + 1],
+        data[header + 2],
+        data[header + 3],
+    ]) as u64;
+    let mut at = header + 4;
     let mut total = 0u64;
     while total < group_length && data.len() - at >= 8 {
         let (group, element) = (
@@ -1021,6 +1040,26 @@ mod tests {
         assert_eq!(bytes_read_of_value(*b"US", 5), 4);
         assert_eq!(bytes_read_of_value(*b"FD", 12), 8);
         assert_eq!(bytes_read_of_value(*b"UI", 25), 25);
+    }
+
+    /// Regression (fuzzing, 2026-11-30): a group length element (0002,0000) whose VR is not
+    /// UL is still read by dicom-rs; the meta length check skipped such a group and dicom-rs
+    /// allocated a declared length inside it (2.6 GB).
+    #[test]
+    fn regression_meta_group_length_with_another_vr_is_checked() {
+        let bytes =
+            include_bytes!("../../../fuzz/corpus/dicom/regression-oom-meta-group-length-vr");
+        let started = std::time::Instant::now();
+        let e = decode_dicom_bytes(bytes, ImageLimits::default()).unwrap_err();
+        assert!(
+            e.contains("invalid DICOM file meta group") && e.contains("declares"),
+            "{e}"
+        );
+        assert!(
+            started.elapsed().as_secs_f64() < 0.5,
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     /// Regression: an RLE header declaring more segments than its 15 offset slots (with
