@@ -498,11 +498,12 @@ fn decode_bytes(bytes: &[u8], limits: ImageLimits) -> Result<Image, String> {
                 .flatten()
                 .and_then(|e| e.to_int::<i64>().ok())
                 .unwrap_or(1);
-            let frame: Vec<u8> =
+            // Borrowed when one fragment holds the frame (the usual case): no copy per image.
+            let frame: std::borrow::Cow<[u8]> =
                 if fragments.len() == 1 || (frames > 1 && fragments.len() as i64 == frames) {
-                    fragments[0].clone()
+                    fragments[0].as_slice().into()
                 } else {
-                    fragments.concat()
+                    fragments.concat().into()
                 };
             let decoded = dicom_codecs::decode_frame(codec, &frame, &expected)
                 .map_err(|e| format!("{e} ({ts_desc})"))?;

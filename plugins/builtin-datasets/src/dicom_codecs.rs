@@ -137,11 +137,7 @@ pub(crate) fn decode_frame(
 /// stream is an error instead of a short or overflowing buffer in the decoder. Returns whether
 /// the first scan holds a single component of several (JPEG-LS "no interleave": the decoded
 /// samples come plane by plane).
-pub(crate) fn check_jpeg_header(
-    data: &[u8],
-    expected: &Expected,
-    jpeg_ls: bool,
-) -> Result<bool, String> {
+fn check_jpeg_header(data: &[u8], expected: &Expected, jpeg_ls: bool) -> Result<bool, String> {
     let kind = if jpeg_ls { "JPEG-LS" } else { "JPEG" };
     if data.len() < 4 || data[0] != 0xFF || data[1] != 0xD8 {
         return Err(format!(
