@@ -13,7 +13,7 @@ use safetensors::tensor::{Dtype, TensorView};
 use serde::{Deserialize, Serialize};
 use ssl_plugin_api::tch::{Device, Kind, Tensor};
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The format tag of the metadata record.
 pub const FORMAT: &str = "ssl-host-checkpoint-v1";
@@ -43,6 +43,14 @@ pub struct CheckpointInfo {
     pub embedding_encoder_prefix: String,
     /// Name and version of each plugin used.
     pub plugins: BTreeMap<String, String>,
+    /// The number of processes that trained the run (1 in checkpoints written before it was
+    /// recorded): with the per-process batch sizes of `config`, the global batch.
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 fn kind_to_dtype(kind: Kind) -> Result<Dtype> {
@@ -177,6 +185,12 @@ fn verify_checksum(
     Ok(())
 }
 
+/// The checkpoint of the run in `dir`: `dir/checkpoints/last.safetensors`, the latest one
+/// (written after every epoch, and mid-epoch on a signal or `checkpoint_every_n_steps`).
+pub fn last_in(dir: &Path) -> PathBuf {
+    dir.join("checkpoints").join("last.safetensors")
+}
+
 /// A loaded checkpoint.
 pub struct Checkpoint {
     pub info: CheckpointInfo,
@@ -195,8 +209,14 @@ pub fn read_info(path: &Path) -> Result<CheckpointInfo> {
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let bytes =
         std::fs::read(path).with_context(|| format!("reading checkpoint {}", path.display()))?;
-    let (parsed, info) = parse(path, &bytes)?;
-    let (_, metadata) = safetensors::SafeTensors::read_metadata(&bytes)
+    from_bytes(path, &bytes)
+}
+
+/// [`load`] of the bytes of the checkpoint file `path` (named in errors), e.g. bytes another
+/// process read and sent.
+pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
+    let (parsed, info) = parse(path, bytes)?;
+    let (_, metadata) = safetensors::SafeTensors::read_metadata(bytes)
         .map_err(|e| anyhow!("{}: {e:?}", path.display()))?;
     verify_checksum(path, &parsed, &metadata)?;
     let mut tensors = HashMap::new();
@@ -306,6 +326,7 @@ mod tests {
             encoder_params: "{}".into(),
             embedding_encoder_prefix: "target.encoder.".into(),
             plugins: BTreeMap::new(),
+            world_size: 1,
         }
     }
 

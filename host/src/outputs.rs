@@ -79,11 +79,6 @@ impl RunOutputs {
         &self.dir
     }
 
-    /// The checkpoint path.
-    pub fn checkpoint_path(&self) -> PathBuf {
-        self.dir.join("checkpoints").join("last.safetensors")
-    }
-
     /// Appends one epoch's metrics to `metrics.csv` (synced) and TensorBoard.
     pub fn write_epoch(&mut self, epoch: usize, metrics: &[(String, f64)]) -> Result<()> {
         let path = self.dir.join("metrics.csv");

@@ -33,7 +33,7 @@ pub fn encoder_tensor_prefix(info: &CheckpointInfo) -> String {
 /// clear error when there is none.
 pub fn checkpoint_file(path: &Path) -> Result<PathBuf> {
     if path.is_dir() {
-        let file = path.join("checkpoints").join("last.safetensors");
+        let file = crate::checkpoint::last_in(path);
         if !file.exists() {
             bail!(
                 "{} is a folder without checkpoints/last.safetensors: not an ssl-host run folder (or its first epoch has not finished)",

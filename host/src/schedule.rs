@@ -13,6 +13,17 @@ use std::f64::consts::PI;
 use std::fmt;
 use std::str::FromStr;
 
+/// The factor of `l_rate` with several processes: their number with
+/// `scale_lr_by_world_size` (the original's rule for a global batch that grows with them),
+/// else 1.
+pub fn world_lr_scale(config: &crate::config::RunConfig) -> f64 {
+    if config.scale_lr_by_world_size {
+        crate::world::current().size() as f64
+    } else {
+        1.0
+    }
+}
+
 /// Default exponent of [`polynomial_epoch_lr`] (InnerEye's classifier uses 1e-4, which keeps
 /// the learning rate practically constant).
 pub const DEFAULT_POLYNOMIAL_GAMMA: f64 = 1e-4;

@@ -187,18 +187,29 @@ impl World {
 
     /// Rank 0's `text` on every process (`text` is ignored elsewhere).
     pub fn broadcast_text(&self, text: &str) -> Result<String> {
+        let bytes = self.broadcast_bytes(text.as_bytes())?;
+        String::from_utf8(bytes).context("the text rank 0 sent is not UTF-8")
+    }
+
+    /// Rank 0's `bytes` on every process (`bytes` is ignored elsewhere): its length, then its
+    /// bytes.
+    pub fn broadcast_bytes(&self, bytes: &[u8]) -> Result<Vec<u8>> {
         if !self.is_distributed() {
-            return Ok(text.to_string());
+            return Ok(bytes.to_vec());
         }
-        let len = Tensor::from_slice(&[text.len() as i64]);
+        let len = Tensor::from_slice(&[bytes.len() as i64]);
         self.broadcast_from_main(std::slice::from_ref(&len))?;
         let len = len.int64_value(&[0]) as usize;
-        let mut bytes = text.as_bytes().to_vec();
-        bytes.resize(len, 0);
-        let t = Tensor::from_slice(&bytes);
+        let t = if self.is_main() {
+            Tensor::from_slice(bytes)
+        } else {
+            Tensor::zeros(
+                [len as i64],
+                (ssl_plugin_api::tch::Kind::Uint8, Device::Cpu),
+            )
+        };
         self.broadcast_from_main(std::slice::from_ref(&t))?;
-        let bytes = Vec::<u8>::try_from(&t)?;
-        String::from_utf8(bytes).context("the text rank 0 sent is not UTF-8")
+        Ok(Vec::<u8>::try_from(&t)?)
     }
 
     /// An error unless every process has the same `text` (e.g. its resolved config), naming

@@ -249,3 +249,51 @@ fn clear_errors_for_bad_runs() {
     args.push("--resume".into());
     run(&args).assert_clear_error(&["truncated or corrupt"]);
 }
+
+#[test]
+fn resume_refuses_a_changed_data_plan_unless_told_and_a_passed_stop_after_epochs() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("run");
+    let epochs = [
+        "--num_epochs=3",
+        "--is_debug_model=true",
+        "--stop_after_epochs=2",
+    ];
+    run(&small("ShapesSimCLR", &dir, &epochs)).assert_ok();
+    let resume = |extra: &[&str]| {
+        let mut args = vec![format!("--output_dir={}", dir.display()), "--resume".into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        run(&args)
+    };
+    // Batches, seed and views of another run: refused, each named, nothing written.
+    let before = std::fs::read(dir.join("checkpoints/last.safetensors")).unwrap();
+    resume(&[
+        "--ssl_training_batch_size=8",
+        "--random_seed=7",
+        "--ssl_dataset_params.num_samples=100",
+    ])
+    .assert_clear_error(&[
+        "would not continue as it started",
+        "ssl_training_batch_size: a global batch of 16 (16 × 1 process(es)) becomes 8 (8 × 1)",
+        "random_seed",
+        "ssl_dataset_params",
+        "--allow_data_plan_change=true",
+    ]);
+    assert_eq!(
+        std::fs::read(dir.join("checkpoints/last.safetensors")).unwrap(),
+        before
+    );
+    // A stop that the run has passed already: said, not a silent success.
+    resume(&["--stop_after_epochs=1"]).assert_clear_error(&[
+        "--stop_after_epochs=1",
+        "has completed 2 of its 3 epochs already",
+    ]);
+    // What does not change the data plan is accepted, and so is a change the user asks for.
+    resume(&[
+        "--ssl_training_batch_size=8",
+        "--allow_data_plan_change=true",
+    ])
+    .assert_ok();
+    let config = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    assert!(config.contains("ssl_training_batch_size = 8"), "{config}");
+}

@@ -192,6 +192,7 @@ mod tests {
             encoder_params: r#"{"cifar_stem":false}"#.into(),
             embedding_encoder_prefix: String::new(),
             plugins: BTreeMap::new(),
+            world_size: 1,
         };
         checkpoint::save(path, &tensors, &info).unwrap();
     }

@@ -2,15 +2,15 @@
 //! `ssl-host show-config --model=NAME [--name=value]...`: resolves the config, picks the task
 //! it names and hands it to the engine.
 
-use crate::checkpoint;
+use crate::checkpoint::{self, Checkpoint};
 use crate::cli::Cli;
 use crate::config::{parameter_help, RunConfig, Task};
 use crate::engine::{self, Fitted, RunOptions};
 use crate::registry::Registry;
 use crate::tasks::classifier::ClassifierTask;
 use crate::tasks::ssl::SslTask;
-use anyhow::{bail, Context, Result};
-use std::path::PathBuf;
+use anyhow::{anyhow, bail, Context, Result};
+use std::path::{Path, PathBuf};
 
 fn flag(cli: &mut Cli, name: &str) -> Result<bool> {
     match cli.take(name).as_deref() {
@@ -25,33 +25,57 @@ fn resolve(registry: &Registry, cli: &mut Cli, resume: bool) -> Result<RunConfig
     let model = cli.take("model");
     let overrides = std::mem::take(&mut cli.options);
     if resume {
-        let dir = overrides
-            .iter()
-            .rev()
-            .find(|(n, _)| n == "output_dir")
-            .map(|(_, v)| PathBuf::from(v))
+        let dir = named_output_dir(&overrides)
             .context("--resume needs --output_dir=DIR of the run to continue")?;
-        let path = dir.join("checkpoints").join("last.safetensors");
+        let path = checkpoint::last_in(&dir);
         let info = checkpoint::read_info(&path)
             .with_context(|| format!("--resume: reading {}", path.display()))?;
-        if let Some(m) = &model {
-            if m != &info.model {
-                bail!(
-                    "--resume: {} is a run of model `{}`, not `{m}`",
-                    dir.display(),
-                    info.model
-                );
-            }
-        }
-        return RunConfig::resume(&info.config, &info.model, &overrides);
+        return resumed_config(&info, &dir, model.as_deref(), &overrides);
     }
+    fresh_config(registry, model.as_deref(), &overrides)
+}
+
+/// The config of a new run of `model`.
+fn fresh_config(
+    registry: &Registry,
+    model: Option<&str>,
+    overrides: &[(String, String)],
+) -> Result<RunConfig> {
     let model = model
         .context("no --model given: name a model config (see `ssl-host list`) or a .toml file")?;
-    RunConfig::resolve(&model, &overrides, registry)
+    RunConfig::resolve(model, overrides, registry)
+}
+
+/// The config of the run in `dir`, whose checkpoint says `info`, continued with `overrides`.
+fn resumed_config(
+    info: &checkpoint::CheckpointInfo,
+    dir: &Path,
+    model: Option<&str>,
+    overrides: &[(String, String)],
+) -> Result<RunConfig> {
+    if let Some(m) = model {
+        if m != info.model {
+            bail!(
+                "--resume: {} is a run of model `{}`, not `{m}`",
+                dir.display(),
+                info.model
+            );
+        }
+    }
+    RunConfig::resume(&info.config, &info.model, overrides)
+}
+
+/// The `--output_dir` given on the command line.
+fn named_output_dir(overrides: &[(String, String)]) -> Option<PathBuf> {
+    overrides
+        .iter()
+        .rev()
+        .find(|(n, _)| n == "output_dir")
+        .map(|(_, v)| PathBuf::from(v))
 }
 
 /// Trains the task the config names.
-pub fn train(registry: &Registry, config: RunConfig, options: &RunOptions) -> Result<Fitted> {
+pub fn train(registry: &Registry, config: RunConfig, options: RunOptions) -> Result<Fitted> {
     let device = super::join::process_device(crate::device::choose(config.device.as_deref())?);
     if config.task == Task::Classifier {
         engine::fit(config, options, |config, stored| {
@@ -67,31 +91,251 @@ pub fn train(registry: &Registry, config: RunConfig, options: &RunOptions) -> Re
 /// `--resume`: `true` (continue the run in `--output_dir`), `false`, or `auto`: continue when
 /// `--output_dir` holds a checkpoint, start there otherwise (what a job restarted by its
 /// scheduler or by `torchrun --max-restarts` wants).
-fn resume_flag(cli: &mut Cli) -> Result<bool> {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resume {
+    No,
+    Yes,
+    Auto,
+}
+
+fn resume_mode(cli: &mut Cli) -> Result<Resume> {
     match cli.take("resume").as_deref() {
-        None | Some("false") => Ok(false),
-        Some("true") => Ok(true),
+        None | Some("false") => Ok(Resume::No),
+        Some("true") => Ok(Resume::Yes),
         Some("auto") => {
-            let dir = cli
-                .options
-                .iter()
-                .rev()
-                .find(|(n, _)| n == "output_dir")
-                .map(|(_, v)| PathBuf::from(v))
-                .context("--resume=auto needs --output_dir=DIR, the folder of the run to continue or start")?;
-            let exists = dir.join("checkpoints").join("last.safetensors").exists();
-            if exists {
-                eprintln!("--resume=auto: continuing the run in {}", dir.display());
+            if named_output_dir(&cli.options).is_none() {
+                bail!("--resume=auto needs --output_dir=DIR, the folder of the run to continue or start");
             }
-            Ok(exists)
+            Ok(Resume::Auto)
         }
         Some(other) => bail!("--resume={other}: expected true, false or auto (or just --resume)"),
     }
 }
 
+impl Resume {
+    /// Whether this process, looking at its own disk, would continue a run.
+    fn here(self, overrides: &[(String, String)]) -> bool {
+        match self {
+            Resume::No => false,
+            Resume::Yes => true,
+            Resume::Auto => {
+                named_output_dir(overrides).is_some_and(|dir| checkpoint::last_in(&dir).exists())
+            }
+        }
+    }
+}
+
+/// What a run is started with: the command line less the run options.
+struct Request {
+    resume: Resume,
+    model: Option<String>,
+    overrides: Vec<(String, String)>,
+    /// `--allow_data_plan_change`: a resumed run may change its batches (batch sizes, seed,
+    /// splits, datasets, views).
+    allow_data_plan_change: bool,
+}
+
+impl Request {
+    /// The config this process can resolve from its own disk: what it joins the other
+    /// processes with (`device` and the `dist_*` parameters). A process other than rank 0
+    /// whose disk lacks the checkpoint of a resumed run (node-local output folders) joins
+    /// with the command line over the defaults; rank 0's config decides afterwards
+    /// ([`Request::agree`]).
+    fn local_config(
+        &self,
+        registry: &Registry,
+        env: Option<&crate::dist::DistEnv>,
+    ) -> Result<RunConfig> {
+        let resolved = if self.resume.here(&self.overrides) {
+            let dir = named_output_dir(&self.overrides)
+                .context("--resume needs --output_dir=DIR of the run to continue")?;
+            let path = checkpoint::last_in(&dir);
+            checkpoint::read_info(&path)
+                .with_context(|| format!("--resume: reading {}", path.display()))
+                .and_then(|info| {
+                    resumed_config(&info, &dir, self.model.as_deref(), &self.overrides)
+                })
+        } else {
+            fresh_config(registry, self.model.as_deref(), &self.overrides)
+        };
+        match (resolved, env) {
+            (Err(_), Some(env)) if env.rank != 0 => match &self.model {
+                Some(model) => RunConfig::resolve(model, &self.overrides, registry),
+                None => RunConfig::resume("", "", &self.overrides),
+            },
+            (resolved, _) => resolved,
+        }
+    }
+
+    /// The run every process starts, decided by rank 0: whether it resumes (rank 0's disk
+    /// answers `--resume=auto`), and the checkpoint, which rank 0 reads and sends to the
+    /// others, so processes with node-local output folders start alike. Then every process
+    /// resolves the same config from it and checks the overrides against its data plan.
+    fn agree(&self, registry: &Registry) -> Result<(RunConfig, Option<Checkpoint>)> {
+        let world = crate::world::current();
+        let read = if world.is_main() {
+            self.read_checkpoint()
+        } else {
+            Ok(None)
+        };
+        let header = match &read {
+            Ok(None) => "new".to_string(),
+            Ok(Some((path, _))) => format!("resume:{}", path.display()),
+            Err(e) => format!("error:{e:#}"),
+        };
+        let header = world.broadcast_text(&header)?;
+        if let Some(message) = header.strip_prefix("error:") {
+            return Err(match read {
+                Err(e) => e,
+                _ => anyhow!("rank 0 could not start the run: {message}"),
+            });
+        }
+        let Some(path) = header.strip_prefix("resume:").map(PathBuf::from) else {
+            return Ok((
+                fresh_config(registry, self.model.as_deref(), &self.overrides)?,
+                None,
+            ));
+        };
+        let bytes = match &read {
+            Ok(Some((_, bytes))) => world.broadcast_bytes(bytes)?,
+            _ => world.broadcast_bytes(&[])?,
+        };
+        drop(read);
+        let stored = checkpoint::from_bytes(&path, &bytes)?;
+        drop(bytes);
+        let dir = named_output_dir(&self.overrides).unwrap_or_default();
+        let config = resumed_config(&stored.info, &dir, self.model.as_deref(), &self.overrides)?;
+        if !self.allow_data_plan_change {
+            check_data_plan(&stored.info, &config, world.size(), &dir)?;
+        }
+        Ok((config, Some(stored)))
+    }
+
+    /// Rank 0: the checkpoint to continue from, as bytes, or `None` for a new run.
+    fn read_checkpoint(&self) -> Result<Option<(PathBuf, Vec<u8>)>> {
+        if !self.resume.here(&self.overrides) {
+            return Ok(None);
+        }
+        let dir = named_output_dir(&self.overrides)
+            .context("--resume needs --output_dir=DIR of the run to continue")?;
+        let path = checkpoint::last_in(&dir);
+        if self.resume == Resume::Auto {
+            eprintln!("--resume=auto: continuing the run in {}", dir.display());
+        }
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("--resume: reading {}", path.display()))?;
+        Ok(Some((path, bytes)))
+    }
+}
+
+/// An error unless the resumed `config` (on `world` processes) keeps the data plan of the run
+/// in `dir` that `stored` describes: the global batch sizes (per-process batch × processes),
+/// seed, validation split, `drop_last`, datasets and their parameters, and the views. Changing
+/// them mid-run changes which samples the rest of the run sees and how, so it does not
+/// continue as it started; `--allow_data_plan_change=true` says the user means it.
+fn check_data_plan(
+    stored: &checkpoint::CheckpointInfo,
+    config: &RunConfig,
+    world: usize,
+    dir: &Path,
+) -> Result<()> {
+    let before = RunConfig::from_resolved_toml(&stored.config, &stored.model)?;
+    let mut changed = Vec::new();
+    let batch = |name: &str, b: usize, a: usize| {
+        let (gb, ga) = (b * stored.world_size, a * world);
+        (gb != ga).then(|| {
+            format!(
+                "{name}: a global batch of {gb} ({b} × {} process(es)) becomes {ga} ({a} × {world})",
+                stored.world_size
+            )
+        })
+    };
+    changed.extend(batch(
+        "ssl_training_batch_size",
+        before.ssl_training_batch_size,
+        config.ssl_training_batch_size,
+    ));
+    changed.extend(batch(
+        "linear_head_batch_size",
+        before.linear_head_batch_size,
+        config.linear_head_batch_size,
+    ));
+    let mut differs = |name: &str, b: serde_json::Value, a: serde_json::Value| {
+        if b != a {
+            changed.push(format!("{name}: {b} becomes {a}"));
+        }
+    };
+    use serde_json::json;
+    differs(
+        "random_seed",
+        json!(before.random_seed),
+        json!(config.random_seed),
+    );
+    differs(
+        "val_split",
+        json!(before.val_split),
+        json!(config.val_split),
+    );
+    differs(
+        "drop_last",
+        json!(before.drop_last),
+        json!(config.drop_last),
+    );
+    differs(
+        "ssl_training_dataset_name",
+        json!(before.ssl_training_dataset_name),
+        json!(config.ssl_training_dataset_name),
+    );
+    differs(
+        "linear_head_dataset_name",
+        json!(before.linear_head_dataset_name),
+        json!(config.linear_head_dataset_name),
+    );
+    differs(
+        "local_dataset",
+        json!(before.local_dataset),
+        json!(config.local_dataset),
+    );
+    differs(
+        "extra_local_dataset_paths",
+        json!(before.extra_local_dataset_paths),
+        json!(config.extra_local_dataset_paths),
+    );
+    differs(
+        "ssl_dataset_params",
+        json!(before.ssl_dataset_params),
+        json!(config.ssl_dataset_params),
+    );
+    differs(
+        "linear_head_dataset_params",
+        json!(before.linear_head_dataset_params),
+        json!(config.linear_head_dataset_params),
+    );
+    differs(
+        "the SSL views (ssl_augmentations, ssl_view_groups)",
+        json!(before.view_groups()),
+        json!(config.view_groups()),
+    );
+    differs(
+        "linear_head_augmentations",
+        json!(before.linear_head_augmentations),
+        json!(config.linear_head_augmentations),
+    );
+    if !changed.is_empty() {
+        bail!(
+            "--resume: the run in {} would not continue as it started; these settings change \
+             which samples its remaining steps see, or how:\n  {}\nResume with the run's own \
+             values, or add --allow_data_plan_change=true to continue with the new ones",
+            dir.display(),
+            changed.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
 /// `train`.
 pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
-    let resume = resume_flag(cli)?;
+    let resume = resume_mode(cli)?;
     let stop_after_epochs = match cli.take("stop_after_epochs") {
         Some(v) => Some(
             v.parse::<usize>()
@@ -99,14 +343,33 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
         ),
         None => None,
     };
-    let config = resolve(registry, cli, resume)?;
-    // Under torchrun: join the other processes (nothing happens otherwise).
-    super::join::join_if_distributed(&config)?;
+    let allow_data_plan_change = flag(cli, "allow_data_plan_change")?;
+    let request = Request {
+        resume,
+        model: cli.take("model"),
+        overrides: std::mem::take(&mut cli.options),
+        allow_data_plan_change,
+    };
+    // Under torchrun: join the other processes (nothing happens otherwise), then start the
+    // run rank 0 decides on.
+    let env = crate::dist::DistEnv::from_env()?;
+    let local = request.local_config(registry, env.as_ref())?;
+    super::join::join_if_distributed(&local)?;
+    let (config, stored) = request.agree(registry)?;
+    // Different arguments on one process would hang or silently diverge: refuse at start.
+    // The output folder may differ (rank 0 alone chooses and writes it).
+    let mut fingerprint = RunConfig {
+        output_dir: None,
+        ..config.clone()
+    }
+    .to_toml();
+    fingerprint.push_str(&format!("\nmodel = {:?}\n", config.model));
+    crate::world::current().check_same(&fingerprint, "resolved config (model and parameters)")?;
     let fitted = train(
         registry,
         config,
-        &RunOptions {
-            resume,
+        RunOptions {
+            resume_from: stored,
             stop_after_epochs,
         },
     )?;
@@ -156,7 +419,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let ssl_dir = tmp.path().join("ssl");
         let config = small("ShapesSimCLR", &ssl_dir, &[]);
-        let fitted = train(&registry, config, &RunOptions::default()).unwrap();
+        let fitted = train(&registry, config, RunOptions::default()).unwrap();
         // 2 epochs × 6 steps: one SSL and one linear-head step each.
         assert_eq!(fitted.step_counts.get("ssl"), Some(&12));
         assert_eq!(fitted.step_counts.get("linear_head"), Some(&12));
@@ -171,7 +434,7 @@ mod tests {
                 ("freeze_encoder", "false"),
             ],
         );
-        let fitted = train(&registry, config, &RunOptions::default()).unwrap();
+        let fitted = train(&registry, config, RunOptions::default()).unwrap();
         assert_eq!(
             fitted.step_counts.iter().collect::<Vec<_>>(),
             [(&"classifier", &12)]
@@ -192,7 +455,7 @@ mod tests {
         };
         config.ssl_augmentations.clear();
         config.ssl_view_groups = vec![crop(32), crop(24)];
-        let fitted = train(&registry, config, &RunOptions::default()).unwrap();
+        let fitted = train(&registry, config, RunOptions::default()).unwrap();
         assert_eq!(fitted.step_counts.get("ssl"), Some(&6));
         let metrics = std::fs::read_to_string(tmp.path().join("metrics.csv")).unwrap();
         let loss = metrics

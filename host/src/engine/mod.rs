@@ -20,12 +20,12 @@ use crate::loader::Source;
 use crate::outputs::RunOutputs;
 use crate::schedule::LrSchedule;
 use crate::seeds::seed_of;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use progress::Progress;
 use run_folder::{run_folder, write_config_file, RemoveIfEmpty};
 use ssl_plugin_api::tch::{self, Device, Tensor};
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 pub use step::{OptimizerSlot, StepPath};
@@ -33,8 +33,9 @@ pub use step::{OptimizerSlot, StepPath};
 /// Options of a training run that are not part of the config.
 #[derive(Default)]
 pub struct RunOptions {
-    /// Continue from the output folder's last checkpoint.
-    pub resume: bool,
+    /// The checkpoint to continue from (`--resume`): the same on every process (rank 0 read
+    /// it and sent it to the others, see [`crate::commands::train`]).
+    pub resume_from: Option<Checkpoint>,
     /// Stop cleanly after this many epochs have been completed (e.g. a time-limited job);
     /// `--resume` continues.
     pub stop_after_epochs: Option<usize>,
@@ -135,156 +136,395 @@ pub struct Fitted {
 }
 
 /// Trains the task that `build` makes from the run's config (its `output_dir` set) and, when
-/// resuming, the last checkpoint.
+/// resuming, the checkpoint of [`RunOptions::resume_from`]. Read top to bottom: the run
+/// folder, the task and where it starts, rank 0's state shared, then the epochs and the final
+/// evaluation.
 pub fn fit<T: Task>(
-    mut config: RunConfig,
-    options: &RunOptions,
+    config: RunConfig,
+    options: RunOptions,
     build: impl FnOnce(RunConfig, Option<&Checkpoint>) -> Result<T>,
 ) -> Result<Fitted> {
-    // Rank 0 decides the run folder (and alone writes to it); the others learn its name.
-    let world = crate::world::current();
-    let main = world.is_main();
-    // Rank 0 also holds the folder's run.lock until `fit` returns (one run per folder).
-    let (dir, stored, lock) = if main {
-        let (dir, stored, lock) = run_folder(&config, options.resume)?;
-        (dir, stored, Some(lock))
-    } else {
-        (PathBuf::new(), None, None)
-    };
-    let dir = PathBuf::from(world.broadcast_text(&dir.display().to_string())?);
-    let checkpoint_path = dir.join("checkpoints").join("last.safetensors");
-    let stored = match stored {
-        None if options.resume && !main => Some(checkpoint::load(&checkpoint_path)?),
-        other => other,
-    };
-    let _cleanup = main.then(|| RemoveIfEmpty::new(&config, &dir));
-    // Declared after `_cleanup`, so dropped before it: run.lock is gone when an empty folder
-    // is removed.
-    let _lock = lock;
-    config.output_dir = Some(dir.display().to_string());
+    let RunOptions {
+        resume_from: stored,
+        stop_after_epochs,
+    } = options;
+    let folder = RunFolder::open(&config, stored.is_some())?;
+    let mut config = config;
+    config.output_dir = Some(folder.dir.display().to_string());
     let mut task = build(config, stored.as_ref())?;
-    let (start_epoch, mut global_step) = match &stored {
-        Some(c) => {
-            task.restore(&c.tensors)
-                .with_context(|| format!("resuming from {}", checkpoint_path.display()))?;
-            (c.info.epochs_done, c.info.global_step)
+    let start = Start::restore(&mut task, stored, &folder.checkpoint)?;
+    share_main_state(&mut task)?;
+    let last = last_epoch(task.config(), start.epoch, stop_after_epochs, &folder.dir)?;
+    let mut run = Run::begin(task, folder, start.epoch, start.global_step)?;
+    let mut mid_epoch = start.mid_epoch;
+    for epoch in start.epoch..last {
+        let metrics = run.train_epoch(epoch, mid_epoch.take())?;
+        run.end_epoch(epoch, metrics)?;
+    }
+    if last == run.task.config().num_epochs {
+        run.final_evaluation()?;
+    }
+    Ok(Fitted {
+        dir: run.folder.dir.clone(),
+        step_counts: run.path.counts().clone(),
+    })
+}
+
+/// The run folder as every process knows it: rank 0 chooses it and holds its lock (one run per
+/// folder) until the run ends; the others learn its name and write nothing there.
+struct RunFolder {
+    dir: PathBuf,
+    checkpoint: PathBuf,
+    // Dropped in this order: run.lock is gone when an empty folder is removed.
+    _lock: Option<run_folder::RunLock>,
+    _cleanup: Option<RemoveIfEmpty>,
+}
+
+impl RunFolder {
+    fn open(config: &RunConfig, resume: bool) -> Result<RunFolder> {
+        let world = crate::world::current();
+        let (dir, lock) = if world.is_main() {
+            let (dir, lock) = run_folder(config, resume)?;
+            (dir, Some(lock))
+        } else {
+            (PathBuf::new(), None)
+        };
+        let dir = PathBuf::from(world.broadcast_text(&dir.display().to_string())?);
+        Ok(RunFolder {
+            checkpoint: checkpoint::last_in(&dir),
+            _cleanup: world.is_main().then(|| RemoveIfEmpty::new(config, &dir)),
+            _lock: lock,
+            dir,
+        })
+    }
+
+    /// The error of a run stopped by `signal` after `what`, saying how to continue.
+    fn stopped(&self, signal: i32, what: &str) -> anyhow::Error {
+        signals::Stopped {
+            signal,
+            message: format!(
+                "{what}: the checkpoint is in {}; continue with `ssl-host --output_dir={} --resume`",
+                self.checkpoint.display(),
+                self.dir.display()
+            ),
         }
-        None => (0, 0),
-    };
-    // A checkpoint written mid-epoch (a signal, `checkpoint_every_n_steps`): where in the epoch,
-    // the epoch's running sums and the random generators.
-    let mut mid_epoch = stored.as_ref().and_then(MidEpoch::from_checkpoint);
-    if let (Some(mid), true) = (&mid_epoch, main) {
-        eprintln!(
-            "resuming epoch {} after its step {} (a checkpoint written mid-epoch)",
-            start_epoch + 1,
-            mid.steps_done
-        );
+        .into()
     }
-    drop(stored);
-    // Every process starts from rank 0's parameters, buffers and optimizer state.
+}
+
+/// Where a run starts: the epoch, the global step and, for a checkpoint written mid-epoch, the
+/// place in that epoch.
+struct Start {
+    epoch: usize,
+    global_step: u64,
+    mid_epoch: Option<MidEpoch>,
+}
+
+impl Start {
+    /// Restores `stored` into `task` (nothing for a new run).
+    fn restore<T: Task>(task: &mut T, stored: Option<Checkpoint>, path: &Path) -> Result<Start> {
+        let Some(stored) = stored else {
+            return Ok(Start {
+                epoch: 0,
+                global_step: 0,
+                mid_epoch: None,
+            });
+        };
+        task.restore(&stored.tensors)
+            .with_context(|| format!("resuming from {}", path.display()))?;
+        let start = Start {
+            epoch: stored.info.epochs_done,
+            global_step: stored.info.global_step,
+            mid_epoch: MidEpoch::from_checkpoint(&stored),
+        };
+        if let (Some(mid), true) = (&start.mid_epoch, crate::world::current().is_main()) {
+            eprintln!(
+                "resuming epoch {} after its step {} (a checkpoint written mid-epoch)",
+                start.epoch + 1,
+                mid.steps_done
+            );
+        }
+        Ok(start)
+    }
+}
+
+/// Every process starts from rank 0's parameters, buffers and optimizer state. Rank 0's
+/// checkpoint record is sent to every process and restored there: some entries of
+/// [`Task::checkpoint_tensors`] are fresh copies (step counters, the loss scale, optimizer
+/// buffers not created yet), so sending into them alone would not reach the live state. A
+/// probe then compares every tensor with rank 0's; a difference is an error naming them.
+fn share_main_state<T: Task>(task: &mut T) -> Result<()> {
+    let world = crate::world::current();
+    if !world.is_distributed() {
+        return Ok(());
+    }
+    let record: HashMap<String, Tensor> = task
+        .checkpoint_tensors()
+        .into_iter()
+        .map(|(name, t)| (name, tch::no_grad(|| t.detach().copy())))
+        .collect();
+    let mut names: Vec<&String> = record.keys().collect();
+    names.sort();
+    let tensors: Vec<Tensor> = names.iter().map(|n| record[*n].shallow_clone()).collect();
     world
-        .broadcast_from_main(
-            &task
-                .checkpoint_tensors()
-                .into_iter()
-                .map(|(_, t)| t)
-                .collect::<Vec<_>>(),
-        )
+        .broadcast_from_main(&tensors)
         .context("sending rank 0's model to the other processes")?;
-    let mut outputs = if main {
-        let outputs = RunOutputs::open(&dir, start_epoch)?;
-        let plugins = task.info_mut().plugins.clone();
-        write_config_file(&dir, task.config(), &plugins)?;
-        Some(outputs)
-    } else {
-        None
-    };
-    let epochs = task.config().num_epochs;
-    let last = options.stop_after_epochs.map_or(epochs, |n| n.min(epochs));
-    if start_epoch >= epochs && main {
-        eprintln!("{}: all {epochs} epochs are done already", dir.display());
-    }
-    let lr_scale = if task.config().scale_lr_by_world_size {
-        world.size() as f64
-    } else {
-        1.0
-    };
-    if world.is_distributed() && main {
-        eprintln!(
-            "distributed: {} processes, global batch = {} × the per-process batch; l_rate {} × {lr_scale} = {}{}",
-            world.size(),
-            world.size(),
-            task.config().l_rate,
-            task.config().l_rate * lr_scale,
-            if lr_scale == 1.0 { " (scale_lr_by_world_size = false)" } else { "" }
+    task.restore(&record)
+        .context("restoring rank 0's model on this process")?;
+    let diverged = world.diverged(&task.checkpoint_tensors())?;
+    if !diverged.is_empty() {
+        bail!(
+            "distributed training: after the start, {} tensor(s) of rank {} differ from rank \
+             0's: {}",
+            diverged.len(),
+            world.rank(),
+            diverged
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
-    let mut path = StepPath::new(task.config().gradient_clip_val);
-    path.nan_policy = task.config().nan_policy;
-    signals::install();
-    let every = task.config().checkpoint_every_n_steps;
-    let checkpoint_file = dir.join("checkpoints").join("last.safetensors");
-    // A checkpoint at the current step of `epoch`: the model, the optimizers, the epoch's
-    // running sums and the random generators; every process takes part (the sums of all of
-    // them are collected), rank 0 writes it.
-    let mut save_mid_epoch = |task: &mut T, epoch: usize, steps_done: usize, global_step: u64| {
-        let mut tensors = task.checkpoint_tensors();
-        tensors.extend(checkpoint::prefixed(EPOCH_STATE, task.epoch_state()?));
+    Ok(())
+}
+
+/// The epoch after which the run stops: `num_epochs`, or `--stop_after_epochs` when smaller.
+/// A `--stop_after_epochs` that a resumed run has already passed is an error (nothing to do).
+fn last_epoch(
+    config: &RunConfig,
+    start: usize,
+    stop_after_epochs: Option<usize>,
+    dir: &Path,
+) -> Result<usize> {
+    let epochs = config.num_epochs;
+    let last = stop_after_epochs.map_or(epochs, |n| n.min(epochs));
+    if start >= epochs {
+        if crate::world::current().is_main() {
+            eprintln!("{}: all {epochs} epochs are done already", dir.display());
+        }
+    } else if start >= last {
+        bail!(
+            "--stop_after_epochs={}: the run in {} has completed {start} of its {epochs} epochs \
+             already, so it would stop at once; give a larger number (or leave it out to train \
+             to the end)",
+            last,
+            dir.display()
+        );
+    }
+    Ok(last)
+}
+
+/// A run in progress: the task, its step path and outputs, and where it is.
+struct Run<T: Task> {
+    task: T,
+    path: StepPath,
+    folder: RunFolder,
+    /// `metrics.csv`, TensorBoard and the checkpoint: rank 0 only.
+    outputs: Option<RunOutputs>,
+    progress: Progress,
+    global_step: u64,
+    /// The factor of `l_rate` (the number of processes with `scale_lr_by_world_size`).
+    lr_scale: f64,
+    /// Skipped unreadable images already reported, by data source.
+    warned_skipped: HashMap<&'static str, usize>,
+}
+
+impl<T: Task> Run<T> {
+    /// Opens the outputs (rank 0), writes `config.toml` and says how the processes share the
+    /// work.
+    fn begin(mut task: T, folder: RunFolder, start_epoch: usize, global_step: u64) -> Result<Self> {
+        let world = crate::world::current();
+        let outputs = if world.is_main() {
+            let outputs = RunOutputs::open(&folder.dir, start_epoch)?;
+            let plugins = task.info_mut().plugins.clone();
+            write_config_file(&folder.dir, task.config(), &plugins)?;
+            Some(outputs)
+        } else {
+            None
+        };
+        let config = task.config();
+        let lr_scale = crate::schedule::world_lr_scale(config);
+        if world.is_distributed() && world.is_main() {
+            eprintln!(
+                "distributed: {} processes, global batch = {} × the per-process batch; l_rate {} × {lr_scale} = {}{}",
+                world.size(),
+                world.size(),
+                config.l_rate,
+                config.l_rate * lr_scale,
+                if lr_scale == 1.0 { " (scale_lr_by_world_size = false)" } else { "" }
+            );
+        }
+        let mut path = StepPath::new(config.gradient_clip_val);
+        path.nan_policy = config.nan_policy;
+        signals::install();
+        Ok(Run {
+            task,
+            path,
+            folder,
+            outputs,
+            progress: if world.is_main() {
+                Progress::new()
+            } else {
+                Progress::hidden()
+            },
+            global_step,
+            lr_scale,
+            warned_skipped: HashMap::new(),
+        })
+    }
+
+    /// A checkpoint at step `steps_done` of `epoch`: the model, the optimizers, the epoch's
+    /// running sums and the random generators. Every process takes part (the sums of all of
+    /// them are collected); rank 0 writes it.
+    fn save_mid_epoch(&mut self, epoch: usize, steps_done: usize) -> Result<()> {
+        let mut tensors = self.task.checkpoint_tensors();
+        tensors.extend(checkpoint::prefixed(EPOCH_STATE, self.task.epoch_state()?));
         tensors.push((STEPS_DONE.into(), Tensor::from(steps_done as i64)));
         tensors.push((RNG_CPU.into(), rng::state(Device::Cpu)?));
-        if let device @ Device::Cuda(_) = task.device() {
+        if let device @ Device::Cuda(_) = self.task.device() {
             tensors.push((RNG_DEVICE.into(), rng::state(device)?));
         }
-        if !main {
+        if self.outputs.is_none() {
             return Ok(());
         }
-        let config_text = task.config().to_toml();
-        let info = task.info_mut();
-        info.epochs_done = epoch;
-        info.global_step = global_step;
+        self.write_checkpoint(epoch, &tensors)
+            .context("writing a mid-epoch checkpoint")
+    }
+
+    /// Writes `tensors` as the checkpoint, recording `epochs_done` (rank 0).
+    fn write_checkpoint(&mut self, epochs_done: usize, tensors: &[(String, Tensor)]) -> Result<()> {
+        let config_text = self.task.config().to_toml();
+        let info = self.task.info_mut();
+        info.epochs_done = epochs_done;
+        info.global_step = self.global_step;
         info.config = config_text;
-        checkpoint::save(&checkpoint_file, &tensors, info).context("writing a mid-epoch checkpoint")
-    };
-    let progress = if main {
-        Progress::new()
-    } else {
-        Progress::hidden()
-    };
-    let mut warned_skipped: HashMap<&'static str, usize> = HashMap::new();
-    for epoch in start_epoch..last {
-        let metrics = run_epoch(
-            &mut task,
-            &mut path,
-            epoch,
-            &mut global_step,
-            &progress,
-            lr_scale,
-            mid_epoch.take(),
-            every,
-            &mut save_mid_epoch,
+        info.world_size = crate::world::current().size();
+        checkpoint::save(&self.folder.checkpoint, tensors, info)
+    }
+
+    /// One epoch: the training pass, then the task's end of epoch; returns the epoch's
+    /// metrics. `resume`: the epoch was interrupted by a mid-epoch checkpoint.
+    fn train_epoch(
+        &mut self,
+        epoch: usize,
+        resume: Option<MidEpoch>,
+    ) -> Result<Vec<(String, f64)>> {
+        let started = Instant::now();
+        let pass = self.train_pass(epoch, resume);
+        self.progress.finish_epoch();
+        let pass = pass?;
+        let mut metrics = self.task.end_epoch(epoch, &pass.summary)?;
+        self.warn_about_skipped_images()?;
+        let skipped = self.path.take_skipped_nonfinite();
+        if self.task.config().nan_policy == crate::config::NanPolicy::SkipStep {
+            metrics.push(("steps/skipped_nonfinite".into(), skipped as f64));
+        }
+        metrics.push((
+            "throughput/train_images_per_second".into(),
+            pass.images as f64 / pass.seconds.max(1e-9),
+        ));
+        metrics.push(("time/epoch_seconds".into(), started.elapsed().as_secs_f64()));
+        Ok(metrics)
+    }
+
+    /// The training pass of `epoch`: every step through the step path, a checkpoint every
+    /// `checkpoint_every_n_steps` global steps, and on a signal a checkpoint at the current step
+    /// and a [`signals::Stopped`] error (a signal on the epoch's last step stops the run once
+    /// the epoch is written instead).
+    fn train_pass(&mut self, epoch: usize, resume: Option<MidEpoch>) -> Result<Pass> {
+        let config = self.task.config();
+        let (seed, l_rate, num_epochs, every) = (
+            config.random_seed,
+            config.l_rate * self.lr_scale,
+            config.num_epochs,
+            config.checkpoint_every_n_steps,
         );
-        if let Err(e) = &metrics {
-            if let Some(stopped) = e.downcast_ref::<signals::Stopped>() {
-                progress.finish_epoch();
-                return Err(signals::Stopped {
-                    signal: stopped.signal,
-                    message: format!(
-                        "{}: the checkpoint is in {}; continue with `ssl-host \
-                         --output_dir={} --resume`",
-                        stopped.message,
-                        checkpoint_file.display(),
-                        dir.display()
-                    ),
-                }
-                .into());
+        // libtorch's global generator (dropout, random init in plugins) is reseeded from (seed,
+        // epoch) at every epoch, so a run resumed at an epoch's start needs no generator state.
+        tch::manual_seed(seed_of(&[seed, epoch as u64, 17]) as i64 & i64::MAX);
+        let skip = resume.as_ref().map_or(0, |r| r.steps_done);
+        let EpochSteps { steps, full_steps } = self.task.begin_epoch(epoch, skip)?;
+        if let Some(resume) = &resume {
+            self.task
+                .restore_epoch_state(&resume.state)
+                .context("restoring the interrupted epoch's running sums")?;
+            rng::set_state(Device::Cpu, &resume.rng_cpu)?;
+            if let (Some(state), device @ Device::Cuda(_)) =
+                (&resume.rng_device, self.task.device())
+            {
+                rng::set_state(device, state)?;
             }
         }
-        progress.finish_epoch();
-        warn_about_skipped_images(&task, &mut warned_skipped);
-        let mut metrics = metrics?;
+        let schedule = self.task.schedule();
+        let max_steps = (full_steps * num_epochs) as u64;
+        self.progress.start_epoch(epoch, num_epochs, steps);
+        let started = Instant::now();
+        // The steps taken before an interruption count in the epoch's mean learning rate (a
+        // pure function of the schedule).
+        let first_step = self.global_step as usize - skip.min(self.global_step as usize);
+        let mut lr_sum: f64 = (0..skip)
+            .map(|s| schedule.lr(l_rate, epoch, first_step + s, full_steps, num_epochs))
+            .sum();
+        let mut images = 0usize;
+        for step in skip..steps {
+            let lr = schedule.lr(
+                l_rate,
+                epoch,
+                self.global_step as usize,
+                full_steps,
+                num_epochs,
+            );
+            lr_sum += lr;
+            self.path.position = (epoch, step);
+            let report = self.task.train_step(&mut self.path, lr)?;
+            images += report.images;
+            self.global_step += 1;
+            self.task.after_step(self.global_step, max_steps)?;
+            let elapsed = started.elapsed().as_secs_f64();
+            self.progress
+                .step(step + 1, &report.loss, images as f64 / elapsed.max(1e-9));
+            // Every process stops at the same step on the same signal (the step path's
+            // all-reduce carried it).
+            let last = step + 1 == steps;
+            match self.path.stop_signal() {
+                // The epoch's own checkpoint follows at once; stop after it.
+                Some(signal) if last => signals::stop_after_epoch(signal),
+                Some(signal) => {
+                    self.progress.finish_epoch();
+                    self.save_mid_epoch(epoch, step + 1)?;
+                    return Err(self.folder.stopped(
+                        signal,
+                        &format!(
+                            "stopped by {} after step {} of {steps} of epoch {}",
+                            signals::name(signal),
+                            step + 1,
+                            epoch + 1
+                        ),
+                    ));
+                }
+                None if every > 0 && self.global_step.is_multiple_of(every as u64) && !last => {
+                    self.save_mid_epoch(epoch, step + 1)?
+                }
+                None => {}
+            }
+        }
+        Ok(Pass {
+            images,
+            seconds: started.elapsed().as_secs_f64(),
+            summary: TrainSummary {
+                steps,
+                mean_lr: lr_sum / steps as f64,
+            },
+        })
+    }
+
+    /// After an epoch's metrics: the divergence probe, `metrics.csv`, TensorBoard and the
+    /// checkpoint (rank 0), the epoch line, and a stop requested during its last step.
+    fn end_epoch(&mut self, epoch: usize, mut metrics: Vec<(String, f64)>) -> Result<()> {
+        let world = crate::world::current();
         if world.is_distributed() {
-            let diverged = world.diverged(&task.checkpoint_tensors())?;
+            let diverged = world.diverged(&self.task.checkpoint_tensors())?;
             if !diverged.is_empty() {
                 eprintln!(
                     "rank {}: {} tensor(s) differ from rank 0's after epoch {}: {}",
@@ -300,7 +540,7 @@ pub fn fit<T: Task>(
                 );
             }
         }
-        let all_reduce = path.take_all_reduce();
+        let all_reduce = self.path.take_all_reduce();
         let all_reduce_line = if world.is_distributed() {
             metrics.push(("time/allreduce_seconds".into(), all_reduce.seconds));
             let steps = (all_reduce.steps as f64).max(1.0);
@@ -312,69 +552,86 @@ pub fn fit<T: Task>(
         } else {
             String::new()
         };
-        let Some(outputs) = outputs.as_mut() else {
-            // Not rank 0: nothing to write.
-            if let Some(signal) = signals::stop_requested_after_epoch() {
-                return Err(signals::Stopped {
-                    signal,
-                    message: format!(
-                        "rank {}: stopped by {} after epoch {}",
-                        world.rank(),
-                        signals::name(signal),
-                        epoch + 1
-                    ),
-                }
-                .into());
-            }
-            continue;
-        };
-        outputs.write_epoch(epoch, &metrics)?;
-        let tensors = task.checkpoint_tensors();
-        let config_text = task.config().to_toml();
-        let info = task.info_mut();
-        info.epochs_done = epoch + 1;
-        info.global_step = global_step;
-        info.config = config_text;
-        checkpoint::save(&outputs.checkpoint_path(), &tensors, info)?;
-        eprintln!("{}{all_reduce_line}", task.epoch_line(epoch, &metrics));
-        if let Some(signal) = signals::stop_requested_after_epoch() {
-            return Err(signals::Stopped {
-                signal,
-                message: format!(
-                    "stopped by {} after epoch {}: the checkpoint is in {}; continue with \
-                     `ssl-host --output_dir={} --resume`",
-                    signals::name(signal),
-                    epoch + 1,
-                    checkpoint_file.display(),
-                    dir.display()
-                ),
-            }
-            .into());
+        if let Some(outputs) = self.outputs.as_mut() {
+            outputs.write_epoch(epoch, &metrics)?;
+            let tensors = self.task.checkpoint_tensors();
+            self.write_checkpoint(epoch + 1, &tensors)?;
+            eprintln!("{}{all_reduce_line}", self.task.epoch_line(epoch, &metrics));
         }
+        if let Some(signal) = signals::stop_requested_after_epoch() {
+            return Err(self.folder.stopped(
+                signal,
+                &format!(
+                    "stopped by {} after epoch {}",
+                    signals::name(signal),
+                    epoch + 1
+                ),
+            ));
+        }
+        Ok(())
     }
-    if last == epochs {
-        let evaluation = task.final_evaluation().with_context(|| {
+
+    /// After the last epoch: the task's final evaluation (e.g. a test split), written under
+    /// epoch `num_epochs`.
+    fn final_evaluation(&mut self) -> Result<()> {
+        let dir = self.folder.dir.display();
+        let evaluation = self.task.final_evaluation().with_context(|| {
             format!(
-                "training finished and its checkpoint and metrics are saved in {}, but the \
-                 final evaluation failed; `--output_dir={} --resume` retries only the final \
-                 evaluation",
-                dir.display(),
-                dir.display()
+                "training finished and its checkpoint and metrics are saved in {dir}, but the \
+                 final evaluation failed; `--output_dir={dir} --resume` retries only the final \
+                 evaluation"
             )
         })?;
+        let epochs = self.task.config().num_epochs;
         if let (Some(FinalEvaluation { metrics, line }), Some(outputs)) =
-            (evaluation, outputs.as_mut())
+            (evaluation, self.outputs.as_mut())
         {
             if !metrics.is_empty() {
                 outputs.write_epoch(epochs, &metrics)?;
                 eprintln!("{line}");
             }
         }
+        Ok(())
     }
-    Ok(Fitted {
-        dir,
-        step_counts: path.counts().clone(),
-    })
+
+    /// One warning per data source when images were skipped as unreadable since the last
+    /// warning (`skip_unreadable_images`): how many over all processes, and the first error
+    /// this process saw. Every process takes part (the counts are summed); rank 0 prints.
+    fn warn_about_skipped_images(&mut self) -> Result<()> {
+        let sources = self.task.sources();
+        let counts: Vec<f64> = sources
+            .iter()
+            .map(|(source, _)| source.skipped_report().0 as f64)
+            .collect();
+        let world = crate::world::current();
+        let totals = world.all_reduce_f64(&counts, crate::world::Reduce::Sum)?;
+        for ((source, what), total) in sources.iter().zip(totals) {
+            let total = total as usize;
+            let seen = self.warned_skipped.entry(what).or_default();
+            if total > *seen {
+                if world.is_main() {
+                    let first = source.skipped_report().1;
+                    eprintln!(
+                        "warning: skipped {total} unreadable image(s) of {} ({what} data){}",
+                        source.name,
+                        match first {
+                            Some(first) => format!("; first: {first}"),
+                            None => " on other processes (see their output)".to_string(),
+                        }
+                    );
+                }
+                *seen = total;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What an epoch's training pass did.
+struct Pass {
+    images: usize,
+    seconds: f64,
+    summary: TrainSummary,
 }
 
 /// Checkpoint entries of a mid-epoch checkpoint.
@@ -406,126 +663,5 @@ impl MidEpoch {
             rng_cpu: c.tensors.get(RNG_CPU)?.shallow_clone(),
             rng_device: c.tensors.get(RNG_DEVICE).map(Tensor::shallow_clone),
         })
-    }
-}
-
-/// One epoch: the training pass (every step through `path`), then the task's end of epoch.
-/// `resume`: the epoch was interrupted by a mid-epoch checkpoint; `every`: write one every
-/// that many global steps (0: never) through `save`. A signal ends the pass after the current
-/// step with a checkpoint and a [`signals::Stopped`] error.
-#[allow(clippy::too_many_arguments)]
-fn run_epoch<T: Task>(
-    task: &mut T,
-    path: &mut StepPath,
-    epoch: usize,
-    global_step: &mut u64,
-    progress: &Progress,
-    lr_scale: f64,
-    resume: Option<MidEpoch>,
-    every: usize,
-    save: &mut dyn FnMut(&mut T, usize, usize, u64) -> Result<()>,
-) -> Result<Vec<(String, f64)>> {
-    let started = Instant::now();
-    // libtorch's global generator (dropout, random init in plugins) is reseeded from (seed,
-    // epoch) at every epoch, so a run resumed at an epoch's start needs no generator state.
-    tch::manual_seed(seed_of(&[task.config().random_seed, epoch as u64, 17]) as i64 & i64::MAX);
-    let skip = resume.as_ref().map_or(0, |r| r.steps_done);
-    let EpochSteps { steps, full_steps } = task.begin_epoch(epoch, skip)?;
-    if let Some(resume) = &resume {
-        task.restore_epoch_state(&resume.state)
-            .context("restoring the interrupted epoch's running sums")?;
-        rng::set_state(Device::Cpu, &resume.rng_cpu)?;
-        if let (Some(state), device @ Device::Cuda(_)) = (&resume.rng_device, task.device()) {
-            rng::set_state(device, state)?;
-        }
-    }
-    let (schedule, l_rate, num_epochs) = (
-        task.schedule(),
-        task.config().l_rate * lr_scale,
-        task.config().num_epochs,
-    );
-    let max_steps = (full_steps * num_epochs) as u64;
-    progress.start_epoch(epoch, num_epochs, steps);
-    let train_started = Instant::now();
-    // The steps taken before an interruption count in the epoch's mean learning rate (a pure
-    // function of the schedule).
-    let first_step = *global_step as usize - skip.min(*global_step as usize);
-    let mut lr_sum: f64 = (0..skip)
-        .map(|s| schedule.lr(l_rate, epoch, first_step + s, full_steps, num_epochs))
-        .sum();
-    let mut images = 0usize;
-    let world = crate::world::current();
-    for step in skip..steps {
-        let lr = schedule.lr(l_rate, epoch, *global_step as usize, full_steps, num_epochs);
-        lr_sum += lr;
-        path.position = (epoch, step);
-        let report = task.train_step(path, lr)?;
-        images += report.images;
-        *global_step += 1;
-        task.after_step(*global_step, max_steps)?;
-        let elapsed = train_started.elapsed().as_secs_f64();
-        progress.step(step + 1, &report.loss, images as f64 / elapsed.max(1e-9));
-        // Every process stops at the same step: the signal of any of them counts.
-        let mut signal = signals::requested().unwrap_or(0);
-        if world.is_distributed() {
-            signal = world.all_reduce_f64(&[signal as f64], crate::world::Reduce::Sum)?[0]
-                .min(255.0) as i32;
-        }
-        let last = step + 1 == steps;
-        if signal != 0 {
-            if last {
-                // The epoch's own checkpoint follows at once; stop after it.
-                signals::stop_after_epoch(signal);
-            } else {
-                progress.finish_epoch();
-                save(task, epoch, step + 1, *global_step)?;
-                let signal = signals::requested().unwrap_or(libc::SIGTERM);
-                return Err(signals::Stopped {
-                    signal,
-                    message: format!(
-                        "stopped by {} after step {} of {steps} of epoch {}",
-                        signals::name(signal),
-                        step + 1,
-                        epoch + 1
-                    ),
-                }
-                .into());
-            }
-        } else if every > 0 && (*global_step).is_multiple_of(every as u64) && !last {
-            save(task, epoch, step + 1, *global_step)?;
-        }
-    }
-    let train_seconds = train_started.elapsed().as_secs_f64();
-    let summary = TrainSummary {
-        steps,
-        mean_lr: lr_sum / steps as f64,
-    };
-    let mut metrics = task.end_epoch(epoch, &summary)?;
-    let skipped = path.take_skipped_nonfinite();
-    if task.config().nan_policy == crate::config::NanPolicy::SkipStep {
-        metrics.push(("steps/skipped_nonfinite".into(), skipped as f64));
-    }
-    metrics.push((
-        "throughput/train_images_per_second".into(),
-        images as f64 / train_seconds.max(1e-9),
-    ));
-    metrics.push(("time/epoch_seconds".into(), started.elapsed().as_secs_f64()));
-    Ok(metrics)
-}
-
-/// One warning per data source when images were skipped as unreadable since the last
-/// warning (`skip_unreadable_images`): how many, and the first error.
-fn warn_about_skipped_images<T: Task>(task: &T, warned: &mut HashMap<&'static str, usize>) {
-    for (source, what) in task.sources() {
-        let (count, first) = source.skipped_report();
-        let seen = warned.entry(what).or_default();
-        if count > *seen {
-            eprintln!(
-                "warning: skipped {count} unreadable image(s) of {} ({what} data); first: {}",
-                source.name,
-                first.unwrap_or_default()
-            );
-            *seen = count;
-        }
     }
 }

@@ -196,14 +196,12 @@ fn describe_holder(content: &str) -> String {
     }
 }
 
-/// The output folder of a run, locked for this process ([`RunLock`]), and, with `resume`, its
-/// last checkpoint; a new run never starts over a folder that holds one.
-pub fn run_folder(
-    config: &RunConfig,
-    resume: bool,
-) -> Result<(PathBuf, Option<checkpoint::Checkpoint>, RunLock)> {
+/// The output folder of a run, locked for this process ([`RunLock`]); with `resume` it must
+/// hold a checkpoint (read by the caller), and a new run never starts over a folder that holds
+/// one.
+pub fn run_folder(config: &RunConfig, resume: bool) -> Result<(PathBuf, RunLock)> {
     let dir = output_dir(config)?;
-    let checkpoint_path = dir.join("checkpoints").join("last.safetensors");
+    let checkpoint_path = checkpoint::last_in(&dir);
     if resume && !dir.exists() {
         bail!("--resume: no checkpoint at {}", checkpoint_path.display());
     }
@@ -212,8 +210,7 @@ pub fn run_folder(
         if !checkpoint_path.exists() {
             bail!("--resume: no checkpoint at {}", checkpoint_path.display());
         }
-        let stored = checkpoint::load(&checkpoint_path)?;
-        return Ok((dir, Some(stored), lock));
+        return Ok((dir, lock));
     }
     if checkpoint_path.exists() {
         bail!(
@@ -221,7 +218,7 @@ pub fn run_folder(
             dir.display()
         );
     }
-    Ok((dir, None, lock))
+    Ok((dir, lock))
 }
 
 /// `config.toml`: the resolved config, then the plugins used as comments.

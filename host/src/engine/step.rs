@@ -54,23 +54,28 @@ impl LossScaler {
         Ok(())
     }
 
-    /// Unscales gradients in place; false when any is not finite (skip the step).
-    fn unscale(&mut self, params: &[Param]) -> bool {
+    /// Unscales gradients in place; false when any is not finite (skip the step). An error
+    /// (a gradient that cannot be divided or read) names the slot.
+    fn unscale(&mut self, slot: &str, params: &[Param]) -> Result<bool> {
         // One host synchronisation per step (the skip decision), as torch's GradScaler: the
         // per-gradient checks stay on the device until then.
-        let finite = tch::no_grad(|| {
-            let checks: Vec<Tensor> = params
-                .iter()
-                .filter_map(|p| {
-                    let mut g = p.tensor.grad();
-                    g.defined().then(|| {
-                        let _ = g.f_div_scalar_(self.scale);
-                        g.isfinite().all()
-                    })
-                })
-                .collect();
-            checks.is_empty() || bool::try_from(Tensor::stack(&checks, 0).all()).unwrap_or(false)
-        });
+        let finite = tch::no_grad(|| -> Result<bool> {
+            let mut checks = Vec::new();
+            for p in params {
+                let mut g = p.tensor.grad();
+                if g.defined() {
+                    let _ = g.f_div_scalar_(self.scale).with_context(|| {
+                        format!("unscaling the {slot} gradient of `{}`", p.name)
+                    })?;
+                    checks.push(g.isfinite().all());
+                }
+            }
+            if checks.is_empty() {
+                return Ok(true);
+            }
+            bool::try_from(Tensor::stack(&checks, 0).all())
+                .with_context(|| format!("reading whether the {slot} gradients are finite"))
+        })?;
         if finite {
             self.good_steps += 1;
             if self.good_steps >= 2000 {
@@ -81,7 +86,7 @@ impl LossScaler {
             self.scale /= 2.0;
             self.good_steps = 0;
         }
-        finite
+        Ok(finite)
     }
 }
 
@@ -156,29 +161,34 @@ impl OptimizerSlot {
 
 /// Rescales the gradients of `params` so that their global L2 norm is at most `max_norm`
 /// (`torch.nn.utils.clip_grad_norm_`); returns the norm before clipping.
-pub fn clip_grad_norm(params: &[Param], max_norm: f64) -> f64 {
+pub fn clip_grad_norm(params: &[Param], max_norm: f64) -> Result<f64> {
     tch::no_grad(|| {
-        let grads: Vec<Tensor> = params
+        let grads: Vec<(&str, Tensor)> = params
             .iter()
-            .map(|p| p.tensor.grad())
-            .filter(Tensor::defined)
+            .map(|p| (p.name.as_str(), p.tensor.grad()))
+            .filter(|(_, g)| g.defined())
             .collect();
         if grads.is_empty() {
-            return 0.0;
+            return Ok(0.0);
         }
         let norms: Vec<Tensor> = grads
             .iter()
-            .map(|g| g.to_kind(Kind::Float).norm())
+            .map(|(_, g)| g.to_kind(Kind::Float).norm())
             .collect();
-        let total = Tensor::stack(&norms, 0).norm();
-        let coefficient = (max_norm / (total.double_value(&[]) + 1e-6)).min(1.0);
+        let total = Tensor::stack(&norms, 0)
+            .norm()
+            .f_double_value(&[])
+            .context("reading the gradients' global norm")?;
+        let coefficient = (max_norm / (total + 1e-6)).min(1.0);
         if coefficient < 1.0 {
-            for g in &grads {
+            for (name, g) in &grads {
                 let mut g = g.shallow_clone();
-                let _ = g.f_mul_scalar_(coefficient);
+                let _ = g
+                    .f_mul_scalar_(coefficient)
+                    .with_context(|| format!("scaling the gradient of `{name}`"))?;
             }
         }
-        total.double_value(&[])
+        Ok(total)
     })
 }
 
@@ -196,6 +206,29 @@ pub struct StepPath {
     /// Steps not applied because their loss was not finite (`nan_policy = skip_step`) since
     /// [`StepPath::take_skipped_nonfinite`].
     skipped_nonfinite: u64,
+    /// With several processes: the stop signal every process agreed on at a gradient
+    /// all-reduce (0: none), see [`StepPath::stop_signal`].
+    agreed_signal: i32,
+}
+
+/// What became of one optimizer step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// The optimizer updated the parameters.
+    Applied,
+    /// Mixed precision: the gradients overflowed; the loss scale was halved and nothing
+    /// updated (the loss itself was finite and counts in the epoch's metrics).
+    Overflowed,
+    /// The loss was not finite on some process and `nan_policy = skip_step` left the step out:
+    /// neither the update nor the loss count anywhere.
+    SkippedNonFinite,
+}
+
+impl StepOutcome {
+    /// Whether the step's loss counts in the epoch's sums and metrics.
+    pub fn counts(self) -> bool {
+        self != StepOutcome::SkippedNonFinite
+    }
 }
 
 /// What the gradient all-reduce of a distributed run cost.
@@ -209,6 +242,18 @@ pub struct AllReduceStats {
     pub steps: u64,
 }
 
+/// The signals a process may have received, in the order of the flags that carry them through
+/// the gradient all-reduce; the agreed signal is the largest one any process received.
+const STOP_SIGNALS: [i32; 2] = [libc::SIGINT, libc::SIGTERM];
+
+/// What the processes agreed on at one gradient all-reduce.
+struct Agreed {
+    /// Some process's loss was not finite.
+    nonfinite: bool,
+    /// The stop signal (0: none).
+    signal: i32,
+}
+
 impl StepPath {
     /// A path clipping at `gradient_clip_val` (0: off).
     pub fn new(gradient_clip_val: f64) -> StepPath {
@@ -219,6 +264,7 @@ impl StepPath {
             nan_policy: NanPolicy::Stop,
             position: (0, 0),
             skipped_nonfinite: 0,
+            agreed_signal: 0,
         }
     }
 
@@ -232,9 +278,25 @@ impl StepPath {
         std::mem::take(&mut self.all_reduce)
     }
 
-    /// One optimizer step of `slot` on `loss` with learning rate `lr`. Returns false when the
-    /// step was skipped (mixed precision: gradients overflowed).
-    pub fn step(&mut self, slot: &mut OptimizerSlot, loss: &Tensor, lr: f64) -> Result<bool> {
+    /// The signal (SIGTERM, SIGINT) that asks the run to stop after the current step, if any.
+    /// With several processes it is the one they agreed on at this step's gradient all-reduces
+    /// (the largest signal number any of them had received by then), so every process stops
+    /// at the same step with the same signal, with no collective of its own.
+    pub fn stop_signal(&self) -> Option<i32> {
+        if crate::world::current().is_distributed() {
+            (self.agreed_signal != 0).then_some(self.agreed_signal)
+        } else {
+            super::signals::requested()
+        }
+    }
+
+    /// One optimizer step of `slot` on `loss` with learning rate `lr`.
+    pub fn step(
+        &mut self,
+        slot: &mut OptimizerSlot,
+        loss: &Tensor,
+        lr: f64,
+    ) -> Result<StepOutcome> {
         // A plugin's loss that is not a differentiable scalar is an error, not a libtorch abort.
         if loss.dim() != 0 || !loss.requires_grad() {
             bail!(
@@ -248,42 +310,16 @@ impl StepPath {
                 }
             );
         }
-        // A NaN or infinite loss (on any process) stops the run or skips the step, before the
-        // backward pass: nothing of it reaches the parameters. One read of the loss per step.
-        let mut nonfinite = !tch::no_grad(|| bool::try_from(loss.isfinite()).unwrap_or(false));
+        *self.counts.entry(slot.name).or_default() += 1;
         let world = crate::world::current();
-        if world.is_distributed() {
-            nonfinite = world
-                .all_reduce_f64(&[nonfinite as u8 as f64], crate::world::Reduce::Sum)?[0]
-                > 0.0;
-        }
-        if nonfinite {
-            let (epoch, step) = self.position;
-            match self.nan_policy {
-                NanPolicy::Stop => bail!(
-                    "the {} loss is {} at epoch {}, step {}{}: the run stops (the last checkpoint \
-                     is kept as it was). A lower learning rate, gradient clipping \
-                     (--gradient_clip_val) or --nan_policy=skip_step may help",
-                    slot.name,
-                    if world.is_distributed() {
-                        "not finite on some process".to_string()
-                    } else {
-                        format!("{}", loss.double_value(&[]))
-                    },
-                    epoch + 1,
-                    step + 1,
-                    if world.is_distributed() {
-                        format!(" (rank {} of {})", world.rank(), world.size())
-                    } else {
-                        String::new()
-                    }
-                ),
-                NanPolicy::SkipStep => {
-                    slot.optimizer.zero_grad();
-                    self.skipped_nonfinite += 1;
-                    *self.counts.entry(slot.name).or_default() += 1;
-                    return Ok(false);
-                }
+        // The non-finite check: a NaN or infinite loss (on any process) stops the run or skips
+        // the step before anything reaches the parameters. One read of the loss per step.
+        let nonfinite = tch::no_grad(|| loss.detach().isfinite().logical_not());
+        if !world.is_distributed() {
+            let bad = bool::try_from(&nonfinite)
+                .with_context(|| format!("reading whether the {} loss is finite", slot.name))?;
+            if bad {
+                return self.nonfinite(slot, Some(loss));
             }
         }
         slot.optimizer.zero_grad();
@@ -292,54 +328,162 @@ impl StepPath {
             None => loss.f_backward(),
         }
         .map_err(|e| {
-            crate::world::current().diagnose(
+            world.diagnose(
                 &format!("the backward pass of the {} loss", slot.name),
                 e.into(),
             )
         })
         .with_context(|| format!("backward pass of the {} loss", slot.name))?;
-        // Data parallelism: every process's gradients are averaged (bucketed all-reduce), so
-        // the steps below see those of the global batch and every process stays equal.
-        let world = crate::world::current();
         if world.is_distributed() {
-            let grads: Vec<Tensor> = slot
-                .params
-                .iter()
-                .map(|p| p.tensor.grad())
-                .filter(|g| g.defined())
-                .collect();
-            let started = std::time::Instant::now();
-            world
-                .all_reduce_(&grads, crate::world::Reduce::Average)
-                .with_context(|| {
-                    format!("averaging the {} gradients between processes", slot.name)
-                })?;
-            self.all_reduce.seconds += started.elapsed().as_secs_f64();
-            self.all_reduce.bytes += grads
-                .iter()
-                .map(|g| (g.numel() * g.kind().elt_size_in_bytes()) as u64)
-                .sum::<u64>();
-            self.all_reduce.steps += 1;
+            // Every process runs the backward pass (collectives inside it match), then one
+            // all-reduce averages the gradients and carries the non-finite flag and the stop
+            // signals, so every process decides alike.
+            let agreed = self.all_reduce_gradients(slot, &nonfinite)?;
+            self.agreed_signal = self.agreed_signal.max(agreed.signal);
+            if agreed.nonfinite {
+                return self.nonfinite(slot, None);
+            }
         }
         let finite = match &mut slot.scaler {
-            Some(scaler) => scaler.unscale(&slot.params),
+            Some(scaler) => scaler.unscale(slot.name, &slot.params)?,
             None => true,
         };
-        *self.counts.entry(slot.name).or_default() += 1;
         if !finite {
-            return Ok(false);
+            return Ok(StepOutcome::Overflowed);
         }
         if slot.clipped && self.gradient_clip_val > 0.0 {
-            clip_grad_norm(&slot.params, self.gradient_clip_val);
+            clip_grad_norm(&slot.params, self.gradient_clip_val)
+                .with_context(|| format!("clipping the {} gradients", slot.name))?;
         }
-        slot.optimizer.step(lr)?;
-        Ok(true)
+        slot.optimizer
+            .step(lr)
+            .with_context(|| format!("the {} optimizer step", slot.name))?;
+        Ok(StepOutcome::Applied)
+    }
+
+    /// A step whose loss was not finite (on this process: `loss`; on some process: `None`):
+    /// the run stops, or with `nan_policy = skip_step` the step is left out.
+    fn nonfinite(
+        &mut self,
+        slot: &mut OptimizerSlot,
+        loss: Option<&Tensor>,
+    ) -> Result<StepOutcome> {
+        let (epoch, step) = self.position;
+        let world = crate::world::current();
+        match self.nan_policy {
+            NanPolicy::Stop => bail!(
+                "the {} loss is {} at epoch {}, step {}{}: the run stops (the last checkpoint \
+                 is kept as it was). A lower learning rate, gradient clipping \
+                 (--gradient_clip_val) or --nan_policy=skip_step may help",
+                slot.name,
+                match loss {
+                    Some(loss) => format!("{}", loss.double_value(&[])),
+                    None => "not finite on some process".to_string(),
+                },
+                epoch + 1,
+                step + 1,
+                if world.is_distributed() {
+                    format!(" (rank {} of {})", world.rank(), world.size())
+                } else {
+                    String::new()
+                }
+            ),
+            NanPolicy::SkipStep => {
+                slot.optimizer.zero_grad();
+                self.skipped_nonfinite += 1;
+                Ok(StepOutcome::SkippedNonFinite)
+            }
+        }
+    }
+
+    /// Data parallelism: averages every process's gradients of `slot` (bucketed all-reduce), so
+    /// the update sees those of the global batch and every process stays equal. The buckets
+    /// are laid out from the slot's parameter list, the same on every process: a gradient this
+    /// process lacks (a parameter its step did not use) travels as zeros, and a flag per
+    /// parameter says which processes had one. After the all-reduce a parameter gets the
+    /// average as its gradient when any process had one (as DDP), and stays without gradient
+    /// (skipped by the optimizer) when none had. The flags also carry `nonfinite` (this
+    /// process's loss) and the stop signals this process has received.
+    fn all_reduce_gradients(&mut self, slot: &OptimizerSlot, nonfinite: &Tensor) -> Result<Agreed> {
+        let world = crate::world::current();
+        let device = nonfinite.device();
+        let grads: Vec<Tensor> = slot.params.iter().map(|p| p.tensor.grad()).collect();
+        let mut flags: Vec<f32> = grads.iter().map(|g| g.defined() as u8 as f32).collect();
+        let received = super::signals::requested().unwrap_or(0);
+        flags.extend(STOP_SIGNALS.iter().map(|&s| (received == s) as u8 as f32));
+        let flags = tch::no_grad(|| {
+            Tensor::cat(
+                &[
+                    Tensor::from_slice(&flags).to_device(device),
+                    nonfinite.to_kind(Kind::Float).reshape([1]),
+                ],
+                0,
+            )
+        });
+        let mut list: Vec<Tensor> = grads
+            .iter()
+            .zip(&slot.params)
+            .map(|(g, p)| {
+                if g.defined() {
+                    g.shallow_clone()
+                } else {
+                    tch::no_grad(|| p.tensor.zeros_like())
+                }
+            })
+            .collect();
+        list.push(flags.shallow_clone());
+        let started = std::time::Instant::now();
+        world
+            .all_reduce_(&list, crate::world::Reduce::Average)
+            .with_context(|| format!("averaging the {} gradients between processes", slot.name))?;
+        let flags = Vec::<f32>::try_from(&flags.to_device(tch::Device::Cpu))
+            .with_context(|| format!("reading the {} step's flags", slot.name))?;
+        self.all_reduce.seconds += started.elapsed().as_secs_f64();
+        self.all_reduce.bytes += list
+            .iter()
+            .map(|g| (g.numel() * g.kind().elt_size_in_bytes()) as u64)
+            .sum::<u64>();
+        self.all_reduce.steps += 1;
+        let n = slot.params.len();
+        for ((p, g), (reduced, &flag)) in slot
+            .params
+            .iter()
+            .zip(&grads)
+            .zip(list.iter().zip(&flags[..n]))
+        {
+            if !g.defined() && flag > 0.0 {
+                set_grad(p, reduced)
+                    .with_context(|| format!("the {} gradient of `{}`", slot.name, p.name))?;
+            }
+        }
+        let signal = STOP_SIGNALS
+            .iter()
+            .zip(&flags[n..n + STOP_SIGNALS.len()])
+            .filter(|(_, &f)| f > 0.0)
+            .map(|(&s, _)| s)
+            .max()
+            .unwrap_or(0);
+        Ok(Agreed {
+            nonfinite: flags[n + STOP_SIGNALS.len()] > 0.0,
+            signal,
+        })
     }
 
     /// How many steps went through the path, by slot name.
     pub fn counts(&self) -> &BTreeMap<&'static str, u64> {
         &self.counts
     }
+}
+
+/// Gives `param`, whose gradient is undefined, the gradient `value`. tch cannot assign a
+/// gradient, so a backward pass of `sum(param · 0)` creates a zero one first (a one-node graph).
+fn set_grad(param: &Param, value: &Tensor) -> Result<()> {
+    tch::with_grad(|| (&param.tensor * 0.0).sum(param.tensor.kind()))
+        .f_backward()
+        .context("creating the gradient")?;
+    let mut grad = param.tensor.grad();
+    tch::no_grad(|| grad.f_copy_(value)).context("setting the gradient")?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -364,7 +508,7 @@ mod tests {
         fresh.load_state(&HashMap::new()).unwrap();
         assert_eq!((fresh.scale, fresh.good_steps), (65536.0, 0));
         scaler.good_steps = 1999;
-        assert!(scaler.unscale(&[]));
+        assert!(scaler.unscale("test", &[]).unwrap());
         assert_eq!((scaler.scale, scaler.good_steps), (2048.0, 0));
         let _ = prefixed("loss_scaler.", scaler.state());
     }
@@ -386,14 +530,14 @@ mod tests {
             + (&b.tensor * 12.0).sum(Kind::Float);
         loss.backward();
         let params = [a, b];
-        let norm = clip_grad_norm(&params, 6.5);
+        let norm = clip_grad_norm(&params, 6.5).unwrap();
         assert!((norm - 13.0).abs() < 1e-5, "{norm}");
         let g: Vec<f32> = Vec::try_from(&params[0].tensor.grad()).unwrap();
         let coefficient = 6.5 / (13.0 + 1e-6);
         assert!((g[0] as f64 - 3.0 * coefficient).abs() < 1e-6, "{g:?}");
         assert!((g[1] as f64 - 4.0 * coefficient).abs() < 1e-6, "{g:?}");
         // Under the limit: unchanged.
-        assert!((clip_grad_norm(&params, 100.0) - 6.5).abs() < 1e-4);
+        assert!((clip_grad_norm(&params, 100.0).unwrap() - 6.5).abs() < 1e-4);
         let g: Vec<f32> = Vec::try_from(&params[1].tensor.grad()).unwrap();
         assert!((g[0] as f64 - 12.0 * coefficient).abs() < 1e-5, "{g:?}");
     }
@@ -411,7 +555,10 @@ mod tests {
             let mut slot = OptimizerSlot::new("test", &config, vec![p.clone()], false);
             let mut path = StepPath::new(clip);
             let loss = (&p.tensor * 10.0).sum(Kind::Float);
-            assert!(path.step(&mut slot, &loss, 1.0).unwrap());
+            assert_eq!(
+                path.step(&mut slot, &loss, 1.0).unwrap(),
+                StepOutcome::Applied
+            );
             let v = p.tensor.double_value(&[0]);
             assert!((v + moved).abs() < 1e-5, "clip {clip}: moved to {v}");
             assert_eq!(path.counts()["test"], 1);

@@ -28,9 +28,7 @@ use crate::sampler::{Order, Sampler};
 use crate::schedule::LrSchedule;
 use crate::seeds::seed_of;
 use crate::split::split_dataset;
-use crate::tasks::linear_head::{
-    head_classes, linear_head_pipelines, record_batch, record_rows, LinearHead,
-};
+use crate::tasks::linear_head::{head_classes, linear_head_pipelines, record_batch, LinearHead};
 use crate::tasks::{encoder_params, plugins_used, transforms_used, warn_if_no_val_batch, Data};
 use anyhow::{anyhow, bail, Context, Result};
 use ssl_plugin_api::tch::{self, Device, Kind, Tensor};
@@ -290,6 +288,7 @@ impl<'a> ClassifierTask<'a> {
             encoder_params: encoder_params.to_string(),
             embedding_encoder_prefix: "encoder.".into(),
             plugins: plugins_used(registry, &used),
+            world_size: crate::world::current().size(),
         };
         Ok(ClassifierTask {
             config,
@@ -321,32 +320,21 @@ impl<'a> ClassifierTask<'a> {
         Ok(features.to_kind(Kind::Float))
     }
 
-    /// Loss and metrics of `plan` of `source` (head in eval mode; `plan` of `sampler`, every
-    /// process's predictions together), named `<what>/<metric>`.
+    /// Loss and metrics of `plan` of `data` (head in eval mode, every process's predictions
+    /// together), named `<what>/<metric>`.
     fn evaluate(
         &mut self,
-        source: Arc<Source>,
-        sampler: &Sampler,
+        data: &Data,
         epoch: usize,
         plan: Vec<Vec<usize>>,
         what: &str,
     ) -> Result<Vec<(String, f64)>> {
-        let _guard = tch::no_grad_guard();
-        let mut metrics = EpochMetrics::new(self.head.num_classes);
-        let stream = BatchStream::new(source, epoch as u64, plan, self.config.num_workers);
-        for (k, batch) in stream.enumerate() {
-            let batch = batch?;
-            let x = batch.images(self.device)?;
-            let y = batch.label_tensor(self.device, self.head.num_classes)?;
-            let features = self.features(&x, false)?;
-            let logits = self.head.forward(&features, false);
-            let loss = self.head.loss(&logits, &y);
-            let real = sampler.real_samples(k, batch.len());
-            record_rows(&mut metrics, &logits, &batch, &loss, real)?;
-        }
+        let (workers, device) = (self.config.num_workers, self.device);
+        let encoder = &mut self.encoder;
+        let metrics = data.evaluate_head(epoch, plan, workers, device, &self.head, |x| {
+            Ok(encoder.forward(x, false)?)
+        })?;
         Ok(metrics
-            .gathered(crate::world::current())?
-            .compute()
             .into_iter()
             .map(|(n, v)| (format!("{what}/{n}"), v))
             .collect())
@@ -382,13 +370,12 @@ impl<'a> ClassifierTask<'a> {
         )
         .for_rank(world.rank(), world.size());
         let epoch = self.config.num_epochs;
-        self.evaluate(
-            Arc::new(source),
-            &sampler,
-            epoch,
-            sampler.batches(epoch as u64),
-            "test",
-        )
+        let plan = sampler.batches(epoch as u64);
+        let data = Data {
+            source: Arc::new(source),
+            sampler,
+        };
+        self.evaluate(&data, epoch, plan, "test")
     }
 }
 
@@ -466,8 +453,8 @@ impl Task for ClassifierTask<'_> {
         let features = self.features(&x, true)?;
         let logits = self.head.forward(&features, true);
         let loss = self.head.loss(&logits, &y);
-        path.step(&mut self.optimizer, &loss, lr)?;
-        if let Some(metrics) = &mut self.metrics {
+        let outcome = path.step(&mut self.optimizer, &loss, lr)?;
+        if let (Some(metrics), true) = (&mut self.metrics, outcome.counts()) {
             record_batch(metrics, &logits, &batch, &loss)?;
         }
         Ok(StepReport {
@@ -492,9 +479,8 @@ impl Task for ClassifierTask<'_> {
         if self.config.is_debug_model {
             plan.truncate(1);
         }
-        let source = Arc::clone(&self.val.source);
-        let sampler = self.val.sampler.clone();
-        out.extend(self.evaluate(source, &sampler, epoch, plan, "val")?);
+        let val = self.val.clone();
+        out.extend(self.evaluate(&val, epoch, plan, "val")?);
         Ok(out)
     }
 

@@ -9,17 +9,87 @@ pub mod linear_head;
 pub mod ssl;
 
 use crate::config::RunConfig;
-use crate::loader::Source;
+use crate::loader::{Batch, BatchStream, Source};
+use crate::metrics::EpochMetrics;
 use crate::registry::Registry;
 use crate::sampler::Sampler;
+use crate::world::Reduce;
 use anyhow::Result;
+use linear_head::{record_rows, LinearHead};
+use ssl_plugin_api::tch::{self, Device, Kind, Tensor};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// A loader's source and the sampler of its split.
+#[derive(Clone)]
 pub(crate) struct Data {
     pub source: Arc<Source>,
     pub sampler: Sampler,
+}
+
+impl Data {
+    /// Runs `f` on every batch of `plan` (this process's share of the split, read for `epoch`
+    /// by `workers` threads) with the number of its rows that are real samples (the others
+    /// repeat samples to fill a distributed run's last global batch, see
+    /// [`Sampler::real_samples`]). The one evaluation loop of every task.
+    pub fn for_each_batch(
+        &self,
+        epoch: usize,
+        plan: Vec<Vec<usize>>,
+        workers: usize,
+        mut f: impl FnMut(Batch, usize) -> Result<()>,
+    ) -> Result<()> {
+        let stream = BatchStream::new(Arc::clone(&self.source), epoch as u64, plan, workers);
+        for (k, batch) in stream.enumerate() {
+            let batch = batch?;
+            let real = self.sampler.real_samples(k, batch.len());
+            f(batch, real)?;
+        }
+        Ok(())
+    }
+
+    /// The loss and metrics of `head` over `plan` (see [`Data::for_each_batch`]) in evaluation
+    /// mode without gradients, every process's predictions together; `features` turns a
+    /// batch's images (on `device`) into the head's input.
+    pub fn evaluate_head(
+        &self,
+        epoch: usize,
+        plan: Vec<Vec<usize>>,
+        workers: usize,
+        device: Device,
+        head: &LinearHead,
+        mut features: impl FnMut(&Tensor) -> Result<Tensor>,
+    ) -> Result<Vec<(String, f64)>> {
+        let _guard = tch::no_grad_guard();
+        let mut metrics = EpochMetrics::new(head.num_classes);
+        self.for_each_batch(epoch, plan, workers, |batch, real| {
+            let x = batch.images(device)?;
+            let y = batch.label_tensor(device, head.num_classes)?;
+            let logits = head.forward(&features(&x)?.to_kind(Kind::Float), false);
+            let loss = head.loss(&logits, &y);
+            record_rows(&mut metrics, &logits, &batch, &loss, real)
+        })?;
+        Ok(metrics.gathered(crate::world::current())?.compute())
+    }
+}
+
+/// Scalars summed over an epoch's steps (`sums`), averaged over the processes, under the names
+/// rank 0 has: every process reduces the same list whatever it holds itself (a name it lacks
+/// counts as NaN, so the metric shows the disagreement instead of the run hanging).
+pub fn reduce_named(sums: &BTreeMap<String, f64>) -> Result<Vec<(String, f64)>> {
+    let world = crate::world::current();
+    let names = world.broadcast_text(&sums.keys().cloned().collect::<Vec<_>>().join("\n"))?;
+    let names: Vec<String> = names
+        .split('\n')
+        .filter(|n| !n.is_empty())
+        .map(str::to_string)
+        .collect();
+    let values: Vec<f64> = names
+        .iter()
+        .map(|n| sums.get(n).copied().unwrap_or(f64::NAN))
+        .collect();
+    let values = world.all_reduce_f64(&values, Reduce::Average)?;
+    Ok(names.into_iter().zip(values).collect())
 }
 
 /// A warning when a validation split of `samples` gives no batch of `batch_size` with

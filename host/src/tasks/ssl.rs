@@ -19,10 +19,10 @@ use crate::schedule::LrSchedule;
 use crate::seeds::seed_of;
 use crate::split::split_dataset;
 use crate::tasks::knn::{self, knn_accuracy};
-use crate::tasks::linear_head::{
-    head_classes, linear_head_pipelines, record_rows, LinearHead, PendingBatches,
+use crate::tasks::linear_head::{head_classes, linear_head_pipelines, LinearHead, PendingBatches};
+use crate::tasks::{
+    encoder_params, plugins_used, reduce_named, transforms_used, warn_if_no_val_batch, Data,
 };
-use crate::tasks::{encoder_params, plugins_used, transforms_used, warn_if_no_val_batch, Data};
 use crate::world::Reduce;
 use anyhow::{anyhow, bail, Context, Result};
 use ssl_plugin_api::host::DatasetHandle;
@@ -50,6 +50,8 @@ const DEBUG_KNN_BANK_BATCHES: usize = 4;
 #[derive(Default)]
 struct EpochSums {
     loss: Option<Tensor>,
+    /// Steps whose loss is not in `loss` (not finite, skipped: `nan_policy = skip_step`).
+    skipped: usize,
     scalars: BTreeMap<String, f64>,
     linear_head: Option<EpochMetrics>,
     /// The head's batches not yet read from the device.
@@ -152,15 +154,10 @@ pub fn training_views(
     name: &str,
     device: Device,
 ) -> Result<Source> {
-    let mut source = Source::new(
-        dataset,
-        view_groups(registry, config)?,
-        Seeds::PerEpoch(seed_of(&[config.random_seed, SSL_TRAIN])),
-        name,
-    );
-    source.skip_unreadable = config.skip_unreadable_images;
-    source.pin_for = (device != Device::Cpu).then_some(device);
-    Ok(source)
+    let groups = view_groups(registry, config)?;
+    Ok(loader_source(
+        config, &dataset, groups, SSL_TRAIN, name, device,
+    ))
 }
 
 /// The sampler of SSL training over the training indices `train` (as training orders them).
@@ -176,19 +173,28 @@ pub fn training_sampler(config: &RunConfig, train: Vec<usize>) -> Sampler {
     )
 }
 
-impl SslTask {
-    /// Builds the run: datasets, splits, loaders, the algorithm (with its encoder), its
-    /// optimizer and schedule, the linear head. With `stored` (a resumed run), `encoder_init`
-    /// is not applied again.
-    pub fn build(
-        registry: &Registry,
-        config: RunConfig,
-        device: Device,
-        stored: Option<&Checkpoint>,
-    ) -> Result<SslTask> {
+/// The data of an SSL run: its SSL splits, the linear head's, the kNN monitor's, this
+/// process's share of each.
+struct SslData {
+    ssl_name: String,
+    ssl_train: Data,
+    ssl_val: Data,
+    lh_train: Data,
+    lh_val: Data,
+    knn: Option<KnnData>,
+    /// The linear head's classes and, when balanced, its loss weights.
+    num_classes: usize,
+    class_weights: Option<Vec<f32>>,
+    lh_name: String,
+}
+
+impl SslData {
+    /// Opens the datasets of `config`, splits them and makes their loaders' sources and
+    /// samplers (SSL training exactly as [`training_views`] and [`training_sampler`] make them
+    /// for `preview` and `bench-data`).
+    fn open(registry: &Registry, config: &RunConfig, device: Device) -> Result<SslData> {
         let seed = config.random_seed;
-        // SSL data.
-        let (ssl_name, ssl_dataset) = ssl_dataset(registry, &config)?;
+        let (ssl_name, ssl_dataset) = ssl_dataset(registry, config)?;
         let lh_name = config.linear_head_dataset_name.clone();
         let lh_root = config.linear_head_dataset_path();
         let same = lh_name == ssl_name
@@ -205,185 +211,256 @@ impl SslTask {
                 &config.linear_head_dataset_params,
             )?
         };
-        let (num_classes, weights) = head_classes(
+        let (num_classes, class_weights) = head_classes(
             &lh_dataset,
             &lh_name,
             config.use_balanced_binary_loss_for_linear_head,
         )?;
-
         let (ssl_train_idx, ssl_val_idx) = split_dataset(&ssl_dataset, config.val_split, seed)?;
         let (lh_train_idx, lh_val_idx) = split_dataset(&lh_dataset, config.val_split, seed)?;
-        warn_if_no_val_batch(
-            "SSL",
-            ssl_val_idx.len(),
-            config.ssl_training_batch_size,
-            "ssl_training_batch_size",
-            config.drop_last,
-        );
-        warn_if_no_val_batch(
-            "linear-head",
-            lh_val_idx.len(),
-            config.linear_head_batch_size,
-            "linear_head_batch_size",
-            config.drop_last,
-        );
-        let groups = view_groups(registry, &config)?;
-        let (lh_pipeline, lh_val_pipeline) = linear_head_pipelines(registry, &config)?;
-        let source = |dataset: &Arc<DatasetHandle>, groups: Vec<ViewGroup>, stream, name: &str| {
-            let mut source = Source::new(
-                Arc::clone(dataset),
-                groups,
-                Seeds::PerEpoch(seed_of(&[seed, stream])),
-                name,
-            );
-            source.skip_unreadable = config.skip_unreadable_images;
-            source.pin_for = (device != Device::Cpu).then_some(device);
-            Arc::new(source)
-        };
-        let one = |group: &ViewGroup| vec![group.clone()];
         let (bs, lh_bs, drop_last) = (
             config.ssl_training_batch_size,
             config.linear_head_batch_size,
             config.drop_last,
         );
-        let shuffled = |stream| Order::Shuffled { seed, stream };
+        warn_if_no_val_batch(
+            "SSL",
+            ssl_val_idx.len(),
+            bs,
+            "ssl_training_batch_size",
+            drop_last,
+        );
+        warn_if_no_val_batch(
+            "linear-head",
+            lh_val_idx.len(),
+            lh_bs,
+            "linear_head_batch_size",
+            drop_last,
+        );
+        let (lh_pipeline, lh_val_pipeline) = linear_head_pipelines(registry, config)?;
+        let source = |dataset: &Arc<DatasetHandle>, groups: Vec<ViewGroup>, stream, name: &str| {
+            Arc::new(loader_source(config, dataset, groups, stream, name, device))
+        };
+        let one = |group: &ViewGroup| vec![group.clone()];
         // With several processes, each takes its slice of every global batch.
         let world = crate::world::current();
         let (rank, size) = (world.rank(), world.size());
         let sampler = |indices: Vec<usize>, bs: usize, drop_last: bool, order: Order| {
             Sampler::new(indices, bs, drop_last, order).for_rank(rank, size)
         };
+        let shuffled = |stream| Order::Shuffled { seed, stream };
         let lh_val_source = source(
             &lh_dataset,
             one(&lh_val_pipeline),
             LINEAR_HEAD_VAL,
             &lh_name,
         );
-        let ssl_train = Data {
-            source: source(&ssl_dataset, groups.clone(), SSL_TRAIN, &ssl_name),
-            sampler: sampler(ssl_train_idx, bs, drop_last, shuffled(SSL_SHUFFLE)),
-        };
-        let ssl_val = Data {
-            source: source(&ssl_dataset, groups, SSL_VAL, &ssl_name),
-            sampler: sampler(ssl_val_idx, bs, drop_last, Order::Sequential),
-        };
-        let knn = config.knn_monitor.then(|| KnnData {
-            bank: Data {
-                source: source(&lh_dataset, one(&lh_val_pipeline), KNN_BANK, &lh_name),
-                sampler: sampler(lh_train_idx.clone(), lh_bs, false, Order::Sequential),
+        Ok(SslData {
+            ssl_train: Data {
+                source: Arc::new(training_views(
+                    registry,
+                    config,
+                    Arc::clone(&ssl_dataset),
+                    &ssl_name,
+                    device,
+                )?),
+                sampler: training_sampler(config, ssl_train_idx).for_rank(rank, size),
             },
-            queries: Data {
-                source: Arc::clone(&lh_val_source),
-                sampler: sampler(lh_val_idx.clone(), lh_bs, false, Order::Sequential),
+            ssl_val: Data {
+                source: source(
+                    &ssl_dataset,
+                    view_groups(registry, config)?,
+                    SSL_VAL,
+                    &ssl_name,
+                ),
+                sampler: sampler(ssl_val_idx, bs, drop_last, Order::Sequential),
             },
-        });
-        let lh_train = Data {
-            source: source(&lh_dataset, one(&lh_pipeline), LINEAR_HEAD_TRAIN, &lh_name),
-            sampler: sampler(
-                lh_train_idx,
-                lh_bs,
-                drop_last,
-                shuffled(LINEAR_HEAD_SHUFFLE),
-            ),
-        };
-        let lh_val = Data {
-            source: lh_val_source,
-            sampler: sampler(lh_val_idx, lh_bs, drop_last, Order::Sequential),
-        };
+            knn: config.knn_monitor.then(|| KnnData {
+                bank: Data {
+                    source: source(&lh_dataset, one(&lh_val_pipeline), KNN_BANK, &lh_name),
+                    sampler: sampler(lh_train_idx.clone(), lh_bs, false, Order::Sequential),
+                },
+                queries: Data {
+                    source: Arc::clone(&lh_val_source),
+                    sampler: sampler(lh_val_idx.clone(), lh_bs, false, Order::Sequential),
+                },
+            }),
+            lh_train: Data {
+                source: source(&lh_dataset, one(&lh_pipeline), LINEAR_HEAD_TRAIN, &lh_name),
+                sampler: sampler(
+                    lh_train_idx,
+                    lh_bs,
+                    drop_last,
+                    shuffled(LINEAR_HEAD_SHUFFLE),
+                ),
+            },
+            lh_val: Data {
+                source: lh_val_source,
+                sampler: sampler(lh_val_idx, lh_bs, drop_last, Order::Sequential),
+            },
+            num_classes,
+            class_weights,
+            ssl_name,
+            lh_name,
+        })
+    }
+}
 
-        // Model.
-        tch::manual_seed(seed as i64);
-        let encoder_json = serde_json::to_value(encoder_params(registry, &config, &ssl_name)?)?;
-        let spec = EncoderSpec {
-            factory: registry.encoder(&config.ssl_encoder)?.clone(),
-            params: Params::from_value(encoder_json.clone())?,
-        };
-        let algorithm_params = Params::from_value(serde_json::to_value(&config.algorithm_params)?)?;
-        let algorithm_factory = registry.algorithm(&config.ssl_training_type)?;
-        let algorithm = algorithm_factory.create(&algorithm_params, &spec, device)?;
-        if let (Some(weights), None) = (&config.encoder_init, stored) {
-            // Every encoder inside the algorithm (BYOL: online and target) starts from them.
-            let groups = crate::pretrained::encoders_in_state(&algorithm.state());
-            if groups.is_empty() {
-                bail!(
-                    "--encoder_init: the {} algorithm shows no encoder tensors to load into",
+/// A loader's source of `dataset` (called `name`) through `groups`, seeded by the run's seed
+/// and `stream`, reading as `config` says (unreadable images, pinned memory for `device`).
+fn loader_source(
+    config: &RunConfig,
+    dataset: &Arc<DatasetHandle>,
+    groups: Vec<ViewGroup>,
+    stream: u64,
+    name: &str,
+    device: Device,
+) -> Source {
+    let mut source = Source::new(
+        Arc::clone(dataset),
+        groups,
+        Seeds::PerEpoch(seed_of(&[config.random_seed, stream])),
+        name,
+    );
+    source.skip_unreadable = config.skip_unreadable_images;
+    source.pin_for = (device != Device::Cpu).then_some(device);
+    source
+}
+
+/// The algorithm plugin of `config` with its encoder, on `device`; a new run (no `stored`
+/// checkpoint) starts its encoders from `encoder_init` when set. Returns it with the encoder
+/// parameters it was made with (JSON, for the checkpoint record).
+fn make_algorithm(
+    registry: &Registry,
+    config: &RunConfig,
+    ssl_name: &str,
+    device: Device,
+    stored: Option<&Checkpoint>,
+) -> Result<(ForeignAlgorithm, serde_json::Value)> {
+    tch::manual_seed(config.random_seed as i64);
+    let encoder_json = serde_json::to_value(encoder_params(registry, config, ssl_name)?)?;
+    let spec = EncoderSpec {
+        factory: registry.encoder(&config.ssl_encoder)?.clone(),
+        params: Params::from_value(encoder_json.clone())?,
+    };
+    let algorithm_params = Params::from_value(serde_json::to_value(&config.algorithm_params)?)?;
+    let algorithm =
+        registry
+            .algorithm(&config.ssl_training_type)?
+            .create(&algorithm_params, &spec, device)?;
+    if let (Some(weights), None) = (&config.encoder_init, stored) {
+        // Every encoder inside the algorithm (BYOL: online and target) starts from them.
+        let groups = crate::pretrained::encoders_in_state(&algorithm.state());
+        if groups.is_empty() {
+            bail!(
+                "--encoder_init: the {} algorithm shows no encoder tensors to load into",
+                config.ssl_training_type
+            );
+        }
+        for (prefix, live) in &groups {
+            let n = crate::pretrained::load_torchvision_weights(
+                Path::new(weights),
+                live,
+                &format!("the `{}` encoder (`{prefix}`)", config.ssl_encoder),
+            )
+            .context("--encoder_init")?;
+            eprintln!("{prefix}: {n} tensors from {weights}");
+        }
+    }
+    Ok((algorithm, encoder_json))
+}
+
+/// The SSL optimizer of `config` over `algorithm`'s parameters. Parameters the algorithm
+/// leaves unscheduled (SimSiam's predictor) stay at the base learning rate, scaled with the
+/// processes as the engine scales the schedule's.
+fn ssl_optimizer(
+    config: &RunConfig,
+    algorithm: &ForeignAlgorithm,
+    device: Device,
+) -> OptimizerSlot {
+    if config.use_mixed_precision && device == Device::Cpu {
+        eprintln!("note: use_mixed_precision applies on CUDA only; this CPU run uses 32-bit floats (as the original)");
+    }
+    OptimizerSlot::new(
+        "ssl",
+        &OptimizerConfig {
+            kind: config.optimizer,
+            weight_decay: config.weight_decay,
+            momentum: config.momentum,
+            fixed_lr: Some(config.l_rate * crate::schedule::world_lr_scale(config)),
+            ..Default::default()
+        },
+        to_params(algorithm.parameters()),
+        config.use_mixed_precision && device != Device::Cpu,
+    )
+}
+
+/// The learning-rate schedule: the config's, or the one the algorithm declares with the run's
+/// warm-up.
+fn ssl_schedule(config: &RunConfig, declared: &str) -> Result<LrSchedule> {
+    Ok(match config.lr_schedule.fixed() {
+        Some(schedule) => schedule,
+        None => declared
+            .parse::<LrSchedule>()
+            .with_context(|| {
+                format!(
+                    "the lr_schedule the `{}` algorithm declares",
                     config.ssl_training_type
-                );
-            }
-            for (prefix, live) in &groups {
-                let n = crate::pretrained::load_torchvision_weights(
-                    Path::new(weights),
-                    live,
-                    &format!("the `{}` encoder (`{prefix}`)", config.ssl_encoder),
                 )
-                .context("--encoder_init")?;
-                eprintln!("{prefix}: {n} tensors from {weights}");
-            }
-        }
-        let mixed_precision = config.use_mixed_precision && device != Device::Cpu;
-        if config.use_mixed_precision && device == Device::Cpu {
-            eprintln!("note: use_mixed_precision applies on CUDA only; this CPU run uses 32-bit floats (as the original)");
-        }
-        // Parameters the algorithm leaves unscheduled (SimSiam's predictor) stay at the base
-        // learning rate, scaled with the processes as the engine scales the schedule's.
-        let lr_scale = if config.scale_lr_by_world_size {
-            crate::world::current().size() as f64
-        } else {
-            1.0
-        };
-        let optimizer = OptimizerSlot::new(
-            "ssl",
-            &OptimizerConfig {
-                kind: config.optimizer,
-                weight_decay: config.weight_decay,
-                momentum: config.momentum,
-                fixed_lr: Some(config.l_rate * lr_scale),
-                ..Default::default()
-            },
-            to_params(algorithm.parameters()),
-            mixed_precision,
-        );
-        let algorithm_name = config.ssl_training_type.clone();
-        let declared = algorithm_factory.info();
-        let prefix = declared.metric_prefix;
-        let schedule: LrSchedule = match config.lr_schedule.fixed() {
-            Some(schedule) => schedule,
-            // The schedule the algorithm declares, with the run's warm-up.
-            None => declared
-                .lr_schedule
-                .parse::<LrSchedule>()
-                .with_context(|| {
-                    format!("the lr_schedule the `{algorithm_name}` algorithm declares")
-                })?
-                .with_warmup_epochs(config.warmup_epochs),
-        };
-        let head = LinearHead::new(algorithm.embedding_dim(), num_classes, weights, device);
-        let head_params: Vec<Param> = head
-            .named_parameters()
-            .into_iter()
-            .map(|(name, tensor)| Param {
-                name,
-                tensor,
-                weight_decay: true,
-                lars_adaptation: false,
-                scheduled: true,
-            })
-            .collect();
-        let head_optimizer = OptimizerSlot::new(
-            "linear_head",
-            &OptimizerConfig {
-                kind: OptimizerKind::Adam,
-                weight_decay: 1e-4,
-                ..Default::default()
-            },
-            head_params,
-            false,
-        )
-        .unclipped();
+            })?
+            .with_warmup_epochs(config.warmup_epochs),
+    })
+}
 
+/// The online linear head on `dim` features and its optimizer (Adam, weight decay 1e-4, never
+/// clipped, as the original's callback).
+fn online_head(dim: i64, data: &SslData, device: Device) -> (LinearHead, OptimizerSlot) {
+    let head = LinearHead::new(dim, data.num_classes, data.class_weights.clone(), device);
+    let params: Vec<Param> = head
+        .named_parameters()
+        .into_iter()
+        .map(|(name, tensor)| Param {
+            name,
+            tensor,
+            weight_decay: true,
+            lars_adaptation: false,
+            scheduled: true,
+        })
+        .collect();
+    let optimizer = OptimizerSlot::new(
+        "linear_head",
+        &OptimizerConfig {
+            kind: OptimizerKind::Adam,
+            weight_decay: 1e-4,
+            ..Default::default()
+        },
+        params,
+        false,
+    )
+    .unclipped();
+    (head, optimizer)
+}
+
+impl SslTask {
+    /// Builds the run: its data, the algorithm (with its encoder), its optimizer and schedule,
+    /// the online linear head and the checkpoint record. With `stored` (a resumed run),
+    /// `encoder_init` is not applied again.
+    pub fn build(
+        registry: &Registry,
+        config: RunConfig,
+        device: Device,
+        stored: Option<&Checkpoint>,
+    ) -> Result<SslTask> {
+        let data = SslData::open(registry, &config, device)?;
+        let (algorithm, encoder_json) =
+            make_algorithm(registry, &config, &data.ssl_name, device, stored)?;
+        let optimizer = ssl_optimizer(&config, &algorithm, device);
+        let declared = registry.algorithm(&config.ssl_training_type)?.info();
+        let schedule = ssl_schedule(&config, &declared.lr_schedule)?;
+        let (head, head_optimizer) = online_head(algorithm.embedding_dim(), &data, device);
         let mut used: Vec<(&str, String)> = vec![
-            ("dataset", ssl_name.clone()),
-            ("dataset", lh_name.clone()),
+            ("dataset", data.ssl_name.clone()),
+            ("dataset", data.lh_name.clone()),
             ("encoder", config.ssl_encoder.clone()),
             ("algorithm", config.ssl_training_type.clone()),
         ];
@@ -394,27 +471,28 @@ impl SslTask {
             global_step: 0,
             model: config.model.clone(),
             config: config.to_toml(),
-            algorithm: algorithm_name.clone(),
+            algorithm: config.ssl_training_type.clone(),
             encoder: config.ssl_encoder.clone(),
             encoder_params: encoder_json.to_string(),
             embedding_encoder_prefix: algorithm.embedding_encoder_prefix(),
             plugins: plugins_used(registry, &used),
+            world_size: crate::world::current().size(),
         };
         Ok(SslTask {
+            algorithm_name: config.ssl_training_type.clone(),
             config,
             device,
             algorithm,
-            algorithm_name,
-            prefix,
+            prefix: declared.metric_prefix,
             optimizer,
             schedule,
             head,
             head_optimizer,
-            ssl_train,
-            ssl_val,
-            lh_train,
-            lh_val,
-            knn,
+            ssl_train: data.ssl_train,
+            ssl_val: data.ssl_val,
+            lh_train: data.lh_train,
+            lh_val: data.lh_val,
+            knn: data.knn,
             info,
             streams: None,
             sums: EpochSums::default(),
@@ -434,16 +512,16 @@ impl SslTask {
         let mut lh_plan = self.lh_val.sampler.batches(epoch as u64);
         lh_plan.truncate(val_batches);
         let mut loss_sum = Tensor::zeros([], (Kind::Double, self.device));
-        let source = Arc::clone(&self.ssl_val.source);
-        for batch in BatchStream::new(source, epoch as u64, ssl_plan, workers) {
-            let views = batch?.to_device(self.device)?;
-            let algorithm = &mut self.algorithm;
-            let loss = autocast(self.optimizer.mixed_precision(), || {
-                algorithm.validation_loss(&views)
-            })
-            .with_context(|| format!("{} validation step", self.algorithm_name))?;
-            loss_sum += loss.to_kind(Kind::Double);
-        }
+        let (algorithm, name, device) = (&mut self.algorithm, &self.algorithm_name, self.device);
+        let mixed_precision = self.optimizer.mixed_precision();
+        self.ssl_val
+            .for_each_batch(epoch, ssl_plan, workers, |batch, _| {
+                let views = batch.to_device(device)?;
+                let loss = autocast(mixed_precision, || algorithm.validation_loss(&views))
+                    .with_context(|| format!("{name} validation step"))?;
+                loss_sum += loss.to_kind(Kind::Double);
+                Ok(())
+            })?;
         let world = crate::world::current();
         // Every process's batch loss of a global batch, averaged: the global batch's loss.
         let loss_sum = world.all_reduce_f64(&[loss_sum.double_value(&[])], Reduce::Average)?[0];
@@ -455,19 +533,13 @@ impl SslTask {
                 loss_sum / val_batches as f64
             },
         )];
-        let mut lh_metrics = EpochMetrics::new(self.head.num_classes);
-        let source = Arc::clone(&self.lh_val.source);
-        for (k, batch) in BatchStream::new(source, epoch as u64, lh_plan, workers).enumerate() {
-            let batch = batch?;
-            let x = batch.images(self.device)?;
-            let y = batch.label_tensor(self.device, self.head.num_classes)?;
-            let embeddings = self.algorithm.embed(&x, false)?;
-            let logits = self.head.forward(&embeddings.to_kind(Kind::Float), false);
-            let loss = self.head.loss(&logits, &y);
-            let real = self.lh_val.sampler.real_samples(k, batch.len());
-            record_rows(&mut lh_metrics, &logits, &batch, &loss, real)?;
-        }
-        for (name, value) in lh_metrics.gathered(world)?.compute() {
+        let algorithm = &mut self.algorithm;
+        let head = self
+            .lh_val
+            .evaluate_head(epoch, lh_plan, workers, device, &self.head, |x| {
+                Ok(algorithm.embed(x, false)?)
+            })?;
+        for (name, value) in head {
             let name = if name == "loss" {
                 "ssl_online_evaluator/val/loss".to_string()
             } else {
@@ -494,15 +566,21 @@ impl SslTask {
             bank_plan.truncate(DEBUG_KNN_BANK_BATCHES);
             query_plan.truncate(1);
         }
-        let (bank_source, query_source) = (
-            Arc::clone(&knn.bank.source),
-            Arc::clone(&knn.queries.source),
-        );
-        let bank_sampler = knn.bank.sampler.clone();
-        let query_sampler = knn.queries.sampler.clone();
-        let bank = self.embed_all(bank_source, &bank_sampler, epoch, bank_plan)?;
-        let queries = self.embed_all(query_source, &query_sampler, epoch, query_plan)?;
-        let classes = self.head.num_classes as i64;
+        let classes = self.head.num_classes;
+        let embed = |data: &Data, plan, algorithm: &mut ForeignAlgorithm| {
+            embed_all(
+                data,
+                epoch,
+                plan,
+                self.config.num_workers,
+                self.device,
+                classes,
+                algorithm,
+            )
+        };
+        let bank = embed(&knn.bank, bank_plan, &mut self.algorithm)?;
+        let queries = embed(&knn.queries, query_plan, &mut self.algorithm)?;
+        let classes = classes as i64;
         let accuracy = match (bank, queries) {
             (Some((bank, bank_labels)), Some((queries, labels))) => knn_accuracy(
                 &bank,
@@ -528,36 +606,36 @@ impl SslTask {
         ));
         Ok(metrics)
     }
+}
 
-    /// Evaluation-mode embeddings `[n, d]` (float) and labels `[n]` of `plan`'s samples (of
-    /// `sampler`), those of every process together; `None` for an empty plan.
-    fn embed_all(
-        &mut self,
-        source: Arc<Source>,
-        sampler: &Sampler,
-        epoch: usize,
-        plan: Vec<Vec<usize>>,
-    ) -> Result<Option<(Tensor, Tensor)>> {
-        let (mut embeddings, mut labels) = (Vec::new(), Vec::new());
-        let stream = BatchStream::new(source, epoch as u64, plan, self.config.num_workers);
-        for (k, batch) in stream.enumerate() {
-            let batch = batch?;
-            let real = sampler.real_samples(k, batch.len()) as i64;
-            let x = batch.images(self.device)?;
-            let y = batch.label_tensor(self.device, self.head.num_classes)?;
-            let e = self.algorithm.embed(&x, false)?.to_kind(Kind::Float);
-            labels.push(y.narrow(0, 0, real));
-            embeddings.push(e.narrow(0, 0, real));
-        }
-        if embeddings.is_empty() {
-            return Ok(None);
-        }
-        let world = crate::world::current();
-        Ok(Some((
-            world.gather_rows(&Tensor::cat(&embeddings, 0))?,
-            world.gather_rows(&Tensor::cat(&labels, 0))?,
-        )))
+/// Evaluation-mode embeddings `[n, d]` (float) and labels `[n]` of `plan`'s samples of `data`,
+/// those of every process together; `None` for an empty plan.
+fn embed_all(
+    data: &Data,
+    epoch: usize,
+    plan: Vec<Vec<usize>>,
+    workers: usize,
+    device: Device,
+    classes: usize,
+    algorithm: &mut ForeignAlgorithm,
+) -> Result<Option<(Tensor, Tensor)>> {
+    let (mut embeddings, mut labels) = (Vec::new(), Vec::new());
+    data.for_each_batch(epoch, plan, workers, |batch, real| {
+        let x = batch.images(device)?;
+        let y = batch.label_tensor(device, classes)?;
+        let e = algorithm.embed(&x, false)?.to_kind(Kind::Float);
+        labels.push(y.narrow(0, 0, real as i64));
+        embeddings.push(e.narrow(0, 0, real as i64));
+        Ok(())
+    })?;
+    if embeddings.is_empty() {
+        return Ok(None);
     }
+    let world = crate::world::current();
+    Ok(Some((
+        world.gather_rows(&Tensor::cat(&embeddings, 0))?,
+        world.gather_rows(&Tensor::cat(&labels, 0))?,
+    )))
 }
 
 impl Task for SslTask {
@@ -622,6 +700,7 @@ impl Task for SslTask {
             .with_context(|| format!("{} begin-epoch hook", self.algorithm_name))?;
         self.sums = EpochSums {
             loss: Some(Tensor::zeros([], (Kind::Double, self.device))),
+            skipped: 0,
             scalars: BTreeMap::new(),
             linear_head: Some(EpochMetrics::new(self.head.num_classes)),
             pending: PendingBatches::default(),
@@ -651,9 +730,12 @@ impl Task for SslTask {
             algorithm.training_loss(&views)
         })
         .with_context(|| format!("{} training step", self.algorithm_name))?;
-        path.step(&mut self.optimizer, &loss, lr)?;
-        if let Some(sum) = &mut self.sums.loss {
-            *sum += loss.detach().to_kind(Kind::Double);
+        if path.step(&mut self.optimizer, &loss, lr)?.counts() {
+            if let Some(sum) = &mut self.sums.loss {
+                *sum += loss.detach().to_kind(Kind::Double);
+            }
+        } else {
+            self.sums.skipped += 1;
         }
 
         // The online linear head, on detached embeddings of its own batch.
@@ -666,12 +748,12 @@ impl Task for SslTask {
         let embeddings = tch::no_grad(|| self.algorithm.embed(&x, true))?.detach();
         let logits = self.head.forward(&embeddings.to_kind(Kind::Float), true);
         let lh_loss = self.head.loss(&logits, &y);
-        path.step(
+        let outcome = path.step(
             &mut self.head_optimizer,
             &lh_loss,
             self.config.learning_rate_linear_head_during_ssl_training,
         )?;
-        if self.sums.linear_head.is_some() {
+        if self.sums.linear_head.is_some() && outcome.counts() {
             self.sums.pending.push(&logits, &lh, &lh_loss);
         }
         Ok(StepReport {
@@ -689,16 +771,14 @@ impl Task for SslTask {
             std::mem::take(&mut sums.pending).flush_into(metrics)?;
         }
         let loss = sums.loss.as_ref().map_or(0.0, |l| l.double_value(&[]));
-        let mut out = vec![(
-            "loss".to_string(),
-            Tensor::from(world.all_reduce_f64(&[loss], Reduce::Average)?[0]),
-        )];
-        let names: Vec<String> = sums.scalars.keys().cloned().collect();
-        let values: Vec<f64> = sums.scalars.values().copied().collect();
-        for (name, value) in names
-            .into_iter()
-            .zip(world.all_reduce_f64(&values, Reduce::Average)?)
-        {
+        let mut out = vec![
+            (
+                "loss".to_string(),
+                Tensor::from(world.all_reduce_f64(&[loss], Reduce::Average)?[0]),
+            ),
+            ("skipped".to_string(), Tensor::from(sums.skipped as i64)),
+        ];
+        for (name, value) in reduce_named(&sums.scalars)? {
             out.push((format!("scalar.{name}"), Tensor::from(value)));
         }
         if let Some(metrics) = &sums.linear_head {
@@ -711,8 +791,14 @@ impl Task for SslTask {
     }
 
     fn restore_epoch_state(&mut self, stored: &HashMap<String, Tensor>) -> Result<()> {
-        // Rank 0 takes the stored sums (the processes' averages times their number, so the
-        // epoch's end averages them back); the others start from zero.
+        // Every process takes the count of skipped steps (they skip alike); rank 0 takes the
+        // stored sums (the processes' averages times their number, so the epoch's end averages
+        // them back), the others start from zero. A checkpoint written before skipped steps
+        // were counted has none.
+        if let Some(skipped) = stored.get("skipped") {
+            self.sums.skipped = usize::try_from(skipped.int64_value(&[]))
+                .context("the checkpoint's epoch state has a negative `skipped`")?;
+        }
         let world = crate::world::current();
         if !world.is_main() {
             return Ok(());
@@ -750,15 +836,21 @@ impl Task for SslTask {
         }
         let steps = summary.steps as f64;
         let world = crate::world::current();
-        // Each step's loss averaged over the processes: the global batch's loss.
+        // Each step's loss averaged over the processes: the global batch's loss; the mean over
+        // the steps whose loss counts (every process skips the same steps).
         let loss = sums.loss.map_or(f64::NAN, |l| l.double_value(&[]));
         let loss = world.all_reduce_f64(&[loss], Reduce::Average)?[0];
-        let mut metrics = vec![(format!("{}/train/loss", self.prefix), loss / steps)];
+        let counted = summary.steps.saturating_sub(sums.skipped);
+        let mut metrics = vec![(
+            format!("{}/train/loss", self.prefix),
+            if counted == 0 {
+                f64::NAN
+            } else {
+                loss / counted as f64
+            },
+        )];
         metrics.push((format!("{}/learning_rate", self.prefix), summary.mean_lr));
-        let names: Vec<String> = sums.scalars.keys().cloned().collect();
-        let values: Vec<f64> = sums.scalars.values().copied().collect();
-        let values = world.all_reduce_f64(&values, Reduce::Average)?;
-        for (name, sum) in names.into_iter().zip(values) {
+        for (name, sum) in reduce_named(&sums.scalars)? {
             metrics.push((name, sum / steps));
         }
         let head = match sums.linear_head {
