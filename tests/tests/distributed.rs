@@ -314,13 +314,14 @@ fn a_killed_process_ends_the_other_with_an_error_naming_it() {
     assert_ne!(*code, Some(0), "{stderr}");
     assert!(stderr.contains("rank 1"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
-    // The last checkpoint is whole: the run continues from it in one process.
+    // The last checkpoint is whole: the run continues from it in one process, for one epoch.
+    let done = metrics(&out).keys().map(|k| k.0 + 1).max().unwrap_or(0);
     let mut resume = vec![
         format!("--output_dir={}", out.display()),
         "--resume=auto".to_string(),
         "--ssl_training_batch_size=16".into(),
         "--linear_head_batch_size=16".into(),
-        "--stop_after_epochs=1".into(),
+        format!("--stop_after_epochs={}", done + 1),
     ];
     resume.push("--num_workers=1".into());
     let refs: Vec<&str> = resume.iter().map(String::as_str).collect();

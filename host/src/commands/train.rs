@@ -414,6 +414,39 @@ mod tests {
     }
 
     #[test]
+    fn a_rank_whose_disk_lacks_the_checkpoint_joins_with_its_command_line() {
+        let registry = Registry::load(&[]).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let missing = tmp.path().join("node-local").display().to_string();
+        let request = Request {
+            resume: Resume::Yes,
+            model: None,
+            overrides: vec![
+                ("output_dir".into(), missing),
+                ("dist_timeout".into(), "42".into()),
+            ],
+            allow_data_plan_change: false,
+        };
+        let env = |rank| crate::dist::DistEnv {
+            rank,
+            world_size: 2,
+            local_rank: rank,
+            local_world_size: 2,
+            master_addr: "127.0.0.1".into(),
+            master_port: 29500,
+            agent_store: false,
+            restart_count: 0,
+        };
+        let config = request.local_config(&registry, Some(&env(1))).unwrap();
+        assert_eq!(config.dist_timeout, 42);
+        // Rank 0 decides for the others: its missing checkpoint is the run's error.
+        let e = request.local_config(&registry, Some(&env(0))).unwrap_err();
+        assert!(format!("{e:#}").contains("last.safetensors"), "{e:#}");
+        let e = request.local_config(&registry, None).unwrap_err();
+        assert!(format!("{e:#}").contains("last.safetensors"), "{e:#}");
+    }
+
+    #[test]
     fn every_optimizer_step_of_every_task_goes_through_the_step_path() {
         let registry = Registry::load(&[]).unwrap();
         let tmp = tempfile::tempdir().unwrap();
