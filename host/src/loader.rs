@@ -6,6 +6,12 @@
 //! Every random choice is a pure function of (seed, epoch, sample index, view): the augmentation
 //! stream of a sample view comes from (source seed, epoch, index, view, transform position), so
 //! batches do not depend on the number of worker threads.
+//!
+//! With `skip_unreadable_images`, a sample the dataset cannot read is replaced in its batch by
+//! a stand-in, the next readable sample in dataset order, augmented with the seeds of the
+//! position it fills ([`Source::replace_unreadable`]): every process, and one process with the
+//! global batch, chooses the same, so batches keep their size on every rank (collectives and
+//! per-batch random draws assume it) and a run on N processes still equals one on one process.
 
 use crate::batch_pipeline::BatchPipeline;
 use crate::config::{AugmentOn, RunConfig, TransformSpec};
@@ -16,7 +22,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use ssl_plugin_api::host::DatasetHandle;
 use ssl_plugin_api::tch::{Device, Kind, Tensor};
-use ssl_plugin_api::{Image, Pixels};
+use ssl_plugin_api::{Image, Pixels, PluginError, Sample};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -112,6 +118,12 @@ pub struct Source {
     pub name: String,
     /// Skip samples the dataset cannot read (`skip_unreadable_images`) instead of failing.
     pub skip_unreadable: bool,
+    /// What skipping does with the sample's row. `true` (the default): a stand-in fills it
+    /// (the next readable sample in dataset order, see the module documentation) and the
+    /// batch keeps its size, as training and validation need: every process's batches must
+    /// keep one shape. `false`: the row is left out (one row fewer), for passes that list every
+    /// sample once with its id (`embed`, `predict`), where a repeated sample would be wrong.
+    pub replace_unreadable: bool,
     /// Whether to mention `--skip_unreadable_images` in the error for an unreadable sample.
     pub suggest_skipping: bool,
     /// Expand one-channel images to this many identical channels (3 for an RGB encoder).
@@ -167,6 +179,7 @@ impl Source {
             seeds,
             name: name.to_string(),
             skip_unreadable: false,
+            replace_unreadable: true,
             suggest_skipping: true,
             expand_to: None,
             size_hint: "add a Resize/crop transform so all images have one size".into(),
@@ -191,7 +204,8 @@ impl Source {
         self.groups.iter().map(|g| g.count).sum()
     }
 
-    /// Number of distinct samples skipped so far, and the first one's error.
+    /// Number of distinct samples found unreadable so far by this process (at their place in
+    /// a batch or while looking for a stand-in), and the first one's error.
     pub fn skipped_report(&self) -> (usize, Option<String>) {
         let skipped = self.skipped.lock().expect("skipped list");
         (
@@ -245,6 +259,82 @@ impl Source {
         Ok(out)
     }
 
+    /// The dataset's sample `index`, timed as decoding.
+    fn get(&self, index: usize) -> ssl_plugin_api::Result<Sample> {
+        let started = Instant::now();
+        let got = self.dataset.get(index);
+        self.stats
+            .decode_ns
+            .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        got
+    }
+
+    /// Records sample `index` as unreadable (see [`Source::skipped_report`]).
+    fn note_unreadable(&self, index: usize, error: &PluginError) {
+        self.skipped
+            .lock()
+            .expect("skipped list")
+            .entry(index)
+            .or_insert_with(|| error.message());
+    }
+
+    fn known_unreadable(&self, index: usize) -> bool {
+        self.skipped
+            .lock()
+            .expect("skipped list")
+            .contains_key(&index)
+    }
+
+    /// What fills `position` of a batch, with the index it was read from: the sample itself;
+    /// when it is unreadable and skipping is on, its stand-in ([`Source::stand_in`]) or, without
+    /// [`Source::replace_unreadable`], nothing. Without skipping, an error naming the sample.
+    fn read(&self, position: usize) -> Result<Option<(usize, Sample)>> {
+        match self.get(position) {
+            Ok(sample) => Ok(Some((position, sample))),
+            Err(e) if self.skip_unreadable => {
+                self.note_unreadable(position, &e);
+                if self.replace_unreadable {
+                    self.stand_in(position).map(Some)
+                } else {
+                    Ok(None)
+                }
+            }
+            Err(e) if self.suggest_skipping => Err(anyhow::Error::new(e).context(format!(
+                "{} sample {position} (set --skip_unreadable_images=true to skip such images)",
+                self.name
+            ))),
+            Err(e) => {
+                Err(anyhow::Error::new(e).context(format!("{} sample {position}", self.name)))
+            }
+        }
+    }
+
+    /// The stand-in of the unreadable sample `position`, with its index: the first readable
+    /// sample after it in dataset order, wrapping around at the end; samples already found
+    /// unreadable are passed over without reading them again, so a search reads each sample
+    /// once at most. It depends on the dataset alone, not on the batch, the process or the
+    /// number of processes. It may lie outside the split being read (the next sample of the
+    /// dataset may be a validation sample in a training batch): one repeated image per
+    /// unreadable one.
+    fn stand_in(&self, position: usize) -> Result<(usize, Sample)> {
+        let len = self.dataset.len();
+        for index in (position + 1..len).chain(0..position.min(len)) {
+            if self.known_unreadable(index) {
+                continue;
+            }
+            match self.get(index) {
+                Ok(sample) => return Ok((index, sample)),
+                Err(e) => self.note_unreadable(index, &e),
+            }
+        }
+        bail!(
+            "{}: sample {position} is unreadable and no other of its {len} samples can stand in \
+             for it: every one is unreadable (first: {})",
+            self.name,
+            self.skipped_report().1.unwrap_or_default()
+        )
+    }
+
     /// Loads, transforms and collates the samples `indices` of `epoch`.
     pub fn collate(&self, indices: &[usize], epoch: u64) -> Result<Batch> {
         let started = Instant::now();
@@ -282,33 +372,11 @@ impl Source {
             .map(|g| vec![Vec::new(); if g.on_device.is_some() { 1 } else { g.count }])
             .collect();
         let mut first: Option<(usize, String)> = None;
-        for &index in indices {
-            let decode_started = Instant::now();
-            let got = self.dataset.get(index);
-            self.stats.decode_ns.fetch_add(
-                decode_started.elapsed().as_nanos() as u64,
-                Ordering::Relaxed,
-            );
-            let sample = match got {
-                Ok(sample) => sample,
-                Err(e) if self.skip_unreadable => {
-                    self.skipped
-                        .lock()
-                        .expect("skipped list")
-                        .insert(index, e.message());
-                    continue;
-                }
-                Err(e) if self.suggest_skipping => {
-                    return Err(anyhow::Error::new(e).context(format!(
-                        "{} sample {index} (set --skip_unreadable_images=true to skip such images)",
-                        self.name
-                    )))
-                }
-                Err(e) => {
-                    return Err(
-                        anyhow::Error::new(e).context(format!("{} sample {index}", self.name))
-                    )
-                }
+        for &position in indices {
+            // `index`: the sample read for `position` (itself, or its stand-in); the views are
+            // drawn with the seeds of `position`.
+            let Some((index, sample)) = self.read(position)? else {
+                continue;
             };
             let (image, label, id) = sample.into_parts();
             if first.is_none() {
@@ -316,7 +384,7 @@ impl Source {
             }
             let augment_started = Instant::now();
             let views = self
-                .views_of(&image, epoch, index)
+                .views_of(&image, epoch, position)
                 .with_context(|| format!("{} sample {index} ({id})", self.name))?;
             self.stats.augment_ns.fetch_add(
                 augment_started.elapsed().as_nanos() as u64,
@@ -328,7 +396,7 @@ impl Source {
             for (group, buffers) in groups.iter_mut().zip(per_view.iter_mut()) {
                 if let Some(device) = &mut group.device {
                     for (v, seeds) in device.seeds.iter_mut().enumerate() {
-                        seeds.push(self.view_seed(epoch, index, first_view + v));
+                        seeds.push(self.view_seed(epoch, position, first_view + v));
                     }
                 }
                 first_view += group.count;
@@ -829,6 +897,120 @@ mod tests {
     fn pipeline(registry: &Registry, config: &str) -> Arc<Pipeline> {
         let config = crate::config::RunConfig::resolve(config, &[], registry).unwrap();
         Arc::new(Pipeline::build(registry, &config.ssl_augmentations, "ssl_augmentations").unwrap())
+    }
+
+    /// An `ImageFolder` of `n` 8×8 RGB PNGs (`a/img0.png`, ...; one class), those at
+    /// `corrupt` written as bytes that are no PNG.
+    fn folder_with_corrupt_images(
+        registry: &Registry,
+        dir: &std::path::Path,
+        n: usize,
+        corrupt: &[usize],
+    ) -> Arc<DatasetHandle> {
+        let class = dir.join("a");
+        std::fs::create_dir_all(&class).unwrap();
+        for i in 0..n {
+            let path = class.join(format!("img{i}.png"));
+            if corrupt.contains(&i) {
+                std::fs::write(&path, b"\x89PNG but not really").unwrap();
+                continue;
+            }
+            let pixels: Vec<u8> = (0..8 * 8 * 3).map(|p| (p * 7 + i * 31) as u8).collect();
+            let file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+            let mut encoder = png::Encoder::new(file, 8, 8);
+            encoder.set_color(png::ColorType::Rgb);
+            encoder.set_depth(png::BitDepth::Eight);
+            let mut writer = encoder.write_header().unwrap();
+            writer.write_image_data(&pixels).unwrap();
+        }
+        let params = Params::from_json(&format!(
+            r#"{{"root": {:?}, "split": "train"}}"#,
+            dir.display().to_string()
+        ))
+        .unwrap();
+        Arc::new(
+            registry
+                .dataset("ImageFolder")
+                .unwrap()
+                .create(&params)
+                .unwrap(),
+        )
+    }
+
+    /// A source of two randomly cropped views (8×8) of `dataset`, skipping unreadable samples.
+    fn cropping(registry: &Registry, dataset: Arc<DatasetHandle>) -> Source {
+        let spec = crate::config::TransformSpec {
+            name: "RandomResizedCrop".into(),
+            params: toml::Table::from_iter([("size".to_string(), toml::Value::Integer(8))]),
+        };
+        let pipeline = Arc::new(Pipeline::build(registry, &[spec], "test").unwrap());
+        let mut source = Source::new(
+            dataset,
+            vec![ViewGroup::workers(pipeline, 2)],
+            Seeds::PerEpoch(4),
+            "Folder",
+        );
+        source.skip_unreadable = true;
+        source
+    }
+
+    #[test]
+    fn an_unreadable_sample_is_replaced_by_the_next_readable_one_in_dataset_order() {
+        let registry = Registry::load(&[]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let dataset = folder_with_corrupt_images(&registry, dir.path(), 6, &[2, 3, 5]);
+        let source = cropping(&registry, Arc::clone(&dataset));
+        // 2 and 3 are unreadable: 4 stands in for 2; 5 is the last one: 0 stands in for it.
+        let batch = source.collate(&[1, 2, 4, 5], 7).unwrap();
+        assert_eq!(batch.indices, [1, 4, 4, 0]);
+        assert_eq!(
+            batch.ids,
+            ["a/img1.png", "a/img4.png", "a/img4.png", "a/img0.png"]
+        );
+        assert_eq!(batch.labels, [Some(0); 4]);
+        assert_eq!(source.skipped_report().0, 3);
+        assert!(source.skipped_report().1.unwrap().starts_with("sample 2: "));
+        let views = batch.to_device(Device::Cpu).unwrap();
+        assert_eq!(views[0].size(), [4, 3, 8, 8]);
+        // The stand-in is augmented with the seeds of the position it fills: not a copy of
+        // the sample's own row.
+        assert!(!views[0].get(1).equal(&views[0].get(2)));
+        // The same stand-in and views whatever else the batch holds (and so whichever process
+        // reads the position): rank 1's half of this batch alone gives the same rows.
+        let alone = source.collate(&[4, 5], 7).unwrap();
+        assert_eq!(alone.indices, [4, 0]);
+        let alone = alone.to_device(Device::Cpu).unwrap();
+        for v in 0..2 {
+            assert!(alone[v].equal(&views[v].narrow(0, 2, 2)), "view {v}");
+        }
+
+        // Passes listing every sample once leave the row out instead.
+        let mut listing = cropping(&registry, Arc::clone(&dataset));
+        listing.replace_unreadable = false;
+        assert_eq!(listing.collate(&[1, 2, 4, 5], 7).unwrap().indices, [1, 4]);
+
+        // Without skipping, an error naming the sample and the option.
+        let mut strict = cropping(&registry, dataset);
+        strict.skip_unreadable = false;
+        let e = format!("{:#}", strict.collate(&[1, 2], 0).err().unwrap());
+        assert!(
+            e.contains("Folder sample 2") && e.contains("--skip_unreadable_images=true"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_dataset_without_a_readable_sample_has_no_stand_in() {
+        let registry = Registry::load(&[]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let dataset = folder_with_corrupt_images(&registry, dir.path(), 3, &[0, 1, 2]);
+        let source = cropping(&registry, dataset);
+        let e = source.collate(&[1], 0).err().unwrap().to_string();
+        assert!(
+            e.contains("sample 1 is unreadable and no other of its 3 samples can stand in"),
+            "{e}"
+        );
+        assert_eq!(source.skipped_report().0, 3);
     }
 
     #[test]

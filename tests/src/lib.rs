@@ -35,6 +35,13 @@ pub fn artifact(name: &str) -> PathBuf {
     path
 }
 
+/// The fault-injection algorithm plugin (`Faulty`, crate `tests/fault-plugin`): a non-finite
+/// loss at a chosen step, a parameter unused on one rank, a collective of another shape on one
+/// rank (see its crate documentation).
+pub fn fault_plugin() -> PathBuf {
+    artifact("libfault_plugin.so")
+}
+
 /// The result of one `ssl-host` run.
 pub struct Run {
     pub code: Option<i32>,

@@ -48,7 +48,9 @@ impl LinearHead {
     /// Logits; dropout only in training. With several processes, the dropout mask is drawn
     /// for the whole global batch (every process draws the same, as their generators are
     /// seeded alike) and each process applies its rows: the masks of a one-process run with
-    /// the global batch, so the runs agree.
+    /// the global batch, so the runs agree. It relies on every process's batch having the same
+    /// number of rows (the sampler fills the last global batch, the loader puts a stand-in in
+    /// place of an unreadable image): otherwise the draws, and so the generators, would differ.
     pub fn forward(&self, embeddings: &Tensor, train: bool) -> Tensor {
         let x = embeddings.flatten(1, -1);
         let world = crate::world::current();
