@@ -217,6 +217,16 @@ impl Source {
         )
     }
 
+    /// The samples found unreadable so far by this process, in order.
+    pub fn skipped_indices(&self) -> Vec<usize> {
+        self.skipped
+            .lock()
+            .expect("skipped list")
+            .keys()
+            .copied()
+            .collect()
+    }
+
     /// The seed of view `view` (counted over all groups) of sample `index` in `epoch`.
     pub fn view_seed(&self, epoch: u64, index: usize, view: usize) -> u64 {
         match self.seeds {

@@ -71,11 +71,16 @@ fn free_port() -> u16 {
 
 /// Starts `n` processes of `ssl-host args` as one distributed run.
 fn spawn_world(n: usize, args: &[String]) -> Vec<Child> {
+    spawn_ranks(n, |_| args.to_vec())
+}
+
+/// Starts `n` processes as one distributed run, rank `r` with the arguments `args(r)`.
+fn spawn_ranks(n: usize, args: impl Fn(usize) -> Vec<String>) -> Vec<Child> {
     let port = free_port().to_string();
     (0..n)
         .map(|rank| {
             Command::new(artifact("ssl-host"))
-                .args(args)
+                .args(args(rank))
                 .env("RANK", rank.to_string())
                 .env("LOCAL_RANK", rank.to_string())
                 .env("WORLD_SIZE", n.to_string())
@@ -473,4 +478,183 @@ fn processes_started_with_different_arguments_stop_at_start() {
     }
     assert!(results[1].1.contains("rank(s) 1"), "{}", results[1].1);
     assert!(!checkpoint(&out).exists());
+}
+
+/// The arguments of a run of the fault-injection algorithm (`Faulty`) on the settings of
+/// [`args`], with its `algorithm_params` `faults`.
+fn faulty(out: &Path, processes: usize, faults: &[&str], extra: &[&str]) -> Vec<String> {
+    let mut all = args("ShapesSimCLR", out, processes, extra);
+    all.splice(
+        0..0,
+        ["--plugin".to_string(), fault_plugin().display().to_string()],
+    );
+    all.push("--ssl_training_type=Faulty".into());
+    all.extend(faults.iter().map(|f| format!("--algorithm_params.{f}")));
+    all
+}
+
+/// A parameter that one process's step does not use (its gradient undefined there) still gets
+/// the gradient averaged over the processes: the all-reduce is laid out from the parameter list,
+/// not from the gradients a process happens to hold (before, rank 1's buckets were 4 bytes
+/// short and Gloo aborted the run). Compared with one process whose batch stands for both
+/// processes' rows, `aux` used for rank 0's only: every tensor after one step, every metric
+/// after 2 epochs.
+#[test]
+fn a_parameter_unused_on_one_process_gets_the_gradient_averaged_over_all() {
+    let tmp = tempfile::tempdir().unwrap();
+    let step = [
+        "--is_debug_model=true",
+        "--num_epochs=1",
+        "--lr_schedule=constant",
+        "--l_rate=0.05",
+        "--learning_rate_linear_head_during_ssl_training=0.01",
+        "--knn_monitor=false",
+    ];
+    let one_process = ["unused_on_rank=1", "one_process_as_world=2"];
+    let (one, two) = (tmp.path().join("one_step"), tmp.path().join("two_step"));
+    run_one(&faulty(&one, 1, &one_process, &step));
+    run_world(2, &faulty(&two, 2, &["unused_on_rank=1"], &step));
+    assert_same_checkpoints(&one, &two);
+    assert_same_metrics(&one, &two);
+    // `aux` moved: it had a gradient on the process that used it.
+    let ckpt = std::fs::read(checkpoint(&two)).unwrap();
+    let tensors = safetensors::SafeTensors::deserialize(&ckpt).unwrap();
+    let aux = tensors
+        .names()
+        .into_iter()
+        .find(|n| n.starts_with("algorithm.") && n.ends_with("aux"))
+        .expect("the aux parameter in the checkpoint")
+        .to_string();
+    let value = f32::from_le_bytes(
+        tensors.tensor(&aux).unwrap().data()[..4]
+            .try_into()
+            .unwrap(),
+    );
+    assert!(value != 0.0, "{aux} = {value}");
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    run_one(&faulty(&one, 1, &one_process, &["--knn_monitor=false"]));
+    run_world(
+        2,
+        &faulty(&two, 2, &["unused_on_rank=1"], &["--knn_monitor=false"]),
+    );
+    assert_same_metrics(&one, &two);
+}
+
+/// `nan_policy = skip_step` on 2 processes: a step whose loss is not finite is skipped by both,
+/// left out of the epoch's loss (which stays finite) and counted once.
+#[test]
+fn a_nonfinite_step_is_skipped_by_every_process_and_left_out_of_the_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    run_world(
+        2,
+        &faulty(
+            &out,
+            2,
+            &["nonfinite_at_step=2"],
+            &[
+                "--num_epochs=1",
+                "--nan_policy=skip_step",
+                "--knn_monitor=false",
+            ],
+        ),
+    );
+    let m = metrics(&out);
+    assert_eq!(m[&(0, "steps/skipped_nonfinite".to_string())], 1.0, "{m:?}");
+    let loss = m[&(0, "faulty/train/loss".to_string())];
+    assert!(loss.is_finite(), "{m:?}");
+}
+
+/// SIGTERM to every process of a run whose epochs are one step long (so the signal lands on an
+/// epoch's last step): every process writes its part of the epoch and exits 143 (the agreed
+/// signal, not the sum of the processes' signals: 158 before).
+#[test]
+fn sigterm_to_every_process_on_an_epochs_last_step_exits_143_everywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let run = args(
+        "ShapesSimCLR",
+        &out,
+        2,
+        &[
+            "--is_debug_model=true",
+            "--num_epochs=1000",
+            "--knn_monitor=false",
+        ],
+    );
+    let children = spawn_world(2, &run);
+    let started = Instant::now();
+    while !checkpoint(&out).exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for child in &children {
+        // SAFETY: kill(2) on a child process this test started and has not reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    }
+    for (rank, (code, stderr)) in wait_all(children, Duration::from_secs(120))
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(code, Some(143), "rank {rank}: {stderr}");
+        assert!(
+            stderr.contains("stopped by SIGTERM"),
+            "rank {rank}: {stderr}"
+        );
+    }
+    // The run continues from the checkpoint.
+    let done = metrics(&out).keys().map(|k| k.0 + 1).max().unwrap();
+    run_world(
+        2,
+        &[
+            format!("--output_dir={}", out.display()),
+            "--resume".into(),
+            format!("--stop_after_epochs={}", done + 1),
+        ],
+    );
+}
+
+/// Processes whose `--output_dir` is on node-local disks: rank 1's folder holds another run
+/// (another seed, another epoch). Rank 0 decides and sends its checkpoint, so both continue rank
+/// 0's run at its epoch, equal to the same run resumed from one shared folder (before, rank 1
+/// loaded its own checkpoint).
+#[test]
+fn processes_with_node_local_folders_continue_rank_0s_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = "ShapesSimCLR";
+    let (shared, local0, local1) = (
+        tmp.path().join("shared"),
+        tmp.path().join("local0"),
+        tmp.path().join("local1"),
+    );
+    run_world(2, &args(model, &shared, 2, &["--stop_after_epochs=1"]));
+    e2e::copy_dir(&shared, &local0);
+    run_world(
+        2,
+        &args(
+            model,
+            &local1,
+            2,
+            &["--random_seed=7", "--num_epochs=3", "--stop_after_epochs=2"],
+        ),
+    );
+    let resume = |dir: &Path| vec![format!("--output_dir={}", dir.display()), "--resume".into()];
+    run_world(2, &resume(&shared));
+    let ended = wait_all(
+        spawn_ranks(2, |rank| resume(if rank == 0 { &local0 } else { &local1 })),
+        Duration::from_secs(600),
+    );
+    for (rank, (code, stderr)) in ended.iter().enumerate() {
+        assert_eq!(*code, Some(0), "rank {rank}: {stderr}");
+        assert!(
+            !stderr.contains("differ from rank 0"),
+            "rank {rank}: {stderr}"
+        );
+    }
+    assert_same_metrics(&shared, &local0);
+    // Rank 1 wrote nothing into its own folder's run.
+    assert_eq!(metrics(&local1).keys().map(|k| k.0).max(), Some(1));
 }

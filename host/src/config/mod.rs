@@ -222,7 +222,7 @@ settings! {
         is_debug_model: bool = false,
         /// drop incomplete last batches (training and validation)
         drop_last: bool = true,
-        /// skip images that cannot be read (one warning counts them) instead of failing
+        /// skip images that cannot be read (one warning counts them) instead of failing; in training and validation the next readable image takes a skipped one's place, so batches keep their size
         skip_unreadable_images: bool = false,
         /// Adam learning rate of the online linear head
         learning_rate_linear_head_during_ssl_training: f64 = 1e-4,

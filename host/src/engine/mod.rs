@@ -253,7 +253,7 @@ impl Start {
 /// [`Task::checkpoint_tensors`] are fresh copies (step counters, the loss scale, optimizer
 /// buffers not created yet), so sending into them alone would not reach the live state. A
 /// probe then compares every tensor with rank 0's; a difference is an error naming them.
-fn share_main_state<T: Task>(task: &mut T) -> Result<()> {
+pub fn share_main_state<T: Task>(task: &mut T) -> Result<()> {
     let world = crate::world::current();
     if !world.is_distributed() {
         return Ok(());
@@ -595,26 +595,33 @@ impl<T: Task> Run<T> {
     }
 
     /// One warning per data source when images were skipped as unreadable since the last
-    /// warning (`skip_unreadable_images`): how many over all processes, and the first error
-    /// this process saw. Every process takes part (the counts are summed); rank 0 prints.
+    /// warning (`skip_unreadable_images`): how many distinct ones over all processes, and the
+    /// first error rank 0 saw. Every process takes part (the indices are gathered); rank 0
+    /// prints.
     fn warn_about_skipped_images(&mut self) -> Result<()> {
-        let sources = self.task.sources();
-        let counts: Vec<f64> = sources
-            .iter()
-            .map(|(source, _)| source.skipped_report().0 as f64)
-            .collect();
         let world = crate::world::current();
-        let totals = world.all_reduce_f64(&counts, crate::world::Reduce::Sum)?;
-        for ((source, what), total) in sources.iter().zip(totals) {
-            let total = total as usize;
+        for (source, what) in self.task.sources() {
+            let mine: Vec<i64> = source
+                .skipped_indices()
+                .into_iter()
+                .map(|i| i as i64)
+                .collect();
+            // Agreed by all: whether there is anything to gather.
+            if world.all_reduce_f64(&[mine.len() as f64], crate::world::Reduce::Sum)?[0] == 0.0 {
+                continue;
+            }
+            let all = world.gather_rows(&Tensor::from_slice(&mine))?;
+            let mut all = Vec::<i64>::try_from(&all)?;
+            all.sort_unstable();
+            all.dedup();
+            let total = all.len();
             let seen = self.warned_skipped.entry(what).or_default();
             if total > *seen {
                 if world.is_main() {
-                    let first = source.skipped_report().1;
                     eprintln!(
                         "warning: skipped {total} unreadable image(s) of {} ({what} data){}",
                         source.name,
-                        match first {
+                        match source.skipped_report().1 {
                             Some(first) => format!("; first: {first}"),
                             None => " on other processes (see their output)".to_string(),
                         }
