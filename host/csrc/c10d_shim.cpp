@@ -13,7 +13,8 @@
 //   ranks' fingerprints differ, fails on every rank with a message naming what each issued
 //   (as PyTorch's TORCH_DISTRIBUTED_DEBUG=DETAIL).
 // - A bucketed collective issues at least one collective whatever the list holds (an empty
-//   list all-reduces an empty tensor), so a rank never skips what the others run.
+//   list all-reduces an empty tensor), and a collective of no data still meets the other ranks
+//   (it exchanges one byte), so a rank never skips what the others run.
 // - The autograd functions find their process group for the backward through a process-wide
 //   registry (group id -> group), saved as an integer in the autograd context: a group freed
 //   before the backward runs is an error, not a dangling pointer.
@@ -304,14 +305,23 @@ void check_fingerprints(Group& g, c10d::Backend& pg, int64_t seq, int64_t op,
 }
 
 // Issues collective number `issued + 1` of `g`: the fingerprint check when on, then `run` on the
-// backend. A failure in the backend marks the group as failed (see shim_pg_shutdown).
+// backend. A collective of no data exchanges one byte instead: Gloo returns at once from an
+// all-reduce, broadcast or all-gather of no elements, without meeting the other ranks, so a rank
+// with nothing to send would run ahead of them into its next collective. A failure in the backend
+// marks the group as failed (see shim_pg_shutdown).
 template <typename F>
 void issue(Group& g, int64_t op, const at::Tensor* t, F&& run) {
   Backend pg = g.backend();
   int64_t seq = ++g.issued;
   try {
     if (g.debug.load()) check_fingerprints(g, *pg, seq, op, t);
-    run(*pg);
+    if (t != nullptr && t->numel() == 0) {
+      torch::NoGradGuard no_grad;
+      std::vector<at::Tensor> token{torch::zeros({1}, torch::dtype(torch::kByte).device(g.device))};
+      pg->allreduce(token)->wait();
+    } else {
+      run(*pg);
+    }
   } catch (const CollectiveMismatch&) {
     throw;
   } catch (...) {
@@ -360,9 +370,9 @@ std::vector<std::vector<at::Tensor>> buckets_of(const std::vector<at::Tensor>& t
 
 // Runs `collective(backend, one)` as collective `op` on one flat tensor per bucket and copies the
 // results back into the bucket's tensors. A bucket of one contiguous tensor is passed as it is
-// (no copy). An empty list is one collective on an empty float tensor: every rank takes part
-// whatever its list holds, so a rank whose list differs is caught (by the debug check, or by
-// the backend) instead of leaving the others waiting in a collective it skipped.
+// (no copy). An empty list is one collective on an empty float tensor (see `issue`): every rank
+// takes part whatever its list holds, so a rank whose list differs is caught (by the debug check,
+// or by the backend) instead of leaving the others waiting in a collective it skipped.
 template <typename F>
 int64_t run_bucketed(Group& g, int64_t op, const std::vector<at::Tensor>& tensors,
                      int64_t bucket_bytes, F&& collective) {

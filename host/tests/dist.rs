@@ -619,7 +619,33 @@ fn child_empty_lists() {
         rank,
     );
 
-    // An empty list is still one collective, on every rank.
+    // An empty list, or a list of empty tensors, is still a collective that meets the other
+    // ranks (Gloo itself returns at once from a collective of no data): rank 0 waits there for
+    // rank 1, which comes late.
+    let late = Duration::from_millis(800);
+    for call in 0..3 {
+        if rank == 1 {
+            std::thread::sleep(late);
+        }
+        let start = Instant::now();
+        match call {
+            0 => pg.all_reduce_(&[], ReduceOp::Sum).unwrap(),
+            1 => pg.broadcast_(&[], 0).unwrap(),
+            _ => assert!(world
+                .all_reduce_f64(&[], Reduce::Average)
+                .unwrap()
+                .is_empty()),
+        }
+        if rank == 0 {
+            let waited = start.elapsed();
+            assert!(
+                waited >= late / 2,
+                "call {call}: rank 0 did not wait ({waited:?})"
+            );
+        }
+    }
+
+    // Each is one collective.
     let before = pg.traffic().collectives;
     pg.all_reduce_(&[], ReduceOp::Sum).unwrap();
     pg.broadcast_(&[], 0).unwrap();
