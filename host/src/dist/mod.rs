@@ -95,7 +95,7 @@ static GROUPS_CREATED: AtomicUsize = AtomicUsize::new(0);
 
 /// What the error of a failed collective says to rerun with when the ranks may have issued
 /// different collectives.
-pub const DEBUG_HINT: &str =
+const DEBUG_HINT: &str =
     "rerun with --dist_debug=true to name the first collective that differs between ranks";
 
 /// The start and end of the shim's message when the debug check finds a collective that differs
@@ -149,14 +149,16 @@ extern "C" fn report_fatal(text: *const c_char) {
             .try_lock()
             .ok()
             .and_then(|p| p.as_ref().and_then(Weak::upgrade));
-        let message = match peers {
+        let mut message = match peers {
             Some(peers) => peers.diagnose(what, &text).to_string(),
             None => format!("distributed training: {what} failed: {text}"),
         };
-        eprintln!(
-            "error: {message}\n(ranks that issue collectives of different sizes end this way: \
-             {DEBUG_HINT})"
-        );
+        if !message.contains(DEBUG_HINT) {
+            message.push_str(&format!(
+                "\n(ranks that issue collectives of different sizes end this way: {DEBUG_HINT})"
+            ));
+        }
+        eprintln!("error: {message}");
     });
 }
 
