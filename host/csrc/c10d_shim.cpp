@@ -8,9 +8,24 @@
 //   nullptr) and stores a malloc'd message in `*err` that Rust frees with shim_free_string.
 // - A tensor returned to Rust is a new `torch::Tensor*` that Rust owns (Tensor::from_ptr).
 // - Collectives must be issued in the same order on every rank (as with torch.distributed).
+//   Every collective of a group is numbered; with the debug check on (shim_pg_set_debug), each
+//   first all-gathers a fixed-size fingerprint (number, operation, dtype, shape) and, when the
+//   ranks' fingerprints differ, fails on every rank with a message naming what each issued
+//   (as PyTorch's TORCH_DISTRIBUTED_DEBUG=DETAIL).
+// - A bucketed collective issues at least one collective whatever the list holds (an empty
+//   list all-reduces an empty tensor), and a collective of no data still meets the other ranks
+//   (it exchanges one byte), so a rank never skips what the others run.
 // - The autograd functions find their process group for the backward through a process-wide
 //   registry (group id -> group), saved as an integer in the autograd context: a group freed
 //   before the backward runs is an error, not a dangling pointer.
+// - An exception thrown where no call of ours can catch it (Gloo's I/O threads throw
+//   gloo::EnforceNotMet when ranks send different sizes) reaches the terminate handler installed
+//   with the first group: it reports through the hook Rust set (shim_set_fatal_hook) and ends
+//   the process with exit code 1 through _exit, never abort() and never static destructors
+//   (which would join threads that are stuck).
+// - A group is shut down explicitly (shim_pg_shutdown) before the process exits. After a failed
+//   collective its backend is aborted and leaked instead of destroyed: the destructor joins
+//   worker threads that may still be stuck in the failed operation.
 #include <torch/torch.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
@@ -20,15 +35,25 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
 #endif
 
+#include <cxxabi.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cctype>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <sstream>
 #include <string>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -39,21 +64,98 @@ struct ShimStore {
   c10::intrusive_ptr<c10d::Store> store;
 };
 
+// The operations a fingerprint names.
+enum Op : int64_t {
+  kAllReduce = 1,
+  kBroadcast,
+  kAllGather,
+  kBarrier,
+  kAllGatherWithGrad,
+  kAllGatherWithGradBackward,
+  kAllReduceWithGrad,
+  kAllReduceWithGradBackward,
+};
+
+const char* op_name(int64_t op) {
+  switch (op) {
+    case kAllReduce:
+      return "all-reduce";
+    case kBroadcast:
+      return "broadcast";
+    case kAllGather:
+      return "all-gather";
+    case kBarrier:
+      return "barrier";
+    case kAllGatherWithGrad:
+      return "all-gather with gradient";
+    case kAllGatherWithGradBackward:
+      return "backward of an all-gather with gradient (all-reduce)";
+    case kAllReduceWithGrad:
+      return "all-reduce with gradient";
+    case kAllReduceWithGradBackward:
+      return "backward of an all-reduce with gradient";
+    default:
+      return "unknown operation";
+  }
+}
+
+// The ranks' fingerprints of one collective differ: thrown on every rank at the same collective,
+// before any data moved, so the backend stays usable.
+struct CollectiveMismatch : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// A process group: its backend and what the shim keeps beside it.
+class Group {
+ public:
+  Group(int64_t id, Backend backend, int rank, int size, at::Device device)
+      : id(id), rank(rank), size(size), device(device), backend_(std::move(backend)) {}
+
+  const int64_t id;
+  const int rank;
+  const int size;
+  // Where the backend communicates: the CPU (Gloo) or this process's GPU (NCCL).
+  const at::Device device;
+  // Whether every collective first compares fingerprints across ranks.
+  std::atomic<bool> debug{false};
+  // The number of collectives issued so far (the last one's sequence number).
+  std::atomic<int64_t> issued{0};
+  // Whether a collective failed in the backend (timeout, peer gone, size mismatch).
+  std::atomic<bool> failed{false};
+
+  // The backend, or an error once the group is shut down.
+  Backend backend() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!backend_) throw std::runtime_error("the process group was shut down");
+    return backend_;
+  }
+
+  // Takes the backend out of the group (null after the first call).
+  Backend take() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return std::exchange(backend_, Backend());
+  }
+
+ private:
+  std::mutex mutex_;
+  Backend backend_;
+};
+
+using GroupPtr = std::shared_ptr<Group>;
+
+// What Rust holds: one reference to the group.
 struct ShimGroup {
-  int64_t id;
-  Backend backend;
-  int rank;
-  int size;
+  GroupPtr group;
 };
 
 std::mutex registry_mutex;
-std::unordered_map<int64_t, Backend>& registry() {
-  static std::unordered_map<int64_t, Backend> groups;
-  return groups;
+std::unordered_map<int64_t, GroupPtr>& registry() {
+  static auto* groups = new std::unordered_map<int64_t, GroupPtr>();  // never destroyed
+  return *groups;
 }
 int64_t next_group_id = 1;
 
-Backend group_by_id(int64_t id) {
+GroupPtr group_by_id(int64_t id) {
   std::lock_guard<std::mutex> lock(registry_mutex);
   auto it = registry().find(id);
   if (it == registry().end()) {
@@ -62,6 +164,8 @@ Backend group_by_id(int64_t id) {
   }
   return it->second;
 }
+
+Group& group_of(void* handle) { return *static_cast<ShimGroup*>(handle)->group; }
 
 void set_err(char** err, const std::string& message) {
   if (err == nullptr) return;
@@ -99,6 +203,136 @@ std::vector<at::Tensor> tensors_of(torch::Tensor** ptrs, size_t n) {
   return out;
 }
 
+// A new contiguous copy of `t` on `device` (autograd nodes must not hand out their inputs).
+at::Tensor fresh_on(const at::Tensor& t, at::Device device) {
+  return t.to(device, t.scalar_type(), /*non_blocking=*/false, /*copy=*/true,
+              at::MemoryFormat::Contiguous);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fingerprints (the debug check): [sequence number, operation, dtype (-1: none), number of
+// dimensions (-1: none), number of elements, the first kPrintDims sizes (-1: unused), spare].
+
+constexpr int64_t kPrintLen = 16;
+constexpr int64_t kPrintDims = 10;
+
+std::vector<int64_t> fingerprint_of(int64_t seq, int64_t op, const at::Tensor* t) {
+  std::vector<int64_t> f(kPrintLen, -1);
+  f[0] = seq;
+  f[1] = op;
+  if (t != nullptr) {
+    f[2] = static_cast<int64_t>(t->scalar_type());
+    f[3] = t->dim();
+    f[4] = t->numel();
+    for (int64_t d = 0; d < std::min<int64_t>(t->dim(), kPrintDims); d++) f[5 + d] = t->size(d);
+  }
+  return f;
+}
+
+// "all-gather float [4, 128]".
+std::string describe(const std::vector<int64_t>& f) {
+  std::ostringstream out;
+  out << op_name(f[1]);
+  if (f[2] >= 0) {
+    std::string dtype = c10::toString(static_cast<c10::ScalarType>(f[2]));
+    std::transform(dtype.begin(), dtype.end(), dtype.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    out << " " << dtype << " [";
+    for (int64_t d = 0; d < f[3]; d++) {
+      if (d > 0) out << ", ";
+      if (d == kPrintDims) {
+        out << "...";
+        break;
+      }
+      out << f[5 + d];
+    }
+    out << "]";
+  }
+  return out.str();
+}
+
+// "rank 3", "ranks 0, 2", "ranks 0-6".
+std::string rank_list(const std::vector<int>& ranks) {
+  std::ostringstream out;
+  out << (ranks.size() == 1 ? "rank " : "ranks ");
+  for (size_t i = 0; i < ranks.size();) {
+    size_t j = i;
+    while (j + 1 < ranks.size() && ranks[j + 1] == ranks[j] + 1) j++;
+    if (i > 0) out << ", ";
+    out << ranks[i];
+    if (j > i) out << (j == i + 1 ? ", " : "-") << ranks[j];
+    i = j + 1;
+  }
+  return out.str();
+}
+
+// All-gathers this rank's fingerprint of collective `seq` and throws CollectiveMismatch on every
+// rank when they differ.
+void check_fingerprints(Group& g, c10d::Backend& pg, int64_t seq, int64_t op,
+                        const at::Tensor* t) {
+  torch::NoGradGuard no_grad;
+  std::vector<int64_t> mine = fingerprint_of(seq, op, t);
+  std::vector<at::Tensor> inputs{torch::tensor(mine, torch::kLong).to(g.device)};
+  std::vector<std::vector<at::Tensor>> outputs(1);
+  for (int r = 0; r < g.size; r++) outputs[0].push_back(torch::empty_like(inputs[0]));
+  pg.allgather(outputs, inputs)->wait();
+  at::Tensor all = torch::stack(outputs[0]).to(at::kCPU).contiguous();
+  const int64_t* p = all.data_ptr<int64_t>();
+  // Distinct fingerprints in order of first appearance, with the ranks that issued each.
+  std::vector<std::pair<std::vector<int64_t>, std::vector<int>>> kinds;
+  for (int r = 0; r < g.size; r++) {
+    std::vector<int64_t> f(p + r * kPrintLen, p + (r + 1) * kPrintLen);
+    auto it = std::find_if(kinds.begin(), kinds.end(), [&](const auto& k) { return k.first == f; });
+    if (it == kinds.end()) {
+      kinds.push_back({f, {r}});
+    } else {
+      it->second.push_back(r);
+    }
+  }
+  if (kinds.size() == 1) return;
+  bool numbers_differ = std::any_of(kinds.begin(), kinds.end(),
+                                    [&](const auto& k) { return k.first[0] != kinds[0].first[0]; });
+  std::ostringstream message;
+  message << "distributed training: collective #" << seq << " differs between ranks: ";
+  for (size_t i = 0; i < kinds.size(); i++) {
+    if (i > 0) message << ", ";
+    message << rank_list(kinds[i].second) << " ";
+    if (numbers_differ) message << "#" << kinds[i].first[0] << " ";
+    message << describe(kinds[i].first);
+  }
+  message << " (--dist_debug)";
+  throw CollectiveMismatch(message.str());
+}
+
+// Issues collective number `issued + 1` of `g`: the fingerprint check when on, then `run` on the
+// backend. A collective of no data exchanges one byte instead: Gloo returns at once from an
+// all-reduce, broadcast or all-gather of no elements, without meeting the other ranks, so a rank
+// with nothing to send would run ahead of them into its next collective. A failure in the backend
+// marks the group as failed (see shim_pg_shutdown).
+template <typename F>
+void issue(Group& g, int64_t op, const at::Tensor* t, F&& run) {
+  Backend pg = g.backend();
+  int64_t seq = ++g.issued;
+  try {
+    if (g.debug.load()) check_fingerprints(g, *pg, seq, op, t);
+    if (t != nullptr && t->numel() == 0) {
+      torch::NoGradGuard no_grad;
+      std::vector<at::Tensor> token{torch::zeros({1}, torch::dtype(torch::kByte).device(g.device))};
+      pg->allreduce(token)->wait();
+    } else {
+      run(*pg);
+    }
+  } catch (const CollectiveMismatch&) {
+    throw;
+  } catch (...) {
+    g.failed = true;
+    throw;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Collectives.
+
 // Groups tensors by (dtype, device) in first-seen order, then cuts each group into buckets of
 // at most `bucket_bytes` (a tensor larger than that is a bucket of its own).
 std::vector<std::vector<at::Tensor>> buckets_of(const std::vector<at::Tensor>& tensors,
@@ -134,26 +368,33 @@ std::vector<std::vector<at::Tensor>> buckets_of(const std::vector<at::Tensor>& t
   return buckets;
 }
 
-// Runs `collective` on one flat tensor per bucket and copies the results back into the
-// bucket's tensors. A bucket of one contiguous tensor is passed as it is (no copy).
+// Runs `collective(backend, one)` as collective `op` on one flat tensor per bucket and copies the
+// results back into the bucket's tensors. A bucket of one contiguous tensor is passed as it is
+// (no copy). An empty list is one collective on an empty float tensor (see `issue`): every rank
+// takes part whatever its list holds, so a rank whose list differs is caught (by the debug check,
+// or by the backend) instead of leaving the others waiting in a collective it skipped.
 template <typename F>
-int64_t run_bucketed(const std::vector<at::Tensor>& tensors, int64_t bucket_bytes,
-                     F&& collective) {
-  int64_t calls = 0;
+int64_t run_bucketed(Group& g, int64_t op, const std::vector<at::Tensor>& tensors,
+                     int64_t bucket_bytes, F&& collective) {
   torch::NoGradGuard no_grad;
-  for (auto& bucket : buckets_of(tensors, bucket_bytes)) {
+  auto buckets = buckets_of(tensors, bucket_bytes);
+  if (buckets.empty()) {
+    buckets.push_back({torch::empty({0}, torch::dtype(torch::kFloat).device(g.device))});
+  }
+  int64_t calls = 0;
+  for (auto& bucket : buckets) {
+    std::vector<at::Tensor> flat;
     if (bucket.size() == 1 && bucket[0].is_contiguous()) {
-      std::vector<at::Tensor> one{bucket[0]};
-      collective(one);
-      calls++;
-      continue;
+      flat.push_back(bucket[0]);
+    } else {
+      std::vector<at::Tensor> flat_parts;
+      flat_parts.reserve(bucket.size());
+      for (const auto& t : bucket) flat_parts.push_back(t.reshape({-1}));
+      flat.push_back(torch::cat(flat_parts));
     }
-    std::vector<at::Tensor> flat_parts;
-    flat_parts.reserve(bucket.size());
-    for (const auto& t : bucket) flat_parts.push_back(t.reshape({-1}));
-    std::vector<at::Tensor> flat{torch::cat(flat_parts)};
-    collective(flat);
+    issue(g, op, &flat[0], [&](c10d::Backend& pg) { collective(pg, flat); });
     calls++;
+    if (flat[0].is_same(bucket[0])) continue;
     int64_t offset = 0;
     for (auto& t : bucket) {
       t.copy_(flat[0].narrow(0, offset, t.numel()).view(t.sizes()));
@@ -163,42 +404,55 @@ int64_t run_bucketed(const std::vector<at::Tensor>& tensors, int64_t bucket_byte
   return calls;
 }
 
-void all_reduce_sum_in_place(const Backend& pg, std::vector<at::Tensor>& tensors) {
-  c10d::AllreduceOptions opts;
-  opts.reduceOp = c10d::ReduceOp::SUM;
-  pg->allreduce(tensors, opts)->wait();
+void all_reduce_sum_in_place(Group& g, int64_t op, std::vector<at::Tensor>& one) {
+  issue(g, op, &one[0], [&](c10d::Backend& pg) {
+    c10d::AllreduceOptions opts;
+    opts.reduceOp = c10d::ReduceOp::SUM;
+    pg.allreduce(one, opts)->wait();
+  });
 }
 
-at::Tensor all_gather_cat(const Backend& pg, int size, const at::Tensor& input) {
+at::Tensor all_gather_cat(Group& g, int64_t op, const at::Tensor& input) {
   torch::NoGradGuard no_grad;
   at::Tensor in = input.detach().contiguous();
   std::vector<std::vector<at::Tensor>> outputs(1);
-  for (int r = 0; r < size; r++) outputs[0].push_back(torch::empty_like(in));
+  for (int r = 0; r < g.size; r++) outputs[0].push_back(torch::empty_like(in));
   std::vector<at::Tensor> inputs{in};
-  pg->allgather(outputs, inputs)->wait();
+  issue(g, op, &in, [&](c10d::Backend& pg) { pg.allgather(outputs, inputs)->wait(); });
   return torch::cat(outputs[0], 0);
 }
+
+// The collectives with gradient take and return tensors on the caller's device and copy to and
+// from the backend's device (Gloo: the CPU) inside their own forward and backward. Their
+// backward node therefore belongs to the caller's device, as every other node of the graph does,
+// and libtorch's autograd engine runs all of them on that device's one worker thread, in an
+// order fixed by the graph alone (ready nodes by sequence number): every rank builds the same
+// graph, so every rank issues these collectives in the same order. With the copies outside the
+// node (a CUDA graph around a CPU collective) the collective nodes would run on the calling
+// thread's CPU queue while the copies run on the device thread, and two chains of same-shaped
+// gathers (BYOL's two views through SyncBatchNorm) could interleave differently on each rank.
 
 // Forward: this rank's [n, ...] -> [world·n, ...] in rank order. Backward: the sum over ranks
 // of the incoming gradient, sliced to this rank's rows (torch.distributed.nn.all_gather).
 struct AllGatherWithGrad : public torch::autograd::Function<AllGatherWithGrad> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, at::Tensor input,
                             int64_t group_id) {
-    Backend pg = group_by_id(group_id);
+    GroupPtr g = group_by_id(group_id);
     ctx->saved_data["group"] = group_id;
     ctx->saved_data["rows"] = input.dim() == 0 ? int64_t{1} : input.size(0);
-    ctx->saved_data["rank"] = static_cast<int64_t>(pg->getRank());
-    return all_gather_cat(pg, pg->getSize(), input);
+    ctx->saved_data["device"] = input.device();
+    at::Tensor gathered = all_gather_cat(*g, kAllGatherWithGrad, input.to(g->device));
+    return gathered.to(input.device());
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    Backend pg = group_by_id(ctx->saved_data["group"].toInt());
+    GroupPtr g = group_by_id(ctx->saved_data["group"].toInt());
     int64_t rows = ctx->saved_data["rows"].toInt();
-    int64_t rank = ctx->saved_data["rank"].toInt();
-    std::vector<at::Tensor> summed{grads[0].contiguous().clone()};
-    all_reduce_sum_in_place(pg, summed);
-    return {summed[0].narrow(0, rank * rows, rows).clone(), at::Tensor()};
+    at::Device home = ctx->saved_data["device"].toDevice();
+    std::vector<at::Tensor> summed{fresh_on(grads[0], g->device)};
+    all_reduce_sum_in_place(*g, kAllGatherWithGradBackward, summed);
+    return {fresh_on(summed[0].narrow(0, g->rank * rows, rows), home), at::Tensor()};
   }
 };
 
@@ -206,21 +460,69 @@ struct AllGatherWithGrad : public torch::autograd::Function<AllGatherWithGrad> {
 struct AllReduceSumWithGrad : public torch::autograd::Function<AllReduceSumWithGrad> {
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, at::Tensor input,
                             int64_t group_id) {
-    Backend pg = group_by_id(group_id);
+    GroupPtr g = group_by_id(group_id);
     ctx->saved_data["group"] = group_id;
-    std::vector<at::Tensor> out{input.detach().contiguous().clone()};
-    all_reduce_sum_in_place(pg, out);
-    return out[0];
+    ctx->saved_data["device"] = input.device();
+    std::vector<at::Tensor> out{fresh_on(input.detach(), g->device)};
+    all_reduce_sum_in_place(*g, kAllReduceWithGrad, out);
+    return out[0].to(input.device());
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
-    Backend pg = group_by_id(ctx->saved_data["group"].toInt());
-    std::vector<at::Tensor> summed{grads[0].contiguous().clone()};
-    all_reduce_sum_in_place(pg, summed);
-    return {summed[0], at::Tensor()};
+    GroupPtr g = group_by_id(ctx->saved_data["group"].toInt());
+    at::Device home = ctx->saved_data["device"].toDevice();
+    std::vector<at::Tensor> summed{fresh_on(grads[0], g->device)};
+    all_reduce_sum_in_place(*g, kAllReduceWithGradBackward, summed);
+    return {summed[0].to(home), at::Tensor()};
   }
 };
+
+// ---------------------------------------------------------------------------------------------
+// The terminate handler.
+
+using FatalHook = void (*)(const char* text);
+std::atomic<FatalHook> fatal_hook{nullptr};
+std::atomic<bool> fatal_started{false};
+std::once_flag terminate_installed;
+
+// "gloo::EnforceNotMet: [enforce fail at ...] ..." for the exception being handled.
+std::string current_exception_text() {
+  std::exception_ptr e = std::current_exception();
+  if (!e) return "std::terminate was called without an exception";
+  std::string type = "an exception of unknown type";
+  if (const std::type_info* info = abi::__cxa_current_exception_type()) {
+    int status = 0;
+    char* name = abi::__cxa_demangle(info->name(), nullptr, nullptr, &status);
+    type = status == 0 && name != nullptr ? name : info->name();
+    std::free(name);
+  }
+  try {
+    std::rethrow_exception(e);
+  } catch (const c10::Error& error) {
+    return type + ": " + error.what_without_backtrace();
+  } catch (const std::exception& error) {
+    return type + ": " + error.what();
+  } catch (...) {
+    return type;
+  }
+}
+
+[[noreturn]] void on_terminate() {
+  if (fatal_started.exchange(true)) {
+    // Another thread is reporting; it ends the process.
+    for (;;) pause();
+  }
+  std::string text = current_exception_text();
+  FatalHook hook = fatal_hook.load();
+  if (hook != nullptr) {
+    hook(text.c_str());
+  } else {
+    std::fprintf(stderr, "error: a C++ exception ended this process: %s\n", text.c_str());
+  }
+  std::fflush(stderr);
+  _exit(1);
+}
 
 }  // namespace
 
@@ -238,6 +540,10 @@ int shim_has_nccl() {
   return 0;
 #endif
 }
+
+// What the terminate handler (installed with the first group) calls with the exception's text
+// before it ends the process with exit code 1; the hook prints the error.
+void shim_set_fatal_hook(FatalHook hook) { fatal_hook.store(hook); }
 
 // A TCPStore client (and the server too when is_server). num_workers < 0: do not take part in
 // the start-up count of workers (an extra connection of a process that already counted).
@@ -298,13 +604,15 @@ int shim_store_add(void* store, const char* key, int64_t delta, int64_t* out, ch
              : -1;
 }
 
-// backend: 0 Gloo, 1 NCCL. gloo_ifnames: comma-separated network interfaces to bind (as
+// backend: 0 Gloo, 1 NCCL. device_index: the CUDA device an NCCL group communicates on (-1:
+// the CPU, for Gloo). gloo_ifnames: comma-separated network interfaces to bind (as
 // GLOO_SOCKET_IFNAME), or empty for the address this machine's hostname resolves to (loopback
 // when it resolves to nothing), which is what torch.distributed does.
 void* shim_pg_new(void* store, const char* prefix, int backend, int rank, int size,
-                  int64_t timeout_ms, const char* gloo_ifnames, char** err) {
+                  int device_index, int64_t timeout_ms, const char* gloo_ifnames, char** err) {
   ShimGroup* out = nullptr;
   guarded(err, [&] {
+    std::call_once(terminate_installed, [] { std::set_terminate(on_terminate); });
     auto timeout = std::chrono::milliseconds(timeout_ms);
     auto prefixed = c10::make_intrusive<c10d::PrefixStore>(
         std::string(prefix), static_cast<ShimStore*>(store)->store);
@@ -336,33 +644,64 @@ void* shim_pg_new(void* store, const char* prefix, int backend, int rank, int si
     } else {
       throw std::runtime_error("unknown backend number " + std::to_string(backend));
     }
+    at::Device device = device_index < 0
+                            ? at::Device(at::kCPU)
+                            : at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(device_index));
     std::lock_guard<std::mutex> lock(registry_mutex);
     int64_t id = next_group_id++;
-    registry()[id] = pg;
-    out = new ShimGroup{id, pg, rank, size};
+    auto group = std::make_shared<Group>(id, pg, rank, size, device);
+    registry()[id] = group;
+    out = new ShimGroup{group};
   });
   return out;
 }
 
-void shim_pg_free(void* group) {
-  auto* g = static_cast<ShimGroup*>(group);
-  if (g == nullptr) return;
+// Turns the fingerprint check of every later collective on (1) or off (0). Every rank must do
+// the same between the same collectives.
+void shim_pg_set_debug(void* group, int on) { group_of(group).debug.store(on != 0); }
+
+// Removes the group from the registry and lets its backend go: shut down and destroyed when
+// every collective succeeded (Gloo's destructor joins its idle worker threads); after a failed
+// collective aborted and leaked instead, since its worker threads may still be stuck in the
+// failed operation. Later collectives of the group fail. Returns 1 when the backend was leaked.
+int shim_pg_shutdown(void* group) {
+  if (group == nullptr) return 0;
+  Group& g = group_of(group);
   {
     std::lock_guard<std::mutex> lock(registry_mutex);
-    registry().erase(g->id);
+    registry().erase(g.id);
+  }
+  Backend backend = g.take();
+  if (!backend) return 0;
+  if (g.failed.load()) {
+    try {
+      backend->abort();
+    } catch (...) {
+    }
+    (void)backend.release();  // leaked on purpose: never destroyed, never joined
+    return 1;
   }
   try {
-    delete g;
+    backend->shutdown();
   } catch (...) {
   }
+  backend.reset();
+  return 0;
+}
+
+// Shuts the group down (if it is not yet) and frees the handle.
+void shim_pg_free(void* group) {
+  if (group == nullptr) return;
+  shim_pg_shutdown(group);
+  delete static_cast<ShimGroup*>(group);
 }
 
 // op: 0 sum, 1 average (sum, then divide by the world size; floating-point tensors only).
-// *calls receives the number of all-reduces issued (one per bucket).
+// *calls receives the number of all-reduces issued (one per bucket, at least one).
 int shim_pg_all_reduce(void* group, torch::Tensor** tensors, size_t n, int op,
                        int64_t bucket_bytes, int64_t* calls, char** err) {
   return guarded(err, [&] {
-           auto* g = static_cast<ShimGroup*>(group);
+           Group& g = group_of(group);
            auto list = tensors_of(tensors, n);
            if (op != 0 && op != 1) throw std::runtime_error("unknown reduce op " + std::to_string(op));
            if (op == 1) {
@@ -375,10 +714,13 @@ int shim_pg_all_reduce(void* group, torch::Tensor** tensors, size_t n, int op,
                }
              }
            }
-           *calls = run_bucketed(list, bucket_bytes, [&](std::vector<at::Tensor>& one) {
-             all_reduce_sum_in_place(g->backend, one);
-             if (op == 1) one[0].div_(static_cast<double>(g->size));
-           });
+           *calls = run_bucketed(g, kAllReduce, list, bucket_bytes,
+                                 [&](c10d::Backend& pg, std::vector<at::Tensor>& one) {
+                                   c10d::AllreduceOptions opts;
+                                   opts.reduceOp = c10d::ReduceOp::SUM;
+                                   pg.allreduce(one, opts)->wait();
+                                   if (op == 1) one[0].div_(static_cast<double>(g.size));
+                                 });
          })
              ? 0
              : -1;
@@ -387,13 +729,14 @@ int shim_pg_all_reduce(void* group, torch::Tensor** tensors, size_t n, int op,
 int shim_pg_broadcast(void* group, torch::Tensor** tensors, size_t n, int root,
                       int64_t bucket_bytes, int64_t* calls, char** err) {
   return guarded(err, [&] {
-           auto* g = static_cast<ShimGroup*>(group);
+           Group& g = group_of(group);
            auto list = tensors_of(tensors, n);
-           *calls = run_bucketed(list, bucket_bytes, [&](std::vector<at::Tensor>& one) {
-             c10d::BroadcastOptions opts;
-             opts.rootRank = root;
-             g->backend->broadcast(one, opts)->wait();
-           });
+           *calls = run_bucketed(g, kBroadcast, list, bucket_bytes,
+                                 [&](c10d::Backend& pg, std::vector<at::Tensor>& one) {
+                                   c10d::BroadcastOptions opts;
+                                   opts.rootRank = root;
+                                   pg.broadcast(one, opts)->wait();
+                                 });
          })
              ? 0
              : -1;
@@ -401,37 +744,32 @@ int shim_pg_broadcast(void* group, torch::Tensor** tensors, size_t n, int root,
 
 torch::Tensor* shim_pg_all_gather(void* group, torch::Tensor* t, char** err) {
   torch::Tensor* out = nullptr;
-  guarded(err, [&] {
-    auto* g = static_cast<ShimGroup*>(group);
-    out = new torch::Tensor(all_gather_cat(g->backend, g->size, *t));
-  });
+  guarded(err, [&] { out = new torch::Tensor(all_gather_cat(group_of(group), kAllGather, *t)); });
   return out;
 }
 
+// The tensor may live on any device: the autograd node copies to and from the group's device.
 torch::Tensor* shim_pg_all_gather_with_grad(void* group, torch::Tensor* t, char** err) {
   torch::Tensor* out = nullptr;
-  guarded(err, [&] {
-    auto* g = static_cast<ShimGroup*>(group);
-    out = new torch::Tensor(AllGatherWithGrad::apply(*t, g->id));
-  });
+  guarded(err, [&] { out = new torch::Tensor(AllGatherWithGrad::apply(*t, group_of(group).id)); });
   return out;
 }
 
+// As shim_pg_all_gather_with_grad, for the sum over ranks.
 torch::Tensor* shim_pg_all_reduce_sum_with_grad(void* group, torch::Tensor* t, char** err) {
   torch::Tensor* out = nullptr;
-  guarded(err, [&] {
-    auto* g = static_cast<ShimGroup*>(group);
-    out = new torch::Tensor(AllReduceSumWithGrad::apply(*t, g->id));
-  });
+  guarded(err,
+          [&] { out = new torch::Tensor(AllReduceSumWithGrad::apply(*t, group_of(group).id)); });
   return out;
 }
 
 int shim_pg_barrier(void* group, int64_t timeout_ms, char** err) {
   return guarded(err, [&] {
-           auto* g = static_cast<ShimGroup*>(group);
-           c10d::BarrierOptions opts;
-           opts.timeout = std::chrono::milliseconds(timeout_ms);
-           g->backend->barrier(opts)->wait(opts.timeout);
+           issue(group_of(group), kBarrier, nullptr, [&](c10d::Backend& pg) {
+             c10d::BarrierOptions opts;
+             opts.timeout = std::chrono::milliseconds(timeout_ms);
+             pg.barrier(opts)->wait(opts.timeout);
+           });
          })
              ? 0
              : -1;

@@ -2,7 +2,12 @@
 //! (gradient averaging, metric reductions, the run folder's name). A run not started by
 //! torchrun is a world of one process, where every operation is the identity and nothing is
 //! communicated. [`install`] sets the process's world once, at start
-//! ([`crate::commands::train`] joins the group); [`current`] reads it everywhere else.
+//! ([`crate::commands::train`] joins the group); [`current`] reads it everywhere else, and
+//! [`shutdown`] ends it before the process exits (the world lives in a static, which is never
+//! dropped).
+//!
+//! Whether an operation communicates never depends on what one process holds: an empty list
+//! is still a collective, so every process takes part in the same ones.
 //!
 //! Tensors travel on the world's device (NCCL communicates CUDA tensors only); results come
 //! back on the caller's device.
@@ -39,6 +44,9 @@ pub trait Comm: Send + Sync {
     fn diagnose(&self, what: &str, error: anyhow::Error) -> anyhow::Error {
         error.context(format!("{what} failed"))
     }
+    /// Stops communicating: background threads end and the backend is shut down (or left
+    /// alone when a collective failed); later operations fail.
+    fn shutdown(&self) {}
 }
 
 /// The processes of the run, as this process sees them.
@@ -57,6 +65,15 @@ pub fn install(world: World) -> Result<()> {
     WORLD
         .set(world)
         .map_err(|_| anyhow::anyhow!("the distributed world is set up once per process"))
+}
+
+/// Shuts the installed world's backend down (see [`Comm::shutdown`]); `main` calls it on every
+/// exit path, so that no thread of it runs while the process's static objects are destroyed.
+/// Nothing happens in a single process or when called again.
+pub fn shutdown() {
+    if let Some(comm) = WORLD.get().and_then(|w| w.comm.as_ref()) {
+        comm.shutdown();
+    }
 }
 
 /// The process's world: a single process unless [`install`] set one.
@@ -129,9 +146,9 @@ impl World {
         Ok(())
     }
 
-    /// Combines plain numbers (in double precision).
+    /// Combines plain numbers (in double precision): one collective, even for an empty list.
     pub fn all_reduce_f64(&self, values: &[f64], op: Reduce) -> Result<Vec<f64>> {
-        if !self.is_distributed() || values.is_empty() {
+        if !self.is_distributed() {
             return Ok(values.to_vec());
         }
         let t = Tensor::from_slice(values).to_device(self.device);
@@ -252,7 +269,7 @@ impl World {
     /// checksum: the sum and the sum of squares in double precision). Every process must pass
     /// the same list. Empty in a single process.
     pub fn diverged(&self, tensors: &[(String, Tensor)]) -> Result<Vec<String>> {
-        if !self.is_distributed() || tensors.is_empty() {
+        if !self.is_distributed() {
             return Ok(Vec::new());
         }
         let _guard = no_grad_guard();

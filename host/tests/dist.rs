@@ -5,6 +5,7 @@
 //! and checks how the children ended. `torchrun_*` does the same under torchrun.
 
 use ssl_host::dist::{Backend, DistEnv, ProcessGroup, ReduceOp, DEFAULT_BUCKET_BYTES};
+use ssl_host::world::{self, Comm, Reduce, World};
 use ssl_plugin_api::tch::{self, Kind, Tensor};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -55,10 +56,23 @@ fn wait_until(mut child: std::process::Child, log: &Path, deadline: Instant) -> 
 
 /// Runs the child test `test` as ranks 0..world of one run (rank 0 hosts the store).
 fn run_ranks(test: &str, world: usize, limit: Duration) -> Vec<Ended> {
+    let deadline = Instant::now() + limit;
+    let (_dir, children) = spawn_ranks(test, world);
+    children
+        .into_iter()
+        .map(|(child, log)| wait_until(child, &log, deadline))
+        .collect()
+}
+
+/// Starts the child test `test` as ranks 0..world of one run, each with its log file in the
+/// returned folder.
+fn spawn_ranks(
+    test: &str,
+    world: usize,
+) -> (tempfile::TempDir, Vec<(std::process::Child, PathBuf)>) {
     let exe = std::env::current_exe().expect("the test binary");
     let dir = tempfile::tempdir().expect("a temporary folder");
     let port = free_port().to_string();
-    let deadline = Instant::now() + limit;
     let children: Vec<_> = (0..world)
         .map(|rank| {
             let log = dir.path().join(format!("rank{rank}.log"));
@@ -82,10 +96,7 @@ fn run_ranks(test: &str, world: usize, limit: Duration) -> Vec<Ended> {
             (child, log)
         })
         .collect();
-    children
-        .into_iter()
-        .map(|(child, log)| wait_until(child, &log, deadline))
-        .collect()
+    (dir, children)
 }
 
 fn assert_all_passed(ended: &[Ended]) {
@@ -522,4 +533,301 @@ fn two_ranks_report_a_peer_that_hangs() {
     let ended = run_ranks("child_hung_peer", 2, Duration::from_secs(60));
     assert_all_passed(&ended);
     print_lines_with(&ended[0], "rank 0 got");
+}
+
+#[test]
+#[ignore = "a child of two_ranks_name_the_collective_that_differs_with_dist_debug"]
+fn child_debug_mismatch() {
+    let Some(env) = child_env() else { return };
+    let pg = connect(&env, Duration::from_secs(20));
+    let (rank, world) = (pg.rank(), pg.world_size());
+    pg.set_debug(true);
+
+    // Collectives that agree pass the check, those with gradient too (forward and backward).
+    pg.barrier().unwrap();
+    let t = Tensor::ones([3], (Kind::Float, tch::Device::Cpu));
+    pg.all_reduce_(&[t.shallow_clone()], ReduceOp::Sum).unwrap();
+    assert_eq!(t.double_value(&[0]), 2.0);
+    let x = input_of(rank).set_requires_grad(true);
+    loss_of(rank, &pg.all_gather_with_grad(&x).unwrap()).backward();
+    let expected = single_process_grads(world, |xs| Tensor::cat(xs, 0));
+    assert_close("all-gather backward", &x.grad(), &expected[rank], 1e-10);
+
+    // Rank 1 gathers fewer rows: both ranks fail at that collective, naming what each issued.
+    let rows = if rank == 0 { 8 } else { 4 };
+    let start = Instant::now();
+    let err = pg
+        .all_gather(&Tensor::zeros([rows, 128], (Kind::Float, tch::Device::Cpu)))
+        .expect_err("an all-gather of another shape on rank 1 fails")
+        .to_string();
+    println!("rank {rank} got, after {:?}: {err}", start.elapsed());
+    assert!(
+        err.starts_with("distributed training: collective #"),
+        "{err}"
+    );
+    assert!(
+        err.ends_with(
+            " differs between ranks: rank 0 all-gather float [8, 128], rank 1 all-gather float \
+             [4, 128] (--dist_debug)"
+        ),
+        "{err}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(5), "no waiting");
+
+    // Nothing was sent, so the group goes on. A backward whose collective rank 1 does not
+    // issue fails on both ranks, at the backward's all-reduce and at rank 1's barrier.
+    let x = input_of(rank).set_requires_grad(true);
+    let y = pg.all_gather_with_grad(&x).unwrap();
+    let err = if rank == 0 {
+        loss_of(rank, &y)
+            .f_backward()
+            .map_err(|e| pg.diagnose("the backward pass", e))
+            .expect_err("a backward that rank 1 skips fails")
+    } else {
+        pg.barrier()
+            .expect_err("a barrier where rank 0 runs a backward fails")
+    }
+    .to_string();
+    println!("rank {rank} got: {err}");
+    assert!(
+        err.starts_with("distributed training: collective #")
+            && err.ends_with(
+                " differs between ranks: rank 0 backward of an all-gather with gradient \
+                 (all-reduce) double [8, 5], rank 1 barrier (--dist_debug)"
+            ),
+        "{err}"
+    );
+    pg.barrier().unwrap();
+}
+
+#[test]
+fn two_ranks_name_the_collective_that_differs_with_dist_debug() {
+    let ended = run_ranks("child_debug_mismatch", 2, Duration::from_secs(60));
+    assert_all_passed(&ended);
+    print_lines_with(&ended[0], "got");
+}
+
+#[test]
+#[ignore = "a child of two_ranks_take_part_in_collectives_of_empty_lists"]
+fn child_empty_lists() {
+    let Some(env) = child_env() else { return };
+    let pg = std::sync::Arc::new(connect(&env, Duration::from_secs(20)));
+    let rank = pg.rank();
+    let world = World::new(
+        pg.clone() as std::sync::Arc<dyn Comm>,
+        tch::Device::Cpu,
+        rank,
+    );
+
+    // An empty list, or a list of empty tensors, is still a collective that meets the other
+    // ranks (Gloo itself returns at once from a collective of no data): rank 0 waits there for
+    // rank 1, which comes late.
+    let late = Duration::from_millis(800);
+    for call in 0..3 {
+        if rank == 1 {
+            std::thread::sleep(late);
+        }
+        let start = Instant::now();
+        match call {
+            0 => pg.all_reduce_(&[], ReduceOp::Sum).unwrap(),
+            1 => pg.broadcast_(&[], 0).unwrap(),
+            _ => assert!(world
+                .all_reduce_f64(&[], Reduce::Average)
+                .unwrap()
+                .is_empty()),
+        }
+        if rank == 0 {
+            let waited = start.elapsed();
+            assert!(
+                waited >= late / 2,
+                "call {call}: rank 0 did not wait ({waited:?})"
+            );
+        }
+    }
+
+    // Each is one collective.
+    let before = pg.traffic().collectives;
+    pg.all_reduce_(&[], ReduceOp::Sum).unwrap();
+    pg.broadcast_(&[], 0).unwrap();
+    assert_eq!(pg.traffic().collectives - before, 2);
+    assert_eq!(
+        world.all_reduce_f64(&[], Reduce::Sum).unwrap(),
+        Vec::<f64>::new()
+    );
+    assert_eq!(world.diverged(&[]).unwrap(), Vec::<String>::new());
+    assert_eq!(
+        world
+            .all_reduce_f64(&[rank as f64 + 1.0], Reduce::Sum)
+            .unwrap(),
+        vec![3.0]
+    );
+
+    // A rank whose list is empty where the other's is not takes part all the same: with the
+    // debug check, both fail at that very collective instead of rank 0 going on alone.
+    pg.set_debug(true);
+    let values: &[f64] = if rank == 0 { &[] } else { &[2.0] };
+    let err = world
+        .all_reduce_f64(values, Reduce::Sum)
+        .expect_err("lists of different lengths fail")
+        .to_string();
+    println!("rank {rank} got: {err}");
+    assert!(
+        err.ends_with(
+            " differs between ranks: rank 0 all-reduce double [0], rank 1 all-reduce double [1] \
+             (--dist_debug)"
+        ),
+        "{err}"
+    );
+    pg.barrier().unwrap();
+}
+
+#[test]
+fn two_ranks_take_part_in_collectives_of_empty_lists() {
+    let ended = run_ranks("child_empty_lists", 2, Duration::from_secs(60));
+    assert_all_passed(&ended);
+    print_lines_with(&ended[0], "got");
+}
+
+#[test]
+#[ignore = "a child of two_ranks_end_with_an_error_when_their_collectives_differ_in_size"]
+fn child_size_mismatch() {
+    let Some(env) = child_env() else { return };
+    let pg = connect(&env, Duration::from_secs(10));
+    pg.barrier().unwrap();
+    // Rank 1 all-reduces another size, without the debug check.
+    let n = if pg.rank() == 0 { 100_000 } else { 10 };
+    let t = Tensor::ones([n], (Kind::Float, tch::Device::Cpu));
+    let outcome = pg.all_reduce_(&[t], ReduceOp::Sum);
+    // As `main` ends: the error, the shutdown, exit code 1.
+    match outcome {
+        Ok(()) => eprintln!("rank {}: the all-reduce returned", pg.rank()),
+        Err(e) => eprint!("{}", ssl_host::error_report(&e)),
+    }
+    pg.shutdown();
+    std::process::exit(1);
+}
+
+#[test]
+fn two_ranks_end_with_an_error_when_their_collectives_differ_in_size() {
+    let ended = run_ranks("child_size_mismatch", 2, Duration::from_secs(60));
+    for (rank, e) in ended.iter().enumerate() {
+        print_lines_with(e, "error:");
+        assert_eq!(
+            e.status.code(),
+            Some(1),
+            "rank {rank} ({}):\n{}",
+            e.status,
+            e.output
+        );
+        assert!(
+            !e.output.contains("terminate called"),
+            "rank {rank}:\n{}",
+            e.output
+        );
+        assert!(
+            e.output.contains("error: distributed training: "),
+            "rank {rank}:\n{}",
+            e.output
+        );
+    }
+    assert!(
+        ended
+            .iter()
+            .any(|e| e.output.contains("rerun with --dist_debug=true")),
+        "no rank suggests --dist_debug"
+    );
+}
+
+#[test]
+#[ignore = "a child of two_ranks_exit_soon_after_a_collective_times_out"]
+fn child_timeout_exit() {
+    let Some(env) = child_env() else { return };
+    let pg = std::sync::Arc::new(connect(&env, Duration::from_secs(3)));
+    let rank = pg.rank();
+    world::install(World::new(
+        pg.clone() as std::sync::Arc<dyn Comm>,
+        tch::Device::Cpu,
+        rank,
+    ))
+    .unwrap();
+    drop(pg);
+    world::current().barrier().unwrap();
+    if rank == 1 {
+        // Alive (its heartbeat beats) but never joins the collective; the parent kills it.
+        std::thread::sleep(Duration::from_secs(120));
+        return;
+    }
+    let t = Tensor::ones([10], (Kind::Float, tch::Device::Cpu));
+    let err = world::current()
+        .all_reduce_(&[t], Reduce::Sum)
+        .expect_err("the all-reduce with a hung peer times out");
+    println!("rank 0 got: {err}");
+    // As `main` ends; the process then exits (the world is never dropped).
+    world::shutdown();
+}
+
+#[test]
+fn two_ranks_exit_soon_after_a_collective_times_out() {
+    let timeout = Duration::from_secs(3);
+    let start = Instant::now();
+    let (_dir, mut children) = spawn_ranks("child_timeout_exit", 2);
+    let (hung, hung_log) = children.pop().expect("rank 1");
+    let (child, log) = children.pop().expect("rank 0");
+    let ended = wait_until(child, &log, start + timeout + Duration::from_secs(10));
+    let took = start.elapsed();
+    let hung = wait_until(hung, &hung_log, Instant::now());
+    assert!(
+        ended.status.success()
+            && ended.output.contains("test result: ok. 1 passed")
+            && ended.output.contains("while every rank still runs"),
+        "rank 0 did not end with its error within {:?} ({}, after {took:?}):\n{}\nrank 1:\n{}",
+        timeout + Duration::from_secs(10),
+        ended.status,
+        ended.output,
+        hung.output
+    );
+    println!("rank 0 ended {took:?} after it started");
+}
+
+#[test]
+#[ignore = "a child of two_ranks_see_a_shut_down_world_stop"]
+fn child_shutdown() {
+    let Some(env) = child_env() else { return };
+    let pg = std::sync::Arc::new(connect(&env, Duration::from_secs(20)));
+    let rank = pg.rank();
+    world::install(World::new(
+        pg.clone() as std::sync::Arc<dyn Comm>,
+        tch::Device::Cpu,
+        rank,
+    ))
+    .unwrap();
+    world::current().barrier().unwrap();
+    if rank == 0 {
+        // As `main` ends: the heartbeat stops and the backend goes; the process lives on a
+        // while, so that rank 1 can see that.
+        world::shutdown();
+        world::shutdown();
+        let err = world::current()
+            .barrier()
+            .expect_err("a shut-down group fails");
+        println!("rank 0 got: {err:#}");
+        assert!(
+            format!("{err:#}").contains("the process group was shut down"),
+            "{err:#}"
+        );
+        std::thread::sleep(Duration::from_secs(8));
+        return;
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let seen = pg.diagnose("a probe", "nothing failed").to_string();
+    println!("rank 1 got: {seen}");
+    assert!(seen.contains("rank 0 of 2 is gone"), "{seen}");
+}
+
+#[test]
+fn two_ranks_see_a_shut_down_world_stop() {
+    let ended = run_ranks("child_shutdown", 2, Duration::from_secs(60));
+    assert_all_passed(&ended);
+    print_lines_with(&ended[0], "got");
+    print_lines_with(&ended[1], "got");
 }

@@ -1,7 +1,9 @@
 //! Joining a distributed run: when torchrun (or a user) set `RANK`/`WORLD_SIZE`, this process
 //! joins the c10d process group ([`crate::dist`]), installs the engine's
-//! [`World`](crate::world::World) and the plugins' collectives handle, and checks that every
-//! process resolved the same config. Without those variables nothing happens.
+//! [`World`](crate::world::World) and the plugins' collectives handle, and turns on the debug
+//! check of every collective when `dist_debug` asks for it ([`crate::commands::train`] then
+//! checks that every process resolved the same config). Without those variables nothing
+//! happens.
 
 use crate::config::{DistBackend, RunConfig};
 use crate::dist::{Backend, DistEnv, ProcessGroup, ReduceOp};
@@ -39,14 +41,21 @@ impl Comm for ProcessGroup {
     fn diagnose(&self, what: &str, error: anyhow::Error) -> anyhow::Error {
         ProcessGroup::diagnose(self, what, format!("{error:#}"))
     }
+    fn shutdown(&self) {
+        ProcessGroup::shutdown(self)
+    }
 }
 
 /// The process group as the plugins' [`CollectiveOps`]: tensors travel on the backend's
-/// device (Gloo: the CPU) and come back where the algorithm made them (the moves are
-/// differentiable, so gradients flow through them).
+/// device (Gloo: the CPU) and come back where the algorithm made them. The collectives with
+/// gradient take the algorithm's tensor as it is: their autograd node moves it inside its own
+/// forward and backward, so the backward keeps them in graph order on the device's thread (see
+/// `host/csrc/c10d_shim.cpp`); the others are moved here, without gradient.
 struct PluginOps(Arc<ProcessGroup>, Device);
 
 impl PluginOps {
+    /// Runs `op` on `t` moved to the backend's device, and moves the result back (callers pass
+    /// detached tensors: no gradient flows here).
     fn run(
         &self,
         t: &Tensor,
@@ -85,7 +94,7 @@ impl CollectiveOps for PluginOps {
                     "an all-reduce with gradient sums (divide by the world size after it)",
                 ));
             }
-            return self.run(t, |pg, t| pg.all_reduce_sum_with_grad(t));
+            return self.0.all_reduce_sum_with_grad(t).map_err(plugin_error);
         }
         let op = match op {
             PluginReduce::Sum => ReduceOp::Sum,
@@ -99,7 +108,7 @@ impl CollectiveOps for PluginOps {
     }
     fn all_gather(&self, t: &Tensor, with_grad: bool) -> PluginResult<Tensor> {
         if with_grad {
-            self.run(t, |pg, t| pg.all_gather_with_grad(t))
+            self.0.all_gather_with_grad(t).map_err(plugin_error)
         } else {
             self.run(&t.detach(), |pg, t| pg.all_gather(t))
         }
@@ -163,16 +172,27 @@ pub fn join_if_distributed(config: &RunConfig) -> Result<()> {
         env.local_rank,
     ))?;
     Collectives::install(Collectives::from_ops(
-        Arc::new(PluginOps(group, comm_device)),
+        Arc::new(PluginOps(Arc::clone(&group), comm_device)),
         config.sync_batchnorm,
     ));
     let world = world::current();
+    // The debug check is on everywhere when any process asks for it, agreed in one collective
+    // before any other: a process checking alone would send fingerprints where the others send
+    // data. (The config check after the join names processes whose arguments differ.)
+    let asked = f64::from(u8::from(config.dist_debug));
+    let debug = world.all_reduce_f64(&[asked], Reduce::Sum)?[0] > 0.0;
+    group.set_debug(debug);
     if world.is_main() {
         eprintln!(
-            "distributed: {} processes joined ({:?}; this node: {} process(es))",
+            "distributed: {} processes joined ({:?}; this node: {} process(es)){}",
             world.size(),
             backend,
-            env.local_world_size
+            env.local_world_size,
+            if debug {
+                "; --dist_debug: every collective is compared across processes first"
+            } else {
+                ""
+            }
         );
     }
     Ok(())

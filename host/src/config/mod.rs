@@ -284,6 +284,8 @@ settings! {
         dist_backend: DistBackend = DistBackend::Auto,
         /// distributed runs: seconds a collective waits for the other processes before the run stops with an error naming the missing ranks
         dist_timeout: usize = 300,
+        /// distributed runs: before every collective, compare its number, operation, dtype and shape across processes and stop at the first that differs, naming what each process issued (slower; as TORCH_DISTRIBUTED_DEBUG=DETAIL)
+        dist_debug: bool = false,
         /// distributed runs: BatchNorm layers of encoders and heads use statistics over all processes in training
         sync_batchnorm: bool = true,
         /// distributed runs: multiply l_rate by the number of processes (as the original; the online linear head's rate is not scaled)

@@ -20,6 +20,7 @@ extern "C" {
     pub fn shim_free_string(s: *mut c_char);
     pub fn shim_free_bytes(b: *mut u8);
     pub fn shim_has_nccl() -> c_int;
+    pub fn shim_set_fatal_hook(hook: extern "C" fn(text: *const c_char));
 
     pub fn shim_store_new(
         host: *const c_char,
@@ -59,10 +60,13 @@ extern "C" {
         backend: c_int,
         rank: c_int,
         size: c_int,
+        device_index: c_int,
         timeout_ms: i64,
         gloo_ifnames: *const c_char,
         err: *mut *mut c_char,
     ) -> *mut c_void;
+    pub fn shim_pg_set_debug(group: *mut c_void, on: c_int);
+    pub fn shim_pg_shutdown(group: *mut c_void) -> c_int;
     pub fn shim_pg_free(group: *mut c_void);
     pub fn shim_pg_all_reduce(
         group: *mut c_void,

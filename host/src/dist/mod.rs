@@ -8,11 +8,21 @@
 //! which tensors to reduce and when is the engine's business.
 //!
 //! Every collective must be issued in the same order on every rank, as with
-//! `torch.distributed`. A collective that fails (a peer closed its connections, or the timeout
-//! passed) returns an error that names the ranks that are gone: each process beats a counter
-//! `heartbeat/<rank>` in the store every [`HEARTBEAT_PERIOD`] on its own connection, and a
-//! failed collective watches the others' counters for [`GONE_AFTER`]; the ranks whose counter
-//! stood still are named.
+//! `torch.distributed`, and every call issues at least one (an empty list too), so a rank never
+//! skips what the others run. [`ProcessGroup::set_debug`] turns on a check before each
+//! collective (its number, operation, dtype and shape compared across ranks) that stops at the
+//! first one that differs, naming what each rank issued. A collective that fails (a peer closed
+//! its connections, or the timeout passed) returns an error that names the ranks that are gone:
+//! each process beats a counter `heartbeat/<rank>` in the store every [`HEARTBEAT_PERIOD`] on its
+//! own connection, and a failed collective watches the others' counters for [`GONE_AFTER`]; the
+//! ranks whose counter stood still are named.
+//!
+//! An exception that the communication library throws on one of its own threads (Gloo does when
+//! ranks send different sizes) would end the process through `std::terminate`; the shim turns it
+//! into the same kind of error, printed as `error: ...`, and exit code 1. A group is shut down
+//! with [`ProcessGroup::shutdown`] (or when dropped) before the process exits: its heartbeat
+//! stops, and its backend is destroyed, or left alone after a failed collective, whose threads
+//! may be stuck.
 
 mod env;
 pub(crate) mod ffi;
@@ -23,12 +33,12 @@ pub use store::Store;
 
 use anyhow::{anyhow, bail, Result};
 use ssl_plugin_api::tch::Tensor;
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fmt::Display;
 use std::os::raw::{c_char, c_void};
 use std::ptr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use torch_sys::C_tensor;
@@ -83,10 +93,32 @@ pub fn has_nccl() -> bool {
 /// creates its groups in the same order).
 static GROUPS_CREATED: AtomicUsize = AtomicUsize::new(0);
 
+/// What the error of a failed collective says to rerun with when the ranks may have issued
+/// different collectives.
+const DEBUG_HINT: &str =
+    "rerun with --dist_debug=true to name the first collective that differs between ranks";
+
+/// The start and end of the shim's message when the debug check finds a collective that differs
+/// between ranks.
+const MISMATCH_START: &str = "distributed training: collective #";
+const MISMATCH_END: &str = "(--dist_debug)";
+
 /// A c10d process group joined by every process of a run, with its store and heartbeat.
 pub struct ProcessGroup {
     group: *mut c_void,
-    store: Arc<Store>,
+    peers: Arc<Peers>,
+    bucket_bytes: AtomicUsize,
+    collectives: AtomicU64,
+    bytes: AtomicU64,
+    heartbeat: Mutex<Option<Heartbeat>>,
+    /// Whether [`ProcessGroup::shutdown`] ran.
+    shut_down: AtomicBool,
+}
+
+/// Who the other processes are and how to tell whether they still run: what an error needs to
+/// name the ranks that are gone.
+struct Peers {
+    store: Store,
     /// Keys of this group live under this prefix of the store.
     prefix: String,
     rank: usize,
@@ -94,15 +126,46 @@ pub struct ProcessGroup {
     /// Who hosts the store, for messages.
     store_host: StoreHost,
     timeout: Duration,
-    bucket_bytes: AtomicUsize,
-    collectives: AtomicU64,
-    bytes: AtomicU64,
-    heartbeat: Option<Heartbeat>,
+}
+
+/// The peers of the latest group, for errors reported by the shim's terminate handler.
+static FATAL_PEERS: Mutex<Option<Weak<Peers>>> = Mutex::new(None);
+
+/// Called by the shim's terminate handler, on whatever thread threw, before it ends the process
+/// with exit code 1: prints the error as `main` prints one, naming the ranks that are gone as a
+/// failed collective does.
+extern "C" fn report_fatal(text: *const c_char) {
+    let text = if text.is_null() {
+        String::new()
+    } else {
+        // SAFETY: the shim passes a NUL-terminated string that lives for the call.
+        unsafe { CStr::from_ptr(text) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    let _ = std::panic::catch_unwind(move || {
+        let what = "the communication library (an exception on one of its own threads)";
+        let peers = FATAL_PEERS
+            .try_lock()
+            .ok()
+            .and_then(|p| p.as_ref().and_then(Weak::upgrade));
+        let mut message = match peers {
+            Some(peers) => peers.diagnose(what, &text).to_string(),
+            None => format!("distributed training: {what} failed: {text}"),
+        };
+        if !message.contains(DEBUG_HINT) {
+            message.push_str(&format!(
+                "\n(ranks that issue collectives of different sizes end this way: {DEBUG_HINT})"
+            ));
+        }
+        eprintln!("error: {message}");
+    });
 }
 
 // SAFETY: c10d process groups are built to be driven from several threads (torch.distributed
-// releases the GIL around them); the shim's handle is only freed in Drop. Callers must still
-// issue collectives in the same order on every rank.
+// releases the GIL around them); the shim's handle is only freed in Drop (shutdown leaves it
+// valid: later collectives fail with an error). Callers must still issue collectives in the same
+// order on every rank.
 unsafe impl Send for ProcessGroup {}
 // SAFETY: as above.
 unsafe impl Sync for ProcessGroup {}
@@ -195,6 +258,10 @@ impl ProcessGroup {
                 )
             })?;
         let number = GROUPS_CREATED.fetch_add(1, Ordering::SeqCst);
+        let (backend_number, device_index) = match backend {
+            Backend::Gloo => (0, -1),
+            Backend::Nccl => (1, env.local_rank as i32),
+        };
         let prefix = format!("ssl-host/attempt_{}/group_{number}/", env.restart_count);
         let beat_store = Store::connect(host, port, false, None, timeout)?;
         let heartbeat = Heartbeat::start(beat_store, format!("{prefix}heartbeat/{}", env.rank));
@@ -202,10 +269,6 @@ impl ProcessGroup {
         let c_prefix = CString::new(format!("{prefix}c10d"))?;
         let ifnames = CString::new(std::env::var("GLOO_SOCKET_IFNAME").unwrap_or_default())
             .map_err(|_| anyhow!("GLOO_SOCKET_IFNAME contains a NUL byte"))?;
-        let backend_number = match backend {
-            Backend::Gloo => 0,
-            Backend::Nccl => 1,
-        };
         let mut err: *mut c_char = ptr::null_mut();
         // SAFETY: the store handle is live for the call (the group keeps its own reference);
         // the strings outlive the call; err is an out-parameter.
@@ -216,6 +279,7 @@ impl ProcessGroup {
                 backend_number,
                 env.rank as i32,
                 env.world_size as i32,
+                device_index,
                 millis(timeout),
                 ifnames.as_ptr(),
                 &mut err,
@@ -231,34 +295,67 @@ impl ProcessGroup {
                 env.world_size
             );
         }
-        Ok(ProcessGroup {
-            group,
-            store: Arc::new(store),
+        let peers = Arc::new(Peers {
+            store,
             prefix,
             rank: env.rank,
             world_size: env.world_size,
             store_host,
             timeout,
+        });
+        *FATAL_PEERS.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::downgrade(&peers));
+        // SAFETY: report_fatal is a plain function that lives as long as the process.
+        unsafe { ffi::shim_set_fatal_hook(report_fatal) };
+        Ok(ProcessGroup {
+            group,
+            peers,
             bucket_bytes: AtomicUsize::new(DEFAULT_BUCKET_BYTES),
             collectives: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
-            heartbeat: Some(heartbeat),
+            heartbeat: Mutex::new(Some(heartbeat)),
+            shut_down: AtomicBool::new(false),
         })
     }
 
     /// This process's rank, `0..world_size`.
     pub fn rank(&self) -> usize {
-        self.rank
+        self.peers.rank
     }
 
     /// The number of processes in the group.
     pub fn world_size(&self) -> usize {
-        self.world_size
+        self.peers.world_size
     }
 
     /// The timeout every operation of this group waits for the other ranks.
     pub fn timeout(&self) -> Duration {
-        self.timeout
+        self.peers.timeout
+    }
+
+    /// Turns the debug check of every later collective on or off: each first compares its
+    /// number, operation, dtype and shape across ranks (a small all-gather) and, where they
+    /// differ, fails on every rank with an error naming what each rank issued, such as
+    /// "collective #57 differs between ranks: rank 0 all-gather float [8, 128], rank 1
+    /// all-gather float [4, 128]". Every rank must turn it on between the same collectives.
+    pub fn set_debug(&self, on: bool) {
+        // SAFETY: the group handle is live until Drop.
+        unsafe { ffi::shim_pg_set_debug(self.group, on as i32) };
+    }
+
+    /// Stops this process's heartbeat and shuts the backend down, so that nothing of the group
+    /// runs when the process exits; later operations of the group fail. After a collective
+    /// failed, the backend is left alone rather than destroyed (its destructor would join
+    /// threads that may be stuck in the failed operation). Returns at once when called again.
+    pub fn shutdown(&self) {
+        self.shut_down.store(true, Ordering::SeqCst);
+        let heartbeat = self
+            .heartbeat
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(heartbeat);
+        // SAFETY: the group handle is live until Drop; the shim shuts a group down once.
+        unsafe { ffi::shim_pg_shutdown(self.group) };
     }
 
     /// Sets the largest bucket of the bucketed collectives (default [`DEFAULT_BUCKET_BYTES`]);
@@ -303,10 +400,10 @@ impl ProcessGroup {
 
     /// Replaces every tensor of `tensors` by rank `root`'s (bucketed as [`Self::all_reduce_`]).
     pub fn broadcast_(&self, tensors: &[Tensor], root: usize) -> Result<()> {
-        if root >= self.world_size {
+        if root >= self.peers.world_size {
             bail!(
                 "broadcast from rank {root}: the group has {} ranks",
-                self.world_size
+                self.peers.world_size
             );
         }
         self.bucketed("broadcast", tensors, |ptrs, n, bucket, calls, err| {
@@ -342,7 +439,7 @@ impl ProcessGroup {
     pub fn barrier(&self) -> Result<()> {
         let mut err: *mut c_char = ptr::null_mut();
         // SAFETY: the group is live; err is an out-parameter.
-        let rc = unsafe { ffi::shim_pg_barrier(self.group, millis(self.timeout), &mut err) };
+        let rc = unsafe { ffi::shim_pg_barrier(self.group, millis(self.peers.timeout), &mut err) };
         if rc != 0 {
             // SAFETY: the shim failed and stored its message in err.
             let message = unsafe { ffi::take_error(err) };
@@ -353,7 +450,8 @@ impl ProcessGroup {
 
     /// Sets `key` in the run's store (under this group's prefix).
     pub fn store_set(&self, key: &str, value: &[u8]) -> Result<()> {
-        self.store
+        self.peers
+            .store
             .set(&self.user_key(key), value)
             .map_err(|e| self.diagnose("store set", e))
     }
@@ -361,15 +459,95 @@ impl ProcessGroup {
     /// The value of `key` in the run's store, waiting up to the group's timeout for a rank to
     /// set it.
     pub fn store_get(&self, key: &str) -> Result<Vec<u8>> {
-        self.store
-            .get(&self.user_key(key), self.timeout)
+        self.peers
+            .store
+            .get(&self.user_key(key), self.peers.timeout)
             .map_err(|e| self.diagnose("store get", e))
     }
 
     /// Turns the failure of a distributed operation `what` (such as a backward through
     /// [`Self::all_gather_with_grad`] that returned `error`) into an error that names the
-    /// ranks that are gone, after watching their heartbeats for up to [`GONE_AFTER`].
+    /// ranks that are gone, after watching their heartbeats for up to [`GONE_AFTER`]. A
+    /// collective that the debug check found to differ between ranks is reported as it is.
     pub fn diagnose(&self, what: &str, error: impl Display) -> anyhow::Error {
+        if self.shut_down.load(Ordering::SeqCst) {
+            return anyhow!(
+                "distributed training: {what} failed on rank {} of {}: the process group was \
+                 shut down",
+                self.rank(),
+                self.world_size()
+            );
+        }
+        self.peers.diagnose(what, error)
+    }
+
+    fn user_key(&self, key: &str) -> String {
+        format!("{}user/{key}", self.peers.prefix)
+    }
+
+    fn bucketed(
+        &self,
+        what: &str,
+        tensors: &[Tensor],
+        call: impl FnOnce(*const *mut C_tensor, usize, i64, *mut i64, *mut *mut c_char) -> i32,
+    ) -> Result<()> {
+        let ptrs: Vec<*mut C_tensor> = tensors.iter().map(|t| t.as_ptr() as *mut _).collect();
+        let bucket = self.bucket_bytes.load(Ordering::Relaxed) as i64;
+        let mut calls = 0i64;
+        let mut err: *mut c_char = ptr::null_mut();
+        let rc = call(ptrs.as_ptr(), ptrs.len(), bucket, &mut calls, &mut err);
+        if rc != 0 {
+            // SAFETY: the shim failed and stored its message in err.
+            let message = unsafe { ffi::take_error(err) };
+            return Err(self.diagnose(what, message));
+        }
+        self.collectives.fetch_add(calls as u64, Ordering::Relaxed);
+        let bytes: u64 = tensors.iter().map(tensor_bytes).sum();
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn tensor_op(
+        &self,
+        what: &str,
+        t: &Tensor,
+        f: unsafe extern "C" fn(*mut c_void, *mut C_tensor, *mut *mut c_char) -> *mut C_tensor,
+    ) -> Result<Tensor> {
+        let mut err: *mut c_char = ptr::null_mut();
+        // SAFETY: the group and t are live; the shim only reads t and returns a new tensor.
+        let out = unsafe { f(self.group, t.as_ptr() as *mut _, &mut err) };
+        if out.is_null() {
+            // SAFETY: the shim failed and stored its message in err.
+            let message = unsafe { ffi::take_error(err) };
+            return Err(self.diagnose(what, message));
+        }
+        // SAFETY: the shim returned a new torch::Tensor* that we now own.
+        Ok(unsafe { Tensor::from_ptr(out) })
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.shutdown();
+        // SAFETY: the handle came from shim_pg_new and is freed once, here.
+        unsafe { ffi::shim_pg_free(self.group) };
+    }
+}
+
+/// The shim's message in `error` when the debug check found a collective that differs between
+/// ranks (every rank fails there; nobody is gone).
+fn debug_mismatch(error: &str) -> Option<&str> {
+    let start = error.find(MISMATCH_START)?;
+    let len = error[start..].find(MISMATCH_END)? + MISMATCH_END.len();
+    Some(&error[start..start + len])
+}
+
+impl Peers {
+    fn diagnose(&self, what: &str, error: impl Display) -> anyhow::Error {
+        let error = error.to_string();
+        if let Some(mismatch) = debug_mismatch(&error) {
+            return anyhow!("{mismatch}");
+        }
         let (rank, world) = (self.rank, self.world_size);
         let address = &self.store.address;
         match self.gone_ranks() {
@@ -387,7 +565,7 @@ impl ProcessGroup {
             Ok(gone) if gone.is_empty() => anyhow!(
                 "distributed training: {what} failed on rank {rank} of {world} while every rank \
                  still runs (a peer that hangs past the timeout of {:?}, or ranks that issued \
-                 different collectives): {error}",
+                 different collectives: {DEBUG_HINT}): {error}",
                 self.timeout
             ),
             Ok(gone) => {
@@ -436,60 +614,5 @@ impl ProcessGroup {
             still = next;
         }
         Ok(still.into_iter().map(|(r, _)| r).collect())
-    }
-
-    fn user_key(&self, key: &str) -> String {
-        format!("{}user/{key}", self.prefix)
-    }
-
-    fn bucketed(
-        &self,
-        what: &str,
-        tensors: &[Tensor],
-        call: impl FnOnce(*const *mut C_tensor, usize, i64, *mut i64, *mut *mut c_char) -> i32,
-    ) -> Result<()> {
-        if tensors.is_empty() {
-            return Ok(());
-        }
-        let ptrs: Vec<*mut C_tensor> = tensors.iter().map(|t| t.as_ptr() as *mut _).collect();
-        let bucket = self.bucket_bytes.load(Ordering::Relaxed) as i64;
-        let mut calls = 0i64;
-        let mut err: *mut c_char = ptr::null_mut();
-        let rc = call(ptrs.as_ptr(), ptrs.len(), bucket, &mut calls, &mut err);
-        if rc != 0 {
-            // SAFETY: the shim failed and stored its message in err.
-            let message = unsafe { ffi::take_error(err) };
-            return Err(self.diagnose(what, message));
-        }
-        self.collectives.fetch_add(calls as u64, Ordering::Relaxed);
-        let bytes: u64 = tensors.iter().map(tensor_bytes).sum();
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
-        Ok(())
-    }
-
-    fn tensor_op(
-        &self,
-        what: &str,
-        t: &Tensor,
-        f: unsafe extern "C" fn(*mut c_void, *mut C_tensor, *mut *mut c_char) -> *mut C_tensor,
-    ) -> Result<Tensor> {
-        let mut err: *mut c_char = ptr::null_mut();
-        // SAFETY: the group and t are live; the shim only reads t and returns a new tensor.
-        let out = unsafe { f(self.group, t.as_ptr() as *mut _, &mut err) };
-        if out.is_null() {
-            // SAFETY: the shim failed and stored its message in err.
-            let message = unsafe { ffi::take_error(err) };
-            return Err(self.diagnose(what, message));
-        }
-        // SAFETY: the shim returned a new torch::Tensor* that we now own.
-        Ok(unsafe { Tensor::from_ptr(out) })
-    }
-}
-
-impl Drop for ProcessGroup {
-    fn drop(&mut self) {
-        self.heartbeat.take();
-        // SAFETY: the handle came from shim_pg_new and is freed once, here.
-        unsafe { ffi::shim_pg_free(self.group) };
     }
 }
