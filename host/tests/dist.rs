@@ -831,3 +831,70 @@ fn two_ranks_see_a_shut_down_world_stop() {
     print_lines_with(&ended[0], "got");
     print_lines_with(&ended[1], "got");
 }
+
+#[test]
+#[ignore = "a child of two_ranks_start_from_rank_0s_live_state"]
+fn child_start_state() {
+    use ssl_host::config::RunConfig;
+    use ssl_host::engine::Task;
+    use ssl_host::registry::Registry;
+    use std::collections::HashMap;
+    let Some(env) = child_env() else { return };
+    let registry = Registry::load(&[]).expect("the built-in plugins");
+    let tmp = tempfile::tempdir().expect("a temporary folder");
+    let overrides: Vec<(String, String)> = [
+        ("device", "cpu"),
+        ("output_dir", &tmp.path().display().to_string()),
+        ("ssl_dataset_params.num_samples", "40"),
+        ("linear_head_dataset_params.num_samples", "40"),
+        ("ssl_dataset_params.image_size", "32"),
+        ("linear_head_dataset_params.image_size", "32"),
+        ("ssl_encoder", "resnet18"),
+        ("optimizer", "sgd"),
+        ("num_workers", "1"),
+        ("dist_timeout", "60"),
+    ]
+    .iter()
+    .map(|(n, v)| (n.to_string(), v.to_string()))
+    .collect();
+    let config = RunConfig::resolve("ShapesSimCLR", &overrides, &registry).unwrap();
+    ssl_host::commands::join::join_if_distributed(&config).unwrap();
+    let mut task =
+        ssl_host::tasks::ssl::SslTask::build(&registry, config, tch::Device::Cpu, None).unwrap();
+    let world = world::current();
+    if env.rank == 1 {
+        // Other weights and another optimizer state (step counters, momentum): as a process
+        // that resumed from another checkpoint.
+        let changed: HashMap<String, Tensor> = task
+            .checkpoint_tensors()
+            .into_iter()
+            .map(|(name, t)| (name, t.detach().copy().f_add_scalar(1).unwrap()))
+            .collect();
+        task.restore(&changed).unwrap();
+    }
+    let differ = world.diverged(&task.checkpoint_tensors()).unwrap();
+    assert_eq!(
+        differ.is_empty(),
+        env.rank == 0,
+        "rank {}: {differ:?}",
+        env.rank
+    );
+    assert!(
+        env.rank == 0 || differ.iter().any(|n| n.ends_with(".step")),
+        "{differ:?}"
+    );
+    ssl_host::engine::share_main_state(&mut task).unwrap();
+    let differ = world.diverged(&task.checkpoint_tensors()).unwrap();
+    assert!(differ.is_empty(), "rank {}: {differ:?}", env.rank);
+    println!("rank {}: every state tensor equals rank 0's", env.rank);
+}
+
+/// Rank 0's state reaches every process's live state at the start (item 4 of issue 19): rank 1
+/// starts with other weights and optimizer state (step counters and buffers that
+/// `checkpoint_tensors` hands out as copies); after `share_main_state` every tensor equals rank
+/// 0's. Sending into `checkpoint_tensors()` alone left rank 1's step counters as they were.
+#[test]
+fn two_ranks_start_from_rank_0s_live_state() {
+    let ended = run_ranks("child_start_state", 2, Duration::from_secs(240));
+    assert_all_passed(&ended);
+}

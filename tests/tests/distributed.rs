@@ -658,3 +658,53 @@ fn processes_with_node_local_folders_continue_rank_0s_run() {
     // Rank 1 wrote nothing into its own folder's run.
     assert_eq!(metrics(&local1).keys().map(|k| k.0).max(), Some(1));
 }
+
+/// A plugin whose rank 1 all-gathers one row fewer: with `--dist_debug` every process stops at
+/// that collective with an error naming it and each rank's shape; without, the processes still
+/// end with an error (exit 1), never an abort.
+#[test]
+fn a_collective_of_another_shape_on_one_process_is_named_with_dist_debug() {
+    let tmp = tempfile::tempdir().unwrap();
+    let step = [
+        "--is_debug_model=true",
+        "--num_epochs=1",
+        "--dist_timeout=30",
+    ];
+    let mut debug: Vec<&str> = step.to_vec();
+    debug.push("--dist_debug=true");
+    let run = faulty(
+        &tmp.path().join("debug"),
+        2,
+        &["mismatch_on_rank=1"],
+        &debug,
+    );
+    for (rank, (code, stderr)) in wait_all(spawn_world(2, &run), Duration::from_secs(180))
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(code, Some(1), "rank {rank}: {stderr}");
+        assert!(
+            stderr.contains("differs between ranks: rank 0 all-gather with gradient float [8, 32], rank 1 all-gather with gradient float [7, 32] (--dist_debug)"),
+            "rank {rank}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("terminate called"),
+            "{stderr}"
+        );
+    }
+    let run = faulty(&tmp.path().join("plain"), 2, &["mismatch_on_rank=1"], &step);
+    for (rank, (code, stderr)) in wait_all(spawn_world(2, &run), Duration::from_secs(180))
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(code, Some(1), "rank {rank}: {stderr}");
+        assert!(
+            stderr.contains("error: ") && stderr.contains("distributed training: "),
+            "rank {rank}: {stderr}"
+        );
+        assert!(
+            !stderr.contains("terminate called"),
+            "rank {rank}: {stderr}"
+        );
+    }
+}
