@@ -10,6 +10,7 @@ use crate::registry::Registry;
 use crate::tasks::classifier::ClassifierTask;
 use crate::tasks::ssl::SslTask;
 use anyhow::{anyhow, bail, Context, Result};
+use serde_json::json;
 use std::path::{Path, PathBuf};
 
 fn flag(cli: &mut Cli, name: &str) -> Result<bool> {
@@ -260,67 +261,39 @@ fn check_data_plan(
         before.linear_head_batch_size,
         config.linear_head_batch_size,
     ));
-    let mut differs = |name: &str, b: serde_json::Value, a: serde_json::Value| {
+    // The other settings that choose the samples and their views, as JSON to compare.
+    type Read = fn(&RunConfig) -> serde_json::Value;
+    let settings: [(&str, Read); 11] = [
+        ("random_seed", |c| json!(c.random_seed)),
+        ("val_split", |c| json!(c.val_split)),
+        ("drop_last", |c| json!(c.drop_last)),
+        ("ssl_training_dataset_name", |c| {
+            json!(c.ssl_training_dataset_name)
+        }),
+        ("linear_head_dataset_name", |c| {
+            json!(c.linear_head_dataset_name)
+        }),
+        ("local_dataset", |c| json!(c.local_dataset)),
+        ("extra_local_dataset_paths", |c| {
+            json!(c.extra_local_dataset_paths)
+        }),
+        ("ssl_dataset_params", |c| json!(c.ssl_dataset_params)),
+        ("linear_head_dataset_params", |c| {
+            json!(c.linear_head_dataset_params)
+        }),
+        ("the SSL views (ssl_augmentations, ssl_view_groups)", |c| {
+            json!(c.view_groups())
+        }),
+        ("linear_head_augmentations", |c| {
+            json!(c.linear_head_augmentations)
+        }),
+    ];
+    for (name, read) in settings {
+        let (b, a) = (read(&before), read(config));
         if b != a {
             changed.push(format!("{name}: {b} becomes {a}"));
         }
-    };
-    use serde_json::json;
-    differs(
-        "random_seed",
-        json!(before.random_seed),
-        json!(config.random_seed),
-    );
-    differs(
-        "val_split",
-        json!(before.val_split),
-        json!(config.val_split),
-    );
-    differs(
-        "drop_last",
-        json!(before.drop_last),
-        json!(config.drop_last),
-    );
-    differs(
-        "ssl_training_dataset_name",
-        json!(before.ssl_training_dataset_name),
-        json!(config.ssl_training_dataset_name),
-    );
-    differs(
-        "linear_head_dataset_name",
-        json!(before.linear_head_dataset_name),
-        json!(config.linear_head_dataset_name),
-    );
-    differs(
-        "local_dataset",
-        json!(before.local_dataset),
-        json!(config.local_dataset),
-    );
-    differs(
-        "extra_local_dataset_paths",
-        json!(before.extra_local_dataset_paths),
-        json!(config.extra_local_dataset_paths),
-    );
-    differs(
-        "ssl_dataset_params",
-        json!(before.ssl_dataset_params),
-        json!(config.ssl_dataset_params),
-    );
-    differs(
-        "linear_head_dataset_params",
-        json!(before.linear_head_dataset_params),
-        json!(config.linear_head_dataset_params),
-    );
-    differs(
-        "the SSL views (ssl_augmentations, ssl_view_groups)",
-        json!(before.view_groups()),
-        json!(config.view_groups()),
-    );
-    differs(
-        "linear_head_augmentations",
-        json!(before.linear_head_augmentations),
-        json!(config.linear_head_augmentations),
-    );
+    }
     if !changed.is_empty() {
         bail!(
             "--resume: the run in {} would not continue as it started; these settings change \
