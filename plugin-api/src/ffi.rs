@@ -177,6 +177,17 @@ pub struct DatasetFactoryFfi {
     pub info: DatasetInfoFfi,
     pub ctx: FactoryCtx,
     pub create: extern "C" fn(FactoryCtx, RStr<'_>) -> RResult<DatasetBox, FfiError>,
+    /// What the dataset made from given parameters declares, when it depends on its data
+    /// (`None`: always `info`).
+    pub describe: ROption<DatasetDescribeFfi>,
+}
+
+/// Reads a dataset's declaration from its parameters (e.g. from an index in its folder).
+#[repr(C)]
+#[derive(StableAbi, Clone)]
+pub struct DatasetDescribeFfi {
+    pub ctx: FactoryCtx,
+    pub call: extern "C" fn(FactoryCtx, RStr<'_>) -> RResult<DatasetInfoFfi, FfiError>,
 }
 
 /// Makes transforms from a JSON parameter blob.

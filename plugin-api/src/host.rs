@@ -120,6 +120,21 @@ impl DatasetFactory {
     pub fn info(&self) -> DatasetInfo {
         DatasetInfo::from_ffi(&self.ffi.info)
     }
+    /// What the dataset made from `params` would declare: the plugin's answer when it reads
+    /// its declaration from the data (`Plugin::dataset_info_from`), else [`info`](Self::info).
+    pub fn info_for(&self, params: &Params) -> Result<DatasetInfo> {
+        let Some(describe) = self.ffi.describe.as_ref().into_option() else {
+            return Ok(self.info());
+        };
+        let json = params.to_json_string();
+        let info = (describe.call)(describe.ctx, RStr::from_str(&json))
+            .into_result()
+            .map_err(|e| {
+                PluginError::from(e)
+                    .context(format!("reading what dataset `{}` declares", self.name()))
+            })?;
+        Ok(DatasetInfo::from_ffi(&info))
+    }
     /// Makes the dataset.
     pub fn create(&self, params: &Params) -> Result<DatasetHandle> {
         let json = params.to_json_string();

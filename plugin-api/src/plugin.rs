@@ -196,6 +196,26 @@ where
     })
 }
 
+extern "C" fn describe_dataset<F>(
+    ctx: FactoryCtx,
+    params: RStr<'_>,
+) -> RResult<crate::ffi::DatasetInfoFfi, FfiError>
+where
+    F: Fn(&Params) -> Result<DatasetInfo> + Send + Sync + 'static,
+{
+    // SAFETY: this shim is only ever paired with a ctx made by `leak_ctx::<F>`.
+    let state = unsafe { ctx_state::<F>(ctx) };
+    guard(
+        &format!("the description of dataset `{}`", state.name),
+        || {
+            let params = Params::from_json(params.as_str())?;
+            let info = (state.make)(&params)?;
+            info.check().map_err(PluginError::msg)?;
+            Ok(info.to_ffi())
+        },
+    )
+}
+
 extern "C" fn create_transform<T, F>(
     ctx: FactoryCtx,
     params: RStr<'_>,
@@ -296,6 +316,7 @@ impl Plugin {
             info: DatasetInfo::default().to_ffi(),
             ctx: leak_ctx(name, make),
             create: create_dataset::<D, F>,
+            describe: ROption::RNone,
         });
         self
     }
@@ -331,6 +352,29 @@ impl Plugin {
                 .problems
                 .push(format!("dataset `{}`: {problem}", last.name)),
             (Some(last), Ok(())) => last.info = info.to_ffi(),
+        }
+        self
+    }
+
+    /// Declares that what the dataset added just before declares depends on its data: the host
+    /// calls `describe` with the parameters the dataset would be made from (its folder
+    /// included) and uses its answer instead of the static [`dataset_info`](Self::dataset_info)
+    /// (still used when the parameters are not known, e.g. in `ssl-host list`). For datasets
+    /// whose folder records what they hold, such as packed copies of another dataset.
+    pub fn dataset_info_from<F>(mut self, describe: F) -> Self
+    where
+        F: Fn(&Params) -> Result<DatasetInfo> + Send + Sync + 'static,
+    {
+        match self.datasets.last_mut() {
+            None => self.problems.push(
+                "dataset_info_from() comes before any dataset(); call it right after the dataset() it describes".into(),
+            ),
+            Some(last) => {
+                last.describe = ROption::RSome(DatasetDescribeFfi {
+                    ctx: leak_ctx(last.name.as_str(), describe),
+                    call: describe_dataset::<F>,
+                })
+            }
         }
         self
     }

@@ -7,6 +7,8 @@
 //! - Chest X-rays: `RSNAKaggleCXR` (`rsna.rs`, DICOM through `dicom.rs`), `NIHCXR`
 //!   (`nih.rs`), `CheXpert` (`chexpert.rs`), `CovidDataset` (`covid.rs`).
 //! - `ImageFolder` (`image_folder.rs`): a user's own images, one folder per class.
+//! - `Packed` (`packed.rs`): tar shards written by `ssl-host pack` (format in
+//!   `packed_format.rs`) or by Python's `webdataset`.
 //!
 //! The host calls [`link`] so the linker keeps this crate (and its registration).
 
@@ -20,6 +22,8 @@ mod download;
 mod image_file;
 mod image_folder;
 mod nih;
+mod packed;
+pub mod packed_format;
 mod rsna;
 mod rsna_labels;
 mod shapes;
@@ -107,6 +111,7 @@ fn plugin() -> ssl_plugin_api::Plugin {
     let plugin = nih::register(plugin);
     let plugin = chexpert::register(plugin);
     let plugin = covid::register(plugin);
+    let plugin = packed::register(plugin);
     image_folder::register(plugin)
 }
 
