@@ -71,7 +71,7 @@ With no command, --model=NAME or --resume runs `train`.
 Options are written --name=value; a bare --name means --name=true. Any --name=value that a
 command does not list goes on to it, in order: config parameters for train, show-config and
 preview and bench-data (`ssl-host show-config --parameters` lists them), dataset parameters for dump,
-predict and embed, encoder parameters for check-encoder. An unknown name is an error that
+pack, predict and embed, encoder parameters for check-encoder. An unknown name is an error that
 suggests the closest known one. `ssl-host COMMAND --help` lists a command's options.";
 
 /// The name of the command when only overrides are given.
@@ -91,6 +91,9 @@ enum Command {
     List(NoOptions),
     /// Write samples of a dataset as PNG files plus labels.csv
     Dump(DumpOptions),
+    /// Write a split of a dataset as WebDataset tar shards with indexes, for the Packed
+    /// dataset (pre-resized with --max_side)
+    Pack(PackOptions),
     /// Write a PNG grid of SSL training samples with their two augmented views
     Preview(PreviewOptions),
     /// Measure the data path of a config's SSL training alone (read, decode, augment,
@@ -158,6 +161,41 @@ struct InspectOptions {
 
 #[derive(Args)]
 struct NoOptions {}
+
+#[derive(Args)]
+#[command(rename_all = "snake_case")]
+struct PackOptions {
+    /// The dataset (required; `ssl-host list` names them)
+    #[arg(long, value_name = "NAME")]
+    dataset: Option<String>,
+    /// The folder to write the shards and index.json into (required)
+    #[arg(long, value_name = "DIR")]
+    output: Option<String>,
+    /// Where the dataset's files are
+    #[arg(long, value_name = "DIR")]
+    local_dataset: Option<String>,
+    /// train (default) or test
+    #[arg(long, value_name = "SPLIT")]
+    split: Option<String>,
+    /// Resize images whose longer side is over N pixels to N (bilinear, as Resize)
+    #[arg(long, value_name = "N")]
+    max_side: Option<String>,
+    /// npy (raw pixels, default) or png (lossless)
+    #[arg(long, value_name = "npy|png")]
+    encoding: Option<String>,
+    /// Start a new shard once one holds this many MB (default 256)
+    #[arg(long, value_name = "MB")]
+    shard_size: Option<String>,
+    /// Skip and count samples that cannot be read instead of stopping
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "true|false")]
+    skip_unreadable_images: Option<String>,
+    /// Threads reading samples (default: every core)
+    #[arg(long, value_name = "N")]
+    num_workers: Option<String>,
+    /// Any parameter of the dataset
+    #[arg(value_name = "--<dataset parameter>=value")]
+    dataset_parameters: Vec<String>,
+}
 
 #[derive(Args)]
 #[command(rename_all = "snake_case")]

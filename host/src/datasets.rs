@@ -9,7 +9,7 @@ use ssl_plugin_api::Params;
 use std::sync::Arc;
 
 /// Plugin parameters: the dataset path and split plus the config's table.
-fn dataset_params(root: Option<&str>, split: &str, extra: &toml::Table) -> Result<Params> {
+pub fn dataset_params(root: Option<&str>, split: &str, extra: &toml::Table) -> Result<Params> {
     let mut map = serde_json::to_value(extra)?
         .as_object()
         .cloned()

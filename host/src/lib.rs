@@ -62,6 +62,7 @@ pub fn run(args: Vec<String>) -> Result<()> {
             Ok(())
         }
         Some("dump") => commands::dump::run(&registry, &mut cli),
+        Some("pack") => commands::pack::run(&registry, &mut cli),
         Some("check-encoder") => commands::check_encoder::run(&registry, &mut cli),
         Some("preview") => commands::preview::run(&registry, &mut cli),
         Some("bench-data") => commands::bench_data::run(&registry, &mut cli),

@@ -5,15 +5,11 @@ use super::embed::csv_field;
 use crate::cli::Cli;
 use crate::registry::Registry;
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
-use ssl_plugin_api::{Image, Params, Pixels};
+use ssl_plugin_api::{Image, Pixels};
 use std::io::Write;
 use std::path::Path;
 
 pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
-    let dataset_name = cli
-        .take("dataset")
-        .context("dump needs --dataset=NAME (see `ssl-host list`)")?;
     let out = cli.take("out").context("dump needs --out=DIR")?;
     let limit = match cli.take("limit") {
         Some(l) => Some(
@@ -22,16 +18,9 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
         ),
         None => None,
     };
-    let mut params = super::params_from_options(&cli.options);
-    cli.options.clear();
-    if let Some(root) = params.remove("local_dataset") {
-        params.insert("root".into(), root);
-    }
-    params
-        .entry("split")
-        .or_insert(Value::String("train".into()));
-    let factory = registry.dataset(&dataset_name)?;
-    let dataset = factory.create(&Params::from_value(Value::Object(params))?)?;
+    let args = super::DatasetArgs::take(cli, "dump")?;
+    let dataset_name = args.name.clone();
+    let dataset = args.open(registry, false)?;
     let count = limit.unwrap_or(dataset.len()).min(dataset.len());
     let out = Path::new(&out);
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;

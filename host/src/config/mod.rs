@@ -440,10 +440,7 @@ impl RunConfig {
             .or_else(|| ssl_yaml.clone());
         if let Some(path) = &ssl_yaml {
             if self.ssl_augmentations.is_empty() && self.ssl_view_groups.is_empty() {
-                let expand = self
-                    .ssl_training_dataset_name
-                    .as_deref()
-                    .is_some_and(|name| is_grey(registry, name));
+                let expand = self.ssl_dataset_info(registry).image_kind == ImageKind::Grey;
                 let (text, source) = read_augmentation_yaml(path)?;
                 let pipelines = crate::augmentation_yaml::cxr_pipelines(&text, &source, expand)?;
                 pipelines.check(&source, registry)?;
@@ -452,7 +449,7 @@ impl RunConfig {
         }
         if let Some(path) = &lh_yaml {
             if self.linear_head_augmentations.is_empty() {
-                let expand = is_grey(registry, &self.linear_head_dataset_name);
+                let expand = self.linear_head_dataset_info(registry).image_kind == ImageKind::Grey;
                 let (text, source) = read_augmentation_yaml(path)?;
                 let pipelines = crate::augmentation_yaml::cxr_pipelines(&text, &source, expand)?;
                 pipelines.check(&source, registry)?;
@@ -486,14 +483,14 @@ impl RunConfig {
     /// augmentation config or listed explicitly.
     fn check_pipelines(&self, registry: &Registry) -> Result<()> {
         if let Some(name) = self.ssl_training_dataset_name.as_deref() {
-            if dataset_info(registry, name).varying_sizes
+            if self.ssl_dataset_info(registry).varying_sizes
                 && self.ssl_augmentations.is_empty()
                 && self.ssl_view_groups.is_empty()
             {
                 bail!("`{name}` has images of many sizes: it needs `ssl_augmentation_config` (e.g. cxr_ssl_encoder_augmentations.yaml), [[ssl_augmentations]] or [[ssl_view_groups]]");
             }
         }
-        if dataset_info(registry, &self.linear_head_dataset_name).varying_sizes
+        if self.linear_head_dataset_info(registry).varying_sizes
             && self.linear_head_augmentations.is_empty()
         {
             bail!(
@@ -573,6 +570,31 @@ impl RunConfig {
         }
     }
 
+    /// What the SSL training dataset declares, for this run's folder and parameters (a
+    /// dataset may read its declaration from its data, as `Packed` does); the defaults when
+    /// there is none.
+    pub fn ssl_dataset_info(&self, registry: &Registry) -> DatasetInfo {
+        match &self.ssl_training_dataset_name {
+            Some(name) => dataset_info(
+                registry,
+                name,
+                self.local_dataset.as_deref(),
+                &self.ssl_dataset_params,
+            ),
+            None => DatasetInfo::default(),
+        }
+    }
+
+    /// What the linear-head dataset declares, as [`Self::ssl_dataset_info`].
+    pub fn linear_head_dataset_info(&self, registry: &Registry) -> DatasetInfo {
+        dataset_info(
+            registry,
+            &self.linear_head_dataset_name,
+            self.linear_head_dataset_path().as_deref(),
+            &self.linear_head_dataset_params,
+        )
+    }
+
     /// The resolved config as TOML (what `show-config` prints and `config.toml` holds).
     pub fn to_toml(&self) -> String {
         let mut text = format!("# ssl-host resolved config of model `{}`\n", self.model);
@@ -606,16 +628,17 @@ impl RunConfig {
     }
 }
 
-/// What dataset `name` declares; the defaults when no loaded plugin offers it (its error
-/// comes when a run opens it).
-fn dataset_info(registry: &Registry, name: &str) -> DatasetInfo {
-    registry.dataset(name).map(|f| f.info()).unwrap_or_default()
-}
-
-/// Whether dataset `name` declares grey images: pipelines made from an augmentation YAML then
-/// expand the one channel to three (as the original does for chest X-rays).
-fn is_grey(registry: &Registry, name: &str) -> bool {
-    dataset_info(registry, name).image_kind == ImageKind::Grey
+/// What dataset `name` at `root` with parameters `extra` declares: its answer for those
+/// parameters, else its static declaration (when it cannot answer, e.g. its folder is missing:
+/// the error comes when the run opens it), else the defaults when no loaded plugin offers it.
+fn dataset_info(registry: &Registry, name: &str, root: Option<&str>, extra: &Table) -> DatasetInfo {
+    let Ok(factory) = registry.dataset(name) else {
+        return DatasetInfo::default();
+    };
+    crate::datasets::dataset_params(root, "train", extra)
+        .ok()
+        .and_then(|params| factory.info_for(&params).ok())
+        .unwrap_or_else(|| factory.info())
 }
 
 /// The text of an augmentation YAML and the name to show in its errors: the file at `path`

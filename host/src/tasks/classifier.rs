@@ -126,7 +126,7 @@ fn build_encoder(
     device: Device,
 ) -> Result<(ForeignEncoder, serde_json::Value)> {
     let factory = registry.encoder(&config.ssl_encoder)?;
-    let params = encoder_params(registry, config, &config.linear_head_dataset_name)?;
+    let params = encoder_params(registry, config, &config.linear_head_dataset_info(registry))?;
     let json = serde_json::to_value(&params)?;
     let encoder = factory
         .create(&Params::from_value(json.clone())?, device)

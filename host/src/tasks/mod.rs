@@ -17,6 +17,7 @@ use crate::world::Reduce;
 use anyhow::Result;
 use linear_head::{record_rows, LinearHead};
 use ssl_plugin_api::tch::{self, Device, Kind, Tensor};
+use ssl_plugin_api::DatasetInfo;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -149,14 +150,14 @@ pub fn transforms_used(config: &RunConfig, ssl: bool) -> Vec<(&'static str, Stri
         .collect()
 }
 
-/// The encoder parameters of a run on `dataset`: the config's, plus the encoder's declared
-/// small-image option (ResNet's `cifar_stem`) set to whether the dataset declares small images,
-/// unless the config sets it (the original: `use_7x7_first_conv_in_resnet = not
+/// The encoder parameters of a run on a dataset that declares `dataset`: the config's, plus
+/// the encoder's declared small-image option (ResNet's `cifar_stem`) set to whether the
+/// dataset declares small images, unless the config sets it (the original: `use_7x7_first_conv_in_resnet = not
 /// dataset.startswith("CIFAR")`).
 pub fn encoder_params(
     registry: &Registry,
     config: &RunConfig,
-    dataset: &str,
+    dataset: &DatasetInfo,
 ) -> Result<toml::Table> {
     let mut params = config.encoder_params.clone();
     if let Some(param) = registry
@@ -165,8 +166,7 @@ pub fn encoder_params(
         .small_image_param
     {
         if !params.contains_key(&param) {
-            let small = registry.dataset(dataset)?.info().small_images;
-            params.insert(param, toml::Value::Boolean(small));
+            params.insert(param, toml::Value::Boolean(dataset.small_images));
         }
     }
     Ok(params)

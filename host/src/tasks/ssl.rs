@@ -333,12 +333,15 @@ fn loader_source(
 fn make_algorithm(
     registry: &Registry,
     config: &RunConfig,
-    ssl_name: &str,
     device: Device,
     stored: Option<&Checkpoint>,
 ) -> Result<(ForeignAlgorithm, serde_json::Value)> {
     tch::manual_seed(config.random_seed as i64);
-    let encoder_json = serde_json::to_value(encoder_params(registry, config, ssl_name)?)?;
+    let encoder_json = serde_json::to_value(encoder_params(
+        registry,
+        config,
+        &config.ssl_dataset_info(registry),
+    )?)?;
     let spec = EncoderSpec {
         factory: registry.encoder(&config.ssl_encoder)?.clone(),
         params: Params::from_value(encoder_json.clone())?,
@@ -452,8 +455,7 @@ impl SslTask {
         stored: Option<&Checkpoint>,
     ) -> Result<SslTask> {
         let data = SslData::open(registry, &config, device)?;
-        let (algorithm, encoder_json) =
-            make_algorithm(registry, &config, &data.ssl_name, device, stored)?;
+        let (algorithm, encoder_json) = make_algorithm(registry, &config, device, stored)?;
         let optimizer = ssl_optimizer(&config, &algorithm, device);
         let declared = registry.algorithm(&config.ssl_training_type)?.info();
         let schedule = ssl_schedule(&config, &declared.lr_schedule)?;

@@ -1,0 +1,428 @@
+//! `ssl-host pack`: writes a split of any dataset (built-in or a plugin's) as WebDataset tar
+//! shards that the `Packed` dataset reads back by memory map (format:
+//! `ssl_builtin_datasets::packed_format`).
+//!
+//! Samples are read through the dataset plugin, optionally resized so that the longer side is
+//! at most `--max_side` (the pipelines' bilinear `Resize`), and kept as the dataset gives them
+//! otherwise: grey stays one channel, 8 and 16 bit stay as they are. Output is deterministic
+//! (same input, byte-identical shards and indexes). Every file is written to a temporary name
+//! and renamed, and `index.json` (which lists the shards) is removed first and written last: an
+//! interrupted pack leaves no index that lists a shard that is not whole.
+
+use super::DatasetArgs;
+use crate::atomic_file::write_atomic;
+use crate::cli::Cli;
+use crate::registry::Registry;
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use ssl_builtin_datasets::packed_format::{
+    self as format, DeclaredInfo, Encoding, PackIndex, PackSample, ShardBuilder, ShardEntry,
+    SourceInfo, INDEX_FILE,
+};
+use ssl_builtin_transforms::resize::Resize;
+use ssl_plugin_api::host::DatasetHandle;
+use ssl_plugin_api::{DatasetInfo, Image, ImageKind, Params, Pixels, Transform};
+use std::path::{Path, PathBuf};
+
+/// Default `--shard_size`, in MB (10⁶ bytes): large enough that per-file costs vanish, small
+/// enough that a node's cache and a retry hold a few.
+const DEFAULT_SHARD_MB: u64 = 256;
+
+/// Samples read (in parallel) before they are appended in order.
+const CHUNK: usize = 64;
+
+/// What `pack` was asked to do.
+pub struct PackOptions {
+    /// `--output`: the packed folder.
+    pub output: PathBuf,
+    /// `--max_side`: the longer side's limit.
+    pub max_side: Option<u32>,
+    /// `--encoding` (`npy` by default: see the README's "Datasets at scale").
+    pub encoding: Encoding,
+    /// `--shard_size`, in bytes.
+    pub shard_bytes: u64,
+    /// `--skip_unreadable_images`.
+    pub skip_unreadable: bool,
+    /// Threads reading samples.
+    pub threads: usize,
+}
+
+fn flag(cli: &mut Cli, name: &str) -> Result<bool> {
+    match cli.take(name).as_deref() {
+        None | Some("false") => Ok(false),
+        Some("true") => Ok(true),
+        Some(other) => bail!("--{name}={other}: expected true or false"),
+    }
+}
+
+fn positive(cli: &mut Cli, name: &str) -> Result<Option<u64>> {
+    cli.take(name)
+        .map(|t| match t.trim().parse::<u64>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => bail!("--{name}={t}: expected a whole number of at least 1"),
+        })
+        .transpose()
+}
+
+impl PackOptions {
+    /// Takes pack's own options out of `cli` (the rest are dataset options).
+    pub fn take(cli: &mut Cli) -> Result<PackOptions> {
+        let output = cli
+            .take("output")
+            .context("pack needs --output=DIR (the folder of the shards)")?;
+        let max_side = positive(cli, "max_side")?
+            .map(|n| u32::try_from(n).context("--max_side is too large"))
+            .transpose()?;
+        let encoding = match cli.take("encoding") {
+            Some(e) => Encoding::parse(&e).map_err(|e| anyhow::anyhow!("--encoding: {e}"))?,
+            None => Encoding::Npy,
+        };
+        let shard_bytes = positive(cli, "shard_size")?.unwrap_or(DEFAULT_SHARD_MB) * 1_000_000;
+        let skip_unreadable = flag(cli, "skip_unreadable_images")?;
+        let threads = match positive(cli, "num_workers")? {
+            Some(n) => n as usize,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        Ok(PackOptions {
+            output: PathBuf::from(output),
+            max_side,
+            encoding,
+            shard_bytes,
+            skip_unreadable,
+            threads,
+        })
+    }
+}
+
+pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
+    let options = PackOptions::take(cli)?;
+    let args = DatasetArgs::take(cli, "pack")?;
+    let dataset = args.open(registry, true)?;
+    let declared = registry
+        .dataset(&args.name)?
+        .info_for(&args.plugin_params()?)?;
+    let source = SourceInfo {
+        dataset: args.name.clone(),
+        split: args.params["split"].as_str().unwrap_or("train").to_string(),
+        params: args.params.clone(),
+    };
+    let summary = pack(&dataset, &declared, source, &options)?;
+    if summary.skipped > 0 {
+        eprintln!(
+            "warning: skipped {} unreadable image(s) of `{}`; the first: {}",
+            summary.skipped,
+            args.name,
+            summary.first_error.as_deref().unwrap_or("?")
+        );
+    }
+    println!(
+        "packed {} samples of `{}` into {} shard(s), {} bytes, at {}",
+        summary.index.samples,
+        args.name,
+        summary.index.shards.len(),
+        summary.index.shards.iter().map(|s| s.bytes).sum::<u64>(),
+        options.output.display()
+    );
+    Ok(())
+}
+
+/// What a pack wrote.
+pub struct PackSummary {
+    /// The index written as `index.json`.
+    pub index: PackIndex,
+    /// Samples skipped as unreadable.
+    pub skipped: u64,
+    /// The first skipped sample's error.
+    pub first_error: Option<String>,
+}
+
+/// Image statistics gathered while packing.
+#[derive(Default)]
+struct Seen {
+    channels: u32,
+    bit_depth: u32,
+    min_size: Option<[u32; 2]>,
+    max_size: [u32; 2],
+}
+
+impl Seen {
+    fn add(&mut self, image: &Image) {
+        self.channels = self.channels.max(image.channels());
+        let depth = if matches!(image.pixels(), Pixels::U16(_)) {
+            16
+        } else {
+            8
+        };
+        self.bit_depth = self.bit_depth.max(depth);
+        let size = [image.width(), image.height()];
+        let min = self.min_size.get_or_insert(size);
+        *min = [min[0].min(size[0]), min[1].min(size[1])];
+        self.max_size = [self.max_size[0].max(size[0]), self.max_size[1].max(size[1])];
+    }
+}
+
+/// Writes the shards and indexes of `dataset` into `options.output`.
+pub fn pack(
+    dataset: &DatasetHandle,
+    declared: &DatasetInfo,
+    source: SourceInfo,
+    options: &PackOptions,
+) -> Result<PackSummary> {
+    let out = &options.output;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    // The old index goes first: from now until the new one is written, no index lists a
+    // shard being replaced.
+    let index_path = out.join(INDEX_FILE);
+    if index_path.exists() {
+        std::fs::remove_file(&index_path)
+            .with_context(|| format!("removing the old {}", index_path.display()))?;
+    }
+    let groups = dataset.groups().context("reading the dataset's groups")?;
+    let bar = ProgressBar::new(dataset.len() as u64);
+    bar.set_style(
+        ProgressStyle::with_template("packing [{bar:30}] {pos}/{len} ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let mut shards: Vec<ShardEntry> = Vec::new();
+    let mut builder = ShardBuilder::new();
+    let mut seen = Seen::default();
+    let mut skipped = 0u64;
+    let mut first_error = None;
+    for start in (0..dataset.len()).step_by(CHUNK) {
+        let end = (start + CHUNK).min(dataset.len());
+        for (offset, result) in read_chunk(dataset, start..end, options)
+            .into_iter()
+            .enumerate()
+        {
+            let index = start + offset;
+            let (image, label, id) = match result {
+                Ok(parts) => parts,
+                Err(e) if options.skip_unreadable => {
+                    skipped += 1;
+                    first_error.get_or_insert_with(|| format!("{e:#}"));
+                    continue;
+                }
+                Err(e) => {
+                    return Err(e.context(
+                        "pack stopped; --skip_unreadable_images=true skips such samples and counts them",
+                    ))
+                }
+            };
+            seen.add(&image);
+            let sample = PackSample {
+                key: format!("{index:09}"),
+                image,
+                label,
+                id,
+                group: groups.as_ref().map(|g| g[index].clone()),
+            };
+            if !builder.is_empty() && builder.size() as u64 >= options.shard_bytes {
+                let full = std::mem::take(&mut builder);
+                shards.push(write_shard(out, &shards, full)?);
+            }
+            builder
+                .add(&sample, options.encoding)
+                .map_err(|e| anyhow::anyhow!("sample {index} ({}): {e}", sample.id))?;
+        }
+        bar.set_position(end as u64);
+    }
+    if !builder.is_empty() {
+        shards.push(write_shard(out, &shards, builder)?);
+    }
+    bar.finish_and_clear();
+    if shards.is_empty() {
+        bail!(
+            "every sample was unreadable ({skipped}); the first: {}",
+            first_error.unwrap_or_default()
+        );
+    }
+    remove_stale_shards(out, shards.len())?;
+    let samples = shards.iter().map(|s| s.samples).sum();
+    let index = PackIndex {
+        format: format::FORMAT.into(),
+        version: format::FORMAT_VERSION,
+        samples,
+        num_classes: dataset.num_classes().map(|n| n as u64),
+        channels: seen.channels,
+        bit_depth: seen.bit_depth,
+        max_side: options.max_side,
+        min_size: seen.min_size.unwrap_or_default(),
+        max_size: seen.max_size,
+        encoding: options.encoding.extension().into(),
+        declared: DeclaredInfo {
+            image_kind: match declared.image_kind {
+                ImageKind::Grey => "grey",
+                ImageKind::Rgb => "rgb",
+            }
+            .into(),
+            small_images: declared.small_images,
+            varying_sizes: declared.varying_sizes,
+            eval_transforms: declared.eval_transforms.clone(),
+        },
+        source,
+        ssl_host_version: env!("CARGO_PKG_VERSION").into(),
+        skipped,
+        shards,
+    };
+    write_atomic(&index_path, index.to_json().as_bytes())?;
+    Ok(PackSummary {
+        index,
+        skipped,
+        first_error,
+    })
+}
+
+/// Reads samples `range` on up to `options.threads` threads, resized; in order.
+fn read_chunk(
+    dataset: &DatasetHandle,
+    range: std::ops::Range<usize>,
+    options: &PackOptions,
+) -> Vec<Result<(Image, Option<i64>, String)>> {
+    let read = |index: usize| -> Result<(Image, Option<i64>, String)> {
+        let (image, label, id) = dataset
+            .get(index)
+            .with_context(|| format!("reading sample {index}"))?
+            .into_parts();
+        let image = match options.max_side {
+            Some(side) => limit_side(image, side).with_context(|| format!("resizing {id}"))?,
+            None => image,
+        };
+        Ok((image, label, id))
+    };
+    let threads = options.threads.clamp(1, range.len().max(1));
+    if threads == 1 {
+        return range.map(read).collect();
+    }
+    let mut results: Vec<Option<Result<_>>> = (0..range.len()).map(|_| None).collect();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let range = range.clone();
+                let read = &read;
+                scope.spawn(move || {
+                    range
+                        .clone()
+                        .skip(t)
+                        .step_by(threads)
+                        .map(|i| (i - range.start, read(i)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for handle in handles {
+            match handle.join() {
+                Ok(done) => {
+                    for (i, r) in done {
+                        results[i] = Some(r);
+                    }
+                }
+                Err(_) => {
+                    for slot in results.iter_mut().filter(|s| s.is_none()) {
+                        *slot = Some(Err(anyhow::anyhow!("a pack thread panicked")));
+                    }
+                }
+            }
+        }
+    });
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(anyhow::anyhow!("a sample was not read"))))
+        .collect()
+}
+
+/// `image` with its longer side at most `side`, resized as the pipelines' `Resize` does and
+/// rounded back to the image's own bit depth; unchanged when it already fits.
+pub fn limit_side(image: Image, side: u32) -> Result<Image> {
+    let (w, h) = (image.width(), image.height());
+    let long = w.max(h);
+    if long <= side {
+        return Ok(image);
+    }
+    let scale = |x: u32| ((x as f64 * side as f64 / long as f64).round() as u32).max(1);
+    let (out_w, out_h) = (scale(w), scale(h));
+    let sixteen = match image.pixels() {
+        Pixels::U8(_) => false,
+        Pixels::U16(_) => true,
+        Pixels::F32(_) => bail!("pack stores 8- or 16-bit images; this dataset gives floats"),
+    };
+    let channels = image.channels();
+    let resize = Resize::from_params(&Params::from_value(serde_json::json!({
+        "size": [out_h, out_w]
+    }))?)?;
+    let resized = resize.apply(image, 0)?;
+    let Pixels::F32(values) = resized.pixels() else {
+        bail!("Resize gave integer pixels");
+    };
+    if sixteen {
+        let v = values
+            .iter()
+            .map(|&x| (x.clamp(0.0, 1.0) * 65535.0).round() as u16)
+            .collect();
+        Ok(Image::from_u16(out_w, out_h, channels, v)?)
+    } else {
+        let v = values
+            .iter()
+            .map(|&x| (x.clamp(0.0, 1.0) * 255.0).round() as u8)
+            .collect();
+        Ok(Image::from_u8(out_w, out_h, channels, v)?)
+    }
+}
+
+/// Writes the shard after `before` and its member index, each atomically.
+fn write_shard(out: &Path, before: &[ShardEntry], builder: ShardBuilder) -> Result<ShardEntry> {
+    let (tar, idx) = format::shard_names(before.len());
+    let first = before.iter().map(|s| s.samples).sum();
+    let samples = builder.len() as u64;
+    let (bytes, members) = builder.finish();
+    write_atomic(&out.join(&tar), &bytes)?;
+    let members = serde_json::to_string(&members)?;
+    write_atomic(&out.join(&idx), members.as_bytes())?;
+    Ok(ShardEntry {
+        file: tar,
+        first_sample: first,
+        samples,
+        bytes: bytes.len() as u64,
+        sha256: format::sha256_hex(&bytes),
+        index: idx,
+    })
+}
+
+/// Removes `shard-N.tar` and `shard-N.idx.json` for N ≥ `count` (left by an earlier, larger
+/// pack into the same folder).
+fn remove_stale_shards(out: &Path, count: usize) -> Result<()> {
+    let mut n = count;
+    loop {
+        let (tar, idx) = format::shard_names(n);
+        let (tar, idx) = (out.join(tar), out.join(idx));
+        if !tar.exists() && !idx.exists() {
+            return Ok(());
+        }
+        for path in [tar, idx] {
+            if path.exists() {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("removing the stale {}", path.display()))?;
+            }
+        }
+        n += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longer_side_is_limited_keeping_depth_and_channels() {
+        let grey16 = Image::from_u16(8, 4, 1, vec![40000; 32]).unwrap();
+        let out = limit_side(grey16, 4).unwrap();
+        assert_eq!((out.width(), out.height(), out.channels()), (4, 2, 1));
+        assert!(matches!(out.pixels(), Pixels::U16(v) if v.iter().all(|&x| x == 40000)));
+        let rgb = Image::from_u8(3, 6, 3, vec![9; 54]).unwrap();
+        let out = limit_side(rgb, 3).unwrap();
+        assert_eq!((out.width(), out.height(), out.channels()), (2, 3, 3));
+        assert!(matches!(out.pixels(), Pixels::U8(v) if v.iter().all(|&x| x == 9)));
+        let small = Image::from_u8(2, 2, 1, vec![1, 2, 3, 4]).unwrap();
+        assert_eq!(limit_side(small.clone(), 5).unwrap(), small);
+    }
+}
