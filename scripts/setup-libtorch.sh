@@ -25,7 +25,7 @@ if ! command -v cmake >/dev/null || ! command -v nasm >/dev/null; then
 fi
 venv="$root/.deps/torch-venv"
 # Bump the marker when the package list changes; an existing venv is then topped up.
-marker="$venv/.ssl-host-ready-v5"
+marker="$venv/.ssl-host-ready-v6"
 if [ -f "$marker" ]; then
   exit 0
 fi
@@ -38,7 +38,8 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install --quiet --no-cache-dir --progress-bar off \
   torch==2.11.0 torchvision==0.26.0 numpy pillow tensorboard pydicom==3.0.1 safetensors==0.8.0 \
-  pylibjpeg==2.1.0 pylibjpeg-libjpeg==2.5.0 pylibjpeg-openjpeg==2.6.0 imagecodecs==2026.3.6
+  pylibjpeg==2.1.0 pylibjpeg-libjpeg==2.5.0 pylibjpeg-openjpeg==2.6.0 imagecodecs==2026.3.6 \
+  webdataset==1.0.2
 "$venv/bin/python" -W ignore - <<'PY'
 import torch, os
 assert torch.__version__.startswith("2.11.0"), torch.__version__

@@ -291,6 +291,16 @@ fn build_foreign_index(root: &Path) -> Result<(PackIndex, Vec<ShardIndex>)> {
         .filter(|n| n.ends_with(".tar") && !n.starts_with('.'))
         .collect();
     files.sort();
+    let interrupted = std::fs::read_dir(root)
+        .map_err(|e| PluginError::msg(format!("{NAME}: listing {}: {e}", root.display())))?
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().ends_with(".idx.json"));
+    if interrupted {
+        bail!(
+            "{NAME}: {} has shard indexes (*.idx.json) but no {INDEX_FILE}: an interrupted `ssl-host pack`; pack it again",
+            root.display()
+        );
+    }
     if files.is_empty() {
         bail!(
             "{NAME}: {} has neither {INDEX_FILE} nor .tar shards (write one with `ssl-host pack`)",
