@@ -456,12 +456,13 @@ fn python_webdataset_reads_our_shards_and_we_read_its() {
     assert_eq!(dataset.len(), 13);
     assert_eq!(dataset.num_classes(), Some(3));
     let groups = dataset.groups().unwrap().expect("groups from .json");
-    for i in 0..13 {
+    assert_eq!(groups.len(), 13);
+    for (i, group) in groups.iter().enumerate() {
         let s = dataset.get(i).unwrap();
         let key = format!("sample{i:04}");
         assert_eq!(s.id(), format!("img/{i}"));
         assert_eq!(s.label(), Some(i as i64 % 3));
-        assert_eq!(groups[i], format!("p{}", i / 4));
+        assert_eq!(group, &format!("p{}", i / 4));
         let expected = std::fs::read(raw.join(format!("{key}.raw"))).unwrap();
         assert!(raw_bytes(s.image()) == expected, "{key}: pixels differ");
         assert_eq!(s.image().channels(), if i < 7 { 1 } else { 3 }, "{key}");
@@ -472,4 +473,64 @@ fn python_webdataset_reads_our_shards_and_we_read_its() {
     );
     // A second open reads the cached index and gives the same.
     assert_eq!(packed(&shards).get(12).unwrap().id(), "img/12");
+}
+
+/// The figures of the README's "Datasets at scale": NIH-like 1024 px grey PNGs packed at
+/// `--max_side=512` as `.npy` and as `.png`; bytes per sample and decode time per sample
+/// through `Packed`, next to decoding the source PNGs. Run with
+/// `cargo test -p e2e --test packed -- --ignored --nocapture measure`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn measure_encodings_on_1024_px_grey_pngs() {
+    use std::time::Instant;
+    let tmp = tempfile::tempdir().unwrap();
+    let nih = tmp.path().join("nih");
+    let count = 48;
+    ssl_builtin_datasets::testdata::cxr::write_nih(&nih, count, 1024).unwrap();
+    let time_per_sample = |dataset: &DatasetHandle| {
+        let start = Instant::now();
+        for _ in 0..3 {
+            for i in 0..dataset.len() {
+                dataset.get(i).unwrap();
+            }
+        }
+        start.elapsed().as_secs_f64() * 1000.0 / (3 * dataset.len()) as f64
+    };
+    let source = open("NIHCXR", serde_json::json!({ "root": nih }));
+    let png_bytes: u64 = walk_bytes(&nih, "png");
+    println!(
+        "source PNG 1024 px: {:.0} bytes/sample, {:.2} ms/sample to decode",
+        png_bytes as f64 / count as f64,
+        time_per_sample(&source)
+    );
+    for encoding in ["npy", "png"] {
+        let out = tmp.path().join(encoding);
+        pack(
+            "NIHCXR",
+            &nih,
+            &out,
+            &[&format!("--encoding={encoding}"), "--max_side=512"],
+        )
+        .assert_ok();
+        let bytes = walk_bytes(&out, "tar");
+        let dataset = packed(&out);
+        println!(
+            "packed {encoding} 512 px: {:.0} bytes/sample, {:.3} ms/sample to read",
+            bytes as f64 / count as f64,
+            time_per_sample(&dataset)
+        );
+    }
+}
+
+fn walk_bytes(dir: &Path, ext: &str) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            total += walk_bytes(&path, ext);
+        } else if path.extension().is_some_and(|e| e == ext) {
+            total += std::fs::metadata(&path).unwrap().len();
+        }
+    }
+    total
 }
