@@ -17,7 +17,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use ssl_plugin_api::host::DatasetHandle;
 use ssl_plugin_api::tch::{self, Device, Kind, Tensor};
-use ssl_plugin_api::{Encoder, ImageKind, Params};
+use ssl_plugin_api::{DatasetInfo, Encoder, ImageKind, Params};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -303,16 +303,15 @@ pub fn to_vec_f32(tensor: &Tensor) -> Result<Vec<f32>> {
     Vec::<f32>::try_from(&t).map_err(|e| anyhow!("reading a tensor: {e}"))
 }
 
-/// The evaluation transform of `dataset` for `embed`: the pipeline the dataset declares
-/// (chest X-rays: the original's linear-head validation pipeline, ExpandChannels, Resize 256,
-/// CenterCrop 224), none if it declares none; with `image_size`, Resize to it (shorter side)
+/// The evaluation transform for `embed` of `dataset`, which declares `info`: the pipeline it
+/// declares (chest X-rays: the original's linear-head validation pipeline, ExpandChannels,
+/// Resize 256, CenterCrop 224; for `Packed`, its source's), none if it declares none; with `image_size`, Resize to it (shorter side)
 /// and CenterCrop it instead (after ExpandChannels for grey datasets).
 pub fn embed_transform(
-    registry: &Registry,
     dataset: &str,
+    info: &DatasetInfo,
     image_size: Option<u32>,
 ) -> Result<Vec<TransformSpec>> {
-    let info = registry.dataset(dataset)?.info();
     let spec = |name: &str, size: Option<u32>| {
         let mut params = toml::Table::new();
         if let Some(size) = size {
@@ -359,7 +358,12 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
     let format = output_kind(&args.out, &["csv", "npy"])?;
     let dataset = args.open_dataset(registry)?;
     let (loaded, _) = encoder_from_checkpoint(registry, &args.checkpoint, args.device)?;
-    let specs = embed_transform(registry, &args.dataset, image_size)?;
+    let info = registry
+        .dataset(&args.dataset)?
+        .info_for(&Params::from_value(Value::Object(
+            args.dataset_params.clone(),
+        ))?)?;
+    let specs = embed_transform(&args.dataset, &info, image_size)?;
     let pipeline = Pipeline::build(registry, &specs, "the embed transform")?;
     let mut encoder = loaded.encoder;
     let dim = encoder.output_dim() as usize;
@@ -505,7 +509,8 @@ mod tests {
                 .collect()
         };
         let registry = Registry::load(&[]).unwrap();
-        let cxr = names(embed_transform(&registry, "RSNAKaggleCXR", None).unwrap());
+        let info = |name: &str| registry.dataset(name).unwrap().info();
+        let cxr = names(embed_transform("RSNAKaggleCXR", &info("RSNAKaggleCXR"), None).unwrap());
         assert_eq!(
             cxr,
             vec![
@@ -514,16 +519,16 @@ mod tests {
                 ("CenterCrop".into(), Some(224))
             ]
         );
-        let sized = names(embed_transform(&registry, "NIHCXR", Some(64)).unwrap());
+        let sized = names(embed_transform("NIHCXR", &info("NIHCXR"), Some(64)).unwrap());
         assert_eq!(
             sized[1..],
             [("Resize".into(), Some(64)), ("CenterCrop".into(), Some(64))]
         );
-        assert!(embed_transform(&registry, "ImageFolder", None)
+        assert!(embed_transform("ImageFolder", &info("ImageFolder"), None)
             .unwrap()
             .is_empty());
         assert_eq!(
-            names(embed_transform(&registry, "Shapes", Some(16)).unwrap()).len(),
+            names(embed_transform("Shapes", &info("Shapes"), Some(16)).unwrap()).len(),
             2
         );
     }
