@@ -42,6 +42,20 @@ pub fn fault_plugin() -> PathBuf {
     artifact("libfault_plugin.so")
 }
 
+/// The last value of metric `name` in the metrics.csv of the run in `dir`.
+pub fn metric(dir: &Path, name: &str) -> f64 {
+    let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+    text.lines()
+        .rev()
+        .find(|l| l.split(',').nth(1) == Some(name))
+        .unwrap_or_else(|| panic!("{name} missing from metrics.csv:\n{text}"))
+        .rsplit(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
 /// The result of one `ssl-host` run.
 pub struct Run {
     pub code: Option<i32>,

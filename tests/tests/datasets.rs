@@ -26,19 +26,6 @@ fn metric_names(dir: &Path) -> Vec<String> {
     names
 }
 
-fn metric(dir: &Path, name: &str) -> f64 {
-    let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
-    text.lines()
-        .rev()
-        .find(|l| l.split(',').nth(1) == Some(name))
-        .unwrap_or_else(|| panic!("{name} missing from metrics.csv:\n{text}"))
-        .rsplit(',')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// The options that make a named config small: one debug epoch, batches of 4.
 fn debug_args(model: &str, out: &Path, extra: &[String]) -> Vec<String> {
     let mut args = vec![

@@ -28,20 +28,6 @@ fn run(args: &[String]) -> Run {
     ssl_host(&refs)
 }
 
-/// The last value of metric `name` in the run's metrics.csv.
-fn metric(dir: &Path, name: &str) -> f64 {
-    let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
-    text.lines()
-        .rev()
-        .find(|l| l.split(',').nth(1) == Some(name))
-        .unwrap_or_else(|| panic!("{name} missing from metrics.csv:\n{text}"))
-        .rsplit(',')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn the_fault_plugin_trains_and_its_nonfinite_fault_fires() {
     let tmp = tempfile::tempdir().unwrap();

@@ -162,7 +162,7 @@ impl Request {
         match (resolved, env) {
             (Err(_), Some(env)) if env.rank != 0 => match &self.model {
                 Some(model) => RunConfig::resolve(model, &self.overrides, registry),
-                None => RunConfig::resume("", "", &self.overrides),
+                None => RunConfig::from_overrides(&self.overrides),
             },
             (resolved, _) => resolved,
         }

@@ -464,6 +464,17 @@ impl RunConfig {
 
     /// The config stored with a run (`stored`, resolved TOML), with `overrides` applied on top:
     /// how `--resume` continues a run (e.g. with more `--num_epochs`).
+    /// The defaults with `overrides`, unchecked: what a process knows of a run before it has
+    /// the run's config (e.g. the `device` and `dist_*` parameters to join the other processes
+    /// with, when it cannot read the checkpoint of the run being resumed).
+    pub fn from_overrides(overrides: &[(String, String)]) -> Result<RunConfig> {
+        let mut table = Table::new();
+        for (name, value) in overrides {
+            apply_override(&mut table, name, value)?;
+        }
+        param::from_table(table).map_err(|e| anyhow!("invalid configuration: {e}"))
+    }
+
     pub fn resume(stored: &str, model: &str, overrides: &[(String, String)]) -> Result<RunConfig> {
         let mut table: Table = stored
             .parse()

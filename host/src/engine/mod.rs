@@ -274,16 +274,8 @@ pub fn share_main_state<T: Task>(task: &mut T) -> Result<()> {
     let diverged = world.diverged(&task.checkpoint_tensors())?;
     if !diverged.is_empty() {
         bail!(
-            "distributed training: after the start, {} tensor(s) of rank {} differ from rank \
-             0's: {}",
-            diverged.len(),
-            world.rank(),
-            diverged
-                .iter()
-                .take(5)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
+            "distributed training: {}",
+            divergence(&diverged, "the start")
         );
     }
     Ok(())
@@ -526,18 +518,7 @@ impl<T: Task> Run<T> {
         if world.is_distributed() {
             let diverged = world.diverged(&self.task.checkpoint_tensors())?;
             if !diverged.is_empty() {
-                eprintln!(
-                    "rank {}: {} tensor(s) differ from rank 0's after epoch {}: {}",
-                    world.rank(),
-                    diverged.len(),
-                    epoch + 1,
-                    diverged
-                        .iter()
-                        .take(5)
-                        .cloned()
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
+                eprintln!("{}", divergence(&diverged, &format!("epoch {}", epoch + 1)));
             }
         }
         let all_reduce = self.path.take_all_reduce();
@@ -632,6 +613,22 @@ impl<T: Task> Run<T> {
         }
         Ok(())
     }
+}
+
+/// The report of tensors that differ from rank 0's after `when` (the first five named).
+fn divergence(diverged: &[String], when: &str) -> String {
+    let world = crate::world::current();
+    format!(
+        "rank {}: {} tensor(s) differ from rank 0's after {when}: {}",
+        world.rank(),
+        diverged.len(),
+        diverged
+            .iter()
+            .take(5)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 /// What an epoch's training pass did.
