@@ -349,8 +349,6 @@ fn runtime() -> Result<&'static Runtime> {
     static RUNTIME: OnceLock<std::result::Result<Runtime, String>> = OnceLock::new();
     RUNTIME
         .get_or_init(|| {
-            // rustls needs one crypto provider for the process: ring, already in the build.
-            let _ = rustls::crypto::ring::default_provider().install_default();
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .thread_name("ssl-host-storage")

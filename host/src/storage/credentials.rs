@@ -18,7 +18,7 @@ use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::http::HttpBuilder;
 use object_store::local::LocalFileSystem;
-use object_store::{ObjectStore, ObjectStoreScheme};
+use object_store::{ClientOptions, ObjectStore, ObjectStoreScheme};
 
 use super::location::ObjectUrl;
 use super::retry::RetryPolicy;
@@ -98,8 +98,11 @@ impl Env {
                 secrets.push(value.clone());
                 // A connection string's or SAS token's parts may be echoed one by one.
                 for part in value.split([';', '&']) {
-                    if let Some((_, v)) = part.split_once('=') {
-                        secrets.push(v.to_string());
+                    if let Some((k, v)) = part.split_once('=') {
+                        let k = k.trim().to_ascii_lowercase();
+                        if matches!(k.as_str(), "accountkey" | "sharedaccesssignature" | "sig") {
+                            secrets.push(v.to_string());
+                        }
                     }
                 }
             }
@@ -190,6 +193,9 @@ pub(crate) fn build_store(
     let Some(remote) = url.remote() else {
         return Ok(Arc::new(LocalFileSystem::new()));
     };
+    // rustls needs one crypto provider in the process before any HTTP client is built: ring,
+    // already in the build (a provider installed earlier by someone else is kept).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let (scheme, _) = ObjectStoreScheme::parse(remote)?;
     let client = policy.client_options();
     let retry = policy.retry_config();
@@ -214,7 +220,7 @@ pub(crate) fn build_store(
             )
         }
         ObjectStoreScheme::MicrosoftAzure => {
-            let builder = azure_builder(env, url)?.with_client_options(client);
+            let builder = azure_builder(env, url, client)?;
             let builder = azure_settings(builder, env)?;
             Arc::new(
                 builder
@@ -280,8 +286,12 @@ fn require_aws(env: &Env, url: &ObjectUrl) -> Result<()> {
 
 /// The Azure builder with account, key and endpoint: from a connection string, the emulator
 /// switch, or the `AZURE_*` variables (applied afterwards by [`azure_settings`]).
-fn azure_builder(env: &Env, url: &ObjectUrl) -> Result<MicrosoftAzureBuilder> {
-    let builder = MicrosoftAzureBuilder::new();
+fn azure_builder(
+    env: &Env,
+    url: &ObjectUrl,
+    client: ClientOptions,
+) -> Result<MicrosoftAzureBuilder> {
+    let builder = MicrosoftAzureBuilder::new().with_client_options(client);
     if let Some(text) = env.get("AZURE_STORAGE_CONNECTION_STRING") {
         return connection_string(builder, text, url);
     }
@@ -472,8 +482,9 @@ mod tests {
         assert!(!out.contains("a2V5LWJ5dGVz"), "{out}");
         assert!(!out.contains("abcDEF"), "{out}");
         assert!(out.contains("sig=***&se=1"), "{out}");
-        // Identifiers are not secrets, and stay for the reader.
+        // Identifiers and endpoints are not secrets, and stay for the reader.
         assert!(out.contains("AKIAEXAMPLEID"), "{out}");
+        assert!(redact("at http://h/x", &secrets).contains("http://h/x"));
     }
 
     #[test]

@@ -52,7 +52,9 @@ impl ObjectUrl {
             let scheme = text.split_once("://").map(|(s, _)| s).unwrap_or("");
             anyhow::anyhow!("storage: `{scheme}://...` is not a valid URL: {e}")
         })?;
-        if !url.username().is_empty() || url.password().is_some() {
+        // `abfs[s]://container@account.dfs.core.windows.net/...` names the container there.
+        let container_user = matches!(url.scheme(), "abfs" | "abfss") && url.password().is_none();
+        if (!url.username().is_empty() && !container_user) || url.password().is_some() {
             bail!(
                 "storage: a {}:// URL with a user name or password in it is refused: give \
                  credentials through the environment variables of its cloud instead",
@@ -75,16 +77,20 @@ impl ObjectUrl {
                 .map_err(|()| anyhow::anyhow!("storage: `{url}` is not a local file path"))?;
             return Self::local(&path);
         }
-        match ObjectStoreScheme::parse(&url) {
-            Ok((ObjectStoreScheme::Local | ObjectStoreScheme::Memory, _)) | Err(_) => bail!(
+        let known = [
+            "s3", "s3a", "az", "azure", "abfs", "abfss", "adl", "gs", "http", "https",
+        ];
+        if !known.contains(&url.scheme()) {
+            bail!(
                 "storage: `{url}`: unknown scheme `{}://` (accepted: {SCHEMES}, or a local path)",
                 url.scheme()
-            ),
-            Ok(_) => {}
+            );
         }
         if url.host_str().is_none_or(str::is_empty) {
             bail!("storage: `{url}` names no bucket, container or host");
         }
+        ObjectStoreScheme::parse(&url)
+            .map_err(|e| anyhow::anyhow!("storage: `{url}` is not an object URL: {e}"))?;
         Ok(ObjectUrl {
             kind: Kind::Remote(url),
         })

@@ -7,14 +7,15 @@ use std::time::Duration;
 use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 
 /// Retries with exponential back-off: a failed request (connection refused or reset, a timeout,
-/// a 5xx or 429 answer) is retried after `initial_backoff`, then twice that, and so on up to
+/// a 5xx or 429 answer) is retried after `initial_backoff`, then after waits that grow by up to
+/// twice each time (randomised, so that many processes do not retry in step), capped at
 /// `max_backoff`, until `max_retries` retries or `time_limit` since the first try, whichever
 /// comes first; then the request fails with an error that names the URL and this policy.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RetryPolicy {
     /// Retries after the first try.
     pub max_retries: usize,
-    /// The first wait; each next wait doubles, up to `max_backoff`.
+    /// The first wait; each next one is up to twice the last, up to `max_backoff`.
     pub initial_backoff: Duration,
     /// The longest wait between two tries.
     pub max_backoff: Duration,
@@ -64,10 +65,10 @@ impl RetryPolicy {
     }
 
     /// What was tried, for an error after the retries: "up to 10 retries, back-off from 100ms
-    /// doubling to 15s, within 180s".
+    /// growing to 15s, within 180s per request (...)".
     pub fn describe(&self) -> String {
         format!(
-            "up to {} retries, back-off from {:?} doubling to {:?}, within {:?} per request \
+            "up to {} retries, back-off from {:?} growing to {:?}, within {:?} per request \
              ({:?} to connect, {:?} per try)",
             self.max_retries,
             self.initial_backoff,
