@@ -23,13 +23,14 @@ if ! command -v cmake >/dev/null || ! command -v nasm >/dev/null; then
   $sudo apt-get install -y cmake nasm >/dev/null 2>&1 ||
     { $sudo apt-get update >/dev/null && $sudo apt-get install -y cmake nasm >/dev/null; }
 fi
-# The object-storage servers that the storage tests start (host/tests/storage.rs): Azurite, the
-# Azure Storage emulator (npm), and moto's S3 server (PyPI: its s3 extra and the Flask its server
-# mode needs), pinned, in .deps/emulators under their own marker, so they are added even when
-# libtorch is already there (about a minute, 0.5 GB). Without npm the rest of the set-up still
-# works; only those tests fail, saying to install Node.js and rerun this script.
+# With --test-servers (scripts/test passes it): the object-storage servers that the storage
+# tests start (host/tests/storage.rs): Azurite, the Azure Storage emulator (npm), and moto's S3
+# server (PyPI: its s3 extra and the Flask its server mode needs), pinned, in .deps/emulators
+# under their own marker, so they are added even when libtorch is already there (about a
+# minute, 0.5 GB, once). Without npm the rest of the set-up still works; only those tests fail,
+# saying to install Node.js and rerun the tests.
 emulators="$root/.deps/emulators"
-if [ ! -f "$emulators/.ready-v1" ]; then
+if [ "${1:-}" = "--test-servers" ] && [ ! -f "$emulators/.ready-v1" ]; then
   mkdir -p "$emulators"
   if command -v npm >/dev/null; then
     echo "ssl-host: installing the storage test servers (Azurite, moto) into .deps/emulators" >&2
@@ -39,7 +40,7 @@ if [ ! -f "$emulators/.ready-v1" ]; then
       "moto[s3]==5.2.6" flask==3.1.3 flask-cors==6.0.5
     touch "$emulators/.ready-v1"
   else
-    echo "ssl-host: npm not found: the storage tests need Azurite (npm); install Node.js and rerun" >&2
+    echo "ssl-host: npm not found: the storage tests need Azurite (npm); install Node.js" >&2
   fi
 fi
 venv="$root/.deps/torch-venv"

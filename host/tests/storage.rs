@@ -1,7 +1,7 @@
 //! Object storage (`ssl_host::storage`) against real servers started here on loopback ports:
-//! Azurite (the Azure Storage emulator, npm) and moto's S3 server (PyPI), both installed by
-//! `scripts/setup-libtorch.sh` into `.deps/emulators`. A missing server fails the test with a
-//! message saying to run that script; nothing is skipped.
+//! Azurite (the Azure Storage emulator, npm) and moto's S3 server (PyPI), both installed into
+//! `.deps/emulators` by `scripts/setup-libtorch.sh --test-servers`, which `scripts/test` runs.
+//! A missing server fails the test with a message saying to run that script; nothing is skipped.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -60,8 +60,8 @@ impl Server {
         };
         assert!(
             path.exists(),
-            "{} is missing: run scripts/setup-libtorch.sh (it installs Azurite from npm and \
-             moto from PyPI into .deps/emulators; CI runs it)",
+            "{} is missing: run scripts/setup-libtorch.sh --test-servers (it installs Azurite \
+             from npm and moto from PyPI into .deps/emulators; scripts/test and CI run it)",
             path.display()
         );
         path
