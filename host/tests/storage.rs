@@ -481,6 +481,7 @@ fn stopped_then_restarted(kind: Kind) {
     let started = Instant::now();
     let err = format!("{:#}", storage.get(&object).unwrap_err());
     let took = started.elapsed();
+    eprintln!("{kind:?} stopped, after {took:?}: {err}");
     assert!(
         err.contains(&object.to_string()),
         "{kind:?}: the URL is named: {err}"

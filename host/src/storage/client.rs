@@ -327,7 +327,11 @@ impl Storage {
     /// failure came after retries, the policy that was followed.
     fn error(&self, what: &str, url: &ObjectUrl, error: object_store::Error) -> anyhow::Error {
         use object_store::Error as E;
-        let cause = redact(&chain(&error), &self.secrets);
+        // One line: a server's XML error body otherwise spreads over several.
+        let cause = redact(&chain(&error), &self.secrets)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
         let hint = match &error {
             E::NotFound { .. } => "no such object".to_string(),
             E::Unauthenticated { .. } | E::PermissionDenied { .. } => format!(
