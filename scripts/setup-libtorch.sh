@@ -23,6 +23,26 @@ if ! command -v cmake >/dev/null || ! command -v nasm >/dev/null; then
   $sudo apt-get install -y cmake nasm >/dev/null 2>&1 ||
     { $sudo apt-get update >/dev/null && $sudo apt-get install -y cmake nasm >/dev/null; }
 fi
+# With --test-servers (scripts/test passes it): the object-storage servers that the storage
+# tests start (host/tests/storage.rs): Azurite, the Azure Storage emulator (npm), and moto's S3
+# server (PyPI: its s3 extra and the Flask its server mode needs), pinned, in .deps/emulators
+# under their own marker, so they are added even when libtorch is already there (about a
+# minute, 0.5 GB, once). Without npm the rest of the set-up still works; only those tests fail,
+# saying to install Node.js and rerun the tests.
+emulators="$root/.deps/emulators"
+if [ "${1:-}" = "--test-servers" ] && [ ! -f "$emulators/.ready-v1" ]; then
+  mkdir -p "$emulators"
+  if command -v npm >/dev/null; then
+    echo "ssl-host: installing the storage test servers (Azurite, moto) into .deps/emulators" >&2
+    npm install --silent --no-audit --no-fund --omit=dev --prefix "$emulators" azurite@3.37.0 >/dev/null
+    [ -x "$emulators/venv/bin/python" ] || "${PYTHON:-python3}" -m venv "$emulators/venv"
+    "$emulators/venv/bin/python" -m pip install --quiet --no-cache-dir --progress-bar off \
+      "moto[s3]==5.2.6" flask==3.1.3 flask-cors==6.0.5
+    touch "$emulators/.ready-v1"
+  else
+    echo "ssl-host: npm not found: the storage tests need Azurite (npm); install Node.js" >&2
+  fi
+fi
 venv="$root/.deps/torch-venv"
 # Bump the marker when the package list changes; an existing venv is then topped up.
 marker="$venv/.ssl-host-ready-v6"

@@ -23,6 +23,7 @@ pub mod sampler;
 pub mod schedule;
 pub mod seeds;
 pub mod split;
+pub mod storage;
 pub mod tasks;
 pub mod tensorboard;
 pub mod world;
