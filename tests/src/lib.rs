@@ -42,6 +42,17 @@ pub fn fault_plugin() -> PathBuf {
     artifact("libfault_plugin.so")
 }
 
+/// The rows of the metrics.csv of the run in `dir`, without wall-clock metrics (throughput,
+/// time), which differ between otherwise equal runs.
+pub fn metric_rows(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("metrics.csv"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains("throughput/") && !l.contains("time/"))
+        .map(str::to_string)
+        .collect()
+}
+
 /// The last value of metric `name` in the metrics.csv of the run in `dir`.
 pub fn metric(dir: &Path, name: &str) -> f64 {
     let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();

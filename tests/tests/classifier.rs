@@ -75,15 +75,6 @@ fn classifier_args(out: &Path, extra: &[String]) -> Vec<String> {
     args
 }
 
-fn metrics(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(dir.join("metrics.csv"))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.contains("throughput/") && !l.contains("time/"))
-        .map(str::to_string)
-        .collect()
-}
-
 #[test]
 fn frozen_encoders_stay_unchanged_and_unfrozen_ones_train() {
     let tmp = tempfile::tempdir().unwrap();
@@ -111,7 +102,7 @@ fn frozen_encoders_stay_unchanged_and_unfrozen_ones_train() {
             "frozen encoder tensor {name} changed"
         );
     }
-    let names: Vec<String> = metrics(&frozen)
+    let names: Vec<String> = metric_rows(&frozen)
         .iter()
         .filter_map(|l| l.split(',').nth(1).map(str::to_string))
         .collect();
@@ -173,7 +164,7 @@ fn frozen_encoders_stay_unchanged_and_unfrozen_ones_train() {
         format!("--output_dir={}", split.display()),
     ])
     .assert_ok();
-    assert_eq!(metrics(&split), metrics(&frozen));
+    assert_eq!(metric_rows(&split), metric_rows(&frozen));
 }
 
 #[test]
@@ -211,7 +202,7 @@ fn a_test_split_that_fails_keeps_the_run_and_resume_retries_it() {
     }
     assert!(!failed.stderr.contains("panicked"), "{}", failed.stderr);
     assert!(out.join("checkpoints/last.safetensors").exists());
-    let trained = metrics(&out);
+    let trained = metric_rows(&out);
     assert!(
         trained.iter().any(|l| l.starts_with("0,val/loss,")),
         "{trained:?}"
@@ -221,7 +212,7 @@ fn a_test_split_that_fails_keeps_the_run_and_resume_retries_it() {
     // The test batch back: a resume evaluates the test split only, keeping the epoch's rows.
     write_cifar10_binary(&cifar, 8).unwrap();
     run(&["--resume".into(), format!("--output_dir={}", out.display())]).assert_ok();
-    let resumed = metrics(&out);
+    let resumed = metric_rows(&out);
     assert_eq!(&resumed[..trained.len()], &trained[..]);
     assert!(
         resumed[trained.len()..]

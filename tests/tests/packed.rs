@@ -281,15 +281,6 @@ fn packs_are_byte_identical_and_an_interrupted_pack_lists_no_partial_shard() {
     assert_eq!(packed(&out).len(), 79);
 }
 
-fn metrics(dir: &Path) -> Vec<String> {
-    std::fs::read_to_string(dir.join("metrics.csv"))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.contains("throughput/") && !l.contains("time/"))
-        .map(str::to_string)
-        .collect()
-}
-
 #[test]
 fn training_from_a_packed_folder_equals_training_from_its_source() {
     let tmp = tempfile::tempdir().unwrap();
@@ -321,7 +312,7 @@ fn training_from_a_packed_folder_equals_training_from_its_source() {
         args.extend_from_slice(data);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         ssl_host(&refs).assert_ok();
-        metrics(out)
+        metric_rows(out)
     };
     let from_source = train(
         &tmp.path().join("source-run"),
