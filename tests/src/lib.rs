@@ -269,3 +269,5 @@ pub fn write_rsna(root: &Path, n: usize, size: u32) -> Vec<(String, i64)> {
     write_rsna_csv(root, &refs).unwrap();
     rows
 }
+
+pub mod servers;
