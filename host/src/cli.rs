@@ -168,8 +168,8 @@ struct PackOptions {
     /// The dataset (required; `ssl-host list` names them)
     #[arg(long, value_name = "NAME")]
     dataset: Option<String>,
-    /// The folder to write the shards and index.json into (required)
-    #[arg(long, value_name = "DIR")]
+    /// The folder (or the s3://, az://, gs:// or https:// URL) to write the shards and index.json into (required)
+    #[arg(long, value_name = "DIR|URL")]
     output: Option<String>,
     /// Where the dataset's files are
     #[arg(long, value_name = "DIR")]
@@ -186,6 +186,9 @@ struct PackOptions {
     /// Start a new shard once one holds this many MB (default 256)
     #[arg(long, value_name = "MB")]
     shard_size: Option<String>,
+    /// Start a new shard once one holds this many samples (default: no limit)
+    #[arg(long, value_name = "N")]
+    shard_samples: Option<String>,
     /// Skip and count samples that cannot be read instead of stopping
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "true|false")]
     skip_unreadable_images: Option<String>,

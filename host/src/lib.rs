@@ -22,6 +22,7 @@ pub mod registry;
 pub mod sampler;
 pub mod schedule;
 pub mod seeds;
+pub mod shards;
 pub mod split;
 pub mod storage;
 pub mod tasks;

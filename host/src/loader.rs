@@ -136,6 +136,9 @@ pub struct Source {
     skipped: Mutex<BTreeMap<usize, String>>,
     /// Where the workers' time goes (summed over threads).
     pub stats: LoaderStats,
+    /// The dataset's shards when it is packed: one in object storage has each shard fetched
+    /// before the first read of one of its samples.
+    shards: Option<Arc<crate::shards::Shards>>,
 }
 
 /// Time spent by the loader's threads, summed over threads, in nanoseconds.
@@ -174,7 +177,6 @@ impl Source {
         name: &str,
     ) -> Source {
         Source {
-            dataset,
             groups,
             seeds,
             name: name.to_string(),
@@ -186,6 +188,8 @@ impl Source {
             pin_for: None,
             skipped: Mutex::new(BTreeMap::new()),
             stats: LoaderStats::default(),
+            shards: crate::shards::of(&dataset),
+            dataset,
         }
     }
 
@@ -279,6 +283,17 @@ impl Source {
         got
     }
 
+    /// Makes sample `index`'s shard readable when the dataset is in object storage: a failure
+    /// there (the server, a digest) stops the pass; it is not an unreadable image to skip.
+    fn fetch(&self, index: usize) -> Result<()> {
+        match &self.shards {
+            Some(shards) => shards
+                .ensure(index)
+                .with_context(|| format!("{} sample {index}", self.name)),
+            None => Ok(()),
+        }
+    }
+
     /// Records sample `index` as unreadable (see [`Source::skipped_report`]).
     fn note_unreadable(&self, index: usize, error: &PluginError) {
         self.skipped
@@ -299,6 +314,7 @@ impl Source {
     /// when it is unreadable and skipping is on, its stand-in ([`Source::stand_in`]) or, without
     /// [`Source::replace_unreadable`], nothing. Without skipping, an error naming the sample.
     fn read(&self, position: usize) -> Result<Option<(usize, Sample)>> {
+        self.fetch(position)?;
         match self.get(position) {
             Ok(sample) => Ok(Some((position, sample))),
             Err(e) if self.skip_unreadable => {
@@ -332,6 +348,7 @@ impl Source {
             if self.known_unreadable(index) {
                 continue;
             }
+            self.fetch(index)?;
             match self.get(index) {
                 Ok(sample) => return Ok((index, sample)),
                 Err(e) => self.note_unreadable(index, &e),

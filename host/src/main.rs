@@ -18,6 +18,10 @@ fn main() -> ExitCode {
         }
         Err(_) => ExitCode::FAILURE,
     };
+    // What this process fetched from object storage (datasets read from a bucket), if any.
+    for line in ssl_host::shards::fetch_report() {
+        eprintln!("{line}");
+    }
     // Every exit path, a panic's too: the distributed world lives in a static that is never
     // dropped, so its heartbeat and backend end here, before static objects are destroyed.
     ssl_host::world::shutdown();

@@ -12,9 +12,11 @@
 //! process keeps it incomplete ([`Sampler::real_samples`] tells the repeats apart).
 
 use crate::seeds::{permutation, seed_of};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// How a pass orders the split.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Order {
     /// The split's own order (validation, test, embeddings, predictions).
     Sequential,
@@ -25,6 +27,26 @@ pub enum Order {
         seed: u64,
         /// Tells the shuffles of different loaders apart.
         stream: u64,
+    },
+    /// Shard-grouped (`sample_order = shards`), for packed datasets: each epoch the shards are
+    /// put in a random order and their samples, in that order, cut into `partitions` equal
+    /// contiguous parts; each part is shuffled within itself, and global batch `k` is block `k`
+    /// of every part in turn (a block: `global batch / partitions` samples). With as many
+    /// partitions as processes, rank `r`'s slice of every global batch comes from part `r`, so
+    /// a process reads about 1/N of the shards (plus at most the two it shares at its part's
+    /// ends) and the last, padded, global batch. The order is a pure function of (seed, epoch,
+    /// stream, partitions, block), not of the process count: one process with N partitions and
+    /// N times the batch reads the global batches an N-process run reads. The fewer than
+    /// `partitions` samples left over by the cut come last.
+    Shards {
+        /// The run's `random_seed`.
+        seed: u64,
+        /// Tells the shuffles of different loaders apart.
+        stream: u64,
+        /// The shard of every dataset index (indexed by dataset index).
+        shard_of: Arc<[u32]>,
+        /// Number of parts (0: the number of processes).
+        partitions: usize,
     },
 }
 
@@ -78,11 +100,80 @@ impl Sampler {
 
     /// The batches of this process for one pass of `epoch`.
     pub fn batches(&self, epoch: u64) -> Vec<Vec<usize>> {
-        let order = match self.order {
-            Order::Sequential => self.indices.clone(),
-            Order::Shuffled { seed, stream } => self.shuffled(seed_of(&[seed, epoch, stream])),
+        self.slice(&self.ordered(&[epoch]))
+    }
+
+    /// The split in the order of one pass; `key`: the epoch (and the cycle).
+    fn ordered(&self, key: &[u64]) -> Vec<usize> {
+        let mixed = |seed: u64, stream: u64| {
+            let mut parts = vec![seed];
+            parts.extend_from_slice(&key[..1]);
+            parts.push(stream);
+            parts.extend_from_slice(&key[1..]);
+            seed_of(&parts)
         };
-        self.slice(&order)
+        match &self.order {
+            Order::Sequential => self.indices.clone(),
+            Order::Shuffled { seed, stream } => self.shuffled(mixed(*seed, *stream)),
+            Order::Shards {
+                seed,
+                stream,
+                shard_of,
+                ..
+            } => self.shard_grouped(mixed(*seed, *stream), shard_of),
+        }
+    }
+
+    /// The number of parts of [`Order::Shards`] and their block size, or why the batch does
+    /// not divide into them.
+    pub fn shard_blocks(&self) -> Result<(usize, usize), String> {
+        let Order::Shards { partitions, .. } = &self.order else {
+            return Ok((1, self.batch_size * self.world));
+        };
+        let parts = if *partitions == 0 {
+            self.world
+        } else {
+            *partitions
+        };
+        let global = self.batch_size * self.world;
+        if global % parts != 0 {
+            return Err(format!(
+                "sample_order = shards: the global batch of {global} samples ({} per process × {} processes) does not divide into shard_partitions = {parts} equal blocks",
+                self.batch_size, self.world
+            ));
+        }
+        Ok((parts, global / parts))
+    }
+
+    fn shard_grouped(&self, seed: u64, shard_of: &[u32]) -> Vec<usize> {
+        let (parts, block) = self.shard_blocks().unwrap_or_else(|e| panic!("{e}"));
+        let mut by_shard: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for &i in &self.indices {
+            by_shard.entry(shard_of[i]).or_default().push(i);
+        }
+        let shards: Vec<Vec<usize>> = by_shard.into_values().collect();
+        let dealt: Vec<usize> = permutation(shards.len(), seed_of(&[seed, 1]))
+            .into_iter()
+            .flat_map(|s| shards[s].iter().copied())
+            .collect();
+        let per_part = dealt.len() / parts;
+        let parts_shuffled: Vec<Vec<usize>> = (0..parts)
+            .map(|r| {
+                let part = &dealt[r * per_part..(r + 1) * per_part];
+                permutation(per_part, seed_of(&[seed, 2, r as u64]))
+                    .into_iter()
+                    .map(|i| part[i])
+                    .collect()
+            })
+            .collect();
+        let mut order = Vec::with_capacity(dealt.len());
+        for k in 0..per_part.div_ceil(block) {
+            for part in &parts_shuffled {
+                order.extend_from_slice(&part[k * block..((k + 1) * block).min(per_part)]);
+            }
+        }
+        order.extend_from_slice(&dealt[parts * per_part..]);
+        order
     }
 
     /// `steps` batches of `epoch` for a pass that must last `steps` steps (the online linear
@@ -94,13 +185,7 @@ impl Sampler {
         let mut plan = Vec::with_capacity(steps);
         let mut cycle = 0u64;
         while plan.len() < steps {
-            let order = match self.order {
-                Order::Sequential => self.indices.clone(),
-                Order::Shuffled { seed, stream } => {
-                    self.shuffled(seed_of(&[seed, epoch, stream, cycle]))
-                }
-            };
-            let batches = self.slice(&order);
+            let batches = self.slice(&self.ordered(&[epoch, cycle]));
             if batches.is_empty() {
                 return None;
             }
@@ -245,6 +330,65 @@ mod tests {
         // One process keeps the incomplete last batch as it is.
         let one = shuffled(43, 8, false).batches(2);
         assert_eq!(one.last().unwrap().len(), 3);
+    }
+
+    /// 10 shards of 7 samples (70 samples), split indices 3.. (67 samples).
+    fn sharded(bs: usize, partitions: usize, drop_last: bool) -> Sampler {
+        let shard_of: Arc<[u32]> = (0..70).map(|i| (i / 7) as u32).collect();
+        Sampler::new(
+            (3..70).collect(),
+            bs,
+            drop_last,
+            Order::Shards {
+                seed: 5,
+                stream: 2,
+                shard_of,
+                partitions,
+            },
+        )
+    }
+
+    #[test]
+    fn shard_grouped_ranks_read_their_own_shards_and_equal_one_process_with_the_doubled_batch() {
+        let shard = |i: usize| i / 7;
+        for drop_last in [true, false] {
+            let one = sharded(8, 2, drop_last);
+            assert_eq!(one.batches(4), one.batches(4), "a pure function");
+            assert_ne!(one.batches(4), one.batches(5), "reshuffled every epoch");
+            let whole = one.batches(4);
+            let ranks: Vec<Vec<Vec<usize>>> = (0..2)
+                .map(|r| sharded(4, 0, drop_last).for_rank(r, 2).batches(4))
+                .collect();
+            assert_eq!(ranks[0].len(), ranks[1].len());
+            for (k, global) in whole.iter().enumerate() {
+                if global.len() < 8 {
+                    continue;
+                }
+                let joined: Vec<usize> = ranks[0][k].iter().chain(&ranks[1][k]).copied().collect();
+                assert_eq!(&joined, global, "global batch {k}");
+            }
+            // The full batches of each rank lie in its own shards: at most one shard (where
+            // the parts meet) is read by both.
+            let touched = |r: usize| -> std::collections::BTreeSet<usize> {
+                ranks[r]
+                    .iter()
+                    .filter(|b| b.len() == 4)
+                    .take(33 / 4)
+                    .flatten()
+                    .map(|&i| shard(i))
+                    .collect()
+            };
+            let (a, b) = (touched(0), touched(1));
+            assert!(a.intersection(&b).count() <= 1, "{a:?} {b:?}");
+            assert!(a.len() <= 6 && b.len() <= 6, "{a:?} {b:?}");
+        }
+        // Every sample once per pass (one process, keeping the incomplete last batch).
+        let mut seen: Vec<usize> = sharded(8, 2, false).batches(1).concat();
+        seen.sort();
+        assert_eq!(seen, (3..70).collect::<Vec<_>>());
+        // A batch that does not divide into the parts is refused with the parameters named.
+        let err = sharded(5, 2, true).shard_blocks().unwrap_err();
+        assert!(err.contains("shard_partitions = 2"), "{err}");
     }
 
     #[test]

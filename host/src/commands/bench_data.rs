@@ -43,7 +43,7 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
         &name,
         device,
     )?);
-    let sampler = training_sampler(&config, train);
+    let sampler = training_sampler(&config, &dataset, train)?;
     // Enough batches, cycling over epochs of the sampler when the dataset is small.
     let total = WARM_UP + batches;
     let Some(plan) = sampler.cycled(0, total) else {

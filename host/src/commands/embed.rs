@@ -101,8 +101,22 @@ impl EvalArgs {
 
     /// Opens the dataset; a clear error when it has no samples.
     pub fn open_dataset(&self, registry: &Registry) -> Result<Arc<DatasetHandle>> {
-        let params = Params::from_value(Value::Object(self.dataset_params.clone()))?;
-        let dataset = registry.dataset(&self.dataset)?.create(&params)?;
+        // A URL or catalogue name as the root: the local copy of the packed dataset (settings
+        // from the environment: SSL_HOST_CACHE, SSL_HOST_DATASET_CATALOGUE).
+        let mut params = self.dataset_params.clone();
+        let given = params.get("root").and_then(Value::as_str).map(str::to_string);
+        let resolved = crate::shards::resolve(
+            given.as_deref(),
+            &crate::shards::StoreSettings::from_env(),
+        )?;
+        if let Some(root) = &resolved.root {
+            params.insert("root".into(), Value::String(root.clone()));
+        }
+        let params = Params::from_value(Value::Object(params))?;
+        let dataset = Arc::new(registry.dataset(&self.dataset)?.create(&params)?);
+        if let Some(shards) = resolved.shards {
+            crate::shards::register(&dataset, shards);
+        }
         if dataset.is_empty() {
             let root = self
                 .dataset_params
@@ -116,7 +130,7 @@ impl EvalArgs {
                 self.dataset
             );
         }
-        Ok(Arc::new(dataset))
+        Ok(dataset)
     }
 }
 

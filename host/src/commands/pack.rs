@@ -13,6 +13,8 @@ use super::DatasetArgs;
 use crate::atomic_file::write_atomic;
 use crate::cli::Cli;
 use crate::registry::Registry;
+use crate::shards::StoreSettings;
+use crate::storage::{ObjectUrl, Storage, StorageOptions};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use ssl_builtin_datasets::packed_format::{
@@ -33,14 +35,18 @@ const CHUNK: usize = 64;
 
 /// What `pack` was asked to do.
 pub struct PackOptions {
-    /// `--output`: the packed folder.
+    /// `--output`: the packed folder (for a URL: the local staging folder it is packed into).
     pub output: PathBuf,
+    /// `--output` as given when it is a URL: the packed folder is uploaded there.
+    pub upload_to: Option<String>,
     /// `--max_side`: the longer side's limit.
     pub max_side: Option<u32>,
     /// `--encoding` (`npy` by default: see the README's "Datasets at scale").
     pub encoding: Encoding,
     /// `--shard_size`, in bytes.
     pub shard_bytes: u64,
+    /// `--shard_samples`: at most this many samples per shard (as WebDataset's `maxcount`).
+    pub shard_samples: u64,
     /// `--skip_unreadable_images`.
     pub skip_unreadable: bool,
     /// Threads reading samples.
@@ -78,16 +84,33 @@ impl PackOptions {
             None => Encoding::Npy,
         };
         let shard_bytes = positive(cli, "shard_size")?.unwrap_or(DEFAULT_SHARD_MB) * 1_000_000;
+        let shard_samples = positive(cli, "shard_samples")?.unwrap_or(u64::MAX);
         let skip_unreadable = flag(cli, "skip_unreadable_images")?;
         let threads = match positive(cli, "num_workers")? {
             Some(n) => n as usize,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
+        // A URL: packed into a staging folder under the cache, named after the URL (a rerun
+        // continues there), then uploaded.
+        let (local, upload_to) = if ObjectUrl::is_url(&output) && !output.starts_with("file://") {
+            ObjectUrl::parse(&output)?;
+            let key = format::sha256_hex(output.as_bytes());
+            let staging = StoreSettings::from_env()
+                .cache_dir
+                .join("pack-staging")
+                .join(&key[..16]);
+            (staging, Some(output))
+        } else {
+            let path = output.strip_prefix("file://").unwrap_or(&output).to_string();
+            (PathBuf::from(path), None)
+        };
         Ok(PackOptions {
-            output: PathBuf::from(output),
+            output: local,
+            upload_to,
             max_side,
             encoding,
             shard_bytes,
+            shard_samples,
             skip_unreadable,
             threads,
         })
@@ -107,6 +130,9 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
         params: args.params.clone(),
     };
     let summary = pack(&dataset, &declared, source, &options)?;
+    if let Some(url) = &options.upload_to {
+        upload(&options.output, url, &summary.index)?;
+    }
     if summary.skipped > 0 {
         eprintln!(
             "warning: skipped {} unreadable image(s) of `{}`; the first: {}",
@@ -121,8 +147,40 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
         args.name,
         summary.index.shards.len(),
         summary.index.shards.iter().map(|s| s.bytes).sum::<u64>(),
-        options.output.display()
+        options
+            .upload_to
+            .clone()
+            .unwrap_or_else(|| options.output.display().to_string())
     );
+    Ok(())
+}
+
+/// Uploads the packed folder `dir` (indexed by `index`) to `url`: shards (multipart, each
+/// visible only whole) and member indexes first, `index.json` last, so a reader never finds an
+/// index listing a shard that is not there. Credentials come from the environment.
+fn upload(dir: &Path, url: &str, index: &PackIndex) -> Result<()> {
+    let root = ObjectUrl::parse(url)?;
+    let storage = Storage::from_process_env(StorageOptions::default());
+    let total: u64 = index.shards.iter().map(|s| s.bytes).sum();
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("uploading [{bar:30}] {bytes}/{total_bytes} ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    for shard in &index.shards {
+        for name in [&shard.file, &shard.index] {
+            storage
+                .put_file(&root.join(name)?, &dir.join(name), &mut |_| {})
+                .with_context(|| format!("uploading {} to {url}", dir.join(name).display()))?;
+        }
+        bar.inc(shard.bytes);
+    }
+    storage.put_file(
+        &root.join(INDEX_FILE)?,
+        &dir.join(INDEX_FILE),
+        &mut |_| {},
+    )?;
+    bar.finish_and_clear();
     Ok(())
 }
 
@@ -217,7 +275,10 @@ pub fn pack(
                 id,
                 group: groups.as_ref().map(|g| g[index].clone()),
             };
-            if !builder.is_empty() && builder.size() as u64 >= options.shard_bytes {
+            if !builder.is_empty()
+                && (builder.size() as u64 >= options.shard_bytes
+                    || builder.len() as u64 >= options.shard_samples)
+            {
                 let full = std::mem::take(&mut builder);
                 shards.push(write_shard(out, &shards, full)?);
             }

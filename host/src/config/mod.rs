@@ -109,6 +109,18 @@ choices! {
 }
 
 choices! {
+    /// How a shuffled training pass orders the samples of a packed dataset (`sample_order`).
+    pub enum SampleOrder("sample order") {
+        /// A permutation of the whole split, as any dataset.
+        Uniform = "uniform",
+        /// Shard-grouped: each epoch the shards are shuffled and dealt out to `shard_partitions`
+        /// partitions, and each process reads one partition, so it touches about 1/N of the
+        /// shards (a dataset in object storage downloads only those).
+        Shards = "shards",
+    }
+}
+
+choices! {
     /// The collectives backend of a distributed run (`dist_backend`).
     pub enum DistBackend("distributed backend") {
         /// NCCL when training on CUDA, Gloo on the CPU.
@@ -212,9 +224,9 @@ settings! {
         num_epochs: usize = 100,
         /// base learning rate of the SSL encoder (classifier: of the head)
         l_rate: f64 = 1e-4,
-        /// path of the SSL dataset
+        /// the SSL dataset: a folder, a URL of a packed dataset (s3://, az://, gs://, https://) or a dataset_catalogue name (alias: azure_dataset_id)
         local_dataset: Option<String> = None,
-        /// [0]: path of the linear-head dataset
+        /// [0]: the linear-head dataset, as local_dataset (alias: extra_azure_dataset_ids)
         extra_local_dataset_paths: Vec<String> = Vec::new(),
         /// data-loading threads (0: load in the training thread)
         num_workers: usize = 4,
@@ -290,15 +302,29 @@ settings! {
         sync_batchnorm: bool = true,
         /// distributed runs: multiply l_rate by the number of processes (as the original; the online linear head's rate is not scaled)
         scale_lr_by_world_size: bool = true,
+        /// where datasets in object storage (s3://, az://, gs://, https:// roots) are cached, shared by runs and by the processes of a node (default: $SSL_HOST_CACHE, else ~/.cache/ssl-host)
+        cache_dir: Option<String> = None,
+        /// the cache's size limit in GB: least recently used shards are removed beyond it
+        cache_limit_gb: f64 = 100.0,
+        /// a TOML file of named datasets ([datasets] NAME = "URL or folder"): local_dataset, azure_dataset_id and their extra_ lists may give a NAME (default: $SSL_HOST_DATASET_CATALOGUE)
+        dataset_catalogue: Option<String> = None,
+        /// shuffled training passes over a packed dataset: uniform (a permutation of the split) or shards (each process reads its own shards, about 1/N of them, see docs)
+        sample_order: SampleOrder = SampleOrder::Uniform,
+        /// seconds a failing request to object storage is retried (with back-off) before the run stops with an error naming the URL
+        storage_retry_seconds: f64 = 180.0,
+        /// sample_order = shards: the number of partitions the shards are dealt to (0: the number of processes); a 1-process run with N partitions and N times the batch equals an N-process run
+        shard_partitions: usize = 0,
     }
 }
 
 /// The parameter a name given in a file or on the command line stands for (aliases).
 fn canonical(name: &str) -> &str {
-    if name == "local_weights_path" {
-        "local_ssl_weights_path"
-    } else {
-        name
+    match name {
+        "local_weights_path" => "local_ssl_weights_path",
+        // The original's Azure ML names: a URL, a folder or a catalogue name here.
+        "azure_dataset_id" => "local_dataset",
+        "extra_azure_dataset_ids" => "extra_local_dataset_paths",
+        _ => name,
     }
 }
 
@@ -591,6 +617,7 @@ impl RunConfig {
                 name,
                 self.local_dataset.as_deref(),
                 &self.ssl_dataset_params,
+                &crate::shards::StoreSettings::from_config(self),
             ),
             None => DatasetInfo::default(),
         }
@@ -603,6 +630,7 @@ impl RunConfig {
             &self.linear_head_dataset_name,
             self.linear_head_dataset_path().as_deref(),
             &self.linear_head_dataset_params,
+            &crate::shards::StoreSettings::from_config(self),
         )
     }
 
@@ -642,11 +670,23 @@ impl RunConfig {
 /// What dataset `name` at `root` with parameters `extra` declares: its answer for those
 /// parameters, else its static declaration (when it cannot answer, e.g. its folder is missing:
 /// the error comes when the run opens it), else the defaults when no loaded plugin offers it.
-fn dataset_info(registry: &Registry, name: &str, root: Option<&str>, extra: &Table) -> DatasetInfo {
+fn dataset_info(
+    registry: &Registry,
+    name: &str,
+    root: Option<&str>,
+    extra: &Table,
+    store: &crate::shards::StoreSettings,
+) -> DatasetInfo {
     let Ok(factory) = registry.dataset(name) else {
         return DatasetInfo::default();
     };
-    crate::datasets::dataset_params(root, "train", extra)
+    // A URL or catalogue name: what the packed copy declares (its index, fetched once).
+    let resolved = root.and_then(|r| {
+        crate::shards::resolve(Some(r), store)
+            .ok()
+            .and_then(|r| r.root)
+    });
+    crate::datasets::dataset_params(resolved.as_deref().or(root), "train", extra)
         .ok()
         .and_then(|params| factory.info_for(&params).ok())
         .unwrap_or_else(|| factory.info())

@@ -16,6 +16,8 @@
 use crate::checkpoint::{self, prefixed, under, Checkpoint, CheckpointInfo};
 use crate::config::RunConfig;
 use crate::datasets::{open_dataset, open_split};
+use crate::shards::StoreSettings;
+use crate::tasks::shuffled_order;
 use crate::engine::{
     EpochSteps, FinalEvaluation, OptimizerSlot, StepPath, StepReport, Task, TrainSummary,
 };
@@ -185,6 +187,7 @@ impl<'a> ClassifierTask<'a> {
             root.as_deref(),
             "train",
             &config.linear_head_dataset_params,
+            &StoreSettings::from_config(&config),
         )?;
         let (num_classes, weights) = head_classes(
             &dataset,
@@ -220,10 +223,7 @@ impl<'a> ClassifierTask<'a> {
                 train_idx,
                 bs,
                 drop_last,
-                Order::Shuffled {
-                    seed,
-                    stream: SHUFFLE,
-                },
+                shuffled_order(&config, &dataset, seed, SHUFFLE)?,
             )
             .for_rank(world.rank(), world.size()),
         };
@@ -348,13 +348,14 @@ impl<'a> ClassifierTask<'a> {
             self.dataset_root.as_deref(),
             "test",
             &self.config.linear_head_dataset_params,
+            &StoreSettings::from_config(&self.config),
         )?;
         if test.is_empty() {
             return Ok(Vec::new());
         }
         let order: Vec<usize> = (0..test.len()).collect();
         let mut source = Source::new(
-            Arc::new(test),
+            test,
             vec![self.val_pipeline.clone()],
             Seeds::PerEpoch(seed_of(&[self.config.random_seed, TEST])),
             &format!("{} (test)", self.dataset_name),

@@ -12,7 +12,7 @@ use crate::config::RunConfig;
 use crate::loader::{Batch, BatchStream, Source};
 use crate::metrics::EpochMetrics;
 use crate::registry::Registry;
-use crate::sampler::Sampler;
+use crate::sampler::{Order, Sampler};
 use crate::world::Reduce;
 use anyhow::Result;
 use linear_head::{record_rows, LinearHead};
@@ -71,6 +71,30 @@ impl Data {
             record_rows(&mut metrics, &logits, &batch, &loss, real)
         })?;
         Ok(metrics.gathered(crate::world::current())?.compute())
+    }
+}
+
+/// The order of a shuffled training pass over `dataset` with `stream`: uniform, or shard-grouped
+/// (`sample_order = shards`) over a packed dataset's shards, else an error saying what it needs.
+pub fn shuffled_order(
+    config: &RunConfig,
+    dataset: &Arc<ssl_plugin_api::host::DatasetHandle>,
+    seed: u64,
+    stream: u64,
+) -> Result<Order> {
+    match config.sample_order {
+        crate::config::SampleOrder::Uniform => Ok(Order::Shuffled { seed, stream }),
+        crate::config::SampleOrder::Shards => match crate::shards::of(dataset) {
+            Some(shards) => Ok(Order::Shards {
+                seed,
+                stream,
+                shard_of: shards.shard_of(),
+                partitions: config.shard_partitions,
+            }),
+            None => anyhow::bail!(
+                "sample_order = shards needs a packed dataset (written by `ssl-host pack`, read with the Packed dataset), whose index.json lists its shards; use sample_order = uniform for other datasets"
+            ),
+        },
     }
 }
 

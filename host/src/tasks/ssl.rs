@@ -9,6 +9,8 @@
 use crate::checkpoint::{self, prefixed, under, Checkpoint, CheckpointInfo};
 use crate::config::RunConfig;
 use crate::datasets::open_dataset;
+use crate::shards::StoreSettings;
+use crate::tasks::shuffled_order;
 use crate::engine::{EpochSteps, OptimizerSlot, StepPath, StepReport, Task, TrainSummary};
 use crate::loader::{channels_last, BatchStream, Seeds, Source, ViewGroup};
 use crate::metrics::EpochMetrics;
@@ -141,6 +143,7 @@ pub fn ssl_dataset(
         config.local_dataset.as_deref(),
         "train",
         &config.ssl_dataset_params,
+        &StoreSettings::from_config(config),
     )?;
     Ok((name, dataset))
 }
@@ -160,17 +163,23 @@ pub fn training_views(
     ))
 }
 
-/// The sampler of SSL training over the training indices `train` (as training orders them).
-pub fn training_sampler(config: &RunConfig, train: Vec<usize>) -> Sampler {
-    Sampler::new(
+/// The sampler of SSL training over the training indices `train` of `dataset` (as training
+/// orders them), for this process.
+pub fn training_sampler(
+    config: &RunConfig,
+    dataset: &Arc<DatasetHandle>,
+    train: Vec<usize>,
+) -> Result<Sampler> {
+    let world = crate::world::current();
+    let sampler = Sampler::new(
         train,
         config.ssl_training_batch_size,
         config.drop_last,
-        Order::Shuffled {
-            seed: config.random_seed,
-            stream: SSL_SHUFFLE,
-        },
+        shuffled_order(config, dataset, config.random_seed, SSL_SHUFFLE)?,
     )
+    .for_rank(world.rank(), world.size());
+    sampler.shard_blocks().map_err(|e| anyhow!("{e}"))?;
+    Ok(sampler)
 }
 
 /// The data of an SSL run: its SSL splits, the linear head's, the kNN monitor's, this
@@ -209,6 +218,7 @@ impl SslData {
                 lh_root.as_deref(),
                 "train",
                 &config.linear_head_dataset_params,
+                &StoreSettings::from_config(config),
             )?
         };
         let (num_classes, class_weights) = head_classes(
@@ -248,7 +258,7 @@ impl SslData {
         let sampler = |indices: Vec<usize>, bs: usize, drop_last: bool, order: Order| {
             Sampler::new(indices, bs, drop_last, order).for_rank(rank, size)
         };
-        let shuffled = |stream| Order::Shuffled { seed, stream };
+
         let lh_val_source = source(
             &lh_dataset,
             one(&lh_val_pipeline),
@@ -264,7 +274,7 @@ impl SslData {
                     &ssl_name,
                     device,
                 )?),
-                sampler: training_sampler(config, ssl_train_idx).for_rank(rank, size),
+                sampler: training_sampler(config, &ssl_dataset, ssl_train_idx)?,
             },
             ssl_val: Data {
                 source: source(
@@ -291,7 +301,7 @@ impl SslData {
                     lh_train_idx,
                     lh_bs,
                     drop_last,
-                    shuffled(LINEAR_HEAD_SHUFFLE),
+                    shuffled_order(config, &lh_dataset, seed, LINEAR_HEAD_SHUFFLE)?,
                 ),
             },
             lh_val: Data {

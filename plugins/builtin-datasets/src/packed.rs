@@ -26,14 +26,31 @@ use ssl_plugin_api::{
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 const NAME: &str = "Packed";
 
-/// One memory-mapped shard and its member index.
+/// One shard: its member index, and its memory map once a sample of it is read.
 struct Shard {
     file: String,
-    map: memmap2::Mmap,
+    /// The size `index.json` lists.
+    bytes: u64,
     index: ShardIndex,
+    /// Mapped on first use: a dataset in object storage has a shard in its local folder only
+    /// once the host has fetched it, which it does before the first read of one of its images.
+    map: OnceLock<memmap2::Mmap>,
+}
+
+impl Shard {
+    /// The shard's bytes, mapped on first use.
+    fn map(&self, root: &Path) -> Result<&memmap2::Mmap> {
+        if let Some(map) = self.map.get() {
+            return Ok(map);
+        }
+        let map = map_shard(&root.join(&self.file), self.bytes)?;
+        // Two threads may map it at once; the second map is dropped.
+        Ok(self.map.get_or_init(|| map))
+    }
 }
 
 /// A packed dataset (see the module doc).
@@ -59,7 +76,25 @@ impl Packed {
         let served = index.source.split == split.as_str();
         let mut shards = Vec::with_capacity(index.shards.len());
         let mut counts = BTreeMap::new();
+        // A local copy of a dataset in object storage gets its shards as the host fetches
+        // them; any other folder must hold them all, whole, now.
+        let on_demand = root.join(format::REMOTE_MARKER).exists();
         for (n, entry) in index.shards.iter().enumerate() {
+            let path = root.join(&entry.file);
+            match std::fs::metadata(&path) {
+                Ok(m) if m.len() != entry.bytes => bail!(
+                    "{NAME}: shard {} is {} bytes, {INDEX_FILE} lists {} bytes: it is incomplete or was replaced; pack the dataset again",
+                    path.display(),
+                    m.len(),
+                    entry.bytes
+                ),
+                Ok(_) => {}
+                Err(_) if on_demand => {}
+                Err(e) => bail!(
+                    "{NAME}: shard {} listed in {INDEX_FILE}: {e}",
+                    path.display()
+                ),
+            }
             let shard = open_shard(&root, &index_dir, entry)?;
             counts.insert(n, shard.index.samples.len());
             shards.push(shard);
@@ -74,11 +109,15 @@ impl Packed {
             .iter()
             .map(|s| s.first_sample as usize)
             .collect();
+        // Metadata from the member indexes when `pack` wrote it there, else from the members.
         let mut metas = Vec::with_capacity(index.samples as usize);
         for shard in &shards {
             let what = root.join(&shard.file).display().to_string();
             for entry in &shard.index.samples {
-                metas.push(format::read_meta(&shard.map, entry, &what)?);
+                metas.push(match &entry.meta {
+                    Some(meta) => meta.clone(),
+                    None => format::read_meta(shard.map(&root)?, entry, &what)?,
+                });
             }
         }
         Ok(Packed {
@@ -139,7 +178,7 @@ impl Dataset for Packed {
         }
         let (shard, entry) = self.locate(index);
         let what = self.root.join(&shard.file).display().to_string();
-        let image = format::read_image(&shard.map, entry, &what)?;
+        let image = format::read_image(shard.map(&self.root)?, entry, &what)?;
         let meta = &self.metas[index];
         Ok(Sample::new(image, meta.label, meta.id.clone()))
     }
@@ -162,39 +201,47 @@ impl Dataset for Packed {
     }
 }
 
-/// Maps shard `entry` of the folder `root` and reads its member index (from `index_dir`, or
-/// from the tar itself when the file is missing); its size must be the one listed.
+/// Shard `entry` of the folder `root` with its member index (from `index_dir`, or from the
+/// tar itself when the file is missing, which maps the shard now); the shard is mapped on
+/// first use otherwise.
 fn open_shard(root: &Path, index_dir: &Path, entry: &ShardEntry) -> Result<Shard> {
-    let path = root.join(&entry.file);
-    let file = std::fs::File::open(&path)
+    let shard = Shard {
+        file: entry.file.clone(),
+        bytes: entry.bytes,
+        index: ShardIndex::default(),
+        map: OnceLock::new(),
+    };
+    let idx_path = index_dir.join(&entry.index);
+    let index = match std::fs::read(&idx_path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| PluginError::msg(format!("{NAME}: {}: {e}", idx_path.display())))?,
+        Err(_) => {
+            let path = root.join(&entry.file);
+            format::index_tar(shard.map(root)?, &path.display().to_string())?
+        }
+    };
+    Ok(Shard { index, ..shard })
+}
+
+/// Maps the shard at `path`, whose size must be `bytes` (the size `index.json` lists).
+fn map_shard(path: &Path, bytes: u64) -> Result<memmap2::Mmap> {
+    let file = std::fs::File::open(path)
         .map_err(|e| PluginError::msg(format!("{NAME}: opening shard {}: {e}", path.display())))?;
     let len = file
         .metadata()
         .map_err(|e| PluginError::msg(format!("{NAME}: {}: {e}", path.display())))?
         .len();
-    if len != entry.bytes {
+    if len != bytes {
         bail!(
-            "{NAME}: shard {} is {len} bytes, {INDEX_FILE} lists {} bytes: it is incomplete or was replaced; pack the dataset again",
-            path.display(),
-            entry.bytes
+            "{NAME}: shard {} is {len} bytes, {INDEX_FILE} lists {bytes} bytes: it is incomplete or was replaced; pack the dataset again",
+            path.display()
         );
     }
     // SAFETY: the map is read-only and lives as long as `Shard`; shards are written once
     // (to a temporary name, then renamed), never modified in place, so the bytes do not
     // change under the map. A shard truncated by another process would fault, not corrupt.
-    let map = unsafe { memmap2::Mmap::map(&file) }
-        .map_err(|e| PluginError::msg(format!("{NAME}: mapping {}: {e}", path.display())))?;
-    let idx_path = index_dir.join(&entry.index);
-    let index = match std::fs::read(&idx_path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| PluginError::msg(format!("{NAME}: {}: {e}", idx_path.display())))?,
-        Err(_) => format::index_tar(&map, &path.display().to_string())?,
-    };
-    Ok(Shard {
-        file: entry.file.clone(),
-        map,
-        index,
-    })
+    unsafe { memmap2::Mmap::map(&file) }
+        .map_err(|e| PluginError::msg(format!("{NAME}: mapping {}: {e}", path.display())))
 }
 
 /// `root/index.json`, else an index built earlier for foreign shards (beside them or in the

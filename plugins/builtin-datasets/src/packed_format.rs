@@ -24,6 +24,10 @@ pub const FORMAT: &str = "ssl-host-packed";
 pub const FORMAT_VERSION: u32 = 1;
 /// The dataset-level index's file name.
 pub const INDEX_FILE: &str = "index.json";
+/// A file the host writes into its local copy of a packed dataset in object storage (holding
+/// the dataset's URL): the shards appear there as the host fetches them, so the reader maps
+/// each on first use rather than requiring them all at open.
+pub const REMOTE_MARKER: &str = ".ssl-host-remote";
 
 /// How images are stored in shards.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,6 +175,12 @@ pub struct SampleEntry {
     pub key: String,
     /// Its members.
     pub members: Vec<MemberEntry>,
+    /// Its label, id and group, as its `.cls`/`.json` members hold them: written by `pack`
+    /// so that a reader knows every sample's metadata without the shard's bytes (a dataset
+    /// in object storage fetches a shard only when one of its images is read). Absent from
+    /// indexes built for foreign shards, whose metadata is read from the members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<SampleMeta>,
 }
 
 impl SampleEntry {
@@ -181,7 +191,7 @@ impl SampleEntry {
 }
 
 /// A shard's member index (`*.idx.json`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardIndex {
     /// The samples, in tar order.
     pub samples: Vec<SampleEntry>,
@@ -260,6 +270,11 @@ impl ShardBuilder {
         let mut entry = SampleEntry {
             key: sample.key.clone(),
             members: Vec::new(),
+            meta: Some(SampleMeta {
+                label: sample.label,
+                id: sample.id.clone(),
+                group: sample.group.clone(),
+            }),
         };
         for (ext, data) in members {
             let name = format!("{}.{ext}", sample.key);
@@ -428,6 +443,7 @@ pub fn index_tar(bytes: &[u8], what: &str) -> Result<ShardIndex> {
                         _ => samples.push(SampleEntry {
                             key: key.to_string(),
                             members: vec![member],
+                            meta: None,
                         }),
                     }
                 }
@@ -454,7 +470,7 @@ fn split_key(name: &str) -> Option<(&str, &str)> {
 }
 
 /// The metadata of a sample read from its `.cls` and `.json` members.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SampleMeta {
     /// From `.cls`, else the JSON's `label`.
     pub label: Option<i64>,
@@ -769,8 +785,16 @@ mod tests {
         let (b, _) = build();
         assert_eq!(a, b);
         assert_eq!(a.len() % 512, 0);
-        assert_eq!(index_tar(&a, "shard").unwrap(), index);
-        assert_eq!(index.samples.len(), 4);
+        // The tar parse finds the same members; the written index also holds each sample's
+        // metadata, equal to what the members say.
+        let parsed = index_tar(&a, "shard").unwrap();
+        assert_eq!(parsed.samples.len(), 4);
+        for (written, parsed) in index.samples.iter().zip(&parsed.samples) {
+            assert_eq!((&written.key, &written.members), (&parsed.key, &parsed.members));
+            assert_eq!(parsed.meta, None);
+            let from_members = read_meta(&a, parsed, "shard").unwrap();
+            assert_eq!(written.meta.as_ref(), Some(&from_members));
+        }
         let meta = read_meta(&a, &index.samples[3], "shard").unwrap();
         assert_eq!(
             meta,
