@@ -15,6 +15,9 @@ use crate::seeds::{permutation, seed_of};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// Tells the deal of shards ([`Order::Shards`]) apart from other draws.
+const DEAL: u64 = 0x5AAD;
+
 /// How a pass orders the split.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Order {
@@ -29,7 +32,8 @@ pub enum Order {
         stream: u64,
     },
     /// Shard-grouped (`sample_order = shards`), for packed datasets: each epoch the shards are
-    /// put in a random order and their samples, in that order, cut into `partitions` equal
+    /// put in a random order (drawn from the seed and the epoch only: every such pass of an
+    /// epoch over one split deals the same shards to a process) and their samples, in that order, cut into `partitions` equal
     /// contiguous parts; each part is shuffled within itself, and global batch `k` is block `k`
     /// of every part in turn (a block: `global batch / partitions` samples). With as many
     /// partitions as processes, rank `r`'s slice of every global batch comes from part `r`, so
@@ -115,12 +119,19 @@ impl Sampler {
         match &self.order {
             Order::Sequential => self.indices.clone(),
             Order::Shuffled { seed, stream } => self.shuffled(mixed(*seed, *stream)),
+            // The shards are dealt by (seed, epoch) alone, so every shuffled pass of an epoch
+            // over the same split (SSL training, the online linear head, any cycle) gives a
+            // process the same shards; the stream and cycle shuffle within the parts.
             Order::Shards {
                 seed,
                 stream,
                 shard_of,
                 ..
-            } => self.shard_grouped(mixed(*seed, *stream), shard_of),
+            } => self.shard_grouped(
+                seed_of(&[*seed, key[0], DEAL]),
+                mixed(*seed, *stream),
+                shard_of,
+            ),
         }
     }
 
@@ -145,14 +156,14 @@ impl Sampler {
         Ok((parts, global / parts))
     }
 
-    fn shard_grouped(&self, seed: u64, shard_of: &[u32]) -> Vec<usize> {
+    fn shard_grouped(&self, deal: u64, seed: u64, shard_of: &[u32]) -> Vec<usize> {
         let (parts, block) = self.shard_blocks().unwrap_or_else(|e| panic!("{e}"));
         let mut by_shard: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
         for &i in &self.indices {
             by_shard.entry(shard_of[i]).or_default().push(i);
         }
         let shards: Vec<Vec<usize>> = by_shard.into_values().collect();
-        let dealt: Vec<usize> = permutation(shards.len(), seed_of(&[seed, 1]))
+        let dealt: Vec<usize> = permutation(shards.len(), deal)
             .into_iter()
             .flat_map(|s| shards[s].iter().copied())
             .collect();
@@ -381,6 +392,28 @@ mod tests {
             let (a, b) = (touched(0), touched(1));
             assert!(a.intersection(&b).count() <= 1, "{a:?} {b:?}");
             assert!(a.len() <= 6 && b.len() <= 6, "{a:?} {b:?}");
+        }
+        // Another stream (the online linear head's pass) or cycle of the same epoch: other
+        // batches from the same shards on each rank.
+        let other = |r: usize| {
+            let mut s = sharded(4, 0, true).for_rank(r, 2);
+            if let Order::Shards { stream, .. } = &mut s.order {
+                *stream = 9;
+            }
+            s
+        };
+        for r in 0..2 {
+            let shards_of = |b: &Vec<Vec<usize>>| -> std::collections::BTreeSet<usize> {
+                b.iter().flatten().map(|&i| shard(i)).collect()
+            };
+            let mine = sharded(4, 0, true).for_rank(r, 2).batches(4);
+            let theirs = other(r).batches(4);
+            assert_ne!(mine, theirs);
+            assert_eq!(shards_of(&mine), shards_of(&theirs));
+            assert_eq!(
+                shards_of(&other(r).cycled(4, 16).unwrap()),
+                shards_of(&mine)
+            );
         }
         // Every sample once per pass (one process, keeping the incomplete last batch).
         let mut seen: Vec<usize> = sharded(8, 2, false).batches(1).concat();

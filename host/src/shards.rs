@@ -53,7 +53,11 @@ impl StoreSettings {
                 .map(PathBuf::from)
                 .unwrap_or(env.cache_dir),
             limit_bytes: (config.cache_limit_gb.max(0.0) * 1e9) as u64,
-            catalogue: config.dataset_catalogue.as_ref().map(PathBuf::from).or(env.catalogue),
+            catalogue: config
+                .dataset_catalogue
+                .as_ref()
+                .map(PathBuf::from)
+                .or(env.catalogue),
             retry_seconds: config.storage_retry_seconds,
         }
     }
@@ -82,7 +86,9 @@ impl StoreSettings {
         StorageOptions {
             retry: RetryPolicy {
                 time_limit: limit,
-                max_backoff: RetryPolicy::default().max_backoff.min(limit.max(Duration::from_millis(100))),
+                max_backoff: RetryPolicy::default()
+                    .max_backoff
+                    .min(limit.max(Duration::from_millis(100))),
                 ..RetryPolicy::default()
             },
             ..StorageOptions::default()
@@ -358,7 +364,11 @@ fn open_remote(text: &str, settings: &StoreSettings) -> Result<Arc<Shards>> {
         stats: FetchStats::default(),
     };
     let shards = Arc::new(Shards::new(&index, Some(remote)));
-    opened.push((text.to_string(), settings.cache_dir.clone(), Arc::clone(&shards)));
+    opened.push((
+        text.to_string(),
+        settings.cache_dir.clone(),
+        Arc::clone(&shards),
+    ));
     Ok(shards)
 }
 

@@ -159,6 +159,18 @@ pub fn ssl_host(args: &[&str]) -> Run {
     Run::from(output)
 }
 
+/// Runs the built `ssl-host` with `args` and the environment variables `env` added (such as a
+/// storage server's credentials and endpoint, `e2e::servers::Server::env`).
+pub fn ssl_host_env(args: &[&str], env: &[(&str, String)]) -> Run {
+    let output = Command::new(artifact("ssl-host"))
+        .args(args)
+        .env_remove("LD_LIBRARY_PATH")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .expect("ssl-host starts");
+    Run::from(output)
+}
+
 /// Builds the `cdylib` crate at `manifest_dir` (outside the workspace) into
 /// `target/fixtures` and returns the path of its `.so`.
 pub fn build_fixture(manifest_dir: &Path, lib_name: &str) -> PathBuf {

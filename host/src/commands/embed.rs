@@ -104,11 +104,12 @@ impl EvalArgs {
         // A URL or catalogue name as the root: the local copy of the packed dataset (settings
         // from the environment: SSL_HOST_CACHE, SSL_HOST_DATASET_CATALOGUE).
         let mut params = self.dataset_params.clone();
-        let given = params.get("root").and_then(Value::as_str).map(str::to_string);
-        let resolved = crate::shards::resolve(
-            given.as_deref(),
-            &crate::shards::StoreSettings::from_env(),
-        )?;
+        let given = params
+            .get("root")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let resolved =
+            crate::shards::resolve(given.as_deref(), &crate::shards::StoreSettings::from_env())?;
         if let Some(root) = &resolved.root {
             params.insert("root".into(), Value::String(root.clone()));
         }

@@ -101,7 +101,10 @@ impl PackOptions {
                 .join(&key[..16]);
             (staging, Some(output))
         } else {
-            let path = output.strip_prefix("file://").unwrap_or(&output).to_string();
+            let path = output
+                .strip_prefix("file://")
+                .unwrap_or(&output)
+                .to_string();
             (PathBuf::from(path), None)
         };
         Ok(PackOptions {
@@ -175,11 +178,7 @@ fn upload(dir: &Path, url: &str, index: &PackIndex) -> Result<()> {
         }
         bar.inc(shard.bytes);
     }
-    storage.put_file(
-        &root.join(INDEX_FILE)?,
-        &dir.join(INDEX_FILE),
-        &mut |_| {},
-    )?;
+    storage.put_file(&root.join(INDEX_FILE)?, &dir.join(INDEX_FILE), &mut |_| {})?;
     bar.finish_and_clear();
     Ok(())
 }

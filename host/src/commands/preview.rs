@@ -48,7 +48,9 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
         drop_last: false,
         ..config.clone()
     };
-    let mut order = training_sampler(&whole, &dataset, train)?.batches(0).concat();
+    let mut order = training_sampler(&whole, &dataset, train)?
+        .batches(0)
+        .concat();
     order.truncate(count);
     if order.is_empty() {
         bail!("the SSL training split of `{name}` is empty: nothing to preview");

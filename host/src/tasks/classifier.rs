@@ -16,8 +16,6 @@
 use crate::checkpoint::{self, prefixed, under, Checkpoint, CheckpointInfo};
 use crate::config::RunConfig;
 use crate::datasets::{open_dataset, open_split};
-use crate::shards::StoreSettings;
-use crate::tasks::shuffled_order;
 use crate::engine::{
     EpochSteps, FinalEvaluation, OptimizerSlot, StepPath, StepReport, Task, TrainSummary,
 };
@@ -29,8 +27,10 @@ use crate::registry::Registry;
 use crate::sampler::{Order, Sampler};
 use crate::schedule::LrSchedule;
 use crate::seeds::seed_of;
+use crate::shards::StoreSettings;
 use crate::split::split_dataset;
 use crate::tasks::linear_head::{head_classes, linear_head_pipelines, record_batch, LinearHead};
+use crate::tasks::shuffled_order;
 use crate::tasks::{encoder_params, plugins_used, transforms_used, warn_if_no_val_batch, Data};
 use anyhow::{anyhow, bail, Context, Result};
 use ssl_plugin_api::tch::{self, Device, Kind, Tensor};

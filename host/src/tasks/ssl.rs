@@ -9,8 +9,6 @@
 use crate::checkpoint::{self, prefixed, under, Checkpoint, CheckpointInfo};
 use crate::config::RunConfig;
 use crate::datasets::open_dataset;
-use crate::shards::StoreSettings;
-use crate::tasks::shuffled_order;
 use crate::engine::{EpochSteps, OptimizerSlot, StepPath, StepReport, Task, TrainSummary};
 use crate::loader::{channels_last, BatchStream, Seeds, Source, ViewGroup};
 use crate::metrics::EpochMetrics;
@@ -19,9 +17,11 @@ use crate::registry::Registry;
 use crate::sampler::{Order, Sampler};
 use crate::schedule::LrSchedule;
 use crate::seeds::seed_of;
+use crate::shards::StoreSettings;
 use crate::split::split_dataset;
 use crate::tasks::knn::{self, knn_accuracy};
 use crate::tasks::linear_head::{head_classes, linear_head_pipelines, LinearHead, PendingBatches};
+use crate::tasks::shuffled_order;
 use crate::tasks::{
     encoder_params, plugins_used, reduce_named, transforms_used, warn_if_no_val_batch, Data,
 };

@@ -790,7 +790,10 @@ mod tests {
         let parsed = index_tar(&a, "shard").unwrap();
         assert_eq!(parsed.samples.len(), 4);
         for (written, parsed) in index.samples.iter().zip(&parsed.samples) {
-            assert_eq!((&written.key, &written.members), (&parsed.key, &parsed.members));
+            assert_eq!(
+                (&written.key, &written.members),
+                (&parsed.key, &parsed.members)
+            );
             assert_eq!(parsed.meta, None);
             let from_members = read_meta(&a, parsed, "shard").unwrap();
             assert_eq!(written.meta.as_ref(), Some(&from_members));
