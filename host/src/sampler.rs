@@ -147,7 +147,7 @@ impl Sampler {
             *partitions
         };
         let global = self.batch_size * self.world;
-        if global % parts != 0 {
+        if !global.is_multiple_of(parts) {
             return Err(format!(
                 "sample_order = shards: the global batch of {global} samples ({} per process × {} processes) does not divide into shard_partitions = {parts} equal blocks",
                 self.batch_size, self.world

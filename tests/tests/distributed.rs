@@ -76,11 +76,21 @@ fn spawn_world(n: usize, args: &[String]) -> Vec<Child> {
 
 /// Starts `n` processes as one distributed run, rank `r` with the arguments `args(r)`.
 fn spawn_ranks(n: usize, args: impl Fn(usize) -> Vec<String>) -> Vec<Child> {
+    spawn_ranks_with(n, args, &[])
+}
+
+/// As [`spawn_ranks`], with the environment variables `env` added.
+fn spawn_ranks_with(
+    n: usize,
+    args: impl Fn(usize) -> Vec<String>,
+    env: &[(&str, String)],
+) -> Vec<Child> {
     let port = free_port().to_string();
     (0..n)
         .map(|rank| {
             Command::new(artifact("ssl-host"))
                 .args(args(rank))
+                .envs(env.iter().map(|(k, v)| (k, v)))
                 .env("RANK", rank.to_string())
                 .env("LOCAL_RANK", rank.to_string())
                 .env("WORLD_SIZE", n.to_string())
@@ -707,4 +717,75 @@ fn a_collective_of_another_shape_on_one_process_is_named_with_dist_debug() {
             "rank {rank}: {stderr}"
         );
     }
+}
+
+/// A packed dataset in object storage read by 2 processes with `sample_order = shards`: in an
+/// epoch each process reads its own half of the shards (8 of 16), and the run equals the one-process run
+/// with 2 partitions and the doubled batch.
+#[test]
+fn two_processes_reading_shards_from_s3_each_read_half_and_equal_one_process() {
+    use e2e::servers::{Kind, Server};
+    let server = Server::start(Kind::Moto);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut env = server.env();
+    env.push((
+        "SSL_HOST_CACHE",
+        tmp.path().join("staging").display().to_string(),
+    ));
+    let url = format!("{}/shapes", server.bucket("data"));
+    ssl_host_env(
+        &[
+            "pack",
+            "--dataset=Shapes",
+            "--num_samples=80",
+            "--image_size=32",
+            "--shard_samples=5",
+            &format!("--output={url}"),
+        ],
+        &env,
+    )
+    .assert_ok();
+    let packed_args = |out: &Path, processes: usize| {
+        let mut args = run_args("ShapesBYOL", out, processes);
+        args.extend([
+            "--ssl_training_dataset_name=Packed".to_string(),
+            "--linear_head_dataset_name=Packed".into(),
+            format!("--local_dataset={url}"),
+            "--sample_order=shards".into(),
+            "--shard_partitions=2".into(),
+            "--val_split=0".into(),
+            "--knn_monitor=false".into(),
+            // One epoch: the next one deals the shards anew (another half per process).
+            "--num_epochs=1".into(),
+            format!("--cache_dir={}", tmp.path().join("cache").display()),
+        ]);
+        args
+    };
+    let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
+    let output = Command::new(artifact("ssl-host"))
+        .args(packed_args(&one, 1))
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let results = wait_all(
+        spawn_ranks_with(2, |_| packed_args(&two, 2), &env),
+        Duration::from_secs(600),
+    );
+    let prefix = format!("of the 16 shards of {url}");
+    for (rank, (code, stderr)) in results.iter().enumerate() {
+        assert_eq!(*code, Some(0), "rank {rank}: {stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("process {rank}: read ")) && l.contains(&prefix))
+            .unwrap_or_else(|| panic!("rank {rank} reports no shards:\n{stderr}"));
+        let read: usize = line.split_whitespace().nth(3).unwrap().parse().unwrap();
+        assert!(
+            read <= 9,
+            "rank {rank} read more than its half: {line}\n{stderr}"
+        );
+    }
+    assert_same_metrics(&one, &two);
 }
