@@ -261,9 +261,21 @@ fn check_data_plan(
         before.linear_head_batch_size,
         config.linear_head_batch_size,
     ));
+    // The shard-grouped order deals the shards to its partitions (by default one per process).
+    let parts = |p: usize, w: usize| if p == 0 { w } else { p };
+    let (pb, pa) = (
+        parts(before.shard_partitions, stored.world_size),
+        parts(config.shard_partitions, world),
+    );
+    if config.sample_order == crate::config::SampleOrder::Shards && pb != pa {
+        changed.push(format!(
+            "shard_partitions: the shards were dealt to {pb} partition(s), now to {pa} (set --shard_partitions={pb} to keep the order)"
+        ));
+    }
     // The other settings that choose the samples and their views, as JSON to compare.
     type Read = fn(&RunConfig) -> serde_json::Value;
-    let settings: [(&str, Read); 11] = [
+    let settings: [(&str, Read); 12] = [
+        ("sample_order", |c| json!(c.sample_order)),
         ("random_seed", |c| json!(c.random_seed)),
         ("val_split", |c| json!(c.val_split)),
         ("drop_last", |c| json!(c.drop_last)),
@@ -474,5 +486,54 @@ mod tests {
         assert!(stored.contains("[[ssl_view_groups]]"), "{stored}");
         let back = RunConfig::from_resolved_toml(&stored, "ShapesSimCLR").unwrap();
         assert_eq!(back.view_groups().len(), 2);
+    }
+
+    #[test]
+    fn the_shard_order_resumes_only_with_the_same_partitions() {
+        let tmp = tempfile::tempdir().unwrap();
+        let before = small(
+            "ShapesBYOL",
+            tmp.path(),
+            &[("sample_order", "shards"), ("ssl_training_batch_size", "4")],
+        );
+        let stored = checkpoint::CheckpointInfo {
+            format: checkpoint::FORMAT.into(),
+            epochs_done: 1,
+            global_step: 6,
+            model: "ShapesBYOL".into(),
+            config: before.to_toml(),
+            algorithm: "BYOL".into(),
+            encoder: "resnet50".into(),
+            encoder_params: "{}".into(),
+            embedding_encoder_prefix: String::new(),
+            plugins: Default::default(),
+            world_size: 2,
+        };
+        // Two processes dealt the shards to 2 partitions: one process with the doubled
+        // batch and shard_partitions = 2 continues the same order; without it, it is refused.
+        let one = |extra: &[(&str, &str)]| {
+            let mut all = vec![
+                ("sample_order", "shards"),
+                ("ssl_training_batch_size", "8"),
+                ("linear_head_batch_size", "16"),
+            ];
+            all.extend_from_slice(extra);
+            small("ShapesBYOL", tmp.path(), &all)
+        };
+        check_data_plan(&stored, &one(&[("shard_partitions", "2")]), 1, tmp.path()).unwrap();
+        let err = check_data_plan(&stored, &one(&[]), 1, tmp.path()).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("shard_partitions: the shards were dealt to 2 partition(s), now to 1"),
+            "{text}"
+        );
+        // And a changed order is named.
+        let uniform = small(
+            "ShapesBYOL",
+            tmp.path(),
+            &[("ssl_training_batch_size", "4")],
+        );
+        let err = check_data_plan(&stored, &uniform, 2, tmp.path()).unwrap_err();
+        assert!(format!("{err:#}").contains("sample_order"), "{err:#}");
     }
 }
