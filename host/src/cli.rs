@@ -249,6 +249,9 @@ struct BenchDataOptions {
     /// How many batches to time, after 2 warm-up batches (default 20)
     #[arg(long, value_name = "N")]
     batches: Option<String>,
+    /// Read, decode and collate only (one untransformed view): the CPU's share when augmentation runs on the device
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "true|false")]
+    loader_only: Option<String>,
     /// Any config parameter (num_workers, augment_on, ssl_training_batch_size, ...)
     #[arg(value_name = "--name=value")]
     overrides: Vec<String>,

@@ -1,13 +1,15 @@
-//! `ssl-host bench-data --model=NAME [--batches=N] [--name=value]...`: runs only the data path
-//! of the config's SSL training (read, decode, every view, collate, transfer to the training
-//! device, device augmentation with `augment_on = "device"`) with `num_workers` threads, and
+//! `ssl-host bench-data --model=NAME [--batches=N] [--loader_only] [--name=value]...`: runs only
+//! the data path of the config's SSL training (read, decode, every view, collate, transfer to
+//! the training device, device augmentation with `augment_on = "device"`; with `--loader_only`,
+//! one untransformed view: read, decode and collate) with `num_workers` threads, and
 //! prints images (samples, each with all its views) per second in total and per worker
 //! thread, with where the workers' time goes. The last line is one JSON record for scripts
 //! (`scripts/bench/augment`, `scripts/bench/gpu`).
 
 use crate::cli::Cli;
 use crate::config::RunConfig;
-use crate::loader::BatchStream;
+use crate::loader::{BatchStream, Seeds, Source};
+use crate::pipeline::Pipeline;
 use crate::registry::Registry;
 use crate::split::split_dataset;
 use crate::tasks::ssl::{ssl_dataset, training_sampler, training_views};
@@ -28,6 +30,11 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
             .ok_or_else(|| anyhow!("--batches={b}: expected a whole number of at least 1"))?,
         None => 20,
     };
+    let loader_only = match cli.take("loader_only").as_deref() {
+        None | Some("false") => false,
+        Some("true") | Some("") => true,
+        Some(other) => bail!("--loader_only={other}: expected true or false"),
+    };
     let model = cli.take("model").context(
         "bench-data needs --model=NAME (a config in configs/, a plugin's, or a .toml path)",
     )?;
@@ -36,13 +43,20 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
     let device = crate::device::choose(config.device.as_deref())?;
     let (name, dataset) = ssl_dataset(registry, &config)?;
     let (train, _) = split_dataset(&dataset, config.val_split, config.random_seed)?;
-    let source = Arc::new(training_views(
-        registry,
-        &config,
-        Arc::clone(&dataset),
-        &name,
-        device,
-    )?);
+    let source = Arc::new(if loader_only {
+        // Read, decode and collate one view per sample, untransformed: what the CPU does
+        // when the augmentations run on the device.
+        let mut source = Source::single(
+            Arc::clone(&dataset),
+            Arc::new(Pipeline::build(registry, &[], "loader only")?),
+            Seeds::PerEpoch(config.random_seed),
+            &name,
+        );
+        source.skip_unreadable = config.skip_unreadable_images;
+        source
+    } else {
+        training_views(registry, &config, Arc::clone(&dataset), &name, device)?
+    });
     let sampler = training_sampler(&config, &dataset, train)?;
     // Enough batches, cycling over epochs of the sampler when the dataset is small.
     let total = WARM_UP + batches;
@@ -71,10 +85,12 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
     let mut samples = 0usize;
     let mut device_seconds = 0.0;
     let mut shape = Vec::new();
+    let mut pixels = 0i64;
     for batch in stream {
         let batch = batch?;
         let device_started = Instant::now();
         let views = batch.to_device(device)?;
+        pixels += views.iter().map(|v| v.numel() as i64).sum::<i64>();
         sync();
         device_seconds += device_started.elapsed().as_secs_f64();
         samples += batch.len();
@@ -108,10 +124,26 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
     );
     println!("  views: {}", shape.join(", "));
     println!("  augmentation: {}", paths.join("; "));
+    // One byte per pixel and channel: the 8-bit images' decoded size (views included).
+    let megabytes_per_s = pixels as f64 / seconds / 1e6;
     println!(
-        "  {images_per_s:.1} images/s in total, {:.1} per worker thread",
-        images_per_s / threads as f64
+        "  {images_per_s:.1} images/s in total, {:.1} per worker thread; {megabytes_per_s:.1} MB/s of 8-bit pixels{}",
+        images_per_s / threads as f64,
+        if loader_only { " (loader only: read, decode, collate)" } else { "" }
     );
+    let fetched: Vec<String> = crate::shards::of(&dataset)
+        .filter(|s| s.is_remote())
+        .map(|s| {
+            let (count, bytes, secs) = s.fetched();
+            vec![format!(
+                "  object storage: {count} shard(s), {:.1} MB made ready in {secs:.2} s (fetched, or found in the cache and checked)",
+                bytes as f64 / 1e6
+            )]
+        })
+        .unwrap_or_default();
+    for line in fetched {
+        println!("{line}");
+    }
     println!(
         "  worker time: {:.0}% reading and decoding, {:.0}% augmenting, {:.0}% collating ({:.2} \
          ms per image in the workers); main thread waited {:.2} s for transfer{}",
@@ -138,6 +170,8 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
         "seconds": seconds,
         "images_per_s": images_per_s,
         "images_per_s_per_worker": images_per_s / threads as f64,
+        "loader_only": loader_only,
+        "megabytes_per_s": megabytes_per_s,
         "decode_share": share(decode),
         "augment_share": share(augment),
         "worker_ms_per_image": 1e3 * collate / samples.max(1) as f64,
