@@ -32,9 +32,12 @@ fn pack_shapes(out: &str, shard_samples: usize, env: &[(&str, String)]) {
 /// the batch sizes and the rest.
 fn train_args(out: &Path, data: &str, extra: &[&str]) -> Vec<String> {
     let mut args = vec![
-        "--model=ShapesSimCLR".to_string(),
+        // A tiny encoder from the example plugin: these tests are about the data.
+        "--plugin".to_string(),
+        artifact("libexample_tiny_cnn.so").display().to_string(),
+        "--model=ShapesSimCLR".into(),
         format!("--output_dir={}", out.display()),
-        "--ssl_encoder=resnet18".into(),
+        "--ssl_encoder=TinyCNN".into(),
         "--device=cpu".into(),
         "--ssl_training_dataset_name=Packed".into(),
         "--linear_head_dataset_name=Packed".into(),

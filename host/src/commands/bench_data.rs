@@ -7,9 +7,9 @@
 //! (`scripts/bench/augment`, `scripts/bench/gpu`).
 
 use crate::cli::Cli;
+use crate::config::AugmentOn;
 use crate::config::RunConfig;
-use crate::loader::{BatchStream, Seeds, Source};
-use crate::pipeline::Pipeline;
+use crate::loader::{BatchStream, Seeds, Source, ViewGroup};
 use crate::registry::Registry;
 use crate::split::split_dataset;
 use crate::tasks::ssl::{ssl_dataset, training_sampler, training_views};
@@ -44,11 +44,17 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
     let (name, dataset) = ssl_dataset(registry, &config)?;
     let (train, _) = split_dataset(&dataset, config.val_split, config.random_seed)?;
     let source = Arc::new(if loader_only {
-        // Read, decode and collate one view per sample, untransformed: what the CPU does
-        // when the augmentations run on the device.
-        let mut source = Source::single(
+        // Read, decode and collate one view per sample, untransformed, as the workers do when
+        // the augmentations run on the device (8-bit pixels stay 8-bit in the batch; the
+        // empty device pipeline converts them where the model runs).
+        let device_side = RunConfig {
+            augment_on: AugmentOn::Device,
+            ..config.clone()
+        };
+        let group = ViewGroup::build(registry, &device_side, &[], 1, "loader only")?;
+        let mut source = Source::new(
             Arc::clone(&dataset),
-            Arc::new(Pipeline::build(registry, &[], "loader only")?),
+            vec![group],
             Seeds::PerEpoch(config.random_seed),
             &name,
         );
