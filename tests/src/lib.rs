@@ -151,9 +151,15 @@ impl Run {
 
 /// Runs the built `ssl-host` with `args`.
 pub fn ssl_host(args: &[&str]) -> Run {
+    ssl_host_with_env::<&str>(args, &[])
+}
+
+/// Runs the built `ssl-host` with `args` and the environment variables `env` added.
+pub fn ssl_host_with_env<V: AsRef<std::ffi::OsStr>>(args: &[&str], env: &[(&str, V)]) -> Run {
     let output = Command::new(artifact("ssl-host"))
         .args(args)
         .env_remove("LD_LIBRARY_PATH")
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
         .expect("ssl-host starts");
     Run::from(output)
