@@ -13,18 +13,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A small, fast BYOL run on the built-in Shapes data (as tests/training.rs).
+/// A tiny SimCLR run on the built-in Shapes data: one training and one validation batch of 8
+/// per epoch (`is_debug_model`), well under a second per epoch; SGD, whose state is smaller than
+/// Adam's (the checkpoint is still 100 MB: ResNet-18 and its momentum).
 fn small(out: &str, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = vec![
-        "--model=ShapesBYOL".into(),
+        "--model=ShapesSimCLR".into(),
+        "--optimizer=sgd".into(),
         format!("--output_dir={out}"),
-        "--ssl_dataset_params.num_samples=120".into(),
-        "--linear_head_dataset_params.num_samples=80".into(),
-        "--ssl_dataset_params.image_size=32".into(),
-        "--ssl_training_batch_size=16".into(),
+        "--ssl_dataset_params.num_samples=64".into(),
+        "--linear_head_dataset_params.num_samples=64".into(),
+        "--val_split=0.25".into(),
+        "--ssl_training_batch_size=8".into(),
         "--linear_head_batch_size=8".into(),
-        "--ssl_encoder=resnet18".into(),
-        "--num_workers=2".into(),
+        "--is_debug_model=true".into(),
+        "--knn_monitor=false".into(),
+        "--num_workers=1".into(),
         "--device=cpu".into(),
         "--warmup_epochs=1".into(),
     ];
@@ -175,9 +179,10 @@ fn a_run_in_s3_uploads_its_outputs_and_resumes_elsewhere_as_if_uninterrupted() {
         "--resume",
     ]);
     let exported = tmp.path().join("encoder.safetensors");
+    let machine_d = tmp.path().join("d");
     on(
         &server,
-        &tmp.path().join("d"),
+        &machine_d,
         &[
             "export-encoder".into(),
             format!("--checkpoint={url}"),
@@ -187,17 +192,19 @@ fn a_run_in_s3_uploads_its_outputs_and_resumes_elsewhere_as_if_uninterrupted() {
     .assert_ok();
     assert!(exported.exists());
 
-    // The original's pretraining_run_recovery_id: a run name under runs_location.
+    // The original's pretraining_run_recovery_id: a run name under runs_location (the
+    // checkpoint is on machine D already).
     let classifier = tmp.path().join("classifier");
     on(
         &server,
-        &tmp.path().join("e"),
+        &machine_d,
         &[
             "--model=SSLClassifierCIFAR".into(),
             format!("--output_dir={}", classifier.display()),
             "--linear_head_dataset_name=Shapes".into(),
             "--linear_head_dataset_params.num_samples=48".into(),
-            "--linear_head_batch_size=16".into(),
+            "--linear_head_batch_size=8".into(),
+            "--is_debug_model=true".into(),
             "--num_epochs=1".into(),
             "--num_workers=1".into(),
             "--device=cpu".into(),
@@ -230,7 +237,8 @@ fn an_upload_that_keeps_failing_stops_the_run_and_a_resume_continues() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // The server goes away once the first checkpoint is written: a later upload fails.
+    // The server goes away once the first checkpoint is written: its upload (100 MB), or a
+    // later one, fails.
     let start = Instant::now();
     let first_checkpoint = || {
         std::fs::read_dir(cache.join("runs"))
