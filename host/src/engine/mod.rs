@@ -204,12 +204,14 @@ impl RunFolder {
         } else {
             (PathBuf::new(), None, None)
         };
+        let location = remote
+            .as_ref()
+            .map_or_else(|| dir.display().to_string(), |r| r.url().to_string());
+        let location = world.broadcast_text(&location)?;
         let dir = PathBuf::from(world.broadcast_text(&dir.display().to_string())?);
         Ok(RunFolder {
             checkpoint: checkpoint::last_in(&dir),
-            location: remote
-                .as_ref()
-                .map_or_else(|| dir.display().to_string(), |r| r.url().to_string()),
+            location,
             remote,
             upload: None,
             _cleanup: world.is_main().then(|| RemoveIfEmpty::new(config, &dir)),
