@@ -189,9 +189,15 @@ impl RemoteRun {
     /// The run at `url` (no request is made yet), staged in [`staging_dir`] under
     /// [`cache_root`]; requests are retried for `retry_seconds`.
     pub fn new(url: ObjectUrl, retry_seconds: f64) -> RemoteRun {
+        let mut options = storage_options(retry_seconds);
+        if url.to_string().starts_with("http") {
+            // A plain HTTP(S) server (WebDAV) has no multipart uploads: each object goes in
+            // one PUT, which such servers make visible whole.
+            options.part_size = usize::MAX >> 1;
+        }
         RemoteRun {
             staging: staging_dir(&cache_root(), &url),
-            storage: Storage::from_process_env(storage_options(retry_seconds)),
+            storage: Storage::from_process_env(options),
             url,
         }
     }

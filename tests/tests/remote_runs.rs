@@ -156,7 +156,7 @@ fn a_run_in_s3_uploads_its_outputs_and_resumes_elsewhere_as_if_uninterrupted() {
     let resumed = on(
         &server,
         &machine_b,
-        &[format!("--output_dir={url}"), "--resume".into()],
+        &[format!("--output_dir={url}"), "--resume=auto".into()],
     );
     resumed.assert_ok();
     assert!(resumed.stderr.contains("downloading"), "{}", resumed.stderr);
