@@ -189,6 +189,11 @@ impl RemoteRun {
     /// The run at `url` (no request is made yet), staged in [`staging_dir`] under
     /// [`cache_root`]; requests are retried for `retry_seconds`.
     pub fn new(url: ObjectUrl, retry_seconds: f64) -> RemoteRun {
+        RemoteRun::staged_in(staging_dir(&cache_root(), &url), url, retry_seconds)
+    }
+
+    /// The run at `url`, staged in `staging`.
+    pub fn staged_in(staging: PathBuf, url: ObjectUrl, retry_seconds: f64) -> RemoteRun {
         let mut options = storage_options(retry_seconds);
         if url.to_string().starts_with("http") {
             // A plain HTTP(S) server (WebDAV) has no multipart uploads: each object goes in
@@ -196,7 +201,7 @@ impl RemoteRun {
             options.part_size = usize::MAX >> 1;
         }
         RemoteRun {
-            staging: staging_dir(&cache_root(), &url),
+            staging,
             storage: Storage::from_process_env(options),
             url,
         }
@@ -792,6 +797,99 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn uploads_end_with_the_marker_naming_the_last_checkpoint_which_a_checkout_fetches() {
+        let tmp = tempfile::tempdir().unwrap();
+        // A local "bucket": the storage module serves paths through the same calls.
+        let url = ObjectUrl::local(&tmp.path().join("bucket/runs/a")).unwrap();
+        let staging = tmp.path().join("staging");
+        let uploader =
+            Uploader::start(RemoteRun::staged_in(staging.clone(), url.clone(), 1.0)).unwrap();
+        let written = checkpoint::last_in(&staging);
+        std::fs::create_dir_all(written.parent().unwrap()).unwrap();
+        crate::atomic_file::write_atomic(&written, b"first checkpoint").unwrap();
+        uploader.checkpoint(1, 10).unwrap();
+        // Replaced at once, as the next epoch's checkpoint: the queued one keeps its content.
+        crate::atomic_file::write_atomic(&written, b"second checkpoint").unwrap();
+        std::fs::write(staging.join("metrics.csv"), "epoch,name,value\n0,a,1\n").unwrap();
+        uploader.file("metrics.csv").unwrap();
+        uploader.checkpoint(2, 20).unwrap();
+        uploader.finish().unwrap();
+
+        let bucket = url.local_path().unwrap();
+        let marker = Marker::parse(
+            &std::fs::read(bucket.join(MARKER)).unwrap(),
+            &url.join(MARKER).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(marker.checkpoint, Marker::object_name(2, 20));
+        assert_eq!(
+            (marker.epochs_done, marker.global_step, marker.size),
+            (2, 20, 17)
+        );
+        assert_eq!(
+            std::fs::read(bucket.join(&marker.checkpoint)).unwrap(),
+            b"second checkpoint"
+        );
+        // One checkpoint object: the first was replaced in the queue or deleted after.
+        let objects: Vec<_> = std::fs::read_dir(bucket.join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(objects.len(), 1, "{objects:?}");
+        // No snapshot is left in the staging folder.
+        let staged: Vec<_> = std::fs::read_dir(written.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(staged, ["last.safetensors"]);
+
+        // Another machine's staging folder gets the run: outputs and checkpoint.
+        let elsewhere = tmp.path().join("elsewhere");
+        let run = RemoteRun::staged_in(elsewhere.clone(), url.clone(), 1.0);
+        run.download(&run.marker().unwrap().unwrap()).unwrap();
+        assert_eq!(
+            std::fs::read(checkpoint::last_in(&elsewhere)).unwrap(),
+            b"second checkpoint"
+        );
+        assert_eq!(
+            std::fs::read_to_string(elsewhere.join("metrics.csv")).unwrap(),
+            "epoch,name,value\n0,a,1\n"
+        );
+        // A checkpoint object that is not what the marker says is refused, and not installed.
+        std::fs::write(bucket.join(&marker.checkpoint), b"SECOND checkpoint").unwrap();
+        std::fs::remove_file(checkpoint::last_in(&elsewhere)).unwrap();
+        let e = format!("{:#}", run.download(&marker).unwrap_err());
+        assert!(
+            e.contains("SHA-256") && e.contains(&marker.checkpoint),
+            "{e}"
+        );
+        assert!(!checkpoint::last_in(&elsewhere).exists());
+    }
+
+    #[test]
+    fn a_failed_upload_is_an_error_naming_the_url_and_the_staging_folder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let url = ObjectUrl::local(&tmp.path().join("bucket/runs/a")).unwrap();
+        let staging = tmp.path().join("staging");
+        std::fs::create_dir_all(&staging).unwrap();
+        std::fs::write(staging.join("config.toml"), "x = 1\n").unwrap();
+        let uploader =
+            Uploader::start(RemoteRun::staged_in(staging.clone(), url.clone(), 0.5)).unwrap();
+        // The bucket becomes a file: nothing can be written under it.
+        std::fs::write(tmp.path().join("bucket"), "").unwrap();
+        uploader.file("config.toml").unwrap();
+        let e = format!("{:#}", uploader.finish().unwrap_err());
+        for needle in [
+            format!("uploading the run's outputs to {url} failed"),
+            staging.display().to_string(),
+            format!("--output_dir={url} --resume"),
+        ] {
+            assert!(e.contains(&needle), "lacks {needle}: {e}");
+        }
+        assert!(staging.join("config.toml").exists());
     }
 
     #[test]

@@ -216,46 +216,45 @@ impl Request {
             .find(|(n, _)| n == "output_dir")
             .map(|(_, v)| v.as_str())
             .context("--resume needs --output_dir=DIR (or a run URL) of the run to continue")?;
-        let found = match Location::parse(given).context("--output_dir")? {
-            Location::Local(dir) => Some(checkpoint::last_in(&dir)).filter(|p| p.exists()),
+        let (found, missing) = match Location::parse(given).context("--output_dir")? {
+            Location::Local(dir) => {
+                let path = checkpoint::last_in(&dir);
+                let missing = format!("--resume: no checkpoint at {}", path.display());
+                (Some(path).filter(|p| p.exists()), missing)
+            }
             Location::Remote(_) if !main => return Ok(None),
             Location::Remote(url) => {
-                let retry = self
-                    .overrides
-                    .iter()
-                    .rev()
-                    .find(|(n, _)| n == "storage_retry_seconds")
-                    .map(|(_, v)| {
-                        v.parse::<f64>().with_context(|| {
-                            format!("--storage_retry_seconds={v}: expected a number of seconds")
-                        })
-                    })
-                    .transpose()?
-                    .unwrap_or(RunConfig::default().storage_retry_seconds);
-                let run = RemoteRun::new(url, retry);
+                let run = RemoteRun::new(url, self.storage_retry_seconds()?);
                 let found = run
                     .checkout()
                     .with_context(|| format!("--resume: reading the run at {}", run.url()))?;
-                if found.is_none() && self.resume == Resume::Yes {
-                    bail!(
-                        "--resume: {} holds no run (no `latest` marker) and its staging folder \
-                         {} no checkpoint",
-                        run.url(),
-                        run.staging().display()
-                    );
-                }
-                found
+                let missing = format!(
+                    "--resume: {} holds no run (no `latest` marker), and its staging folder {} \
+                     no checkpoint",
+                    run.url(),
+                    run.staging().display()
+                );
+                (found, missing)
             }
         };
-        match (found, self.resume) {
-            (None, Resume::Yes) => {
-                let dir = named_output_dir(&self.overrides).unwrap_or_default();
-                bail!(
-                    "--resume: no checkpoint at {}",
-                    checkpoint::last_in(&dir).display()
-                )
-            }
-            (found, _) => Ok(found),
+        if found.is_none() && self.resume == Resume::Yes {
+            bail!("{missing}");
+        }
+        Ok(found)
+    }
+
+    /// `--storage_retry_seconds` as given, else its default.
+    fn storage_retry_seconds(&self) -> Result<f64> {
+        match self
+            .overrides
+            .iter()
+            .rev()
+            .find(|(n, _)| n == "storage_retry_seconds")
+        {
+            Some((_, v)) => v.parse().with_context(|| {
+                format!("--storage_retry_seconds={v}: expected a number of seconds")
+            }),
+            None => Ok(RunConfig::default().storage_retry_seconds),
         }
     }
 
