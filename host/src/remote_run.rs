@@ -429,6 +429,8 @@ struct Shared {
 #[derive(Default)]
 struct State {
     queue: VecDeque<Job>,
+    /// Whether a job is being uploaded.
+    busy: bool,
     closed: bool,
     failed: Option<String>,
 }
@@ -576,6 +578,13 @@ impl Uploader {
 
     /// Waits for every queued upload; the error of the first that failed.
     pub fn finish(mut self) -> Result<()> {
+        let waiting = {
+            let state = self.lock();
+            state.queue.len() + usize::from(state.busy)
+        };
+        if waiting > 0 {
+            eprintln!("waiting for {waiting} upload(s) to {}", self.url);
+        }
         self.close();
         self.check()
     }
@@ -654,17 +663,21 @@ fn work(run: RemoteRun, mut previous: Option<Marker>, shared: &Shared) {
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
             }
             match state.queue.pop_front() {
-                Some(job) => job,
+                Some(job) => {
+                    state.busy = true;
+                    job
+                }
                 None => return,
             }
         };
         let result = upload(&run, &job, &mut previous);
         job.discard();
+        let mut state = shared
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.busy = false;
         if let Err(e) = result {
-            let mut state = shared
-                .state
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
             state.failed = Some(format!("{e:#}"));
             for job in state.queue.drain(..) {
                 job.discard();
