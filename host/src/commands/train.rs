@@ -216,29 +216,27 @@ impl Request {
             .find(|(n, _)| n == "output_dir")
             .map(|(_, v)| v.as_str())
             .context("--resume needs --output_dir=DIR (or a run URL) of the run to continue")?;
-        let (found, missing) = match Location::parse(given).context("--output_dir")? {
+        let url = match Location::parse(given).context("--output_dir")? {
+            // `--resume` reads the folder's checkpoint, whose absence is the reading's error.
             Location::Local(dir) => {
                 let path = checkpoint::last_in(&dir);
-                let missing = format!("--resume: no checkpoint at {}", path.display());
-                (Some(path).filter(|p| p.exists()), missing)
+                let auto = self.resume == Resume::Auto;
+                return Ok(Some(path).filter(|p| !auto || p.exists()));
             }
             Location::Remote(_) if !main => return Ok(None),
-            Location::Remote(url) => {
-                let run = RemoteRun::new(url, self.storage_retry_seconds()?);
-                let found = run
-                    .checkout()
-                    .with_context(|| format!("--resume: reading the run at {}", run.url()))?;
-                let missing = format!(
-                    "--resume: {} holds no run (no `latest` marker), and its staging folder {} \
-                     no checkpoint",
-                    run.url(),
-                    run.staging().display()
-                );
-                (found, missing)
-            }
+            Location::Remote(url) => url,
         };
+        let run = RemoteRun::new(url, self.storage_retry_seconds()?);
+        let found = run
+            .checkout()
+            .with_context(|| format!("--resume: reading the run at {}", run.url()))?;
         if found.is_none() && self.resume == Resume::Yes {
-            bail!("{missing}");
+            bail!(
+                "--resume: {} holds no run (no `latest` marker), and its staging folder {} no \
+                 checkpoint",
+                run.url(),
+                run.staging().display()
+            );
         }
         Ok(found)
     }
