@@ -123,11 +123,11 @@ struct TrainOptions {
     /// The model: a config in configs/, a plugin's, or a .toml path
     #[arg(long, value_name = "NAME")]
     model: Option<String>,
-    /// Continue the run in --output_dir from its last checkpoint (auto: when it has one, else start it there)
+    /// Continue the run in --output_dir (a folder or a run URL) from its last checkpoint (auto: when it has one, else start it there)
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "true|false|auto")]
     resume: Option<String>,
-    /// The run folder (default outputs/<UTC time>_<model>/)
-    #[arg(long, value_name = "DIR")]
+    /// The run folder (default outputs/<UTC time>_<model>/), or a run URL (s3://, az://, gs://, https://) to upload it to
+    #[arg(long, value_name = "DIR|URL")]
     output_dir: Option<String>,
     /// Stop cleanly after N epochs (resume continues)
     #[arg(long, value_name = "N")]
@@ -154,7 +154,7 @@ struct ShowConfigOptions {
 #[derive(Args)]
 #[command(rename_all = "snake_case")]
 struct InspectOptions {
-    /// The checkpoint: a .safetensors file or a run folder (required)
+    /// The checkpoint: a .safetensors file, a run folder or a run URL (required)
     #[arg(long, value_name = "PATH")]
     checkpoint: Option<String>,
 }
@@ -261,7 +261,7 @@ struct BenchDataOptions {
 #[derive(Args)]
 #[command(rename_all = "snake_case")]
 struct EvalOptions {
-    /// The checkpoint: a .safetensors file or a run folder (required)
+    /// The checkpoint: a .safetensors file, a run folder or a run URL (required)
     #[arg(long, value_name = "PATH")]
     checkpoint: Option<String>,
     /// The dataset of the images (required; `ssl-host list` names them)
@@ -303,7 +303,7 @@ struct EmbedOptions {
 #[derive(Args)]
 #[command(rename_all = "snake_case")]
 struct ExportOptions {
-    /// The checkpoint: a .safetensors file or a run folder (required)
+    /// The checkpoint: a .safetensors file, a run folder or a run URL (required)
     #[arg(long, value_name = "PATH")]
     checkpoint: Option<String>,
     /// The .safetensors file to write (required)

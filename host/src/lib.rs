@@ -19,6 +19,7 @@ pub mod outputs;
 pub mod pipeline;
 pub mod pretrained;
 pub mod registry;
+pub mod remote_run;
 pub mod sampler;
 pub mod schedule;
 pub mod seeds;

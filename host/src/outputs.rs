@@ -84,6 +84,11 @@ impl RunOutputs {
         &self.dir
     }
 
+    /// The TensorBoard event file this run writes (in `logs/`).
+    pub fn events_file(&self) -> &Path {
+        self.events.path()
+    }
+
     /// Appends one epoch's metrics to `metrics.csv` (synced) and TensorBoard.
     pub fn write_epoch(&mut self, epoch: usize, metrics: &[(String, f64)]) -> Result<()> {
         let path = self.dir.join("metrics.csv");

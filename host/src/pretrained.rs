@@ -30,8 +30,20 @@ pub fn encoder_tensor_prefix(info: &CheckpointInfo) -> String {
 }
 
 /// The checkpoint file of `path`: the file itself, or a run folder's last checkpoint; a
-/// clear error when there is none.
+/// clear error when there is none. A URL (a run URL, or a checkpoint object's) is downloaded
+/// into this machine's cache first ([`crate::remote_run::local_checkpoint`]).
 pub fn checkpoint_file(path: &Path) -> Result<PathBuf> {
+    if let Some(url) = path
+        .to_str()
+        .filter(|p| crate::storage::ObjectUrl::is_url(p))
+    {
+        let local = crate::remote_run::local_checkpoint(url)?;
+        return if url.starts_with("file:") {
+            checkpoint_file(&local)
+        } else {
+            Ok(local)
+        };
+    }
     if path.is_dir() {
         let file = crate::checkpoint::last_in(path);
         if !file.exists() {

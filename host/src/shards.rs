@@ -66,13 +66,7 @@ impl StoreSettings {
     /// `~/.cache/ssl-host`), 100 GB, `$SSL_HOST_DATASET_CATALOGUE`, retries for 180 s.
     pub fn from_env() -> StoreSettings {
         let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-        let cache_dir = var("SSL_HOST_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-            var("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache")))
-                .unwrap_or_else(|| PathBuf::from(".cache"))
-                .join("ssl-host")
-        });
+        let cache_dir = crate::remote_run::cache_root();
         StoreSettings {
             cache_dir,
             limit_bytes: 100_000_000_000,

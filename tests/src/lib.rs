@@ -151,17 +151,12 @@ impl Run {
 
 /// Runs the built `ssl-host` with `args`.
 pub fn ssl_host(args: &[&str]) -> Run {
-    let output = Command::new(artifact("ssl-host"))
-        .args(args)
-        .env_remove("LD_LIBRARY_PATH")
-        .output()
-        .expect("ssl-host starts");
-    Run::from(output)
+    ssl_host_with_env::<&str>(args, &[])
 }
 
 /// Runs the built `ssl-host` with `args` and the environment variables `env` added (such as a
 /// storage server's credentials and endpoint, `e2e::servers::Server::env`).
-pub fn ssl_host_env(args: &[&str], env: &[(&str, String)]) -> Run {
+pub fn ssl_host_with_env<V: AsRef<std::ffi::OsStr>>(args: &[&str], env: &[(&str, V)]) -> Run {
     let output = Command::new(artifact("ssl-host"))
         .args(args)
         .env_remove("LD_LIBRARY_PATH")

@@ -733,7 +733,7 @@ fn two_processes_reading_shards_from_s3_each_read_half_and_equal_one_process() {
         tmp.path().join("staging").display().to_string(),
     ));
     let url = format!("{}/shapes", server.bucket("data"));
-    ssl_host_env(
+    ssl_host_with_env(
         &[
             "pack",
             "--dataset=Shapes",

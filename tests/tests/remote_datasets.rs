@@ -25,7 +25,7 @@ fn pack_shapes(out: &str, shard_samples: usize, env: &[(&str, String)]) {
         format!("--output={out}"),
     ];
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    ssl_host_env(&refs, env).assert_ok();
+    ssl_host_with_env(&refs, env).assert_ok();
 }
 
 /// A small SimCLR run reading `data` (a folder or a URL) with the Packed dataset; `extra` sets
@@ -50,7 +50,7 @@ fn train_args(out: &Path, data: &str, extra: &[&str]) -> Vec<String> {
 
 fn train(args: &[String], env: &[(&str, String)]) -> Run {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    ssl_host_env(&refs, env)
+    ssl_host_with_env(&refs, env)
 }
 
 /// Two debug epochs (one training and one validation batch each) of batches of 16.

@@ -7,6 +7,7 @@ use crate::cli::Cli;
 use crate::config::{parameter_help, RunConfig, Task};
 use crate::engine::{self, Fitted, RunOptions};
 use crate::registry::Registry;
+use crate::remote_run::{self, Location, RemoteRun};
 use crate::tasks::classifier::ClassifierTask;
 use crate::tasks::ssl::SslTask;
 use anyhow::{anyhow, bail, Context, Result};
@@ -113,19 +114,6 @@ fn resume_mode(cli: &mut Cli) -> Result<Resume> {
     }
 }
 
-impl Resume {
-    /// Whether this process, looking at its own disk, would continue a run.
-    fn here(self, overrides: &[(String, String)]) -> bool {
-        match self {
-            Resume::No => false,
-            Resume::Yes => true,
-            Resume::Auto => {
-                named_output_dir(overrides).is_some_and(|dir| checkpoint::last_in(&dir).exists())
-            }
-        }
-    }
-}
-
 /// What a run is started with: the command line less the run options.
 struct Request {
     resume: Resume,
@@ -147,17 +135,18 @@ impl Request {
         registry: &Registry,
         env: Option<&crate::dist::DistEnv>,
     ) -> Result<RunConfig> {
-        let resolved = if self.resume.here(&self.overrides) {
-            let dir = named_output_dir(&self.overrides)
-                .context("--resume needs --output_dir=DIR of the run to continue")?;
-            let path = checkpoint::last_in(&dir);
-            checkpoint::read_info(&path)
-                .with_context(|| format!("--resume: reading {}", path.display()))
-                .and_then(|info| {
-                    resumed_config(&info, &dir, self.model.as_deref(), &self.overrides)
-                })
-        } else {
-            fresh_config(registry, self.model.as_deref(), &self.overrides)
+        let main = env.is_none_or(|env| env.rank == 0);
+        let resolved = match self.checkpoint_here(main) {
+            Ok(Some(path)) => {
+                let dir = named_output_dir(&self.overrides).unwrap_or_default();
+                checkpoint::read_info(&path)
+                    .with_context(|| format!("--resume: reading {}", path.display()))
+                    .and_then(|info| {
+                        resumed_config(&info, &dir, self.model.as_deref(), &self.overrides)
+                    })
+            }
+            Ok(None) => fresh_config(registry, self.model.as_deref(), &self.overrides),
+            Err(e) => Err(e),
         };
         match (resolved, env) {
             (Err(_), Some(env)) if env.rank != 0 => match &self.model {
@@ -212,15 +201,68 @@ impl Request {
         Ok((config, Some(stored)))
     }
 
-    /// Rank 0: the checkpoint to continue from, as bytes, or `None` for a new run.
-    fn read_checkpoint(&self) -> Result<Option<(PathBuf, Vec<u8>)>> {
-        if !self.resume.here(&self.overrides) {
+    /// The checkpoint this process would continue from, looking at its own disk: `None` for a
+    /// new run, an error for `--resume` without one. For a run URL (`--output_dir=s3://...`)
+    /// only rank 0 (`main`) looks, at the bucket, and downloads the run's latest checkpoint
+    /// into its staging folder unless that holds it (or a newer one) already.
+    fn checkpoint_here(&self, main: bool) -> Result<Option<PathBuf>> {
+        if self.resume == Resume::No {
             return Ok(None);
         }
-        let dir = named_output_dir(&self.overrides)
-            .context("--resume needs --output_dir=DIR of the run to continue")?;
-        let path = checkpoint::last_in(&dir);
+        let given = self
+            .overrides
+            .iter()
+            .rev()
+            .find(|(n, _)| n == "output_dir")
+            .map(|(_, v)| v.as_str())
+            .context("--resume needs --output_dir=DIR (or a run URL) of the run to continue")?;
+        let url = match Location::parse(given).context("--output_dir")? {
+            // `--resume` reads the folder's checkpoint, whose absence is the reading's error.
+            Location::Local(dir) => {
+                let path = checkpoint::last_in(&dir);
+                let auto = self.resume == Resume::Auto;
+                return Ok(Some(path).filter(|p| !auto || p.exists()));
+            }
+            Location::Remote(_) if !main => return Ok(None),
+            Location::Remote(url) => url,
+        };
+        let run = RemoteRun::new(url, self.storage_retry_seconds()?);
+        let found = run
+            .checkout()
+            .with_context(|| format!("--resume: reading the run at {}", run.url()))?;
+        if found.is_none() && self.resume == Resume::Yes {
+            bail!(
+                "--resume: {} holds no run (no `latest` marker), and its staging folder {} no \
+                 checkpoint",
+                run.url(),
+                run.staging().display()
+            );
+        }
+        Ok(found)
+    }
+
+    /// `--storage_retry_seconds` as given, else its default.
+    fn storage_retry_seconds(&self) -> Result<f64> {
+        match self
+            .overrides
+            .iter()
+            .rev()
+            .find(|(n, _)| n == "storage_retry_seconds")
+        {
+            Some((_, v)) => v.parse().with_context(|| {
+                format!("--storage_retry_seconds={v}: expected a number of seconds")
+            }),
+            None => Ok(RunConfig::default().storage_retry_seconds),
+        }
+    }
+
+    /// Rank 0: the checkpoint to continue from, as bytes, or `None` for a new run.
+    fn read_checkpoint(&self) -> Result<Option<(PathBuf, Vec<u8>)>> {
+        let Some(path) = self.checkpoint_here(true)? else {
+            return Ok(None);
+        };
         if self.resume == Resume::Auto {
+            let dir = named_output_dir(&self.overrides).unwrap_or_default();
             eprintln!("--resume=auto: continuing the run in {}", dir.display());
         }
         let bytes = std::fs::read(&path)
@@ -340,7 +382,8 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
     let env = crate::dist::DistEnv::from_env()?;
     let local = request.local_config(registry, env.as_ref())?;
     super::join::join_if_distributed(&local)?;
-    let (config, stored) = request.agree(registry)?;
+    let (mut config, stored) = request.agree(registry)?;
+    apply_recovery_id(&mut config)?;
     // Different arguments on one process would hang or silently diverge: refuse at start.
     // The output folder may differ (rank 0 alone chooses and writes it).
     let mut fingerprint = RunConfig {
@@ -358,7 +401,35 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
             stop_after_epochs,
         },
     )?;
-    println!("run finished: outputs in {}", fitted.dir.display());
+    if fitted.location == fitted.dir.display().to_string() {
+        println!("run finished: outputs in {}", fitted.dir.display());
+    } else {
+        println!(
+            "run finished: outputs in {} (staged in {})",
+            fitted.location,
+            fitted.dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// `pretraining_run_recovery_id` (the original's name of a classifier's SSL run) resolved into
+/// `local_ssl_weights_path`: a run URL or folder as given, or a run name under `runs_location`
+/// (else `$SSL_HOST_RUNS`). Both parameters naming different runs is an error.
+fn apply_recovery_id(config: &mut RunConfig) -> Result<()> {
+    let Some(id) = config.pretraining_run_recovery_id.clone() else {
+        return Ok(());
+    };
+    let from_env = std::env::var("SSL_HOST_RUNS").ok();
+    let runs = config.runs_location.as_deref().or(from_env.as_deref());
+    let location = remote_run::recovery_location(&id, runs)?;
+    match &config.local_ssl_weights_path {
+        Some(given) if *given != location => bail!(
+            "pretraining_run_recovery_id={id} names {location}, but local_ssl_weights_path is \
+             {given}: give one of them"
+        ),
+        _ => config.local_ssl_weights_path = Some(location),
+    }
     Ok(())
 }
 

@@ -242,13 +242,13 @@ settings! {
         knn_monitor: bool = true,
         /// classifier: keep the pretrained encoder fixed
         freeze_encoder: bool = true,
-        /// classifier: SSL checkpoint or run folder (alias: local_weights_path)
+        /// classifier: SSL checkpoint, run folder or run URL (alias: local_weights_path)
         local_ssl_weights_path: Option<String> = None,
         /// start the encoder from torchvision-named weights (.safetensors)
         encoder_init: Option<String> = None,
         /// autocast to half precision on CUDA
         use_mixed_precision: bool = false,
-        /// where the run writes (default outputs/<UTC time>_<model>)
+        /// where the run writes: a folder (default outputs/<UTC time>_<model>), or a run URL (s3://, az://, gs://, https://) that a staging folder on this machine is uploaded to
         output_dir: Option<String> = None,
         /// cpu, cuda or cuda:N (default: cuda when available)
         device: Option<String> = None,
@@ -310,10 +310,14 @@ settings! {
         dataset_catalogue: Option<String> = None,
         /// shuffled training passes over a packed dataset: uniform (a permutation of the split) or shards (each process reads its own shards, about 1/N of them, see docs)
         sample_order: SampleOrder = SampleOrder::Uniform,
-        /// seconds a failing request to object storage is retried (with back-off) before the run stops with an error naming the URL
-        storage_retry_seconds: f64 = 180.0,
         /// sample_order = shards: the number of partitions the shards are dealt to (0: the number of processes); a 1-process run with N partitions and N times the batch equals an N-process run
         shard_partitions: usize = 0,
+        /// the original's name for the SSL run a classifier starts from: a run URL (s3://, az://, gs://, https://) or folder, or a run name under runs_location; sets local_ssl_weights_path
+        pretraining_run_recovery_id: Option<String> = None,
+        /// where pretraining_run_recovery_id finds a run by name: a URL or folder holding runs (default: $SSL_HOST_RUNS)
+        runs_location: Option<String> = None,
+        /// seconds a request to object storage is retried with back-off before it fails: a dataset read stops the run with an error naming the URL; a failed upload of run outputs stops it too, its outputs kept in the staging folder
+        storage_retry_seconds: f64 = 180.0,
     }
 }
 

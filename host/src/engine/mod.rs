@@ -18,6 +18,7 @@ use crate::checkpoint::{self, Checkpoint, CheckpointInfo};
 use crate::config::RunConfig;
 use crate::loader::Source;
 use crate::outputs::RunOutputs;
+use crate::remote_run::Uploader;
 use crate::schedule::LrSchedule;
 use crate::seeds::seed_of;
 use anyhow::{bail, Context, Result};
@@ -129,8 +130,10 @@ pub fn metric(metrics: &[(String, f64)], name: &str) -> f64 {
 
 /// What [`fit`] returns.
 pub struct Fitted {
-    /// The run's output folder.
+    /// The run's output folder (for a run URL, its staging folder).
     pub dir: PathBuf,
+    /// Where the run's outputs are: the run URL, or the folder.
+    pub location: String,
     /// The optimizer steps taken through the step path in this process, by optimizer slot.
     pub step_counts: BTreeMap<&'static str, u64>,
 }
@@ -148,34 +151,46 @@ pub fn fit<T: Task>(
         resume_from: stored,
         stop_after_epochs,
     } = options;
-    let folder = RunFolder::open(&config, stored.is_some())?;
+    let mut folder = RunFolder::open(&config, stored.is_some())?;
     let mut config = config;
-    config.output_dir = Some(folder.dir.display().to_string());
+    config.output_dir = Some(folder.location.clone());
     let mut task = build(config, stored.as_ref())?;
     let start = Start::restore(&mut task, stored, &folder.checkpoint)?;
     share_main_state(&mut task)?;
     let last = last_epoch(task.config(), start.epoch, stop_after_epochs, &folder.dir)?;
+    folder.start_uploads()?;
     let mut run = Run::begin(task, folder, start.epoch, start.global_step)?;
-    let mut mid_epoch = start.mid_epoch;
-    for epoch in start.epoch..last {
-        let metrics = run.train_epoch(epoch, mid_epoch.take())?;
-        run.end_epoch(epoch, metrics)?;
+    let trained = run.train_epochs(start.epoch, last, start.mid_epoch);
+    // Every upload is waited for, also after an error (a signal's checkpoint goes up too).
+    let uploaded = run.folder.finish_uploads();
+    if let (Err(error), Err(upload)) = (&trained, &uploaded) {
+        let upload = format!("{upload:#}");
+        if !format!("{error:#}").contains(&upload) {
+            eprintln!("warning: {upload}");
+        }
     }
-    if last == run.task.config().num_epochs {
-        run.final_evaluation()?;
-    }
+    trained?;
+    uploaded?;
     Ok(Fitted {
         dir: run.folder.dir.clone(),
+        location: run.folder.location.clone(),
         step_counts: run.path.counts().clone(),
     })
 }
 
 /// The run folder as every process knows it: rank 0 chooses it and holds its lock (one run per
-/// folder) until the run ends; the others learn its name and write nothing there.
+/// folder) until the run ends; the others learn its name and write nothing there. For a run
+/// URL it is the staging folder, and rank 0 uploads what is written there.
 struct RunFolder {
     dir: PathBuf,
+    /// Where the outputs are, as the user names them: the run URL, or `dir`.
+    location: String,
     checkpoint: PathBuf,
-    // Dropped in this order: run.lock is gone when an empty folder is removed.
+    /// The run in object storage (rank 0, a run URL), until its uploads start.
+    remote: Option<crate::remote_run::RemoteRun>,
+    // Dropped in this order: uploads end before the lock goes, and run.lock is gone when an
+    // empty folder is removed.
+    upload: Option<Uploader>,
     _lock: Option<run_folder::RunLock>,
     _cleanup: Option<RemoveIfEmpty>,
 }
@@ -183,19 +198,66 @@ struct RunFolder {
 impl RunFolder {
     fn open(config: &RunConfig, resume: bool) -> Result<RunFolder> {
         let world = crate::world::current();
-        let (dir, lock) = if world.is_main() {
-            let (dir, lock) = run_folder(config, resume)?;
-            (dir, Some(lock))
+        let (dir, lock, remote) = if world.is_main() {
+            let (dir, lock, remote) = run_folder(config, resume)?;
+            (dir, Some(lock), remote)
         } else {
-            (PathBuf::new(), None)
+            (PathBuf::new(), None, None)
         };
+        let location = remote
+            .as_ref()
+            .map_or_else(|| dir.display().to_string(), |r| r.url().to_string());
+        let location = world.broadcast_text(&location)?;
         let dir = PathBuf::from(world.broadcast_text(&dir.display().to_string())?);
         Ok(RunFolder {
             checkpoint: checkpoint::last_in(&dir),
+            location,
+            remote,
+            upload: None,
             _cleanup: world.is_main().then(|| RemoveIfEmpty::new(config, &dir)),
             _lock: lock,
             dir,
         })
+    }
+
+    /// Rank 0 of a run URL: starts the uploader (which first uploads a checkpoint that a
+    /// resumed run's staging folder holds and the bucket lacks).
+    fn start_uploads(&mut self) -> Result<()> {
+        if let Some(remote) = self.remote.take() {
+            self.upload = Some(Uploader::start(remote)?);
+        }
+        Ok(())
+    }
+
+    /// Queues the upload of `files` (relative to the folder) and of TensorBoard's event files.
+    fn upload_outputs(&self, files: &[&str], outputs: &RunOutputs) -> Result<()> {
+        let Some(upload) = &self.upload else {
+            return Ok(());
+        };
+        for file in files {
+            upload.file(file)?;
+        }
+        let events = outputs.events_file();
+        match events.file_name().and_then(|n| n.to_str()) {
+            Some(name) => upload.file(&format!("logs/{name}")),
+            None => upload.logs(),
+        }
+    }
+
+    /// Queues the upload of the checkpoint just written.
+    fn upload_checkpoint(&self, epochs_done: usize, global_step: u64) -> Result<()> {
+        match &self.upload {
+            Some(upload) => upload.checkpoint(epochs_done, global_step),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for every upload; the error of one that failed.
+    fn finish_uploads(&mut self) -> Result<()> {
+        match self.upload.take() {
+            Some(upload) => upload.finish(),
+            None => Ok(()),
+        }
     }
 
     /// The error of a run stopped by `signal` after `what`, saying how to continue.
@@ -205,7 +267,7 @@ impl RunFolder {
             message: format!(
                 "{what}: the checkpoint is in {}; continue with `ssl-host --output_dir={} --resume`",
                 self.checkpoint.display(),
-                self.dir.display()
+                self.location
             ),
         }
         .into()
@@ -331,6 +393,11 @@ impl<T: Task> Run<T> {
             let outputs = RunOutputs::open(&folder.dir, start_epoch)?;
             let plugins = task.info_mut().plugins.clone();
             write_config_file(&folder.dir, task.config(), &plugins)?;
+            if let Some(upload) = &folder.upload {
+                upload.file("config.toml")?;
+                upload.file("metrics.csv")?;
+                upload.logs()?;
+            }
             Some(outputs)
         } else {
             None
@@ -381,7 +448,8 @@ impl<T: Task> Run<T> {
             return Ok(());
         }
         self.write_checkpoint(epoch, &tensors)
-            .context("writing a mid-epoch checkpoint")
+            .context("writing a mid-epoch checkpoint")?;
+        self.folder.upload_checkpoint(epoch, self.global_step)
     }
 
     /// Writes `tensors` as the checkpoint, recording `epochs_done` (rank 0).
@@ -537,6 +605,10 @@ impl<T: Task> Run<T> {
             outputs.write_epoch(epoch, &metrics)?;
             let tensors = self.task.checkpoint_tensors();
             self.write_checkpoint(epoch + 1, &tensors)?;
+            if let Some(outputs) = &self.outputs {
+                self.folder.upload_outputs(&["metrics.csv"], outputs)?;
+            }
+            self.folder.upload_checkpoint(epoch + 1, self.global_step)?;
             eprintln!("{}{all_reduce_line}", self.task.epoch_line(epoch, &metrics));
         }
         if let Some(signal) = signals::stop_requested_after_epoch() {
@@ -552,10 +624,29 @@ impl<T: Task> Run<T> {
         Ok(())
     }
 
+    /// The epochs `first..last` (the first resumed after `mid_epoch` steps when given), then,
+    /// when `last` is the run's last epoch, the final evaluation.
+    fn train_epochs(
+        &mut self,
+        first: usize,
+        last: usize,
+        mid_epoch: Option<MidEpoch>,
+    ) -> Result<()> {
+        let mut mid_epoch = mid_epoch;
+        for epoch in first..last {
+            let metrics = self.train_epoch(epoch, mid_epoch.take())?;
+            self.end_epoch(epoch, metrics)?;
+        }
+        if last == self.task.config().num_epochs {
+            self.final_evaluation()?;
+        }
+        Ok(())
+    }
+
     /// After the last epoch: the task's final evaluation (e.g. a test split), written under
     /// epoch `num_epochs`.
     fn final_evaluation(&mut self) -> Result<()> {
-        let dir = self.folder.dir.display();
+        let dir = &self.folder.location;
         let evaluation = self.task.final_evaluation().with_context(|| {
             format!(
                 "training finished and its checkpoint and metrics are saved in {dir}, but the \
@@ -569,6 +660,7 @@ impl<T: Task> Run<T> {
         {
             if !metrics.is_empty() {
                 outputs.write_epoch(epochs, &metrics)?;
+                self.folder.upload_outputs(&["metrics.csv"], outputs)?;
                 eprintln!("{line}");
             }
         }

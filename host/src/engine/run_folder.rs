@@ -1,6 +1,7 @@
 //! The folder a run writes to: created for a new run (never over another run's checkpoint),
 //! reopened with its last checkpoint for `--resume`, removed again when a run fails before
-//! writing anything; and its `config.toml`.
+//! writing anything; and its `config.toml`. For a run URL (`--output_dir=s3://...`) it is the
+//! run's staging folder ([`crate::remote_run`]), which rank 0 uploads.
 //!
 //! One run per folder: the process that writes a folder holds an advisory lock (`flock`) on
 //! its `run.lock` ([`RunLock`]) for the whole run, so a second process starting or resuming
@@ -11,6 +12,7 @@
 use crate::checkpoint;
 use crate::config::RunConfig;
 use crate::outputs::utc_timestamp;
+use crate::remote_run::{cache_root, staging_dir, Location, RemoteRun};
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,7 +22,10 @@ use std::path::{Path, PathBuf};
 /// runs share it.
 pub fn output_dir(config: &RunConfig) -> Result<PathBuf> {
     if let Some(d) = &config.output_dir {
-        return Ok(PathBuf::from(d));
+        return Ok(match Location::parse(d)? {
+            Location::Local(dir) => dir,
+            Location::Remote(url) => staging_dir(&cache_root(), &url),
+        });
     }
     new_folder(
         Path::new("outputs"),
@@ -196,10 +201,22 @@ fn describe_holder(content: &str) -> String {
     }
 }
 
-/// The output folder of a run, locked for this process ([`RunLock`]); with `resume` it must
-/// hold a checkpoint (read by the caller), and a new run never starts over a folder that holds
-/// one.
-pub fn run_folder(config: &RunConfig, resume: bool) -> Result<(PathBuf, RunLock)> {
+/// The output folder of a run, locked for this process ([`RunLock`]), and for a run URL the
+/// remote run it is the staging folder of; with `resume` it must hold a checkpoint (read by the
+/// caller), and a new run never starts over a folder, or a run URL, that holds one.
+pub fn run_folder(
+    config: &RunConfig,
+    resume: bool,
+) -> Result<(PathBuf, RunLock, Option<RemoteRun>)> {
+    let remote = match config
+        .output_dir
+        .as_deref()
+        .map(Location::parse)
+        .transpose()?
+    {
+        Some(Location::Remote(url)) => Some(RemoteRun::new(url, config.storage_retry_seconds)),
+        _ => None,
+    };
     let dir = output_dir(config)?;
     let checkpoint_path = checkpoint::last_in(&dir);
     if resume && !dir.exists() {
@@ -210,7 +227,25 @@ pub fn run_folder(config: &RunConfig, resume: bool) -> Result<(PathBuf, RunLock)
         if !checkpoint_path.exists() {
             bail!("--resume: no checkpoint at {}", checkpoint_path.display());
         }
-        return Ok((dir, lock));
+        return Ok((dir, lock, remote));
+    }
+    if let Some(run) = &remote {
+        if checkpoint_path.exists() {
+            bail!(
+                "{} already holds a run: its staging folder {} has a checkpoint, perhaps not \
+                 uploaded yet; continue it with --resume or choose another --output_dir",
+                run.url(),
+                dir.display()
+            );
+        }
+        if let Some(marker) = run.marker()? {
+            bail!(
+                "{} already holds a run (its `latest` names {}); continue it with --resume or \
+                 choose another --output_dir",
+                run.url(),
+                marker.checkpoint
+            );
+        }
     }
     if checkpoint_path.exists() {
         bail!(
@@ -218,7 +253,7 @@ pub fn run_folder(config: &RunConfig, resume: bool) -> Result<(PathBuf, RunLock)
             dir.display()
         );
     }
-    Ok((dir, lock))
+    Ok((dir, lock, remote))
 }
 
 /// `config.toml`: the resolved config, then the plugins used as comments.

@@ -190,6 +190,17 @@ impl Storage {
         self.upload(url, &mut file, len, progress)
     }
 
+    /// Removes the object; removing one that is not there is not an error.
+    pub fn delete(&self, url: &ObjectUrl) -> Result<()> {
+        let (store, path) = self.open(url)?;
+        self.run("delete", url, async move {
+            match store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
     /// Streams the whole object into `sink`, returning its size and SHA-256 (hex). The size is
     /// known from the answer's headers before the body: `check_size` may refuse it then.
     pub fn download(
