@@ -571,8 +571,14 @@ impl RawPixels {
     fn push_chw(&mut self, image: &Image) {
         let c = image.channels() as usize;
         if let (RawPixels::U8(buffer), Pixels::U8(v)) = (&mut *self, image.pixels()) {
-            for ch in 0..c {
-                buffer.extend(v.iter().skip(ch).step_by(c));
+            buffer.reserve(v.len());
+            if c == 1 {
+                // Grey (chest X-rays): already channel-major, one copy.
+                buffer.extend_from_slice(v);
+            } else {
+                for ch in 0..c {
+                    buffer.extend(v.iter().skip(ch).step_by(c));
+                }
             }
             return;
         }

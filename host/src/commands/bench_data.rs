@@ -137,6 +137,12 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
         images_per_s / threads as f64,
         if loader_only { " (loader only: read, decode, collate)" } else { "" }
     );
+    // The workers' own rate: what one core does when the workers are the limit (the total can
+    // be lower when the main thread's transfer or device work is, as on the CPU here).
+    println!(
+        "  {:.1} images per second of worker time (one core's rate)",
+        samples as f64 / collate.max(1e-9)
+    );
     let fetched: Vec<String> = crate::shards::of(&dataset)
         .filter(|s| s.is_remote())
         .map(|s| {
@@ -177,6 +183,7 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
         "images_per_s": images_per_s,
         "images_per_s_per_worker": images_per_s / threads as f64,
         "loader_only": loader_only,
+        "images_per_worker_second": samples as f64 / collate.max(1e-9),
         "megabytes_per_s": megabytes_per_s,
         "decode_share": share(decode),
         "augment_share": share(augment),
