@@ -10,6 +10,8 @@ use bytes::Bytes;
 use ssl_host::storage::{Cache, Env, ObjectUrl, RetryPolicy, Storage, StorageOptions};
 use std::io::Read;
 
+// Shared with the e2e tests, which use parts these tests do not.
+#[allow(dead_code)]
 #[path = "../../tests/src/servers.rs"]
 mod servers;
 use servers::{sha256_hex, Kind, Server, AZURITE_KEY};

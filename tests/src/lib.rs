@@ -53,6 +53,23 @@ pub fn metric_rows(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The text of a metrics.csv as (epoch, name) -> value text, leaving out wall-clock metrics.
+pub fn metric_map(text: &str) -> std::collections::BTreeMap<(usize, String), String> {
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("epoch,name,value"));
+    lines
+        .filter(|l| !l.contains("throughput/") && !l.contains("time/"))
+        .map(|l| {
+            let mut f = l.splitn(3, ',');
+            let epoch = f.next().unwrap().parse().unwrap();
+            (
+                (epoch, f.next().unwrap().to_string()),
+                f.next().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
 /// The last value of metric `name` in the metrics.csv of the run in `dir`.
 pub fn metric(dir: &Path, name: &str) -> f64 {
     let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();

@@ -163,6 +163,14 @@ impl Server {
         }
     }
 
+    /// [`Server::env`] plus `SSL_HOST_CACHE=cache`: an ssl-host process on a "machine" whose
+    /// cache (staging folders of packs and runs, fetched shards) is that folder.
+    pub fn env_with_cache(&self, cache: &Path) -> Vec<(&'static str, String)> {
+        let mut env = self.env();
+        env.push(("SSL_HOST_CACHE", cache.display().to_string()));
+        env
+    }
+
     /// A new, empty bucket (container) on this server; its URL.
     pub fn bucket(&self, name: &str) -> String {
         match self.kind {

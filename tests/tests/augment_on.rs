@@ -27,21 +27,9 @@ fn run(args: &[String]) -> Run {
     ssl_host(&refs)
 }
 
-/// metrics.csv as (epoch, name) -> value text, leaving out wall-clock metrics.
+/// metrics.csv of the run in `dir` (see [`metric_map`]).
 fn metrics(dir: &Path) -> BTreeMap<(usize, String), String> {
-    let text = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
-    text.lines()
-        .skip(1)
-        .filter(|l| !l.contains("throughput/") && !l.contains("time/"))
-        .map(|l| {
-            let mut f = l.splitn(3, ',');
-            let epoch = f.next().unwrap().parse().unwrap();
-            (
-                (epoch, f.next().unwrap().to_string()),
-                f.next().unwrap().to_string(),
-            )
-        })
-        .collect()
+    metric_map(&std::fs::read_to_string(dir.join("metrics.csv")).unwrap())
 }
 
 #[test]

@@ -727,11 +727,7 @@ fn two_processes_reading_shards_from_s3_each_read_half_and_equal_one_process() {
     use e2e::servers::{Kind, Server};
     let server = Server::start(Kind::Moto);
     let tmp = tempfile::tempdir().unwrap();
-    let mut env = server.env();
-    env.push((
-        "SSL_HOST_CACHE",
-        tmp.path().join("staging").display().to_string(),
-    ));
+    let env = server.env_with_cache(&tmp.path().join("staging"));
     let url = format!("{}/shapes", server.bucket("data"));
     ssl_host_with_env(
         &[

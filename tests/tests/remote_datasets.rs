@@ -76,11 +76,7 @@ fn a_run_from_s3_equals_the_run_from_the_local_packed_folder_and_bad_shards_and_
 ) {
     let server = Server::start(Kind::Moto);
     let tmp = tempfile::tempdir().unwrap();
-    let mut env = server.env();
-    env.push((
-        "SSL_HOST_CACHE",
-        tmp.path().join("staging").display().to_string(),
-    ));
+    let env = server.env_with_cache(&tmp.path().join("staging"));
     let url = format!("{}/shapes", server.bucket("data"));
     let local = tmp.path().join("shapes");
     pack_shapes(&local.display().to_string(), 12, &[]);
@@ -178,11 +174,7 @@ fn start(args: &[String], env: &[(&str, String)], log: &Path) -> std::process::C
 fn an_azure_server_stopped_mid_epoch_stops_the_run_clearly_and_a_resume_continues_exactly() {
     let mut server = Server::start(Kind::Azurite);
     let tmp = tempfile::tempdir().unwrap();
-    let mut env = server.env();
-    env.push((
-        "SSL_HOST_CACHE",
-        tmp.path().join("staging").display().to_string(),
-    ));
+    let env = server.env_with_cache(&tmp.path().join("staging"));
     let url = format!("{}/shapes", server.bucket("data"));
     let local: PathBuf = tmp.path().join("shapes");
     // One sample per shard: every batch reads shards no earlier batch read.

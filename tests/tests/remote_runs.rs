@@ -38,8 +38,7 @@ fn small(out: &str, extra: &[&str]) -> Vec<String> {
 
 /// `ssl-host args` on the "machine" whose cache is `cache`, with `server`'s credentials.
 fn on(server: &Server, cache: &Path, args: &[String]) -> Run {
-    let mut env: Vec<(&str, String)> = server.env();
-    env.push(("SSL_HOST_CACHE", cache.display().to_string()));
+    let env = server.env_with_cache(cache);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     ssl_host_with_env(&refs, &env)
 }
@@ -67,21 +66,6 @@ fn staging(cache: &Path) -> PathBuf {
         .collect();
     assert_eq!(runs.len(), 1, "{runs:?}");
     runs.pop().unwrap()
-}
-
-/// metrics.csv text as (epoch, name) -> value, leaving out wall-clock metrics.
-fn metrics(text: &str) -> BTreeMap<(usize, String), String> {
-    let mut lines = text.lines();
-    assert_eq!(lines.next(), Some("epoch,name,value"));
-    lines
-        .filter(|l| !l.contains("throughput/") && !l.contains("time/"))
-        .map(|l| {
-            let mut f = l.splitn(3, ',');
-            let epoch = f.next().unwrap().parse().unwrap();
-            let name = f.next().unwrap().to_string();
-            ((epoch, name), f.next().unwrap().to_string())
-        })
-        .collect()
 }
 
 fn checkpoints(objects: &BTreeMap<String, Vec<u8>>) -> Vec<&String> {
@@ -167,8 +151,8 @@ fn a_run_in_s3_uploads_its_outputs_and_resumes_elsewhere_as_if_uninterrupted() {
         1,
         "the earlier checkpoint is deleted"
     );
-    let expected = metrics(&std::fs::read_to_string(local.join("metrics.csv")).unwrap());
-    let got = metrics(std::str::from_utf8(&stored["metrics.csv"]).unwrap());
+    let expected = metric_map(&std::fs::read_to_string(local.join("metrics.csv")).unwrap());
+    let got = metric_map(std::str::from_utf8(&stored["metrics.csv"]).unwrap());
     assert_eq!(got, expected);
     assert!(!resumed.stderr.contains("testing-secret"));
 
@@ -227,8 +211,7 @@ fn an_upload_that_keeps_failing_stops_the_run_and_a_resume_continues() {
     let tmp = tempfile::tempdir().unwrap();
     let cache = tmp.path().join("cache");
     let args = small(&url, &["--num_epochs=4", "--storage_retry_seconds=2"]);
-    let mut env: Vec<(&str, String)> = server.env();
-    env.push(("SSL_HOST_CACHE", cache.display().to_string()));
+    let env = server.env_with_cache(&cache);
     let child = Command::new(artifact("ssl-host"))
         .args(&args)
         .envs(env.iter().map(|(k, v)| (k, v)))
@@ -280,7 +263,7 @@ fn an_upload_that_keeps_failing_stops_the_run_and_a_resume_continues() {
         &format!("--checkpoint={}", checkpoint.display()),
     ]);
     inspected.assert_ok();
-    let before = metrics(&std::fs::read_to_string(staged.join("metrics.csv")).unwrap());
+    let before = metric_map(&std::fs::read_to_string(staged.join("metrics.csv")).unwrap());
 
     // The server is back: a resume continues from the staging folder and uploads everything.
     server.restart();
@@ -293,7 +276,7 @@ fn an_upload_that_keeps_failing_stops_the_run_and_a_resume_continues() {
     let stored = objects(&server, &url);
     assert_eq!(marker(&stored)["epochs_done"], 4);
     assert_eq!(checkpoints(&stored).len(), 1);
-    let after = metrics(std::str::from_utf8(&stored["metrics.csv"]).unwrap());
+    let after = metric_map(std::str::from_utf8(&stored["metrics.csv"]).unwrap());
     for (key, value) in &before {
         assert_eq!(after.get(key), Some(value), "{key:?} changed by the resume");
     }
