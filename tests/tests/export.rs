@@ -349,8 +349,9 @@ fn check_round_trip(dir: &Path, run_dir: &Path, cifar_stem: bool) {
 #[test]
 fn export_embed_and_predict_of_a_trained_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let run_dir = train(tmp.path(), &[]);
+    let run_dir = train(tmp.path(), &["--save_checkpoint_every_n_epochs=1"]);
     for (name, check) in [
+        ("kept-encoder", check_kept_encoder as fn(&Path, &Path)),
         (
             "round-trip",
             check_round_trip_imagenet_stem as fn(&Path, &Path),
@@ -363,6 +364,46 @@ fn export_embed_and_predict_of_a_trained_run() {
         std::fs::create_dir_all(&dir).unwrap();
         check(&dir, &run_dir);
     }
+}
+
+/// `--save_checkpoint_every_n_epochs=1` kept epoch 1's encoder beside the last checkpoint:
+/// a small file that `embed` and `export-encoder` read as a checkpoint, giving what the run's
+/// last checkpoint gives (epoch 1 is the last epoch here).
+fn check_kept_encoder(dir: &Path, run_dir: &Path) {
+    let kept = run_dir.join("checkpoints/encoder-epoch-0001.safetensors");
+    let last = run_dir.join("checkpoints/last.safetensors");
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    assert!(
+        size(&kept) * 2 < size(&last),
+        "the kept encoder ({} bytes) should be a fraction of the checkpoint ({} bytes)",
+        size(&kept),
+        size(&last)
+    );
+    let images = dir.join("images");
+    write_images(&images);
+    let embed = |checkpoint: &Path, out: &Path| {
+        run(&[
+            "embed".into(),
+            format!("--checkpoint={}", checkpoint.display()),
+            "--dataset=ImageFolder".into(),
+            format!("--local_dataset={}", images.display()),
+            format!("--out={}", out.display()),
+            "--batch_size=2".into(),
+            "--image_size=32".into(),
+            "--device=cpu".into(),
+        ])
+        .assert_ok();
+        std::fs::read_to_string(out).unwrap()
+    };
+    let from_kept = embed(&kept, &dir.join("kept.csv"));
+    assert_eq!(from_kept, embed(run_dir, &dir.join("last.csv")));
+    assert!(from_kept.lines().count() == 4, "{from_kept}");
+    run(&[
+        "export-encoder".into(),
+        format!("--checkpoint={}", kept.display()),
+        format!("--out={}", dir.join("encoder.safetensors").display()),
+    ])
+    .assert_ok();
 }
 
 fn check_round_trip_imagenet_stem(dir: &Path, run_dir: &Path) {

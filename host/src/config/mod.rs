@@ -288,6 +288,8 @@ settings! {
         device_input_size: usize = 0,
         /// run each augmentation list as one compiled transform when a plugin offers one (false: step by step, the reference)
         fuse_augmentations: bool = true,
+        /// also keep every K-th epoch's encoder (small: the embedding encoder only) as checkpoints/encoder-epoch-NNNN.safetensors beside the resumable last checkpoint, for evaluating quality over training (0: off)
+        save_checkpoint_every_n_epochs: usize = 0,
         /// also write a checkpoint every N optimizer steps, mid-epoch (0: only after each epoch), for jobs that can be killed without warning
         checkpoint_every_n_steps: usize = 0,
         /// a NaN or infinite loss: stop (error naming epoch, step and loss; the last checkpoint stays) or skip_step (the step is not applied and counted in steps/skipped_nonfinite)

@@ -452,6 +452,39 @@ impl<T: Task> Run<T> {
         self.folder.upload_checkpoint(epoch, self.global_step)
     }
 
+    /// With `save_checkpoint_every_n_epochs = K`, after every K-th epoch: the embedding
+    /// encoder's tensors of `tensors` (the checkpoint just written) as
+    /// `checkpoints/encoder-epoch-NNNN.safetensors`, with the checkpoint's record, so that
+    /// `embed`, `export-encoder` and a classifier read it as they read a checkpoint, and quality
+    /// can be followed over training. Returns the file's path relative to the run folder.
+    fn keep_encoder(
+        &mut self,
+        epochs_done: usize,
+        tensors: &[(String, Tensor)],
+    ) -> Result<Option<String>> {
+        let every = self.task.config().save_checkpoint_every_n_epochs;
+        if every == 0 || epochs_done % every != 0 {
+            return Ok(None);
+        }
+        let info = self.task.info_mut().clone();
+        let prefix = crate::pretrained::encoder_tensor_prefix(&info);
+        let encoder: Vec<(String, Tensor)> = tensors
+            .iter()
+            .filter(|(name, _)| name.starts_with(&prefix))
+            .map(|(name, t)| (name.clone(), t.shallow_clone()))
+            .collect();
+        let name = format!("checkpoints/encoder-epoch-{epochs_done:04}.safetensors");
+        let path = self
+            .folder
+            .checkpoint
+            .parent()
+            .map(|d| d.join(format!("encoder-epoch-{epochs_done:04}.safetensors")))
+            .context("the checkpoint has no folder")?;
+        checkpoint::save(&path, &encoder, &info)
+            .with_context(|| format!("keeping the encoder of epoch {epochs_done}"))?;
+        Ok(Some(name))
+    }
+
     /// Writes `tensors` as the checkpoint, recording `epochs_done` (rank 0).
     fn write_checkpoint(&mut self, epochs_done: usize, tensors: &[(String, Tensor)]) -> Result<()> {
         let config_text = self.task.config().to_toml();
@@ -605,8 +638,11 @@ impl<T: Task> Run<T> {
             outputs.write_epoch(epoch, &metrics)?;
             let tensors = self.task.checkpoint_tensors();
             self.write_checkpoint(epoch + 1, &tensors)?;
+            let kept = self.keep_encoder(epoch + 1, &tensors)?;
             if let Some(outputs) = &self.outputs {
-                self.folder.upload_outputs(&["metrics.csv"], outputs)?;
+                let mut files = vec!["metrics.csv"];
+                files.extend(kept.as_deref());
+                self.folder.upload_outputs(&files, outputs)?;
             }
             self.folder.upload_checkpoint(epoch + 1, self.global_step)?;
             eprintln!("{}{all_reduce_line}", self.task.epoch_line(epoch, &metrics));
