@@ -463,7 +463,7 @@ impl<T: Task> Run<T> {
         tensors: &[(String, Tensor)],
     ) -> Result<Option<String>> {
         let every = self.task.config().save_checkpoint_every_n_epochs;
-        if every == 0 || epochs_done % every != 0 {
+        if every == 0 || !epochs_done.is_multiple_of(every) {
             return Ok(None);
         }
         let info = self.task.info_mut().clone();
