@@ -28,13 +28,13 @@ fn list_shows_builtins() {
     assert!(configs.contains("NIH_RSNA_BYOL"), "{configs}");
 }
 
-/// The plugin of the README's "Writing a plugin" section, built exactly as written there (only
+/// The plugin of docs/plugins.md ("Writing a plugin"), built exactly as written there (only
 /// the plugin-api path filled in): it loads, its dataset dumps, and a misspelt parameter is an
 /// error naming it.
 #[test]
-fn the_readme_plugin_builds_and_works() {
-    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
-    let section = &readme[readme.find("## Writing a plugin").expect("the section")..];
+fn the_documented_plugin_builds_and_works() {
+    let guide = std::fs::read_to_string(repo_root().join("docs/plugins.md")).unwrap();
+    let section = &guide[guide.find("# Writing a plugin").expect("the section")..];
     let block = |lang: &str| -> String {
         let start = section
             .find(&format!("```{lang}\n"))
@@ -47,7 +47,7 @@ fn the_readme_plugin_builds_and_works() {
     let work = target_dir()
         .join("fixtures")
         .join("src")
-        .join("readme-plugin");
+        .join("docs-plugin");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(work.join("src")).unwrap();
     std::fs::write(work.join("src/lib.rs"), block("rust")).unwrap();
