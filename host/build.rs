@@ -71,6 +71,12 @@ fn compile_c10d_shim(lib: &Path) {
                 .iter()
                 .all(|f| d.join(f).exists())
         });
+    // Installing the header wheels later (the set-up does) must rebuild the shim with NCCL.
+    if let Some(cuda) = &cuda {
+        if cuda.exists() {
+            println!("cargo:rerun-if-changed={}", cuda.display());
+        }
+    }
     if with_nccl {
         build
             .define("USE_C10D_NCCL", None)

@@ -348,8 +348,13 @@ pub fn version() -> String {
         }
         _ => "no libtorch".to_string(),
     };
+    let collectives = if crate::dist::has_nccl() {
+        "gloo, nccl"
+    } else {
+        "gloo"
+    };
     format!(
-        "{} (plugin-api {}, {torch})",
+        "{} (plugin-api {}, {torch}; collectives: {collectives})",
         env!("CARGO_PKG_VERSION"),
         build.plugin_api
     )

@@ -9,7 +9,13 @@ fn version_names_the_libtorch_it_runs_on() {
     run.assert_ok();
     let line = run.stdout.trim();
     assert!(line.starts_with("ssl-host 0."), "{line}");
-    for part in ["plugin-api ", "tch 0.24.0", "libtorch 2.11.0"] {
+    // NCCL is compiled in by default (the set-up installs the CUDA headers it needs).
+    for part in [
+        "plugin-api ",
+        "tch 0.24.0",
+        "libtorch 2.11.0",
+        "collectives: gloo, nccl",
+    ] {
         assert!(line.contains(part), "`{line}` lacks `{part}`");
     }
 }

@@ -785,3 +785,19 @@ fn two_processes_reading_shards_from_s3_each_read_half_and_equal_one_process() {
     }
     assert_same_metrics(&one, &two);
 }
+
+/// NCCL is compiled in, but it needs CUDA: asked for on the CPU, the run stops at start with an
+/// error saying so (exit 1, no panic), before any collective.
+#[test]
+fn nccl_asked_for_on_the_cpu_stops_at_start_saying_it_needs_cuda() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut run = args("ShapesBYOL", &tmp.path().join("run"), 1, &[]);
+    run.push("--dist_backend=nccl".into());
+    let results = wait_all(spawn_ranks(1, |_| run.clone()), Duration::from_secs(120));
+    let (code, stderr) = &results[0];
+    assert_eq!(*code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--dist_backend=nccl needs CUDA") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}

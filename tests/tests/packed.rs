@@ -472,7 +472,7 @@ fn python_webdataset_reads_our_shards_and_we_read_its() {
     assert_eq!(packed(&shards).get(12).unwrap().id(), "img/12");
 }
 
-/// The figures of the README's "Datasets at scale": NIH-like 1024 px grey PNGs packed at
+/// The figures of docs/datasets-at-scale.md ("The encoding, measured"): NIH-like 1024 px grey PNGs packed at
 /// `--max_side=512` as `.npy` and as `.png`; bytes per sample and decode time per sample
 /// through `Packed`, next to decoding the source PNGs. Run with
 /// `cargo test -p e2e --test packed -- --ignored --nocapture measure`.

@@ -139,8 +139,9 @@ pub fn join_if_distributed(config: &RunConfig) -> Result<()> {
         (DistBackend::Auto, Device::Cuda(_)) => {
             if env.rank == 0 {
                 eprintln!(
-                    "note: this build of ssl-host has no NCCL (see the README, distributed \
-                     training); the processes communicate through Gloo on the CPU"
+                    "note: this build of ssl-host has no NCCL (the set-up installs the CUDA \
+                     headers it needs, see docs/distributed.md); the processes communicate \
+                     through Gloo on the CPU"
                 );
             }
             Backend::Gloo

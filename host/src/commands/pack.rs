@@ -41,7 +41,7 @@ pub struct PackOptions {
     pub upload_to: Option<String>,
     /// `--max_side`: the longer side's limit.
     pub max_side: Option<u32>,
-    /// `--encoding` (`npy` by default: see the README's "Datasets at scale").
+    /// `--encoding` (`npy` by default: see docs/datasets-at-scale.md).
     pub encoding: Encoding,
     /// `--shard_size`, in bytes.
     pub shard_bytes: u64,
