@@ -82,12 +82,9 @@ impl Packed {
         for (n, entry) in index.shards.iter().enumerate() {
             let path = root.join(&entry.file);
             match std::fs::metadata(&path) {
-                Ok(m) if m.len() != entry.bytes => bail!(
-                    "{NAME}: shard {} is {} bytes, {INDEX_FILE} lists {} bytes: it is incomplete or was replaced; pack the dataset again",
-                    path.display(),
-                    m.len(),
-                    entry.bytes
-                ),
+                Ok(m) if m.len() != entry.bytes => {
+                    return Err(wrong_size(&path, m.len(), entry.bytes))
+                }
                 Ok(_) => {}
                 Err(_) if on_demand => {}
                 Err(e) => bail!(
@@ -223,6 +220,14 @@ fn open_shard(root: &Path, index_dir: &Path, entry: &ShardEntry) -> Result<Shard
     Ok(Shard { index, ..shard })
 }
 
+/// The error for the shard at `path` of `len` bytes where `index.json` lists `listed`.
+fn wrong_size(path: &Path, len: u64, listed: u64) -> PluginError {
+    PluginError::msg(format!(
+        "{NAME}: shard {} is {len} bytes, {INDEX_FILE} lists {listed} bytes: it is incomplete or was replaced; pack the dataset again",
+        path.display()
+    ))
+}
+
 /// Maps the shard at `path`, whose size must be `bytes` (the size `index.json` lists).
 fn map_shard(path: &Path, bytes: u64) -> Result<memmap2::Mmap> {
     let file = std::fs::File::open(path)
@@ -232,10 +237,7 @@ fn map_shard(path: &Path, bytes: u64) -> Result<memmap2::Mmap> {
         .map_err(|e| PluginError::msg(format!("{NAME}: {}: {e}", path.display())))?
         .len();
     if len != bytes {
-        bail!(
-            "{NAME}: shard {} is {len} bytes, {INDEX_FILE} lists {bytes} bytes: it is incomplete or was replaced; pack the dataset again",
-            path.display()
-        );
+        return Err(wrong_size(path, len, bytes));
     }
     // SAFETY: the map is read-only and lives as long as `Shard`; shards are written once
     // (to a temporary name, then renamed), never modified in place, so the bytes do not
