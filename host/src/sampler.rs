@@ -135,6 +135,13 @@ impl Sampler {
         }
     }
 
+    /// This sampler, or an error when its global batch does not divide into the parts of
+    /// [`Order::Shards`] (see [`Sampler::shard_blocks`]): check it when the run is built.
+    pub fn checked(self) -> anyhow::Result<Sampler> {
+        self.shard_blocks().map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(self)
+    }
+
     /// The number of parts of [`Order::Shards`] and their block size, or why the batch does
     /// not divide into them.
     pub fn shard_blocks(&self) -> Result<(usize, usize), String> {
@@ -420,8 +427,9 @@ mod tests {
         seen.sort();
         assert_eq!(seen, (3..70).collect::<Vec<_>>());
         // A batch that does not divide into the parts is refused with the parameters named.
-        let err = sharded(5, 2, true).shard_blocks().unwrap_err();
+        let err = sharded(5, 2, true).checked().unwrap_err().to_string();
         assert!(err.contains("shard_partitions = 2"), "{err}");
+        assert!(sharded(8, 2, true).checked().is_ok());
     }
 
     #[test]

@@ -225,7 +225,8 @@ impl<'a> ClassifierTask<'a> {
                 drop_last,
                 shuffled_order(&config, &dataset, seed, SHUFFLE)?,
             )
-            .for_rank(world.rank(), world.size()),
+            .for_rank(world.rank(), world.size())
+            .checked()?,
         };
         let val = Data {
             source: source(&val_pipeline, VAL),

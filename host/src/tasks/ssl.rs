@@ -171,15 +171,14 @@ pub fn training_sampler(
     train: Vec<usize>,
 ) -> Result<Sampler> {
     let world = crate::world::current();
-    let sampler = Sampler::new(
+    Sampler::new(
         train,
         config.ssl_training_batch_size,
         config.drop_last,
         shuffled_order(config, dataset, config.random_seed, SSL_SHUFFLE)?,
     )
-    .for_rank(world.rank(), world.size());
-    sampler.shard_blocks().map_err(|e| anyhow!("{e}"))?;
-    Ok(sampler)
+    .for_rank(world.rank(), world.size())
+    .checked()
 }
 
 /// The data of an SSL run: its SSL splits, the linear head's, the kNN monitor's, this
@@ -302,7 +301,8 @@ impl SslData {
                     lh_bs,
                     drop_last,
                     shuffled_order(config, &lh_dataset, seed, LINEAR_HEAD_SHUFFLE)?,
-                ),
+                )
+                .checked()?,
             },
             lh_val: Data {
                 source: lh_val_source,
