@@ -75,7 +75,15 @@ pub trait DatasetFfi: Send + Sync {
     /// One group name per sample for the train/validation split, or none.
     #[sabi(last_prefix_field)]
     fn groups(&self) -> RResult<ROption<RVec<RString>>, FfiError>;
+    /// The findings of a multi-label dataset (names, values row-major), or none. Added after
+    /// the prefix: a plugin built before it has no findings.
+    fn findings(&self) -> RResult<ROption<FindingsFfi>, FfiError> {
+        RResult::ROk(ROption::RNone)
+    }
 }
+
+/// A multi-label dataset's finding names and values (`[samples × names]`, 1/0/-1).
+pub type FindingsFfi = Tuple2<RVec<RString>, RVec<i8>>;
 
 /// A transform object.
 #[sabi_trait]

@@ -9,7 +9,7 @@ use crate::image::{Image, Sample};
 use crate::info::DatasetInfo;
 use crate::params::Params;
 use crate::plugin::TransformStep;
-use abi_stable::std_types::RStr;
+use abi_stable::std_types::{RStr, Tuple2};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -192,6 +192,25 @@ impl DatasetHandle {
             .into_iter()
             .map(|t| (t >= 0).then_some(t))
             .collect())
+    }
+    /// The findings of every sample of a multi-label dataset; `None` for single-label and
+    /// unlabelled datasets (and for plugins built before multi-label datasets existed).
+    pub fn findings(&self) -> Result<Option<crate::Findings>> {
+        let Some(Tuple2(names, values)) = self.inner.findings().into_result()?.into_option() else {
+            return Ok(None);
+        };
+        let findings = crate::Findings::new(
+            names.into_iter().map(|s| s.into_string()).collect(),
+            values.into_vec(),
+        )?;
+        if findings.len() != self.len {
+            return Err(PluginError::msg(format!(
+                "the dataset gave findings for {} samples but has {}",
+                findings.len(),
+                self.len
+            )));
+        }
+        Ok(Some(findings))
     }
     /// The split groups (one name per sample), if the dataset has them.
     pub fn groups(&self) -> Result<Option<Vec<String>>> {

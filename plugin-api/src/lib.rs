@@ -41,6 +41,7 @@ mod collectives;
 mod error;
 #[doc(hidden)]
 pub mod ffi;
+mod findings;
 mod guard;
 #[cfg(feature = "host")]
 pub mod host;
@@ -60,6 +61,7 @@ pub use collectives::{CollectiveOps, Collectives, ReduceOp};
 #[doc(hidden)]
 pub use error::FfiError;
 pub use error::{Context, PluginError, Result};
+pub use findings::Findings;
 pub use image::{Image, PixelData, Pixels, Sample};
 pub use info::{AlgorithmInfo, DatasetInfo, EncoderInfo, ImageKind};
 pub use params::Params;

@@ -25,6 +25,7 @@
 use crate::error::{FfiError, PluginError, Result};
 use crate::ffi::*;
 use crate::guard::guard;
+use crate::findings::Findings;
 use crate::image::{Image, Sample};
 use crate::info::DatasetInfo;
 use crate::params::Params;
@@ -57,6 +58,15 @@ pub trait Dataset: Send + Sync + 'static {
     /// so that all samples of a group land on the same side, split by group as the original's
     /// `CovidDataset` does. `None` (the default) splits by sample.
     fn groups(&self) -> Result<Option<Vec<String>>> {
+        Ok(None)
+    }
+
+    /// The binary findings of every sample, for a multi-label dataset (a sample may carry
+    /// several labels, as NIH's 14 chest X-ray findings). `None` (the default): single-label
+    /// or unlabelled, described by [`num_classes`](Dataset::num_classes) and
+    /// [`targets`](Dataset::targets) alone. A multi-label dataset returns `None` from
+    /// `num_classes` and no label in its samples.
+    fn findings(&self) -> Result<Option<Findings>> {
         Ok(None)
     }
 }
@@ -142,6 +152,25 @@ impl<D: Dataset> DatasetFfi for DatasetAdapter<D> {
             Ok(groups
                 .map(|g| g.into_iter().map(RString::from).collect::<RVec<RString>>())
                 .into())
+        })
+    }
+    fn findings(&self) -> RResult<ROption<FindingsFfi>, FfiError> {
+        guard("Dataset::findings", || {
+            let Some(findings) = self.0.findings()? else {
+                return Ok(ROption::RNone);
+            };
+            if findings.len() != self.0.len() {
+                return Err(crate::error::PluginError::msg(format!(
+                    "Dataset::findings gave {} rows for {} samples",
+                    findings.len(),
+                    self.0.len()
+                )));
+            }
+            let (names, values) = findings.into_parts();
+            Ok(ROption::RSome(Tuple2(
+                names.into_iter().map(RString::from).collect(),
+                values.into(),
+            )))
         })
     }
 }
@@ -606,5 +635,35 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("dataset `D`") && e.contains("`Resize`"), "{e}");
+    }
+
+    struct TwoFindings(usize, Vec<i8>);
+    impl Dataset for TwoFindings {
+        fn len(&self) -> usize {
+            self.0
+        }
+        fn num_classes(&self) -> Option<usize> {
+            None
+        }
+        fn get(&self, index: usize) -> Result<Sample> {
+            Err(PluginError::msg(format!("no sample {index}")))
+        }
+        fn findings(&self) -> Result<Option<Findings>> {
+            Findings::new(vec!["A".into(), "B".into()], self.1.clone()).map(Some)
+        }
+    }
+
+    #[test]
+    fn findings_cross_the_abi_whole_and_a_wrong_row_count_is_named() {
+        use abi_stable::std_types::Tuple2;
+        let ok = DatasetAdapter(TwoFindings(2, vec![1, 0, -1, 1]));
+        let Tuple2(names, values) = ok.findings().unwrap().unwrap();
+        assert_eq!(names.as_slice(), &[RString::from("A"), RString::from("B")]);
+        assert_eq!(values.as_slice(), &[1, 0, -1, 1]);
+        let short = DatasetAdapter(TwoFindings(3, vec![1, 0, -1, 1]));
+        let e = short.findings().unwrap_err().chain_text();
+        assert!(e.contains("gave 2 rows for 3 samples"), "{e}");
+        // A single-label dataset has none.
+        assert!(DatasetAdapter(Empty).findings().unwrap().is_none());
     }
 }
