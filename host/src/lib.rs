@@ -12,6 +12,7 @@ pub mod datasets;
 pub mod device;
 pub mod dist;
 pub mod engine;
+pub mod evaluate;
 pub mod loader;
 pub mod metrics;
 pub mod optim;

@@ -1,0 +1,1 @@
+//! Statistics of the evaluation: bootstrap confidence intervals and label fractions.
