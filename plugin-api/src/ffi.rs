@@ -80,6 +80,10 @@ pub trait DatasetFfi: Send + Sync {
     fn findings(&self) -> RResult<ROption<FindingsFfi>, FfiError> {
         RResult::ROk(ROption::RNone)
     }
+    /// The id of every sample when known without decoding, or none. Added after the prefix.
+    fn ids(&self) -> RResult<ROption<RVec<RString>>, FfiError> {
+        RResult::ROk(ROption::RNone)
+    }
 }
 
 /// A multi-label dataset's finding names and values (`[samples × names]`, 1/0/-1).

@@ -212,6 +212,21 @@ impl DatasetHandle {
         }
         Ok(Some(findings))
     }
+    /// The id of every sample: from the plugin when it knows them without decoding, else by
+    /// reading every sample.
+    pub fn ids(&self) -> Result<Vec<String>> {
+        if let Some(ids) = self.inner.ids().into_result()?.into_option() {
+            if ids.len() != self.len {
+                return Err(PluginError::msg(format!(
+                    "the dataset gave {} ids but has {} samples",
+                    ids.len(),
+                    self.len
+                )));
+            }
+            return Ok(ids.into_iter().map(|s| s.into_string()).collect());
+        }
+        (0..self.len).map(|i| Ok(self.get(i)?.id().to_string())).collect()
+    }
     /// The split groups (one name per sample), if the dataset has them.
     pub fn groups(&self) -> Result<Option<Vec<String>>> {
         Ok(self

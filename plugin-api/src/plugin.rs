@@ -69,6 +69,13 @@ pub trait Dataset: Send + Sync + 'static {
     fn findings(&self) -> Result<Option<Findings>> {
         Ok(None)
     }
+
+    /// The id of every sample, in order, as [`Sample::id`] gives it, when known without
+    /// decoding images (used to compare datasets, e.g. by `evaluate`'s leakage check). `None`
+    /// (the default): the host reads the samples when it needs their ids.
+    fn ids(&self) -> Result<Option<Vec<String>>> {
+        Ok(None)
+    }
 }
 
 /// A transform: image and seed in, image out. The same seed must give the same output.
@@ -171,6 +178,23 @@ impl<D: Dataset> DatasetFfi for DatasetAdapter<D> {
                 names.into_iter().map(RString::from).collect(),
                 values.into(),
             )))
+        })
+    }
+    fn ids(&self) -> RResult<ROption<RVec<RString>>, FfiError> {
+        guard("Dataset::ids", || {
+            let ids = self.0.ids()?;
+            if let Some(ids) = &ids {
+                if ids.len() != self.0.len() {
+                    return Err(crate::error::PluginError::msg(format!(
+                        "Dataset::ids gave {} ids for {} samples",
+                        ids.len(),
+                        self.0.len()
+                    )));
+                }
+            }
+            Ok(ids
+                .map(|v| v.into_iter().map(RString::from).collect::<RVec<RString>>())
+                .into())
         })
     }
 }

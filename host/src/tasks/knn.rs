@@ -70,6 +70,46 @@ pub fn class_scores(
     Tensor::cat(&chunks, 0)
 }
 
+/// The finding scores `[queries, findings]` of each query for a multi-label bank: per
+/// finding, the share of its `k` nearest bank entries' weights (`exp(cosine similarity /
+/// temperature)`, as [`class_scores`]) that goes to entries where the finding is present,
+/// among the entries where it is known. `bank_findings` is `[n, findings]` with 1 (present),
+/// 0 (absent) or -1 (unknown); a finding no neighbour knows scores 0.5.
+pub fn finding_scores(
+    bank: &Tensor,
+    bank_findings: &Tensor,
+    queries: &Tensor,
+    k: i64,
+    temperature: f64,
+) -> Tensor {
+    let findings = bank_findings.size()[1];
+    let bank = l2_normalised(bank);
+    let values = bank_findings.to_kind(Kind::Float).to_device(bank.device());
+    let present = values.eq(1.0).to_kind(Kind::Float);
+    let known = values.ge(0.0).to_kind(Kind::Float);
+    let k = k.min(bank.size()[0]);
+    let chunks: Vec<Tensor> = l2_normalised(queries)
+        .split(QUERY_CHUNK, 0)
+        .iter()
+        .map(|q| {
+            let m = q.size()[0];
+            let similarity = q.matmul(&bank.tr());
+            let (top, index) = similarity.topk(k, 1, true, true);
+            let weights = (top / temperature).exp().unsqueeze(1); // [m, 1, k]
+            let flat = index.flatten(0, -1);
+            let rows = |t: &Tensor| t.index_select(0, &flat).view([m, k, findings]);
+            let votes = weights.bmm(&rows(&present)).squeeze_dim(1);
+            let known_weight = weights.bmm(&rows(&known)).squeeze_dim(1);
+            let share = &votes / known_weight.clamp_min(f64::MIN_POSITIVE);
+            share.where_self(&known_weight.gt(0.0), &share.full_like(0.5))
+        })
+        .collect();
+    if chunks.is_empty() {
+        return Tensor::zeros([0, findings], (Kind::Float, bank.device()));
+    }
+    Tensor::cat(&chunks, 0)
+}
+
 /// Top-1 (and, with at least 5 classes, top-5) accuracy of the weighted kNN classification of
 /// `queries` (labels `query_labels`) against the labelled `bank`; NaN without queries.
 pub fn knn_accuracy(
@@ -219,5 +259,27 @@ mod tests {
         assert!(whole
             .narrow(0, QUERY_CHUNK * 2, 7)
             .allclose(&last, 1e-5, 1e-5, false));
+    }
+
+    #[test]
+    fn finding_scores_are_the_weighted_share_of_known_neighbours_with_the_finding() {
+        // Similarities to the query [1, 0]: 1, 0.6, 0 and -1; k = 3 leaves the last out.
+        let bank = t(&[[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-1.0, 0.0]]);
+        let findings = Tensor::from_slice(&[1i8, 0, 0, -1, 1, 1, 1, 1]).view([4, 2]);
+        let q = t(&[[3.0, 0.0]]);
+        let got = Vec::<f32>::try_from(
+            finding_scores(&bank, &findings, &q, 3, 0.5).flatten(0, -1),
+        )
+        .unwrap();
+        let w = [2.0f32.exp(), 1.2f32.exp(), 1.0];
+        // Finding 0: present at entries 0 and 2 of the three. Finding 1: unknown at entry 1.
+        let want = [(w[0] + w[2]) / (w[0] + w[1] + w[2]), w[2] / (w[0] + w[2])];
+        for (g, w) in got.iter().zip(want) {
+            assert!((g - w).abs() < 1e-5, "{got:?} vs {want:?}");
+        }
+        // No neighbour knows the finding: 0.5.
+        let unknown = Tensor::from_slice(&[-1i8; 4]).view([4, 1]);
+        let s = finding_scores(&bank, &unknown, &q, 2, 0.5);
+        assert_eq!(Vec::<f32>::try_from(s.flatten(0, -1)).unwrap(), [0.5]);
     }
 }
