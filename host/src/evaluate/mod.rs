@@ -2,6 +2,9 @@
 //! extracted once per encoder, then the linear probe, kNN and label-efficiency protocols, with
 //! bootstrap confidence intervals, a leakage check, result tables and plots.
 
+pub mod features;
+pub mod leakage;
 pub mod plots;
 pub mod probe;
+pub mod report;
 pub mod stats;

@@ -267,10 +267,8 @@ mod tests {
         let bank = t(&[[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-1.0, 0.0]]);
         let findings = Tensor::from_slice(&[1i8, 0, 0, -1, 1, 1, 1, 1]).view([4, 2]);
         let q = t(&[[3.0, 0.0]]);
-        let got = Vec::<f32>::try_from(
-            finding_scores(&bank, &findings, &q, 3, 0.5).flatten(0, -1),
-        )
-        .unwrap();
+        let got = Vec::<f32>::try_from(finding_scores(&bank, &findings, &q, 3, 0.5).flatten(0, -1))
+            .unwrap();
         let w = [2.0f32.exp(), 1.2f32.exp(), 1.0];
         // Finding 0: present at entries 0 and 2 of the three. Finding 1: unknown at entry 1.
         let want = [(w[0] + w[2]) / (w[0] + w[1] + w[2]), w[2] / (w[0] + w[2])];
