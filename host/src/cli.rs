@@ -105,6 +105,9 @@ enum Command {
     Embed(EmbedOptions),
     /// Write the encoder of a checkpoint under torchvision's names
     ExportEncoder(ExportOptions),
+    /// Compare encoders on a labelled dataset: linear probe and kNN at several label
+    /// fractions, with confidence intervals, a leakage check, result tables and plots
+    Evaluate(EvaluateOptions),
     /// Write dataset.csv (subject,label) for RSNAKaggleCXR from Kaggle's label file
     MakeRsnaCsv(RsnaCsvOptions),
     /// Run an encoder on a random batch, backpropagate a loss and take an optimizer step;
@@ -298,6 +301,63 @@ struct EmbedOptions {
     /// Resize and center-crop the images to N pixels first
     #[arg(long, value_name = "N")]
     image_size: Option<String>,
+}
+
+#[derive(Args)]
+#[command(rename_all = "snake_case")]
+struct EvaluateOptions {
+    /// An encoder to compare (give it several times): a run folder or URL, a checkpoint,
+    /// NAME:WEIGHTS.safetensors (torchvision names) or random:NAME (untrained)
+    #[arg(long, value_name = "ENCODER", action = clap::ArgAction::Append)]
+    encoder: Vec<String>,
+    /// The labelled dataset (required; `ssl-host list` names them); its train split trains
+    /// the probes, its test split scores them
+    #[arg(long, value_name = "NAME")]
+    dataset: Option<String>,
+    /// Where the dataset's files are (a folder, URL or catalogue name)
+    #[arg(long, value_name = "DIR")]
+    local_dataset: Option<String>,
+    /// Where to write the results (default: a new folder outputs/<UTC time>_evaluate)
+    #[arg(long, value_name = "DIR")]
+    output_dir: Option<String>,
+    /// Comma-separated: linear, knn (default both)
+    #[arg(long, value_name = "LIST")]
+    protocols: Option<String>,
+    /// Comma-separated shares of the training labels for the linear probe (default 0.01,0.1,1)
+    #[arg(long, value_name = "LIST")]
+    label_fractions: Option<String>,
+    /// Seeds per label fraction (default 3)
+    #[arg(long, value_name = "N")]
+    seeds: Option<String>,
+    /// Bootstrap resamples of the test set for 95% intervals (default 1000; 0: none)
+    #[arg(long, value_name = "N")]
+    bootstrap: Option<String>,
+    /// The share of the training split held out as the test set when the dataset has no
+    /// test split (default 0.2, by patient where there are patients)
+    #[arg(long, value_name = "FRACTION")]
+    test_fraction: Option<String>,
+    /// Resize and center-crop the images to N pixels (default: the dataset's evaluation
+    /// transform)
+    #[arg(long, value_name = "N")]
+    image_size: Option<String>,
+    /// Stop with an error when an encoder saw test images in its training
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    strict: Option<String>,
+    /// Extract features again instead of reading the feature cache
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    no_feature_cache: Option<String>,
+    /// Images per batch (default 64)
+    #[arg(long, value_name = "N")]
+    batch_size: Option<String>,
+    /// Loader threads (default: the cores, at most 4)
+    #[arg(long, value_name = "N")]
+    num_workers: Option<String>,
+    /// cpu, cuda or cuda:N (default: cuda when there is one)
+    #[arg(long, value_name = "DEVICE")]
+    device: Option<String>,
+    /// Any parameter of the dataset
+    #[arg(value_name = "--<dataset parameter>=value")]
+    dataset_parameters: Vec<String>,
 }
 
 #[derive(Args)]
@@ -544,6 +604,21 @@ impl Cli {
         self.options.retain(|(n, v)| {
             if n == name {
                 found = Some(v.clone());
+                false
+            } else {
+                true
+            }
+        });
+        found
+    }
+
+    /// Takes every `--name=value` of `name`, in order (for options given several times, such
+    /// as evaluate's `--encoder`).
+    pub fn take_all(&mut self, name: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        self.options.retain(|(n, v)| {
+            if n == name {
+                found.push(v.clone());
                 false
             } else {
                 true

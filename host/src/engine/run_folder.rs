@@ -54,7 +54,7 @@ impl Drop for RemoveIfEmpty {
 }
 
 /// Creates and returns `parent/base`, or `parent/base_2`, `_3`, ... when taken.
-fn new_folder(parent: &Path, base: &str) -> Result<PathBuf> {
+pub fn new_folder(parent: &Path, base: &str) -> Result<PathBuf> {
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     for n in 1.. {
         let dir = parent.join(if n == 1 {

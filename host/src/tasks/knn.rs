@@ -280,4 +280,77 @@ mod tests {
         let s = finding_scores(&bank, &unknown, &q, 2, 0.5);
         assert_eq!(Vec::<f32>::try_from(s.flatten(0, -1)).unwrap(), [0.5]);
     }
+
+    /// The class and finding scores against an independent NumPy implementation of the same
+    /// rule (L2-normalise, the k most similar bank rows, weights exp(sim / T)), on random
+    /// features: the same predicted classes, scores within float32 rounding.
+    #[test]
+    fn class_and_finding_scores_match_numpy() {
+        use ssl_plugin_api::tch::Device;
+        let python =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.deps/torch-venv/bin/python");
+        assert!(
+            python.exists(),
+            "{} is missing: run scripts/setup-libtorch.sh",
+            python.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        ssl_plugin_api::tch::manual_seed(3);
+        let bank = Tensor::randn([300, 16], (Kind::Float, Device::Cpu));
+        let queries = Tensor::randn([40, 16], (Kind::Float, Device::Cpu));
+        let labels = Tensor::randint(7, [300], (Kind::Int64, Device::Cpu));
+        let findings = Tensor::randint_low(-1, 2, [300, 4], (Kind::Int64, Device::Cpu));
+        for (name, t) in [
+            ("bank", &bank),
+            ("queries", &queries),
+            ("labels", &labels),
+            ("findings", &findings),
+        ] {
+            t.write_npy(dir.path().join(format!("{name}.npy"))).unwrap();
+        }
+        let script = r#"
+import numpy as np, sys
+d = sys.argv[1]
+b, q = np.load(d + "/bank.npy"), np.load(d + "/queries.npy")
+y, f = np.load(d + "/labels.npy"), np.load(d + "/findings.npy")
+def norm(x):
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+b, q = norm(b.astype(np.float64)), norm(q.astype(np.float64))
+for k, t in [(200, 0.1), (20, 0.07), (5, 0.5)]:
+    sim = q @ b.T
+    idx = np.argsort(-sim, axis=1)[:, :k]
+    w = np.exp(np.take_along_axis(sim, idx, axis=1) / t)
+    classes = np.zeros((len(q), 7))
+    for i in range(len(q)):
+        np.add.at(classes[i], y[idx[i]], w[i])
+    known = (f[idx] >= 0) * w[:, :, None]
+    present = (f[idx] == 1) * w[:, :, None]
+    share = present.sum(1) / np.maximum(known.sum(1), 1e-300)
+    share[known.sum(1) == 0] = 0.5
+    np.save(d + f"/classes_{k}.npy", classes.astype(np.float32))
+    np.save(d + f"/findings_{k}.npy", share.astype(np.float32))
+"#;
+        let out = std::process::Command::new(&python)
+            .args(["-c", script, &dir.path().display().to_string()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for (k, t) in [(200, 0.1), (20, 0.07), (5, 0.5)] {
+            let want = Tensor::read_npy(dir.path().join(format!("classes_{k}.npy"))).unwrap();
+            let got = class_scores(&bank, &labels, &queries, 7, k, t);
+            assert_eq!(
+                Vec::<i64>::try_from(got.argmax(1, false)).unwrap(),
+                Vec::<i64>::try_from(want.argmax(1, false)).unwrap(),
+                "k {k}"
+            );
+            assert!(got.allclose(&want, 1e-4, 1e-3, false), "k {k}");
+            let want = Tensor::read_npy(dir.path().join(format!("findings_{k}.npy"))).unwrap();
+            let got = finding_scores(&bank, &findings, &queries, k, t);
+            assert!(got.allclose(&want, 1e-4, 1e-5, false), "k {k}");
+        }
+    }
 }
