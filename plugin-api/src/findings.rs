@@ -36,7 +36,9 @@ impl Findings {
     /// values do not fill whole rows, or a value is not one of the three.
     pub fn new(names: Vec<String>, values: Vec<i8>) -> Result<Findings> {
         if names.is_empty() {
-            return Err(PluginError::msg("a multi-label dataset needs at least one finding"));
+            return Err(PluginError::msg(
+                "a multi-label dataset needs at least one finding",
+            ));
         }
         for (i, name) in names.iter().enumerate() {
             if name.trim().is_empty() {
@@ -95,7 +97,10 @@ impl Findings {
 
     /// The findings of the samples `indices`, in that order (a subset, e.g. one split).
     pub fn select(&self, indices: &[usize]) -> Findings {
-        let values = indices.iter().flat_map(|&i| self.of(i).iter().copied()).collect();
+        let values = indices
+            .iter()
+            .flat_map(|&i| self.of(i).iter().copied())
+            .collect();
         Findings {
             names: self.names.clone(),
             values,

@@ -225,7 +225,9 @@ impl DatasetHandle {
             }
             return Ok(ids.into_iter().map(|s| s.into_string()).collect());
         }
-        (0..self.len).map(|i| Ok(self.get(i)?.id().to_string())).collect()
+        (0..self.len)
+            .map(|i| Ok(self.get(i)?.id().to_string()))
+            .collect()
     }
     /// The split groups (one name per sample), if the dataset has them.
     pub fn groups(&self) -> Result<Option<Vec<String>>> {

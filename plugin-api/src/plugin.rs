@@ -24,8 +24,8 @@
 
 use crate::error::{FfiError, PluginError, Result};
 use crate::ffi::*;
-use crate::guard::guard;
 use crate::findings::Findings;
+use crate::guard::guard;
 use crate::image::{Image, Sample};
 use crate::info::DatasetInfo;
 use crate::params::Params;

@@ -30,7 +30,10 @@ pub enum Leakage {
     /// The encoder has no training record (an untrained encoder or foreign weights).
     NoRecord,
     /// It was trained on another dataset or folder: nothing to compare.
-    OtherData { dataset: String, root: Option<String> },
+    OtherData {
+        dataset: String,
+        root: Option<String>,
+    },
     /// It was trained on the same data: how many test images and patients it saw.
     Compared {
         seen_images: usize,
@@ -105,7 +108,11 @@ fn same_folder(a: Option<&str>, b: Option<&str>) -> bool {
 }
 
 /// Compares the training data of the run that made `record` with `test`.
-pub fn check(registry: &Registry, record: Option<&CheckpointInfo>, test: &TestSet) -> Result<Leakage> {
+pub fn check(
+    registry: &Registry,
+    record: Option<&CheckpointInfo>,
+    test: &TestSet,
+) -> Result<Leakage> {
     let Some(record) = record else {
         return Ok(Leakage::NoRecord);
     };
@@ -135,7 +142,10 @@ pub fn check(registry: &Registry, record: Option<&CheckpointInfo>, test: &TestSe
         (Some(test_groups), Some(train_groups)) => {
             let trained: HashSet<&String> = train_groups.iter().collect();
             let test_patients: HashSet<&String> = test_groups.iter().collect();
-            let seen = test_patients.iter().filter(|p| trained.contains(*p)).count();
+            let seen = test_patients
+                .iter()
+                .filter(|p| trained.contains(*p))
+                .count();
             Some((seen, test_patients.len()))
         }
         _ => None,

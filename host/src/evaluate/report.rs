@@ -211,9 +211,16 @@ mod tests {
             lines[2].starts_with("| A | linear | 10% | 11 | 0.6000 ± 0.1414 | 0.4000–0.6000 |"),
             "{md}"
         );
-        assert!(lines[3].contains("| 100% |") && lines[3].contains("0.9000 |"), "{md}");
+        assert!(
+            lines[3].contains("| 100% |") && lines[3].contains("0.9000 |"),
+            "{md}"
+        );
         let csv = to_csv(&rows);
-        assert!(csv.lines().nth(4).unwrap().starts_with("\"B,x\",linear,D,1,0,top1,0.4,"));
+        assert!(csv
+            .lines()
+            .nth(4)
+            .unwrap()
+            .starts_with("\"B,x\",linear,D,1,0,top1,0.4,"));
         assert_eq!(csv.lines().count(), 5);
         assert_eq!(mean_sd(&[1.0, f64::NAN, 3.0]), (2.0, 2f64.sqrt()));
     }
