@@ -117,40 +117,126 @@ fn write_text(path: &Path, lines: &[String]) -> io::Result<()> {
     file.flush()
 }
 
-/// The NIH file name of image `i`: `{patient:08}_{follow-up:03}.png`.
+/// The NIH file name of image `i` written by [`write_nih`]: `{patient:08}_{follow-up:03}.png`.
 pub fn nih_image_name(i: usize) -> String {
     format!("{:08}_{:03}.png", i / 2 + 1, i % 2)
 }
 
-/// Writes an NIH ChestX-ray14 folder as Kaggle unpacks it: `root/Data_Entry_2017.csv` (real
-/// header, `count` rows) and grey PNGs (`size × size`, pixels `gray_pattern(i, size, size)`)
-/// named [`nih_image_name`]`(i)`, the first half in `root/images_001/images/`, the rest in
-/// `root/images_002/images/`. Returns the file names in table order.
+/// One image of an NIH folder written by [`write_nih_rows`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NihRow {
+    /// The `Finding Labels` cell as NIH writes it: `No Finding`, or finding names joined by
+    /// `|` (`Cardiomegaly|Effusion`). Written as given, so tests can also write bad cells.
+    pub findings: String,
+    /// The `Patient ID` (a number, as NIH's are).
+    pub patient: u32,
+}
+
+impl NihRow {
+    /// A row of `patient` with the `Finding Labels` cell `findings`.
+    pub fn new(findings: &str, patient: u32) -> Self {
+        NihRow {
+            findings: findings.to_string(),
+            patient,
+        }
+    }
+}
+
+/// The rows [`write_nih`] writes: row `i` of patient `i / 2 + 1`, findings cycling over
+/// `No Finding`, `Cardiomegaly|Effusion`, `Pneumonia`.
+pub fn nih_rows(count: usize) -> Vec<NihRow> {
+    (0..count)
+        .map(|i| {
+            let findings = ["No Finding", "Cardiomegaly|Effusion", "Pneumonia"][i % 3];
+            NihRow::new(findings, (i / 2 + 1) as u32)
+        })
+        .collect()
+}
+
+/// Writes an NIH ChestX-ray14 folder as Kaggle unpacks it, with `count` images of
+/// [`nih_rows`]`(count)` and no official split: see [`write_nih_rows`]. The file name of
+/// image `i` is [`nih_image_name`]`(i)`. Returns the file names in table order.
 pub fn write_nih(root: &Path, count: usize, size: u32) -> io::Result<Vec<String>> {
+    write_nih_rows(root, &nih_rows(count), size, None)
+}
+
+/// Writes an NIH ChestX-ray14 folder as Kaggle unpacks it: `root/Data_Entry_2017.csv` (real
+/// header, one row per entry of `rows`, with its findings and patient) and grey PNGs
+/// (`size × size`, image `i` with pixels `gray_pattern(i, size, size)`), the first half in
+/// `root/images_001/images/`, the rest in `root/images_002/images/`. Image `i` is named
+/// `{patient:08}_{k:03}.png`, `k` counting the patient's earlier rows (NIH's follow-up number).
+///
+/// With `test_patients`, NIH's official split is written too: `root/test_list.txt` lists the
+/// images of those patients, `root/train_val_list.txt` all others (one file name a line, in
+/// table order), so the split is patient-disjoint as NIH's. Without, list files left by an
+/// earlier call are removed. Returns the file names in table order.
+///
+/// ```ignore
+/// // Four images of two patients, patient 2 held out as the official test set.
+/// let rows = [
+///     NihRow::new("No Finding", 1),
+///     NihRow::new("Effusion|Mass", 1),
+///     NihRow::new("Hernia", 2),
+///     NihRow::new("No Finding", 2),
+/// ];
+/// let names = write_nih_rows(&root, &rows, 32, Some(&[2]))?;
+/// assert_eq!(names[3], "00000002_001.png");
+/// ```
+pub fn write_nih_rows(
+    root: &Path,
+    rows: &[NihRow],
+    size: u32,
+    test_patients: Option<&[u32]>,
+) -> io::Result<Vec<String>> {
     let mut lines = vec![NIH_HEADER.to_string()];
-    let mut names = Vec::with_capacity(count);
-    for i in 0..count {
-        let name = nih_image_name(i);
-        let folder = if i < count.div_ceil(2) {
+    let mut names = Vec::with_capacity(rows.len());
+    let mut follow_ups = std::collections::HashMap::<u32, usize>::new();
+    let (mut train_val, mut test) = (Vec::new(), Vec::new());
+    for (i, row) in rows.iter().enumerate() {
+        let follow_up = follow_ups.entry(row.patient).or_insert(0);
+        let name = format!("{:08}_{:03}.png", row.patient, follow_up);
+        let folder = if i < rows.len().div_ceil(2) {
             "images_001"
         } else {
             "images_002"
         };
         let path = root.join(folder).join("images").join(&name);
         write_png_gray8(&path, size, size, &gray_pattern(i as u64, size, size))?;
-        let findings = ["No Finding", "Cardiomegaly|Effusion", "Pneumonia"][i % 3];
         let gender = if i % 2 == 0 { "M" } else { "F" };
+        let findings = if row.findings.contains(',') {
+            format!("\"{}\"", row.findings)
+        } else {
+            row.findings.clone()
+        };
         lines.push(format!(
-            "{name},{findings},{},{},{},{gender},PA,2682,2749,0.143,0.143",
-            i % 2,
-            i / 2 + 1,
+            "{name},{findings},{follow_up},{},{},{gender},PA,2682,2749,0.143,0.143",
+            row.patient,
             40 + i % 30
         ));
+        *follow_up += 1;
+        match test_patients {
+            Some(held_out) if held_out.contains(&row.patient) => test.push(name.clone()),
+            _ => train_val.push(name.clone()),
+        }
         names.push(name);
     }
     write_text(&root.join("Data_Entry_2017.csv"), &lines)?;
+    let lists = [(NIH_TRAIN_VAL_LIST, train_val), (NIH_TEST_LIST, test)];
+    for (file, list) in lists {
+        let path = root.join(file);
+        if test_patients.is_some() {
+            write_text(&path, &list)?;
+        } else if path.exists() {
+            fs::remove_file(&path)?;
+        }
+    }
     Ok(names)
 }
+
+/// The file name of NIH's official training/validation list.
+pub const NIH_TRAIN_VAL_LIST: &str = crate::nih::TRAIN_VAL_LIST;
+/// The file name of NIH's official test list.
+pub const NIH_TEST_LIST: &str = crate::nih::TEST_LIST;
 
 /// One row written by [`write_chexpert`].
 #[derive(Clone, Debug, PartialEq)]
