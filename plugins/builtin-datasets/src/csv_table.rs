@@ -70,6 +70,11 @@ impl CsvTable {
         })
     }
 
+    /// The column names, trimmed, in file order.
+    pub(crate) fn headers(&self) -> &[String] {
+        &self.headers
+    }
+
     /// The column called `name` (exact match after trimming spaces); an error naming the file,
     /// the column and the columns found when absent.
     pub(crate) fn column(&self, name: &str) -> Result<Column> {

@@ -323,6 +323,111 @@ pub fn write_chexpert(
     Ok(files)
 }
 
+/// One frontal image of a CheXpert folder written by [`write_chexpert_rows`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheXpertImage {
+    /// The patient number (the folder `patient{patient:05}`).
+    pub patient: u32,
+    /// Observation cells by column name (`("Edema", "-1.0")`); the other observations are
+    /// empty. Written as given, so tests can also write bad cells.
+    pub cells: Vec<(String, String)>,
+}
+
+impl CheXpertImage {
+    /// An image of `patient` with the observation `cells`.
+    pub fn new(patient: u32, cells: &[(&str, &str)]) -> Self {
+        CheXpertImage {
+            patient,
+            cells: cells
+                .iter()
+                .map(|(c, v)| (c.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+}
+
+/// Writes a CheXpert-v1.0-small folder at `root` with the frontal images `train` (in
+/// `train.csv`) and `valid` (in `valid.csv`), real header, each with its patient and
+/// observation cells. Image `i` of a split is the RGB JPEG
+/// `{split}/patient{patient:05}/study{k}/view1_frontal.jpg` (`k` = 1 + the patient's earlier
+/// images in that split; `size × size`, pixels `rgb_pattern(i, size, size)`); its `Path` cell
+/// has the `CheXpert-v1.0-small/` prefix. A cell naming a column that is not an observation of
+/// [`CHEXPERT_HEADER`] is an `InvalidInput` error. Returns the rows written (`pneumonia`: the
+/// `Pneumonia` cell).
+pub fn write_chexpert_rows(
+    root: &Path,
+    train: &[CheXpertImage],
+    valid: &[CheXpertImage],
+    size: u32,
+) -> io::Result<CheXpertFiles> {
+    let columns: Vec<&str> = CHEXPERT_HEADER.split(',').collect();
+    let first_observation = 5;
+    let mut files = CheXpertFiles {
+        train: Vec::new(),
+        valid: Vec::new(),
+    };
+    for (split, images) in [("train", train), ("valid", valid)] {
+        let mut lines = vec![CHEXPERT_HEADER.to_string()];
+        let mut rows = Vec::new();
+        let mut studies = std::collections::HashMap::<u32, usize>::new();
+        for (i, image) in images.iter().enumerate() {
+            let study = studies.entry(image.patient).or_insert(0);
+            *study += 1;
+            let relative = format!(
+                "{split}/patient{:05}/study{study}/view1_frontal.jpg",
+                image.patient
+            );
+            write_jpeg_rgb8(
+                &root.join(&relative),
+                size,
+                size,
+                &rgb_pattern(i as u64, size, size),
+            )?;
+            let mut cells = vec![String::new(); columns.len()];
+            let csv_path = format!("CheXpert-v1.0-small/{relative}");
+            cells[..first_observation].clone_from_slice(&[
+                csv_path.clone(),
+                "Female".into(),
+                "60".into(),
+                "Frontal".into(),
+                "AP".into(),
+            ]);
+            for (column, value) in &image.cells {
+                match columns[first_observation..]
+                    .iter()
+                    .position(|c| c == column)
+                {
+                    Some(at) => cells[first_observation + at] = value.clone(),
+                    None => {
+                        return Err(io::Error::new(
+                            io::ErrorKind::InvalidInput,
+                            format!("`{column}` is not a CheXpert observation column"),
+                        ))
+                    }
+                }
+            }
+            let pneumonia = image
+                .cells
+                .iter()
+                .find(|(c, _)| c == "Pneumonia")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            lines.push(cells.join(","));
+            rows.push(CheXpertRow {
+                path: csv_path,
+                frontal: true,
+                pneumonia,
+            });
+        }
+        write_text(&root.join(format!("{split}.csv")), &lines)?;
+        match split {
+            "train" => files.train = rows,
+            _ => files.valid = rows,
+        }
+    }
+    Ok(files)
+}
+
 /// One row written by [`write_covid`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct CovidRow {
