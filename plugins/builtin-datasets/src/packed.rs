@@ -3,8 +3,11 @@
 //!
 //! Random access by sample index: the shards are memory-mapped and a sample's image is decoded
 //! from its member's bytes, located through the shard's member index; no shard is read whole.
-//! Labels, ids and groups (`.cls`, `.json`) are read once when the dataset opens, so
-//! `targets` and `groups` decode no image. The images are exactly what was packed: the
+//! Labels, ids, groups and findings (`.cls`, `.json`) are read once when the dataset opens, so
+//! `targets`, `groups` and `findings` decode no image. A multi-label dataset's findings are
+//! served when `index.json` names them (`findings`); then every sample must have one value per
+//! name, else opening is an error naming the shard and sample. Folders packed without findings
+//! have none. The images are exactly what was packed: the
 //! sampler, distributed slicing and resume see the same dataset as from the source.
 //!
 //! A folder without `index.json` (shards written by another tool) is indexed on first use:
@@ -22,7 +25,8 @@ use crate::packed_format::{
 };
 use crate::split::Split;
 use ssl_plugin_api::{
-    bail, Dataset, DatasetInfo, ImageKind, Params, Pixels, Plugin, PluginError, Result, Sample,
+    bail, Dataset, DatasetInfo, Findings, ImageKind, Params, Pixels, Plugin, PluginError, Result,
+    Sample,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -61,6 +65,8 @@ pub struct Packed {
     /// Index of each shard's first sample (ascending), for the binary search of `get`.
     starts: Vec<usize>,
     metas: Vec<SampleMeta>,
+    /// The findings of the samples served, when `index.json` names findings.
+    findings: Option<Findings>,
     /// False for the split the folder does not hold.
     served: bool,
 }
@@ -108,21 +114,39 @@ impl Packed {
             .collect();
         // Metadata from the member indexes when `pack` wrote it there, else from the members.
         let mut metas = Vec::with_capacity(index.samples as usize);
+        let mut values = Vec::new();
         for shard in &shards {
             let what = root.join(&shard.file).display().to_string();
             for entry in &shard.index.samples {
-                metas.push(match &entry.meta {
+                let meta = match &entry.meta {
                     Some(meta) => meta.clone(),
                     None => format::read_meta(shard.map(&root)?, entry, &what)?,
-                });
+                };
+                if let Some(names) = &index.findings {
+                    values.extend(sample_findings(&meta, names, &entry.key, &what)?);
+                }
+                metas.push(meta);
             }
         }
+        let findings = match &index.findings {
+            Some(names) if !served => Some(Findings::new(names.clone(), Vec::new())),
+            Some(names) => Some(Findings::new(names.clone(), values)),
+            None => None,
+        }
+        .transpose()
+        .map_err(|e| {
+            PluginError::msg(format!(
+                "{NAME}: {}: findings: {e}",
+                root.join(INDEX_FILE).display()
+            ))
+        })?;
         Ok(Packed {
             root,
             index,
             shards,
             starts,
             metas,
+            findings,
             served,
         })
     }
@@ -140,6 +164,30 @@ impl Packed {
         let n = self.starts.partition_point(|&s| s <= index) - 1;
         let shard = &self.shards[n];
         (shard, &shard.index.samples[index - self.starts[n]])
+    }
+}
+
+/// The finding values of the sample `key` of the shard `what`: one per name of `names`.
+fn sample_findings<'a>(
+    meta: &'a SampleMeta,
+    names: &[String],
+    key: &str,
+    what: &str,
+) -> Result<&'a [i8]> {
+    match &meta.findings {
+        Some(values) if values.len() == names.len() => Ok(values),
+        Some(values) => bail!(
+            "{NAME}: {what}: sample `{key}` has {} finding values, {INDEX_FILE} names {} \
+             findings ({})",
+            values.len(),
+            names.len(),
+            names.join(", ")
+        ),
+        None => bail!(
+            "{NAME}: {what}: sample `{key}` has no findings, but {INDEX_FILE} names findings \
+             ({}); pack the dataset again",
+            names.join(", ")
+        ),
     }
 }
 
@@ -195,6 +243,10 @@ impl Dataset for Packed {
                 .map(|m| m.group.clone().unwrap_or_else(|| m.id.clone()))
                 .collect(),
         ))
+    }
+
+    fn findings(&self) -> Result<Option<Findings>> {
+        Ok(self.findings.clone())
     }
 }
 
@@ -413,6 +465,8 @@ fn build_foreign_index(root: &Path) -> Result<(PackIndex, Vec<ShardIndex>)> {
         version: format::FORMAT_VERSION,
         samples: next,
         num_classes: max_label.map(|l| (l.max(0) + 1) as u64),
+        // Foreign shards name no findings (their values alone mean nothing).
+        findings: None,
         channels: first.channels(),
         bit_depth: if matches!(first.pixels(), Pixels::U16(_)) {
             16
@@ -463,6 +517,17 @@ mod tests {
 
     /// Writes `samples` as `pack` would, `per_shard` to a shard, with `index.json`.
     fn write_pack(dir: &Path, samples: &[PackSample], per_shard: usize, encoding: Encoding) {
+        write_pack_with_findings(dir, samples, per_shard, encoding, None)
+    }
+
+    /// [`write_pack`] with the findings' names in `index.json`.
+    fn write_pack_with_findings(
+        dir: &Path,
+        samples: &[PackSample],
+        per_shard: usize,
+        encoding: Encoding,
+        findings: Option<&[&str]>,
+    ) {
         let mut shards = Vec::new();
         for (n, chunk) in samples.chunks(per_shard).enumerate() {
             let mut builder = ShardBuilder::new();
@@ -487,6 +552,7 @@ mod tests {
             version: format::FORMAT_VERSION,
             samples: samples.len() as u64,
             num_classes: Some(3),
+            findings: findings.map(|names| names.iter().map(|n| n.to_string()).collect()),
             channels: 1,
             bit_depth: 16,
             max_side: None,
@@ -519,6 +585,7 @@ mod tests {
                 label: Some((i % 3) as i64),
                 id: format!("id{i}"),
                 group: Some(format!("p{}", i / 2)),
+                findings: None,
             })
             .collect()
     }
@@ -584,6 +651,7 @@ mod tests {
         let packed = Packed::from_params(&params(dir.path(), "train")).unwrap();
         assert_eq!(packed.len(), 5);
         assert_eq!(packed.get(4).unwrap().id(), "id4");
+        assert_eq!(packed.findings().unwrap(), None);
         assert_eq!(packed.num_classes(), Some(3));
         assert!(dir.path().join(INDEX_FILE).exists());
         assert!(dir.path().join("data-2.idx.json").exists());
@@ -610,5 +678,90 @@ mod tests {
         let cached = index_cache_dir(ro.path(), Some(cache.path())).unwrap();
         // Under root, writing into a read-only folder succeeds: then the index is beside it.
         assert!(cached.join(INDEX_FILE).exists() || ro.path().join(INDEX_FILE).exists());
+    }
+
+    /// `samples(n)` of a multi-label dataset: findings A, B, C with values cycling over 1, 0, -1.
+    fn multi_label(n: usize) -> Vec<PackSample> {
+        let mut samples = samples(n);
+        for (i, s) in samples.iter_mut().enumerate() {
+            s.label = None;
+            s.findings = Some((0..3).map(|f| ((i + f) % 3) as i8 - 1).collect());
+        }
+        samples
+    }
+
+    #[test]
+    fn findings_are_read_back_and_older_folders_have_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = multi_label(7);
+        write_pack_with_findings(
+            dir.path(),
+            &source,
+            3,
+            Encoding::Npy,
+            Some(&["A", "B", "C"]),
+        );
+        let packed = Packed::from_params(&params(dir.path(), "train")).unwrap();
+        let findings = packed.findings().unwrap().unwrap();
+        assert_eq!(findings.names(), ["A", "B", "C"]);
+        assert_eq!(findings.len(), 7);
+        for (i, s) in source.iter().enumerate() {
+            assert_eq!(Some(findings.of(i)), s.findings.as_deref(), "sample {i}");
+        }
+        assert_eq!(findings.of(4), [0, 1, -1]);
+        assert_eq!(packed.get(5).unwrap().label(), None);
+        let test = Packed::from_params(&params(dir.path(), "test")).unwrap();
+        let none = test.findings().unwrap().unwrap();
+        assert_eq!((none.len(), none.names().len()), (0, 3));
+
+        // A folder packed before findings: no `findings` in index.json nor in the metadata.
+        let old = tempfile::tempdir().unwrap();
+        write_pack(old.path(), &samples(4), 3, Encoding::Npy);
+        let text = std::fs::read_to_string(old.path().join(INDEX_FILE)).unwrap();
+        assert!(!text.contains("findings"), "{text}");
+        let packed = Packed::from_params(&params(old.path(), "train")).unwrap();
+        assert_eq!(packed.findings().unwrap(), None);
+        assert_eq!(packed.targets().unwrap()[2], Some(2));
+    }
+
+    #[test]
+    fn findings_that_do_not_match_their_names_are_named() {
+        let open_error = |samples: &[PackSample]| {
+            let dir = tempfile::tempdir().unwrap();
+            write_pack_with_findings(
+                dir.path(),
+                samples,
+                2,
+                Encoding::Npy,
+                Some(&["A", "B", "C"]),
+            );
+            Packed::from_params(&params(dir.path(), "train"))
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        let mut missing = multi_label(4);
+        missing[3].findings = None;
+        let e = open_error(&missing);
+        assert!(
+            e.contains("shard-000001.tar: sample `000000003` has no findings")
+                && e.contains("(A, B, C)"),
+            "{e}"
+        );
+        let mut short = multi_label(4);
+        short[2].findings = Some(vec![1, 0]);
+        let e = open_error(&short);
+        assert!(
+            e.contains("shard-000001.tar: sample `000000002` has 2 finding values")
+                && e.contains("names 3 findings"),
+            "{e}"
+        );
+        let mut bad = multi_label(4);
+        bad[1].findings = Some(vec![1, 2, 0]);
+        let e = open_error(&bad);
+        assert!(
+            e.contains("index.json: findings: sample 1 has value 2 for finding `B`"),
+            "{e}"
+        );
     }
 }

@@ -4,11 +4,14 @@
 //! A packed folder holds `shard-000000.tar`, `shard-000001.tar`, ... Each shard is a plain
 //! ustar archive with one sample per basename (the key, the source's sample index as nine
 //! digits): `<key>.cls` (the label as decimal text, absent when unlabelled), `<key>.json`
-//! (`{"id":..,"label":..,"group":..}`) and the image, `<key>.npy` (numpy `.npy` v1, uint8 or
+//! (`{"id":..,"label":..,"group":..}`, plus `"findings":[1,0,-1,..]` for a multi-label
+//! dataset) and the image, `<key>.npy` (numpy `.npy` v1, uint8 or
 //! little-endian uint16, `H×W` or `H×W×C`) or `<key>.png` (lossless, 8 or 16 bit). Headers
 //! carry no time, owner or user name, so the same samples give byte-identical shards. Beside
-//! each shard, `shard-000000.idx.json` lists where each member's bytes lie; `index.json`
-//! describes the whole (see [`PackIndex`]) and is written last.
+//! each shard, `shard-000000.idx.json` lists where each member's bytes lie and each sample's
+//! metadata; `index.json` describes the whole (see [`PackIndex`]; the names of a multi-label
+//! dataset's findings are there, once) and is written last. Both fields of multi-label
+//! datasets are optional, so folders packed before them read as they did.
 //!
 //! This module does not touch the file system: it builds shard bytes and parses them; the
 //! host writes them (atomically) and the dataset maps them.
@@ -109,8 +112,12 @@ pub struct PackIndex {
     pub version: u32,
     /// Number of samples.
     pub samples: u64,
-    /// Number of classes; `None` when unlabelled.
+    /// Number of classes; `None` when unlabelled or multi-label.
     pub num_classes: Option<u64>,
+    /// The names of a multi-label dataset's findings (each sample's values are in its
+    /// [`SampleMeta::findings`]); `None` otherwise, and in folders packed before findings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub findings: Option<Vec<String>>,
     /// Channels of the images (the largest seen).
     pub channels: u32,
     /// 8 or 16.
@@ -210,6 +217,9 @@ pub struct PackSample {
     pub id: String,
     /// The group (e.g. the patient).
     pub group: Option<String>,
+    /// The values of a multi-label dataset's findings (1, 0 or -1, one per name of
+    /// [`PackIndex::findings`]).
+    pub findings: Option<Vec<i8>>,
 }
 
 /// Builds one tar shard in memory.
@@ -258,6 +268,9 @@ impl ShardBuilder {
         if let Some(group) = &sample.group {
             meta.insert("group".into(), group.clone().into());
         }
+        if let Some(findings) = &sample.findings {
+            meta.insert("findings".into(), findings.clone().into());
+        }
         members.push((
             "json",
             serde_json::Value::Object(meta).to_string().into_bytes(),
@@ -274,6 +287,7 @@ impl ShardBuilder {
                 label: sample.label,
                 id: sample.id.clone(),
                 group: sample.group.clone(),
+                findings: sample.findings.clone(),
             }),
         };
         for (ext, data) in members {
@@ -478,6 +492,10 @@ pub struct SampleMeta {
     pub id: String,
     /// The JSON's `group`.
     pub group: Option<String>,
+    /// The JSON's `findings`: the values of a multi-label dataset's findings, in the order
+    /// of [`PackIndex::findings`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub findings: Option<Vec<i8>>,
 }
 
 /// Reads a sample's label, id and group from its members (`shard` holds its bytes).
@@ -503,6 +521,15 @@ pub fn read_meta(shard: &[u8], entry: &SampleEntry, what: &str) -> Result<Sample
             serde_json::Value::Null => None,
             other => Some(other.to_string()),
         });
+        meta.findings = match value.get("findings") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(findings) => Some(finding_values(findings).ok_or_else(|| {
+                PluginError::msg(format!(
+                    "{what}: {}.json has findings {findings}: expected a list of 1, 0 or -1",
+                    entry.key
+                ))
+            })?),
+        };
     }
     if let Some(m) = entry.member("cls") {
         let text = std::str::from_utf8(slice(m)?).unwrap_or("").trim();
@@ -514,6 +541,18 @@ pub fn read_meta(shard: &[u8], entry: &SampleEntry, what: &str) -> Result<Sample
         })?);
     }
     Ok(meta)
+}
+
+/// A JSON list of finding values (each 1, 0 or -1).
+fn finding_values(value: &serde_json::Value) -> Option<Vec<i8>> {
+    value
+        .as_array()?
+        .iter()
+        .map(|v| match v.as_i64()? {
+            x @ -1..=1 => Some(x as i8),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The image member's extensions this reader decodes, in order of preference.
@@ -736,6 +775,7 @@ mod tests {
             label: Some(i as i64 % 3),
             id: format!("img/{i}.png"),
             group: Some(format!("patient{}", i / 2)),
+            findings: Some(vec![(i % 3) as i8 - 1, 1]),
         }
     }
 
@@ -804,7 +844,8 @@ mod tests {
             SampleMeta {
                 label: Some(0),
                 id: "img/3.png".into(),
-                group: Some("patient1".into())
+                group: Some("patient1".into()),
+                findings: Some(vec![-1, 1]),
             }
         );
         let image = read_image(&a, &index.samples[2], "shard").unwrap();
@@ -849,5 +890,35 @@ mod tests {
         let err = index_tar(&bytes[..1200], "shard-000000.tar").unwrap_err();
         assert!(err.to_string().contains("shard-000000.tar"), "{err}");
         assert!(err.to_string().contains("truncated"), "{err}");
+    }
+
+    /// Findings in a `.json` member: read back as written; absent in older shards; anything
+    /// but a list of 1, 0, -1 is an error naming the shard and sample.
+    #[test]
+    fn findings_are_read_from_the_json_member() {
+        let meta_of = |json: &str| {
+            let mut tar = Vec::new();
+            append_member(&mut tar, "000000007.json", json.as_bytes()).unwrap();
+            tar.extend_from_slice(&[0u8; 1024]);
+            let index = index_tar(&tar, "shard-000003.tar").unwrap();
+            read_meta(&tar, &index.samples[0], "shard-000003.tar")
+        };
+        let meta = meta_of(r#"{"id":"a","label":null,"findings":[1,0,-1]}"#).unwrap();
+        assert_eq!(
+            (meta.id.as_str(), meta.findings),
+            ("a", Some(vec![1, 0, -1]))
+        );
+        let old = meta_of(r#"{"id":"a","label":2}"#).unwrap();
+        assert_eq!((old.label, old.findings), (Some(2), None));
+        for bad in ["[1,2]", "[0.5]", "\"1,0\"", "[true]"] {
+            let e = meta_of(&format!(r#"{{"id":"a","findings":{bad}}}"#))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("shard-000003.tar: 000000007.json has findings")
+                    && e.contains("expected a list of 1, 0 or -1"),
+                "{bad}: {e}"
+            );
+        }
     }
 }
