@@ -4,7 +4,9 @@
 //!
 //! Samples are read through the dataset plugin, optionally resized so that the longer side is
 //! at most `--max_side` (the pipelines' bilinear `Resize`), and kept as the dataset gives them
-//! otherwise: grey stays one channel, 8 and 16 bit stay as they are. Output is deterministic
+//! otherwise: grey stays one channel, 8 and 16 bit stay as they are. A multi-label dataset's
+//! findings travel with its samples (names in `index.json`, values in each sample's metadata),
+//! so the packed copy serves the same findings. Output is deterministic
 //! (same input, byte-identical shards and indexes). Every file is written to a temporary name
 //! and renamed, and `index.json` (which lists the shards) is removed first and written last: an
 //! interrupted pack leaves no index that lists a shard that is not whole.
@@ -235,6 +237,9 @@ pub fn pack(
             .with_context(|| format!("removing the old {}", index_path.display()))?;
     }
     let groups = dataset.groups().context("reading the dataset's groups")?;
+    let findings = dataset
+        .findings()
+        .context("reading the dataset's findings")?;
     let bar = ProgressBar::new(dataset.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("packing [{bar:30}] {pos}/{len} ETA {eta}")
@@ -273,6 +278,7 @@ pub fn pack(
                 label,
                 id,
                 group: groups.as_ref().map(|g| g[index].clone()),
+                findings: findings.as_ref().map(|f| f.of(index).to_vec()),
             };
             if !builder.is_empty()
                 && (builder.size() as u64 >= options.shard_bytes
@@ -304,6 +310,7 @@ pub fn pack(
         version: format::FORMAT_VERSION,
         samples,
         num_classes: dataset.num_classes().map(|n| n as u64),
+        findings: findings.map(|f| f.names().to_vec()),
         channels: seen.channels,
         bit_depth: seen.bit_depth,
         max_side: options.max_side,
@@ -484,5 +491,103 @@ mod tests {
         assert!(matches!(out.pixels(), Pixels::U8(v) if v.iter().all(|&x| x == 9)));
         let small = Image::from_u8(2, 2, 1, vec![1, 2, 3, 4]).unwrap();
         assert_eq!(limit_side(small.clone(), 5).unwrap(), small);
+    }
+
+    fn pack_into(
+        registry: &Registry,
+        name: &str,
+        params: serde_json::Value,
+        out: &Path,
+    ) -> (DatasetHandle, PackSummary) {
+        let factory = registry.dataset(name).unwrap();
+        let params = Params::from_value(params).unwrap();
+        let source = factory.create(&params).unwrap();
+        let declared = factory.info_for(&params).unwrap();
+        let options = PackOptions {
+            output: out.to_path_buf(),
+            upload_to: None,
+            max_side: None,
+            encoding: Encoding::Npy,
+            shard_bytes: u64::MAX,
+            shard_samples: 2,
+            skip_unreadable: false,
+            threads: 1,
+        };
+        let info = SourceInfo {
+            dataset: name.into(),
+            split: "train".into(),
+            params: params.as_json().as_object().unwrap().clone(),
+        };
+        let summary = pack(&source, &declared, info, &options).unwrap();
+        (source, summary)
+    }
+
+    /// An NIH folder written by hand (three PNGs with their findings and patients) is packed,
+    /// over two shards, and `Packed` serves the same findings and groups.
+    #[test]
+    fn a_multi_label_dataset_is_packed_with_its_findings() {
+        let tmp = tempfile::tempdir().unwrap();
+        let nih = tmp.path().join("nih");
+        std::fs::create_dir_all(&nih).unwrap();
+        let rows = [
+            ("00000001_000.png", "Effusion|Mass", 1),
+            ("00000001_001.png", "No Finding", 1),
+            ("00000002_000.png", "Hernia", 2),
+        ];
+        let mut csv = "Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient \
+                       Gender,View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]\n"
+            .to_string();
+        for (i, (name, findings, patient)) in rows.iter().enumerate() {
+            let image = Image::from_u8(4, 3, 1, vec![40 * i as u8; 12]).unwrap();
+            std::fs::write(nih.join(name), format::encode_png(&image).unwrap()).unwrap();
+            csv += &format!("{name},{findings},0,{patient},50,M,PA,4,3,0.1,0.1\n");
+        }
+        std::fs::write(nih.join("Data_Entry_2017.csv"), csv).unwrap();
+        let registry = Registry::load(&[]).unwrap();
+        let out = tmp.path().join("packed");
+        let (source, summary) = pack_into(
+            &registry,
+            "NIHCXR",
+            serde_json::json!({"root": nih, "split": "train"}),
+            &out,
+        );
+        let names = summary.index.findings.clone().unwrap();
+        assert_eq!((names.len(), names[2].as_str()), (14, "Effusion"));
+        assert_eq!(summary.index.shards.len(), 2);
+        assert_eq!(summary.index.num_classes, None);
+        let packed = registry
+            .dataset("Packed")
+            .unwrap()
+            .create(&Params::from_value(serde_json::json!({"root": out})).unwrap())
+            .unwrap();
+        let findings = packed.findings().unwrap().unwrap();
+        assert_eq!(Some(&findings), source.findings().unwrap().as_ref());
+        let mut first = [0i8; 14];
+        (first[2], first[4]) = (1, 1);
+        let mut third = [0i8; 14];
+        third[13] = 1;
+        assert_eq!(findings.values(), [first, [0; 14], third].concat());
+        assert_eq!(packed.groups().unwrap().unwrap(), ["1", "1", "2"]);
+        assert_eq!(packed.num_classes(), None);
+        assert_eq!(packed.targets().unwrap(), [None, None, None]);
+
+        // A single-label dataset packs no findings.
+        let shapes = tmp.path().join("shapes");
+        let (_, summary) = pack_into(
+            &registry,
+            "Shapes",
+            serde_json::json!({"num_samples": 3, "image_size": 8}),
+            &shapes,
+        );
+        assert_eq!(summary.index.findings, None);
+        let text = std::fs::read_to_string(shapes.join(INDEX_FILE)).unwrap();
+        assert!(!text.contains("findings"), "{text}");
+        let packed = registry
+            .dataset("Packed")
+            .unwrap()
+            .create(&Params::from_value(serde_json::json!({"root": shapes})).unwrap())
+            .unwrap();
+        assert_eq!(packed.findings().unwrap(), None);
+        assert_eq!(packed.num_classes(), Some(4));
     }
 }
