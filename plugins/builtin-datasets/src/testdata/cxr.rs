@@ -171,16 +171,21 @@ pub fn write_nih(root: &Path, count: usize, size: u32) -> io::Result<Vec<String>
 /// table order), so the split is patient-disjoint as NIH's. Without, list files left by an
 /// earlier call are removed. Returns the file names in table order.
 ///
-/// ```ignore
+/// ```
+/// use ssl_builtin_datasets::testdata::cxr::{write_nih_rows, NihRow};
 /// // Four images of two patients, patient 2 held out as the official test set.
+/// let root = tempfile::tempdir()?;
 /// let rows = [
 ///     NihRow::new("No Finding", 1),
 ///     NihRow::new("Effusion|Mass", 1),
 ///     NihRow::new("Hernia", 2),
 ///     NihRow::new("No Finding", 2),
 /// ];
-/// let names = write_nih_rows(&root, &rows, 32, Some(&[2]))?;
+/// let names = write_nih_rows(root.path(), &rows, 32, Some(&[2]))?;
 /// assert_eq!(names[3], "00000002_001.png");
+/// let test = std::fs::read_to_string(root.path().join("test_list.txt"))?;
+/// assert_eq!(test, "00000002_000.png\n00000002_001.png\n");
+/// # Ok::<(), std::io::Error>(())
 /// ```
 pub fn write_nih_rows(
     root: &Path,
