@@ -48,7 +48,7 @@ impl Findings {
                 return Err(PluginError::msg(format!("finding `{name}` is named twice")));
             }
         }
-        if values.len() % names.len() != 0 {
+        if !values.len().is_multiple_of(names.len()) {
             return Err(PluginError::msg(format!(
                 "{} finding values do not fill rows of {} findings",
                 values.len(),
