@@ -259,9 +259,9 @@ fn read_cell(row: &Row, column: &Column) -> Result<Cell> {
         return Ok(Cell::Negative);
     }
     match cell.parse::<f64>() {
-        Ok(v) if v == 1.0 => Ok(Cell::Positive),
-        Ok(v) if v == 0.0 => Ok(Cell::Negative),
-        Ok(v) if v == -1.0 => Ok(Cell::Uncertain),
+        Ok(1.0) => Ok(Cell::Positive),
+        Ok(0.0) => Ok(Cell::Negative),
+        Ok(-1.0) => Ok(Cell::Uncertain),
         _ => Err(row.error(
             column,
             format!("`{cell}`: expected 1.0, 0.0, -1.0 or an empty cell"),
