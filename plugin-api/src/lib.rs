@@ -61,7 +61,7 @@ pub use collectives::{CollectiveOps, Collectives, ReduceOp};
 #[doc(hidden)]
 pub use error::FfiError;
 pub use error::{Context, PluginError, Result};
-pub use findings::Findings;
+pub use findings::{Findings, ABSENT, PRESENT, UNKNOWN};
 pub use image::{Image, PixelData, Pixels, Sample};
 pub use info::{AlgorithmInfo, DatasetInfo, EncoderInfo, ImageKind};
 pub use params::Params;

@@ -465,6 +465,10 @@ impl Dataset for CheXpert {
         Ok(Sample::new(image, label, relative.clone()))
     }
 
+    fn ids(&self) -> Result<Option<Vec<String>>> {
+        Ok(Some(self.paths.clone()))
+    }
+
     fn targets(&self) -> Result<Vec<Option<i64>>> {
         Ok(match &self.labels {
             Read::Single(labels) => labels.iter().map(|&l| Some(l)).collect(),

@@ -388,6 +388,12 @@ impl Dataset for NihCxr {
         None
     }
 
+    fn ids(&self) -> Result<Option<Vec<String>>> {
+        Ok(Some(
+            self.images.iter().map(|(name, _)| name.clone()).collect(),
+        ))
+    }
+
     fn get(&self, index: usize) -> Result<Sample> {
         let Some((name, path)) = self.images.get(index) else {
             bail!("{NAME}: index {index} out of range ({} images)", self.len());
@@ -504,6 +510,7 @@ mod tests {
         assert!(ds.images[3]
             .1
             .ends_with("images_002/images/00000002_001.png"));
+        assert_eq!(ds.ids().unwrap().unwrap(), names);
         for (i, name) in names.iter().enumerate() {
             let sample = ds.get(i).unwrap();
             assert_eq!(sample.id(), name);

@@ -248,6 +248,15 @@ impl Dataset for Packed {
     fn findings(&self) -> Result<Option<Findings>> {
         Ok(self.findings.clone())
     }
+
+    fn ids(&self) -> Result<Option<Vec<String>>> {
+        Ok(Some(
+            self.metas[..self.len()]
+                .iter()
+                .map(|m| m.id.clone())
+                .collect(),
+        ))
+    }
 }
 
 /// Shard `entry` of the folder `root` with its member index (from `index_dir`, or from the
@@ -710,6 +719,10 @@ mod tests {
         }
         assert_eq!(findings.of(4), [0, 1, -1]);
         assert_eq!(packed.get(5).unwrap().label(), None);
+        let ids: Vec<String> = (0..7)
+            .map(|i| packed.get(i).unwrap().id().to_string())
+            .collect();
+        assert_eq!(packed.ids().unwrap().unwrap(), ids);
         let test = Packed::from_params(&params(dir.path(), "test")).unwrap();
         let none = test.findings().unwrap().unwrap();
         assert_eq!((none.len(), none.names().len()), (0, 3));
