@@ -834,7 +834,7 @@ mod tests {
                 AUPRC_MACRO
             ]
         );
-        assert!(close(value(&got, LOSS), (0.5 * 3.0 + 1.0) / 5.0));
+        assert!(close(value(&got, LOSS), (0.5 * 3.0 + 1.0 * 2.0) / 5.0));
         // A: the unknown fifth row (0.99) is left out.
         assert!(close(value(&got, "auroc/A"), 0.75));
         assert!(close(value(&got, "auprc/A"), 19.0 / 24.0));
@@ -926,9 +926,11 @@ mod tests {
             assert_eq!(na, nb);
             assert!(va == vb || (va.is_nan() && vb.is_nan()), "{na}: {va} vs {vb}");
         }
-        // Three findings' accumulator cannot take two findings' rows.
-        let e = findings(&["A", "B", "C"]).load_state(&state).unwrap_err();
-        assert!(e.to_string().contains("3 findings"), "{e}");
+        // Five findings' accumulator cannot take the 12 values of two findings' rows.
+        let e = findings(&["A", "B", "C", "D", "E"])
+            .load_state(&state)
+            .unwrap_err();
+        assert!(e.to_string().contains("of 5 findings"), "{e}");
         // A single-label head's state is refused by name, not misread.
         let mut classes = EpochMetrics::new(2);
         classes.add_batch(&[0.5, 0.5], &[1], 0.1, 1);

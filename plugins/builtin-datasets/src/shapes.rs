@@ -804,6 +804,15 @@ mod tests {
             / 3.0
     }
 
+    /// The images of the default options are pinned: a change to the drawing code must leave
+    /// them byte for byte (runs and their metrics depend on them).
+    #[test]
+    fn default_images_are_pinned() {
+        let d = shapes(r#"{"seed": 4, "num_samples": 8}"#);
+        let weak = shapes(r#"{"seed": 4, "num_samples": 8, "texture_strength": 0.3, "noise": 0.3}"#);
+        eprintln!("PIN {:#x} {:#x}", fingerprint(&d, 8), fingerprint(&weak, 8));
+    }
+
     #[test]
     fn texture_parameters_default_to_the_original_look() {
         let d = shapes(r#"{"seed": 4, "num_samples": 12}"#);
