@@ -239,7 +239,7 @@ impl Shapes {
     fn present_of(&self, index: usize) -> [bool; NUM_CLASSES] {
         if self.multi_label {
             let bits = SplitMix64(key(self.stream, FINDINGS_TAG, index as u64)).next_u64();
-            std::array::from_fn(|class| bits >> class & 1 == 1)
+            std::array::from_fn(|class| (bits >> class) & 1 == 1)
         } else {
             let class = self.class_of(index);
             std::array::from_fn(|c| c == class)
