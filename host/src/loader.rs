@@ -967,7 +967,9 @@ mod tests {
             Vec::<f32>::try_from(&t.view(-1)).unwrap(),
             [0.0, 0.0, 1.0, 0.0, -1.0, 1.0]
         );
-        let e = batch(vec![0, 3]).finding_tensor(Device::Cpu, &findings).unwrap_err();
+        let e = batch(vec![0, 3])
+            .finding_tensor(Device::Cpu, &findings)
+            .unwrap_err();
         assert!(e.to_string().contains("sample 3 has no findings"), "{e}");
     }
 

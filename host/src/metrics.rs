@@ -352,7 +352,10 @@ pub struct FindingMetrics {
 impl FindingMetrics {
     /// An empty accumulator for a head with one output per finding of `names` (at least one).
     pub fn new(names: Vec<String>) -> FindingMetrics {
-        assert!(!names.is_empty(), "a multi-label head needs at least one finding");
+        assert!(
+            !names.is_empty(),
+            "a multi-label head needs at least one finding"
+        );
         FindingMetrics {
             names,
             probs: Vec::new(),
@@ -386,7 +389,7 @@ impl FindingMetrics {
     pub fn add_batch(&mut self, probs: &[f32], targets: &[i8], loss: f64, batch_size: usize) {
         let f = self.names.len();
         assert!(
-            probs.len() == targets.len() && targets.len() % f == 0,
+            probs.len() == targets.len() && targets.len().is_multiple_of(f),
             "posteriors ({}) and findings ({}) must both be [batch, {f}]",
             probs.len(),
             targets.len()
@@ -469,7 +472,7 @@ impl FindingMetrics {
         }
         let targets = Vec::<i8>::try_from(targets)?;
         let f = self.names.len();
-        if probs.len() != targets.len() || targets.len() % f != 0 {
+        if probs.len() != targets.len() || !targets.len().is_multiple_of(f) {
             bail!(
                 "the checkpoint's epoch state has {} posteriors for {} finding values of {f} findings",
                 probs.len(),
@@ -554,9 +557,7 @@ impl HeadMetrics {
     pub fn add_batch(&mut self, probs: &[f32], targets: &BatchTargets, loss: f64, n: usize) {
         match (self, targets) {
             (HeadMetrics::Classes(m), BatchTargets::Classes(t)) => m.add_batch(probs, t, loss, n),
-            (HeadMetrics::Findings(m), BatchTargets::Findings(t)) => {
-                m.add_batch(probs, t, loss, n)
-            }
+            (HeadMetrics::Findings(m), BatchTargets::Findings(t)) => m.add_batch(probs, t, loss, n),
             _ => panic!("a linear head's targets are not of the kind of its metrics"),
         }
     }
@@ -902,7 +903,12 @@ mod tests {
     #[test]
     fn finding_metrics_state_and_gather_round_trip() {
         let mut m = findings(&["A", "B"]);
-        m.add_batch(&[0.1, 0.9, 0.7, 0.2, 0.6, 0.5], &[0, 1, 1, -1, 1, 0], 0.4, 3);
+        m.add_batch(
+            &[0.1, 0.9, 0.7, 0.2, 0.6, 0.5],
+            &[0, 1, 1, -1, 1, 0],
+            0.4,
+            3,
+        );
         // Two processes holding the same rows: every row twice, in rank order, each posterior
         // with its own finding; the loss sums doubled alike.
         let two = crate::world::World::new(
@@ -924,7 +930,10 @@ mod tests {
         let (a, b) = (m.compute(), restored.compute());
         for ((na, va), (nb, vb)) in a.iter().zip(&b) {
             assert_eq!(na, nb);
-            assert!(va == vb || (va.is_nan() && vb.is_nan()), "{na}: {va} vs {vb}");
+            assert!(
+                va == vb || (va.is_nan() && vb.is_nan()),
+                "{na}: {va} vs {vb}"
+            );
         }
         // Five findings' accumulator cannot take the 12 values of two findings' rows.
         let e = findings(&["A", "B", "C", "D", "E"])

@@ -536,7 +536,11 @@ multi_label = true
     assert_eq!(lines[0], "id,circle,square,triangle,cross");
     assert_eq!(lines.len(), 5, "{text}");
     for line in &lines[1..] {
-        let p: Vec<f64> = line.split(',').skip(1).map(|v| v.parse().unwrap()).collect();
+        let p: Vec<f64> = line
+            .split(',')
+            .skip(1)
+            .map(|v| v.parse().unwrap())
+            .collect();
         assert!(
             p.len() == 4 && p.iter().all(|p| (0.0..=1.0).contains(p)),
             "{line}"

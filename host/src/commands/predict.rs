@@ -359,14 +359,7 @@ mod tests {
         let ckpt = dir.path().join("multi.safetensors");
         let bias = Tensor::from_slice(&[0.2f32 / 0.8, 0.7 / 0.3]).log();
         let zeros = Tensor::zeros([2, 512], (Kind::Float, Device::Cpu));
-        write_classifier_with(
-            &registry,
-            &ckpt,
-            &config,
-            &zeros,
-            &bias,
-            vec![findings],
-        );
+        write_classifier_with(&registry, &ckpt, &config, &zeros, &bias, vec![findings]);
         let out = dir.path().join("p.csv");
         let args = |ckpt: &Path| {
             vec![
@@ -398,7 +391,10 @@ mod tests {
         write_classifier_with(&registry, &ckpt, &config, &zeros, &bias, vec![wrong]);
         let err = command(&registry, "predict", &args(&ckpt)).unwrap_err();
         let text = format!("{err:#}");
-        assert!(text.contains("2 outputs") && text.contains("1 findings"), "{text}");
+        assert!(
+            text.contains("2 outputs") && text.contains("1 findings"),
+            "{text}"
+        );
     }
 
     #[test]

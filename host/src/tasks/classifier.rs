@@ -358,9 +358,10 @@ impl<'a> ClassifierTask<'a> {
     ) -> Result<Vec<(String, f64)>> {
         let (workers, device) = (self.config.num_workers, self.device);
         let encoder = &mut self.encoder;
-        let metrics = data.evaluate_head(epoch, plan, workers, device, &self.head, labels, |x| {
-            Ok(encoder.forward(x, false)?)
-        })?;
+        let metrics =
+            data.evaluate_head(epoch, plan, workers, device, &self.head, labels, |x| {
+                Ok(encoder.forward(x, false)?)
+            })?;
         Ok(metrics
             .into_iter()
             .map(|(n, v)| (format!("{what}/{n}"), v))

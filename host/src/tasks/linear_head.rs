@@ -67,9 +67,7 @@ impl HeadLabels {
     pub fn check_same(&self, other: &HeadLabels, what: &str) -> Result<()> {
         match (self, other) {
             (HeadLabels::Classes(a), HeadLabels::Classes(b)) if a == b => Ok(()),
-            (HeadLabels::Findings(a), HeadLabels::Findings(b)) if a.names() == b.names() => {
-                Ok(())
-            }
+            (HeadLabels::Findings(a), HeadLabels::Findings(b)) if a.names() == b.names() => Ok(()),
             _ => bail!(
                 "{what} has {}, but the head was trained on {}",
                 other.describe(),

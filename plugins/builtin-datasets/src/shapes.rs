@@ -1111,7 +1111,10 @@ mod tests {
         assert_eq!(d.get(0).unwrap().label(), None);
         assert!(d.label(0).is_err());
         assert!(d.layout(0).unwrap_err().message().contains("layouts"));
-        let findings = d.findings().unwrap().expect("a multi-label dataset has findings");
+        let findings = d
+            .findings()
+            .unwrap()
+            .expect("a multi-label dataset has findings");
         assert_eq!(findings.names(), CLASS_NAMES);
         assert_eq!(findings.len(), 400);
         let (mut counts, mut shown) = ([0usize; 4], [0usize; 5]);
@@ -1119,7 +1122,12 @@ mod tests {
             let present = d.present(i).unwrap();
             let row = findings.of(i);
             for k in 0..4 {
-                assert_eq!(row[k], i8::from(present[k]), "index {i}, {}", CLASS_NAMES[k]);
+                assert_eq!(
+                    row[k],
+                    i8::from(present[k]),
+                    "index {i}, {}",
+                    CLASS_NAMES[k]
+                );
                 counts[k] += usize::from(present[k]);
             }
             let classes: Vec<usize> = d.layouts(i).unwrap().iter().map(|l| l.class).collect();
@@ -1136,10 +1144,7 @@ mod tests {
         let single = shapes(r#"{"seed": 3, "num_samples": 400}"#);
         assert_eq!(single.findings().unwrap(), None);
         assert!(single.targets().unwrap().iter().all(Option::is_some));
-        assert_eq!(
-            single.present(5).unwrap().iter().filter(|&&p| p).count(),
-            1
-        );
+        assert_eq!(single.present(5).unwrap().iter().filter(|&&p| p).count(), 1);
     }
 
     /// The hue of an RGB pixel, in [0, 1).
