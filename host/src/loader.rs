@@ -22,7 +22,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use ssl_plugin_api::host::DatasetHandle;
 use ssl_plugin_api::tch::{Device, Kind, Tensor};
-use ssl_plugin_api::{Image, Pixels, PluginError, Sample};
+use ssl_plugin_api::{Findings, Image, Pixels, PluginError, Sample};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -716,6 +716,33 @@ impl Batch {
             .collect::<Result<_>>()?;
         Ok(Tensor::from_slice(&labels).to_device(device))
     }
+
+    /// The findings of the first `rows` samples, row-major `[rows, F]` (1 present, 0 absent,
+    /// -1 unknown), looked up by dataset index in `findings`, the table of the batch's
+    /// dataset; an error naming the first sample the table does not cover.
+    pub fn finding_rows(&self, findings: &Findings, rows: usize) -> Result<Vec<i8>> {
+        let mut out = Vec::with_capacity(rows.min(self.len()) * findings.names().len());
+        for &i in self.indices.iter().take(rows) {
+            if i >= findings.len() {
+                bail!(
+                    "sample {i} has no findings: the dataset's table of findings has {} rows",
+                    findings.len()
+                );
+            }
+            out.extend_from_slice(findings.of(i));
+        }
+        Ok(out)
+    }
+
+    /// The findings of every sample as a float tensor `[len, F]` (1, 0, or -1 for unknown) on
+    /// `device`, the targets of a multi-label head; see [`Batch::finding_rows`].
+    pub fn finding_tensor(&self, device: Device, findings: &Findings) -> Result<Tensor> {
+        let rows = self.finding_rows(findings, self.len())?;
+        let values: Vec<f32> = rows.iter().map(|&v| v as f32).collect();
+        Ok(Tensor::from_slice(&values)
+            .view([self.len() as i64, findings.names().len() as i64])
+            .to_device(device))
+    }
 }
 
 /// Produces the batches of one pass in order, with `workers` threads preparing up to
@@ -919,6 +946,31 @@ mod tests {
             let e = batch(labels).label_tensor(Device::Cpu, 3).unwrap_err();
             assert!(e.to_string().contains(needle), "{e}");
         }
+    }
+
+    #[test]
+    fn findings_are_looked_up_by_dataset_index() {
+        let findings =
+            Findings::new(vec!["A".into(), "B".into()], vec![1, 0, -1, 1, 0, 0]).unwrap();
+        let batch = |indices: Vec<usize>| Batch {
+            groups: Vec::new(),
+            labels: vec![None; indices.len()],
+            ids: vec![String::new(); indices.len()],
+            indices,
+        };
+        let b = batch(vec![2, 0, 1]);
+        assert_eq!(b.finding_rows(&findings, 3).unwrap(), [0, 0, 1, 0, -1, 1]);
+        assert_eq!(b.finding_rows(&findings, 1).unwrap(), [0, 0]);
+        let t = b.finding_tensor(Device::Cpu, &findings).unwrap();
+        assert_eq!(t.size(), [3, 2]);
+        assert_eq!(
+            Vec::<f32>::try_from(&t.view(-1)).unwrap(),
+            [0.0, 0.0, 1.0, 0.0, -1.0, 1.0]
+        );
+        let e = batch(vec![0, 3])
+            .finding_tensor(Device::Cpu, &findings)
+            .unwrap_err();
+        assert!(e.to_string().contains("sample 3 has no findings"), "{e}");
     }
 
     fn shapes(registry: &Registry, n: usize) -> Arc<DatasetHandle> {

@@ -1,6 +1,6 @@
 //! Classifier runs on a pretrained encoder: frozen encoders stay bit-for-bit unchanged,
 //! unfrozen ones train; exact resume; `--encoder_init` from torchvision-named weights; clear
-//! errors for bad checkpoints.
+//! errors for bad checkpoints; multi-label heads on a dataset with findings.
 
 use e2e::*;
 use ssl_builtin_datasets::testdata::cifar::write_cifar10_binary;
@@ -374,4 +374,176 @@ fn bad_checkpoints_give_clear_errors() {
     // A classifier needs an encoder.
     run(&classifier_args(&tmp.path().join("none"), &[]))
         .assert_clear_error(&["--local_ssl_weights_path"]);
+}
+
+/// The metric names of the run in `dir`.
+fn names_in(dir: &Path) -> Vec<String> {
+    metric_rows(dir)
+        .iter()
+        .filter_map(|l| l.split(',').nth(1).map(str::to_string))
+        .collect()
+}
+
+/// On Shapes' multi-label option (which of four coloured shapes an image shows), the online
+/// head of an SSL run and a classifier are multi-label heads with per-finding metrics, and the
+/// classifier learns the findings. A TinyCNN encoder keeps it fast.
+#[test]
+fn a_multi_label_classifier_learns_the_findings_of_shapes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tiny = artifact("libexample_tiny_cnn.so").display().to_string();
+    let findings = ["circle", "square", "triangle", "cross"];
+
+    // One SSL step, its online head on the multi-label data: the kNN monitor is skipped.
+    let ssl = tmp.path().join("ssl");
+    let pretrained = run(&[
+        format!("--plugin={tiny}"),
+        "--model=ShapesSimCLR".into(),
+        format!("--output_dir={}", ssl.display()),
+        "--ssl_encoder=TinyCNN".into(),
+        "--is_debug_model=true".into(),
+        "--num_epochs=1".into(),
+        "--ssl_training_batch_size=8".into(),
+        "--linear_head_batch_size=8".into(),
+        // 80 samples: validation splits of one batch of 8.
+        "--ssl_dataset_params.num_samples=80".into(),
+        "--linear_head_dataset_params.num_samples=80".into(),
+        "--linear_head_dataset_params.multi_label=true".into(),
+        "--num_workers=2".into(),
+        "--device=cpu".into(),
+    ]);
+    pretrained.assert_ok();
+    assert!(
+        pretrained.stderr.contains("knn_monitor skipped")
+            && pretrained.stderr.contains("multi-label"),
+        "{}",
+        pretrained.stderr
+    );
+    let names = names_in(&ssl);
+    assert!(metric(&ssl, "ssl_online_evaluator/val/auroc_macro").is_finite());
+    for name in [
+        "ssl_online_evaluator/train/loss",
+        "ssl_online_evaluator/train/online_auroc/square",
+        "ssl_online_evaluator/train/online_auroc_macro",
+        "ssl_online_evaluator/val/loss",
+        "ssl_online_evaluator/val/auroc/circle",
+        "ssl_online_evaluator/val/auprc/cross",
+        "ssl_online_evaluator/val/auroc_macro",
+        "ssl_online_evaluator/val/auprc_macro",
+    ] {
+        assert!(names.iter().any(|n| n == name), "{name} missing: {names:?}");
+    }
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with("knn/") || n.contains("AccuracyAtThreshold05")),
+        "{names:?}"
+    );
+
+    // A classifier on it, fine-tuned on 240 images for 4 epochs, without augmentations.
+    let config = tmp.path().join("ShapesFindings.toml");
+    std::fs::write(
+        &config,
+        r#"
+description = "multi-label classifier on Shapes"
+task = "classifier"
+linear_head_dataset_name = "Shapes"
+ssl_encoder = ""
+linear_head_batch_size = 16
+num_epochs = 4
+l_rate = 1e-2
+freeze_encoder = false
+use_balanced_binary_loss_for_linear_head = true
+random_seed = 1
+
+[linear_head_dataset_params]
+num_samples = 240
+image_size = 32
+multi_label = true
+"#,
+    )
+    .unwrap();
+    let out = tmp.path().join("classifier");
+    run(&[
+        format!("--plugin={tiny}"),
+        format!("--model={}", config.display()),
+        format!("--output_dir={}", out.display()),
+        format!("--local_ssl_weights_path={}", ssl.display()),
+        "--num_workers=2".into(),
+        "--device=cpu".into(),
+    ])
+    .assert_ok();
+    let names = names_in(&out);
+    let mut expected: Vec<String> = Vec::new();
+    for split in ["train", "val", "test"] {
+        expected.push(format!("{split}/loss"));
+        for metric in ["auroc", "auprc"] {
+            expected.push(format!("{split}/{metric}_macro"));
+            for finding in findings {
+                expected.push(format!("{split}/{metric}/{finding}"));
+            }
+        }
+    }
+    for name in &expected {
+        assert!(names.contains(name), "{name} missing: {names:?}");
+    }
+    assert!(
+        !names.iter().any(|n| n.contains("AccuracyAtThreshold05")),
+        "{names:?}"
+    );
+    let auroc = metric(&out, "val/auroc_macro");
+    assert!(auroc > 0.8, "val/auroc_macro {auroc} after 4 epochs");
+    for finding in findings {
+        let v = metric(&out, &format!("val/auroc/{finding}"));
+        assert!(v > 0.6, "val/auroc/{finding} = {v}");
+    }
+    assert!(metric(&out, "test/auroc_macro") > 0.8);
+
+    // Stopped after 2 epochs and resumed: the same metrics as in one go.
+    let split = tmp.path().join("split");
+    run(&[
+        format!("--plugin={tiny}"),
+        format!("--model={}", config.display()),
+        format!("--output_dir={}", split.display()),
+        format!("--local_ssl_weights_path={}", ssl.display()),
+        "--num_workers=2".into(),
+        "--device=cpu".into(),
+        "--stop_after_epochs=2".into(),
+    ])
+    .assert_ok();
+    run(&[
+        format!("--plugin={tiny}"),
+        "--resume".into(),
+        format!("--output_dir={}", split.display()),
+    ])
+    .assert_ok();
+    assert_eq!(metric_rows(&split), metric_rows(&out));
+
+    // Its predictions: one probability per finding.
+    let csv = tmp.path().join("predictions.csv");
+    run(&[
+        format!("--plugin={tiny}"),
+        "predict".into(),
+        format!("--checkpoint={}", out.display()),
+        "--dataset=Shapes".into(),
+        "--multi_label=true".into(),
+        "--num_samples=4".into(),
+        "--device=cpu".into(),
+        format!("--out={}", csv.display()),
+    ])
+    .assert_ok();
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "id,circle,square,triangle,cross");
+    assert_eq!(lines.len(), 5, "{text}");
+    for line in &lines[1..] {
+        let p: Vec<f64> = line
+            .split(',')
+            .skip(1)
+            .map(|v| v.parse().unwrap())
+            .collect();
+        assert!(
+            p.len() == 4 && p.iter().all(|p| (0.0..=1.0).contains(p)),
+            "{line}"
+        );
+    }
 }

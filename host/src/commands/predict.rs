@@ -1,5 +1,7 @@
 //! `ssl-host predict`: class probabilities of a classifier checkpoint for every image of a
-//! dataset, as CSV `id,label,p0,...,pC-1` in dataset order.
+//! dataset, as CSV `id,label,p0,...,pC-1` in dataset order. A multi-label classifier (trained
+//! on a dataset with findings) writes `id,<finding 1>,...,<finding F>` instead: each
+//! finding's probability (a sigmoid, not a softmax over them).
 //!
 //! The encoder runs in eval mode, then the linear head without dropout, then softmax. Images
 //! go through the run's evaluation transform (`linear_head_val_augmentations`, else
@@ -16,6 +18,7 @@ use crate::config::{RunConfig, TransformSpec};
 use crate::pipeline::Pipeline;
 use crate::pretrained::{encoder_from_checkpoint, CLASSIFIER_ALGORITHM};
 use crate::registry::Registry;
+use crate::tasks::classifier::{findings_of_tensor, FINDINGS_TENSOR};
 use anyhow::{anyhow, bail, Result};
 use ssl_plugin_api::tch::{Device, Kind, Tensor};
 use ssl_plugin_api::Encoder;
@@ -83,6 +86,18 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
     let dim = encoder.output_dim();
     let (weight, bias) = classifier_head(&stored, dim, &loaded.path, args.device)?;
     let classes = weight.size()[0] as usize;
+    let findings = stored
+        .tensors
+        .get(FINDINGS_TENSOR)
+        .map(findings_of_tensor)
+        .transpose()?;
+    if let Some(names) = findings.as_ref().filter(|n| n.len() != classes) {
+        bail!(
+            "{}: the classifier head has {classes} outputs but the checkpoint names {} findings",
+            loaded.path.display(),
+            names.len()
+        );
+    }
     drop(stored);
     let config = RunConfig::from_resolved_toml(&loaded.info.config, &loaded.info.model)
         .map_err(|e| anyhow!("{}: {e}", loaded.path.display()))?;
@@ -96,8 +111,17 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
         size_hint: "the run's evaluation transform does not give every image one size; use --batch_size=1 or a run whose transform resizes or crops",
     };
     let mut out = OutputFile::create(&args.out)?;
-    let columns: Vec<String> = (0..classes).map(|k| format!("p{k}")).collect();
-    out.write(format!("id,label,{}\n", columns.join(",")).as_bytes())?;
+    let header = match &findings {
+        Some(names) => {
+            let columns: Vec<String> = names.iter().map(|n| csv_field(n)).collect();
+            format!("id,{}\n", columns.join(","))
+        }
+        None => {
+            let columns: Vec<String> = (0..classes).map(|k| format!("p{k}")).collect();
+            format!("id,label,{}\n", columns.join(","))
+        }
+    };
+    out.write(header.as_bytes())?;
     let mut rows = 0usize;
     // Loading starts only now that the output files exist.
     let stream = source.stream(args.batch_size, args.workers, "predict");
@@ -112,17 +136,20 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
                 embeddings.size()[1]
             );
         }
-        let probabilities = embeddings
-            .matmul(&weight.tr())
-            .g_add(&bias)
-            .softmax(-1, Kind::Float);
+        let logits = embeddings.matmul(&weight.tr()).g_add(&bias);
+        let probabilities = match findings {
+            Some(_) => logits.sigmoid(),
+            None => logits.softmax(-1, Kind::Float),
+        };
         let values = to_vec_f32(&probabilities)?;
         let mut text = String::new();
         for (k, (id, label)) in batch.ids.iter().zip(&batch.labels).enumerate() {
             text.push_str(&csv_field(id));
-            text.push(',');
-            if let Some(l) = label {
-                text.push_str(&l.to_string());
+            if findings.is_none() {
+                text.push(',');
+                if let Some(l) = label {
+                    text.push_str(&l.to_string());
+                }
             }
             for p in &values[k * classes..(k + 1) * classes] {
                 text.push(',');
@@ -134,14 +161,21 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
         out.write(text.as_bytes())?;
     }
     out.commit()?;
-    if let Some(n) = dataset.num_classes().filter(|&n| n != classes) {
+    if let Some(n) = dataset
+        .num_classes()
+        .filter(|&n| n != classes && findings.is_none())
+    {
         eprintln!(
             "note: dataset `{}` has {n} classes, the classifier {classes}; the label column is the dataset's",
             args.dataset
         );
     }
+    let what = match findings {
+        Some(_) => format!("{classes}-finding"),
+        None => format!("{classes}-class"),
+    };
     println!(
-        "wrote {classes}-class probabilities of {rows} images ({} of {}) to {}",
+        "wrote {what} probabilities of {rows} images ({} of {}) to {}",
         args.dataset,
         loaded.path.display(),
         args.out.display()
@@ -166,6 +200,18 @@ mod tests {
         weight: &Tensor,
         bias: &Tensor,
     ) {
+        write_classifier_with(registry, path, config, weight, bias, Vec::new());
+    }
+
+    /// [`write_classifier`] with `extra` tensors (a multi-label head's findings).
+    fn write_classifier_with(
+        registry: &Registry,
+        path: &Path,
+        config: &RunConfig,
+        weight: &Tensor,
+        bias: &Tensor,
+        extra: Vec<(String, Tensor)>,
+    ) {
         ssl_plugin_api::tch::manual_seed(3);
         let encoder = registry
             .encoder("resnet18")
@@ -181,6 +227,7 @@ mod tests {
             .collect();
         tensors.push((HEAD_WEIGHT.into(), weight.shallow_clone()));
         tensors.push((HEAD_BIAS.into(), bias.shallow_clone()));
+        tensors.extend(extra);
         let info = CheckpointInfo {
             format: checkpoint::FORMAT.into(),
             epochs_done: 1,
@@ -294,6 +341,59 @@ mod tests {
         assert!(
             spread > 1e-3,
             "the probabilities do not depend on the image"
+        );
+    }
+
+    #[test]
+    fn a_multi_label_classifier_writes_one_probability_per_finding() {
+        let registry = Registry::load(&[]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let config = RunConfig::resolve("ShapesBYOL", &[], &registry).unwrap();
+        let names = vec!["circle".to_string(), "a, b".to_string()];
+        let findings = (
+            FINDINGS_TENSOR.to_string(),
+            crate::tasks::classifier::findings_tensor(&names),
+        );
+        // Zero weights: each finding's probability is the sigmoid of its bias, independently
+        // (a softmax would make them sum to 1).
+        let ckpt = dir.path().join("multi.safetensors");
+        let bias = Tensor::from_slice(&[0.2f32 / 0.8, 0.7 / 0.3]).log();
+        let zeros = Tensor::zeros([2, 512], (Kind::Float, Device::Cpu));
+        write_classifier_with(&registry, &ckpt, &config, &zeros, &bias, vec![findings]);
+        let out = dir.path().join("p.csv");
+        let args = |ckpt: &Path| {
+            vec![
+                format!("--checkpoint={}", ckpt.display()),
+                "--dataset=Shapes".into(),
+                "--num_samples=5".into(),
+                "--device=cpu".into(),
+                format!("--out={}", out.display()),
+            ]
+        };
+        command(&registry, "predict", &args(&ckpt)).unwrap();
+        let text = std::fs::read_to_string(&out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "id,circle,\"a, b\"");
+        assert_eq!(lines.len(), 6);
+        for line in &lines[1..] {
+            let row: Vec<&str> = line.split(',').collect();
+            assert_eq!(row.len(), 3, "{line}");
+            for (p, q) in row[1..].iter().zip([0.2f32, 0.7]) {
+                assert!((p.parse::<f32>().unwrap() - q).abs() < 1e-6, "{line}");
+            }
+        }
+
+        // Names that do not match the head's outputs are refused.
+        let wrong = (
+            FINDINGS_TENSOR.to_string(),
+            crate::tasks::classifier::findings_tensor(&names[..1]),
+        );
+        write_classifier_with(&registry, &ckpt, &config, &zeros, &bias, vec![wrong]);
+        let err = command(&registry, "predict", &args(&ckpt)).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("2 outputs") && text.contains("1 findings"),
+            "{text}"
         );
     }
 

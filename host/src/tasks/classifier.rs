@@ -12,6 +12,11 @@
 //! - Metrics `{train,val}/{loss,AccuracyAtThreshold05,AreaUnderRocCurve,AreaUnderPRCurve}`,
 //!   checkpoints and `--resume` as SSL runs; after the last epoch, when the dataset has a test
 //!   split, `test/*` metrics (written under epoch `num_epochs`).
+//! - On a multi-label dataset (one that declares findings), a multi-label head: one output per
+//!   finding, binary cross-entropy without the unknown entries, and the metrics
+//!   `{train,val,test}/{loss,auroc/<finding>,auprc/<finding>,auroc_macro,auprc_macro}`
+//!   ([`crate::metrics::FindingMetrics`]). The checkpoint then also holds the findings' names
+//!   ([`FINDINGS_TENSOR`]), so that `predict` knows the head is multi-label.
 
 use crate::checkpoint::{self, prefixed, under, Checkpoint, CheckpointInfo};
 use crate::config::RunConfig;
@@ -20,7 +25,7 @@ use crate::engine::{
     EpochSteps, FinalEvaluation, OptimizerSlot, StepPath, StepReport, Task, TrainSummary,
 };
 use crate::loader::{BatchStream, Seeds, Source, ViewGroup};
-use crate::metrics::EpochMetrics;
+use crate::metrics::HeadMetrics;
 use crate::optim::{OptimizerConfig, OptimizerKind, Param};
 use crate::pretrained::{self, encoder_tensors, CLASSIFIER_ALGORITHM};
 use crate::registry::Registry;
@@ -29,7 +34,9 @@ use crate::schedule::LrSchedule;
 use crate::seeds::seed_of;
 use crate::shards::StoreSettings;
 use crate::split::split_dataset;
-use crate::tasks::linear_head::{head_classes, linear_head_pipelines, record_batch, LinearHead};
+use crate::tasks::linear_head::{
+    head_labels, linear_head_pipelines, record_batch, HeadLabels, LinearHead,
+};
 use crate::tasks::shuffled_order;
 use crate::tasks::{encoder_params, plugins_used, transforms_used, warn_if_no_val_batch, Data};
 use anyhow::{anyhow, bail, Context, Result};
@@ -48,6 +55,23 @@ const VAL: u64 = 4;
 const TEST: u64 = 5;
 /// The shuffle stream of the training sampler.
 const SHUFFLE: u64 = 11;
+/// The checkpoint tensor of a multi-label classifier naming its findings, in output order: the
+/// names' UTF-8 bytes, each followed by a newline (uint8).
+pub const FINDINGS_TENSOR: &str = "linear_head_findings";
+
+/// The [`FINDINGS_TENSOR`] of `names`.
+pub fn findings_tensor(names: &[String]) -> Tensor {
+    let text: String = names.iter().map(|n| format!("{n}\n")).collect();
+    Tensor::from_slice(text.as_bytes())
+}
+
+/// The findings' names stored in a [`FINDINGS_TENSOR`].
+pub fn findings_of_tensor(tensor: &Tensor) -> Result<Vec<String>> {
+    let bytes = Vec::<u8>::try_from(tensor)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| anyhow!("the checkpoint's `{FINDINGS_TENSOR}` is not UTF-8 text"))?;
+    Ok(text.lines().map(str::to_string).collect())
+}
 
 /// A classifier run.
 pub struct ClassifierTask<'a> {
@@ -66,7 +90,7 @@ pub struct ClassifierTask<'a> {
     val_pipeline: ViewGroup,
     info: CheckpointInfo,
     stream: Option<BatchStream>,
-    metrics: Option<EpochMetrics>,
+    metrics: Option<HeadMetrics>,
 }
 
 /// The encoder of a new classifier run: from an ssl-host checkpoint or torchvision weights.
@@ -189,12 +213,13 @@ impl<'a> ClassifierTask<'a> {
             &config.linear_head_dataset_params,
             &StoreSettings::from_config(&config),
         )?;
-        let (num_classes, weights) = head_classes(
+        let (train_idx, val_idx) = split_dataset(&dataset, config.val_split, seed)?;
+        let (labels, weights) = head_labels(
             &dataset,
             &name,
             config.use_balanced_binary_loss_for_linear_head,
+            &train_idx,
         )?;
-        let (train_idx, val_idx) = split_dataset(&dataset, config.val_split, seed)?;
         warn_if_no_val_batch(
             &format!("`{name}`"),
             val_idx.len(),
@@ -235,7 +260,7 @@ impl<'a> ClassifierTask<'a> {
         };
 
         let frozen = config.freeze_encoder;
-        let head = LinearHead::new(encoder.output_dim(), num_classes, weights, device);
+        let head = LinearHead::new(encoder.output_dim(), labels, weights, device);
         // Every trained tensor gets weight decay (Adam over `self.parameters()` in the original).
         let decayed = |(name, tensor): (String, Tensor)| Param {
             name,
@@ -321,24 +346,39 @@ impl<'a> ClassifierTask<'a> {
         Ok(features.to_kind(Kind::Float))
     }
 
-    /// Loss and metrics of `plan` of `data` (head in eval mode, every process's predictions
-    /// together), named `<what>/<metric>`.
+    /// Loss and metrics of `plan` of `data`, whose dataset has `labels` (head in eval mode,
+    /// every process's predictions together), named `<what>/<metric>`.
     fn evaluate(
         &mut self,
         data: &Data,
+        labels: &HeadLabels,
         epoch: usize,
         plan: Vec<Vec<usize>>,
         what: &str,
     ) -> Result<Vec<(String, f64)>> {
         let (workers, device) = (self.config.num_workers, self.device);
         let encoder = &mut self.encoder;
-        let metrics = data.evaluate_head(epoch, plan, workers, device, &self.head, |x| {
-            Ok(encoder.forward(x, false)?)
-        })?;
+        let metrics =
+            data.evaluate_head(epoch, plan, workers, device, &self.head, labels, |x| {
+                Ok(encoder.forward(x, false)?)
+            })?;
         Ok(metrics
             .into_iter()
             .map(|(n, v)| (format!("{what}/{n}"), v))
             .collect())
+    }
+
+    /// The metric an epoch's line shows for `what` (`val`, `test`): what it is called there and
+    /// its name: the accuracy, or for a multi-label head the macro-averaged AUROC.
+    fn headline(&self, what: &str) -> (&'static str, String) {
+        if self.head.labels.is_multi_label() {
+            (
+                "AUROC (macro)",
+                format!("{what}/{}", crate::metrics::AUROC_MACRO),
+            )
+        } else {
+            ("accuracy", format!("{what}/{}", crate::metrics::ACCURACY))
+        }
     }
 
     /// `test/*` metrics on the dataset's test split (CIFAR's 10000), or nothing when it has none.
@@ -354,6 +394,11 @@ impl<'a> ClassifierTask<'a> {
         if test.is_empty() {
             return Ok(Vec::new());
         }
+        let labels = HeadLabels::of(&test, &self.dataset_name)?;
+        self.head.labels.check_same(
+            &labels,
+            &format!("the test split of `{}`", self.dataset_name),
+        )?;
         let order: Vec<usize> = (0..test.len()).collect();
         let mut source = Source::new(
             test,
@@ -377,7 +422,7 @@ impl<'a> ClassifierTask<'a> {
             source: Arc::new(source),
             sampler,
         };
-        self.evaluate(&data, epoch, plan, "test")
+        self.evaluate(&data, &labels, epoch, plan, "test")
     }
 }
 
@@ -440,7 +485,7 @@ impl Task for ClassifierTask<'_> {
             plan.into_iter().skip(skip).collect(),
             self.config.num_workers,
         ));
-        self.metrics = Some(EpochMetrics::new(self.head.num_classes));
+        self.metrics = Some(self.head.labels.metrics());
         Ok(EpochSteps { steps, full_steps })
     }
 
@@ -451,13 +496,13 @@ impl Task for ClassifierTask<'_> {
             .and_then(Iterator::next)
             .ok_or_else(|| anyhow!("data loader ended early"))??;
         let x = batch.images(self.device)?;
-        let y = batch.label_tensor(self.device, self.head.num_classes)?;
+        let y = self.head.labels.tensor(&batch, self.device)?;
         let features = self.features(&x, true)?;
         let logits = self.head.forward(&features, true);
         let loss = self.head.loss(&logits, &y);
         let outcome = path.step(&mut self.optimizer, &loss, lr)?;
         if let (Some(metrics), true) = (&mut self.metrics, outcome.counts()) {
-            record_batch(metrics, &logits, &batch, &loss)?;
+            record_batch(metrics, &self.head.labels, &logits, &batch, &loss)?;
         }
         Ok(StepReport {
             loss,
@@ -481,8 +526,8 @@ impl Task for ClassifierTask<'_> {
         if self.config.is_debug_model {
             plan.truncate(1);
         }
-        let val = self.val.clone();
-        out.extend(self.evaluate(&val, epoch, plan, "val")?);
+        let (val, labels) = (self.val.clone(), self.head.labels.clone());
+        out.extend(self.evaluate(&val, &labels, epoch, plan, "val")?);
         Ok(out)
     }
 
@@ -490,10 +535,33 @@ impl Task for ClassifierTask<'_> {
         let mut all = prefixed("encoder.", encoder_tensors(&self.encoder));
         all.extend(prefixed("linear_head.", self.head.named_parameters()));
         all.extend(prefixed("optimizer.", self.optimizer.state()));
+        if let HeadLabels::Findings(findings) = &self.head.labels {
+            all.push((FINDINGS_TENSOR.into(), findings_tensor(findings.names())));
+        }
         all
     }
 
     fn restore(&mut self, stored: &HashMap<String, Tensor>) -> Result<()> {
+        let stored_findings = stored
+            .get(FINDINGS_TENSOR)
+            .map(findings_of_tensor)
+            .transpose()?;
+        let live_findings = match &self.head.labels {
+            HeadLabels::Findings(f) => Some(f.names().to_vec()),
+            HeadLabels::Classes(_) => None,
+        };
+        if stored_findings != live_findings {
+            let describe = |f: &Option<Vec<String>>| match f {
+                Some(names) => format!("a multi-label head for {}", names.join(", ")),
+                None => "a single-label head".to_string(),
+            };
+            bail!(
+                "--resume: the checkpoint holds {}, but dataset `{}` now gives {}",
+                describe(&stored_findings),
+                self.dataset_name,
+                describe(&live_findings)
+            );
+        }
         checkpoint::restore_into(
             stored,
             "encoder.",
@@ -513,13 +581,14 @@ impl Task for ClassifierTask<'_> {
 
     fn epoch_line(&self, epoch: usize, metrics: &[(String, f64)]) -> String {
         let get = |n: &str| crate::engine::metric(metrics, n);
+        let (score, name) = self.headline("val");
         format!(
-            "epoch {}/{}: classifier train loss {:.4}, val loss {:.4}, val accuracy {:.3}, {:.1} images/s, {:.1}s",
+            "epoch {}/{}: classifier train loss {:.4}, val loss {:.4}, val {score} {:.3}, {:.1} images/s, {:.1}s",
             epoch + 1,
             self.config.num_epochs,
             get("train/loss"),
             get("val/loss"),
-            get("val/AccuracyAtThreshold05"),
+            get(&name),
             get("throughput/train_images_per_second"),
             get("time/epoch_seconds"),
         )
@@ -534,10 +603,11 @@ impl Task for ClassifierTask<'_> {
 
     fn final_evaluation(&mut self) -> Result<Option<FinalEvaluation>> {
         let test = self.test().context("the test split")?;
-        let accuracy = crate::engine::metric(&test, "test/AccuracyAtThreshold05");
+        let (score, name) = self.headline("test");
+        let value = crate::engine::metric(&test, &name);
         Ok(Some(FinalEvaluation {
             metrics: test,
-            line: format!("test split: accuracy {accuracy:.3} (test/* in metrics.csv)"),
+            line: format!("test split: {score} {value:.3} (test/* in metrics.csv)"),
         }))
     }
 }

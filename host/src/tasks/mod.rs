@@ -10,12 +10,11 @@ pub mod ssl;
 
 use crate::config::RunConfig;
 use crate::loader::{Batch, BatchStream, Source};
-use crate::metrics::EpochMetrics;
 use crate::registry::Registry;
 use crate::sampler::{Order, Sampler};
 use crate::world::Reduce;
 use anyhow::Result;
-use linear_head::{record_rows, LinearHead};
+use linear_head::{record_rows, HeadLabels, LinearHead};
 use ssl_plugin_api::tch::{self, Device, Kind, Tensor};
 use ssl_plugin_api::DatasetInfo;
 use std::collections::BTreeMap;
@@ -50,8 +49,10 @@ impl Data {
     }
 
     /// The loss and metrics of `head` over `plan` (see [`Data::for_each_batch`]) in evaluation
-    /// mode without gradients, every process's predictions together; `features` turns a
-    /// batch's images (on `device`) into the head's input.
+    /// mode without gradients, every process's predictions together; `labels` are those of
+    /// this data's dataset (the head's own, or another split's with the same outputs);
+    /// `features` turns a batch's images (on `device`) into the head's input.
+    #[allow(clippy::too_many_arguments)]
     pub fn evaluate_head(
         &self,
         epoch: usize,
@@ -59,16 +60,17 @@ impl Data {
         workers: usize,
         device: Device,
         head: &LinearHead,
+        labels: &HeadLabels,
         mut features: impl FnMut(&Tensor) -> Result<Tensor>,
     ) -> Result<Vec<(String, f64)>> {
         let _guard = tch::no_grad_guard();
-        let mut metrics = EpochMetrics::new(head.num_classes);
+        let mut metrics = labels.metrics();
         self.for_each_batch(epoch, plan, workers, |batch, real| {
             let x = batch.images(device)?;
-            let y = batch.label_tensor(device, head.num_classes)?;
+            let y = labels.tensor(&batch, device)?;
             let logits = head.forward(&features(&x)?.to_kind(Kind::Float), false);
             let loss = head.loss(&logits, &y);
-            record_rows(&mut metrics, &logits, &batch, &loss, real)
+            record_rows(&mut metrics, labels, &logits, &batch, &loss, real)
         })?;
         Ok(metrics.gathered(crate::world::current())?.compute())
     }

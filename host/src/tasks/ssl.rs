@@ -5,13 +5,18 @@
 //! the linear head on as many batches of its validation split; then (`knn_monitor`) the kNN
 //! monitor ([`crate::tasks::knn`]): the linear-head validation split classified against
 //! embeddings of its training split.
+//!
+//! When the linear-head dataset is multi-label (it declares findings), the online head is a
+//! multi-label head (see [`crate::tasks::linear_head`]) with per-finding metrics
+//! (`ssl_online_evaluator/val/auroc/<finding>`, `.../train/online_auroc_macro`, ...), and the
+//! kNN monitor, which needs one class per sample, is skipped with a note.
 
 use crate::checkpoint::{self, prefixed, under, Checkpoint, CheckpointInfo};
 use crate::config::RunConfig;
 use crate::datasets::open_dataset;
 use crate::engine::{EpochSteps, OptimizerSlot, StepPath, StepReport, Task, TrainSummary};
 use crate::loader::{channels_last, BatchStream, Seeds, Source, ViewGroup};
-use crate::metrics::EpochMetrics;
+use crate::metrics::HeadMetrics;
 use crate::optim::{OptimizerConfig, OptimizerKind, Param};
 use crate::registry::Registry;
 use crate::sampler::{Order, Sampler};
@@ -20,7 +25,9 @@ use crate::seeds::seed_of;
 use crate::shards::StoreSettings;
 use crate::split::split_dataset;
 use crate::tasks::knn::{self, knn_accuracy};
-use crate::tasks::linear_head::{head_classes, linear_head_pipelines, LinearHead, PendingBatches};
+use crate::tasks::linear_head::{
+    head_labels, linear_head_pipelines, HeadLabels, LinearHead, PendingBatches,
+};
 use crate::tasks::shuffled_order;
 use crate::tasks::{
     encoder_params, plugins_used, reduce_named, transforms_used, warn_if_no_val_batch, Data,
@@ -55,7 +62,7 @@ struct EpochSums {
     /// Steps whose loss is not in `loss` (not finite, skipped: `nan_policy = skip_step`).
     skipped: usize,
     scalars: BTreeMap<String, f64>,
-    linear_head: Option<EpochMetrics>,
+    linear_head: Option<HeadMetrics>,
     /// The head's batches not yet read from the device.
     pending: PendingBatches,
 }
@@ -190,9 +197,9 @@ struct SslData {
     lh_train: Data,
     lh_val: Data,
     knn: Option<KnnData>,
-    /// The linear head's classes and, when balanced, its loss weights.
-    num_classes: usize,
-    class_weights: Option<Vec<f32>>,
+    /// What the linear head learns and, when balanced, its loss weights.
+    labels: HeadLabels,
+    head_weights: Option<Vec<f32>>,
     lh_name: String,
 }
 
@@ -220,13 +227,20 @@ impl SslData {
                 &StoreSettings::from_config(config),
             )?
         };
-        let (num_classes, class_weights) = head_classes(
+        let (ssl_train_idx, ssl_val_idx) = split_dataset(&ssl_dataset, config.val_split, seed)?;
+        let (lh_train_idx, lh_val_idx) = split_dataset(&lh_dataset, config.val_split, seed)?;
+        let (labels, head_weights) = head_labels(
             &lh_dataset,
             &lh_name,
             config.use_balanced_binary_loss_for_linear_head,
+            &lh_train_idx,
         )?;
-        let (ssl_train_idx, ssl_val_idx) = split_dataset(&ssl_dataset, config.val_split, seed)?;
-        let (lh_train_idx, lh_val_idx) = split_dataset(&lh_dataset, config.val_split, seed)?;
+        let knn_monitor = config.knn_monitor && !labels.is_multi_label();
+        if config.knn_monitor && !knn_monitor {
+            eprintln!(
+                "note: knn_monitor skipped: linear_head_dataset_name `{lh_name}` is multi-label (findings), and the kNN monitor needs one class per sample; set knn_monitor=false to silence this"
+            );
+        }
         let (bs, lh_bs, drop_last) = (
             config.ssl_training_batch_size,
             config.linear_head_batch_size,
@@ -284,7 +298,7 @@ impl SslData {
                 ),
                 sampler: sampler(ssl_val_idx, bs, drop_last, Order::Sequential),
             },
-            knn: config.knn_monitor.then(|| KnnData {
+            knn: knn_monitor.then(|| KnnData {
                 bank: Data {
                     source: source(&lh_dataset, one(&lh_val_pipeline), KNN_BANK, &lh_name),
                     sampler: sampler(lh_train_idx.clone(), lh_bs, false, Order::Sequential),
@@ -308,8 +322,8 @@ impl SslData {
                 source: lh_val_source,
                 sampler: sampler(lh_val_idx, lh_bs, drop_last, Order::Sequential),
             },
-            num_classes,
-            class_weights,
+            labels,
+            head_weights,
             ssl_name,
             lh_name,
         })
@@ -428,7 +442,7 @@ fn ssl_schedule(config: &RunConfig, declared: &str) -> Result<LrSchedule> {
 /// The online linear head on `dim` features and its optimizer (Adam, weight decay 1e-4, never
 /// clipped, as the original's callback).
 fn online_head(dim: i64, data: &SslData, device: Device) -> (LinearHead, OptimizerSlot) {
-    let head = LinearHead::new(dim, data.num_classes, data.class_weights.clone(), device);
+    let head = LinearHead::new(dim, data.labels.clone(), data.head_weights.clone(), device);
     let params: Vec<Param> = head
         .named_parameters()
         .into_iter()
@@ -546,11 +560,15 @@ impl SslTask {
             },
         )];
         let algorithm = &mut self.algorithm;
-        let head = self
-            .lh_val
-            .evaluate_head(epoch, lh_plan, workers, device, &self.head, |x| {
-                Ok(algorithm.embed(x, false)?)
-            })?;
+        let head = self.lh_val.evaluate_head(
+            epoch,
+            lh_plan,
+            workers,
+            device,
+            &self.head,
+            &self.head.labels,
+            |x| Ok(algorithm.embed(x, false)?),
+        )?;
         for (name, value) in head {
             let name = if name == "loss" {
                 "ssl_online_evaluator/val/loss".to_string()
@@ -567,9 +585,10 @@ impl SslTask {
     /// evaluation mode without gradients, and `time/knn_seconds`. A debug run's bank is
     /// [`DEBUG_KNN_BANK_BATCHES`] batches, its queries 1.
     fn knn_monitor(&mut self, epoch: usize) -> Result<Vec<(String, f64)>> {
-        let Some(knn) = &self.knn else {
+        let (Some(knn), HeadLabels::Classes(classes)) = (&self.knn, &self.head.labels) else {
             return Ok(Vec::new());
         };
+        let classes = *classes;
         let started = Instant::now();
         let _guard = tch::no_grad_guard();
         let mut bank_plan = knn.bank.sampler.batches(epoch as u64);
@@ -578,7 +597,6 @@ impl SslTask {
             bank_plan.truncate(DEBUG_KNN_BANK_BATCHES);
             query_plan.truncate(1);
         }
-        let classes = self.head.num_classes;
         let embed = |data: &Data, plan, algorithm: &mut ForeignAlgorithm| {
             embed_all(
                 data,
@@ -714,7 +732,7 @@ impl Task for SslTask {
             loss: Some(Tensor::zeros([], (Kind::Double, self.device))),
             skipped: 0,
             scalars: BTreeMap::new(),
-            linear_head: Some(EpochMetrics::new(self.head.num_classes)),
+            linear_head: Some(self.head.labels.metrics()),
             pending: PendingBatches::default(),
         };
         Ok(EpochSteps { steps, full_steps })
@@ -756,7 +774,7 @@ impl Task for SslTask {
             .ok_or_else(|| anyhow!("linear-head loader ended early"))??;
         self.streams = Some((ssl_stream, lh_stream));
         let x = lh.images(self.device)?;
-        let y = lh.label_tensor(self.device, self.head.num_classes)?;
+        let y = self.head.labels.tensor(&lh, self.device)?;
         let embeddings = tch::no_grad(|| self.algorithm.embed(&x, true))?.detach();
         let logits = self.head.forward(&embeddings.to_kind(Kind::Float), true);
         let lh_loss = self.head.loss(&logits, &y);
@@ -766,7 +784,9 @@ impl Task for SslTask {
             self.config.learning_rate_linear_head_during_ssl_training,
         )?;
         if self.sums.linear_head.is_some() && outcome.counts() {
-            self.sums.pending.push(&logits, &lh, &lh_loss);
+            self.sums
+                .pending
+                .push(&self.head.labels, &logits, &lh, &lh_loss)?;
         }
         Ok(StepReport {
             loss,
@@ -928,14 +948,19 @@ impl Task for SslTask {
         } else {
             String::new()
         };
+        let (score, name) = if self.head.labels.is_multi_label() {
+            ("AUROC (macro)", crate::metrics::AUROC_MACRO)
+        } else {
+            ("accuracy", crate::metrics::ACCURACY)
+        };
         format!(
-            "epoch {}/{}: {} train loss {:.4}, val loss {:.4}, linear head val accuracy {:.3}{knn}, {:.1} images/s, {:.1}s",
+            "epoch {}/{}: {} train loss {:.4}, val loss {:.4}, linear head val {score} {:.3}{knn}, {:.1} images/s, {:.1}s",
             epoch + 1,
             self.config.num_epochs,
             self.prefix,
             get(&format!("{}/train/loss", self.prefix)),
             get(&format!("{}/val/loss", self.prefix)),
-            get("ssl_online_evaluator/val/AccuracyAtThreshold05"),
+            get(&format!("ssl_online_evaluator/val/{name}")),
             get("throughput/train_images_per_second"),
             get("time/epoch_seconds"),
         )

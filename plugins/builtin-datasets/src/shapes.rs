@@ -13,15 +13,27 @@
 //!
 //! Labels are balanced: each run of four consecutive indices (`4k..4k+4`) holds every class
 //! once, in a random order.
+//!
+//! With `multi_label = true` the dataset is multi-label instead: an image shows any number
+//! (0 to 4) of the four shapes, each present with probability ½ independently of the others,
+//! and declares them as its findings ([`CLASS_NAMES`]; see [`Shapes::present`]). Each present
+//! shape sits in its own quarter of the image (the quarters assigned at random) and is painted
+//! in its class's hue ([`MULTI_LABEL_HUES`], jittered) on a dark, greyish background, so the
+//! findings are learnable from shape and from colour, by a small encoder in a few epochs. Its
+//! samples have no single label and `num_classes` is `None`.
 
 use crate::split::Split;
-use ssl_plugin_api::{Dataset, Image, Params, PluginError, Result, Sample};
+use ssl_plugin_api::{Dataset, Findings, Image, Params, PluginError, Result, Sample};
 use std::f64::consts::{PI, SQRT_2};
 
 /// The class names, indexed by label.
 pub const CLASS_NAMES: [&str; 4] = ["circle", "square", "triangle", "cross"];
 
 const NUM_CLASSES: usize = CLASS_NAMES.len();
+
+/// The hue (in `[0, 1)`) of each class's shapes with `multi_label = true`: red circles, green
+/// squares, blue triangles, yellow crosses.
+pub const MULTI_LABEL_HUES: [f64; NUM_CLASSES] = [0.0, 1.0 / 3.0, 0.62, 0.15];
 
 /// Mixed into the seed so that the splits draw from different streams.
 fn stream_constant(split: Split) -> u64 {
@@ -61,6 +73,8 @@ pub struct Shapes {
     texture_strength: f64,
     /// Scale of the pixel noise, in [0, 1].
     noise: f64,
+    /// Several shapes per image, declared as findings (see the module's documentation).
+    multi_label: bool,
 }
 
 impl Shapes {
@@ -101,7 +115,20 @@ impl Shapes {
             stream,
             texture_strength: 1.0,
             noise: 1.0,
+            multi_label: false,
         })
+    }
+
+    /// The same dataset as a multi-label one (`multi_label = true`, see the module's
+    /// documentation) or not.
+    pub fn with_multi_label(mut self, multi_label: bool) -> Self {
+        self.multi_label = multi_label;
+        self
+    }
+
+    /// Whether the dataset is multi-label.
+    pub fn multi_label(&self) -> bool {
+        self.multi_label
     }
 
     /// The same dataset with the background texture scaled: `texture_strength` multiplies the
@@ -123,8 +150,9 @@ impl Shapes {
     /// Builds the dataset from its parameters, all optional: `image_size` (default 32, at
     /// least 8), `num_samples` (default 2000), `seed` (default 0), `split` (`"train"`, the
     /// default, or `"test"`), `texture_strength` and `noise` (default 1, in [0, 1]; see
-    /// [`Shapes::with_texture`]). A `root` parameter is accepted and ignored; any other name
-    /// is an error listing the accepted ones.
+    /// [`Shapes::with_texture`]), `multi_label` (default false; see
+    /// [`Shapes::with_multi_label`]). A `root` parameter is accepted and ignored; any other
+    /// name is an error listing the accepted ones.
     pub fn from_params(params: &Params) -> Result<Self> {
         crate::csv_table::check_params(
             params,
@@ -135,6 +163,7 @@ impl Shapes {
                 "seed",
                 "texture_strength",
                 "noise",
+                "multi_label",
             ],
         )?;
         let image_size = params.get_or("image_size", Self::DEFAULT_IMAGE_SIZE)?;
@@ -146,7 +175,10 @@ impl Shapes {
         };
         let texture_strength = params.get_or("texture_strength", 1.0f64)?;
         let noise = params.get_or("noise", 1.0f64)?;
-        Self::new(image_size, num_samples, seed, split)?.with_texture(texture_strength, noise)
+        let multi_label = params.get_or("multi_label", false)?;
+        Ok(Self::new(image_size, num_samples, seed, split)?
+            .with_texture(texture_strength, noise)?
+            .with_multi_label(multi_label))
     }
 
     /// The scale of the gradient's colour difference and of the stripes, in [0, 1].
@@ -184,10 +216,34 @@ impl Shapes {
         Ok(())
     }
 
-    /// The label of sample `index`, computed without drawing it.
+    /// The label of sample `index`, computed without drawing it; an error for a multi-label
+    /// dataset (see [`Shapes::present`]).
     pub fn label(&self, index: usize) -> Result<i64> {
         self.check_index(index)?;
+        if self.multi_label {
+            return Err(PluginError::msg(
+                "Shapes with multi_label = true has findings, not one label per sample",
+            ));
+        }
         Ok(self.class_of(index) as i64)
+    }
+
+    /// Which shapes (indexed as [`CLASS_NAMES`]) sample `index` shows: its findings with
+    /// `multi_label = true`, computed without drawing; the one shape of its label otherwise.
+    pub fn present(&self, index: usize) -> Result<[bool; NUM_CLASSES]> {
+        self.check_index(index)?;
+        Ok(self.present_of(index))
+    }
+
+    /// [`Shapes::present`] without the range check.
+    fn present_of(&self, index: usize) -> [bool; NUM_CLASSES] {
+        if self.multi_label {
+            let bits = SplitMix64(key(self.stream, FINDINGS_TAG, index as u64)).next_u64();
+            std::array::from_fn(|class| (bits >> class) & 1 == 1)
+        } else {
+            let class = self.class_of(index);
+            std::array::from_fn(|c| c == class)
+        }
     }
 
     /// The class of `index` (no range check): a random permutation of the classes per block
@@ -203,14 +259,40 @@ impl Shapes {
         perm[index % NUM_CLASSES]
     }
 
-    /// The shape layout of sample `index` (what [`Dataset::get`] draws).
+    /// The shape layout of sample `index` (what [`Dataset::get`] draws); an error for a
+    /// multi-label dataset, whose images show several (see [`Shapes::layouts`]).
     pub fn layout(&self, index: usize) -> Result<ShapeLayout> {
+        if self.multi_label {
+            return Err(PluginError::msg(
+                "Shapes with multi_label = true draws several shapes per image: use `layouts`",
+            ));
+        }
+        Ok(self.layouts(index)?.remove(0))
+    }
+
+    /// The layouts of the shapes of sample `index`, in class order: the one shape of a
+    /// single-label image, those present in a multi-label one (possibly none).
+    pub fn layouts(&self, index: usize) -> Result<Vec<ShapeLayout>> {
         self.check_index(index)?;
-        Ok(self.scene(index).shape)
+        Ok(self
+            .scene(index)
+            .shapes
+            .into_iter()
+            .map(|s| s.layout)
+            .collect())
     }
 
     /// Everything random about one image, drawn in a fixed order from its own stream.
     fn scene(&self, index: usize) -> Scene {
+        if self.multi_label {
+            self.multi_label_scene(index)
+        } else {
+            self.single_label_scene(index)
+        }
+    }
+
+    /// The scene of a single-label image: one shape of the sample's class.
+    fn single_label_scene(&self, index: usize) -> Scene {
         let mut rng = SplitMix64(key(self.stream, IMAGE_TAG, index as u64));
         let size = self.image_size as f64;
 
@@ -256,14 +338,89 @@ impl Shapes {
 
         let class = self.class_of(index);
         Scene {
-            shape: ShapeLayout {
-                class,
-                center,
-                radius,
-                rotation,
-                color: shape_color.map(|c| c.round() as u8),
-            },
-            shape_rgb: shape_color,
+            shapes: vec![DrawnShape::new(
+                ShapeLayout {
+                    class,
+                    center,
+                    radius,
+                    rotation,
+                    color: shape_color.map(|c| c.round() as u8),
+                },
+                shape_color,
+            )],
+            bg0,
+            bg1,
+            gradient_angle,
+            stripes,
+            noise_amplitude,
+            noise_key,
+        }
+    }
+
+    /// The scene of a multi-label image: every class's shape is drawn (so that the layouts do
+    /// not depend on which are present), each in its own random quarter of the image and in
+    /// its class's hue on a dark, greyish background; the present ones are kept.
+    fn multi_label_scene(&self, index: usize) -> Scene {
+        let mut rng = SplitMix64(key(self.stream, IMAGE_TAG, index as u64));
+        let size = self.image_size as f64;
+        let half = size / 2.0;
+        let margin = (0.05 * size).min(1.0);
+        // The largest radius whose circle fits a quarter with a margin on every side.
+        let room = half / 2.0 - margin;
+
+        let bg0 = hsv(rng.unit(), rng.range(0.0, 0.3), rng.range(0.05, 0.3));
+        let bg1 = hsv(rng.unit(), rng.range(0.0, 0.3), rng.range(0.05, 0.3));
+        let gradient_angle = rng.range(0.0, 2.0 * PI);
+        let stripes = if rng.unit() < 0.6 {
+            Some(Stripes {
+                amplitude: rng.range(4.0, 12.0),
+                cycles: rng.range(1.5, 5.0),
+                angle: rng.range(0.0, 2.0 * PI),
+                phase: rng.range(0.0, 2.0 * PI),
+            })
+        } else {
+            None
+        };
+        let noise_amplitude = rng.range(3.0, 10.0);
+        let noise_key = rng.next_u64();
+
+        // Quarters 0..4 (left to right, top to bottom), one per class in a random order.
+        let mut quarters: [usize; NUM_CLASSES] = std::array::from_fn(|i| i);
+        for i in (1..NUM_CLASSES).rev() {
+            let j = rng.below(i as u64 + 1) as usize;
+            quarters.swap(i, j);
+        }
+        let present = self.present_of(index);
+        let mut shapes = Vec::new();
+        for class in 0..NUM_CLASSES {
+            // The circle around the shape fills 55%..85% of the room its quarter leaves.
+            let radius = rng.range(0.55, 0.85) * room;
+            let (x0, y0) = (
+                (quarters[class] % 2) as f64 * half,
+                (quarters[class] / 2) as f64 * half,
+            );
+            let center = (
+                x0 + rng.range(radius + margin, half - radius - margin),
+                y0 + rng.range(radius + margin, half - radius - margin),
+            );
+            let rotation = rng.range(0.0, 2.0 * PI);
+            let hue = MULTI_LABEL_HUES[class] + rng.range(-0.03, 0.03);
+            let color = hsv(hue, rng.range(0.7, 1.0), rng.range(0.8, 1.0));
+            if present[class] {
+                shapes.push(DrawnShape::new(
+                    ShapeLayout {
+                        class,
+                        center,
+                        radius,
+                        rotation,
+                        color: color.map(|c| c.round() as u8),
+                    },
+                    color,
+                ));
+            }
+        }
+        Scene {
+            shapes,
             bg0,
             bg1,
             gradient_angle,
@@ -282,14 +439,11 @@ impl Shapes {
 
         let (gs, gc) = scene.gradient_angle.sin_cos();
         let g_extent = gc.abs() + gs.abs(); // projections of the unit square span ±extent/2
-        let (rs, rc) = scene.shape.rotation.sin_cos();
         let stripes = scene.stripes.as_ref().map(|s| {
             let (ss, sc) = s.angle.sin_cos();
             (s, ss, sc)
         });
-        let shape = scene.shape.class;
-        let radius = scene.shape.radius;
-        let (cx, cy) = scene.shape.center;
+        let mut coverage = vec![0.0; scene.shapes.len()];
         // The gradient's colour difference, scaled by `texture_strength` (exact at 1).
         let bg_delta: [f64; 3] =
             std::array::from_fn(|c| (scene.bg1[c] - scene.bg0[c]) * self.texture_strength);
@@ -311,10 +465,9 @@ impl Shapes {
                         * (2.0 * PI * s.cycles * (ux * sc + uy * ss) + s.phase).sin();
                 }
 
-                // Shape coverage from its signed distance (in pixels), anti-aliased over a pixel.
-                let (dx, dy) = (px - cx, py - cy);
-                let (lx, ly) = (dx * rc + dy * rs, -dx * rs + dy * rc);
-                let coverage = (0.5 - shape_sdf(shape, lx, ly, radius)).clamp(0.0, 1.0);
+                for (cover, shape) in coverage.iter_mut().zip(&scene.shapes) {
+                    *cover = shape.coverage(px, py);
+                }
 
                 let noise = noise_amplitude
                     * signed_unit(mix64(
@@ -322,8 +475,11 @@ impl Shapes {
                     ));
                 #[allow(clippy::needless_range_loop)] // four arrays indexed by channel
                 for c in 0..3 {
-                    let bg = scene.bg0[c] + bg_delta[c] * t + stripe;
-                    let v = bg + (scene.shape_rgb[c] - bg) * coverage + noise;
+                    let mut v = scene.bg0[c] + bg_delta[c] * t + stripe;
+                    for (cover, shape) in coverage.iter().zip(&scene.shapes) {
+                        v = v + (shape.rgb[c] - v) * cover;
+                    }
+                    let v = v + noise;
                     data.push(v.round().clamp(0.0, 255.0) as u8);
                 }
             }
@@ -338,7 +494,7 @@ impl Dataset for Shapes {
     }
 
     fn num_classes(&self) -> Option<usize> {
-        Some(NUM_CLASSES)
+        (!self.multi_label).then_some(NUM_CLASSES)
     }
 
     fn get(&self, index: usize) -> Result<Sample> {
@@ -346,15 +502,26 @@ impl Dataset for Shapes {
         let image = self.draw(index)?;
         Ok(Sample::new(
             image,
-            Some(self.class_of(index) as i64),
+            (!self.multi_label).then(|| self.class_of(index) as i64),
             format!("shapes-{}-{index}", self.split.as_str()),
         ))
     }
 
     fn targets(&self) -> Result<Vec<Option<i64>>> {
         Ok((0..self.num_samples)
-            .map(|i| Some(self.class_of(i) as i64))
+            .map(|i| (!self.multi_label).then(|| self.class_of(i) as i64))
             .collect())
+    }
+
+    fn findings(&self) -> Result<Option<Findings>> {
+        if !self.multi_label {
+            return Ok(None);
+        }
+        let values = (0..self.num_samples)
+            .flat_map(|i| self.present_of(i).map(i8::from))
+            .collect();
+        let names = CLASS_NAMES.iter().map(|n| n.to_string()).collect();
+        Findings::new(names, values).map(Some)
     }
 }
 
@@ -365,9 +532,39 @@ struct Stripes {
     phase: f64,
 }
 
+/// A shape as [`Shapes::draw`] paints it.
+struct DrawnShape {
+    layout: ShapeLayout,
+    /// The fill colour, RGB in [0, 255] (before rounding).
+    rgb: [f64; 3],
+    /// The sine and cosine of the rotation.
+    sin_cos: (f64, f64),
+}
+
+impl DrawnShape {
+    fn new(layout: ShapeLayout, rgb: [f64; 3]) -> DrawnShape {
+        let sin_cos = layout.rotation.sin_cos();
+        DrawnShape {
+            layout,
+            rgb,
+            sin_cos,
+        }
+    }
+
+    /// The part of the pixel at `(px, py)` the shape covers, from its signed distance (in
+    /// pixels), anti-aliased over a pixel.
+    fn coverage(&self, px: f64, py: f64) -> f64 {
+        let (rs, rc) = self.sin_cos;
+        let (cx, cy) = self.layout.center;
+        let (dx, dy) = (px - cx, py - cy);
+        let (lx, ly) = (dx * rc + dy * rs, -dx * rs + dy * rc);
+        (0.5 - shape_sdf(self.layout.class, lx, ly, self.layout.radius)).clamp(0.0, 1.0)
+    }
+}
+
 struct Scene {
-    shape: ShapeLayout,
-    shape_rgb: [f64; 3],
+    /// The shapes, painted in this order.
+    shapes: Vec<DrawnShape>,
     bg0: [f64; 3],
     bg1: [f64; 3],
     gradient_angle: f64,
@@ -443,6 +640,7 @@ fn hsv(h: f64, s: f64, v: f64) -> [f64; 3] {
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 const LABEL_TAG: u64 = 0x4C41_4245_4C53_0001; // "LABELS"
 const IMAGE_TAG: u64 = 0x494D_4147_4553_0002; // "IMAGES"
+const FINDINGS_TAG: u64 = 0x4649_4E44_494E_0003; // "FINDIN"
 
 /// The splitmix64 finaliser: a bijective 64-bit mix.
 fn mix64(mut z: u64) -> u64 {
@@ -804,6 +1002,20 @@ mod tests {
             / 3.0
     }
 
+    /// The images of the default options are pinned: a change to the drawing code must leave
+    /// them byte for byte (runs and their metrics depend on them).
+    #[test]
+    fn default_images_are_pinned() {
+        let d = shapes(r#"{"seed": 4, "num_samples": 8}"#);
+        let weak =
+            shapes(r#"{"seed": 4, "num_samples": 8, "texture_strength": 0.3, "noise": 0.3}"#);
+        assert_eq!(fingerprint(&d, 8), 0xf5c70600e2c96ef);
+        assert_eq!(fingerprint(&weak, 8), 0x8a18b6cbd17d89f7);
+        let explicit = shapes(r#"{"seed": 4, "num_samples": 8, "multi_label": false}"#);
+        assert_eq!(fingerprint(&explicit, 8), 0xf5c70600e2c96ef);
+        assert_eq!(d.findings().unwrap(), None);
+    }
+
     #[test]
     fn texture_parameters_default_to_the_original_look() {
         let d = shapes(r#"{"seed": 4, "num_samples": 12}"#);
@@ -883,6 +1095,139 @@ mod tests {
             assert!(e.contains(name), "{json}: {e}");
         }
         assert!(Shapes::from_params(&params(r#"{"texture_strength": 0, "noise": 1}"#)).is_ok());
+    }
+
+    fn multi_label(json: &str) -> Shapes {
+        let d = shapes(json);
+        assert!(d.multi_label());
+        d
+    }
+
+    #[test]
+    fn multi_label_images_declare_the_shapes_they_show() {
+        let d = multi_label(r#"{"seed": 3, "num_samples": 400, "multi_label": true}"#);
+        assert_eq!(d.num_classes(), None);
+        assert_eq!(d.targets().unwrap(), vec![None; 400]);
+        assert_eq!(d.get(0).unwrap().label(), None);
+        assert!(d.label(0).is_err());
+        assert!(d.layout(0).unwrap_err().message().contains("layouts"));
+        let findings = d
+            .findings()
+            .unwrap()
+            .expect("a multi-label dataset has findings");
+        assert_eq!(findings.names(), CLASS_NAMES);
+        assert_eq!(findings.len(), 400);
+        let (mut counts, mut shown) = ([0usize; 4], [0usize; 5]);
+        for i in 0..400 {
+            let present = d.present(i).unwrap();
+            let row = findings.of(i);
+            for k in 0..4 {
+                assert_eq!(
+                    row[k],
+                    i8::from(present[k]),
+                    "index {i}, {}",
+                    CLASS_NAMES[k]
+                );
+                counts[k] += usize::from(present[k]);
+            }
+            let classes: Vec<usize> = d.layouts(i).unwrap().iter().map(|l| l.class).collect();
+            let expected: Vec<usize> = (0..4).filter(|&k| present[k]).collect();
+            assert_eq!(classes, expected, "index {i}");
+            shown[classes.len()] += 1;
+        }
+        // Each finding is present in about half the images, and 0 to 4 shapes all occur.
+        for (k, &n) in counts.iter().enumerate() {
+            assert!((170..=230).contains(&n), "{} in {n} of 400", CLASS_NAMES[k]);
+        }
+        assert!(shown.iter().all(|&n| n > 0), "{shown:?}");
+        // The single-label dataset of the same seed keeps its own labels.
+        let single = shapes(r#"{"seed": 3, "num_samples": 400}"#);
+        assert_eq!(single.findings().unwrap(), None);
+        assert!(single.targets().unwrap().iter().all(Option::is_some));
+        assert_eq!(single.present(5).unwrap().iter().filter(|&&p| p).count(), 1);
+    }
+
+    /// The hue of an RGB pixel, in [0, 1).
+    fn hue(p: &[u8]) -> f64 {
+        let [r, g, b] = [p[0], p[1], p[2]].map(|v| v as f64);
+        let (max, min) = (r.max(g).max(b), r.min(g).min(b));
+        if max == min {
+            return 0.0;
+        }
+        let h = if max == r {
+            (g - b) / (max - min)
+        } else if max == g {
+            2.0 + (b - r) / (max - min)
+        } else {
+            4.0 + (r - g) / (max - min)
+        };
+        (h / 6.0).rem_euclid(1.0)
+    }
+
+    #[test]
+    fn multi_label_shapes_sit_in_their_own_quarters() {
+        let d = multi_label(r#"{"seed": 8, "num_samples": 200, "multi_label": true}"#);
+        let half = 16.0;
+        for i in 0..200 {
+            let mut quarters = Vec::new();
+            for l in d.layouts(i).unwrap() {
+                let (x, y) = l.center;
+                let q = ((x / half) as usize, (y / half) as usize);
+                let (x0, y0) = (q.0 as f64 * half, q.1 as f64 * half);
+                assert!(
+                    x - l.radius >= x0 && x + l.radius <= x0 + half,
+                    "index {i}: x {x}, r {}",
+                    l.radius
+                );
+                assert!(
+                    y - l.radius >= y0 && y + l.radius <= y0 + half,
+                    "index {i}: y {y}, r {}",
+                    l.radius
+                );
+                assert!(l.radius > 3.0, "index {i}: radius {}", l.radius);
+                quarters.push(q);
+            }
+            let n = quarters.len();
+            quarters.sort();
+            quarters.dedup();
+            assert_eq!(quarters.len(), n, "index {i}: two shapes share a quarter");
+        }
+    }
+
+    /// The findings are in the pixels: counting the bright pixels of each class's hue tells
+    /// which shapes an image shows.
+    #[test]
+    fn multi_label_findings_are_visible_in_the_pixels() {
+        let d = multi_label(r#"{"seed": 5, "num_samples": 200, "multi_label": true}"#);
+        let (mut right, mut total) = (0, 0);
+        for i in 0..200 {
+            let img = bytes(&d.get(i).unwrap());
+            let present = d.present(i).unwrap();
+            for (k, &shown) in present.iter().enumerate() {
+                let painted = img
+                    .chunks(3)
+                    .filter(|p| p.iter().any(|&c| c > 150))
+                    .filter(|p| {
+                        let dh = (hue(p) - MULTI_LABEL_HUES[k]).abs();
+                        dh.min(1.0 - dh) < 0.05
+                    })
+                    .count();
+                if (painted >= 5) == shown {
+                    right += 1;
+                }
+                total += 1;
+            }
+        }
+        assert!(
+            right * 100 >= total * 98,
+            "the pixels tell only {right} of {total} findings"
+        );
+    }
+
+    #[test]
+    fn multi_label_must_be_a_boolean() {
+        let e = err(r#"{"multi_label": "yes"}"#);
+        assert!(e.contains("multi_label"), "{e}");
     }
 
     #[test]
