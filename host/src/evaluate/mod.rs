@@ -4,4 +4,5 @@
 
 pub mod plots;
 pub mod probe;
+pub mod projection;
 pub mod stats;
