@@ -3,25 +3,26 @@
 //! ([`roc_curves`]) and 2-D maps of the test features coloured by label ([`feature_map`]).
 //!
 //! Drawing is plotters' into an RGB buffer, encoded by the `png` crate and written atomically.
-//! Text is rendered by ab_glyph from DejaVu Sans embedded in the binary (assets/fonts, with
-//! its licence beside it), so that plots have readable text on a machine with no system fonts
-//! and no fontconfig. Colours are the Okabe-Ito palette (safe for the common colour-vision
+//! Text is set in DejaVu Sans embedded in the binary ([`text`]), so that plots have readable
+//! text on a machine with no system fonts and no fontconfig. Colours are the Okabe-Ito palette (safe for the common colour-vision
 //! deficiencies), continued with Paul Tol's muted palette past eight series; lines also differ
 //! by marker shape.
 //!
 //! This module only draws: the numbers (metrics, ROC points, projections) are computed by the
 //! caller; [`roc_points`] is here because only the plot needs the whole curve.
 
+mod text;
+
 use crate::atomic_file::write_atomic;
 use anyhow::{bail, ensure, Context, Result};
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::coord::Shift;
 use plotters::element::{Drawable, PointCollection};
-use plotters_backend::{BackendCoord, DrawingErrorKind};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
+use plotters_backend::{BackendCoord, DrawingErrorKind};
 use std::path::Path;
-use std::sync::OnceLock;
+use text::{text_width, Canvas};
 
 /// One line of a [`line_chart`]: an encoder's metric at each x (label fraction, epoch).
 #[derive(Debug, Clone, PartialEq)]
@@ -141,7 +142,7 @@ pub fn line_chart(
         let legend_width = legend_width(series.iter().map(|s| s.name.as_str()))?;
         let size = (LINE_PLOT_SIZE.0 + legend_width, LINE_PLOT_SIZE.1);
         render_png(path, size, |root| {
-            let body = root.titled(title, text_style(TITLE_SIZE))?;
+            let body = titled(root, title)?;
             let (plot, legend) = body.split_horizontally(LINE_PLOT_SIZE.0);
             draw_lines(&plot, x_label, y_label, series, x_scale)?;
             let entries: Vec<LegendEntry> = series
@@ -170,7 +171,7 @@ pub fn roc_curves(path: &Path, title: &str, panels: &[(String, Vec<Roc>)]) -> Re
             rows as u32 * ROC_PANEL_SIZE + TITLE_BAND,
         );
         render_png(path, size, |root| {
-            let body = root.titled(title, text_style(TITLE_SIZE))?;
+            let body = titled(root, title)?;
             let cells = body.split_evenly((rows, cols));
             for ((finding, rocs), cell) in panels.iter().zip(&cells) {
                 draw_roc_panel(cell, finding, rocs)?;
@@ -219,7 +220,7 @@ pub fn feature_map(
         // Drawn in a fixed shuffled order, so that no label is painted wholly over another.
         let order = crate::seeds::permutation(labels.len(), 0x9107);
         render_png(path, size, |root| {
-            let body = root.titled(title, text_style(TITLE_SIZE))?;
+            let body = titled(root, title)?;
             let (plots, legend) = body.split_horizontally(plots_width);
             let cells = plots.split_evenly((rows, cols));
             for ((encoder, points), cell) in panels.iter().zip(&cells) {
@@ -233,11 +234,10 @@ pub fn feature_map(
 // ---------------------------------------------------------------------------------------
 // Layout and style.
 
-type Area<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
+type Area<'a> = DrawingArea<Canvas<'a>, Shift>;
 
-/// The family name the embedded font is registered under (plotters' default family).
+/// The font family named to plotters (one font draws all text: see [`text`]).
 const FONT_FAMILY: &str = "sans-serif";
-const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 
 const TITLE_SIZE: u32 = 30;
 /// The height the title takes above the plots.
@@ -361,28 +361,51 @@ impl<C, DB: DrawingBackend> Drawable<DB> for MarkerElement<C> {
     }
 }
 
+/// A vertical error bar from `ends[0]` to `ends[1]` with caps `cap` pixels each side (a
+/// plotters element; plotters' own draws a circle at the mean over the series' marker).
+struct ErrorBar<C> {
+    ends: [C; 2],
+    style: ShapeStyle,
+    cap: i32,
+}
+
+impl<'a, C> PointCollection<'a, C> for &'a ErrorBar<C> {
+    type Point = &'a C;
+    type IntoIter = &'a [C];
+    fn point_iter(self) -> Self::IntoIter {
+        &self.ends
+    }
+}
+
+impl<C, DB: DrawingBackend> Drawable<DB> for ErrorBar<C> {
+    fn draw<I: Iterator<Item = BackendCoord>>(
+        &self,
+        mut points: I,
+        backend: &mut DB,
+        _: (u32, u32),
+    ) -> Result<(), DrawingErrorKind<DB::ErrorType>> {
+        let (Some(low), Some(high)) = (points.next(), points.next()) else {
+            return Ok(());
+        };
+        backend.draw_line(low, high, &self.style)?;
+        for (x, y) in [low, high] {
+            backend.draw_line((x - self.cap, y), (x + self.cap, y), &self.style)?;
+        }
+        Ok(())
+    }
+}
+
 /// Runs `draw` and names the output file in its error.
 fn for_plot(path: &Path, draw: impl FnOnce() -> Result<()>) -> Result<()> {
     draw().with_context(|| format!("writing the plot {}", path.display()))
 }
 
-/// Registers the embedded font with plotters, once per process.
-fn register_font() -> Result<()> {
-    static REGISTERED: OnceLock<bool> = OnceLock::new();
-    let ok = *REGISTERED.get_or_init(|| {
-        plotters::style::register_font(FONT_FAMILY, FontStyle::Normal, FONT).is_ok()
-    });
-    ensure!(ok, "the embedded font (DejaVu Sans) could not be read");
-    Ok(())
-}
-
 /// Draws on a white `size` canvas with `draw` and writes it to `path` as an RGB PNG.
 fn render_png(path: &Path, size: (u32, u32), draw: impl FnOnce(&Area) -> Result<()>) -> Result<()> {
-    register_font()?;
     let (w, h) = size;
     let mut rgb = vec![255u8; w as usize * h as usize * 3];
     {
-        let root = BitMapBackend::with_buffer(&mut rgb, size).into_drawing_area();
+        let root = Canvas::new(&mut rgb, size).into_drawing_area();
         draw(&root)?;
         root.present()?;
     }
@@ -396,6 +419,19 @@ fn render_png(path: &Path, size: (u32, u32), draw: impl FnOnce(&Area) -> Result<
         writer.finish()?;
     }
     write_atomic(path, &png_bytes)
+}
+
+/// Draws `title` centred in the band at the top of `root` and returns the area below it.
+fn titled<'a>(root: &Area<'a>, title: &str) -> Result<Area<'a>> {
+    let (w, _) = root.dim_in_pixel();
+    let style = text_style(TITLE_SIZE).pos(Pos::new(HPos::Center, VPos::Center));
+    let title = fit_text(title, TITLE_SIZE, w.saturating_sub(20))?;
+    root.draw(&Text::new(
+        title,
+        (w as i32 / 2, TITLE_BAND as i32 / 2 + 2),
+        style,
+    ))?;
+    Ok(root.split_vertically(TITLE_BAND).1)
 }
 
 /// Columns and rows of a grid of `n` panels, at most `max_cols` wide, near square.
@@ -429,27 +465,18 @@ fn percent(v: f64) -> String {
 
 /// `text` cut with an ellipsis to fit in `max_width` pixels at `size`.
 fn fit_text(text: &str, size: u32, max_width: u32) -> Result<String> {
-    if text_width(text, size)? <= max_width {
+    if text_width(text, size as f64)? <= max_width {
         return Ok(text.to_string());
     }
     let mut chars: Vec<char> = text.chars().collect();
     while !chars.is_empty() {
         chars.pop();
         let cut: String = chars.iter().collect::<String>() + "…";
-        if text_width(&cut, size)? <= max_width {
+        if text_width(&cut, size as f64)? <= max_width {
             return Ok(cut);
         }
     }
     Ok("…".to_string())
-}
-
-fn text_width(text: &str, size: u32) -> Result<u32> {
-    register_font()?;
-    let font = (FONT_FAMILY, size as f64).into_font();
-    let (w, _) = font
-        .box_size(text)
-        .map_err(|e| anyhow::anyhow!("measuring the text {text:?}: {e}"))?;
-    Ok(w)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -468,7 +495,7 @@ const LEGEND_PAD: i32 = 16;
 fn legend_width<'a>(texts: impl Iterator<Item = &'a str>) -> Result<u32> {
     let mut widest = 0;
     for t in texts {
-        widest = widest.max(text_width(t, LEGEND_SIZE)?);
+        widest = widest.max(text_width(t, LEGEND_SIZE as f64)?);
     }
     let w = widest + (LEGEND_SWATCH + 3 * LEGEND_PAD) as u32;
     Ok(w.clamp(160, LEGEND_MAX_WIDTH))
@@ -643,24 +670,19 @@ where
         let c = colour(i);
         let mut points = s.points.clone();
         points.sort_by(|a, b| a.x.total_cmp(&b.x));
-        chart.draw_series(
-            points
-                .iter()
-                .filter_map(|p| p.sd.map(|sd| (p, sd)))
-                .map(|(p, sd)| {
-                    ErrorBar::new_vertical(p.x, p.y - sd, p.y, p.y + sd, c.stroke_width(2), 12)
-                }),
-        )?;
+        chart.draw_series(points.iter().filter_map(|p| {
+            p.sd.map(|sd| ErrorBar {
+                ends: [(p.x, p.y - sd), (p.x, p.y + sd)],
+                style: c.stroke_width(2),
+                cap: 6,
+            })
+        }))?;
         chart.draw_series(LineSeries::new(
             points.iter().map(|p| (p.x, p.y)),
             c.stroke_width(3),
         ))?;
         let marker = Marker::of(i);
-        chart.draw_series(
-            points
-                .iter()
-                .map(|p| marker.at((p.x, p.y), 6, c.filled())),
-        )?;
+        chart.draw_series(points.iter().map(|p| marker.at((p.x, p.y), 6, c.filled())))?;
     }
     Ok(())
 }
@@ -690,6 +712,26 @@ fn check_rocs(panels: &[(String, Vec<Roc>)]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The smallest step drawn along a ROC curve, about a pixel of a panel: the thousands of
+/// steps of a large test set, drawn one by one with a wide pen, make a ragged line.
+const ROC_MIN_STEP: f64 = 0.002;
+
+/// The points of the curve `(xs, ys)` at least `min_step` apart (in x + y) from the last kept
+/// one; the first and last are always kept.
+fn thinned(xs: &[f64], ys: &[f64], min_step: f64) -> Vec<(f64, f64)> {
+    let mut kept: Vec<(f64, f64)> = Vec::new();
+    let n = xs.len().min(ys.len());
+    for (i, p) in xs.iter().copied().zip(ys.iter().copied()).enumerate() {
+        let far = kept
+            .last()
+            .is_none_or(|q| (p.0 - q.0).abs() + (p.1 - q.1).abs() >= min_step);
+        if far || i + 1 == n {
+            kept.push(p);
+        }
+    }
+    kept
 }
 
 fn draw_roc_panel(area: &Area, finding: &str, rocs: &[Roc]) -> Result<()> {
@@ -731,7 +773,7 @@ fn draw_roc_panel(area: &Area, finding: &str, rocs: &[Roc]) -> Result<()> {
         );
         chart
             .draw_series(LineSeries::new(
-                r.fpr.iter().copied().zip(r.tpr.iter().copied()),
+                thinned(&r.fpr, &r.tpr, ROC_MIN_STEP),
                 c.stroke_width(3),
             ))?
             .label(label)
@@ -757,7 +799,10 @@ fn check_map(
     label_names: &[String],
 ) -> Result<()> {
     ensure!(!panels.is_empty(), "no feature-map panels to draw");
-    ensure!(!label_names.is_empty(), "the feature map has no label names");
+    ensure!(
+        !label_names.is_empty(),
+        "the feature map has no label names"
+    );
     if let Some(&bad) = labels.iter().find(|&&l| l >= label_names.len()) {
         bail!(
             "the feature map has label {bad} but only {} label names",
@@ -771,8 +816,14 @@ fn check_map(
             points.len(),
             labels.len()
         );
-        ensure!(!points.is_empty(), "the feature map of `{encoder}` has no points");
-        if let Some(p) = points.iter().find(|p| !(p.0.is_finite() && p.1.is_finite())) {
+        ensure!(
+            !points.is_empty(),
+            "the feature map of `{encoder}` has no points"
+        );
+        if let Some(p) = points
+            .iter()
+            .find(|p| !(p.0.is_finite() && p.1.is_finite()))
+        {
             bail!("the feature map of `{encoder}` has the point {p:?}: not finite");
         }
     }
@@ -891,7 +942,11 @@ mod tests {
     fn line_chart_writes_a_readable_png() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("label_efficiency.png");
-        let series = vec![curve("byol", 0.5), curve("simclr", 0.4), curve("random", 0.2)];
+        let series = vec![
+            curve("byol", 0.5),
+            curve("simclr", 0.4),
+            curve("random", 0.2),
+        ];
         line_chart(
             &path,
             "Linear probe accuracy vs labels",
@@ -905,8 +960,15 @@ mod tests {
         assert_eq!(h, 700);
         assert!(w >= 1000 + 160, "width {w} has no room for the legend");
         assert!(non_white(&pixels) > 20_000, "too little drawn");
-        assert_eq!(palette_colours_used(&pixels, 200), 3, "one colour per series");
-        assert!(dark_in_rows(&pixels, w, 0..TITLE_BAND) > 300, "no title text");
+        assert_eq!(
+            palette_colours_used(&pixels, 200),
+            3,
+            "one colour per series"
+        );
+        assert!(
+            dark_in_rows(&pixels, w, 0..TITLE_BAND) > 300,
+            "no title text"
+        );
         // The legend (right of the plot) has text.
         let legend_dark = (0..h)
             .flat_map(|y| (1000..w).map(move |x| (y * w + x) as usize))
@@ -958,6 +1020,69 @@ mod tests {
     }
 
     #[test]
+    fn edge_cases_still_draw() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = |x: f64| Series {
+            name: "only".into(),
+            points: vec![Point {
+                x,
+                y: 0.5,
+                sd: Some(0.0),
+            }],
+        };
+        // One point, on either axis.
+        line_chart(
+            &dir.path().join("a.png"),
+            "t",
+            "x",
+            "y",
+            &[one(0.1)],
+            XScale::LogPercent,
+        )
+        .unwrap();
+        line_chart(
+            &dir.path().join("b.png"),
+            "t",
+            "x",
+            "y",
+            &[one(3.0)],
+            XScale::Linear,
+        )
+        .unwrap();
+        // More fractions than get a tick each; more series than colours.
+        let many: Vec<Series> = (0..20)
+            .map(|k| Series {
+                name: format!("encoder {k}"),
+                points: (1..=30)
+                    .map(|i| Point {
+                        x: i as f64 / 30.0,
+                        y: k as f64,
+                        sd: None,
+                    })
+                    .collect(),
+            })
+            .collect();
+        line_chart(
+            &dir.path().join("c.png"),
+            "t",
+            "x",
+            "y",
+            &many,
+            XScale::LogPercent,
+        )
+        .unwrap();
+        // More labels than legend rows: the legend ends with "… and N more".
+        let names: Vec<String> = (0..100).map(|k| format!("class {k}")).collect();
+        let labels: Vec<usize> = (0..500).map(|i| i % 100).collect();
+        let points: Vec<(f32, f32)> = (0..500).map(|i| (i as f32, (i % 7) as f32)).collect();
+        let path = dir.path().join("d.png");
+        feature_map(&path, "t", "PCA", &[("e".into(), points)], &labels, &names).unwrap();
+        let (pixels, w, h) = decode(&path);
+        assert!(h < 1000, "the legend grew the image to {w}x{h}");
+        assert!(non_white(&pixels) > 1_000);
+    }
+
+    #[test]
     fn roc_points_cross_ties_together() {
         // Scores 0.9 (+), 0.8 (+), 0.8 (-), 0.5 (-), 0.3 (+), 0.3 (-): 3 positives, 3
         // negatives. Thresholds: 0.9 -> (0, 1/3); 0.8 (a tie of + and -) -> (1/3, 2/3);
@@ -977,6 +1102,16 @@ mod tests {
         // 0.9 beats all 3 negatives; 0.8 beats 0.5 and 0.3 and ties 0.8; 0.3 ties 0.3.
         let roc = Roc::from_scores("e", &scores, &labels).unwrap();
         assert!((roc.auc - 6.0 / 9.0).abs() < 1e-12, "auc {}", roc.auc);
+    }
+
+    #[test]
+    fn thinning_keeps_the_ends_and_drops_tiny_steps() {
+        let xs = [0.0, 0.0005, 0.001, 0.5, 0.5004, 1.0];
+        let ys = [0.0, 0.0005, 0.0015, 0.7, 0.7, 1.0];
+        assert_eq!(
+            thinned(&xs, &ys, 0.002),
+            vec![(0.0, 0.0), (0.001, 0.0015), (0.5, 0.7), (1.0, 1.0)]
+        );
     }
 
     #[test]
@@ -1018,9 +1153,19 @@ mod tests {
         roc_curves(&path, "ROC curves", &fake_rocs(5)).unwrap();
         let (pixels, w, h) = decode(&path);
         // 5 panels: 3 columns, 2 rows.
-        assert_eq!((w, h), (3 * ROC_PANEL_SIZE, 2 * ROC_PANEL_SIZE + TITLE_BAND));
-        assert_eq!(palette_colours_used(&pixels, 300), 3, "one colour per encoder");
-        assert!(dark_in_rows(&pixels, w, 0..TITLE_BAND) > 200, "no title text");
+        assert_eq!(
+            (w, h),
+            (3 * ROC_PANEL_SIZE, 2 * ROC_PANEL_SIZE + TITLE_BAND)
+        );
+        assert_eq!(
+            palette_colours_used(&pixels, 300),
+            3,
+            "one colour per encoder"
+        );
+        assert!(
+            dark_in_rows(&pixels, w, 0..TITLE_BAND) > 200,
+            "no title text"
+        );
         // The last cell of the grid is empty.
         let empty_cell = (TITLE_BAND + ROC_PANEL_SIZE + 10..h - 10)
             .flat_map(|y| (2 * ROC_PANEL_SIZE + 10..w - 10).map(move |x| (y * w + x) as usize))
@@ -1038,7 +1183,10 @@ mod tests {
         let mut rocs = fake_rocs(1);
         rocs[0].1[0].tpr.pop();
         let msg = format!("{:#}", roc_curves(&path, "t", &rocs).unwrap_err());
-        assert!(msg.contains("roc.png") && msg.contains("encoder-0"), "{msg}");
+        assert!(
+            msg.contains("roc.png") && msg.contains("encoder-0"),
+            "{msg}"
+        );
     }
 
     /// Three labelled blobs per panel.
@@ -1050,7 +1198,7 @@ mod tests {
                     .map(|i| {
                         let r = |s: u64| (crate::seeds::mix(s, i as u64) % 1000) as f32 / 250.0;
                         let c = labels[i] as f32 * 6.0;
-                        (c + r(p as u64) , c * (p as f32 - 0.5) + r(p as u64 + 9))
+                        (c + r(p as u64), c * (p as f32 - 0.5) + r(p as u64 + 9))
                     })
                     .collect();
                 (format!("encoder-{p}"), points)
@@ -1067,7 +1215,11 @@ mod tests {
         let names: Vec<String> = ["cat", "dog", "bird"].map(String::from).to_vec();
         let start = std::time::Instant::now();
         feature_map(&path, "Test features", "t-SNE", &panels, &labels, &names).unwrap();
-        assert!(start.elapsed().as_secs() < 20, "{:?} for 24k points", start.elapsed());
+        assert!(
+            start.elapsed().as_secs() < 20,
+            "{:?} for 24k points",
+            start.elapsed()
+        );
         let (pixels, w, h) = decode(&path);
         assert_eq!(h, MAP_PANEL_SIZE + TITLE_BAND);
         assert!(w > 2 * MAP_PANEL_SIZE);
@@ -1082,7 +1234,10 @@ mod tests {
                 .count();
             assert!(near > 2_000, "label colour {c:?} on {near} pixels");
         }
-        assert!(dark_in_rows(&pixels, w, 0..TITLE_BAND) > 200, "no title text");
+        assert!(
+            dark_in_rows(&pixels, w, 0..TITLE_BAND) > 200,
+            "no title text"
+        );
     }
 
     #[test]
@@ -1091,7 +1246,10 @@ mod tests {
         let path = dir.path().join("map.png");
         let (panels, labels) = fake_map(30, 1);
         let two: Vec<String> = ["a", "b"].map(String::from).to_vec();
-        let msg = format!("{:#}", feature_map(&path, "t", "PCA", &panels, &labels, &two).unwrap_err());
+        let msg = format!(
+            "{:#}",
+            feature_map(&path, "t", "PCA", &panels, &labels, &two).unwrap_err()
+        );
         assert!(msg.contains("map.png") && msg.contains("label 2"), "{msg}");
         let three: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
         assert!(feature_map(&path, "t", "PCA", &panels, &labels[1..], &three).is_err());
@@ -1119,7 +1277,168 @@ mod tests {
         let long = "a-very-long-encoder-name-that-goes-on-and-on-and-on";
         let cut = fit_text(long, 20, 150).unwrap();
         assert!(cut.ends_with('…') && cut.len() < long.len(), "{cut}");
-        assert!(text_width(&cut, 20).unwrap() <= 150);
+        assert!(text_width(&cut, 20.0).unwrap() <= 150);
         assert_eq!(fit_text("byol", 20, 150).unwrap(), "byol");
+    }
+
+    /// Writes one plot of each kind from fake data to $SSL_HOST_PLOT_SAMPLES (default
+    /// target/plot-samples), to be looked at: `cargo test -p ssl-host --lib plot_samples --
+    /// --ignored`.
+    #[test]
+    #[ignore]
+    fn plot_samples() {
+        use ssl_plugin_api::tch::{Device, Kind, Tensor};
+        let dir = std::env::var("SSL_HOST_PLOT_SAMPLES")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|_| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/plot-samples")
+            });
+        std::fs::create_dir_all(&dir).unwrap();
+        let fractions = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0];
+        let encoders = [
+            "byol-resnet50-ep300",
+            "simclr-resnet50-ep300",
+            "supervised-imagenet",
+            "random-init",
+        ];
+        let series: Vec<Series> = encoders
+            .iter()
+            .enumerate()
+            .map(|(e, name)| Series {
+                name: name.to_string(),
+                points: fractions
+                    .iter()
+                    .map(|&f: &f64| Point {
+                        x: f,
+                        y: 0.9 - 0.12 * e as f64 - 0.08 * (1.0 / f).ln() / (1.0 + e as f64 * 0.3),
+                        sd: Some(0.02 + 0.01 * (1.0 - f)),
+                    })
+                    .collect(),
+            })
+            .collect();
+        line_chart(
+            &dir.join("label_efficiency.png"),
+            "Linear probe: top-1 accuracy vs labelled fraction",
+            "Labelled fraction of the training set",
+            "Top-1 accuracy",
+            &series,
+            XScale::LogPercent,
+        )
+        .unwrap();
+        let knn = vec![Series {
+            name: "byol-resnet50".into(),
+            points: (1..=10)
+                .map(|k| Point {
+                    x: 30.0 * k as f64,
+                    y: 0.3 + 0.5 * (1.0 - (-(k as f64) / 3.0).exp()),
+                    sd: None,
+                })
+                .collect(),
+        }];
+        line_chart(
+            &dir.join("knn_per_checkpoint.png"),
+            "kNN top-1 per checkpoint",
+            "Epoch",
+            "kNN top-1 accuracy",
+            &knn,
+            XScale::Linear,
+        )
+        .unwrap();
+        let findings = [
+            "Atelectasis",
+            "Cardiomegaly",
+            "Effusion",
+            "Infiltration",
+            "Mass",
+            "Nodule",
+            "Pneumonia",
+            "Pneumothorax",
+            "Consolidation",
+            "Edema",
+            "Emphysema",
+            "Fibrosis",
+            "Pleural_Thickening",
+            "Hernia",
+        ];
+        let panels: Vec<(String, Vec<Roc>)> = findings
+            .iter()
+            .enumerate()
+            .map(|(f, name)| {
+                let n = 2_000;
+                let labels: Vec<bool> = (0..n)
+                    .map(|i| crate::seeds::mix(f as u64, i) % 7 == 0)
+                    .collect();
+                let rocs = encoders[..3]
+                    .iter()
+                    .enumerate()
+                    .map(|(e, enc)| {
+                        let scores: Vec<f64> = (0..n as usize)
+                            .map(|i| {
+                                let u =
+                                    (crate::seeds::mix(100 + e as u64 * 31 + f as u64, i as u64)
+                                        % 10_000) as f64
+                                        / 10_000.0;
+                                let signal = if labels[i] {
+                                    0.25 + 0.1 * (2 - e) as f64
+                                } else {
+                                    0.0
+                                };
+                                signal + u
+                            })
+                            .collect();
+                        Roc::from_scores(enc, &scores, &labels).unwrap()
+                    })
+                    .collect();
+                (name.to_string(), rocs)
+            })
+            .collect();
+        roc_curves(
+            &dir.join("roc.png"),
+            "ROC curves per finding (test set)",
+            &panels,
+        )
+        .unwrap();
+        let names: Vec<String> = [
+            "airplane",
+            "automobile",
+            "bird",
+            "cat",
+            "deer",
+            "dog",
+            "frog",
+            "horse",
+            "ship",
+            "truck",
+        ]
+        .map(String::from)
+        .to_vec();
+        let n = 8_000i64;
+        ssl_plugin_api::tch::manual_seed(5);
+        let labels: Vec<usize> = (0..n as usize).map(|i| i % 10).collect();
+        let label_t = Tensor::from_slice(&labels.iter().map(|&l| l as i64).collect::<Vec<_>>());
+        let mut maps = Vec::new();
+        let mut indices = Vec::new();
+        let mut method = "";
+        for (e, name) in encoders[..3].iter().enumerate() {
+            let centres =
+                Tensor::randn([10, 128], (Kind::Float, Device::Cpu)) * (2.0 - 0.6 * e as f64);
+            let x = centres.index_select(0, &label_t)
+                + Tensor::randn([n, 128], (Kind::Float, Device::Cpu));
+            let p = crate::evaluate::projection::project_2d(&x, 5_000, 1).unwrap();
+            method = p.method;
+            indices = p.indices;
+            maps.push((name.to_string(), p.points));
+        }
+        let chosen: Vec<usize> = indices.iter().map(|&i| labels[i]).collect();
+        feature_map(
+            &dir.join("feature_map.png"),
+            "Test features, coloured by label",
+            method,
+            &maps,
+            &chosen,
+            &names,
+        )
+        .unwrap();
+        println!("plots written to {}", dir.display());
     }
 }
