@@ -612,18 +612,42 @@ fn draw_lines(
             };
             let log = (lo..hi).log_scale();
             let fmt = |v: &f64| percent(*v);
-            // Ticks at the fractions evaluated, while there are few of them.
-            if xs.len() <= MAX_DATA_TICKS {
-                draw_line_axes(area, log.with_key_points(xs), y_range, &fmt, labels, series)
-            } else {
-                draw_line_axes(area, log, y_range, &fmt, labels, series)
-            }
+            draw_line_axes(
+                area,
+                log.with_key_points(log_ticks(&xs)),
+                y_range,
+                &fmt,
+                labels,
+                series,
+            )
         }
         XScale::Linear => {
             let fmt = |v: &f64| short_number(*v);
             draw_line_axes(area, padded(x_lo, x_hi), y_range, &fmt, labels, series)
         }
     }
+}
+
+/// The ticks of a log axis over the sorted values `xs`: the values themselves while there are
+/// few of them (the fractions evaluated), else 1, 2 and 5 times the powers of ten between them.
+fn log_ticks(xs: &[f64]) -> Vec<f64> {
+    if xs.len() <= MAX_DATA_TICKS {
+        return xs.to_vec();
+    }
+    let (lo, hi) = (xs[0], xs[xs.len() - 1]);
+    let mut ticks = Vec::new();
+    for decade in lo.log10().floor() as i32..=hi.log10().ceil() as i32 {
+        for m in [1.0, 2.0, 5.0] {
+            let t = m * 10f64.powi(decade);
+            if t >= lo * (1.0 - 1e-9) && t <= hi * (1.0 + 1e-9) {
+                ticks.push(t);
+            }
+        }
+    }
+    if ticks.len() < 2 {
+        ticks = vec![lo, hi];
+    }
+    ticks
 }
 
 /// `lo..hi` widened by 6% of the span on each side (or around a single value).
@@ -1257,6 +1281,19 @@ mod tests {
         nan[0].1[3].0 = f32::NAN;
         assert!(feature_map(&path, "t", "PCA", &nan, &labels, &three).is_err());
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn log_ticks_are_the_data_or_round_numbers() {
+        assert_eq!(log_ticks(&[0.01, 0.1, 1.0]), [0.01, 0.1, 1.0]);
+        let many: Vec<f64> = (1..=30).map(|i| i as f64 / 30.0).collect();
+        let t = log_ticks(&many);
+        assert_eq!(t.len(), 5, "{t:?}");
+        for (a, b) in t.iter().zip([0.05, 0.1, 0.2, 0.5, 1.0]) {
+            assert!((a - b).abs() < 1e-12, "{t:?}");
+        }
+        let narrow: Vec<f64> = (0..20).map(|i| 0.3 + i as f64 * 0.001).collect();
+        assert_eq!(log_ticks(&narrow), [0.3, narrow[19]]);
     }
 
     #[test]
