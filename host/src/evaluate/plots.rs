@@ -4,9 +4,10 @@
 //!
 //! Drawing is plotters' into an RGB buffer, encoded by the `png` crate and written atomically.
 //! Text is set in DejaVu Sans embedded in the binary ([`text`]), so that plots have readable
-//! text on a machine with no system fonts and no fontconfig. Colours are the Okabe-Ito palette (safe for the common colour-vision
-//! deficiencies), continued with Paul Tol's muted palette past eight series; lines also differ
-//! by marker shape.
+//! text on a machine with no system fonts and no fontconfig. Colours are the Okabe-Ito
+//! palette (safe for the common colour-vision deficiencies), continued with Paul Tol's muted
+//! palette past eight series; lines also differ by marker shape. Legends of line charts and
+//! maps stand beside the plot, never over the data.
 //!
 //! This module only draws: the numbers (metrics, ROC points, projections) are computed by the
 //! caller; [`roc_points`] is here because only the plot needs the whole curve.
@@ -1214,7 +1215,9 @@ mod tests {
     }
 
     /// Three labelled blobs per panel.
-    fn fake_map(n: usize, panels: usize) -> (Vec<(String, Vec<(f32, f32)>)>, Vec<usize>) {
+    type Panels = Vec<(String, Vec<(f32, f32)>)>;
+
+    fn fake_map(n: usize, panels: usize) -> (Panels, Vec<usize>) {
         let labels: Vec<usize> = (0..n).map(|i| i % 3).collect();
         let panels = (0..panels)
             .map(|p| {
@@ -1403,7 +1406,7 @@ mod tests {
             .map(|(f, name)| {
                 let n = 2_000;
                 let labels: Vec<bool> = (0..n)
-                    .map(|i| crate::seeds::mix(f as u64, i) % 7 == 0)
+                    .map(|i| crate::seeds::mix(f as u64, i).is_multiple_of(7))
                     .collect();
                 let rocs = encoders[..3]
                     .iter()
