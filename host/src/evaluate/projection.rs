@@ -4,9 +4,10 @@
 //!
 //! PCA is computed here with libtorch (an eigendecomposition of the smaller Gram matrix, in
 //! f64). It also gives the t-SNE's starting layout (the first two components, scaled small),
-//! which makes the map a deterministic function of the features and the seed, and preserves
-//! the global arrangement of clusters better than a random start. With too few samples for a
-//! t-SNE neighbourhood, the map is the first two principal components and says so.
+//! which keeps the global arrangement of clusters better than a random start. With that start,
+//! exact nearest neighbours found here (libtorch) and bhtsne held to one thread, the map is a
+//! deterministic function of the features and the seed. With too few samples for a t-SNE
+//! neighbourhood, the map is the first two principal components and says so.
 //!
 //! What this does not do: pick the samples by label (the subsample is uniform), or align the
 //! maps of several encoders with each other (each is its own t-SNE).
