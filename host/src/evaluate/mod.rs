@@ -6,5 +6,6 @@ pub mod features;
 pub mod leakage;
 pub mod plots;
 pub mod probe;
+pub mod projection;
 pub mod report;
 pub mod stats;
