@@ -536,3 +536,311 @@ pub fn validation_split(
     }
     Ok((train, val))
 }
+
+/// scikit-learn's answers on the tests' data (host/tests/evaluate_reference.py), computed once
+/// per test process: the folder of the data and `reference.json`.
+#[cfg(test)]
+pub(super) fn sklearn_reference() -> &'static (std::path::PathBuf, serde_json::Value) {
+    use std::sync::OnceLock;
+    static REFERENCE: OnceLock<(std::path::PathBuf, serde_json::Value)> = OnceLock::new();
+    REFERENCE.get_or_init(|| {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let python = root.join("../.deps/torch-venv/bin/python");
+        assert!(
+            python.exists(),
+            "{} is missing: run scripts/setup-libtorch.sh",
+            python.display()
+        );
+        let dir = tempfile::tempdir().unwrap().keep();
+        let out = std::process::Command::new(&python)
+            .arg(root.join("tests/evaluate_reference.py"))
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "evaluate_reference.py failed (scikit-learn missing? run scripts/setup-libtorch.sh): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json = std::fs::read_to_string(dir.join("reference.json")).unwrap();
+        (dir, serde_json::from_str(&json).unwrap())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ssl_plugin_api::tch::{Kind, Tensor};
+
+    fn npy(name: &str) -> Tensor {
+        let (dir, _) = sklearn_reference();
+        Tensor::read_npy(dir.join(name)).unwrap().reshape([-1])
+    }
+
+    fn npy_f64(name: &str) -> Vec<f64> {
+        Vec::<f64>::try_from(npy(name).to_kind(Kind::Double)).unwrap()
+    }
+
+    fn npy_i64(name: &str) -> Vec<i64> {
+        Vec::<i64>::try_from(npy(name).to_kind(Kind::Int64)).unwrap()
+    }
+
+    fn findings(names: &[&str], values: Vec<i8>) -> Targets {
+        Targets::Findings(
+            Findings::new(names.iter().map(|s| s.to_string()).collect(), values).unwrap(),
+        )
+    }
+
+    #[test]
+    fn metrics_match_scikit_learn() {
+        let (_, reference) = sklearn_reference();
+        let expected = &reference["metrics"];
+        let scores = npy_f64("metric_s.npy");
+        let labels: Vec<bool> = npy_i64("metric_l.npy").iter().map(|&l| l == 1).collect();
+        // Scores rounded to 2 decimals: many ties, which both metrics must treat as one step.
+        let got = auroc(&scores, &labels);
+        assert!((got - expected["auroc"].as_f64().unwrap()).abs() < 1e-9, "{got}");
+        let got = average_precision(&scores, &labels);
+        let want = expected["average_precision"].as_f64().unwrap();
+        assert!((got - want).abs() < 1e-9, "{got} vs {want}");
+        // And it is not torchmetrics' interpolated area.
+        assert!((crate::metrics::auprc(&scores, &labels) - want).abs() > 1e-4);
+        let probs = npy_f64("metric_p.npy");
+        let classes = npy_i64("metric_c.npy");
+        for k in [1, 5] {
+            let got = top_k_accuracy(&probs, &classes, 8, k);
+            let want = expected[format!("top{k}")].as_f64().unwrap();
+            assert!((got - want).abs() < 1e-12, "top-{k}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn average_precision_by_hand() {
+        // Descending: 0.9(+) 0.8(-) 0.7(+) 0.6(-): AP = ½·1 + ½·⅔.
+        let got = average_precision(&[0.6, 0.9, 0.7, 0.8], &[false, true, true, false]);
+        assert!((got - (0.5 + 1.0 / 3.0)).abs() < 1e-12);
+        // A tie of a positive and a negative at the top is one step of precision ½.
+        let got = average_precision(&[0.5, 0.5, 0.1], &[true, false, true]);
+        assert!((got - (0.5 * 0.5 + 0.5 * 2.0 / 3.0)).abs() < 1e-12, "{got}");
+        assert!(average_precision(&[0.1, 0.2], &[false, false]).is_nan());
+        assert_eq!(average_precision(&[0.1, 0.2], &[true, true]), 1.0);
+    }
+
+    #[test]
+    fn per_output_metrics_skip_unknown_findings() {
+        // Finding A: rows 0 (+, 0.9), 1 (-, 0.2), 2 unknown (scored 0.0, must be ignored),
+        // 3 (-, 0.95). Finding B: one class only among known rows.
+        let t = findings(&["A", "B"], vec![1, 0, 0, 0, -1, 0, 0, -1]);
+        let scores = [0.9, 0.1, 0.2, 0.3, 0.0, 0.5, 0.95, 0.7];
+        let a = aurocs(&scores, &t);
+        assert!((a[0] - 0.5).abs() < 1e-12, "{a:?}");
+        assert!(a[1].is_nan());
+        assert!(macro_mean(&a).is_nan());
+        assert!((defined_mean(&a) - 0.5).abs() < 1e-12);
+        let classes = Targets::Classes {
+            labels: vec![0, 1, 2],
+            num_classes: 3,
+        };
+        let probs = [0.8, 0.1, 0.1, 0.3, 0.6, 0.1, 0.5, 0.3, 0.2];
+        assert_eq!(aurocs(&probs, &classes)[..2], [1.0, 1.0]);
+        assert_eq!(top_k_accuracy(&probs, &[0, 1, 2], 3, 1), 2.0 / 3.0);
+        assert_eq!(top_k_accuracy(&probs, &[0, 1, 2], 3, 3), 1.0);
+    }
+
+    /// AUROC of a noisy score for `n` samples: the bootstrap's test metric.
+    fn scored(n: usize) -> (Vec<f64>, Vec<bool>) {
+        let labels: Vec<bool> = (0..n).map(|i| seeds::mix(1, i as u64) % 3 == 0).collect();
+        let scores = labels
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| l as u8 as f64 + (seeds::mix(2, i as u64) % 1000) as f64 / 500.0)
+            .collect();
+        (scores, labels)
+    }
+
+    fn auroc_interval(n: usize, seed: u64) -> Interval {
+        let (s, l) = scored(n);
+        bootstrap_ci(n, 1000, seed, |rows| {
+            let s: Vec<f64> = rows.iter().map(|&i| s[i]).collect();
+            let l: Vec<bool> = rows.iter().map(|&i| l[i]).collect();
+            auroc(&s, &l)
+        })
+    }
+
+    #[test]
+    fn bootstrap_covers_the_estimate_and_shrinks_with_samples() {
+        let small = auroc_interval(200, 3);
+        let large = auroc_interval(3200, 3);
+        for ci in [small, large] {
+            assert!(ci.low < ci.estimate && ci.estimate < ci.high, "{ci:?}");
+            assert_eq!((ci.resamples, ci.skipped), (1000, 0));
+        }
+        // 16× the samples: about a quarter of the width (1/√16).
+        let ratio = (large.high - large.low) / (small.high - small.low);
+        assert!((0.18..0.35).contains(&ratio), "{ratio}: {small:?} {large:?}");
+        assert_eq!(auroc_interval(200, 3), small);
+        assert_ne!(auroc_interval(200, 4), small);
+    }
+
+    #[test]
+    fn bootstrap_skips_and_counts_undefined_resamples() {
+        // One positive among 20: about (19/20)^20 ≈ 36% of the resamples miss it.
+        let labels: Vec<bool> = (0..20).map(|i| i == 7).collect();
+        let scores: Vec<f64> = (0..20).map(|i| i as f64).collect();
+        let ci = bootstrap_ci(20, 1000, 9, |rows| {
+            let s: Vec<f64> = rows.iter().map(|&i| scores[i]).collect();
+            let l: Vec<bool> = rows.iter().map(|&i| labels[i]).collect();
+            auroc(&s, &l)
+        });
+        assert_eq!(ci.resamples + ci.skipped, 1000);
+        assert!((280..440).contains(&ci.skipped), "{ci:?}");
+        assert!(ci.low <= ci.estimate && ci.estimate <= ci.high);
+        let none = bootstrap_ci(5, 10, 0, |_| f64::NAN);
+        assert!(none.low.is_nan() && none.high.is_nan() && none.skipped == 10);
+    }
+
+    #[test]
+    fn percentile_interpolates_as_numpy() {
+        // numpy.percentile([1, 2, 3, 4], [2.5, 97.5]) = [1.075, 3.925].
+        let v = [1.0, 2.0, 3.0, 4.0];
+        assert!((percentile(&v, 0.025) - 1.075).abs() < 1e-12);
+        assert!((percentile(&v, 0.975) - 3.925).abs() < 1e-12);
+    }
+
+    /// 3 classes of 60%, 30%, 10% over 2000 samples in patients of 1 to 4 images, all of a
+    /// patient's images of one class.
+    fn patients() -> (Targets, Vec<String>) {
+        let mut labels = Vec::new();
+        let mut groups = Vec::new();
+        for p in 0..800u64 {
+            let class = match seeds::mix(5, p) % 10 {
+                0..=5 => 0,
+                6..=8 => 1,
+                _ => 2,
+            };
+            for _ in 0..=(seeds::mix(6, p) % 4) {
+                labels.push(class);
+                groups.push(format!("patient{p}"));
+            }
+        }
+        let n = labels.len();
+        (
+            Targets::Classes {
+                labels,
+                num_classes: 3,
+            },
+            groups[..n].to_vec(),
+        )
+    }
+
+    fn class_counts(t: &Targets, rows: &[usize]) -> Vec<usize> {
+        let Targets::Classes { labels, .. } = t else { unreachable!() };
+        let mut c = vec![0; 3];
+        for &i in rows {
+            c[labels[i] as usize] += 1;
+        }
+        c
+    }
+
+    #[test]
+    fn label_fraction_is_stratified_patient_level_and_seeded() {
+        let (targets, groups) = patients();
+        let all = class_counts(&targets, &(0..targets.len()).collect::<Vec<_>>());
+        for fraction in [0.01, 0.1, 0.5] {
+            let rows = label_fraction(&targets, Some(&groups), fraction, 11).unwrap();
+            // Whole patients: a drawn patient has all its images drawn.
+            let drawn: std::collections::HashSet<&str> =
+                rows.iter().map(|&i| groups[i].as_str()).collect();
+            let expected: Vec<usize> = (0..groups.len())
+                .filter(|&i| drawn.contains(groups[i].as_str()))
+                .collect();
+            assert_eq!(rows, expected, "fraction {fraction}");
+            // Each class keeps its share, to within one patient (4 images).
+            let got = class_counts(&targets, &rows);
+            for c in 0..3 {
+                let want = all[c] as f64 * fraction;
+                assert!(
+                    (got[c] as f64 - want).abs() <= 4.0 && got[c] >= 1,
+                    "fraction {fraction}, class {c}: {got:?} of {all:?}"
+                );
+            }
+            assert_eq!(label_fraction(&targets, Some(&groups), fraction, 11).unwrap(), rows);
+            assert_ne!(label_fraction(&targets, Some(&groups), fraction, 12).unwrap(), rows);
+        }
+        // Without groups: per sample, each class its share rounded (either way at a half).
+        let rows = label_fraction(&targets, None, 0.1, 1).unwrap();
+        let got = class_counts(&targets, &rows);
+        for c in 0..3 {
+            assert!((got[c] as f64 - all[c] as f64 * 0.1).abs() <= 0.5, "{got:?} of {all:?}");
+        }
+        assert_eq!(label_fraction(&targets, None, 1.0, 1).unwrap().len(), targets.len());
+    }
+
+    #[test]
+    fn label_fraction_keeps_each_finding() {
+        // 1000 samples, one per patient; finding R has 3 positives, C 300, F 100 with some
+        // unknowns; 1% must still hold an R positive.
+        let mut values = Vec::new();
+        for i in 0..1000u64 {
+            let r = (i % 333 == 5) as i8;
+            let c = (seeds::mix(8, i) % 10 < 3) as i8;
+            let f = if i % 50 == 0 { -1 } else { (seeds::mix(9, i) % 10 == 0) as i8 };
+            values.extend([r, c, f]);
+        }
+        let t = findings(&["R", "C", "F"], values);
+        let Targets::Findings(f) = &t else { unreachable!() };
+        let positives = |rows: &[usize], j: usize| rows.iter().filter(|&&i| f.of(i)[j] == 1).count();
+        let all: Vec<usize> = (0..1000).collect();
+        for (fraction, seed) in [(0.01, 1), (0.01, 2), (0.1, 1)] {
+            let rows = label_fraction(&t, None, fraction, seed).unwrap();
+            assert!((rows.len() as f64 - 1000.0 * fraction).abs() <= 1000.0 * fraction * 0.3 + 1.0);
+            assert!(positives(&rows, 0) >= 1, "{fraction} {seed}");
+            for j in 1..3 {
+                let want = positives(&all, j) as f64 * fraction;
+                let got = positives(&rows, j) as f64;
+                assert!((got - want).abs() <= want * 0.25 + 1.0, "finding {j}: {got} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn label_fraction_and_split_errors_name_the_problem() {
+        let (targets, groups) = patients();
+        let err = label_fraction(&targets, None, 0.0, 1).unwrap_err().to_string();
+        assert!(err.contains("not in (0, 1]"), "{err}");
+        let err = label_fraction(&targets, Some(&groups[..5]), 0.1, 1).unwrap_err().to_string();
+        assert!(err.contains("5 patient ids"), "{err}");
+        let bad = Targets::Classes {
+            labels: vec![0, 3],
+            num_classes: 2,
+        };
+        let err = label_fraction(&bad, None, 0.5, 1).unwrap_err().to_string();
+        assert!(err.contains("sample 1 has label 3"), "{err}");
+        let err = validation_split(10, None, 0.05, 1).unwrap_err().to_string();
+        assert!(err.contains("0 for validation"), "{err}");
+    }
+
+    #[test]
+    fn validation_split_keeps_patients_whole() {
+        let (targets, groups) = patients();
+        let (train, val) = validation_split(targets.len(), Some(&groups), 0.2, 3).unwrap();
+        assert_eq!(train.len() + val.len(), targets.len());
+        let in_val: std::collections::HashSet<&str> =
+            val.iter().map(|&i| groups[i].as_str()).collect();
+        assert!(train.iter().all(|&i| !in_val.contains(groups[i].as_str())));
+        // 20% of the 800 patients.
+        assert_eq!(in_val.len(), 160);
+        let (train, val) = validation_split(100, None, 0.2, 3).unwrap();
+        assert_eq!((train.len(), val.len()), (80, 20));
+    }
+
+    #[test]
+    fn targets_concat_and_select() {
+        let a = findings(&["A"], vec![1, 0]);
+        let b = findings(&["A"], vec![-1]);
+        assert_eq!(a.concat(&b).unwrap(), findings(&["A"], vec![1, 0, -1]));
+        assert_eq!(a.concat(&b).unwrap().select(&[2, 0]), findings(&["A"], vec![-1, 1]));
+        let err = a.concat(&findings(&["B"], vec![1])).unwrap_err().to_string();
+        assert!(err.contains("findings A and findings B"), "{err}");
+    }
+}
