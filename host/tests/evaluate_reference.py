@@ -26,7 +26,7 @@ from sklearn.preprocessing import StandardScaler
 
 GRID = [10.0**e for e in range(-4, 4)]
 MAX_ITER = 10000
-TOL = 1e-4
+TOL = 1e-8
 warnings.simplefilter("error", ConvergenceWarning)
 
 

@@ -111,9 +111,9 @@ pub(super) fn solve(
             if t.size() != [p, k, d + 1] {
                 bail!("a warm start of shape {:?} for {p} problems", t.size());
             }
-            t.to_kind(Kind::Float).contiguous()
+            t.to_kind(x.kind()).contiguous()
         }
-        None => Tensor::zeros([p, k, d + 1], (Kind::Float, Device::Cpu)),
+        None => Tensor::zeros([p, k, d + 1], (x.kind(), Device::Cpu)),
     };
     Lbfgs::new(objective, theta, settings).run()
 }
@@ -124,10 +124,10 @@ struct Objective<'a> {
     loss: &'a Loss,
     d: i64,
     problems: i64,
-    /// 1 / (samples of problem p), `[P]` f32 and f64.
+    /// 1 / (samples of problem p), `[P]` in the features' kind and f64.
     scale: Tensor,
     scale64: Vec<f64>,
-    /// λ = 1 / (C n) per problem, `[P]` f32 and f64.
+    /// λ = 1 / (C n) per problem, `[P]` in the features' kind and f64.
     lambda: Tensor,
     lambda64: Vec<f64>,
     preconditioner: Preconditioner,
@@ -145,7 +145,7 @@ impl<'a> Objective<'a> {
                 lambda64.push(1.0 / (c * n));
             }
         }
-        let f32_of = |v: &[f64]| Tensor::from_slice(v).to_kind(Kind::Float);
+        let f32_of = |v: &[f64]| Tensor::from_slice(v).to_kind(x.kind());
         Objective {
             x,
             loss,
@@ -181,7 +181,7 @@ impl<'a> Objective<'a> {
                 (data, dlogits)
             }
             Loss::Softmax { labels, one_hot } => {
-                let log_p = logits.view([n, a, k]).log_softmax(2, Kind::Float);
+                let log_p = logits.view([n, a, k]).log_softmax(2, logits.kind());
                 let picked = log_p.gather(2, &labels.view([n, 1, 1]).expand([n, a, 1], false), false);
                 let data = -picked.sum_dim_intlist([0, 2].as_slice(), false, Kind::Double);
                 let dlogits = (log_p.exp() - one_hot.view([n, 1, k])) * scale.view([1, a, 1]);
@@ -190,7 +190,7 @@ impl<'a> Objective<'a> {
         };
         let lambda = self.lambda.index_select(0, index);
         let grad_w = dlogits.tr().mm(self.x).view([a, k, d]) + &w * lambda.view([a, 1, 1]);
-        let grad_b = dlogits.sum_dim_intlist(0, false, Kind::Float).view([a, k, 1]);
+        let grad_b = dlogits.sum_dim_intlist(0, false, dlogits.kind()).view([a, k, 1]);
         let squares = Vec::<f64>::try_from(w.square().sum_dim_intlist([1, 2].as_slice(), false, Kind::Double))
             .expect("a 1-d double tensor");
         let data = Vec::<f64>::try_from(data).expect("a 1-d double tensor");
@@ -219,12 +219,12 @@ impl Preconditioner {
         let step = (n + PRECONDITIONER_ROWS - 1) / PRECONDITIONER_ROWS;
         let rows = x.slice(0, 0, n, step.max(1));
         let m = rows.size()[0].max(1);
-        let correlation = rows.tr().mm(&rows) / m as f64;
+        let correlation = (rows.tr().mm(&rows) / m as f64).to_kind(Kind::Float);
         // float32 is plenty for a preconditioner, and 4× faster than float64 at d = 2048.
         let (eigenvalues, basis) = correlation.linalg_eigh("L");
         Preconditioner {
-            basis,
-            eigenvalues: eigenvalues.clamp_min(0.0),
+            basis: basis.to_kind(x.kind()),
+            eigenvalues: eigenvalues.clamp_min(0.0).to_kind(x.kind()),
         }
     }
 
@@ -246,9 +246,9 @@ fn dot(a: &Tensor, b: &Tensor) -> Tensor {
     (a * b).sum_dim_intlist([1, 2].as_slice(), false, Kind::Double)
 }
 
-/// `[P]` f64 scalars as an f32 `[P, 1, 1]` factor.
-fn per_problem(v: &Tensor) -> Tensor {
-    v.to_kind(Kind::Float).view([-1, 1, 1])
+/// `[P]` f64 scalars as a `[P, 1, 1]` factor of `kind`.
+fn per_problem(v: &Tensor, kind: Kind) -> Tensor {
+    v.to_kind(kind).view([-1, 1, 1])
 }
 
 fn to_vec(t: &Tensor) -> Vec<f64> {
@@ -349,13 +349,13 @@ impl<'a> Lbfgs<'a> {
         let mut alphas = Vec::with_capacity(self.history.len());
         for pair in self.history.iter().rev() {
             let alpha = &pair.rho * dot(&pair.s, &q);
-            q -= &pair.y * per_problem(&alpha);
+            q -= &pair.y * per_problem(&alpha, self.theta.kind());
             alphas.push(alpha);
         }
-        let mut r = self.objective.preconditioner.apply(&q, lambda) * per_problem(&self.gamma);
+        let mut r = self.objective.preconditioner.apply(&q, lambda) * per_problem(&self.gamma, self.theta.kind());
         for (pair, alpha) in self.history.iter().zip(alphas.iter().rev()) {
             let beta = &pair.rho * dot(&pair.y, &r);
-            r += &pair.s * per_problem(&(alpha - beta));
+            r += &pair.s * per_problem(&(alpha - beta), self.theta.kind());
         }
         let direction = -r;
         let not_descent = dot(&self.grad, &direction).ge(0.0);
@@ -394,7 +394,7 @@ impl<'a> Lbfgs<'a> {
             let steps: Vec<f64> = pending.iter().map(|&p| step[p]).collect();
             let start = self.theta.index_select(0, &index);
             let trial = &start
-                + direction.index_select(0, &index) * per_problem(&Tensor::from_slice(&steps));
+                + direction.index_select(0, &index) * per_problem(&Tensor::from_slice(&steps), self.theta.kind());
             let (values, grads) = self.objective.evaluate(&index, &trial);
             let mut accepted = Vec::new();
             let mut still = Vec::new();
