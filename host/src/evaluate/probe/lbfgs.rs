@@ -20,13 +20,13 @@
 //! `scripts/bench/probe`).
 //!
 //! Preconditioning: the Hessian of the data term is at most `¼·XᵀX/n` (binary; softmax
-//! behaves alike), so `H₀ = (¼·XᵀX/n + λI)⁻¹` (λ = 1/(Cn), the penalty's curvature) is the
-//! initial inverse Hessian of the two-loop recursion, scaled by the usual
-//! `sᵀy / yᵀH₀y`. `XᵀX/n` (the features' correlation matrix, as they are standardised) is
-//! taken once from a subsample of rows and diagonalised, so `H₀` costs two `d × d` GEMMs per
-//! application. Features of real encoders are strongly correlated, which makes plain L-BFGS
-//! take thousands of iterations for weak penalties; this preconditioner removes that
-//! dependence (it changes the path, never the minimiser).
+//! behaves alike), so `H₀ = (¼·R + λI)⁻¹` (λ = 1/(Cn), the penalty's curvature, and `R` the
+//! features' correlation matrix `XᵀX/n`, its eigenvalues floored at [`EIGENVALUE_FLOOR`] of
+//! their mean) is the initial inverse Hessian of the two-loop recursion, scaled by the usual
+//! `sᵀy / yᵀH₀y`. `R` is taken once from a subsample of rows and diagonalised, so `H₀` costs
+//! two `d × d` GEMMs per application. Correlated features (those of real encoders are) make
+//! plain L-BFGS slow for weak penalties; the preconditioner takes most of that away. It changes
+//! the path, never the minimiser.
 
 use anyhow::{bail, Result};
 use ssl_plugin_api::tch::{Device, Kind, Tensor};
@@ -40,6 +40,14 @@ const ARMIJO: f64 = 1e-4;
 const MAX_TRIALS: usize = 12;
 /// The bound on the loss's curvature the preconditioner assumes (¼: binary cross-entropy).
 const CURVATURE: f64 = 0.25;
+/// The preconditioner's smallest eigenvalue, relative to their mean (1 for standardised
+/// features): directions of almost no variance are not amplified. Near-separable problems
+/// (scikit-learn's digits at C = 1000) need it: their Hessian lives on the few samples near the
+/// boundary, whose spread has little to do with the features' correlation, and an unfloored
+/// preconditioner took 2,291 iterations there against 129 with this floor (and 105 with none),
+/// while the correlated synthetic sets of the tests keep most of the gain (30 iterations
+/// against 372 with none, 16 unfloored).
+const EIGENVALUE_FLOOR: f64 = 0.03;
 /// Rows the preconditioner's correlation matrix is estimated from (at most; spread evenly).
 const PRECONDITIONER_ROWS: i64 = 16_384;
 
@@ -222,9 +230,10 @@ impl Preconditioner {
         let correlation = (rows.tr().mm(&rows) / m as f64).to_kind(Kind::Float);
         // float32 is plenty for a preconditioner, and 4× faster than float64 at d = 2048.
         let (eigenvalues, basis) = correlation.linalg_eigh("L");
+        let floor = EIGENVALUE_FLOOR * eigenvalues.mean(Kind::Float).double_value(&[]);
         Preconditioner {
             basis: basis.to_kind(x.kind()),
-            eigenvalues: eigenvalues.clamp_min(0.0).to_kind(x.kind()),
+            eigenvalues: eigenvalues.clamp_min(floor.max(0.0)).to_kind(x.kind()),
         }
     }
 
