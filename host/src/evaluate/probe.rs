@@ -141,6 +141,21 @@ pub struct ProbeFit {
     pub selection_metric: &'static str,
     /// The refit's convergence.
     pub refit: Convergence,
+    /// Where the time went.
+    pub seconds: Timings,
+}
+
+/// Wall-clock seconds of the steps of [`fit_with_validation`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Timings {
+    /// Checking and standardising the features of both parts (and the refit's).
+    pub standardise: f64,
+    /// Fitting every penalty of the grid on the training part.
+    pub grid: f64,
+    /// Scoring the grid on the validation part.
+    pub validation: f64,
+    /// Refitting on both parts with the chosen penalty.
+    pub refit: f64,
 }
 
 /// Fits the probe for every penalty of `config` on the training part, chooses the penalty
@@ -158,6 +173,8 @@ pub fn fit_with_validation(
     val_y: &Targets,
     config: &ProbeConfig,
 ) -> Result<ProbeFit> {
+    let mut seconds = Timings::default();
+    let clock = std::time::Instant::now();
     config.check()?;
     check_features(train_x, train_y, "training")?;
     check_features(val_x, val_y, "validation")?;
@@ -173,14 +190,11 @@ pub fn fit_with_validation(
     let standard = Standardiser::fit(train_x);
     let grid = {
         let loss = loss_of(train_y, compute_kind(train_x), "training")?;
-        lbfgs::solve(
-            &standard.apply(train_x),
-            &loss,
-            &config.penalties,
-            None,
-            config.settings(),
-        )?
+        let x = standard.apply(train_x);
+        seconds.standardise = lap(&clock, 0.0);
+        lbfgs::solve(&x, &loss, &config.penalties, None, None, config.settings())?
     };
+    seconds.grid = lap(&clock, seconds.standardise);
     let per_penalty = (grid.iterations.len() / config.penalties.len()).max(1);
     let val_logits = logits(&standard.apply(val_x), &grid.theta);
     let validation: Vec<GridPoint> = config
@@ -209,6 +223,7 @@ pub fn fit_with_validation(
         )
     })?;
     let chosen = config.penalties[best];
+    seconds.validation = lap(&clock, seconds.standardise + seconds.grid);
     // Refit on both parts, from the chosen grid solution carried over to the new
     // standardisation (the same function, so the solver starts near the optimum).
     let kind = compute_kind(train_x);
@@ -218,14 +233,25 @@ pub fn fit_with_validation(
         &standard,
         &grid.theta.narrow(0, (best * per_penalty) as i64, per_penalty as i64),
     );
-    let (probe, refit) = fit_from(&all_x, &all_y, chosen, config, refit_standard, Some(warm))?;
+    let start = Start {
+        theta: warm,
+        preconditioner: grid.preconditioner,
+    };
+    let (probe, refit) = fit_from(&all_x, &all_y, chosen, config, refit_standard, Some(start))?;
+    seconds.refit = lap(&clock, seconds.standardise + seconds.grid + seconds.validation);
     Ok(ProbeFit {
         probe,
         chosen_penalty: chosen,
         validation,
         selection_metric: selection_metric(output),
         refit,
+        seconds,
     })
+}
+
+/// Seconds since `clock` started, less `before`.
+fn lap(clock: &std::time::Instant, before: f64) -> f64 {
+    clock.elapsed().as_secs_f64() - before
 }
 
 /// Fits the probe with one `penalty` on all of `x` (no validation): e.g. the chosen penalty
@@ -245,16 +271,34 @@ pub fn fit(
     fit_from(x, y, penalty, config, Standardiser::fit(x), None)
 }
 
+/// Where a refit starts: the grid's solution carried over to its standardisation, and the
+/// grid's preconditioner (the features are much the same).
+struct Start {
+    theta: Tensor,
+    preconditioner: lbfgs::Preconditioner,
+}
+
 fn fit_from(
     x: &Tensor,
     y: &Targets,
     penalty: f64,
     config: &ProbeConfig,
     standard: Standardiser,
-    warm: Option<Tensor>,
+    start: Option<Start>,
 ) -> Result<(Probe, Convergence)> {
     let loss = loss_of(y, compute_kind(x), "training")?;
-    let solution = lbfgs::solve(&standard.apply(x), &loss, &[penalty], warm, config.settings())?;
+    let (theta, preconditioner) = match start {
+        Some(s) => (Some(s.theta), Some(s.preconditioner)),
+        None => (None, None),
+    };
+    let solution = lbfgs::solve(
+        &standard.apply(x),
+        &loss,
+        &[penalty],
+        theta,
+        preconditioner,
+        config.settings(),
+    )?;
     let (k, d) = (solution.theta.size()[0] * solution.theta.size()[1], standard.mean.size()[0]);
     let theta = solution.theta.reshape([k, d + 1]);
     let probe = Probe {

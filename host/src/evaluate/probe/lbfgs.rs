@@ -48,8 +48,9 @@ const CURVATURE: f64 = 0.25;
 /// while the correlated synthetic sets of the tests keep most of the gain (30 iterations
 /// against 372 with none, 16 unfloored).
 const EIGENVALUE_FLOOR: f64 = 0.03;
-/// Rows the preconditioner's correlation matrix is estimated from (at most; spread evenly).
-const PRECONDITIONER_ROWS: i64 = 16_384;
+/// Rows the preconditioner's correlation matrix is estimated from (at most; spread evenly):
+/// twice the dimension, and at least this many.
+const PRECONDITIONER_ROWS: i64 = 4096;
 
 /// The targets, encoded for the loss.
 pub(super) enum Loss {
@@ -96,23 +97,28 @@ pub(super) struct Settings {
 }
 
 /// The solution of every problem: `theta` `[P, k, d + 1]` (weights, then the bias in the last
-/// column), problem `g·per_penalty + j` being output `j` under penalty `g`.
+/// column), problem `g·per_penalty + j` being output `j` under penalty `g`; and the
+/// preconditioner, for a refit on much the same features.
 pub(super) struct Solution {
     pub theta: Tensor,
     pub iterations: Vec<usize>,
     pub converged: Vec<bool>,
+    pub preconditioner: Preconditioner,
 }
 
-/// Solves every (penalty, output) problem on the standardised features `x` `[n, d]` (f32),
-/// from `init` (`[P, k, d + 1]`) or zeros.
+/// Solves every (penalty, output) problem on the standardised features `x` `[n, d]` (float32
+/// or float64), from `init` (`[P, k, d + 1]`) or zeros, with `preconditioner` or one made
+/// from `x`.
 pub(super) fn solve(
     x: &Tensor,
     loss: &Loss,
     penalties: &[f64],
     init: Option<Tensor>,
+    preconditioner: Option<Preconditioner>,
     settings: Settings,
 ) -> Result<Solution> {
-    let objective = Objective::new(x, loss, penalties);
+    let preconditioner = preconditioner.unwrap_or_else(|| Preconditioner::new(x));
+    let objective = Objective::new(x, loss, penalties, preconditioner);
     let (p, k, d) = (objective.problems, loss.width(), objective.d);
     let theta = match init {
         Some(t) => {
@@ -142,7 +148,12 @@ struct Objective<'a> {
 }
 
 impl<'a> Objective<'a> {
-    fn new(x: &'a Tensor, loss: &'a Loss, penalties: &[f64]) -> Objective<'a> {
+    fn new(
+        x: &'a Tensor,
+        loss: &'a Loss,
+        penalties: &[f64],
+        preconditioner: Preconditioner,
+    ) -> Objective<'a> {
         let d = x.size()[1];
         let counts = loss.counts();
         let mut scale64 = Vec::new();
@@ -163,7 +174,7 @@ impl<'a> Objective<'a> {
             lambda: f32_of(&lambda64),
             scale64,
             lambda64,
-            preconditioner: Preconditioner::new(x),
+            preconditioner,
         }
     }
 
@@ -216,7 +227,7 @@ impl<'a> Objective<'a> {
 }
 
 /// `H₀ = (¼·R + λI)⁻¹` on the weights (R = XᵀX/n = V diag(e) Vᵀ) and `4` on the bias.
-struct Preconditioner {
+pub(super) struct Preconditioner {
     basis: Tensor,
     eigenvalues: Tensor,
 }
@@ -224,7 +235,8 @@ struct Preconditioner {
 impl Preconditioner {
     fn new(x: &Tensor) -> Preconditioner {
         let n = x.size()[0];
-        let step = (n + PRECONDITIONER_ROWS - 1) / PRECONDITIONER_ROWS;
+        let wanted = PRECONDITIONER_ROWS.max(2 * x.size()[1]);
+        let step = (n + wanted - 1) / wanted;
         let rows = x.slice(0, 0, n, step.max(1));
         let m = rows.size()[0].max(1);
         let correlation = (rows.tr().mm(&rows) / m as f64).to_kind(Kind::Float);
@@ -332,6 +344,7 @@ impl<'a> Lbfgs<'a> {
             theta: self.theta,
             iterations: self.iterations,
             converged: self.converged,
+            preconditioner: self.objective.preconditioner,
         })
     }
 
