@@ -533,8 +533,10 @@ fn loss_of(y: &Targets, kind: Kind, what: &str) -> Result<lbfgs::Loss> {
                     present,
                 });
             }
-            let one_hot = labels.one_hot(*num_classes as i64).to_kind(kind);
-            Ok(lbfgs::Loss::Softmax { labels, one_hot })
+            Ok(lbfgs::Loss::Softmax {
+                labels,
+                classes: *num_classes as i64,
+            })
         }
         Targets::Findings(f) => {
             let width = f.names().len();

@@ -54,8 +54,8 @@ const PRECONDITIONER_ROWS: i64 = 4096;
 
 /// The targets, encoded for the loss.
 pub(super) enum Loss {
-    /// Softmax over `classes` logits; `labels` `[n]` int64, `one_hot` `[n, classes]` f32.
-    Softmax { labels: Tensor, one_hot: Tensor },
+    /// Softmax over `classes` logits; `labels` `[n]` int64.
+    Softmax { labels: Tensor, classes: i64 },
     /// One binary problem per column: `present` and `known` `[n, outputs]` f32 in {0, 1}.
     Sigmoid { present: Tensor, known: Tensor },
 }
@@ -64,7 +64,7 @@ impl Loss {
     /// Logit columns per problem.
     fn width(&self) -> i64 {
         match self {
-            Loss::Softmax { one_hot, .. } => one_hot.size()[1],
+            Loss::Softmax { classes, .. } => *classes,
             Loss::Sigmoid { .. } => 1,
         }
     }
@@ -199,11 +199,14 @@ impl<'a> Objective<'a> {
                 let dlogits = (logits.sigmoid() - y) * m * scale.view([1, a]);
                 (data, dlogits)
             }
-            Loss::Softmax { labels, one_hot } => {
+            Loss::Softmax { labels, .. } => {
                 let log_p = logits.view([n, a, k]).log_softmax(2, logits.kind());
-                let picked = log_p.gather(2, &labels.view([n, 1, 1]).expand([n, a, 1], false), false);
+                let target = labels.view([n, 1, 1]).expand([n, a, 1], false);
+                let picked = log_p.gather(2, &target, false);
                 let data = -picked.sum_dim_intlist([0, 2].as_slice(), false, Kind::Double);
-                let dlogits = (log_p.exp() - one_hot.view([n, 1, k])) * scale.view([1, a, 1]);
+                // softmax − one-hot, without an [n, k] one-hot.
+                let minus_one = Tensor::full([n, a, 1], -1.0, (log_p.kind(), Device::Cpu));
+                let dlogits = log_p.exp().scatter_add(2, &target, &minus_one) * scale.view([1, a, 1]);
                 (data, dlogits.view([n, a * k]))
             }
         };
