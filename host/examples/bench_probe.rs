@@ -82,7 +82,12 @@ fn synthetic(n: i64, d: i64, findings: usize) -> (Tensor, Vec<i8>) {
     let spectrum = (Tensor::arange(LATENT, opts) + 1.0).pow_tensor_scalar(-0.5);
     let loadings = Tensor::randn([LATENT, d], opts) * spectrum.view([LATENT, 1]);
     let effects = Tensor::randn([LATENT, findings as i64], opts) * spectrum.view([LATENT, 1]);
-    let effects = &effects / effects.square().sum_dim_intlist(0, true, Kind::Float).sqrt() * 1.5;
+    let effects = &effects
+        / effects
+            .square()
+            .sum_dim_intlist(0, true, Kind::Float)
+            .sqrt()
+        * 1.5;
     let bias: Vec<f64> = NIH[..findings]
         .iter()
         .map(|(_, p)| (p / (1.0 - p)).ln() - 0.8)
@@ -127,7 +132,11 @@ fn main() -> Result<()> {
     let train: Vec<usize> = train.iter().map(|&i| rest[i]).collect();
     let val: Vec<usize> = val.iter().map(|&i| rest[i]).collect();
     let (train_x, val_x, test_x) = (rows(&x, &train), rows(&x, &val), rows(&x, &test));
-    let (train_y, val_y, test_y) = (targets.select(&train), targets.select(&val), targets.select(&test));
+    let (train_y, val_y, test_y) = (
+        targets.select(&train),
+        targets.select(&val),
+        targets.select(&test),
+    );
     drop(x);
     println!(
         "  synthetic data     {:7.1} s  (train {}, validation {}, test {}; not counted)",
@@ -178,15 +187,29 @@ fn main() -> Result<()> {
         .iter()
         .map(|p| format!("C={}: {:.4}", p.penalty, p.score))
         .collect();
-    println!("  validation {}: {}", fit.selection_metric, validation.join(", "));
+    println!(
+        "  validation {}: {}",
+        fit.selection_metric,
+        validation.join(", ")
+    );
 
     if let Some(dir) = a.write {
         std::fs::create_dir_all(&dir)?;
-        for (name, t) in [("train_x", &train_x), ("val_x", &val_x), ("test_x", &test_x)] {
+        for (name, t) in [
+            ("train_x", &train_x),
+            ("val_x", &val_x),
+            ("test_x", &test_x),
+        ] {
             t.write_npy(dir.join(format!("{name}.npy")))?;
         }
-        for (name, y) in [("train_y", &train_y), ("val_y", &val_y), ("test_y", &test_y)] {
-            let Targets::Findings(f) = y else { unreachable!() };
+        for (name, y) in [
+            ("train_y", &train_y),
+            ("val_y", &val_y),
+            ("test_y", &test_y),
+        ] {
+            let Targets::Findings(f) = y else {
+                unreachable!()
+            };
             Tensor::from_slice(f.values())
                 .view([-1, f.names().len() as i64])
                 .write_npy(dir.join(format!("{name}.npy")))?;

@@ -16,12 +16,15 @@
 //!
 //! The penalty `C` is scikit-learn's (`LogisticRegression(C=...)`): each problem minimises
 //! `C · Σᵢ loss(W xᵢ + b, yᵢ) + ½‖W‖²`, the intercept `b` unpenalised, with `loss` the
-//! cross-entropy (binary or softmax) and the sum over the samples whose target is known. The
-//! stopping rule is scikit-learn's (largest entry of the gradient of the objective divided by
-//! `C·n` at most [`ProbeConfig::tolerance`]), so a probe matches
-//! `make_pipeline(StandardScaler(), LogisticRegression(C=C, tol=tolerance, max_iter=max_iter))`
-//! fitted per finding; the tests check that against scikit-learn. The solver is this crate's
-//! own (see `lbfgs.rs` for why): all findings and all penalties in one batched L-BFGS, each
+//! cross-entropy (binary or softmax) and the sum over the `n` samples whose target is known.
+//! The stopping rule is scikit-learn's too: the largest entry of the gradient of that objective
+//! divided by `C·n` at most [`ProbeConfig::tolerance`]. A probe thus has the minimiser of
+//! `make_pipeline(StandardScaler(), LogisticRegression(C=C))` fitted per finding; the tests
+//! check validation curve, chosen `C`, test accuracy and AUROC against scikit-learn at a tight
+//! tolerance. At the default 1e-4 both stop near, not at, the minimiser, each where its own
+//! path crosses the tolerance: for weak penalties on near-separable data (digits, C ≥ 100) that
+//! moves validation accuracy by up to ~1%, in either solver. The solver is this crate's own
+//! (see `lbfgs.rs` for why): all findings and all penalties in one batched L-BFGS, each
 //! iteration one pass of two GEMMs over the features.
 //!
 //! Precision: float64 features are fitted in float64, any other float features in float32
@@ -64,14 +67,21 @@ impl ProbeConfig {
         if self.penalties.is_empty() {
             bail!("the probe needs at least one penalty C to try");
         }
-        if let Some(c) = self.penalties.iter().find(|c| !(c.is_finite() && **c > 0.0)) {
+        if let Some(c) = self
+            .penalties
+            .iter()
+            .find(|c| !(c.is_finite() && **c > 0.0))
+        {
             bail!("penalty C = {c}: each C must be a positive number");
         }
         if self.max_iter == 0 {
             bail!("the probe's max_iter must be at least 1");
         }
         if !(self.tolerance.is_finite() && self.tolerance > 0.0) {
-            bail!("the probe's tolerance {} must be a positive number", self.tolerance);
+            bail!(
+                "the probe's tolerance {} must be a positive number",
+                self.tolerance
+            );
         }
         Ok(())
     }
@@ -185,7 +195,9 @@ pub fn fit_with_validation(
             val_x.size()[1]
         );
     }
-    let all_y = train_y.concat(val_y).context("training and validation targets")?;
+    let all_y = train_y
+        .concat(val_y)
+        .context("training and validation targets")?;
     let output = output_of(train_y);
     let standard = Standardiser::fit(train_x);
     let grid = {
@@ -207,7 +219,11 @@ pub fn fit_with_validation(
                 penalty,
                 score: validation_score(&val_logits, g, output, val_y),
                 convergence: Convergence {
-                    iterations: grid.iterations[problems.clone()].iter().copied().max().unwrap_or(0),
+                    iterations: grid.iterations[problems.clone()]
+                        .iter()
+                        .copied()
+                        .max()
+                        .unwrap_or(0),
                     converged: grid.converged[problems].iter().all(|&c| c),
                 },
             }
@@ -219,7 +235,11 @@ pub fn fit_with_validation(
              positives and negatives{}",
             val_y.len(),
             selection_metric(output),
-            if output == Output::Findings { " for at least one finding" } else { "" }
+            if output == Output::Findings {
+                " for at least one finding"
+            } else {
+                ""
+            }
         )
     })?;
     let chosen = config.penalties[best];
@@ -231,14 +251,19 @@ pub fn fit_with_validation(
     let refit_standard = Standardiser::fit(&all_x);
     let warm = refit_standard.carry_over(
         &standard,
-        &grid.theta.narrow(0, (best * per_penalty) as i64, per_penalty as i64),
+        &grid
+            .theta
+            .narrow(0, (best * per_penalty) as i64, per_penalty as i64),
     );
     let start = Start {
         theta: warm,
         preconditioner: grid.preconditioner,
     };
     let (probe, refit) = fit_from(&all_x, &all_y, chosen, config, refit_standard, Some(start))?;
-    seconds.refit = lap(&clock, seconds.standardise + seconds.grid + seconds.validation);
+    seconds.refit = lap(
+        &clock,
+        seconds.standardise + seconds.grid + seconds.validation,
+    );
     Ok(ProbeFit {
         probe,
         chosen_penalty: chosen,
@@ -299,7 +324,10 @@ fn fit_from(
         preconditioner,
         config.settings(),
     )?;
-    let (k, d) = (solution.theta.size()[0] * solution.theta.size()[1], standard.mean.size()[0]);
+    let (k, d) = (
+        solution.theta.size()[0] * solution.theta.size()[1],
+        standard.mean.size()[0],
+    );
     let theta = solution.theta.reshape([k, d + 1]);
     let probe = Probe {
         weight: theta.narrow(1, 0, d).contiguous(),
@@ -394,7 +422,8 @@ impl Standardiser {
         let w = theta.narrow(2, 0, d);
         let b = theta.narrow(2, d, 1);
         let new_w = &w * (&self.scale / &old.scale);
-        let shift = (&w * ((&self.mean - &old.mean) / &old.scale)).sum_dim_intlist(2, true, w.kind());
+        let shift =
+            (&w * ((&self.mean - &old.mean) / &old.scale)).sum_dim_intlist(2, true, w.kind());
         Tensor::cat(&[new_w, b + shift], 2)
     }
 }
@@ -434,12 +463,16 @@ fn validation_score(logits: &Tensor, g: usize, output: Output, y: &Targets) -> f
         }
         _ => logits.narrow(1, g as i64 * width, width),
     };
-    let scores = Vec::<f64>::try_from(block.to_kind(Kind::Double).reshape([-1]))
-        .expect("a double tensor");
+    let scores =
+        Vec::<f64>::try_from(block.to_kind(Kind::Double).reshape([-1])).expect("a double tensor");
     match (output, y) {
-        (Output::Softmax, Targets::Classes { labels, num_classes }) => {
-            top_k_accuracy(&scores, labels, *num_classes, 1)
-        }
+        (
+            Output::Softmax,
+            Targets::Classes {
+                labels,
+                num_classes,
+            },
+        ) => top_k_accuracy(&scores, labels, *num_classes, 1),
         (Output::Binary, _) => aurocs(&scores, y)[1],
         _ => defined_mean(&aurocs(&scores, y)),
     }
@@ -478,13 +511,25 @@ fn compute_kind(x: &Tensor) -> Kind {
 /// `Err` unless `x` is a 2-d float tensor of finite values.
 fn check_matrix(x: &Tensor, what: &str) -> Result<()> {
     if x.dim() != 2 {
-        bail!("the {what} features must be [samples, dim], got shape {:?}", x.size());
+        bail!(
+            "the {what} features must be [samples, dim], got shape {:?}",
+            x.size()
+        );
     }
-    if !matches!(x.kind(), Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16) {
-        bail!("the {what} features must be floating point, got {:?}", x.kind());
+    if !matches!(
+        x.kind(),
+        Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+    ) {
+        bail!(
+            "the {what} features must be floating point, got {:?}",
+            x.kind()
+        );
     }
     if x.device() != Device::Cpu {
-        bail!("the {what} features must be on the CPU, got {:?}", x.device());
+        bail!(
+            "the {what} features must be on the CPU, got {:?}",
+            x.device()
+        );
     }
     let finite = x.isfinite();
     if !bool::try_from(finite.all())? {
@@ -501,7 +546,11 @@ fn check_features(x: &Tensor, y: &Targets, what: &str) -> Result<()> {
     check_matrix(x, what)?;
     y.check().with_context(|| format!("the {what} targets"))?;
     if x.size()[0] != y.len() as i64 {
-        bail!("{} {what} feature rows for {} targets", x.size()[0], y.len());
+        bail!(
+            "{} {what} feature rows for {} targets",
+            x.size()[0],
+            y.len()
+        );
     }
     if y.is_empty() {
         bail!("the {what} part has no sample");
@@ -514,7 +563,10 @@ fn check_features(x: &Tensor, y: &Targets, what: &str) -> Result<()> {
 fn loss_of(y: &Targets, kind: Kind, what: &str) -> Result<lbfgs::Loss> {
     let n = y.len() as i64;
     match y {
-        Targets::Classes { labels, num_classes } => {
+        Targets::Classes {
+            labels,
+            num_classes,
+        } => {
             let mut counts = vec![0usize; *num_classes];
             for &l in labels {
                 counts[l as usize] += 1;
@@ -545,7 +597,11 @@ fn loss_of(y: &Targets, kind: Kind, what: &str) -> Result<lbfgs::Loss> {
                 let positives = column.clone().filter(|&&v| v == PRESENT).count();
                 let known = column.filter(|&&v| v != UNKNOWN).count();
                 if positives == 0 || positives == known {
-                    let missing = if positives == 0 { "positive" } else { "negative" };
+                    let missing = if positives == 0 {
+                        "positive"
+                    } else {
+                        "negative"
+                    };
                     bail!(
                         "finding `{name}` has no {missing} among its {known} known {what} \
                          samples: a logistic regression needs both"
@@ -583,7 +639,11 @@ mod tests {
     }
 
     fn floats(v: &serde_json::Value) -> Vec<f64> {
-        v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect()
     }
 
     fn config() -> ProbeConfig {
@@ -622,7 +682,12 @@ mod tests {
             );
         }
         let chosen = expected["chosen"].as_u64().unwrap() as usize;
-        assert_eq!(fit.chosen_penalty, config().penalties[chosen], "{:?}", fit.validation);
+        assert_eq!(
+            fit.chosen_penalty,
+            config().penalties[chosen],
+            "{:?}",
+            fit.validation
+        );
         assert!(fit.refit.converged);
         let scores = fit.probe.predict(&rows(x, &test)).unwrap();
         (fit, scores, y.select(&test))
@@ -631,7 +696,10 @@ mod tests {
     fn assert_close(got: &[f64], want: &[f64], tolerance: f64, what: &str) {
         assert_eq!(got.len(), want.len(), "{what}");
         for (g, w) in got.iter().zip(want) {
-            assert!((g - w).abs() < tolerance, "{what}: {got:?} vs scikit-learn {want:?}");
+            assert!(
+                (g - w).abs() < tolerance,
+                "{what}: {got:?} vs scikit-learn {want:?}"
+            );
         }
     }
 
@@ -646,13 +714,20 @@ mod tests {
         };
         let (fit, scores, test) = fit_like_reference(&x, &y, expected);
         assert_eq!(fit.selection_metric, "top-1 accuracy");
-        let Targets::Classes { labels, .. } = &test else { unreachable!() };
+        let Targets::Classes { labels, .. } = &test else {
+            unreachable!()
+        };
         let accuracy = top_k_accuracy(&scores, labels, 10, 1);
         let want = expected["test_accuracy"].as_f64().unwrap();
         assert!((accuracy - want).abs() < 0.005, "{accuracy} vs {want}");
         let top5 = top_k_accuracy(&scores, labels, 10, 5);
         assert!((top5 - expected["test_top5"].as_f64().unwrap()).abs() < 0.005);
-        assert_close(&aurocs(&scores, &test), &floats(&expected["test_aurocs"]), 0.005, "AUROC");
+        assert_close(
+            &aurocs(&scores, &test),
+            &floats(&expected["test_aurocs"]),
+            0.005,
+            "AUROC",
+        );
         // The probabilities themselves.
         let worst = scores
             .iter()
@@ -674,11 +749,18 @@ mod tests {
         let (fit, scores, test) = fit_like_reference(&x, &y, expected);
         assert_eq!(fit.selection_metric, "AUROC");
         assert!(scores.chunks(2).all(|p| (p[0] + p[1] - 1.0).abs() < 1e-6));
-        let Targets::Classes { labels, .. } = &test else { unreachable!() };
+        let Targets::Classes { labels, .. } = &test else {
+            unreachable!()
+        };
         let accuracy = top_k_accuracy(&scores, labels, 2, 1);
         let want = expected["test_accuracy"].as_f64().unwrap();
         assert!((accuracy - want).abs() < 0.005, "{accuracy} vs {want}");
-        assert_close(&aurocs(&scores, &test), &floats(&expected["test_aurocs"]), 0.005, "AUROC");
+        assert_close(
+            &aurocs(&scores, &test),
+            &floats(&expected["test_aurocs"]),
+            0.005,
+            "AUROC",
+        );
         assert_close(
             &scores,
             &floats(&expected["test_scores"]),
@@ -700,7 +782,12 @@ mod tests {
         let y = Targets::Findings(Findings::new(names, values).unwrap());
         let (fit, scores, test) = fit_like_reference(&x, &y, expected);
         assert_eq!(fit.selection_metric, "macro AUROC");
-        assert_close(&aurocs(&scores, &test), &floats(&expected["test_aurocs"]), 0.005, "AUROC");
+        assert_close(
+            &aurocs(&scores, &test),
+            &floats(&expected["test_aurocs"]),
+            0.005,
+            "AUROC",
+        );
     }
 
     fn small() -> (Tensor, Targets) {
@@ -727,18 +814,32 @@ mod tests {
         let (x, y) = small();
         let nan = x.copy();
         let _ = nan.get(7).get(2).fill_(f64::NAN);
-        assert!(error_of(&nan, &y).contains("NaN at sample 7, dimension 2"), "{}", error_of(&nan, &y));
+        assert!(
+            error_of(&nan, &y).contains("NaN at sample 7, dimension 2"),
+            "{}",
+            error_of(&nan, &y)
+        );
         let missing = Targets::Classes {
             labels: (0..30).map(|i| i % 2 * 2).collect(),
             num_classes: 3,
         };
         let err = error_of(&x, &missing);
-        assert!(err.contains("class 1 has no sample among the 30 training"), "{err}");
+        assert!(
+            err.contains("class 1 has no sample among the 30 training"),
+            "{err}"
+        );
         let err = error_of(&x.narrow(0, 0, 20), &y);
-        assert!(err.contains("20 training feature rows for 30 targets"), "{err}");
+        assert!(
+            err.contains("20 training feature rows for 30 targets"),
+            "{err}"
+        );
         let err = error_of(&x.narrow(1, 0, 3), &y);
-        assert!(err.contains("3 dimensions and the validation features 4"), "{err}");
-        let all_absent = Targets::Findings(Findings::new(vec!["Edema".into()], vec![0; 30]).unwrap());
+        assert!(
+            err.contains("3 dimensions and the validation features 4"),
+            "{err}"
+        );
+        let all_absent =
+            Targets::Findings(Findings::new(vec!["Edema".into()], vec![0; 30]).unwrap());
         let (vx, _) = small();
         let vy = Targets::Findings(Findings::new(vec!["Edema".into()], vec![1; 30]).unwrap());
         let err = fit_with_validation(&x, &all_absent, &vx, &vy, &ProbeConfig::default())
@@ -749,7 +850,9 @@ mod tests {
             penalties: vec![1.0, -2.0],
             ..ProbeConfig::default()
         };
-        let err = fit_with_validation(&x, &y, &x, &y, &bad).unwrap_err().to_string();
+        let err = fit_with_validation(&x, &y, &x, &y, &bad)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("C = -2"), "{err}");
     }
 
@@ -762,7 +865,10 @@ mod tests {
         let sums = scores.sum_dim_intlist(1, false, Kind::Double);
         assert!(bool::try_from((sums - 1.0).abs().lt(1e-5).all()).unwrap());
         let err = probe.scores(&x.narrow(1, 0, 2)).unwrap_err().to_string();
-        assert!(err.contains("2 dimensions for a probe fitted on 4"), "{err}");
+        assert!(
+            err.contains("2 dimensions for a probe fitted on 4"),
+            "{err}"
+        );
     }
 
     #[test]

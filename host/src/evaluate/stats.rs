@@ -105,7 +105,10 @@ impl Targets {
             }),
             (Targets::Findings(a), Targets::Findings(b)) if a.names() == b.names() => {
                 let values = a.values().iter().chain(b.values()).copied().collect();
-                Ok(Targets::Findings(Findings::new(a.names().to_vec(), values)?))
+                Ok(Targets::Findings(Findings::new(
+                    a.names().to_vec(),
+                    values,
+                )?))
             }
             _ => bail!(
                 "the targets differ: {} and {}",
@@ -139,7 +142,9 @@ impl Targets {
                 .enumerate()
                 .find(|(_, &l)| l < 0 || l as u64 >= *num_classes as u64)
             {
-                bail!("sample {i} has label {l}, outside the {num_classes} classes 0..{num_classes}");
+                bail!(
+                    "sample {i} has label {l}, outside the {num_classes} classes 0..{num_classes}"
+                );
             }
         }
         Ok(())
@@ -193,7 +198,11 @@ impl Targets {
 /// `argmax` (so top-1 is the accuracy of [`crate::metrics`]). NaN without samples. Panics if
 /// `scores` is not `[labels.len() × num_classes]`.
 pub fn top_k_accuracy(scores: &[f64], labels: &[i64], num_classes: usize, k: usize) -> f64 {
-    assert_eq!(scores.len(), labels.len() * num_classes, "scores must be [samples × classes]");
+    assert_eq!(
+        scores.len(),
+        labels.len() * num_classes,
+        "scores must be [samples × classes]"
+    );
     if labels.is_empty() {
         return f64::NAN;
     }
@@ -264,7 +273,11 @@ pub fn defined_mean(values: &[f64]) -> f64 {
 /// NaN when there is no positive or a score is NaN; 1 when every sample is positive. Panics
 /// if the slices differ in length.
 pub fn average_precision(scores: &[f64], labels: &[bool]) -> f64 {
-    assert_eq!(scores.len(), labels.len(), "scores and labels differ in length");
+    assert_eq!(
+        scores.len(),
+        labels.len(),
+        "scores and labels differ in length"
+    );
     let positives = labels.iter().filter(|&&l| l).count() as f64;
     if positives == 0.0 || scores.iter().any(|s| s.is_nan()) {
         return f64::NAN;
@@ -388,7 +401,10 @@ pub fn label_fraction(
     let n = targets.len();
     if let Some(g) = groups {
         if g.len() != n {
-            bail!("{} patient ids for {n} samples: expected one per sample", g.len());
+            bail!(
+                "{} patient ids for {n} samples: expected one per sample",
+                g.len()
+            );
         }
     }
     if fraction == 1.0 {
@@ -516,17 +532,26 @@ pub fn validation_split(
     let (train, val) = match groups {
         Some(g) => {
             if g.len() != n {
-                bail!("{} patient ids for {n} samples: expected one per sample", g.len());
+                bail!(
+                    "{} patient ids for {n} samples: expected one per sample",
+                    g.len()
+                );
             }
             let Ok(seed) = u32::try_from(seed) else {
-                bail!("seed {seed}: a split by patient takes seeds below 2^32 (NumPy's RandomState)");
+                bail!(
+                    "seed {seed}: a split by patient takes seeds below 2^32 (NumPy's RandomState)"
+                );
             };
             crate::split::group_split(g, val_fraction, seed)
         }
         None => crate::split::train_val_split(n, val_fraction, seed),
     };
     if train.is_empty() || val.is_empty() {
-        let what = if groups.is_some() { "patients" } else { "samples" };
+        let what = if groups.is_some() {
+            "patients"
+        } else {
+            "samples"
+        };
         bail!(
             "a validation fraction of {val_fraction} of {n} samples leaves {} for training and {} \
              for validation: too few {what} to choose the probe's penalty",
@@ -599,7 +624,10 @@ mod tests {
         let labels: Vec<bool> = npy_i64("metric_l.npy").iter().map(|&l| l == 1).collect();
         // Scores rounded to 2 decimals: many ties, which both metrics must treat as one step.
         let got = auroc(&scores, &labels);
-        assert!((got - expected["auroc"].as_f64().unwrap()).abs() < 1e-9, "{got}");
+        assert!(
+            (got - expected["auroc"].as_f64().unwrap()).abs() < 1e-9,
+            "{got}"
+        );
         let got = average_precision(&scores, &labels);
         let want = expected["average_precision"].as_f64().unwrap();
         assert!((got - want).abs() < 1e-9, "{got} vs {want}");
@@ -677,7 +705,10 @@ mod tests {
         }
         // 16× the samples: about a quarter of the width (1/√16).
         let ratio = (large.high - large.low) / (small.high - small.low);
-        assert!((0.18..0.35).contains(&ratio), "{ratio}: {small:?} {large:?}");
+        assert!(
+            (0.18..0.35).contains(&ratio),
+            "{ratio}: {small:?} {large:?}"
+        );
         assert_eq!(auroc_interval(200, 3), small);
         assert_ne!(auroc_interval(200, 4), small);
     }
@@ -734,7 +765,9 @@ mod tests {
     }
 
     fn class_counts(t: &Targets, rows: &[usize]) -> Vec<usize> {
-        let Targets::Classes { labels, .. } = t else { unreachable!() };
+        let Targets::Classes { labels, .. } = t else {
+            unreachable!()
+        };
         let mut c = vec![0; 3];
         for &i in rows {
             c[labels[i] as usize] += 1;
@@ -764,16 +797,28 @@ mod tests {
                     "fraction {fraction}, class {c}: {got:?} of {all:?}"
                 );
             }
-            assert_eq!(label_fraction(&targets, Some(&groups), fraction, 11).unwrap(), rows);
-            assert_ne!(label_fraction(&targets, Some(&groups), fraction, 12).unwrap(), rows);
+            assert_eq!(
+                label_fraction(&targets, Some(&groups), fraction, 11).unwrap(),
+                rows
+            );
+            assert_ne!(
+                label_fraction(&targets, Some(&groups), fraction, 12).unwrap(),
+                rows
+            );
         }
         // Without groups: per sample, each class its share rounded (either way at a half).
         let rows = label_fraction(&targets, None, 0.1, 1).unwrap();
         let got = class_counts(&targets, &rows);
         for c in 0..3 {
-            assert!((got[c] as f64 - all[c] as f64 * 0.1).abs() <= 0.5, "{got:?} of {all:?}");
+            assert!(
+                (got[c] as f64 - all[c] as f64 * 0.1).abs() <= 0.5,
+                "{got:?} of {all:?}"
+            );
         }
-        assert_eq!(label_fraction(&targets, None, 1.0, 1).unwrap().len(), targets.len());
+        assert_eq!(
+            label_fraction(&targets, None, 1.0, 1).unwrap().len(),
+            targets.len()
+        );
     }
 
     #[test]
@@ -784,12 +829,19 @@ mod tests {
         for i in 0..1000u64 {
             let r = (i % 333 == 5) as i8;
             let c = (seeds::mix(8, i) % 10 < 3) as i8;
-            let f = if i % 50 == 0 { -1 } else { (seeds::mix(9, i) % 10 == 0) as i8 };
+            let f = if i % 50 == 0 {
+                -1
+            } else {
+                (seeds::mix(9, i) % 10 == 0) as i8
+            };
             values.extend([r, c, f]);
         }
         let t = findings(&["R", "C", "F"], values);
-        let Targets::Findings(f) = &t else { unreachable!() };
-        let positives = |rows: &[usize], j: usize| rows.iter().filter(|&&i| f.of(i)[j] == 1).count();
+        let Targets::Findings(f) = &t else {
+            unreachable!()
+        };
+        let positives =
+            |rows: &[usize], j: usize| rows.iter().filter(|&&i| f.of(i)[j] == 1).count();
         let all: Vec<usize> = (0..1000).collect();
         for (fraction, seed) in [(0.01, 1), (0.01, 2), (0.1, 1)] {
             let rows = label_fraction(&t, None, fraction, seed).unwrap();
@@ -798,7 +850,10 @@ mod tests {
             for j in 1..3 {
                 let want = positives(&all, j) as f64 * fraction;
                 let got = positives(&rows, j) as f64;
-                assert!((got - want).abs() <= want * 0.25 + 1.0, "finding {j}: {got} vs {want}");
+                assert!(
+                    (got - want).abs() <= want * 0.25 + 1.0,
+                    "finding {j}: {got} vs {want}"
+                );
             }
         }
     }
@@ -806,9 +861,13 @@ mod tests {
     #[test]
     fn label_fraction_and_split_errors_name_the_problem() {
         let (targets, groups) = patients();
-        let err = label_fraction(&targets, None, 0.0, 1).unwrap_err().to_string();
+        let err = label_fraction(&targets, None, 0.0, 1)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not in (0, 1]"), "{err}");
-        let err = label_fraction(&targets, Some(&groups[..5]), 0.1, 1).unwrap_err().to_string();
+        let err = label_fraction(&targets, Some(&groups[..5]), 0.1, 1)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("5 patient ids"), "{err}");
         let bad = Targets::Classes {
             labels: vec![0, 3],
@@ -839,8 +898,14 @@ mod tests {
         let a = findings(&["A"], vec![1, 0]);
         let b = findings(&["A"], vec![-1]);
         assert_eq!(a.concat(&b).unwrap(), findings(&["A"], vec![1, 0, -1]));
-        assert_eq!(a.concat(&b).unwrap().select(&[2, 0]), findings(&["A"], vec![-1, 1]));
-        let err = a.concat(&findings(&["B"], vec![1])).unwrap_err().to_string();
+        assert_eq!(
+            a.concat(&b).unwrap().select(&[2, 0]),
+            findings(&["A"], vec![-1, 1])
+        );
+        let err = a
+            .concat(&findings(&["B"], vec![1]))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("findings A and findings B"), "{err}");
     }
 }

@@ -206,15 +206,22 @@ impl<'a> Objective<'a> {
                 let data = -picked.sum_dim_intlist([0, 2].as_slice(), false, Kind::Double);
                 // softmax − one-hot, without an [n, k] one-hot.
                 let minus_one = Tensor::full([n, a, 1], -1.0, (log_p.kind(), Device::Cpu));
-                let dlogits = log_p.exp().scatter_add(2, &target, &minus_one) * scale.view([1, a, 1]);
+                let dlogits =
+                    log_p.exp().scatter_add(2, &target, &minus_one) * scale.view([1, a, 1]);
                 (data, dlogits.view([n, a * k]))
             }
         };
         let lambda = self.lambda.index_select(0, index);
         let grad_w = dlogits.tr().mm(self.x).view([a, k, d]) + &w * lambda.view([a, 1, 1]);
-        let grad_b = dlogits.sum_dim_intlist(0, false, dlogits.kind()).view([a, k, 1]);
-        let squares = Vec::<f64>::try_from(w.square().sum_dim_intlist([1, 2].as_slice(), false, Kind::Double))
-            .expect("a 1-d double tensor");
+        let grad_b = dlogits
+            .sum_dim_intlist(0, false, dlogits.kind())
+            .view([a, k, 1]);
+        let squares = Vec::<f64>::try_from(w.square().sum_dim_intlist(
+            [1, 2].as_slice(),
+            false,
+            Kind::Double,
+        ))
+        .expect("a 1-d double tensor");
         let data = Vec::<f64>::try_from(data).expect("a 1-d double tensor");
         let problems = Vec::<i64>::try_from(index).expect("an int64 index");
         let values = problems
@@ -258,7 +265,10 @@ impl Preconditioner {
         let d = d1 - 1;
         let rows = q.narrow(2, 0, d).reshape([a * k, d]);
         let denominator = self.eigenvalues.view([1, d]) * CURVATURE
-            + lambda.view([a, 1]).expand([a, k], false).reshape([a * k, 1]);
+            + lambda
+                .view([a, 1])
+                .expand([a, k], false)
+                .reshape([a * k, 1]);
         let weights = (rows.mm(&self.basis) / denominator).mm(&self.basis.tr());
         let bias = q.narrow(2, d, 1) / CURVATURE;
         Tensor::cat(&[weights.view([a, k, d]), bias], 2)
@@ -327,7 +337,10 @@ impl<'a> Lbfgs<'a> {
         self.check_convergence();
         while let Some(active) = self.active() {
             if let Some(bad) = self.value.iter().position(|v| !v.is_finite()) {
-                bail!("the probe's objective became {} (problem {bad})", self.value[bad]);
+                bail!(
+                    "the probe's objective became {} (problem {bad})",
+                    self.value[bad]
+                );
             }
             for &p in &active {
                 self.iterations[p] += 1;
@@ -377,7 +390,8 @@ impl<'a> Lbfgs<'a> {
             q -= &pair.y * per_problem(&alpha, self.theta.kind());
             alphas.push(alpha);
         }
-        let mut r = self.objective.preconditioner.apply(&q, lambda) * per_problem(&self.gamma, self.theta.kind());
+        let mut r = self.objective.preconditioner.apply(&q, lambda)
+            * per_problem(&self.gamma, self.theta.kind());
         for (pair, alpha) in self.history.iter().zip(alphas.iter().rev()) {
             let beta = &pair.rho * dot(&pair.y, &r);
             r += &pair.s * per_problem(&(alpha - beta), self.theta.kind());
@@ -419,7 +433,8 @@ impl<'a> Lbfgs<'a> {
             let steps: Vec<f64> = pending.iter().map(|&p| step[p]).collect();
             let start = self.theta.index_select(0, &index);
             let trial = &start
-                + direction.index_select(0, &index) * per_problem(&Tensor::from_slice(&steps), self.theta.kind());
+                + direction.index_select(0, &index)
+                    * per_problem(&Tensor::from_slice(&steps), self.theta.kind());
             let (values, grads) = self.objective.evaluate(&index, &trial);
             let mut accepted = Vec::new();
             let mut still = Vec::new();
@@ -448,7 +463,8 @@ impl<'a> Lbfgs<'a> {
                 let new_theta = trial.index_select(0, &rows);
                 let new_grad = grads.index_select(0, &rows);
                 let old_grad = self.grad.index_select(0, &problems);
-                s_all = s_all.index_copy(0, &problems, &(&new_theta - start.index_select(0, &rows)));
+                s_all =
+                    s_all.index_copy(0, &problems, &(&new_theta - start.index_select(0, &rows)));
                 y_all = y_all.index_copy(0, &problems, &(&new_grad - old_grad));
                 self.theta = self.theta.index_copy(0, &problems, &new_theta);
                 self.grad = self.grad.index_copy(0, &problems, &new_grad);
@@ -468,9 +484,14 @@ impl<'a> Lbfgs<'a> {
         let ss = dot(&s, &s);
         let yy = dot(&y, &y);
         let moved = Tensor::from_slice(&moved);
-        let valid = sy.gt_tensor(&((ss * &yy).sqrt() * 1e-10)).logical_and(&moved);
+        let valid = sy
+            .gt_tensor(&((ss * &yy).sqrt() * 1e-10))
+            .logical_and(&moved);
         let rho = sy.reciprocal().where_self(&valid, &sy.zeros_like());
-        let hy = self.objective.preconditioner.apply(&y, &self.objective.lambda);
+        let hy = self
+            .objective
+            .preconditioner
+            .apply(&y, &self.objective.lambda);
         let gamma = &sy / dot(&y, &hy);
         self.gamma = gamma.where_self(&valid, &self.gamma);
         if self.history.len() == MEMORY {
