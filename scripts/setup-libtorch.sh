@@ -45,7 +45,7 @@ if [ "${1:-}" = "--test-servers" ] && [ ! -f "$emulators/.ready-v1" ]; then
 fi
 venv="$root/.deps/torch-venv"
 # Bump the marker when the package list changes; an existing venv is then topped up.
-marker="$venv/.ssl-host-ready-v7"
+marker="$venv/.ssl-host-ready-v8"
 if [ -f "$marker" ]; then
   exit 0
 fi
@@ -59,7 +59,7 @@ fi
 "$venv/bin/python" -m pip install --quiet --no-cache-dir --progress-bar off \
   torch==2.11.0 torchvision==0.26.0 numpy pillow tensorboard pydicom==3.0.1 safetensors==0.8.0 \
   pylibjpeg==2.1.0 pylibjpeg-libjpeg==2.5.0 pylibjpeg-openjpeg==2.6.0 imagecodecs==2026.3.6 \
-  webdataset==1.0.2
+  webdataset==1.0.2 scikit-learn==1.7.2
 # The CUDA compiler's crt/ headers and CCCL's nv/target, for CUDA 13.0 as the torch wheel: the
 # headers ProcessGroupNCCL.hpp needs, so that host/build.rs compiles the NCCL process group in
 # (headers only, 3 MB; nothing here needs a GPU).
