@@ -332,6 +332,10 @@ struct EvaluateOptions {
     /// Bootstrap resamples of the test set for 95% intervals (default 1000; 0: none)
     #[arg(long, value_name = "N")]
     bootstrap: Option<String>,
+    /// A folder of the same dataset kind whose images are the test set (instead of the
+    /// dataset's test split), e.g. the test folder of an ImageFolder
+    #[arg(long, value_name = "DIR")]
+    test_local_dataset: Option<String>,
     /// The share of the training split held out as the test set when the dataset has no
     /// test split (default 0.2, by patient where there are patients)
     #[arg(long, value_name = "FRACTION")]

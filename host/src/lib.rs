@@ -72,6 +72,7 @@ pub fn run(args: Vec<String>) -> Result<()> {
         Some("bench-data") => commands::bench_data::run(&registry, &mut cli),
         Some("predict") => commands::predict::run(&registry, &mut cli),
         Some("embed") => commands::embed::run(&registry, &mut cli),
+        Some("evaluate") => evaluate::run(&registry, &mut cli),
         Some("export-encoder") => commands::export_encoder::run(&registry, &mut cli),
         Some("make-rsna-csv") => commands::rsna_csv::run(&mut cli),
         Some("train") | None => commands::train::run(&registry, &mut cli),
