@@ -677,7 +677,9 @@ mod tests {
 
     /// AUROC of a noisy score for `n` samples: the bootstrap's test metric.
     fn scored(n: usize) -> (Vec<f64>, Vec<bool>) {
-        let labels: Vec<bool> = (0..n).map(|i| seeds::mix(1, i as u64) % 3 == 0).collect();
+        let labels: Vec<bool> = (0..n)
+            .map(|i| seeds::mix(1, i as u64).is_multiple_of(3))
+            .collect();
         let scores = labels
             .iter()
             .enumerate()
@@ -832,7 +834,7 @@ mod tests {
             let f = if i % 50 == 0 {
                 -1
             } else {
-                (seeds::mix(9, i) % 10 == 0) as i8
+                seeds::mix(9, i).is_multiple_of(10) as i8
             };
             values.extend([r, c, f]);
         }
