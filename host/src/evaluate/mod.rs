@@ -605,32 +605,72 @@ impl Context_<'_> {
                     fraction,
                     seed,
                 )?;
-                let (fit, val) = probe_split(&chosen, self.train.groups.as_deref(), seed);
+                let (mut fit, mut val) = probe_split(&chosen, self.train.groups.as_deref(), seed);
+                if !every_class_in(&self.train.targets, &fit) {
+                    // A class only in the validation part (a handful of labels): choose the
+                    // penalty on the labelled images themselves.
+                    fit = chosen.clone();
+                    val = chosen.clone();
+                }
+                // Findings with positives and negatives among the fitting images; the others
+                // cannot be fitted at this fraction and score NaN.
+                let kept = fittable_findings(&self.train.targets, &fit);
+                let narrow = |t: &Targets| match (&kept, t) {
+                    (Some(cols), Targets::Findings(f)) => Targets::Findings(keep_columns(f, cols)),
+                    _ => t.clone(),
+                };
                 let take = |idx: &[usize]| {
                     let index =
                         Tensor::from_slice(&idx.iter().map(|&i| i as i64).collect::<Vec<_>>());
                     (
                         train_x.index_select(0, &index),
-                        self.train.targets.select(idx),
+                        narrow(&self.train.targets.select(idx)),
                     )
                 };
                 let (fx, fy) = take(&fit);
                 let (vx, vy) = take(&val);
-                let fitted = probe::fit_with_validation(
-                    &fx,
-                    &fy,
-                    &vx,
-                    &vy,
-                    &probe::ProbeConfig::default(),
-                )
-                .with_context(|| {
-                    format!(
+                let test_y = narrow(&self.test.targets);
+                if let (Some(cols), Targets::Findings(f)) = (&kept, &self.train.targets) {
+                    let left: Vec<&str> = (0..f.names().len())
+                        .filter(|j| !cols.contains(j))
+                        .map(|j| f.names()[j].as_str())
+                        .collect();
+                    if cols.is_empty() {
+                        bail!(
+                            "no finding has both positive and negative images among the {} labelled images of {}% of the labels (seed {seed}): use larger --label_fractions",
+                            fit.len(),
+                            fraction * 100.0
+                        );
+                    }
+                    if let Some(b) = &bar {
+                        b.suspend(|| note_left_out(&left, fraction, seed));
+                    } else {
+                        note_left_out(&left, fraction, seed);
+                    }
+                }
+                let fitted =
+                    probe::fit_with_validation(&fx, &fy, &vx, &vy, &probe::ProbeConfig::default())
+                        .with_context(|| {
+                            format!(
                         "fitting the linear probe of {label} on {}% of the labels (seed {seed})",
                         fraction * 100.0
                     )
-                })?;
+                        })?;
                 let scores = fitted.probe.scores(test_x)?;
-                for (metric, value, ci) in score(&scores, &self.test.targets, s.bootstrap, seed) {
+                let mut scored = score(&scores, &test_y, s.bootstrap, seed);
+                if let (Some(cols), Targets::Findings(f)) = (&kept, &self.train.targets) {
+                    for (j, name) in f
+                        .names()
+                        .iter()
+                        .enumerate()
+                        .filter(|(j, _)| !cols.contains(j))
+                    {
+                        let _ = j;
+                        scored.push((format!("auroc/{name}"), f64::NAN, None));
+                        scored.push((format!("auprc/{name}"), f64::NAN, None));
+                    }
+                }
+                for (metric, value, ci) in scored {
                     let mut r = self.row(label, "linear", fraction, seed, chosen.len());
                     r.metric = metric;
                     r.value = value;
@@ -640,7 +680,7 @@ impl Context_<'_> {
                     rows.push(r);
                 }
                 if fraction == 1.0 && seed == 0 {
-                    roc = roc_panels(label, &scores, &self.test.targets)?;
+                    roc = roc_panels(label, &scores, &test_y)?;
                 }
                 if let Some(b) = &bar {
                     b.inc(1);
@@ -737,6 +777,65 @@ fn probe_split(chosen: &[usize], groups: Option<&[String]>, seed: u64) -> (Vec<u
         return (chosen.to_vec(), chosen.to_vec());
     }
     (fit, val)
+}
+
+/// Whether every class of single-label `targets` has a sample among `rows` (always true for
+/// findings).
+fn every_class_in(targets: &Targets, rows: &[usize]) -> bool {
+    match targets {
+        Targets::Classes {
+            labels,
+            num_classes,
+        } => {
+            let mut seen = vec![false; *num_classes];
+            for &i in rows {
+                seen[labels[i] as usize] = true;
+            }
+            // Classes absent from the whole training split cannot be required.
+            let mut present = vec![false; *num_classes];
+            for &l in labels {
+                present[l as usize] = true;
+            }
+            seen.iter().zip(&present).all(|(s, p)| *s || !*p)
+        }
+        Targets::Findings(_) => true,
+    }
+}
+
+/// For findings: the columns with both a positive and a negative among `rows`; `None` for
+/// classes.
+fn fittable_findings(targets: &Targets, rows: &[usize]) -> Option<Vec<usize>> {
+    let Targets::Findings(f) = targets else {
+        return None;
+    };
+    Some(
+        (0..f.names().len())
+            .filter(|&j| {
+                let values = || rows.iter().map(|&i| f.of(i)[j]);
+                values().any(|v| v == 1) && values().any(|v| v == 0)
+            })
+            .collect(),
+    )
+}
+
+/// The findings `f` restricted to the columns `cols`.
+fn keep_columns(f: &ssl_plugin_api::Findings, cols: &[usize]) -> ssl_plugin_api::Findings {
+    let names = cols.iter().map(|&j| f.names()[j].clone()).collect();
+    let values = (0..f.len())
+        .flat_map(|i| cols.iter().map(move |&j| f.of(i)[j]))
+        .collect();
+    ssl_plugin_api::Findings::new(names, values).expect("a subset of valid findings is valid")
+}
+
+fn note_left_out(left: &[&str], fraction: f64, seed: u64) {
+    if !left.is_empty() {
+        eprintln!(
+            "note: linear probe at {}% of the labels (seed {seed}): {} left out (no positive or no negative among the labelled images): {}",
+            fraction * 100.0,
+            left.len(),
+            left.join(", ")
+        );
+    }
 }
 
 /// The metric the label-efficiency curve and the summary lead with.

@@ -19,11 +19,11 @@ use crate::seeds;
 // The values of [`Findings`] (plugin-api's `findings::{PRESENT, ABSENT, UNKNOWN}`, which the
 // crate does not re-export).
 /// A finding that is present.
-pub(super) const PRESENT: i8 = 1;
+pub(super) const PRESENT: i8 = ssl_plugin_api::PRESENT;
 /// A finding that is absent.
-pub(super) const ABSENT: i8 = 0;
+pub(super) const ABSENT: i8 = ssl_plugin_api::ABSENT;
 /// A finding that is not known for a sample.
-pub(super) const UNKNOWN: i8 = -1;
+pub(super) const UNKNOWN: i8 = ssl_plugin_api::UNKNOWN;
 
 /// What an evaluation predicts for each sample.
 #[derive(Clone, Debug, PartialEq)]
