@@ -592,7 +592,7 @@ impl Context_<'_> {
         label: &str,
         train_x: &Tensor,
         test_x: &Tensor,
-    ) -> Result<(Vec<Row>, Vec<(String, plots::Roc)>)> {
+    ) -> Result<(Vec<Row>, RocPanels)> {
         let s = self.settings;
         let mut rows = Vec::new();
         let mut roc = Vec::new();
@@ -884,6 +884,9 @@ fn efficiency_points(rows: &[Row], metric: &str) -> Vec<plots::Point> {
         })
         .collect()
 }
+
+/// One encoder's ROC curves, by finding or class.
+type RocPanels = Vec<(String, plots::Roc)>;
 
 /// A test metric: (name, value, 95% interval).
 type Scored = (String, f64, Option<(f64, f64)>);
