@@ -606,7 +606,9 @@ impl Context_<'_> {
                     seed,
                 )?;
                 let (mut fit, mut val) = probe_split(&chosen, self.train.groups.as_deref(), seed);
-                if !every_class_in(&self.train.targets, &fit) {
+                if !every_class_in(&self.train.targets, &fit)
+                    || !scorable(&self.train.targets, &val)
+                {
                     // A class only in the validation part (a handful of labels): choose the
                     // penalty on the labelled images themselves.
                     fit = chosen.clone();
@@ -799,6 +801,18 @@ fn every_class_in(targets: &Targets, rows: &[usize]) -> bool {
             seen.iter().zip(&present).all(|(s, p)| *s || !*p)
         }
         Targets::Findings(_) => true,
+    }
+}
+
+/// Whether a validation part `rows` can rank penalties: two classes for a binary dataset, a
+/// finding with a positive and a negative for findings, any image otherwise.
+fn scorable(targets: &Targets, rows: &[usize]) -> bool {
+    match targets {
+        Targets::Classes { labels, num_classes: 2 } => {
+            rows.iter().any(|&i| labels[i] == 0) && rows.iter().any(|&i| labels[i] == 1)
+        }
+        Targets::Classes { .. } => !rows.is_empty(),
+        Targets::Findings(_) => fittable_findings(targets, rows).is_some_and(|c| !c.is_empty()),
     }
 }
 

@@ -102,13 +102,21 @@ pub fn markdown(rows: &[Row], metrics: &[&str]) -> String {
         }
         groups.entry(key).or_default().push(r);
     }
+    // A metric gets an interval column when any of its rows has an interval.
+    let with_ci: Vec<bool> = metrics
+        .iter()
+        .map(|m| rows.iter().any(|r| r.metric == *m && r.ci_low.is_some()))
+        .collect();
     let mut text = String::from("| encoder | protocol | labels | labelled images |");
-    for m in metrics {
-        text.push_str(&format!(" {m} | 95% CI |"));
+    for (m, ci) in metrics.iter().zip(&with_ci) {
+        text.push_str(&format!(" {m} |"));
+        if *ci {
+            text.push_str(" 95% CI |");
+        }
     }
     text.push_str("\n| --- | --- | --- | --- |");
-    for _ in metrics {
-        text.push_str(" --- | --- |");
+    for ci in &with_ci {
+        text.push_str(if *ci { " --- | --- |" } else { " --- |" });
     }
     text.push('\n');
     for key in order {
@@ -133,10 +141,10 @@ pub fn markdown(rows: &[Row], metrics: &[&str]) -> String {
             trim_number(first.fraction * 100.0),
             labelled_mean.round()
         ));
-        for m in metrics {
+        for (m, with_ci) in metrics.iter().zip(&with_ci) {
             let values: Vec<&Row> = rows.iter().filter(|r| r.metric == *m).copied().collect();
             if values.is_empty() {
-                text.push_str(" | |");
+                text.push_str(if *with_ci { " | |" } else { " |" });
                 continue;
             }
             let (mean, sd) = mean_sd(&values.iter().map(|r| r.value).collect::<Vec<_>>());
@@ -150,7 +158,11 @@ pub fn markdown(rows: &[Row], metrics: &[&str]) -> String {
                 .min_by_key(|r| r.seed)
                 .and_then(|r| Some(format!("{:.4}–{:.4}", r.ci_low?, r.ci_high?)))
                 .unwrap_or_default();
-            text.push_str(&format!(" {cell} | {ci} |"));
+            if *with_ci {
+                text.push_str(&format!(" {cell} | {ci} |"));
+            } else {
+                text.push_str(&format!(" {cell} |"));
+            }
         }
         text.push('\n');
     }
