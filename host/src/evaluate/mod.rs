@@ -997,7 +997,7 @@ fn score(scores: &Tensor, targets: &Targets, bootstrap: usize, seed: u64) -> Vec
                         .filter(|x| x.is_finite())
                         .collect();
                     v.sort_by(f64::total_cmp);
-                    (percentile(&v, 0.025), percentile(&v, 0.975))
+                    (stats::percentile(&v, 0.025), stats::percentile(&v, 0.975))
                 });
                 out.push((format!("auroc/{name}"), aurocs[j], interval));
                 out.push((format!("auprc/{name}"), aps[j], None));
@@ -1005,17 +1005,6 @@ fn score(scores: &Tensor, targets: &Targets, bootstrap: usize, seed: u64) -> Vec
         }
     }
     out
-}
-
-/// The `q` quantile of sorted `values` (linear interpolation, as NumPy's default); NaN if empty.
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let position = q * (sorted.len() - 1) as f64;
-    let below = position.floor() as usize;
-    let above = (below + 1).min(sorted.len() - 1);
-    sorted[below] + (sorted[above] - sorted[below]) * (position - below as f64)
 }
 
 /// ROC panels of one encoder: per finding, or per class (the positive class of a binary set;

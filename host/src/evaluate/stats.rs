@@ -360,7 +360,7 @@ pub fn bootstrap_ci(
 }
 
 /// The `q` quantile of sorted `values`, interpolated linearly (NumPy's default); NaN if empty.
-fn percentile(sorted: &[f64], q: f64) -> f64 {
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
