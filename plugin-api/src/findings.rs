@@ -14,7 +14,7 @@ pub const UNKNOWN: i8 = -1;
 
 /// The findings of every sample of a multi-label dataset.
 ///
-/// ```
+/// ```no_run
 /// use ssl_plugin_api::Findings;
 ///
 /// // Two samples, findings Edema and Effusion: the first has Edema, the second is unknown

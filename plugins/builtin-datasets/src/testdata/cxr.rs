@@ -171,7 +171,7 @@ pub fn write_nih(root: &Path, count: usize, size: u32) -> io::Result<Vec<String>
 /// table order), so the split is patient-disjoint as NIH's. Without, list files left by an
 /// earlier call are removed. Returns the file names in table order.
 ///
-/// ```
+/// ```no_run
 /// use ssl_builtin_datasets::testdata::cxr::{write_nih_rows, NihRow};
 /// // Four images of two patients, patient 2 held out as the official test set.
 /// let root = tempfile::tempdir()?;
