@@ -808,9 +808,10 @@ fn every_class_in(targets: &Targets, rows: &[usize]) -> bool {
 /// finding with a positive and a negative for findings, any image otherwise.
 fn scorable(targets: &Targets, rows: &[usize]) -> bool {
     match targets {
-        Targets::Classes { labels, num_classes: 2 } => {
-            rows.iter().any(|&i| labels[i] == 0) && rows.iter().any(|&i| labels[i] == 1)
-        }
+        Targets::Classes {
+            labels,
+            num_classes: 2,
+        } => rows.iter().any(|&i| labels[i] == 0) && rows.iter().any(|&i| labels[i] == 1),
         Targets::Classes { .. } => !rows.is_empty(),
         Targets::Findings(_) => fittable_findings(targets, rows).is_some_and(|c| !c.is_empty()),
     }
