@@ -73,6 +73,7 @@ assert os.path.exists(os.path.join(lib, "libtorch_cpu.so")), lib
 PY
 # A stable path for build scripts and rpaths, independent of the Python minor version.
 site="$("$venv/bin/python" -c 'import torch, os; print(os.path.dirname(torch.__file__))')"
-ln -sfn "$site" "$root/.deps/libtorch"
+# Relative, so that it stays right when .deps is shared with a git worktree by a symlink.
+ln -sfn "$(realpath --relative-to="$root/.deps" "$site")" "$root/.deps/libtorch"
 touch "$marker"
 echo "ssl-host: libtorch ready at .deps/libtorch" >&2
