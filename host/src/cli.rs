@@ -260,6 +260,25 @@ struct BenchDataOptions {
     overrides: Vec<String>,
 }
 
+/// The loader and device options of the commands that read a dataset through an encoder
+/// (`predict`, `embed`, `evaluate`), and the dataset parameters after them.
+#[derive(Args)]
+#[command(rename_all = "snake_case")]
+struct LoaderOptions {
+    /// Images per batch (default 64)
+    #[arg(long, value_name = "N")]
+    batch_size: Option<String>,
+    /// Loader threads (default: the cores, at most 4)
+    #[arg(long, value_name = "N")]
+    num_workers: Option<String>,
+    /// cpu, cuda or cuda:N (default: cuda when there is one)
+    #[arg(long, value_name = "DEVICE")]
+    device: Option<String>,
+    /// Any parameter of the dataset
+    #[arg(value_name = "--<dataset parameter>=value")]
+    dataset_parameters: Vec<String>,
+}
+
 /// The options `predict` and `embed` share.
 #[derive(Args)]
 #[command(rename_all = "snake_case")]
@@ -279,18 +298,8 @@ struct EvalOptions {
     /// train (default) or test
     #[arg(long, value_name = "SPLIT")]
     split: Option<String>,
-    /// Images per batch (default 64)
-    #[arg(long, value_name = "N")]
-    batch_size: Option<String>,
-    /// Loader threads (default: the cores, at most 4)
-    #[arg(long, value_name = "N")]
-    num_workers: Option<String>,
-    /// cpu, cuda or cuda:N (default: cuda when there is one)
-    #[arg(long, value_name = "DEVICE")]
-    device: Option<String>,
-    /// Any parameter of the dataset
-    #[arg(value_name = "--<dataset parameter>=value")]
-    dataset_parameters: Vec<String>,
+    #[command(flatten)]
+    loader: LoaderOptions,
 }
 
 #[derive(Args)]
@@ -350,18 +359,8 @@ struct EvaluateOptions {
     /// Extract features again instead of reading the feature cache
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     no_feature_cache: Option<String>,
-    /// Images per batch (default 64)
-    #[arg(long, value_name = "N")]
-    batch_size: Option<String>,
-    /// Loader threads (default: the cores, at most 4)
-    #[arg(long, value_name = "N")]
-    num_workers: Option<String>,
-    /// cpu, cuda or cuda:N (default: cuda when there is one)
-    #[arg(long, value_name = "DEVICE")]
-    device: Option<String>,
-    /// Any parameter of the dataset
-    #[arg(value_name = "--<dataset parameter>=value")]
-    dataset_parameters: Vec<String>,
+    #[command(flatten)]
+    loader: LoaderOptions,
 }
 
 #[derive(Args)]

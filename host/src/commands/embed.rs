@@ -52,6 +52,24 @@ fn whole_number(name: &str, text: &str, min: usize) -> Result<usize> {
     }
 }
 
+/// `--batch_size` (64), `--num_workers` (the cores, at most 4) and `--device` (CUDA when
+/// available), taken out of `cli`: the loader options of `predict`, `embed` and `evaluate`.
+pub fn loader_options(cli: &mut Cli) -> Result<(usize, usize, Device)> {
+    let batch_size = match cli.take("batch_size") {
+        Some(t) => whole_number("batch_size", &t, 1)?,
+        None => 64,
+    };
+    let workers = match cli.take("num_workers") {
+        Some(t) => whole_number("num_workers", &t, 0)?,
+        None => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .min(4),
+    };
+    let device = crate::device::choose(cli.take("device").as_deref())?;
+    Ok((batch_size, workers, device))
+}
+
 impl EvalArgs {
     /// Takes the shared options out of `cli` (`command` names the command in errors); every
     /// option left is a dataset parameter.
@@ -65,18 +83,7 @@ impl EvalArgs {
         let out = cli
             .take("out")
             .with_context(|| format!("{command} needs --out={out_hint}"))?;
-        let batch_size = match cli.take("batch_size") {
-            Some(t) => whole_number("batch_size", &t, 1)?,
-            None => 64,
-        };
-        let workers = match cli.take("num_workers") {
-            Some(t) => whole_number("num_workers", &t, 0)?,
-            None => std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-                .min(4),
-        };
-        let device = crate::device::choose(cli.take("device").as_deref())?;
+        let (batch_size, workers, device) = loader_options(cli)?;
         let split = cli.take("split").unwrap_or_else(|| "train".into());
         if split != "train" && split != "test" {
             bail!("--split={split}: expected train or test");

@@ -141,18 +141,7 @@ impl Settings {
         };
         let strict = cli.take("strict").is_some_and(|v| v != "false");
         let no_cache = cli.take("no_feature_cache").is_some_and(|v| v != "false");
-        let batch_size = match cli.take("batch_size") {
-            Some(t) => number::<usize>("batch_size", &t, "a whole number")?.max(1),
-            None => 64,
-        };
-        let workers = match cli.take("num_workers") {
-            Some(t) => number("num_workers", &t, "a whole number")?,
-            None => std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(1)
-                .min(4),
-        };
-        let device = crate::device::choose(cli.take("device").as_deref())?;
+        let (batch_size, workers, device) = crate::commands::embed::loader_options(cli)?;
         let output_dir = cli.take("output_dir").map(PathBuf::from);
         if let Some(split) = cli.take("split") {
             bail!("--split={split}: evaluate reads the dataset's train and test splits itself");

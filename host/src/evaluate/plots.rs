@@ -1384,22 +1384,7 @@ mod tests {
             XScale::Linear,
         )
         .unwrap();
-        let findings = [
-            "Atelectasis",
-            "Cardiomegaly",
-            "Effusion",
-            "Infiltration",
-            "Mass",
-            "Nodule",
-            "Pneumonia",
-            "Pneumothorax",
-            "Consolidation",
-            "Edema",
-            "Emphysema",
-            "Fibrosis",
-            "Pleural_Thickening",
-            "Hernia",
-        ];
+        let findings = ssl_builtin_datasets::NIH_FINDINGS;
         let panels: Vec<(String, Vec<Roc>)> = findings
             .iter()
             .enumerate()

@@ -22,6 +22,8 @@ mod download;
 mod image_file;
 mod image_folder;
 mod nih;
+/// NIH ChestX-ray14's 14 findings, in the order of its `Findings` columns.
+pub use nih::FINDINGS as NIH_FINDINGS;
 mod packed;
 pub mod packed_format;
 mod rsna;
