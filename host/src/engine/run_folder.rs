@@ -42,6 +42,11 @@ impl RemoveIfEmpty {
     pub fn new(config: &RunConfig, dir: &Path) -> Self {
         RemoveIfEmpty(config.output_dir.is_none().then(|| dir.to_path_buf()))
     }
+
+    /// Guards `dir`, a folder made for a command that was not given one.
+    pub fn made(dir: &Path) -> Self {
+        RemoveIfEmpty(Some(dir.to_path_buf()))
+    }
 }
 
 impl Drop for RemoveIfEmpty {

@@ -354,6 +354,11 @@ pub fn run(registry: &Registry, cli: &mut Cli) -> Result<()> {
             &format!("{}_evaluate", crate::outputs::utc_timestamp()),
         )?,
     };
+    // A folder made here and left empty by an error goes again.
+    let _made = settings
+        .output_dir
+        .is_none()
+        .then(|| crate::engine::run_folder::RemoveIfEmpty::made(&out));
     let info = registry
         .dataset(&settings.dataset)?
         .info_for(&Params::from_value(Value::Object(
