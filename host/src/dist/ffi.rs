@@ -36,8 +36,11 @@ extern "C" {
         was_dtype: c_int,
         err: *mut *mut c_char,
     ) -> c_int;
-    pub fn shim_cuda_memory_peak(index: c_int, peak_bytes: *mut i64, err: *mut *mut c_char)
-        -> c_int;
+    pub fn shim_cuda_memory_peak(
+        index: c_int,
+        peak_bytes: *mut i64,
+        err: *mut *mut c_char,
+    ) -> c_int;
     pub fn shim_cuda_memory_reset_peak(index: c_int, err: *mut *mut c_char) -> c_int;
     pub fn shim_free_string(s: *mut c_char);
     pub fn shim_free_bytes(b: *mut u8);

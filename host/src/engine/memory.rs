@@ -18,9 +18,13 @@ pub const PEAK_ALLOCATED_MIB: &str = "memory/peak_allocated_mib";
 
 /// Whether `message` (an error's whole chain) reports libtorch running out of device memory.
 pub fn is_out_of_memory(message: &str) -> bool {
-    ["CUDA out of memory", "OutOfMemoryError", "CUDA error: out of memory"]
-        .iter()
-        .any(|m| message.contains(m))
+    [
+        "CUDA out of memory",
+        "OutOfMemoryError",
+        "CUDA error: out of memory",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
 }
 
 /// What libtorch's message says of the device: `GPU 0 has a total capacity of X of which Y is
@@ -70,7 +74,11 @@ fn batch_parameter(config: &RunConfig) -> (&'static str, usize) {
 /// (parameter and images per process), the device and what libtorch said of its memory, and
 /// what to try; then where it happened (the error's own contexts) and libtorch's message
 /// without its backtrace.
-pub fn explain_out_of_memory(error: anyhow::Error, config: &RunConfig, processes: usize) -> anyhow::Error {
+pub fn explain_out_of_memory(
+    error: anyhow::Error,
+    config: &RunConfig,
+    processes: usize,
+) -> anyhow::Error {
     let chain: Vec<String> = error.chain().map(|c| c.to_string()).collect();
     let Some(at) = chain.iter().position(|m| is_out_of_memory(m)) else {
         return error;

@@ -14,11 +14,11 @@
 //! through the host's shim (`host/csrc/c10d_shim.cpp`), as `torch.autocast(device_type, dtype)`.
 //! It deliberately does not cover the online linear head and the kNN monitor, which stay fp32.
 
-use crate::config::RunConfig;
 pub use crate::config::Precision;
+use crate::config::RunConfig;
 use crate::dist::ffi;
 use anyhow::{anyhow, bail, Result};
-use ssl_plugin_api::tch::{Device, Kind};
+use ssl_plugin_api::tch::{Device, Kind, Tensor};
 use std::os::raw::{c_char, c_int};
 use std::ptr;
 
@@ -100,7 +100,13 @@ impl Entered {
         let mut err: *mut c_char = ptr::null_mut();
         // SAFETY: plain call with pointers to live locals; on failure the shim stored a message.
         let rc = unsafe {
-            ffi::shim_autocast_enter(device_type, dtype, &mut was_enabled, &mut was_dtype, &mut err)
+            ffi::shim_autocast_enter(
+                device_type,
+                dtype,
+                &mut was_enabled,
+                &mut was_dtype,
+                &mut err,
+            )
         };
         if rc != 0 {
             return Err(failed(&format!("entering {kind:?} autocast"), err));
@@ -138,6 +144,16 @@ pub fn autocast<T>(precision: Precision, device: Device, f: impl FnOnce() -> T) 
     Ok(f())
 }
 
+/// `loss` in fp32: a loss computed under autocast may come out in the lower precision (CPU
+/// autocast keeps more operations in it than CUDA's), where the loss scaler's product (a loss
+/// of 5 times 65536) overflows fp16; the backward converts its gradient back.
+pub fn fp32_loss(loss: Tensor) -> Tensor {
+    match loss.kind() {
+        Kind::Half | Kind::BFloat16 => loss.to_kind(Kind::Float),
+        _ => loss,
+    }
+}
+
 /// Whether autocast of `device`'s type is on in this thread, and its dtype's `at::ScalarType`
 /// code.
 pub fn autocast_state(device: Device) -> Result<(bool, i32)> {
@@ -155,7 +171,6 @@ pub fn autocast_state(device: Device) -> Result<(bool, i32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ssl_plugin_api::tch::Tensor;
 
     fn matmul() -> Kind {
         let a = Tensor::ones([4, 8], (Kind::Float, Device::Cpu));
@@ -183,13 +198,18 @@ mod tests {
         .unwrap();
         assert_eq!(nested, (Kind::BFloat16, Kind::Half));
         // 32-true leaves autocast alone.
-        assert_eq!(autocast(Precision::True32, cpu, matmul).unwrap(), Kind::Float);
+        assert_eq!(
+            autocast(Precision::True32, cpu, matmul).unwrap(),
+            Kind::Float
+        );
         // An error inside (the loss of a failing plugin) and a panic leave the state restored.
         let failed: Result<Result<Kind>> =
             autocast(Precision::MixedBf16, cpu, || Err(anyhow!("plugin failed")));
         assert!(failed.unwrap().is_err());
         assert_eq!(autocast_state(cpu).unwrap(), before);
         assert_eq!(matmul(), Kind::Float);
+        let half = Tensor::ones([2], (Kind::Half, Device::Cpu));
+        assert_eq!(fp32_loss(half).kind(), Kind::Float);
         let panicked = std::panic::catch_unwind(|| {
             autocast(Precision::MixedBf16, cpu, || panic!("inside autocast")).unwrap()
         });
@@ -207,7 +227,9 @@ mod tests {
         assert_eq!(resolve(&config, cuda).0, Precision::Mixed16);
         let (cpu, note) = resolve(&config, Device::Cpu);
         assert_eq!(cpu, Precision::True32);
-        assert!(note.unwrap().contains("use_mixed_precision applies on CUDA only"));
+        assert!(note
+            .unwrap()
+            .contains("use_mixed_precision applies on CUDA only"));
         // An explicit precision trains mixed on the CPU too.
         config.use_mixed_precision = false;
         for precision in [Precision::Mixed16, Precision::MixedBf16] {

@@ -20,8 +20,8 @@
 
 use crate::checkpoint::{self, prefixed, under, Checkpoint, CheckpointInfo};
 use crate::config::RunConfig;
-use crate::engine::precision::{self, Precision};
 use crate::datasets::{open_dataset, open_split};
+use crate::engine::precision::{self, Precision};
 use crate::engine::{
     EpochSteps, FinalEvaluation, OptimizerSlot, StepPath, StepReport, Task, TrainSummary,
 };

@@ -541,6 +541,7 @@ impl SslTask {
             .for_each_batch(epoch, ssl_plan, workers, |batch, _| {
                 let views = batch.to_device(device)?;
                 let loss = autocast(precision, device, || algorithm.validation_loss(&views))?
+                    .map(precision::fp32_loss)
                     .with_context(|| format!("{name} validation step"))?;
                 loss_sum += loss.to_kind(Kind::Double);
                 Ok(())
@@ -753,8 +754,11 @@ impl Task for SslTask {
             *self.sums.scalars.entry(name).or_default() += value;
         }
         let algorithm = &mut self.algorithm;
-        let loss = autocast(self.precision, self.device, || algorithm.training_loss(&views))?
-            .with_context(|| format!("{} training step", self.algorithm_name))?;
+        let loss = autocast(self.precision, self.device, || {
+            algorithm.training_loss(&views)
+        })?
+        .map(precision::fp32_loss)
+        .with_context(|| format!("{} training step", self.algorithm_name))?;
         if path.step(&mut self.optimizer, &loss, lr)?.counts() {
             if let Some(sum) = &mut self.sums.loss {
                 *sum += loss.detach().to_kind(Kind::Double);
