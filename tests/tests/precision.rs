@@ -165,5 +165,15 @@ fn the_original_flag_conflicts_with_another_precision_and_is_ignored_on_the_cpu(
     );
     let stored = last_checkpoint(&dir);
     assert_eq!(stored.info.precision, "32-true");
+    let listing = ssl_host(&[
+        "inspect-checkpoint",
+        &format!("--checkpoint={}", dir.display()),
+    ]);
+    listing.assert_ok();
+    assert!(
+        listing.stdout.contains(", precision 32-true"),
+        "{}",
+        listing.stdout
+    );
     assert!(!stored.tensors.keys().any(|n| n.starts_with("loss_scaler.")));
 }
