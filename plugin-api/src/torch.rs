@@ -158,7 +158,9 @@ pub trait SslAlgorithm: Send + 'static {
     fn embedding_encoder_prefix(&self) -> String;
     /// Everything to checkpoint (parameters, buffers, queues), by name; restored in place.
     fn state(&self) -> Vec<(String, Tensor)>;
-    /// Scalars to log after each step, by metric name (e.g. `byol/tau`).
+    /// Scalars to log after each step, by metric name (e.g. `byol/tau`). Called every step:
+    /// return values the host already has (a schedule's value, a CPU tensor); reading a GPU
+    /// tensor here makes every step wait for the device.
     fn scalars(&self) -> Result<Vec<(String, f64)>> {
         Ok(Vec::new())
     }

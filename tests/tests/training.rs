@@ -284,3 +284,81 @@ fn resume_refuses_a_changed_data_plan_unless_told_and_a_passed_stop_after_epochs
     let config = std::fs::read_to_string(dir.join("config.toml")).unwrap();
     assert!(config.contains("ssl_training_batch_size = 8"), "{config}");
 }
+
+/// The count the engine prints with `SSL_HOST_DEBUG_SYNC=1`: (reads inside training steps,
+/// training steps, reads at checks), summed over the epochs.
+fn host_reads(stderr: &str) -> (u64, u64, u64) {
+    let mut total = (0, 0, 0);
+    for line in stderr.lines() {
+        let Some(rest) = line.strip_prefix("host reads of device values in epoch ") else {
+            continue;
+        };
+        let words: Vec<&str> = rest.split_whitespace().collect();
+        // "<epoch>: <reads> in <steps> training steps, <checks> at checks"
+        total.0 += words[1].parse::<u64>().unwrap();
+        total.1 += words[3].parse::<u64>().unwrap();
+        total.2 += words[6].parse::<u64>().unwrap();
+    }
+    total
+}
+
+/// No training step reads a device value (on a GPU each read makes the device wait for the
+/// host): not the SSL step with its online head, not with gradient clipping, skip_step or
+/// LARS, not a classifier's step. The flags are read at checks, every few steps and at the
+/// end of each epoch.
+#[test]
+fn training_steps_read_nothing_from_the_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tiny = artifact("libexample_tiny_cnn.so").display().to_string();
+    let ssl = tmp.path().join("ssl");
+    let variants: [&[&str]; 2] = [
+        &[],
+        &[
+            "--gradient_clip_val=0.5",
+            "--nan_policy=skip_step",
+            "--optimizer=lars",
+        ],
+    ];
+    for (i, extra) in variants.iter().enumerate() {
+        let out = if i == 0 {
+            ssl.clone()
+        } else {
+            tmp.path().join(format!("ssl{i}"))
+        };
+        let mut args = small("ShapesBYOL", &out, extra);
+        args.retain(|a| a != "--ssl_encoder=resnet18");
+        args.extend([
+            format!("--plugin={tiny}"),
+            "--ssl_encoder=TinyCNN".into(),
+            "--num_epochs=2".into(),
+            "--device=cpu".into(),
+        ]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = ssl_host_with_env(&refs, &[("SSL_HOST_DEBUG_SYNC", "1")]);
+        r.assert_ok();
+        let (in_steps, steps, checks) = host_reads(&r.stderr);
+        assert!(steps >= 10, "{extra:?}: {steps} steps\n{}", r.stderr);
+        assert_eq!(in_steps, 0, "{extra:?}\n{}", r.stderr);
+        assert!(checks >= 2, "{extra:?}: {checks} checks\n{}", r.stderr);
+    }
+    let out = tmp.path().join("classifier");
+    let args = [
+        format!("--plugin={tiny}"),
+        "--model=SSLClassifierCIFAR".into(),
+        format!("--output_dir={}", out.display()),
+        format!("--local_ssl_weights_path={}", ssl.display()),
+        "--linear_head_dataset_name=Shapes".into(),
+        "--linear_head_dataset_params.num_samples=120".into(),
+        "--linear_head_dataset_params.image_size=32".into(),
+        "--linear_head_batch_size=8".into(),
+        "--num_epochs=1".into(),
+        "--freeze_encoder=false".into(),
+        "--device=cpu".into(),
+    ];
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let r = ssl_host_with_env(&refs, &[("SSL_HOST_DEBUG_SYNC", "1")]);
+    r.assert_ok();
+    let (in_steps, steps, _) = host_reads(&r.stderr);
+    assert!(steps >= 5, "{steps} steps\n{}", r.stderr);
+    assert_eq!(in_steps, 0, "{}", r.stderr);
+}

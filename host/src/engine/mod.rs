@@ -8,6 +8,7 @@
 //! Tasks never import each other or the engine's internals beyond this trait and the step path
 //! ([`step::StepPath`]), through which every optimizer step goes.
 
+pub mod host_reads;
 pub mod memory;
 pub mod precision;
 pub mod progress;
@@ -579,6 +580,9 @@ impl<T: Task> Run<T> {
             .map(|s| schedule.lr(l_rate, epoch, first_step + s, full_steps, num_epochs))
             .sum();
         let mut images = 0usize;
+        let distributed = crate::world::current().is_distributed();
+        let mut last_check = Instant::now();
+        let mut reads = HostReads::default();
         for step in skip..steps {
             let lr = schedule.lr(
                 l_rate,
@@ -589,17 +593,40 @@ impl<T: Task> Run<T> {
             );
             lr_sum += lr;
             self.path.position = (epoch, step);
+            let before = host_reads::count();
             let report = self.task.train_step(&mut self.path, lr)?;
             images += report.images;
             self.global_step += 1;
             self.task.after_step(self.global_step, max_steps)?;
+            reads.steps += 1;
+            reads.in_steps += host_reads::count() - before;
+            let last = step + 1 == steps;
+            let checkpoint_due =
+                every > 0 && self.global_step.is_multiple_of(every as u64) && !last;
+            // The step path's flags are read every few steps (at the same steps on every
+            // process), before every checkpoint and at the end of the pass; a non-finite loss
+            // stops the run there with `nan_policy = stop`.
+            let check_due = last
+                || checkpoint_due
+                || self.global_step.is_multiple_of(CHECK_EVERY_STEPS)
+                || self.path.unchecked() >= MAX_UNCHECKED
+                || (!distributed
+                    && (signals::requested().is_some() || last_check.elapsed() >= CHECK_AFTER));
+            let loss = if check_due {
+                let before = host_reads::count();
+                let loss = self.path.check(Some(&report.loss))?;
+                reads.checks += host_reads::count() - before;
+                last_check = Instant::now();
+                loss
+            } else {
+                None
+            };
             let elapsed = started.elapsed().as_secs_f64();
             self.progress
-                .step(step + 1, &report.loss, images as f64 / elapsed.max(1e-9));
+                .step(step + 1, loss, images as f64 / elapsed.max(1e-9));
             // Every process stops at the same step on the same signal (the step path's
-            // all-reduce carried it).
-            let last = step + 1 == steps;
-            match self.path.stop_signal() {
+            // all-reduce carried it, the check read it).
+            match self.path.stop_signal().filter(|_| check_due) {
                 // The epoch's own checkpoint follows at once; stop after it.
                 Some(signal) if last => signals::stop_after_epoch(signal),
                 Some(signal) => {
@@ -615,11 +642,18 @@ impl<T: Task> Run<T> {
                         ),
                     ));
                 }
-                None if every > 0 && self.global_step.is_multiple_of(every as u64) && !last => {
-                    self.save_mid_epoch(epoch, step + 1)?
-                }
+                None if checkpoint_due => self.save_mid_epoch(epoch, step + 1)?,
                 None => {}
             }
+        }
+        if host_reads::reported() {
+            eprintln!(
+                "host reads of device values in epoch {}: {} in {} training steps, {} at checks",
+                epoch + 1,
+                reads.in_steps,
+                reads.steps,
+                reads.checks
+            );
         }
         Ok(Pass {
             images,
@@ -787,6 +821,24 @@ struct Pass {
     images: usize,
     seconds: f64,
     summary: TrainSummary,
+}
+
+/// The step path's flags are read at least every this many global steps.
+const CHECK_EVERY_STEPS: u64 = 10;
+/// ... and, in a run of one process, at least this often.
+const CHECK_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+/// ... and before this many optimizer steps are waiting to be checked.
+const MAX_UNCHECKED: usize = 256;
+
+/// The host's reads of device values in an epoch's training pass.
+#[derive(Default)]
+struct HostReads {
+    /// Training steps taken.
+    steps: u64,
+    /// Reads inside them (the task's step, the step path, the after-step hook).
+    in_steps: u64,
+    /// Reads by the step path's checks.
+    checks: u64,
 }
 
 /// Checkpoint entries of a mid-epoch checkpoint.

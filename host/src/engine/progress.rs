@@ -2,22 +2,17 @@
 //! nothing otherwise (the engine prints one plain line per epoch).
 
 use indicatif::{ProgressBar, ProgressStyle};
-use ssl_plugin_api::tch::Tensor;
 use std::io::IsTerminal;
-use std::time::{Duration, Instant};
 
 /// Progress: a bar per epoch (step, loss, images/s, ETA) on a terminal; nothing here
 /// otherwise (the caller prints one plain line per epoch).
 pub struct Progress {
     bar: std::cell::RefCell<Option<ProgressBar>>,
     interactive: bool,
-    /// When the loss was last read: reading it waits for the device, so at most every
-    /// [`LOSS_EVERY`].
-    loss_read: std::cell::Cell<Option<Instant>>,
+    /// The loss last read (the step path's checks read it with their flags, every few steps:
+    /// a read waits for the device).
+    loss: std::cell::Cell<Option<f64>>,
 }
-
-/// How often the bar reads the loss (a host synchronisation on a GPU).
-const LOSS_EVERY: Duration = Duration::from_millis(500);
 
 impl Default for Progress {
     fn default() -> Self {
@@ -30,7 +25,7 @@ impl Progress {
         Progress {
             bar: std::cell::RefCell::new(None),
             interactive: std::io::stderr().is_terminal(),
-            loss_read: std::cell::Cell::new(None),
+            loss: std::cell::Cell::new(None),
         }
     }
 
@@ -57,22 +52,16 @@ impl Progress {
         }
     }
 
-    pub fn step(&self, step: usize, loss: &Tensor, images_per_second: f64) {
+    /// After step `step` of the epoch; `loss` when it was read at this step.
+    pub fn step(&self, step: usize, loss: Option<f64>, images_per_second: f64) {
         if let Some(bar) = self.bar.borrow().as_ref() {
             bar.set_position(step as u64);
-            if self
-                .loss_read
-                .get()
-                .is_some_and(|at| at.elapsed() < LOSS_EVERY)
-            {
-                return;
+            if loss.is_some() {
+                self.loss.set(loss);
             }
-            self.loss_read.set(Some(Instant::now()));
-            bar.set_message(format!(
-                "loss {:.4} {:.1} images/s",
-                loss.double_value(&[]),
-                images_per_second
-            ));
+            if let Some(loss) = self.loss.get() {
+                bar.set_message(format!("loss {loss:.4} {images_per_second:.1} images/s"));
+            }
         }
     }
 

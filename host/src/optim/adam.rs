@@ -25,7 +25,7 @@ use super::{
     GradReset, Optimizer, OptimizerConfig, Param,
 };
 use anyhow::{Context, Result};
-use ssl_plugin_api::tch::{self, Tensor};
+use ssl_plugin_api::tch::{self, Kind, Tensor};
 use std::collections::HashMap;
 
 struct Slot {
@@ -35,6 +35,9 @@ struct Slot {
     /// The learning rate of an unscheduled parameter (`None`: the step's).
     fixed_lr: Option<f64>,
     step: i64,
+    /// Steps `step` counts that the device may have undone (see
+    /// [`Optimizer::pending_undone`]).
+    undone: Option<Tensor>,
     exp_avg: Option<Tensor>,
     exp_avg_sq: Option<Tensor>,
 }
@@ -62,6 +65,7 @@ impl Adam {
                 fixed_lr: config.fixed_lr_for(&param),
                 param,
                 step: 0,
+                undone: None,
                 exp_avg: None,
                 exp_avg_sq: None,
             })
@@ -95,14 +99,31 @@ impl Slot {
         let _ = exp_avg_sq.f_mul_scalar_(beta2)?;
         let _ = exp_avg_sq.f_add_(&grad.f_mul_scalar(1.0 - beta2)?.f_mul(&grad)?)?;
 
-        let t = step as f64;
-        let bias_correction1 = 1.0 - beta1.powf(t);
-        let bias_correction2 = 1.0 - beta2.powf(t);
-        let step_size = lr / bias_correction1;
-        let bias_correction2_sqrt = bias_correction2.sqrt();
-        let mut denom = exp_avg_sq.f_sqrt()?.f_div_scalar(bias_correction2_sqrt)?;
-        let _ = denom.f_add_scalar_(eps)?;
-        let _ = p.f_add_(&exp_avg.f_mul_scalar(-step_size)?.f_div(&denom)?)?;
+        match &self.undone {
+            None => {
+                let t = step as f64;
+                let bias_correction1 = 1.0 - beta1.powf(t);
+                let bias_correction2 = 1.0 - beta2.powf(t);
+                let step_size = lr / bias_correction1;
+                let bias_correction2_sqrt = bias_correction2.sqrt();
+                let mut denom = exp_avg_sq.f_sqrt()?.f_div_scalar(bias_correction2_sqrt)?;
+                let _ = denom.f_add_scalar_(eps)?;
+                let _ = p.f_add_(&exp_avg.f_mul_scalar(-step_size)?.f_div(&denom)?)?;
+            }
+            Some(undone) => {
+                // The same in 0-dim Double tensors on the device, with the steps the device
+                // undid taken off the count (the values are those of the host's f64 math).
+                let t = (-undone.to_kind(Kind::Double)).f_add_scalar(step as f64)?;
+                let power = |beta: f64| t.full_like(beta).f_pow(&t);
+                let bias_correction1 = power(beta1)?.f_neg()?.f_add_scalar(1.0)?;
+                let bias_correction2 = power(beta2)?.f_neg()?.f_add_scalar(1.0)?;
+                let step_size = bias_correction1.full_like(lr).f_div(&bias_correction1)?;
+                let bias_correction2_sqrt = bias_correction2.f_sqrt()?;
+                let mut denom = exp_avg_sq.f_sqrt()?.f_div(&bias_correction2_sqrt)?;
+                let _ = denom.f_add_scalar_(eps)?;
+                let _ = p.f_add_(&exp_avg.f_mul(&step_size.f_neg()?)?.f_div(&denom)?)?;
+            }
+        }
         self.step = step;
         Ok(())
     }
@@ -142,6 +163,20 @@ impl Optimizer for Adam {
             out.push((entry_name(name, "step"), step_tensor(s.step)));
         }
         out
+    }
+
+    fn pending_undone(&mut self, undone: Vec<Option<Tensor>>) {
+        for (slot, undone) in self.slots.iter_mut().zip(undone) {
+            slot.undone = undone;
+        }
+    }
+
+    fn uncount(&mut self, stepped: &[bool]) {
+        for (slot, &stepped) in self.slots.iter_mut().zip(stepped) {
+            if stepped {
+                slot.step = (slot.step - 1).max(0);
+            }
+        }
     }
 
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {

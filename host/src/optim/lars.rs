@@ -94,6 +94,10 @@ impl Optimizer for Lars {
         self.slots.load_state(state)
     }
 
+    fn uncount(&mut self, stepped: &[bool]) {
+        self.slots.uncount(stepped);
+    }
+
     fn name(&self) -> &'static str {
         "lars"
     }

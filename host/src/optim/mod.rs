@@ -89,6 +89,17 @@ pub trait Optimizer: Send {
     /// optimizer's buffers. Entries not belonging to this optimizer are ignored. Fails, naming
     /// the entry, when one is missing or has the wrong shape; nothing is changed then.
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()>;
+    /// Takes one step back off the step count of every parameter marked in `stepped` (in
+    /// parameter order): a step whose update the step path undid on the device (a skipped
+    /// step), known only when its flag was read.
+    fn uncount(&mut self, stepped: &[bool]);
+    /// Before a step: per parameter, how many of the steps its count includes the device may
+    /// have undone (Int64, 0-dim, on the device; `None`: none), until [`uncount`] settles
+    /// them. An optimizer whose update depends on the count (Adam's bias correction) takes it
+    /// into account on the device; the others ignore it.
+    ///
+    /// [`uncount`]: Optimizer::uncount
+    fn pending_undone(&mut self, _undone: Vec<Option<Tensor>>) {}
     /// Short name: `adam`, `adamw`, `sgd` or `lars`.
     fn name(&self) -> &'static str;
 }

@@ -101,6 +101,14 @@ impl MomentumSlots {
         self.grads.reset();
     }
 
+    pub(crate) fn uncount(&mut self, stepped: &[bool]) {
+        for (step, &stepped) in self.steps.iter_mut().zip(stepped) {
+            if stepped {
+                *step = (*step - 1).max(0);
+            }
+        }
+    }
+
     pub(crate) fn state(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::with_capacity(self.params.len() * 2);
         for ((param, step), buffer) in self.params.iter().zip(&self.steps).zip(&self.buffers) {
@@ -190,6 +198,10 @@ impl Optimizer for Sgd {
 
     fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
         self.slots.load_state(state)
+    }
+
+    fn uncount(&mut self, stepped: &[bool]) {
+        self.slots.uncount(stepped);
     }
 
     fn name(&self) -> &'static str {

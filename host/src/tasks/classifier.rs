@@ -36,7 +36,7 @@ use crate::seeds::seed_of;
 use crate::shards::StoreSettings;
 use crate::split::split_dataset;
 use crate::tasks::linear_head::{
-    head_labels, linear_head_pipelines, record_batch, HeadLabels, LinearHead,
+    head_labels, linear_head_pipelines, HeadLabels, LinearHead, PendingBatches,
 };
 use crate::tasks::shuffled_order;
 use crate::tasks::{encoder_params, plugins_used, transforms_used, warn_if_no_val_batch, Data};
@@ -92,6 +92,8 @@ pub struct ClassifierTask<'a> {
     info: CheckpointInfo,
     stream: Option<BatchStream>,
     metrics: Option<HeadMetrics>,
+    /// The training batches' predictions not yet read from the device.
+    pending: PendingBatches,
 }
 
 /// The encoder of a new classifier run: from an ssl-host checkpoint or torchvision weights.
@@ -335,7 +337,17 @@ impl<'a> ClassifierTask<'a> {
             info,
             stream: None,
             metrics: None,
+            pending: PendingBatches::default(),
         })
+    }
+
+    /// Adds the training batches kept on the device to the epoch's metrics.
+    fn flush_pending(&mut self) -> Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        match &mut self.metrics {
+            Some(metrics) => pending.flush_into(metrics),
+            None => Ok(()),
+        }
     }
 
     /// Features of a batch: without gradients and in eval mode when the encoder is frozen.
@@ -448,6 +460,7 @@ impl Task for ClassifierTask<'_> {
     fn epoch_state(&mut self) -> Result<Vec<(String, Tensor)>> {
         // Every process's predictions together (rank 0 writes them).
         let world = crate::world::current();
+        self.flush_pending()?;
         Ok(match &self.metrics {
             Some(m) => prefixed("train.", m.gathered(world)?.state()),
             None => Vec::new(),
@@ -488,6 +501,7 @@ impl Task for ClassifierTask<'_> {
             self.config.num_workers,
         ));
         self.metrics = Some(self.head.labels.metrics());
+        self.pending = PendingBatches::default();
         Ok(EpochSteps { steps, full_steps })
     }
 
@@ -503,8 +517,9 @@ impl Task for ClassifierTask<'_> {
         let logits = self.head.forward(&features, true);
         let loss = self.head.loss(&logits, &y);
         let outcome = path.step(&mut self.optimizer, &loss, lr)?;
-        if let (Some(metrics), true) = (&mut self.metrics, outcome.counts()) {
-            record_batch(metrics, &self.head.labels, &logits, &batch, &loss)?;
+        if self.metrics.is_some() {
+            self.pending
+                .push(&self.head.labels, &logits, &batch, &loss, outcome.counted())?;
         }
         Ok(StepReport {
             loss,
@@ -514,6 +529,7 @@ impl Task for ClassifierTask<'_> {
 
     fn end_epoch(&mut self, epoch: usize, summary: &TrainSummary) -> Result<Vec<(String, f64)>> {
         self.stream = None;
+        self.flush_pending()?;
         let mut out: Vec<(String, f64)> = self
             .metrics
             .take()

@@ -16,7 +16,7 @@ use crate::metrics::{
 use crate::registry::Registry;
 use anyhow::{anyhow, bail, Context, Result};
 use ssl_plugin_api::host::DatasetHandle;
-use ssl_plugin_api::tch::{nn, Device, Kind, Reduction, Tensor};
+use ssl_plugin_api::tch::{self, nn, Device, Kind, Reduction, Tensor};
 use ssl_plugin_api::Findings;
 use std::sync::Arc;
 
@@ -219,18 +219,7 @@ pub fn masked_bce(logits: &Tensor, targets: &Tensor, pos_weight: Option<&Tensor>
     (terms * &known).sum(Kind::Float) / known.sum(Kind::Float).clamp_min(1.0)
 }
 
-/// Adds a batch's posteriors, targets and loss to `metrics`.
-pub fn record_batch(
-    metrics: &mut HeadMetrics,
-    labels: &HeadLabels,
-    logits: &Tensor,
-    batch: &Batch,
-    loss: &Tensor,
-) -> Result<()> {
-    record_rows(metrics, labels, logits, batch, loss, batch.len())
-}
-
-/// [`record_batch`] for the first `real` samples of the batch only (the others repeat samples
+/// Adds the posteriors, targets and loss of the first `real` samples of a batch to `metrics` (the others repeat samples
 /// to fill a distributed run's last global batch, see
 /// [`Sampler::real_samples`](crate::sampler::Sampler::real_samples)).
 pub fn record_rows(
@@ -250,6 +239,7 @@ pub fn record_rows(
         .to_device(Device::Cpu)
         .contiguous()
         .view(-1);
+    crate::engine::host_reads::note();
     let probs: Vec<f32> = Vec::<f32>::try_from(&probs)?;
     let targets = labels.batch_targets(batch, real)?;
     metrics.add_batch(&probs, &targets, loss.double_value(&[]), real);
@@ -260,36 +250,60 @@ pub fn record_rows(
 /// does not wait for the device to read them (a host synchronisation per step on a GPU).
 #[derive(Default)]
 pub struct PendingBatches {
-    batches: Vec<(Tensor, BatchTargets, Tensor, usize)>,
+    batches: Vec<Pending>,
+}
+
+/// One batch of [`PendingBatches`].
+struct Pending {
+    probs: Tensor,
+    targets: BatchTargets,
+    loss: Tensor,
+    n: usize,
+    /// Whether its step counted (0-dim Bool, see
+    /// [`StepOutcome::counted`](crate::engine::step::StepOutcome::counted)); `None`: it did.
+    counted: Option<Tensor>,
 }
 
 impl PendingBatches {
-    /// Keeps the posteriors and loss of `batch` (detached, on the device) with its targets.
+    /// Keeps the posteriors and loss of `batch` (detached, on the device) with its targets;
+    /// the batch is left out of the metrics when `counted` turns out false.
     pub fn push(
         &mut self,
         labels: &HeadLabels,
         logits: &Tensor,
         batch: &Batch,
         loss: &Tensor,
+        counted: Option<&Tensor>,
     ) -> Result<()> {
         let targets = labels.batch_targets(batch, batch.len())?;
-        self.batches.push((
-            labels.posteriors(logits),
+        self.batches.push(Pending {
+            probs: tch::no_grad(|| labels.posteriors(logits)).detach(),
             targets,
-            loss.detach(),
-            batch.len(),
-        ));
+            loss: loss.detach(),
+            n: batch.len(),
+            counted: counted.map(Tensor::shallow_clone),
+        });
         Ok(())
     }
 
-    /// Adds every kept batch to `metrics`, in order.
+    /// Adds every kept batch that counts to `metrics`, in order.
     pub fn flush_into(self, metrics: &mut HeadMetrics) -> Result<()> {
-        for (probs, targets, loss, n) in self.batches {
-            let probs = probs.to_device(Device::Cpu).contiguous().view(-1);
+        for p in self.batches {
+            if let Some(counted) = &p.counted {
+                if !bool::try_from(counted)? {
+                    continue;
+                }
+            }
+            let probs = p.probs.to_device(Device::Cpu).contiguous().view(-1);
             let probs: Vec<f32> = Vec::<f32>::try_from(&probs)?;
-            metrics.add_batch(&probs, &targets, loss.double_value(&[]), n);
+            metrics.add_batch(&probs, &p.targets, p.loss.double_value(&[]), p.n);
         }
         Ok(())
+    }
+
+    /// Whether no batch is kept.
+    pub fn is_empty(&self) -> bool {
+        self.batches.is_empty()
     }
 }
 

@@ -60,8 +60,9 @@ const DEBUG_KNN_BANK_BATCHES: usize = 4;
 #[derive(Default)]
 struct EpochSums {
     loss: Option<Tensor>,
-    /// Steps whose loss is not in `loss` (not finite, skipped: `nan_policy = skip_step`).
-    skipped: usize,
+    /// Steps whose loss is not in `loss` (not finite, skipped: `nan_policy = skip_step`;
+    /// Int64 on the device).
+    skipped: Option<Tensor>,
     scalars: BTreeMap<String, f64>,
     linear_head: Option<HeadMetrics>,
     /// The head's batches not yet read from the device.
@@ -97,6 +98,12 @@ pub struct SslTask {
     /// The loaders of the current epoch's training pass.
     streams: Option<(BatchStream, BatchStream)>,
     sums: EpochSums,
+}
+
+/// The count of [`EpochSums::skipped`] (a read of the device: at a checkpoint or the epoch's
+/// end).
+fn skipped_steps(skipped: &Option<Tensor>) -> i64 {
+    skipped.as_ref().map_or(0, |s| s.int64_value(&[]))
 }
 
 fn to_params(list: Vec<ssl_plugin_api::TrainableParam>) -> Vec<Param> {
@@ -728,7 +735,7 @@ impl Task for SslTask {
             .with_context(|| format!("{} begin-epoch hook", self.algorithm_name))?;
         self.sums = EpochSums {
             loss: Some(Tensor::zeros([], (Kind::Double, self.device))),
-            skipped: 0,
+            skipped: Some(Tensor::zeros([], (Kind::Int64, self.device))),
             scalars: BTreeMap::new(),
             linear_head: Some(self.head.labels.metrics()),
             pending: PendingBatches::default(),
@@ -759,13 +766,15 @@ impl Task for SslTask {
         })?
         .map(precision::fp32_loss)
         .with_context(|| format!("{} training step", self.algorithm_name))?;
-        if path.step(&mut self.optimizer, &loss, lr)?.counts() {
+        let outcome = path.step(&mut self.optimizer, &loss, lr)?;
+        tch::no_grad(|| {
             if let Some(sum) = &mut self.sums.loss {
-                *sum += loss.detach().to_kind(Kind::Double);
+                *sum += outcome.keep(&loss.detach().to_kind(Kind::Double));
             }
-        } else {
-            self.sums.skipped += 1;
-        }
+            if let (Some(skipped), Some(left_out)) = (&mut self.sums.skipped, outcome.left_out()) {
+                *skipped += left_out;
+            }
+        });
 
         // The online linear head, on detached embeddings of its own batch.
         let lh = lh_stream
@@ -782,10 +791,10 @@ impl Task for SslTask {
             &lh_loss,
             self.config.learning_rate_linear_head_during_ssl_training,
         )?;
-        if self.sums.linear_head.is_some() && outcome.counts() {
+        if self.sums.linear_head.is_some() {
             self.sums
                 .pending
-                .push(&self.head.labels, &logits, &lh, &lh_loss)?;
+                .push(&self.head.labels, &logits, &lh, &lh_loss, outcome.counted())?;
         }
         Ok(StepReport {
             loss,
@@ -807,7 +816,10 @@ impl Task for SslTask {
                 "loss".to_string(),
                 Tensor::from(world.all_reduce_f64(&[loss], Reduce::Average)?[0]),
             ),
-            ("skipped".to_string(), Tensor::from(sums.skipped as i64)),
+            (
+                "skipped".to_string(),
+                Tensor::from(skipped_steps(&sums.skipped)),
+            ),
         ];
         for (name, value) in reduce_named(&sums.scalars)? {
             out.push((format!("scalar.{name}"), Tensor::from(value)));
@@ -827,8 +839,11 @@ impl Task for SslTask {
         // them back), the others start from zero. A checkpoint written before skipped steps
         // were counted has none.
         if let Some(skipped) = stored.get("skipped") {
-            self.sums.skipped = usize::try_from(skipped.int64_value(&[]))
-                .context("the checkpoint's epoch state has a negative `skipped`")?;
+            let count = skipped.int64_value(&[]);
+            if count < 0 {
+                bail!("the checkpoint's epoch state has a negative `skipped` ({count})");
+            }
+            self.sums.skipped = Some(Tensor::from(count).to_device(self.device));
         }
         let world = crate::world::current();
         if !world.is_main() {
@@ -871,7 +886,9 @@ impl Task for SslTask {
         // the steps whose loss counts (every process skips the same steps).
         let loss = sums.loss.map_or(f64::NAN, |l| l.double_value(&[]));
         let loss = world.all_reduce_f64(&[loss], Reduce::Average)?[0];
-        let counted = summary.steps.saturating_sub(sums.skipped);
+        let counted = summary
+            .steps
+            .saturating_sub(skipped_steps(&sums.skipped) as usize);
         let mut metrics = vec![(
             format!("{}/train/loss", self.prefix),
             if counted == 0 {
