@@ -1,7 +1,9 @@
 // The host's binding of libtorch's c10d: a TCP store, a process group (Gloo, or NCCL when this
 // build has it) and the collectives the trainer and plugins need, as plain `extern "C"`
 // functions over opaque handles and tch tensor pointers (`torch::Tensor*`, what tch calls
-// `C_tensor`). Rust's side lives in host/src/dist/.
+// `C_tensor`). Rust's side lives in host/src/dist/. Below the collectives, the same binding holds
+// the few libtorch calls tch lacks: generator state (host/src/engine/rng.rs), autocast with a
+// dtype (host/src/engine/precision.rs) and CUDA memory statistics (host/src/engine/memory.rs).
 //
 // Conventions:
 // - Every function catches every C++ exception; on failure it returns an error value (-1,
@@ -27,6 +29,8 @@
 //   collective its backend is aborted and leaked instead of destroyed: the destructor joins
 //   worker threads that may still be stuck in the failed operation.
 #include <torch/torch.h>
+#include <ATen/autocast_mode.h>
+#include <c10/core/CachingDeviceAllocator.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -806,6 +810,91 @@ extern "C" int shim_rng_set_state(int device_type, int index, torch::Tensor* sta
            auto gen = default_generator(device_type, index);
            std::lock_guard<std::mutex> lock(gen.mutex());
            gen.set_state(*state);
+         })
+             ? 0
+             : -1;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Autocast (not c10d either): tch drives only CUDA autocast with its default dtype (fp16).
+// These enter and leave autocast of a device type (`device_type` 0 = CPU, 1 = CUDA) with a
+// chosen dtype (an at::ScalarType code: 5 = Half, 15 = BFloat16), as torch.autocast does:
+// enter saves the previous state for the leave, which restores it. The state is per thread.
+
+namespace {
+at::DeviceType autocast_device(int device_type) {
+  if (device_type == 0) return at::kCPU;
+  if (device_type == 1) return at::kCUDA;
+  throw std::runtime_error("autocast: unknown device type code " + std::to_string(device_type));
+}
+}  // namespace
+
+extern "C" int shim_autocast_state(int device_type, int* enabled, int* dtype, char** err) {
+  return guarded(err, [&] {
+           auto type = autocast_device(device_type);
+           *enabled = at::autocast::is_autocast_enabled(type) ? 1 : 0;
+           *dtype = static_cast<int>(at::autocast::get_autocast_dtype(type));
+         })
+             ? 0
+             : -1;
+}
+
+extern "C" int shim_autocast_enter(int device_type, int dtype, int* was_enabled, int* was_dtype,
+                                   char** err) {
+  return guarded(err, [&] {
+           auto type = autocast_device(device_type);
+           auto scalar = static_cast<at::ScalarType>(dtype);
+           if (scalar != at::kHalf && scalar != at::kBFloat16) {
+             throw std::runtime_error("autocast: dtype code " + std::to_string(dtype) +
+                                      " is neither Half nor BFloat16");
+           }
+           *was_enabled = at::autocast::is_autocast_enabled(type) ? 1 : 0;
+           *was_dtype = static_cast<int>(at::autocast::get_autocast_dtype(type));
+           at::autocast::set_autocast_dtype(type, scalar);
+           at::autocast::set_autocast_enabled(type, true);
+           at::autocast::increment_nesting();
+         })
+             ? 0
+             : -1;
+}
+
+extern "C" int shim_autocast_leave(int device_type, int was_enabled, int was_dtype, char** err) {
+  return guarded(err, [&] {
+           auto type = autocast_device(device_type);
+           if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+           at::autocast::set_autocast_enabled(type, was_enabled != 0);
+           at::autocast::set_autocast_dtype(type, static_cast<at::ScalarType>(was_dtype));
+         })
+             ? 0
+             : -1;
+}
+
+// ---------------------------------------------------------------------------------------------
+// CUDA memory of the caching allocator, through the generic device allocator (no CUDA headers):
+// the peak of allocated bytes of device `index` since the last reset. Only for a CUDA run; a
+// process without CUDA gets an error, never a call into the allocator.
+
+namespace {
+c10::DeviceAllocator* cuda_allocator() {
+  if (!at::globalContext().hasCUDA()) throw std::runtime_error("this process has no CUDA device");
+  return c10::getDeviceAllocator(c10::DeviceType::CUDA);
+}
+}  // namespace
+
+extern "C" int shim_cuda_memory_peak(int index, int64_t* peak_bytes, char** err) {
+  return guarded(err, [&] {
+           auto stats = cuda_allocator()->getDeviceStats(static_cast<c10::DeviceIndex>(index));
+           constexpr auto aggregate =
+               static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+           *peak_bytes = stats.allocated_bytes[aggregate].peak;
+         })
+             ? 0
+             : -1;
+}
+
+extern "C" int shim_cuda_memory_reset_peak(int index, char** err) {
+  return guarded(err, [&] {
+           cuda_allocator()->resetPeakStats(static_cast<c10::DeviceIndex>(index));
          })
              ? 0
              : -1;

@@ -47,6 +47,11 @@ pub struct CheckpointInfo {
     /// recorded): with the per-process batch sizes of `config`, the global batch.
     #[serde(default = "one")]
     pub world_size: usize,
+    /// The precision the run trained with (`32-true`, `16-mixed`, `bf16-mixed`: `precision`
+    /// resolved for the device, see [`crate::engine::precision::resolve`]); empty in
+    /// checkpoints written before it was recorded.
+    #[serde(default)]
+    pub precision: String,
 }
 
 fn one() -> usize {
@@ -327,6 +332,7 @@ mod tests {
             embedding_encoder_prefix: "target.encoder.".into(),
             plugins: BTreeMap::new(),
             world_size: 1,
+            precision: "32-true".into(),
         }
     }
 

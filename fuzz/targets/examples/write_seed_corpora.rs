@@ -253,6 +253,7 @@ fn write_checkpoint(scratch: &Path) -> anyhow::Result<()> {
         embedding_encoder_prefix: "online_network.encoder.".into(),
         plugins: [("builtin-datasets".to_string(), "0.1.0".to_string())].into(),
         world_size: 1,
+        precision: "32-true".into(),
     };
     ssl_host::checkpoint::save(&path, &tensors, &info)?;
     seed_file("checkpoint", "small.safetensors", &path)?;

@@ -21,8 +21,13 @@ pub fn run(cli: &mut Cli) -> Result<()> {
         info.model, info.algorithm, info.encoder, info.encoder_params
     );
     println!(
-        "  epochs done {}, optimizer steps {}",
-        info.epochs_done, info.global_step
+        "  epochs done {}, optimizer steps {}{}",
+        info.epochs_done,
+        info.global_step,
+        match info.precision.as_str() {
+            "" => String::new(),
+            precision => format!(", precision {precision}"),
+        }
     );
     println!(
         "  embedding encoder: tensors under `{}`",

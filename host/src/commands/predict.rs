@@ -240,6 +240,7 @@ mod tests {
             embedding_encoder_prefix: String::new(),
             plugins: BTreeMap::new(),
             world_size: 1,
+            precision: "32-true".into(),
         };
         checkpoint::save(path, &tensors, &info).unwrap();
     }

@@ -579,6 +579,7 @@ mod tests {
             embedding_encoder_prefix: String::new(),
             plugins: Default::default(),
             world_size: 2,
+            precision: "32-true".into(),
         };
         // Two processes dealt the shards to 2 partitions: one process with the doubled
         // batch and shard_partitions = 2 continues the same order; without it, it is refused.

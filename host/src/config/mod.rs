@@ -144,6 +144,19 @@ choices! {
     }
 }
 
+choices! {
+    /// The floating-point precision of training (`precision`), with PyTorch Lightning's names
+    /// (and its short aliases); see [`crate::engine::precision`].
+    pub enum Precision("precision") {
+        /// 32-bit floats throughout.
+        True32 = "32-true" | "32",
+        /// fp16 autocast of the SSL loss, with dynamic loss scaling.
+        Mixed16 = "16-mixed" | "16",
+        /// bfloat16 autocast of the SSL loss, without loss scaling.
+        MixedBf16 = "bf16-mixed" | "bf16",
+    }
+}
+
 impl LrScheduleName {
     /// The schedule of a fixed choice, with the defaults of [`LrSchedule`]'s `FromStr` (as a
     /// name in `lr_schedule` always had); `None` for `auto`, which the task decides.
@@ -246,8 +259,10 @@ settings! {
         local_ssl_weights_path: Option<String> = None,
         /// start the encoder from torchvision-named weights (.safetensors)
         encoder_init: Option<String> = None,
-        /// autocast to half precision on CUDA
+        /// the original's name for precision = 16-mixed (on a CPU run it is ignored with a note, as the original)
         use_mixed_precision: bool = false,
+        /// SSL training precision, as Lightning: 32-true, 16-mixed (fp16 autocast and loss scaling) or bf16-mixed (bf16 autocast), on CUDA and on the CPU; aliases 32, 16, bf16 (default: 32-true, or 16-mixed with use_mixed_precision)
+        precision: Option<Precision> = None,
         /// where the run writes: a folder (default outputs/<UTC time>_<model>), or a run URL (s3://, az://, gs://, https://) that a staging folder on this machine is uploaded to
         output_dir: Option<String> = None,
         /// cpu, cuda or cuda:N (default: cuda when available)
@@ -595,7 +610,15 @@ impl RunConfig {
                 bail!("`ssl_view_groups[{i}].count` must be at least 1");
             }
         }
-        Ok(())
+        match self.precision {
+            Some(precision) if self.use_mixed_precision && precision != Precision::Mixed16 => {
+                bail!(
+                    "`use_mixed_precision = true` (the original's name for precision = 16-mixed) \
+                     and `precision = {precision}` disagree: give only `precision`"
+                )
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The linear-head dataset path: `extra_local_dataset_paths[0]`, or `local_dataset` when
@@ -921,6 +944,60 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    #[test]
+    fn precision_takes_lightnings_names_and_aliases_and_refuses_a_conflict() {
+        let r = registry();
+        let precision = |pairs: &[(&str, &str)]| {
+            RunConfig::resolve("ShapesBYOL", &o(pairs), &r).map(|c| c.precision)
+        };
+        assert_eq!(precision(&[]).unwrap(), None, "unset by default (32-true)");
+        for (given, expected) in [
+            ("32-true", Precision::True32),
+            ("32", Precision::True32),
+            ("16-mixed", Precision::Mixed16),
+            ("16", Precision::Mixed16),
+            ("bf16-mixed", Precision::MixedBf16),
+            ("bf16", Precision::MixedBf16),
+        ] {
+            assert_eq!(
+                precision(&[("precision", given)]).unwrap(),
+                Some(expected),
+                "{given}"
+            );
+        }
+        let err = precision(&[("precision", "bf16-true")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown precision `bf16-true` (choices: 32-true, 16-mixed, bf16-mixed)"),
+            "{err}"
+        );
+        // The original's flag means 16-mixed: with it, only 16-mixed may be given too.
+        assert_eq!(
+            precision(&[("use_mixed_precision", "true"), ("precision", "16")]).unwrap(),
+            Some(Precision::Mixed16)
+        );
+        for other in ["bf16-mixed", "32-true"] {
+            let err = precision(&[("use_mixed_precision", "true"), ("precision", other)])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("`use_mixed_precision = true`")
+                    && err.contains(&format!("`precision = {other}`")),
+                "{err}"
+            );
+        }
+        // A config file may write Lightning's numbers; the resolved config writes the name.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "extends = \"ShapesBYOL\"\nprecision = 16\n").unwrap();
+        let c = RunConfig::resolve(path.to_str().unwrap(), &[], &r).unwrap();
+        assert_eq!(c.precision, Some(Precision::Mixed16));
+        assert!(c.to_toml().contains("precision = \"16-mixed\""));
+        let back = RunConfig::from_resolved_toml(&c.to_toml(), "p").unwrap();
+        assert_eq!(back.precision, Some(Precision::Mixed16));
     }
 
     #[test]

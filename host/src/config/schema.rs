@@ -128,14 +128,15 @@ macro_rules! settings {
 pub(crate) use settings;
 
 /// Writes a closed set of named choices: the enum, `NAMES`, `as_str`, `Display`, `FromStr`
-/// (whose error names `what` and lists the choices) and serde as the name:
+/// (whose error names `what` and lists the choices) and serde as the name. A choice may have
+/// aliases after its name (`| "alias"`), accepted when read and never written:
 ///
 /// ```ignore
 /// choices! {
 ///     /// What it is.
 ///     pub enum Task("task") {
 ///         /// Doc of the variant.
-///         Ssl = "ssl",
+///         Ssl = "ssl" | "self_supervised",
 ///     }
 /// }
 /// ```
@@ -145,7 +146,7 @@ macro_rules! choices {
         $vis:vis enum $name:ident($what:literal) {
             $(
                 $(#[$vmeta:meta])*
-                $variant:ident = $text:literal,
+                $variant:ident = $text:literal $(| $alias:literal)*,
             )+
         }
     ) => {
@@ -178,7 +179,7 @@ macro_rules! choices {
 
             fn from_str(s: &str) -> anyhow::Result<Self> {
                 match s {
-                    $($text => Ok($name::$variant),)+
+                    $($text $(| $alias)* => Ok($name::$variant),)+
                     other => anyhow::bail!(
                         "unknown {} `{other}` (choices: {})",
                         $what,
@@ -206,7 +207,7 @@ macro_rules! serde_as_name {
 
         impl<'de> serde::Deserialize<'de> for $name {
             fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let text = String::deserialize(d)?;
+                let text = $crate::config::schema::deserialize_name(d)?;
                 text.parse().map_err(serde::de::Error::custom)
             }
         }
@@ -222,6 +223,34 @@ macro_rules! serde_as_name {
 }
 
 pub(crate) use serde_as_name;
+
+/// Reads a choice's name: a string, or a whole number as its digits (a config file's
+/// `precision = 16`, as Lightning's `precision=16`).
+pub fn deserialize_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    struct Name;
+
+    impl serde::de::Visitor<'_> for Name {
+        type Value = String;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+    }
+
+    d.deserialize_any(Name)
+}
 
 #[cfg(test)]
 mod tests {
@@ -281,7 +310,7 @@ mod tests {
             /// Red.
             Red = "red",
             /// Dark blue.
-            DarkBlue = "dark_blue",
+            DarkBlue = "dark_blue" | "navy" | "7",
         }
     }
 
@@ -296,5 +325,13 @@ mod tests {
         assert_eq!(v.as_str(), Some("dark_blue"));
         let back: Colour = v.try_into().unwrap();
         assert_eq!(back, Colour::DarkBlue);
+        // Aliases are read, never written or listed; a whole number is read as its digits.
+        assert_eq!("navy".parse::<Colour>().unwrap(), Colour::DarkBlue);
+        let number: Colour = toml::Value::Integer(7).try_into().unwrap();
+        assert_eq!((number, number.as_str()), (Colour::DarkBlue, "dark_blue"));
+        let err = toml::Value::Integer(8).try_into::<Colour>().unwrap_err();
+        assert!(err.to_string().contains("unknown colour `8`"), "{err}");
+        let err = toml::Value::Boolean(true).try_into::<Colour>().unwrap_err();
+        assert!(err.to_string().contains("expected a string"), "{err}");
     }
 }

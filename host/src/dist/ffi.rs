@@ -17,6 +17,31 @@ extern "C" {
         state: *mut C_tensor,
         err: *mut *mut c_char,
     ) -> c_int;
+    pub fn shim_autocast_state(
+        device_type: c_int,
+        enabled: *mut c_int,
+        dtype: *mut c_int,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    pub fn shim_autocast_enter(
+        device_type: c_int,
+        dtype: c_int,
+        was_enabled: *mut c_int,
+        was_dtype: *mut c_int,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    pub fn shim_autocast_leave(
+        device_type: c_int,
+        was_enabled: c_int,
+        was_dtype: c_int,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    pub fn shim_cuda_memory_peak(
+        index: c_int,
+        peak_bytes: *mut i64,
+        err: *mut *mut c_char,
+    ) -> c_int;
+    pub fn shim_cuda_memory_reset_peak(index: c_int, err: *mut *mut c_char) -> c_int;
     pub fn shim_free_string(s: *mut c_char);
     pub fn shim_free_bytes(b: *mut u8);
     pub fn shim_has_nccl() -> c_int;

@@ -9,6 +9,8 @@
 //! ([`step::StepPath`]), through which every optimizer step goes.
 
 pub mod host_reads;
+pub mod memory;
+pub mod precision;
 pub mod progress;
 pub mod rng;
 pub mod run_folder;
@@ -140,10 +142,22 @@ pub struct Fitted {
 }
 
 /// Trains the task that `build` makes from the run's config (its `output_dir` set) and, when
-/// resuming, the checkpoint of [`RunOptions::resume_from`]. Read top to bottom: the run
-/// folder, the task and where it starts, rank 0's state shared, then the epochs and the final
-/// evaluation.
+/// resuming, the checkpoint of [`RunOptions::resume_from`]. Running out of device memory
+/// anywhere in it is an error that says what to try ([`memory::explain_out_of_memory`]).
 pub fn fit<T: Task>(
+    config: RunConfig,
+    options: RunOptions,
+    build: impl FnOnce(RunConfig, Option<&Checkpoint>) -> Result<T>,
+) -> Result<Fitted> {
+    let processes = crate::world::current().size();
+    let explain = config.clone();
+    fit_run(config, options, build)
+        .map_err(|e| memory::explain_out_of_memory(e, &explain, processes))
+}
+
+/// [`fit`]. Read top to bottom: the run folder, the task and where it starts, rank 0's state
+/// shared, then the epochs and the final evaluation.
+fn fit_run<T: Task>(
     config: RunConfig,
     options: RunOptions,
     build: impl FnOnce(RunConfig, Option<&Checkpoint>) -> Result<T>,
@@ -505,10 +519,15 @@ impl<T: Task> Run<T> {
         resume: Option<MidEpoch>,
     ) -> Result<Vec<(String, f64)>> {
         let started = Instant::now();
+        memory::reset_peak(self.task.device())?;
         let pass = self.train_pass(epoch, resume);
         self.progress.finish_epoch();
         let pass = pass?;
         let mut metrics = self.task.end_epoch(epoch, &pass.summary)?;
+        // The epoch's training pass and validation (a CUDA run only).
+        if let Some(mib) = memory::peak_allocated_mib(self.task.device())? {
+            metrics.push((memory::PEAK_ALLOCATED_MIB.into(), mib));
+        }
         self.warn_about_skipped_images()?;
         let skipped = self.path.take_skipped_nonfinite();
         if self.task.config().nan_policy == crate::config::NanPolicy::SkipStep {
@@ -679,7 +698,11 @@ impl<T: Task> Run<T> {
                 self.folder.upload_outputs(&files, outputs)?;
             }
             self.folder.upload_checkpoint(epoch + 1, self.global_step)?;
-            eprintln!("{}{all_reduce_line}", self.task.epoch_line(epoch, &metrics));
+            eprintln!(
+                "{}{all_reduce_line}{}",
+                self.task.epoch_line(epoch, &metrics),
+                memory::epoch_line_part(&metrics)
+            );
         }
         if let Some(signal) = signals::stop_requested_after_epoch() {
             return Err(self.folder.stopped(

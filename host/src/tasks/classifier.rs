@@ -21,6 +21,7 @@
 use crate::checkpoint::{self, prefixed, under, Checkpoint, CheckpointInfo};
 use crate::config::RunConfig;
 use crate::datasets::{open_dataset, open_split};
+use crate::engine::precision::{self, Precision};
 use crate::engine::{
     EpochSteps, FinalEvaluation, OptimizerSlot, StepPath, StepReport, Task, TrainSummary,
 };
@@ -180,9 +181,9 @@ impl<'a> ClassifierTask<'a> {
                 );
             }
         }
-        if config.use_mixed_precision && device != Device::Cpu {
+        if precision::resolve(&config, device).0.is_mixed() {
             eprintln!(
-                "note: classifier runs train in 32-bit floats; use_mixed_precision is ignored"
+                "note: classifier runs train in 32-bit floats; precision (use_mixed_precision) is ignored"
             );
         }
         let seed = config.random_seed;
@@ -317,6 +318,7 @@ impl<'a> ClassifierTask<'a> {
             embedding_encoder_prefix: "encoder.".into(),
             plugins: plugins_used(registry, &used),
             world_size: crate::world::current().size(),
+            precision: Precision::True32.to_string(),
         };
         Ok(ClassifierTask {
             config,

@@ -14,6 +14,7 @@
 use crate::checkpoint::{self, prefixed, under, Checkpoint, CheckpointInfo};
 use crate::config::RunConfig;
 use crate::datasets::open_dataset;
+use crate::engine::precision::{self, autocast, Precision};
 use crate::engine::{EpochSteps, OptimizerSlot, StepPath, StepReport, Task, TrainSummary};
 use crate::loader::{channels_last, BatchStream, Seeds, Source, ViewGroup};
 use crate::metrics::HeadMetrics;
@@ -83,6 +84,8 @@ pub struct SslTask {
     algorithm_name: String,
     prefix: String,
     optimizer: OptimizerSlot,
+    /// The precision of the SSL loss (the online head and the kNN monitor stay fp32).
+    precision: Precision,
     schedule: LrSchedule,
     head: LinearHead,
     head_optimizer: OptimizerSlot,
@@ -113,15 +116,6 @@ fn to_params(list: Vec<ssl_plugin_api::TrainableParam>) -> Vec<Param> {
             scheduled: p.scheduled,
         })
         .collect()
-}
-
-/// Runs `f` under autocast when `enabled` (mixed precision, CUDA only).
-fn autocast<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
-    if enabled {
-        tch::autocast(true, f)
-    } else {
-        f()
-    }
 }
 
 /// The SSL view groups of `config` with their pipelines made.
@@ -410,11 +404,8 @@ fn make_algorithm(
 fn ssl_optimizer(
     config: &RunConfig,
     algorithm: &ForeignAlgorithm,
-    device: Device,
+    precision: Precision,
 ) -> OptimizerSlot {
-    if config.use_mixed_precision && device == Device::Cpu {
-        eprintln!("note: use_mixed_precision applies on CUDA only; this CPU run uses 32-bit floats (as the original)");
-    }
     OptimizerSlot::new(
         "ssl",
         &OptimizerConfig {
@@ -425,7 +416,7 @@ fn ssl_optimizer(
             ..Default::default()
         },
         to_params(algorithm.parameters()),
-        config.use_mixed_precision && device != Device::Cpu,
+        precision.scales_loss(),
     )
 }
 
@@ -487,7 +478,11 @@ impl SslTask {
     ) -> Result<SslTask> {
         let data = SslData::open(registry, &config, device)?;
         let (algorithm, encoder_json) = make_algorithm(registry, &config, device, stored)?;
-        let optimizer = ssl_optimizer(&config, &algorithm, device);
+        let (precision, note) = precision::resolve(&config, device);
+        if let Some(note) = note {
+            eprintln!("{note}");
+        }
+        let optimizer = ssl_optimizer(&config, &algorithm, precision);
         let declared = registry.algorithm(&config.ssl_training_type)?.info();
         let schedule = ssl_schedule(&config, &declared.lr_schedule)?;
         let (head, head_optimizer) = online_head(algorithm.embedding_dim(), &data, device);
@@ -510,6 +505,7 @@ impl SslTask {
             embedding_encoder_prefix: algorithm.embedding_encoder_prefix(),
             plugins: plugins_used(registry, &used),
             world_size: crate::world::current().size(),
+            precision: precision.to_string(),
         };
         Ok(SslTask {
             algorithm_name: config.ssl_training_type.clone(),
@@ -518,6 +514,7 @@ impl SslTask {
             algorithm,
             prefix: declared.metric_prefix,
             optimizer,
+            precision,
             schedule,
             head,
             head_optimizer,
@@ -546,11 +543,12 @@ impl SslTask {
         lh_plan.truncate(val_batches);
         let mut loss_sum = Tensor::zeros([], (Kind::Double, self.device));
         let (algorithm, name, device) = (&mut self.algorithm, &self.algorithm_name, self.device);
-        let mixed_precision = self.optimizer.mixed_precision();
+        let precision = self.precision;
         self.ssl_val
             .for_each_batch(epoch, ssl_plan, workers, |batch, _| {
                 let views = batch.to_device(device)?;
-                let loss = autocast(mixed_precision, || algorithm.validation_loss(&views))
+                let loss = autocast(precision, device, || algorithm.validation_loss(&views))?
+                    .map(precision::fp32_loss)
                     .with_context(|| format!("{name} validation step"))?;
                 loss_sum += loss.to_kind(Kind::Double);
                 Ok(())
@@ -754,7 +752,7 @@ impl Task for SslTask {
             .next()
             .ok_or_else(|| anyhow!("data loader ended early"))??;
         let views = batch.to_device(self.device)?;
-        let views: Vec<Tensor> = if self.optimizer.mixed_precision() {
+        let views: Vec<Tensor> = if self.precision.is_mixed() && self.device.is_cuda() {
             views.iter().map(channels_last).collect()
         } else {
             views
@@ -763,9 +761,10 @@ impl Task for SslTask {
             *self.sums.scalars.entry(name).or_default() += value;
         }
         let algorithm = &mut self.algorithm;
-        let loss = autocast(self.optimizer.mixed_precision(), || {
+        let loss = autocast(self.precision, self.device, || {
             algorithm.training_loss(&views)
-        })
+        })?
+        .map(precision::fp32_loss)
         .with_context(|| format!("{} training step", self.algorithm_name))?;
         let outcome = path.step(&mut self.optimizer, &loss, lr)?;
         tch::no_grad(|| {
