@@ -340,7 +340,7 @@ impl OptimizerSlot {
         tch::no_grad(|| -> Result<()> {
             for (live, old) in after.iter().zip(&before) {
                 let kept = old.f_where_self(undo, live)?;
-                let _ = live.shallow_clone().f_copy_(&kept)?;
+                live.shallow_clone().f_copy_(&kept)?;
             }
             Ok(())
         })
