@@ -899,3 +899,32 @@ extern "C" int shim_cuda_memory_reset_peak(int index, char** err) {
              ? 0
              : -1;
 }
+
+// ---------------------------------------------------------------------------------------------
+// CUDA's synchronisation check (`torch.cuda.set_sync_debug_mode`): with mode 2 (error) every
+// libtorch call that makes the host wait for the device (a read, a blocking copy, a stream
+// synchronisation) throws, naming itself. The engine turns it on around training steps with
+// SSL_HOST_DEBUG_SYNC=1 on a CUDA run. It needs the CUDA runtime headers, which builds with
+// NCCL have; other builds answer with an error.
+#ifdef USE_C10D_NCCL
+#include <c10/cuda/CUDAFunctions.h>
+#endif
+
+extern "C" int shim_cuda_sync_debug_mode(int mode, int* previous, char** err) {
+  return guarded(err, [&] {
+#ifdef USE_C10D_NCCL
+           if (mode < 0 || mode > 2) throw std::runtime_error("sync debug mode must be 0, 1 or 2");
+           auto& state = c10::cuda::warning_state();
+           *previous = static_cast<int>(state.get_sync_debug_mode());
+           state.set_sync_debug_mode(static_cast<c10::cuda::SyncDebugMode>(mode));
+#else
+           (void)mode;
+           (void)previous;
+           throw std::runtime_error(
+               "this build has no CUDA headers (no NCCL), so CUDA's synchronisation check is "
+               "not available");
+#endif
+         })
+             ? 0
+             : -1;
+}

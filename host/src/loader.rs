@@ -714,7 +714,7 @@ impl Batch {
                 Some(l) => Ok(l),
             })
             .collect::<Result<_>>()?;
-        Ok(Tensor::from_slice(&labels).to_device(device))
+        Ok(upload(Tensor::from_slice(&labels), device))
     }
 
     /// The findings of the first `rows` samples, row-major `[rows, F]` (1 present, 0 absent,
@@ -739,10 +739,21 @@ impl Batch {
     pub fn finding_tensor(&self, device: Device, findings: &Findings) -> Result<Tensor> {
         let rows = self.finding_rows(findings, self.len())?;
         let values: Vec<f32> = rows.iter().map(|&v| v as f32).collect();
-        Ok(Tensor::from_slice(&values)
-            .view([self.len() as i64, findings.names().len() as i64])
-            .to_device(device))
+        Ok(upload(
+            Tensor::from_slice(&values).view([self.len() as i64, findings.names().len() as i64]),
+            device,
+        ))
     }
+}
+
+/// `t`, a small host tensor made for this step (labels, flags), on `device` without waiting
+/// for it: a non-blocking copy, which CUDA stages from host memory at once (a blocking copy of
+/// pageable memory synchronises the stream, waiting for every kernel queued before it).
+pub fn upload(t: Tensor, device: Device) -> Tensor {
+    if device == Device::Cpu {
+        return t;
+    }
+    t.to_device_(device, t.kind(), true, false)
 }
 
 /// Produces the batches of one pass in order, with `workers` threads preparing up to

@@ -304,20 +304,22 @@ fn host_reads(stderr: &str) -> (u64, u64, u64) {
 
 /// No training step reads a device value (on a GPU each read makes the device wait for the
 /// host): not the SSL step with its online head, not with gradient clipping, skip_step or
-/// LARS, not a classifier's step. The flags are read at checks, every few steps and at the
+/// LARS, not in bf16-mixed or 16-mixed (the loss scaler), not a classifier's step. The flags are read at checks, every few steps and at the
 /// end of each epoch.
 #[test]
 fn training_steps_read_nothing_from_the_device() {
     let tmp = tempfile::tempdir().unwrap();
     let tiny = artifact("libexample_tiny_cnn.so").display().to_string();
     let ssl = tmp.path().join("ssl");
-    let variants: [&[&str]; 2] = [
+    let variants: [&[&str]; 4] = [
         &[],
         &[
             "--gradient_clip_val=0.5",
             "--nan_policy=skip_step",
             "--optimizer=lars",
         ],
+        &["--precision=bf16-mixed"],
+        &["--precision=16-mixed", "--gradient_clip_val=1"],
     ];
     for (i, extra) in variants.iter().enumerate() {
         let out = if i == 0 {

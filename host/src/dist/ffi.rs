@@ -42,6 +42,11 @@ extern "C" {
         err: *mut *mut c_char,
     ) -> c_int;
     pub fn shim_cuda_memory_reset_peak(index: c_int, err: *mut *mut c_char) -> c_int;
+    pub fn shim_cuda_sync_debug_mode(
+        mode: c_int,
+        previous: *mut c_int,
+        err: *mut *mut c_char,
+    ) -> c_int;
     pub fn shim_free_string(s: *mut c_char);
     pub fn shim_free_bytes(b: *mut u8);
     pub fn shim_has_nccl() -> c_int;

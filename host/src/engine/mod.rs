@@ -432,6 +432,7 @@ impl<T: Task> Run<T> {
         let mut path = StepPath::new(config.gradient_clip_val);
         path.nan_policy = config.nan_policy;
         signals::install();
+        host_reads::check_cuda_sync_check(task.device())?;
         Ok(Run {
             task,
             path,
@@ -519,14 +520,19 @@ impl<T: Task> Run<T> {
         resume: Option<MidEpoch>,
     ) -> Result<Vec<(String, f64)>> {
         let started = Instant::now();
-        memory::reset_peak(self.task.device())?;
+        // Memory statistics are a report: when libtorch cannot give them, the run goes on.
+        if let Err(e) = memory::reset_peak(self.task.device()) {
+            eprintln!("warning: {e:#}");
+        }
         let pass = self.train_pass(epoch, resume);
         self.progress.finish_epoch();
         let pass = pass?;
         let mut metrics = self.task.end_epoch(epoch, &pass.summary)?;
         // The epoch's training pass and validation (a CUDA run only).
-        if let Some(mib) = memory::peak_allocated_mib(self.task.device())? {
-            metrics.push((memory::PEAK_ALLOCATED_MIB.into(), mib));
+        match memory::peak_allocated_mib(self.task.device()) {
+            Ok(Some(mib)) => metrics.push((memory::PEAK_ALLOCATED_MIB.into(), mib)),
+            Ok(None) => {}
+            Err(e) => eprintln!("warning: {e:#}"),
         }
         self.warn_about_skipped_images()?;
         let skipped = self.path.take_skipped_nonfinite();
@@ -594,10 +600,14 @@ impl<T: Task> Run<T> {
             lr_sum += lr;
             self.path.position = (epoch, step);
             let before = host_reads::count();
-            let report = self.task.train_step(&mut self.path, lr)?;
+            let device = self.task.device();
+            let report = host_reads::strict_on_cuda(device, || {
+                let report = self.task.train_step(&mut self.path, lr)?;
+                self.task.after_step(self.global_step + 1, max_steps)?;
+                Ok(report)
+            })?;
             images += report.images;
             self.global_step += 1;
-            self.task.after_step(self.global_step, max_steps)?;
             reads.steps += 1;
             reads.in_steps += host_reads::count() - before;
             let last = step + 1 == steps;

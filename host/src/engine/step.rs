@@ -91,8 +91,8 @@ impl LossScaler {
     /// The scale and count, on `device`.
     fn on(&mut self, device: Device) {
         if self.scale.device() != device {
-            self.scale = self.scale.to_device(device);
-            self.good_steps = self.good_steps.to_device(device);
+            self.scale = crate::loader::upload(self.scale.to_device(Device::Cpu), device);
+            self.good_steps = crate::loader::upload(self.good_steps.to_device(Device::Cpu), device);
         }
     }
 
@@ -718,7 +718,7 @@ impl StepPath {
         let flags = tch::no_grad(|| {
             Tensor::cat(
                 &[
-                    Tensor::from_slice(&flags).to_device(device),
+                    crate::loader::upload(Tensor::from_slice(&flags), device),
                     nonfinite.to_kind(Kind::Float).reshape([1]),
                 ],
                 0,
