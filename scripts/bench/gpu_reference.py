@@ -3,7 +3,8 @@
 
 Usage: gpu_reference.py --dataset nih|cifar --data DIR [--lh-data DIR] [--batch B]
                         [--workers K] [--seconds S] [--warmup-steps W] [--max-steps N]
-                        [--encoder resnet50|resnet18] [--device cuda|cpu] [--no-amp] [--cpu-smoke]
+                        [--encoder resnet50|resnet18] [--device cuda|cpu]
+                        [--precision 32-true|16-mixed|bf16-mixed] [--cpu-smoke]
 
 Per training step, as the original (original-system.md §4-§7) with the options of the
 benchmark:
@@ -23,16 +24,21 @@ benchmark:
   RSNA DICOMs when pydicom is installed, else the NIH PNGs with made-up labels; CIFAR for
   CIFAR), embedded by the target encoder without gradients, dropout 0.2 + linear,
   cross-entropy, Adam;
-- mixed precision as Lightning's precision 16: autocast (float16) and a GradScaler.
+- precision as Lightning names it (ssl-host's `--precision`): 16-mixed (the default, the
+  original's precision 16) = autocast to float16 and a GradScaler; bf16-mixed = autocast to
+  bfloat16, no scaler; 32-true = neither.
 
 Timing starts after W warm-up steps (worker start-up, cuDNN, allocator) and runs for S seconds
 or N steps; a background thread samples `nvidia-smi` utilisation every 0.2 s over the timed
-steps. Prints a human line, then one last line:
+steps, and on a GPU the peak allocated memory (`torch.cuda.max_memory_allocated`, its
+statistics reset after the warm-up) is the timed steps' own. Prints a human line, then one last
+line:
 
-    gpu-reference {"dataset": ..., "images_per_s": X, "gpu_busy": U (mean %, or null), ...}
+    gpu-reference {"dataset": ..., "images_per_s": X, "gpu_busy": U (mean %, or null),
+                   "peak_mib": M (or null off a GPU), ...}
 
-`--cpu-smoke`: a few steps on the CPU (ResNet-18, batch 4, no AMP) to check that everything
-runs, for a machine without a GPU.
+`--cpu-smoke`: a few steps on the CPU (ResNet-18, batch 4, bf16-mixed unless --precision says
+otherwise) to check that everything runs, for a machine without a GPU.
 """
 
 import argparse
@@ -56,6 +62,10 @@ from torch.utils.data import DataLoader  # noqa: E402
 import original_transforms as ot  # noqa: E402
 from gpu_monitor import GpuSampler  # noqa: E402
 
+# Lightning's precision names and the dtype each autocasts to (None: no autocast).
+AUTOCAST = {"32-true": None, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
+PRECISIONS = list(AUTOCAST)
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -70,15 +80,19 @@ def parse_args(argv=None):
     p.add_argument("--encoder", choices=["resnet50", "resnet18"], default=None,
                    help="default: resnet50 for nih, resnet18 for cifar")
     p.add_argument("--device", default=None, help="default: cuda when available")
-    p.add_argument("--no-amp", action="store_true", help="float32 instead of autocast + GradScaler")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="16-mixed (float16 autocast + GradScaler; default), bf16-mixed (bfloat16 autocast), "
+                        "32-true (float32); smoke default bf16-mixed")
     p.add_argument("--cpu-smoke", action="store_true", help="a few tiny steps on the CPU")
     args = p.parse_args(argv)
     if args.cpu_smoke:
-        args.device, args.no_amp = "cpu", True
+        args.device = "cpu"
+        args.precision = args.precision or "bf16-mixed"
         args.batch = args.batch or 4
         args.encoder = args.encoder or "resnet18"
         args.workers = min(args.workers, 2)
         args.warmup_steps, args.max_steps = 1, min(args.max_steps, 2)
+    args.precision = args.precision or "16-mixed"
     if args.batch is None:
         args.batch = 512 if args.dataset == "cifar" else 256
     if args.encoder is None:
@@ -200,7 +214,8 @@ def main():
     args = parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    amp = cuda and not args.no_amp
+    autocast_dtype = AUTOCAST[args.precision]
+    amp = autocast_dtype is not None
     torch.manual_seed(1)
     chunks, per_batch, lh_batches, lh_note = loaders(args, cuda)
 
@@ -214,7 +229,7 @@ def main():
     num_classes = 10 if args.dataset == "cifar" else 2
     head = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(online.dim, num_classes)).to(device)
     head_optimizer = torch.optim.Adam(head.parameters(), lr=1e-4)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "16-mixed")
     max_steps = args.warmup_steps + args.max_steps
     pairs = list(zip(target.parameters(), online.parameters()))
 
@@ -222,7 +237,7 @@ def main():
         v1, v2 = next_batch(chunks, per_batch, device)
         online.train()
         target.train()
-        with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=amp):
             h1, h2 = online(v1), online(v2)
             with torch.no_grad():
                 z1, z2 = target.until_predictor(v1), target.until_predictor(v2)
@@ -234,7 +249,7 @@ def main():
         # The online linear head on the target encoder's embeddings (the original's forward).
         x, y = next(lh_batches)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+        with torch.no_grad(), torch.autocast(device.type, dtype=autocast_dtype, enabled=amp):
             embeddings = target.encoder(x)
         head.train()
         lh_loss = F.cross_entropy(head(embeddings.float()), y)
@@ -260,6 +275,7 @@ def main():
     sampler = GpuSampler(period=0.2)
     if cuda:
         sampler.start()
+        torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     images = steps = 0
     while steps < args.max_steps and (steps == 0 or time.perf_counter() - started < args.seconds):
@@ -268,11 +284,12 @@ def main():
     sync()
     seconds = time.perf_counter() - started
     busy = sampler.stop() if cuda else None
+    peak_mib = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None
     result = {
         "dataset": args.dataset,
         "encoder": args.encoder,
         "device": str(device),
-        "amp": amp,
+        "precision": args.precision,
         "batch": args.batch,
         "workers": args.workers,
         "linear_head_data": lh_note,
@@ -284,12 +301,14 @@ def main():
         "images_per_s": round(images / seconds, 2),
         "gpu_busy": None if busy is None else round(busy, 1),
         "gpu_samples": sampler.count,
+        "peak_mib": None if peak_mib is None else round(peak_mib, 1),
     }
     result.update(ot.backends())
     busy_text = "n/a" if busy is None else f"{busy:.0f}%"
+    peak_text = "" if peak_mib is None else f", peak {peak_mib:.0f} MiB"
     print(f"gpu-reference {args.dataset} BYOL {args.encoder}, batch {args.batch}, {args.workers} workers, "
-          f"{'AMP' if amp else 'fp32'} on {device}: {images} images in {seconds:.1f} s after {args.warmup_steps} "
-          f"warm-up steps ({warm_seconds:.1f} s): {images / seconds:.1f} images/s, GPU busy {busy_text} "
+          f"{args.precision} on {device}: {images} images in {seconds:.1f} s after {args.warmup_steps} "
+          f"warm-up steps ({warm_seconds:.1f} s): {images / seconds:.1f} images/s, GPU busy {busy_text}{peak_text} "
           f"(linear head: {lh_note}; elastic: {result['elastic']}; blur: {result['blur']})", flush=True)
     print("gpu-reference " + json.dumps(result), flush=True)
     # Persistent DataLoader workers can keep the interpreter waiting at exit: leave now.
