@@ -113,9 +113,11 @@ impl World {
         self.comm.as_ref().map_or(1, |c| c.world_size())
     }
 
-    /// Whether several processes train together.
+    /// Whether this process joined a process group (torchrun's variables were set), even a
+    /// group of one: its collectives then run (as DDP's do with one process), so a run of one
+    /// process under torchrun exercises the backend (`--dist_backend=nccl` on one GPU).
     pub fn is_distributed(&self) -> bool {
-        self.size() > 1
+        self.comm.is_some()
     }
 
     /// Whether this process writes the run's files and prints progress (rank 0).

@@ -277,6 +277,35 @@ fn two_processes_equal_one(model: &str) {
     assert!(config.contains("ssl_training_batch_size = 8"), "{config}");
 }
 
+/// Under torchrun a world of one process is distributed: its collectives run (so
+/// `--dist_backend=nccl` on one GPU exercises NCCL), and it trains exactly as a plain run.
+#[test]
+fn a_world_of_one_process_runs_its_collectives_and_equals_a_plain_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (plain, world) = (tmp.path().join("plain"), tmp.path().join("world"));
+    let step = [
+        "--is_debug_model=true",
+        "--num_epochs=1",
+        "--lr_schedule=constant",
+        "--l_rate=0.05",
+    ];
+    let stderr = run_one(&args("ShapesSimCLR", &plain, 1, &step));
+    assert!(!stderr.contains("gradient all-reduce"), "{stderr}");
+    let (code, stderr) = wait_all(
+        spawn_world(1, &args("ShapesSimCLR", &world, 1, &step)),
+        Duration::from_secs(600),
+    )
+    .remove(0);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("distributed: 1 processes joined"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("gradient all-reduce"), "{stderr}");
+    assert_same_metrics(&plain, &world);
+    assert_same_checkpoints(&plain, &world);
+}
+
 #[test]
 fn two_simclr_processes_with_batch_b_equal_one_with_batch_2b() {
     two_processes_equal_one("ShapesSimCLR");
