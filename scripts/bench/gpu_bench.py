@@ -18,7 +18,9 @@ Usage: gpu_bench.py [--carry bench-carry] [--work DIR] [--budget 450] [--workers
      on failure the record keeps ssl-host's error lines (libtorch names the operation);
    - `nccl`: the same run in one process under torchrun (`python3 -m torch.distributed.run
      --nproc_per_node=1 --no-python ssl-host ... --dist_backend=nccl`); under --cpu-smoke
-     NCCL cannot work (it needs CUDA), so the part runs the same code path with gloo;
+     NCCL cannot work (it needs CUDA), so the part runs the same code path with gloo; a
+     world of one is distributed (its gradient all-reduce runs), so the part passes when
+     the run ends and its epoch line reports the all-reduce;
    - per precision of `--precisions`, in its order: ssl-host end to end on the NIH images
      (BYOL ResNet-50 224 px, NIH_RSNA_BYOL, batch 256, all cores, `--epochs` epochs) with
      augment_on workers, the PyTorch reference (gpu_reference.py), ssl-host with augment_on
@@ -418,10 +420,12 @@ class Bench:
             return self.record(**rec)
         last = epochs[-1]
         rec.update(images_per_s=last.images_per_s, peak_mib=last.peak_mib, all_reduce=last.all_reduce)
-        self.say(f"{name}: passed: {last.line}")
         if last.all_reduce is None:
-            self.say(f"{name}: (no gradient all-reduce in the epoch line: with one process ssl-host runs no "
-                     "collective; the part checks torchrun's environment and the process group's set-up)")
+            rec["passed"] = False
+            rec["error"] = "no gradient all-reduce in the epoch line: the world of one ran no collective"
+            self.say(f"{name}: FAILED ({rec['error']}): {last.line}")
+        else:
+            self.say(f"{name}: passed: {last.line}")
         return self.record(**rec)
 
     def train(self, kind, place, precision):
