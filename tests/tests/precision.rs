@@ -177,3 +177,74 @@ fn the_original_flag_conflicts_with_another_precision_and_is_ignored_on_the_cpu(
     );
     assert!(!stored.tensors.keys().any(|n| n.starts_with("loss_scaler.")));
 }
+
+/// A fine-tuning classifier run over the encoder of `ssl` at `precision`: Shapes, 2 epochs.
+fn classifier(dir: &Path, ssl: &Path, precision: &str) -> Vec<f64> {
+    let tiny = artifact("libexample_tiny_cnn.so").display().to_string();
+    let args = [
+        format!("--plugin={tiny}"),
+        "--model=SSLClassifierCIFAR".into(),
+        format!("--output_dir={}", dir.display()),
+        format!("--local_ssl_weights_path={}", ssl.display()),
+        "--linear_head_dataset_name=Shapes".into(),
+        "--linear_head_dataset_params.num_samples=120".into(),
+        "--linear_head_dataset_params.image_size=32".into(),
+        "--linear_head_batch_size=8".into(),
+        "--num_epochs=2".into(),
+        "--freeze_encoder=false".into(),
+        "--num_workers=2".into(),
+        "--device=cpu".into(),
+        format!("--precision={precision}"),
+    ];
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    ssl_host(&refs).assert_ok();
+    let map = metric_map(&std::fs::read_to_string(dir.join("metrics.csv")).unwrap());
+    let values: Vec<f64> = map
+        .iter()
+        .filter(|((_, name), _)| name == "train/loss" || name == "val/loss")
+        .map(|(_, v)| v.parse().unwrap())
+        .collect();
+    assert_eq!(values.len(), 4, "{map:?}");
+    values
+}
+
+/// Classifier runs honour `precision` too: the encoder under autocast, the head in fp32, the
+/// losses near the fp32 run's, the checkpoint fp32 with the loss scaler's state in 16-mixed.
+#[test]
+fn classifiers_train_in_bf16_and_16_mixed_with_fp32_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ssl = tmp.path().join("ssl");
+    byol(&ssl, "32-true");
+    let fp32 = tmp.path().join("fp32");
+    let reference_losses = classifier(&fp32, &ssl, "32-true");
+    let reference = last_checkpoint(&fp32);
+    assert_eq!(reference.info.precision, "32-true");
+    for precision in ["bf16-mixed", "16-mixed"] {
+        let dir = tmp.path().join(precision);
+        let got = classifier(&dir, &ssl, precision);
+        eprintln!("{precision}: losses {got:?}, fp32 {reference_losses:?}");
+        for (a, b) in reference_losses.iter().zip(&got) {
+            assert!(b.is_finite(), "{precision}: {got:?}");
+            // Cross-entropy of 4 classes (≈ 1.4): the same margin as the BYOL comparison.
+            assert!(
+                (a - b).abs() <= BF16_TOLERANCE,
+                "{precision}: {reference_losses:?} against {got:?}"
+            );
+        }
+        assert_ne!(reference_losses, got, "{precision}: computed in fp32");
+        let stored = last_checkpoint(&dir);
+        assert_eq!(stored.info.precision, precision);
+        for (name, tensor) in &stored.tensors {
+            assert!(
+                !matches!(tensor.kind(), Kind::Half | Kind::BFloat16),
+                "{precision}: {name} is {:?}",
+                tensor.kind()
+            );
+        }
+        assert_eq!(
+            stored.tensors.contains_key("loss_scaler.scale"),
+            precision == "16-mixed",
+            "{precision}"
+        );
+    }
+}

@@ -83,6 +83,8 @@ pub struct ClassifierTask<'a> {
     frozen: bool,
     head: LinearHead,
     optimizer: OptimizerSlot,
+    /// The precision it trains and evaluates in (`precision`).
+    precision: Precision,
     schedule: LrSchedule,
     dataset_name: String,
     dataset_root: Option<String>,
@@ -181,10 +183,9 @@ impl<'a> ClassifierTask<'a> {
                 );
             }
         }
-        if precision::resolve(&config, device).0.is_mixed() {
-            eprintln!(
-                "note: classifier runs train in 32-bit floats; precision (use_mixed_precision) is ignored"
-            );
+        let (precision, note) = precision::resolve(&config, device);
+        if let Some(note) = note {
+            eprintln!("{note}");
         }
         let seed = config.random_seed;
         tch::manual_seed(seed as i64);
@@ -296,7 +297,7 @@ impl<'a> ClassifierTask<'a> {
                 ..Default::default()
             },
             params,
-            false,
+            precision.scales_loss(),
         );
         let schedule = config
             .lr_schedule
@@ -318,7 +319,7 @@ impl<'a> ClassifierTask<'a> {
             embedding_encoder_prefix: "encoder.".into(),
             plugins: plugins_used(registry, &used),
             world_size: crate::world::current().size(),
-            precision: Precision::True32.to_string(),
+            precision: precision.to_string(),
         };
         Ok(ClassifierTask {
             config,
@@ -328,6 +329,7 @@ impl<'a> ClassifierTask<'a> {
             frozen,
             head,
             optimizer,
+            precision,
             schedule,
             dataset_name: name,
             dataset_root: root,
@@ -350,12 +352,15 @@ impl<'a> ClassifierTask<'a> {
         }
     }
 
-    /// Features of a batch: without gradients and in eval mode when the encoder is frozen.
+    /// Features of a batch (fp32): without gradients and in eval mode when the encoder is
+    /// frozen; the encoder under the run's autocast (the head computes in fp32).
     fn features(&mut self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let (precision, device, encoder) = (self.precision, self.device, &mut self.encoder);
         let features = if self.frozen || !train {
-            tch::no_grad(|| self.encoder.forward(x, false))?.detach()
+            tch::no_grad(|| precision::autocast(precision, device, || encoder.forward(x, false)))??
+                .detach()
         } else {
-            self.encoder.forward(x, true)?
+            precision::autocast(precision, device, || encoder.forward(x, true))??
         };
         Ok(features.to_kind(Kind::Float))
     }
@@ -370,11 +375,13 @@ impl<'a> ClassifierTask<'a> {
         plan: Vec<Vec<usize>>,
         what: &str,
     ) -> Result<Vec<(String, f64)>> {
-        let (workers, device) = (self.config.num_workers, self.device);
+        let (workers, device, precision) = (self.config.num_workers, self.device, self.precision);
         let encoder = &mut self.encoder;
         let metrics =
             data.evaluate_head(epoch, plan, workers, device, &self.head, labels, |x| {
-                Ok(encoder.forward(x, false)?)
+                Ok(precision::autocast(precision, device, || {
+                    encoder.forward(x, false)
+                })??)
             })?;
         Ok(metrics
             .into_iter()
@@ -553,6 +560,7 @@ impl Task for ClassifierTask<'_> {
         let mut all = prefixed("encoder.", encoder_tensors(&self.encoder));
         all.extend(prefixed("linear_head.", self.head.named_parameters()));
         all.extend(prefixed("optimizer.", self.optimizer.state()));
+        all.extend(prefixed("loss_scaler.", self.optimizer.scaler_state()));
         if let HeadLabels::Findings(findings) = &self.head.labels {
             all.push((FINDINGS_TENSOR.into(), findings_tensor(findings.names())));
         }
@@ -594,7 +602,10 @@ impl Task for ClassifierTask<'_> {
         )?;
         self.optimizer
             .load_state(&under(stored, "optimizer."))
-            .context("restoring the classifier optimizer")
+            .context("restoring the classifier optimizer")?;
+        self.optimizer
+            .load_scaler_state(&under(stored, "loss_scaler."))
+            .context("restoring the classifier's loss scaler")
     }
 
     fn epoch_line(&self, epoch: usize, metrics: &[(String, f64)]) -> String {
