@@ -22,7 +22,7 @@
 //! overflow) is applied on condition: the parameters and optimizer buffers take their old values
 //! back on the device where its flag says so (as torch's fused optimizers skip on
 //! `found_inf`), and the optimizer's step counts (kept on the host) are corrected at the check.
-//! The one read a step may make: in a distributed run whose step left some parameter of this
+//! The one read a step may make: in a run of several processes whose step left some parameter of this
 //! process without a gradient, which processes had one (see
 //! [`StepPath::all_reduce_gradients`]). Reads count themselves in [`super::host_reads`].
 
@@ -206,11 +206,6 @@ impl OptimizerSlot {
         self
     }
 
-    /// Whether its loss is scaled (16-mixed).
-    pub fn mixed_precision(&self) -> bool {
-        self.scaler.is_some()
-    }
-
     /// The optimizer's state for the checkpoint, its step counts those of the steps known to
     /// be applied (call after [`StepPath::check`]).
     pub fn state(&self) -> Vec<(String, Tensor)> {
@@ -272,18 +267,44 @@ impl OptimizerSlot {
             });
     }
 
-    /// Tells the optimizer, per parameter, how many steps of its count the device may have
-    /// undone (the unsettled ones), on the device.
-    fn pass_pending_undone(&mut self) {
-        let per_param = (0..self.params.len())
-            .map(|i| {
-                let flags: Vec<Tensor> = self
+    /// Tells an optimizer that counts steps (Adam), per parameter, how many steps of its count
+    /// the device may have undone (the unsettled ones), on the device. Every step of a slot
+    /// stepped on condition passes a count, zero when nothing is pending, so Adam always takes
+    /// the same (device) branch: its rounding does not depend on when the checks happen.
+    fn pass_pending_undone(&mut self, stepped: &[bool], device: Device) {
+        if !self.optimizer.counts_steps() {
+            return;
+        }
+        let zero = Tensor::zeros([], (Kind::Int64, device));
+        let sum = |flags: Vec<Tensor>| {
+            if flags.is_empty() {
+                zero.shallow_clone()
+            } else {
+                Tensor::stack(&flags, 0).sum(Kind::Int64)
+            }
+        };
+        // Usually every pending step stepped every parameter that steps now: one sum.
+        let all = sum(self
+            .unsettled
+            .iter()
+            .map(|u| u.undo.to_kind(Kind::Int64))
+            .collect());
+        let per_param = stepped
+            .iter()
+            .enumerate()
+            .map(|(i, &now)| {
+                if !now {
+                    return None;
+                }
+                if self.unsettled.iter().all(|u| u.stepped[i]) {
+                    return Some(all.shallow_clone());
+                }
+                Some(sum(self
                     .unsettled
                     .iter()
                     .filter(|u| u.stepped[i])
                     .map(|u| u.undo.to_kind(Kind::Int64))
-                    .collect();
-                (!flags.is_empty()).then(|| Tensor::stack(&flags, 0).sum(Kind::Int64))
+                    .collect()))
             })
             .collect();
         self.optimizer.pending_undone(per_param);
@@ -318,7 +339,7 @@ impl OptimizerSlot {
             .iter()
             .map(|p| p.tensor.grad().defined())
             .collect();
-        tch::no_grad(|| self.pass_pending_undone());
+        tch::no_grad(|| self.pass_pending_undone(&stepped, undo.device()));
         let before: Vec<Tensor> = tch::no_grad(|| {
             self.changeable(&stepped)
                 .iter()
@@ -747,7 +768,8 @@ impl StepPath {
             .sum::<u64>();
         self.all_reduce.steps += 1;
         let n = slot.params.len();
-        if grads.iter().any(|g| !g.defined()) {
+        // In a world of one, a parameter without a gradient here had none anywhere.
+        if world.size() > 1 && grads.iter().any(|g| !g.defined()) {
             host_reads::note();
             let had: Vec<f32> =
                 Vec::<f32>::try_from(&flags.narrow(0, 0, n as i64).to_device(Device::Cpu))

@@ -165,6 +165,10 @@ impl Optimizer for Adam {
         out
     }
 
+    fn counts_steps(&self) -> bool {
+        true
+    }
+
     fn pending_undone(&mut self, undone: Vec<Option<Tensor>>) {
         for (slot, undone) in self.slots.iter_mut().zip(undone) {
             slot.undone = undone;

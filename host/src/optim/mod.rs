@@ -100,6 +100,10 @@ pub trait Optimizer: Send {
     ///
     /// [`uncount`]: Optimizer::uncount
     fn pending_undone(&mut self, _undone: Vec<Option<Tensor>>) {}
+    /// Whether [`pending_undone`](Optimizer::pending_undone) matters to it (Adam).
+    fn counts_steps(&self) -> bool {
+        false
+    }
     /// Short name: `adam`, `adamw`, `sgd` or `lars`.
     fn name(&self) -> &'static str;
 }

@@ -170,7 +170,7 @@ impl LinearHead {
     pub fn forward(&self, embeddings: &Tensor, train: bool) -> Tensor {
         let x = embeddings.flatten(1, -1);
         let world = crate::world::current();
-        let x = if train && world.is_distributed() {
+        let x = if train && world.size() > 1 {
             // As libtorch's CPU dropout: a Bernoulli(1 - p) mask scaled by 1 / (1 - p).
             let (n, d) = (x.size()[0], x.size()[1]);
             let mut mask = Tensor::empty([n * world.size() as i64, d], (x.kind(), x.device()));
@@ -299,11 +299,6 @@ impl PendingBatches {
             metrics.add_batch(&probs, &p.targets, p.loss.double_value(&[]), p.n);
         }
         Ok(())
-    }
-
-    /// Whether no batch is kept.
-    pub fn is_empty(&self) -> bool {
-        self.batches.is_empty()
     }
 }
 
